@@ -1,0 +1,721 @@
+"""The tunnel's state machine: many streams over one byte stream, sans I/O.
+
+Bytes in (:meth:`TunnelConnection.receive_data`), events out; actions in
+(``open_stream``, ``send_data`` …), bytes out (:meth:`data_to_send`).  No
+asyncio, no sockets: the relay and the add-on wrap it in a thin I/O layer,
+which keeps every protocol rule testable and fuzzable on its own.
+
+Flow control works like HTTP/2's: every stream and the tunnel as a whole have
+credit windows granted by the receiver.  A receiver only returns credit once
+its application has *consumed* the bytes (:meth:`acknowledge`), so a stalled
+reader — a paused camera tab — stops its own stream at the window, never the
+others, and neither side ever buffers more than it granted.
+
+Sending is scheduled, not FIFO: queued output is cut into chunks and taken
+round-robin across streams, strictly by priority class, so a large download
+cannot delay a small API call or a WebSocket message queued behind it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+from homeport.protocol import heads
+from homeport.protocol.errors import ErrorCode, ProtocolViolation, StreamViolation
+from homeport.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    ResponseReceived,
+    StreamOpened,
+    StreamReset,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
+from homeport.protocol.frames import (
+    MAX_STREAM_ID,
+    Flags,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+
+#: Largest frame payload every peer must accept; heads must fit in one frame.
+MAX_FRAME_SIZE = 64 * 1024
+#: Credit each side has before the peer's SETTINGS arrive.
+DEFAULT_WINDOW = 256 * 1024
+MAX_WINDOW = 2**31 - 1
+MAX_CLOSE_REASON = 123  # RFC 6455 §5.5: control payload ≤ 125 bytes incl. the code
+
+_SETTING = struct.Struct(">HI")
+_U32 = struct.Struct(">I")
+_RESET = struct.Struct(">I")
+_GOAWAY = struct.Struct(">II")
+_CLOSE = struct.Struct(">H")
+
+SETTING_INITIAL_STREAM_WINDOW = 1
+SETTING_MAX_CONCURRENT_STREAMS = 2
+
+
+class Role(enum.Enum):
+    """The relay opens streams (browser requests); the add-on answers them."""
+
+    RELAY = "relay"
+    ADDON = "addon"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What this side grants and accepts.  Sizes in bytes."""
+
+    initial_stream_window: int = 1024 * 1024
+    connection_window: int = 8 * 1024 * 1024
+    max_concurrent_streams: int = 256
+    max_ws_message: int = 16 * 1024 * 1024
+    #: Largest chunk this side sends at once: smaller is fairer, larger is cheaper.
+    chunk_size: int = 32 * 1024
+
+    def __post_init__(self) -> None:
+        if not 0 < self.chunk_size <= MAX_FRAME_SIZE:
+            raise ValueError("chunk_size must be within (0, MAX_FRAME_SIZE]")
+        for window in (self.initial_stream_window, self.connection_window):
+            if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
+                raise ValueError("windows must be within [DEFAULT_WINDOW, 2**31-1]")
+
+
+class _Kind(enum.Enum):
+    FRAME = 0  # a pre-encoded frame that needs no credit (head, close, end marker)
+    DATA = 1
+    WS = 2
+
+
+class _Item:
+    __slots__ = ("data", "end", "kind", "offset", "text")
+
+    def __init__(self, kind: _Kind, data: bytes, *, end: bool = False, text: bool = False) -> None:
+        self.kind = kind
+        self.data = data
+        self.offset = 0
+        self.end = end
+        self.text = text
+
+
+class _Stream:
+    __slots__ = (
+        "id",
+        "local_closed",
+        "local_ending",
+        "prepaid",
+        "priority",
+        "queue",
+        "queued_bytes",
+        "recv_window",
+        "remote_closed",
+        "response_seen",
+        "scheduled",
+        "send_window",
+        "unacked",
+        "websocket",
+        "ws_open",
+        "ws_parts",
+        "ws_size",
+        "ws_text",
+    )
+
+    def __init__(self, stream_id: int, priority: int, websocket: bool, send: int, recv: int):
+        self.id = stream_id
+        self.priority = priority
+        self.websocket = websocket  # upgrade requested
+        self.ws_open = False  # upgrade accepted (101)
+        self.response_seen = False
+        self.send_window = send
+        self.recv_window = recv
+        self.unacked = 0
+        self.prepaid = 0
+        self.queue: deque[_Item] = deque()
+        self.queued_bytes = 0
+        self.scheduled = False
+        self.local_ending = False  # an end (END_STREAM / WS close) is queued
+        self.local_closed = False  # ... and has been framed
+        self.remote_closed = False
+        self.ws_parts: list[bytes] = []
+        self.ws_size = 0
+        self.ws_text = False
+
+
+class TunnelConnection:
+    """One tunnel, seen from one side.  See the module docstring."""
+
+    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+        self.role = role
+        self.settings = settings or Settings()
+        self._decoder = FrameDecoder(MAX_FRAME_SIZE)
+        self._streams: dict[int, _Stream] = {}
+        self._highest_stream_id = 0
+        self._next_stream_id = 1
+        self._control = bytearray()
+        self._queues: list[deque[_Stream]] = [deque() for _ in range(heads.PRIORITY_BULK + 1)]
+        self._blocked_on_stream: set[int] = set()
+        self._blocked_on_connection: list[_Stream] = []
+        # Credit we may still use to send, and credit we granted the peer.
+        self._send_window = DEFAULT_WINDOW
+        self._recv_window = self.settings.connection_window
+        self._unacked = 0
+        self._peer_initial_window = DEFAULT_WINDOW
+        self._peer_max_streams = self.settings.max_concurrent_streams
+        self._settings_received = False
+        self._goaway_sent = False
+        self._goaway_received = False
+        self.terminated = False
+        self._send_settings()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def accepting_streams(self) -> bool:
+        """False once either side announced GOAWAY or the tunnel failed."""
+        return not (self._goaway_sent or self._goaway_received or self.terminated)
+
+    def stream_ids(self) -> list[int]:
+        return list(self._streams)
+
+    def has_stream(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def buffered(self, stream_id: int) -> int:
+        """Bytes queued on a stream but not yet framed: the I/O layer's backpressure signal."""
+        stream = self._streams.get(stream_id)
+        return stream.queued_bytes if stream else 0
+
+    # ---------------------------------------------------------------- sending
+
+    def open_stream(self, head: heads.RequestHead, *, websocket: bool, end_stream: bool) -> int:
+        """Start a request (relay only).  Raises :class:`StreamViolation` when refused."""
+        if self.role is not Role.RELAY:
+            raise RuntimeError("only the relay opens streams")
+        if not self.accepting_streams:
+            raise StreamViolation(0, ErrorCode.REFUSED, "tunnel is closing")
+        if len(self._streams) >= self._peer_max_streams:
+            raise StreamViolation(0, ErrorCode.TOO_MANY_STREAMS, "too many concurrent streams")
+        if self._next_stream_id > MAX_STREAM_ID:
+            raise StreamViolation(0, ErrorCode.REFUSED, "stream ids exhausted")
+        payload = heads.encode_request_head(head)
+        if len(payload) > MAX_FRAME_SIZE:
+            raise StreamViolation(0, ErrorCode.HEAD_TOO_LARGE, "request head too large")
+        stream_id = self._next_stream_id
+        self._next_stream_id += 1
+        self._highest_stream_id = stream_id
+        stream = _Stream(
+            stream_id,
+            head.priority,
+            websocket,
+            self._peer_initial_window,
+            self.settings.initial_stream_window,
+        )
+        self._streams[stream_id] = stream
+        flags = (Flags.WEBSOCKET if websocket else Flags.NONE) | (
+            Flags.END_STREAM if end_stream else Flags.NONE
+        )
+        frame = encode_frame(FrameType.OPEN, stream_id, payload, flags)
+        self._enqueue(stream, _Item(_Kind.FRAME, frame, end=end_stream))
+        stream.local_ending = end_stream
+        return stream_id
+
+    def send_response(self, stream_id: int, head: heads.ResponseHead, *, end_stream: bool) -> None:
+        """Answer a request (add-on only); status 101 accepts a WebSocket upgrade."""
+        if self.role is not Role.ADDON:
+            raise RuntimeError("only the add-on sends responses")
+        stream = self._writable(stream_id)
+        if stream.response_seen:
+            raise RuntimeError("response already sent")
+        payload = heads.encode_response_head(head)
+        if len(payload) > MAX_FRAME_SIZE:
+            raise StreamViolation(stream_id, ErrorCode.HEAD_TOO_LARGE, "response head too large")
+        stream.response_seen = True
+        if head.status == 101:
+            if not stream.websocket or end_stream:
+                raise RuntimeError("101 only answers a WebSocket upgrade")
+            stream.ws_open = True
+        elif stream.websocket:
+            stream.remote_closed = True  # a refused upgrade: the relay sends nothing more
+        flags = Flags.END_STREAM if end_stream else Flags.NONE
+        frame = encode_frame(FrameType.RESPONSE, stream_id, payload, flags)
+        self._enqueue(stream, _Item(_Kind.FRAME, frame, end=end_stream))
+        stream.local_ending = end_stream
+
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """Queue body bytes; they leave as credit allows (see :meth:`buffered`)."""
+        stream = self._writable(stream_id)
+        if stream.ws_open:
+            raise RuntimeError("stream carries WebSocket messages, not body data")
+        if data:
+            stream.queued_bytes += len(data)
+            self._enqueue(stream, _Item(_Kind.DATA, data))
+        if end_stream:
+            stream.local_ending = True
+            self._enqueue(stream, _Item(_Kind.DATA, b"", end=True))
+
+    def send_ws_message(self, stream_id: int, data: bytes, *, text: bool) -> None:
+        stream = self._writable(stream_id)
+        if not stream.ws_open:
+            raise RuntimeError("WebSocket not established on this stream")
+        stream.queued_bytes += len(data)
+        self._enqueue(stream, _Item(_Kind.WS, data, text=text))
+
+    def send_ws_close(self, stream_id: int, code: int, reason: str = "") -> None:
+        """Queue a WebSocket close after any queued messages (order is kept)."""
+        stream = self._writable(stream_id)
+        if not stream.ws_open:
+            raise RuntimeError("WebSocket not established on this stream")
+        raw_reason = reason.encode("utf-8")[:MAX_CLOSE_REASON]
+        stream.local_ending = True
+        payload = _CLOSE.pack(code & 0xFFFF) + raw_reason
+        item = _Item(_Kind.FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
+        self._enqueue(stream, item)
+
+    def reset_stream(self, stream_id: int, code: ErrorCode, reason: str = "") -> None:
+        """Abort a stream at once, dropping anything still queued for it."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self._forget(stream)
+        self._control += _reset_frame(stream_id, code, reason)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """The application consumed ``size`` received bytes: return the credit.
+
+        Bytes of a stream that has ended were paid back when it was forgotten,
+        so acknowledging them later is a no-op.
+        """
+        if size <= 0:
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return  # _forget paid back everything outstanding already
+        prepaid = min(size, stream.prepaid)
+        stream.prepaid -= prepaid
+        size -= prepaid
+        if size and not stream.remote_closed:
+            stream.unacked += size
+            if stream.unacked >= self.settings.initial_stream_window // 4:
+                self._grant_stream(stream)
+        self._grant_connection(size)
+
+    def ping(self, payload: bytes) -> None:
+        if len(payload) != 8:
+            raise ValueError("ping payload is 8 bytes")
+        self._control += encode_frame(FrameType.PING, 0, payload)
+
+    def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Announce that no new stream will be accepted; open streams finish."""
+        if self._goaway_sent:
+            return
+        self._goaway_sent = True
+        payload = _GOAWAY.pack(self._highest_stream_id, code) + reason.encode()[:256]
+        self._control += encode_frame(FrameType.GOAWAY, 0, payload)
+
+    def data_to_send(self, limit: int = 1024 * 1024) -> bytes:
+        """Bytes to write now: control frames first, then scheduled stream output."""
+        out = self._control
+        self._control = bytearray()
+        for queue in self._queues:
+            while queue and len(out) < limit:
+                stream = queue.popleft()
+                if self._emit_one(stream, out):
+                    if stream.queue:
+                        queue.append(stream)  # round robin within the class
+                    else:
+                        stream.scheduled = False
+                        self._maybe_forget(stream)
+        return bytes(out)
+
+    # -------------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; returns what happened.  Never raises on bad input."""
+        if self.terminated:
+            return []
+        events: list[Event] = []
+        try:
+            for frame in self._decoder.feed(data):
+                self._handle(frame, events)
+        except ProtocolViolation as exc:
+            self._terminate(exc.code, exc.reason, events)
+        return events
+
+    def _handle(self, frame: Frame, events: list[Event]) -> None:
+        if not self._settings_received and frame.type is not FrameType.SETTINGS:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
+        handler = _HANDLERS[frame.type]
+        try:
+            handler(self, frame, events)
+        except StreamViolation as exc:
+            stream = self._streams.get(exc.stream_id)
+            if stream is not None:
+                self._forget(stream)
+                events.append(StreamReset(exc.stream_id, exc.code, exc.reason, remote=False))
+            self._control += _reset_frame(exc.stream_id, exc.code, exc.reason)
+
+    def _on_settings(self, frame: Frame, events: list[Event]) -> None:
+        if self._settings_received:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "SETTINGS sent twice")
+        if len(frame.payload) % _SETTING.size:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed SETTINGS")
+        self._settings_received = True
+        for offset in range(0, len(frame.payload), _SETTING.size):
+            key, value = _SETTING.unpack_from(frame.payload, offset)
+            if key == SETTING_INITIAL_STREAM_WINDOW:
+                if not DEFAULT_WINDOW <= value <= MAX_WINDOW:
+                    raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "bad initial window")
+                delta = value - self._peer_initial_window
+                self._peer_initial_window = value
+                for stream in self._streams.values():
+                    stream.send_window += delta
+                    self._unblock_stream(stream)
+            elif key == SETTING_MAX_CONCURRENT_STREAMS:
+                self._peer_max_streams = value
+            # Unknown settings are ignored so that later versions can add some.
+
+    def _on_open(self, frame: Frame, events: list[Event]) -> None:
+        if self.role is not Role.ADDON:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "only the relay opens streams")
+        if frame.stream_id <= self._highest_stream_id:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "stream id not increasing")
+        self._highest_stream_id = frame.stream_id
+        if self._goaway_sent:
+            raise StreamViolation(frame.stream_id, ErrorCode.REFUSED, "going away")
+        if len(self._streams) >= self.settings.max_concurrent_streams:
+            raise StreamViolation(frame.stream_id, ErrorCode.TOO_MANY_STREAMS, "stream limit")
+        try:
+            head = heads.decode_request_head(frame.payload)
+        except heads.HeadError as exc:
+            raise StreamViolation(frame.stream_id, ErrorCode.BAD_REQUEST, str(exc)) from None
+        websocket = bool(frame.flags & Flags.WEBSOCKET)
+        end = bool(frame.flags & Flags.END_STREAM)
+        stream = _Stream(
+            frame.stream_id,
+            head.priority,
+            websocket,
+            self._peer_initial_window,
+            self.settings.initial_stream_window,
+        )
+        stream.remote_closed = end
+        self._streams[frame.stream_id] = stream
+        events.append(StreamOpened(frame.stream_id, head, websocket, end))
+
+    def _on_response(self, frame: Frame, events: list[Event]) -> None:
+        if self.role is not Role.RELAY:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "only the add-on sends responses")
+        stream = self._receiving(frame)
+        if stream is None:
+            return
+        if stream.response_seen:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "second response head")
+        try:
+            head = heads.decode_response_head(frame.payload)
+        except heads.HeadError as exc:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, str(exc)) from None
+        end = bool(frame.flags & Flags.END_STREAM)
+        if head.status == 101:
+            if not stream.websocket or end:
+                raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "unexpected 101")
+            stream.ws_open = True
+        elif 100 <= head.status < 200:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "interim responses not carried")
+        elif stream.websocket:
+            # A refused upgrade is an ordinary response; our side sent its last frame.
+            stream.local_ending = stream.local_closed = True
+        stream.response_seen = True
+        if end:
+            stream.remote_closed = True
+        events.append(ResponseReceived(stream.id, head, end))
+        self._maybe_forget(stream)
+
+    def _on_data(self, frame: Frame, events: list[Event]) -> None:
+        size = len(frame.payload)
+        self._consume_connection_credit(size)
+        stream = self._receiving(frame)
+        if stream is None:
+            self._grant_connection(size)
+            return
+        if stream.ws_open or (self.role is Role.RELAY and not stream.response_seen):
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "DATA not expected here")
+        self._consume_stream_credit(stream, size)
+        end = bool(frame.flags & Flags.END_STREAM)
+        if end:
+            stream.remote_closed = True
+        if size or end:
+            events.append(DataReceived(stream.id, frame.payload, end))
+        self._maybe_forget(stream)
+
+    def _on_ws_message(self, frame: Frame, events: list[Event]) -> None:
+        size = len(frame.payload)
+        self._consume_connection_credit(size)
+        stream = self._receiving(frame)
+        if stream is None:
+            self._grant_connection(size)
+            return
+        if not stream.ws_open:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "WebSocket not established")
+        self._consume_stream_credit(stream, size)
+        text = bool(frame.flags & Flags.TEXT)
+        if stream.ws_parts and text != stream.ws_text:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "fragment type changed")
+        stream.ws_text = text
+        stream.ws_size += size
+        if stream.ws_size > self.settings.max_ws_message:
+            raise StreamViolation(stream.id, ErrorCode.MESSAGE_TOO_LARGE, "message too large")
+        if not frame.flags & Flags.FIN:
+            # Hold fragments until the message is whole, paying their credit back
+            # at once: the message limit bounds this buffer, and waiting for the
+            # application to acknowledge would deadlock on a message > window.
+            stream.ws_parts.append(frame.payload)
+            stream.prepaid += size
+            stream.unacked += size
+            self._grant_connection(size)
+            if stream.unacked >= self.settings.initial_stream_window // 4:
+                self._grant_stream(stream)
+            return
+        stream.ws_parts.append(frame.payload)
+        message = b"".join(stream.ws_parts)
+        stream.ws_parts.clear()
+        stream.ws_size = 0
+        events.append(WebSocketMessageReceived(stream.id, message, text))
+
+    def _on_ws_close(self, frame: Frame, events: list[Event]) -> None:
+        stream = self._receiving(frame)
+        if stream is None:
+            return
+        if not stream.ws_open:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "WebSocket not established")
+        if len(frame.payload) < _CLOSE.size or len(frame.payload) > 2 + MAX_CLOSE_REASON:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "malformed close")
+        (code,) = _CLOSE.unpack_from(frame.payload)
+        reason = frame.payload[2:].decode("utf-8", "replace")
+        stream.remote_closed = True
+        events.append(WebSocketClosed(stream.id, code, reason))
+        self._maybe_forget(stream)
+
+    def _on_reset(self, frame: Frame, events: list[Event]) -> None:
+        if len(frame.payload) < _RESET.size:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed RESET")
+        self._check_known_id(frame.stream_id)
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            return  # it crossed our own reset or end on the wire
+        (raw_code,) = _RESET.unpack_from(frame.payload)
+        reason = frame.payload[_RESET.size : _RESET.size + 256].decode("utf-8", "replace")
+        self._forget(stream)
+        events.append(StreamReset(stream.id, _error_code(raw_code), reason, remote=True))
+
+    def _on_window_update(self, frame: Frame, events: list[Event]) -> None:
+        if len(frame.payload) != _U32.size:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed WINDOW_UPDATE")
+        (increment,) = _U32.unpack(frame.payload)
+        if increment == 0:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "zero window increment")
+        if frame.stream_id == 0:
+            self._send_window += increment
+            if self._send_window > MAX_WINDOW:
+                raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "connection window overflow")
+            blocked, self._blocked_on_connection = self._blocked_on_connection, []
+            for waiting in blocked:
+                if waiting.id in self._streams and waiting.queue:
+                    self._queues[waiting.priority].append(waiting)
+            return
+        self._check_known_id(frame.stream_id)
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            return
+        stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            raise StreamViolation(stream.id, ErrorCode.FLOW_CONTROL, "stream window overflow")
+        self._unblock_stream(stream)
+
+    def _on_ping(self, frame: Frame, events: list[Event]) -> None:
+        if len(frame.payload) != 8:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed PING")
+        if frame.flags & Flags.ACK:
+            events.append(PongReceived(frame.payload))
+        else:
+            self._control += encode_frame(FrameType.PING, 0, frame.payload, Flags.ACK)
+
+    def _on_goaway(self, frame: Frame, events: list[Event]) -> None:
+        if len(frame.payload) < _GOAWAY.size:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed GOAWAY")
+        last, raw_code = _GOAWAY.unpack_from(frame.payload)
+        reason = frame.payload[_GOAWAY.size :].decode("utf-8", "replace")
+        self._goaway_received = True
+        events.append(GoAwayReceived(last, _error_code(raw_code), reason))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _send_settings(self) -> None:
+        payload = _SETTING.pack(
+            SETTING_INITIAL_STREAM_WINDOW, self.settings.initial_stream_window
+        ) + _SETTING.pack(SETTING_MAX_CONCURRENT_STREAMS, self.settings.max_concurrent_streams)
+        self._control += encode_frame(FrameType.SETTINGS, 0, payload)
+        # Grow the tunnel window from the protocol default to what we grant.
+        extra = self.settings.connection_window - DEFAULT_WINDOW
+        if extra:
+            self._control += encode_frame(FrameType.WINDOW_UPDATE, 0, _U32.pack(extra))
+
+    def _terminate(self, code: ErrorCode, reason: str, events: list[Event]) -> None:
+        self.goaway(code, reason)
+        self.terminated = True
+        for stream in list(self._streams.values()):
+            self._forget(stream)
+        events.append(ConnectionTerminated(code, reason, remote=False))
+
+    def _check_known_id(self, stream_id: int) -> None:
+        if stream_id > self._highest_stream_id:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, f"frame for idle stream {stream_id}")
+
+    def _receiving(self, frame: Frame) -> _Stream | None:
+        """The stream a frame belongs to, or None if it closed already."""
+        self._check_known_id(frame.stream_id)
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            return None
+        if stream.remote_closed:
+            raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "frame after end of stream")
+        return stream
+
+    def _writable(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamViolation(stream_id, ErrorCode.CANCEL, "stream is closed")
+        if stream.local_ending:
+            raise RuntimeError("stream already ended on this side")
+        return stream
+
+    def _consume_connection_credit(self, size: int) -> None:
+        self._recv_window -= size
+        if self._recv_window < 0:
+            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "connection window exceeded")
+
+    def _consume_stream_credit(self, stream: _Stream, size: int) -> None:
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "stream window exceeded")
+
+    def _grant_stream(self, stream: _Stream) -> None:
+        increment, stream.unacked = stream.unacked, 0
+        stream.recv_window += increment
+        self._control += encode_frame(FrameType.WINDOW_UPDATE, stream.id, _U32.pack(increment))
+
+    def _grant_connection(self, size: int) -> None:
+        if size <= 0:
+            return
+        self._unacked += size
+        if self._unacked >= self.settings.connection_window // 4:
+            increment, self._unacked = self._unacked, 0
+            self._recv_window += increment
+            self._control += encode_frame(FrameType.WINDOW_UPDATE, 0, _U32.pack(increment))
+
+    def _enqueue(self, stream: _Stream, item: _Item) -> None:
+        stream.queue.append(item)
+        if not stream.scheduled:
+            stream.scheduled = True
+            self._queues[stream.priority].append(stream)
+
+    def _unblock_stream(self, stream: _Stream) -> None:
+        if stream.id in self._blocked_on_stream and stream.send_window > 0:
+            self._blocked_on_stream.discard(stream.id)
+            self._queues[stream.priority].append(stream)
+
+    def _emit_one(self, stream: _Stream, out: bytearray) -> bool:
+        """Write one frame of ``stream``'s output.  False if it must wait for credit."""
+        item = stream.queue[0]
+        if item.kind is _Kind.FRAME:
+            out += item.data
+            stream.queue.popleft()
+            if item.end:
+                stream.local_closed = True
+            return True
+        remaining = len(item.data) - item.offset
+        size = min(remaining, self.settings.chunk_size)
+        if remaining:
+            if stream.send_window <= 0:
+                self._blocked_on_stream.add(stream.id)
+                return False
+            if self._send_window <= 0:
+                self._blocked_on_connection.append(stream)
+                return False
+            size = min(size, stream.send_window, self._send_window)
+        chunk = item.data[item.offset : item.offset + size]
+        item.offset += size
+        last = item.offset == len(item.data)
+        stream.send_window -= size
+        self._send_window -= size
+        stream.queued_bytes -= size
+        if item.kind is _Kind.DATA:
+            flags = Flags.END_STREAM if item.end and last else Flags.NONE
+            out += encode_frame(FrameType.DATA, stream.id, chunk, flags)
+            if item.end:
+                stream.local_closed = True
+        else:
+            flags = (Flags.TEXT if item.text else Flags.NONE) | (Flags.FIN if last else Flags.NONE)
+            out += encode_frame(FrameType.WS_MESSAGE, stream.id, chunk, flags)
+        if last:
+            stream.queue.popleft()
+        return True
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        if stream.local_closed and stream.remote_closed and not stream.queue:
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        self._streams.pop(stream.id, None)
+        self._blocked_on_stream.discard(stream.id)
+        if stream.scheduled:
+            stream.queue.clear()
+            stream.queued_bytes = 0
+            for queue in self._queues:
+                if stream in queue:
+                    queue.remove(stream)
+            if stream in self._blocked_on_connection:
+                self._blocked_on_connection.remove(stream)
+            stream.scheduled = False
+        # Unconsumed received bytes of a dead stream still count against the
+        # tunnel window: pay them back so the tunnel does not slowly starve.
+        outstanding = self.settings.initial_stream_window - stream.recv_window - stream.unacked
+        if outstanding > 0:
+            self._grant_connection(outstanding)
+        stream.recv_window = self.settings.initial_stream_window
+
+
+def _reset_frame(stream_id: int, code: ErrorCode, reason: str) -> bytes:
+    payload = _RESET.pack(code) + reason.encode("utf-8")[:256]
+    return encode_frame(FrameType.RESET, stream_id, payload)
+
+
+def _error_code(raw: int) -> ErrorCode:
+    try:
+        return ErrorCode(raw)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+_HANDLERS = {
+    FrameType.SETTINGS: TunnelConnection._on_settings,
+    FrameType.OPEN: TunnelConnection._on_open,
+    FrameType.RESPONSE: TunnelConnection._on_response,
+    FrameType.DATA: TunnelConnection._on_data,
+    FrameType.WS_MESSAGE: TunnelConnection._on_ws_message,
+    FrameType.WS_CLOSE: TunnelConnection._on_ws_close,
+    FrameType.RESET: TunnelConnection._on_reset,
+    FrameType.WINDOW_UPDATE: TunnelConnection._on_window_update,
+    FrameType.PING: TunnelConnection._on_ping,
+    FrameType.GOAWAY: TunnelConnection._on_goaway,
+}

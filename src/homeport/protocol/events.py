@@ -1,0 +1,90 @@
+"""Events produced by :class:`homeport.protocol.connection.TunnelConnection`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homeport.protocol.errors import ErrorCode
+from homeport.protocol.heads import RequestHead, ResponseHead
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of everything :meth:`TunnelConnection.receive_data` returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened(Event):
+    """A new request (add-on side). ``websocket`` asks for an upgrade."""
+
+    stream_id: int
+    head: RequestHead
+    websocket: bool
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived(Event):
+    """The response head for a stream (relay side)."""
+
+    stream_id: int
+    head: ResponseHead
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    """Body bytes. Call :meth:`TunnelConnection.acknowledge` once they are consumed."""
+
+    stream_id: int
+    data: bytes
+    end_stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketMessageReceived(Event):
+    """A whole WebSocket message; acknowledge ``len(data)`` once it is delivered."""
+
+    stream_id: int
+    data: bytes
+    text: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClosed(Event):
+    stream_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset(Event):
+    """The stream ended abnormally (by the peer, or by us after bad input)."""
+
+    stream_id: int
+    code: ErrorCode
+    reason: str
+    remote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived(Event):
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayReceived(Event):
+    """The peer will accept no stream above ``last_stream_id``; reconnect soon."""
+
+    last_stream_id: int
+    code: ErrorCode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated(Event):
+    """The tunnel is unusable: close the transport after flushing ``data_to_send``."""
+
+    code: ErrorCode
+    reason: str
+    remote: bool

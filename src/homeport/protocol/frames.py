@@ -1,0 +1,136 @@
+"""Tunnel frame format: encoding and incremental, strict decoding.
+
+Every frame is ``length:u32 | type:u8 | flags:u8 | stream_id:u32 | payload``
+(big-endian, 10-byte header).  Frames are concatenated into binary WebSocket
+messages; the decoder accepts arbitrary chunking so it never depends on how the
+transport splits bytes.  The length is checked against the negotiated maximum
+*before* any payload is buffered, so a peer cannot make us hold a huge frame.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from homeport.protocol.errors import ErrorCode, ProtocolViolation
+
+HEADER = struct.Struct(">IBBI")
+HEADER_SIZE = HEADER.size
+MAX_STREAM_ID = 2**31 - 1
+
+
+class FrameType(enum.IntEnum):
+    SETTINGS = 0x0
+    OPEN = 0x1
+    RESPONSE = 0x2
+    DATA = 0x3
+    WS_MESSAGE = 0x4
+    WS_CLOSE = 0x5
+    RESET = 0x6
+    WINDOW_UPDATE = 0x7
+    PING = 0x8
+    GOAWAY = 0x9
+
+
+class Flags(enum.IntFlag):
+    NONE = 0x0
+    END_STREAM = 0x1  # OPEN, RESPONSE, DATA: no more body from this side
+    WEBSOCKET = 0x2  # OPEN: the request is a WebSocket upgrade
+    TEXT = 0x4  # WS_MESSAGE: text (UTF-8) rather than binary
+    FIN = 0x8  # WS_MESSAGE: last fragment of the message
+    ACK = 0x10  # PING: this is the answer (pong)
+
+
+#: Frame types that must name a stream, and those that must not.
+STREAM_FRAMES = frozenset(
+    {
+        FrameType.OPEN,
+        FrameType.RESPONSE,
+        FrameType.DATA,
+        FrameType.WS_MESSAGE,
+        FrameType.WS_CLOSE,
+        FrameType.RESET,
+    }
+)
+CONNECTION_FRAMES = frozenset({FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY})
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    flags: Flags
+    stream_id: int
+    payload: bytes
+
+
+def encode_frame(
+    frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: Flags = Flags.NONE
+) -> bytes:
+    return HEADER.pack(len(payload), frame_type, flags, stream_id) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames; raises :class:`ProtocolViolation` on bad input.
+
+    Stops: oversized frames (memory exhaustion), unknown frame types and
+    flags (ambiguity between peer versions), stream ids out of range.
+    """
+
+    def __init__(self, max_payload: int) -> None:
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        buf = self._buffer
+        offset = 0
+        while len(buf) - offset >= HEADER_SIZE:
+            length, raw_type, raw_flags, stream_id = HEADER.unpack_from(buf, offset)
+            if length > self.max_payload:
+                raise ProtocolViolation(
+                    ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {self.max_payload}"
+                )
+            end = offset + HEADER_SIZE + length
+            if len(buf) < end:
+                break
+            frames.append(
+                _validate(raw_type, raw_flags, stream_id, bytes(buf[offset + HEADER_SIZE : end]))
+            )
+            offset = end
+        if offset:
+            del buf[:offset]
+        return frames
+
+
+_ALLOWED_FLAGS: dict[FrameType, Flags] = {
+    FrameType.SETTINGS: Flags.NONE,
+    FrameType.OPEN: Flags.END_STREAM | Flags.WEBSOCKET,
+    FrameType.RESPONSE: Flags.END_STREAM,
+    FrameType.DATA: Flags.END_STREAM,
+    FrameType.WS_MESSAGE: Flags.TEXT | Flags.FIN,
+    FrameType.WS_CLOSE: Flags.NONE,
+    FrameType.RESET: Flags.NONE,
+    FrameType.WINDOW_UPDATE: Flags.NONE,
+    FrameType.PING: Flags.ACK,
+    FrameType.GOAWAY: Flags.NONE,
+}
+
+
+def _validate(raw_type: int, raw_flags: int, stream_id: int, payload: bytes) -> Frame:
+    try:
+        frame_type = FrameType(raw_type)
+    except ValueError:
+        raise ProtocolViolation(ErrorCode.PROTOCOL, f"unknown frame type {raw_type}") from None
+    if raw_flags & ~_ALLOWED_FLAGS[frame_type]:
+        raise ProtocolViolation(
+            ErrorCode.PROTOCOL, f"flags {raw_flags:#x} not allowed on {frame_type.name}"
+        )
+    if stream_id > MAX_STREAM_ID:
+        raise ProtocolViolation(ErrorCode.PROTOCOL, "stream id out of range")
+    if frame_type in STREAM_FRAMES and stream_id == 0:
+        raise ProtocolViolation(ErrorCode.PROTOCOL, f"{frame_type.name} needs a stream id")
+    if frame_type in CONNECTION_FRAMES and stream_id != 0:
+        raise ProtocolViolation(ErrorCode.PROTOCOL, f"{frame_type.name} must use stream 0")
+    return Frame(frame_type, Flags(raw_flags), stream_id, payload)
