@@ -1,0 +1,110 @@
+"""SSL contexts for the relay (server) and the add-on and other clients.
+
+One place decides the TLS posture, so no caller can weaken it by accident
+(security checklist section 1, R-ADD-01). Also the channel-binding values
+the tunnel handshake signs: a hash of the relay's leaf certificate as each
+side sees it (RFC 5929 "tls-server-end-point" style; Python's ``ssl`` has no
+TLS 1.3 channel binding or keying-material exporter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+__all__ = [
+    "ALPN_PROTOCOLS",
+    "NoPeerCertificateError",
+    "client_context",
+    "local_certificate_sha256",
+    "peer_certificate_sha256",
+    "server_context",
+]
+
+# WebSockets (RFC 6455) and the account site speak HTTP/1.1.
+ALPN_PROTOCOLS = ["http/1.1"]
+
+
+class NoPeerCertificateError(ssl.SSLError):
+    """The TLS peer presented no certificate, so there is nothing to bind to."""
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """Context for a TLS server presenting the chain in ``cert``.
+
+    - TLS 1.3 only (Mozilla "modern", R-TLS-01/02/03): every TLS 1.3 suite
+      is AEAD with forward secrecy (R-TLS-04), so there is no cipher list to
+      get wrong. Key-exchange groups are left to OpenSSL's defaults; R-TLS-05
+      restricts them through ``OPENSSL_CONF`` (Python 3.11 can set only one).
+    - ``OP_NO_COMPRESSION``: stops CRIME-style secret recovery (R-TLS-08).
+    - ``OP_NO_RENEGOTIATION``: no client-initiated renegotiation (DoS and
+      renegotiation attacks; R-TLS-08). TLS 1.3 has none anyway; this keeps
+      it so if the minimum is ever lowered.
+    - ``OP_NO_TICKET``: no stateless session tickets, whose long-lived
+      ticket key would undo forward secrecy (R-TLS-10).
+    - ALPN ``http/1.1``: the only protocol served. No 0-RTT: Python's
+      ``ssl`` never accepts early data (R-TLS-09).
+
+    ``cert`` should hold leaf + intermediates, never the root (R-TLS-07).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
+    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    return context
+
+
+def client_context(extra_ca: Path | None = None) -> ssl.SSLContext:
+    """Verifying client context: system trust, plus ``extra_ca`` if given.
+
+    Certificate chain and host name are always checked (R-TLS-14, R-ADD-01):
+    this stops an interceptor with a self-signed, unknown-CA or wrong-name
+    certificate. ``extra_ca`` adds a trust anchor (the development CA); it
+    never replaces verification. TLS 1.3 minimum, like our servers.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    if extra_ca is not None:
+        context.load_verify_locations(cafile=extra_ca)
+    # Belt and braces: create_default_context promises these; never ship without.
+    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise RuntimeError("TLS client context would not verify the server")
+    return context
+
+
+def peer_certificate_sha256(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bytes:
+    """SHA-256 of the DER leaf certificate the peer sent in this session.
+
+    The add-on compares this with the hash the relay signed: an interceptor
+    holding another valid certificate for the relay's name yields a
+    different hash, so the relay's signature cannot be relayed through it.
+
+    RFC 5929 would pick the hash from the certificate's signature algorithm
+    (SHA-384 for Let's Encrypt's ECDSA intermediates); we fix SHA-256 on
+    both sides so the two can never disagree, which is all the binding needs.
+    """
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise NoPeerCertificateError("TLS peer presented no certificate")
+    return hashlib.sha256(der).digest()
+
+
+def local_certificate_sha256(cert_pem_path: Path) -> bytes:
+    """SHA-256 of the DER of the first (leaf) certificate in a served chain file.
+
+    The relay's side of :func:`peer_certificate_sha256`. Compute it from the
+    same file loaded into the server context, and again whenever the
+    certificate is renewed, or every handshake will fail.
+    """
+    try:
+        certs = x509.load_pem_x509_certificates(cert_pem_path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{cert_pem_path} holds no PEM certificate") from exc
+    return hashlib.sha256(certs[0].public_bytes(serialization.Encoding.DER)).digest()
