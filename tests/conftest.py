@@ -1,0 +1,34 @@
+"""Shared fixtures for Homeport's tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from ha_core import HomeAssistant, PythonNotFoundError, ensure_ha_venv
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def home_assistant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[HomeAssistant]:
+    """One real, onboarded Home Assistant Core for the whole session (see ha_core.py).
+
+    Tests using it carry ``@pytest.mark.homeassistant``. Run
+    ``python tests/support/ha_core.py install`` first to keep the one-time install
+    (about a minute) out of the tests' timeout.
+    """
+    missing_python = ""
+    try:
+        venv = await asyncio.to_thread(ensure_ha_venv)
+    except PythonNotFoundError as exc:
+        missing_python = str(exc)
+    if missing_python:
+        pytest.fail(missing_python, pytrace=False)  # a failure, never a skip
+    ha = await HomeAssistant.start(tmp_path_factory.mktemp("home-assistant"), venv=venv)
+    try:
+        yield ha
+    finally:
+        await ha.stop()
