@@ -1,0 +1,240 @@
+"""Relational schema of the relay's accounts store.
+
+The models are deliberately plain: no ORM relationships (lazy loading does
+not mix with asyncio), only columns, keys and constraints, so every query
+in :mod:`homeport.accounts.service` is explicit about what it reads.
+
+Portability rules (SQLite today, PostgreSQL later):
+
+* timestamps go through :class:`UTCDateTime`, which accepts only
+  timezone-aware values, stores them as UTC and always hands back aware
+  UTC datetimes, whatever the backend does with time zones;
+* no SQLite-only types or features; enumerations are short strings guarded
+  by ``CHECK`` constraints instead of native enum types;
+* every constraint has a deterministic name (:data:`NAMING_CONVENTION`), so
+  Alembic can alter it later on both backends (SQLite batch mode needs
+  names to recreate tables).
+
+Secrets never sit in these tables in clear: session tokens, hand-off codes
+and link codes are stored as SHA-256 hex digests, passwords as Argon2id
+hashes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "HandoffCode",
+    "Instance",
+    "InstanceMember",
+    "LinkCode",
+    "UTCDateTime",
+    "User",
+    "WebSession",
+]
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Lengths of the text columns, in one place so the service can validate
+# input against the same numbers the schema enforces.
+EMAIL_MAX = 320
+PASSWORD_HASH_MAX = 255
+INSTANCE_ID_LEN = 26
+INSTANCE_NAME_MAX = 64
+PUBLIC_KEY_MAX = 64
+SHA256_HEX_LEN = 64
+USER_AGENT_MAX = 256
+IP_MAX = 64
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no time zone support: SQLAlchemy's SQLite ``DATETIME`` drops
+    ``tzinfo`` on the way in and returns naive values. PostgreSQL's
+    ``timestamptz`` returns aware values in the session time zone. This
+    decorator normalises both to aware UTC so expiry comparisons in Python
+    never mix naive and aware values (a ``TypeError`` at best, a silently
+    wrong expiry at worst), and refuses naive input outright.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # Stored as ISO text without offset; always UTC by this rule, so
+            # lexical order in SQL equals time order.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # pragma: no cover - driver contract
+            raise TypeError(f"expected datetime from the database, got {type(value)!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the shared :class:`MetaData`."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    """An account on the relay.
+
+    ``email`` is stored normalised (NFKC, stripped, case-folded) and unique,
+    so two spellings of one address cannot become two accounts.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def __repr__(self) -> str:  # never include the password hash
+        return f"User(id={self.id!r}, email={self.email!r}, disabled={self.disabled!r})"
+
+
+class Instance(Base):
+    """A Home Assistant installation reachable through the relay.
+
+    ``id`` is the tenant host label: 128 random bits, lower-case base32
+    (26 characters), so tenant host names cannot be enumerated.
+    ``addon_public_key`` is the add-on's Ed25519 key in the canonical text
+    form ``ed25519:<base64url, no padding>``; the tunnel hub finds the
+    instance by it after the add-on has proven possession of the key.
+    """
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(INSTANCE_ID_LEN), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(INSTANCE_NAME_MAX))
+    addon_public_key: Mapped[str] = mapped_column(String(PUBLIC_KEY_MAX), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    def __repr__(self) -> str:
+        return f"Instance(id={self.id!r}, owner_id={self.owner_id!r}, name={self.name!r})"
+
+
+class InstanceMember(Base):
+    """An account allowed on an instance besides its owner."""
+
+    __tablename__ = "instance_members"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebSession(Base):
+    """A browser session, on the account site or on one tenant host.
+
+    Only ``token_hash`` (SHA-256 hex of the 256-bit token) is stored, so a
+    leaked database or backup does not hand out live sessions.
+    """
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('account', 'tenant')", name="kind"),
+        CheckConstraint(
+            "(kind = 'tenant' AND instance_id IS NOT NULL)"
+            " OR (kind = 'account' AND instance_id IS NULL)",
+            name="tenant_instance",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    idle_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    absolute_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    user_agent: Mapped[str] = mapped_column(String(USER_AGENT_MAX))
+    ip: Mapped[str] = mapped_column(String(IP_MAX))
+
+    def __repr__(self) -> str:  # never include the token hash
+        return (
+            f"WebSession(id={self.id!r}, user_id={self.user_id!r}, kind={self.kind!r}, "
+            f"instance_id={self.instance_id!r})"
+        )
+
+
+class LinkCode(Base):
+    """A short-lived, single-use code that links an add-on key to an account."""
+
+    __tablename__ = "link_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    addon_public_key: Mapped[str] = mapped_column(String(PUBLIC_KEY_MAX), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class HandoffCode(Base):
+    """A one-time code carrying a login from the account site to a tenant host.
+
+    Bound to the user, the instance, and a hash of a browser state value so
+    a code that leaks (history, referrer, logs) is useless in another
+    browser or on another tenant host.
+    """
+
+    __tablename__ = "handoff_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    binding_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
