@@ -122,10 +122,13 @@ class _Stream:
         "send_window",
         "unacked",
         "websocket",
+        "ws_buffer",
         "ws_open",
-        "ws_parts",
+        "ws_partial",
+        "ws_prepaid",
         "ws_size",
         "ws_text",
+        "ws_unprepaid",
     )
 
     def __init__(self, stream_id: int, priority: int, websocket: bool, send: int, recv: int):
@@ -137,16 +140,21 @@ class _Stream:
         self.send_window = send
         self.recv_window = recv
         self.unacked = 0
-        self.prepaid = 0
+        self.prepaid = 0  # delivered bytes whose credit went back before acknowledgement
         self.queue: deque[_Item] = deque()
         self.queued_bytes = 0
         self.scheduled = False
         self.local_ending = False  # an end (END_STREAM / WS close) is queued
         self.local_closed = False  # ... and has been framed
         self.remote_closed = False
-        self.ws_parts: list[bytes] = []
+        # One growing buffer, not a list of fragments: a flood of tiny (or empty)
+        # fragments must cost no more memory than the bytes they carry.
+        self.ws_buffer = bytearray()
+        self.ws_partial = False  # a message has started and not finished
         self.ws_size = 0
         self.ws_text = False
+        self.ws_prepaid = 0  # bytes of the partial message whose credit went back early
+        self.ws_unprepaid = 0  # bytes of the partial message still charged to the windows
 
 
 class TunnelConnection:
@@ -226,9 +234,12 @@ class TunnelConnection:
         flags = (Flags.WEBSOCKET if websocket else Flags.NONE) | (
             Flags.END_STREAM if end_stream else Flags.NONE
         )
-        frame = encode_frame(FrameType.OPEN, stream_id, payload, flags)
-        self._enqueue(stream, _Item(_Kind.FRAME, frame, end=end_stream))
-        stream.local_ending = end_stream
+        # OPEN frames bypass the scheduler: the add-on requires stream ids in
+        # increasing order, and per-priority queues would reorder them.  Going
+        # out with the control frames also keeps an OPEN ahead of its stream's
+        # own frames, and ahead of any RESET for it.
+        self._control += encode_frame(FrameType.OPEN, stream_id, payload, flags)
+        stream.local_ending = stream.local_closed = end_stream
         return stream_id
 
     def send_response(self, stream_id: int, head: heads.ResponseHead, *, end_stream: bool) -> None:
@@ -238,13 +249,16 @@ class TunnelConnection:
         stream = self._writable(stream_id)
         if stream.response_seen:
             raise RuntimeError("response already sent")
+        if 100 <= head.status < 200 and head.status != 101:
+            # The relay resets a stream on any interim response: refuse it here.
+            raise heads.HeadError(f"interim response {head.status} is not carried")
         payload = heads.encode_response_head(head)
         if len(payload) > MAX_FRAME_SIZE:
             raise StreamViolation(stream_id, ErrorCode.HEAD_TOO_LARGE, "response head too large")
-        stream.response_seen = True
+        if head.status == 101 and (not stream.websocket or end_stream):
+            raise RuntimeError("101 only answers a WebSocket upgrade")
+        stream.response_seen = True  # only now: a refused call must leave no trace
         if head.status == 101:
-            if not stream.websocket or end_stream:
-                raise RuntimeError("101 only answers a WebSocket upgrade")
             stream.ws_open = True
         elif stream.websocket:
             stream.remote_closed = True  # a refused upgrade: the relay sends nothing more
@@ -258,12 +272,16 @@ class TunnelConnection:
         stream = self._writable(stream_id)
         if stream.ws_open:
             raise RuntimeError("stream carries WebSocket messages, not body data")
+        if self.role is Role.ADDON and not stream.response_seen:
+            raise RuntimeError("send the response head before its body")
         if data:
             stream.queued_bytes += len(data)
-            self._enqueue(stream, _Item(_Kind.DATA, data))
         if end_stream:
             stream.local_ending = True
-            self._enqueue(stream, _Item(_Kind.DATA, b"", end=True))
+        if data or end_stream:
+            # One item: END_STREAM rides on the last chunk instead of waiting a
+            # whole round-robin turn (behind other streams' chunks) on its own.
+            self._enqueue(stream, _Item(_Kind.DATA, data, end=end_stream))
 
     def send_ws_message(self, stream_id: int, data: bytes, *, text: bool) -> None:
         stream = self._writable(stream_id)
@@ -277,7 +295,9 @@ class TunnelConnection:
         stream = self._writable(stream_id)
         if not stream.ws_open:
             raise RuntimeError("WebSocket not established on this stream")
+        # Cut on a character boundary: a close reason must stay valid UTF-8.
         raw_reason = reason.encode("utf-8")[:MAX_CLOSE_REASON]
+        raw_reason = raw_reason.decode("utf-8", "ignore").encode("utf-8")
         stream.local_ending = True
         payload = _CLOSE.pack(code & 0xFFFF) + raw_reason
         item = _Item(_Kind.FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
@@ -305,11 +325,27 @@ class TunnelConnection:
         prepaid = min(size, stream.prepaid)
         stream.prepaid -= prepaid
         size -= prepaid
-        if size and not stream.remote_closed:
-            stream.unacked += size
-            if stream.unacked >= self.settings.initial_stream_window // 4:
-                self._grant_stream(stream)
-        self._grant_connection(size)
+        # Never return more than the peer used: a double acknowledgement must
+        # not let the peer exceed the windows we configured.
+        held = (
+            self.settings.initial_stream_window
+            - stream.recv_window
+            - stream.unacked
+            - stream.ws_unprepaid
+        )
+        size = min(size, held)
+        if size > 0:
+            if stream.remote_closed:
+                # Nothing more will arrive, so no WINDOW_UPDATE; but count the
+                # bytes as returned, or _forget would pay them back a second time.
+                stream.recv_window += size
+            else:
+                stream.unacked += size
+                if stream.unacked >= self.settings.initial_stream_window // 4:
+                    self._grant_stream(stream)
+            self._grant_connection(size)
+        if prepaid and stream.ws_unprepaid:
+            self._prepay(stream)  # budget freed: let a stuck partial message go on
 
     def ping(self, payload: bytes) -> None:
         if len(payload) != 8:
@@ -347,8 +383,12 @@ class TunnelConnection:
             return []
         events: list[Event] = []
         try:
-            for frame in self._decoder.feed(data):
-                self._handle(frame, events)
+            frames = self._decoder.feed(data)
+            while frames:
+                for frame in frames:
+                    self._handle(frame, events)
+                # Raises a violation the decoder found behind the frames just handled.
+                frames = self._decoder.feed(b"")
         except ProtocolViolation as exc:
             self._terminate(exc.code, exc.reason, events)
         return events
@@ -443,14 +483,11 @@ class TunnelConnection:
 
     def _on_data(self, frame: Frame, events: list[Event]) -> None:
         size = len(frame.payload)
-        self._consume_connection_credit(size)
-        stream = self._receiving(frame)
+        stream = self._receiving_flow_controlled(frame)
         if stream is None:
-            self._grant_connection(size)
             return
         if stream.ws_open or (self.role is Role.RELAY and not stream.response_seen):
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "DATA not expected here")
-        self._consume_stream_credit(stream, size)
         end = bool(frame.flags & Flags.END_STREAM)
         if end:
             stream.remote_closed = True
@@ -460,16 +497,13 @@ class TunnelConnection:
 
     def _on_ws_message(self, frame: Frame, events: list[Event]) -> None:
         size = len(frame.payload)
-        self._consume_connection_credit(size)
-        stream = self._receiving(frame)
+        stream = self._receiving_flow_controlled(frame)
         if stream is None:
-            self._grant_connection(size)
             return
         if not stream.ws_open:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "WebSocket not established")
-        self._consume_stream_credit(stream, size)
         text = bool(frame.flags & Flags.TEXT)
-        if stream.ws_parts and text != stream.ws_text:
+        if stream.ws_partial and text != stream.ws_text:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "fragment type changed")
         stream.ws_text = text
         stream.ws_size += size
@@ -477,19 +511,25 @@ class TunnelConnection:
             raise StreamViolation(stream.id, ErrorCode.MESSAGE_TOO_LARGE, "message too large")
         if not frame.flags & Flags.FIN:
             # Hold fragments until the message is whole, paying their credit back
-            # at once: the message limit bounds this buffer, and waiting for the
-            # application to acknowledge would deadlock on a message > window.
-            stream.ws_parts.append(frame.payload)
-            stream.prepaid += size
-            stream.unacked += size
-            self._grant_connection(size)
-            if stream.unacked >= self.settings.initial_stream_window // 4:
-                self._grant_stream(stream)
+            # ahead of the application (see _prepay): waiting for it to
+            # acknowledge would deadlock on a message > window.
+            stream.ws_buffer += frame.payload
+            stream.ws_partial = True
+            stream.ws_unprepaid += size
+            self._prepay(stream)
             return
-        stream.ws_parts.append(frame.payload)
-        message = b"".join(stream.ws_parts)
-        stream.ws_parts.clear()
+        if stream.ws_partial:
+            stream.ws_buffer += frame.payload
+            message = bytes(stream.ws_buffer)
+            stream.ws_buffer = bytearray()
+            stream.ws_partial = False
+        else:
+            message = frame.payload  # the common single-frame message: no copy
         stream.ws_size = 0
+        # Delivered now: what was paid ahead is settled by the acknowledgement
+        # (in acknowledge); the rest is charged until then, like body bytes.
+        stream.prepaid += stream.ws_prepaid
+        stream.ws_prepaid = stream.ws_unprepaid = 0
         events.append(WebSocketMessageReceived(stream.id, message, text))
 
     def _on_ws_close(self, frame: Frame, events: list[Event]) -> None:
@@ -571,6 +611,7 @@ class TunnelConnection:
             self._control += encode_frame(FrameType.WINDOW_UPDATE, 0, _U32.pack(extra))
 
     def _terminate(self, code: ErrorCode, reason: str, events: list[Event]) -> None:
+        self._goaway_sent = False  # after a graceful GOAWAY, still tell the peer why
         self.goaway(code, reason)
         self.terminated = True
         for stream in list(self._streams.values()):
@@ -591,6 +632,26 @@ class TunnelConnection:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "frame after end of stream")
         return stream
 
+    def _receiving_flow_controlled(self, frame: Frame) -> _Stream | None:
+        """Like :meth:`_receiving` for DATA and WS_MESSAGE, charging both windows.
+
+        Credit is taken before any stream-level check, so that a frame which
+        resets its stream is still paid back (by :meth:`_forget`, or here when
+        the stream is gone): a rejected frame must not shrink the tunnel window.
+        """
+        size = len(frame.payload)
+        self._consume_connection_credit(size)
+        try:
+            stream = self._receiving(frame)
+        except StreamViolation:
+            self._grant_connection(size)
+            raise
+        if stream is None:
+            self._grant_connection(size)
+            return None
+        self._consume_stream_credit(stream, size)
+        return stream
+
     def _writable(self, stream_id: int) -> _Stream:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -609,6 +670,27 @@ class TunnelConnection:
         if stream.recv_window < 0:
             raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "stream window exceeded")
 
+    def _prepay(self, stream: _Stream) -> None:
+        """Return credit for fragments of a message the application cannot see yet.
+
+        Without this a message larger than the window would deadlock.  The
+        credit paid ahead is capped at ``max_ws_message`` per stream, counting
+        whole messages the application still holds: otherwise a reader that
+        never acknowledges (a stalled browser tab) would let the peer send
+        without limit, as only each message's last fragment would be charged.
+        A stalled reader therefore holds at most window + max_ws_message.
+        """
+        budget = self.settings.max_ws_message - stream.prepaid - stream.ws_prepaid
+        n = min(stream.ws_unprepaid, budget)
+        if n <= 0 or stream.remote_closed:
+            return
+        stream.ws_unprepaid -= n
+        stream.ws_prepaid += n
+        stream.unacked += n
+        self._grant_connection(n)
+        if stream.unacked >= self.settings.initial_stream_window // 4:
+            self._grant_stream(stream)
+
     def _grant_stream(self, stream: _Stream) -> None:
         increment, stream.unacked = stream.unacked, 0
         stream.recv_window += increment
@@ -618,7 +700,11 @@ class TunnelConnection:
         if size <= 0:
             return
         self._unacked += size
-        if self._unacked >= self.settings.connection_window // 4:
+        # Batch updates, except when the peer is running out of credit: with
+        # stalled streams holding most of the window, credit below the batch
+        # threshold would otherwise never go back and the whole tunnel starves.
+        quarter = self.settings.connection_window // 4
+        if self._unacked >= quarter or self._recv_window < quarter:
             increment, self._unacked = self._unacked, 0
             self._recv_window += increment
             self._control += encode_frame(FrameType.WINDOW_UPDATE, 0, _U32.pack(increment))
@@ -635,14 +721,21 @@ class TunnelConnection:
             self._queues[stream.priority].append(stream)
 
     def _emit_one(self, stream: _Stream, out: bytearray) -> bool:
-        """Write one frame of ``stream``'s output.  False if it must wait for credit."""
+        """Write one turn of ``stream``'s output.  False if it must wait for credit.
+
+        A turn is at most one chunk of body or message bytes; pre-encoded frames
+        (a response head, a close) ride along with it rather than costing a
+        turn of their own, so a small response goes out in a single turn.
+        """
         item = stream.queue[0]
-        if item.kind is _Kind.FRAME:
+        while item.kind is _Kind.FRAME:
             out += item.data
             stream.queue.popleft()
             if item.end:
                 stream.local_closed = True
-            return True
+            if not stream.queue:
+                return True
+            item = stream.queue[0]
         remaining = len(item.data) - item.offset
         size = min(remaining, self.settings.chunk_size)
         if remaining:
@@ -662,7 +755,7 @@ class TunnelConnection:
         if item.kind is _Kind.DATA:
             flags = Flags.END_STREAM if item.end and last else Flags.NONE
             out += encode_frame(FrameType.DATA, stream.id, chunk, flags)
-            if item.end:
+            if item.end and last:
                 stream.local_closed = True
         else:
             flags = (Flags.TEXT if item.text else Flags.NONE) | (Flags.FIN if last else Flags.NONE)

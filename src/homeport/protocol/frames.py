@@ -80,27 +80,42 @@ class FrameDecoder:
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
         self._buffer = bytearray()
+        self._error: ProtocolViolation | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
+        """Frames completed by ``data``.
+
+        A bad frame behind good ones in the same chunk does not swallow them:
+        the good frames are returned and the violation is raised by the next
+        call (``feed(b"")`` is enough), so how the transport happened to split
+        the byte stream never changes what the peer is seen to have sent.
+        """
+        if self._error is not None:
+            raise self._error
         self._buffer += data
         frames: list[Frame] = []
         buf = self._buffer
         offset = 0
-        while len(buf) - offset >= HEADER_SIZE:
-            length, raw_type, raw_flags, stream_id = HEADER.unpack_from(buf, offset)
-            if length > self.max_payload:
-                raise ProtocolViolation(
-                    ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {self.max_payload}"
-                )
-            end = offset + HEADER_SIZE + length
-            if len(buf) < end:
-                break
-            frames.append(
-                _validate(raw_type, raw_flags, stream_id, bytes(buf[offset + HEADER_SIZE : end]))
-            )
-            offset = end
-        if offset:
-            del buf[:offset]
+        try:
+            while len(buf) - offset >= HEADER_SIZE:
+                length, raw_type, raw_flags, stream_id = HEADER.unpack_from(buf, offset)
+                if length > self.max_payload:
+                    raise ProtocolViolation(
+                        ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {self.max_payload}"
+                    )
+                end = offset + HEADER_SIZE + length
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[offset + HEADER_SIZE : end])
+                frames.append(_validate(raw_type, raw_flags, stream_id, payload))
+                offset = end
+        except ProtocolViolation as exc:
+            self._error = exc
+            if not frames:
+                raise
+        finally:
+            if offset:
+                del buf[:offset]
         return frames
 
 
@@ -123,7 +138,9 @@ def _validate(raw_type: int, raw_flags: int, stream_id: int, payload: bytes) -> 
         frame_type = FrameType(raw_type)
     except ValueError:
         raise ProtocolViolation(ErrorCode.PROTOCOL, f"unknown frame type {raw_type}") from None
-    if raw_flags & ~_ALLOWED_FLAGS[frame_type]:
+    # int(): ``~`` on an IntFlag only inverts the defined bits, so undefined
+    # bits (0x20, 0x40, 0x80) would slip through.
+    if raw_flags & ~int(_ALLOWED_FLAGS[frame_type]):
         raise ProtocolViolation(
             ErrorCode.PROTOCOL, f"flags {raw_flags:#x} not allowed on {frame_type.name}"
         )

@@ -23,6 +23,7 @@ Headers = list[tuple[str, str]]
 
 MAX_HEADERS = 256
 MAX_TARGET = 16 * 1024
+MAX_METHOD = 32
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Field values: visible ASCII, space, tab and obs-text; never CR, LF, NUL or other controls.
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
@@ -54,9 +55,12 @@ class ResponseHead:
 
 
 def encode_request_head(head: RequestHead) -> bytes:
-    method = head.method.encode("ascii")
-    target = head.target.encode("ascii")
-    if not _TOKEN.fullmatch(method) or len(method) > 32:
+    try:
+        method = head.method.encode("ascii")
+        target = head.target.encode("ascii")
+    except UnicodeEncodeError:
+        raise HeadError("method and target must be ASCII") from None
+    if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
         raise HeadError(f"invalid method {head.method!r}")
     if not _TARGET.fullmatch(target) or len(target) > MAX_TARGET or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
@@ -78,8 +82,10 @@ def decode_request_head(payload: bytes) -> RequestHead:
         raise HeadError("priority out of range")
     method = reader.take(reader.u8())
     target = reader.take(reader.u16())
-    if not _TOKEN.fullmatch(method):
+    if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
         raise HeadError("invalid method")
+    if len(target) > MAX_TARGET:
+        raise HeadError("request target too long")
     if not _TARGET.fullmatch(target) or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
     headers = _decode_headers(reader)
@@ -113,8 +119,11 @@ def _encode_headers(headers: Headers) -> bytes:
         raise HeadError(f"more than {MAX_HEADERS} headers")
     parts = [_U16.pack(len(headers))]
     for name, value in headers:
-        raw_name = name.encode("latin-1")
-        raw_value = value.encode("latin-1")
+        try:
+            raw_name = name.encode("latin-1")
+            raw_value = value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise HeadError(f"header field {name!r} is not latin-1") from None
         if not valid_field(raw_name, raw_value):
             raise HeadError(f"invalid header field {name!r}")
         if len(raw_name) > 0xFFFF or len(raw_value) > 0xFFFF:

@@ -1,0 +1,291 @@
+"""The add-on's connection to the relay: dial out, verify, authenticate, stay up.
+
+The add-on checks the relay *before* it reveals anything: the relay must sign
+our fresh challenge together with the certificate hash we observed in this
+TLS session, with a key we pin.  Only then do we prove our own key.  The
+tunnel then lives until it breaks, and we dial again with full-jitter
+exponential backoff (1 s doubling to 30 s); a relay's GOAWAY or a fresh link
+makes us reconnect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from yarl import URL
+
+from homeport import __version__
+from homeport.addon.forward import HomeAssistantForwarder
+from homeport.keys import load_or_create_private_key
+from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.handshake import (
+    AddonHandshake,
+    HandshakeError,
+    HandshakeErrorCode,
+    RelayRefused,
+    Unlinked,
+    Welcome,
+)
+from homeport.tls.context import client_context, peer_certificate_sha256
+from homeport.tunnel.session import MAX_MESSAGE, TunnelSession
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+HANDSHAKE_TIMEOUT = 15.0
+#: Close codes from the relay that mean "dial again right away" (see relay.hub).
+RECONNECT_NOW = frozenset({4001, 4002, 4003, 1012})
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    UNLINKED = "unlinked"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass
+class AddonStatus:
+    state: State = State.CONNECTING
+    link_code: str | None = None
+    link_expires_in: int | None = None
+    instance_id: str | None = None
+    public_url: str | None = None
+    last_error: str | None = None
+    connects: int = 0
+
+
+@dataclass(frozen=True)
+class AddonConfig:
+    relay_url: str
+    ha_url: str
+    state_dir: Path
+    pinned_keys: tuple[Ed25519PublicKey, ...]
+    relay_ca: Path | None = None
+    ping_interval: float = 15.0
+    ping_timeout: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
+
+
+class LocalhostResolver(AbstractResolver):
+    """Resolve ``*.localhost`` to loopback ourselves (RFC 6761 §6.3); glibc does not."""
+
+    def __init__(self) -> None:
+        self._default = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host == "localhost" or host.endswith(".localhost"):
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host="127.0.0.1",
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            ]
+        return await self._default.resolve(host, port, family)
+
+    async def close(self) -> None:
+        await self._default.close()
+
+
+class AddonClient:
+    def __init__(
+        self,
+        config: AddonConfig,
+        *,
+        on_status: Callable[[AddonStatus], None] | None = None,
+    ) -> None:
+        url = URL(config.relay_url)
+        if url.scheme != "wss" or not url.host:
+            raise ValueError("the relay URL must be wss://host[:port]/v1/tunnel")
+        self.config = config
+        self.host = url.host
+        self.status = AddonStatus()
+        self._on_status = on_status
+        self._key = load_or_create_private_key(config.state_dir / "addon-key.pem")
+        self._ssl: ssl.SSLContext = client_context(config.relay_ca)
+        self._relay: aiohttp.ClientSession | None = None
+        self._ha: aiohttp.ClientSession | None = None
+        self._reconnect_now = asyncio.Event()
+        self._sessions: set[TunnelSession] = set()
+        self._stopping = False
+
+    def _set(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(self.status, name, value)
+        if self._on_status is not None:
+            self._on_status(self.status)
+
+    async def __aenter__(self) -> AddonClient:
+        self._relay = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, resolver=LocalhostResolver()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        # One pooled client for Home Assistant.  No cookie jar: a cookie set for
+        # one person's request must never ride along on another's.
+        self._ha = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, resolver=LocalhostResolver()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
+        for session in list(self._sessions):
+            await session.close("add-on stopping")
+        if self._relay is not None:
+            await self._relay.close()
+        if self._ha is not None:
+            await self._ha.close()
+
+    async def run_forever(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            self._set(state=State.CONNECTING)
+            try:
+                outcome = await self.connect_once()
+            except (aiohttp.ClientError, OSError, TimeoutError, HandshakeError) as exc:
+                outcome = "error"
+                self._set(state=State.DISCONNECTED, last_error=_describe(exc))
+                log.warning("addon.connect_failed", extra={"error": _describe(exc)})
+            if outcome == "served":
+                attempt = 0
+            if outcome in ("served", "reconnect") and self._reconnect_now.is_set():
+                self._reconnect_now.clear()
+                continue
+            if outcome == "reconnect":
+                continue
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.info("addon.retry", extra={"seconds": round(delay, 2)})
+            self._reconnect_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconnect_now.wait(), delay)
+
+    async def connect_once(self) -> str:
+        """One connection: returns "served", "reconnect" (dial again now) or "refused"."""
+        assert self._relay is not None
+        assert self._ha is not None
+        ws = await self._relay.ws_connect(
+            self.config.relay_url,
+            max_msg_size=MAX_MESSAGE,
+            compress=0,
+            autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+        )
+        try:
+            ssl_object = ws.get_extra_info("ssl_object")
+            if ssl_object is None:
+                raise HandshakeError(HandshakeErrorCode.MALFORMED, "no TLS session")
+            cert_sha256 = peer_certificate_sha256(ssl_object)
+            handshake = AddonHandshake(
+                self.host,
+                self.config.pinned_keys,
+                self._key,
+                cert_sha256,
+                agent=f"homeport-addon/{__version__}",
+            )
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await ws.send_str(handshake.hello())
+                await ws.send_str(handshake.receive_server_proof(await _text(ws)))
+                result = handshake.receive_result(await _text(ws))
+        except BaseException:
+            await ws.close()
+            raise
+        if isinstance(result, Unlinked):
+            return await self._await_link(ws, result)
+        if isinstance(result, RelayRefused):
+            await ws.close()
+            self._set(state=State.DISCONNECTED, last_error=f"relay refused: {result.message}")
+            log.error("addon.refused", extra={"code": result.code, "reason": result.message})
+            return "refused"
+        return await self._serve(ws, result)
+
+    async def _await_link(self, ws: aiohttp.ClientWebSocketResponse, result: Unlinked) -> str:
+        self._set(
+            state=State.UNLINKED, link_code=result.link_code, link_expires_in=result.expires_in
+        )
+        print(f"Link code: {result.link_code}", flush=True)
+        log.info("addon.unlinked", extra={"expires_in": result.expires_in})
+        async for _msg in ws:
+            pass  # the relay sends nothing more; it closes when linked or expired
+        code = ws.close_code or 0
+        return "reconnect" if code in RECONNECT_NOW else "error"
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, welcome: Welcome) -> str:
+        assert self._ha is not None
+        forwarder = HomeAssistantForwarder(self.config.ha_url, self._ha)
+        session = TunnelSession(
+            ws,
+            TunnelConnection(Role.ADDON),
+            on_stream=forwarder.handle,
+            on_goaway=lambda _event: self._reconnect_now.set(),
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            name="addon",
+        )
+        self._sessions.add(session)
+        self._set(
+            state=State.CONNECTED,
+            link_code=None,
+            instance_id=welcome.instance_id,
+            public_url=welcome.url,
+            last_error=None,
+            connects=self.status.connects + 1,
+        )
+        log.info("addon.connected", extra={"instance": welcome.instance_id})
+        runner = asyncio.create_task(session.run())
+        runner.add_done_callback(lambda _t: self._sessions.discard(session))
+        reconnect = asyncio.create_task(self._reconnect_now.wait())
+        await asyncio.wait({runner, reconnect}, return_when=asyncio.FIRST_COMPLETED)
+        reconnect.cancel()
+        if not runner.done():
+            # GOAWAY: dial the next relay now; this tunnel finishes its streams
+            # in the background and closes when the relay closes it.
+            log.info("addon.goaway")
+            return "served"
+        self._set(state=State.DISCONNECTED, last_error=session.close_reason)
+        log.warning("addon.disconnected", extra={"reason": session.close_reason})
+        return "served"
+
+
+async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:
+    msg = await ws.receive()
+    if msg.type is aiohttp.WSMsgType.TEXT:
+        return str(msg.data)
+    raise ConnectionError(f"relay closed the connection during the handshake ({ws.close_code})")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HandshakeError):
+        return f"handshake failed: {exc.code}: {exc.message}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"relay certificate not trusted: {exc.verify_message}"
+    return f"{type(exc).__name__}: {exc}"

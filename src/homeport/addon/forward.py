@@ -1,0 +1,259 @@
+"""Serve tunnel streams from Home Assistant through one pooled HTTP client.
+
+Threats this stops:
+
+* SSRF / open proxy: the relay only ever names a path.  Every request goes to
+  the configured Home Assistant base URL; absolute-form, authority-form and
+  ``//host`` targets are refused by the head decoder and again here, and
+  ``CONNECT`` is refused outright.
+* Request smuggling: we never forward raw bytes.  The head arrives parsed and
+  length-framed, and aiohttp's client writes a fresh request from it.
+* Header spoofing: hop-by-hop headers are dropped in both directions and the
+  ``X-Forwarded-*`` headers Home Assistant sees are the relay's, never the
+  browser's (the relay strips the browser's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from yarl import URL
+
+from homeport.protocol.errors import ErrorCode
+from homeport.protocol.heads import Headers, RequestHead, ResponseHead
+from homeport.tunnel.stream import Stream, StreamClosed, WsClose
+
+log = logging.getLogger(__name__)
+
+MAX_WS_MESSAGE = 16 * 1024 * 1024
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+# The add-on's own WebSocket client negotiates these with Home Assistant itself.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+    }
+)
+
+
+class HomeAssistantForwarder:
+    """Turns each stream into one request (or WebSocket) to Home Assistant."""
+
+    def __init__(self, ha_url: str, client: aiohttp.ClientSession) -> None:
+        base = URL(ha_url)
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ValueError(f"Home Assistant URL must be http(s)://host[:port], not {ha_url!r}")
+        self.base = base.with_path("").with_query(None).with_fragment(None)
+        self._base_text = str(self.base).rstrip("/")
+        self._client = client
+
+    def url_for(self, target: str) -> URL:
+        """The upstream URL for an origin-form target; refuses anything else."""
+        if not target.startswith("/") or target.startswith("//"):
+            raise ValueError("target must be origin-form")
+        url = URL(self._base_text + target, encoded=True)
+        if url.origin() != self.base.origin():  # belt and braces against parser tricks
+            raise ValueError("target escapes the Home Assistant base URL")
+        return url
+
+    async def handle(self, stream: Stream) -> None:
+        head = stream.request
+        assert head is not None
+        if head.method == "CONNECT":
+            stream.reset(ErrorCode.BAD_REQUEST, "CONNECT is not forwarded")
+            return
+        try:
+            url = self.url_for(head.target)
+        except ValueError as exc:
+            stream.reset(ErrorCode.BAD_REQUEST, str(exc))
+            return
+        if stream.websocket:
+            await self._websocket(stream, head, url)
+        else:
+            await self._http(stream, head, url)
+
+    # ----------------------------------------------------------------- HTTP
+
+    async def _http(self, stream: Stream, head: RequestHead, url: URL) -> None:
+        started = time.monotonic()
+        headers = _request_headers(head.headers)
+        body = _body(stream) if stream.request_has_body else None
+        try:
+            async with self._client.request(
+                head.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            ) as response:
+                stream.respond(
+                    ResponseHead(response.status, self._response_headers(response)),
+                    end=False,
+                )
+                sent = 0
+                async for chunk in response.content.iter_any():
+                    sent += len(chunk)
+                    await stream.write(chunk)
+                await stream.write(b"", end=True)
+        except StreamClosed:
+            return  # the browser went away; aiohttp releases the upstream connection
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            self._upstream_failed(stream, exc)
+            return
+        if not stream.closed:
+            # Home Assistant answered before reading the whole body: stop the upload.
+            stream.reset(ErrorCode.NO_ERROR, "response complete")
+        log.info(
+            "addon.request",
+            extra={
+                "stream": stream.id,
+                "method": head.method,
+                "status": response.status,
+                "bytes_out": sent,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+
+    def _upstream_failed(self, stream: Stream, exc: BaseException) -> None:
+        """The relay shows the person a page saying Home Assistant is not answering."""
+        log.warning(
+            "addon.upstream_failed", extra={"stream": stream.id, "error": type(exc).__name__}
+        )
+        stream.reset(ErrorCode.UPSTREAM_UNAVAILABLE, "Home Assistant is not answering")
+
+    def _response_headers(self, response: aiohttp.ClientResponse) -> Headers:
+        out: Headers = []
+        connection_tokens = _connection_tokens(response.headers.getall("connection", []))
+        for name, value in response.raw_headers:
+            lname = name.decode("latin-1").lower()
+            if lname in HOP_BY_HOP or lname in connection_tokens:
+                continue
+            text = value.decode("latin-1")
+            if lname == "location":
+                text = self._public_location(text)
+            out.append((lname, text))
+        return out
+
+    def _public_location(self, location: str) -> str:
+        """Make redirects to Home Assistant's internal address relative to the public host."""
+        if location.startswith(self._base_text + "/"):
+            return location[len(self._base_text) :]
+        if location == self._base_text:
+            return "/"
+        return location
+
+    # ------------------------------------------------------------ WebSocket
+
+    async def _websocket(self, stream: Stream, head: RequestHead, url: URL) -> None:
+        protocols = tuple(
+            p.strip()
+            for name, value in head.headers
+            if name == "sec-websocket-protocol"
+            for p in value.split(",")
+            if p.strip()
+        )
+        headers = [
+            (n, v) for n, v in _request_headers(head.headers) if n not in WEBSOCKET_HANDSHAKE
+        ]
+        try:
+            ws = await self._client.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                autoclose=False,
+                autoping=True,
+                max_msg_size=MAX_WS_MESSAGE,
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            stream.respond(ResponseHead(exc.status or 502, []), end=True)
+            return
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            self._upstream_failed(stream, exc)
+            return
+        answer: Headers = [("sec-websocket-protocol", ws.protocol)] if ws.protocol else []
+        stream.respond(ResponseHead(101, answer))
+        log.info("addon.websocket_open", extra={"stream": stream.id})
+        async with ws:
+            upstream = asyncio.create_task(_ha_to_tunnel(ws, stream))
+            try:
+                await _tunnel_to_ha(stream, ws)
+            finally:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(upstream), timeout=5)
+                upstream.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StreamClosed):
+                    await upstream
+
+
+async def _tunnel_to_ha(stream: Stream, ws: aiohttp.ClientWebSocketResponse) -> None:
+    try:
+        while True:
+            item = await stream.receive_ws()
+            if isinstance(item, WsClose):
+                await ws.close(code=_valid_close_code(item.code), message=item.reason.encode())
+                return
+            if item.text:
+                await ws.send_str(item.data.decode("utf-8", "replace"))
+            else:
+                await ws.send_bytes(item.data)
+    except StreamClosed:
+        await ws.close(code=1001, message=b"tunnel stream closed")
+
+
+async def _ha_to_tunnel(ws: aiohttp.ClientWebSocketResponse, stream: Stream) -> None:
+    async for msg in ws:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await stream.send_ws(msg.data.encode("utf-8"), text=True)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await stream.send_ws(msg.data, text=False)
+        elif msg.type is aiohttp.WSMsgType.CLOSE or msg.type is aiohttp.WSMsgType.ERROR:
+            break
+    code = ws.close_code or 1006
+    stream.close_ws(1011 if code == 1006 else code, "")
+
+
+def _valid_close_code(code: int) -> int:
+    # RFC 6455 §7.4: 1005/1006/1015 must never be sent on the wire.
+    if code in (1000, 1001) or 1002 <= code <= 1003 or 1007 <= code <= 1014:
+        return code
+    if 3000 <= code <= 4999:
+        return code
+    return 1000
+
+
+def _connection_tokens(values: list[str]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def _request_headers(headers: Headers) -> list[tuple[str, str]]:
+    tokens = _connection_tokens([v for n, v in headers if n == "connection"])
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens]
+
+
+async def _body(stream: Stream) -> AsyncIterator[bytes]:
+    async for chunk in stream.iter_body():
+        yield chunk

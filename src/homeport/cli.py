@@ -1,0 +1,360 @@
+"""``homeport`` command line: relay, addon, admin, keys, dev.
+
+Options come from a flag, else an environment variable ``HOMEPORT_<NAME>``,
+else the TOML file given with ``--config`` (section ``[relay]`` / ``[addon]``),
+else the built-in default — in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from homeport import __version__
+from homeport.logs import setup_logging
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "homeport"
+
+
+class Options:
+    """Looks an option up in flag → environment → TOML section → default."""
+
+    def __init__(self, args: argparse.Namespace, section: str) -> None:
+        self._args = args
+        self._toml: dict[str, Any] = {}
+        if getattr(args, "config", None):
+            with open(args.config, "rb") as fh:
+                self._toml = tomllib.load(fh).get(section, {})
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = getattr(self._args, name, None)
+        if value is not None:
+            return value
+        env = os.environ.get("HOMEPORT_" + name.upper())
+        if env:
+            return env
+        toml_value = self._toml.get(name.replace("_", "-"), self._toml.get(name))
+        if toml_value is not None:
+            return toml_value
+        return default
+
+    def path(self, name: str, default: Path | None = None) -> Path | None:
+        value = self.get(name)
+        return Path(value).expanduser() if value else default
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(main)
+
+
+async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await stop()
+
+
+# ----------------------------------------------------------------------- relay
+
+
+def relay_config(args: argparse.Namespace) -> Any:
+    from homeport.relay.config import RelayConfig
+
+    opts = Options(args, "relay")
+    listen = str(opts.get("listen", "127.0.0.1:8443"))
+    host, _, port = listen.rpartition(":")
+    public_port = opts.get("public_port")
+    return RelayConfig(
+        data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
+        account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
+        tenant_domain=str(opts.get("tenant_domain", "home.localhost")).lower(),
+        listen_host=host.strip("[]") or "127.0.0.1",
+        listen_port=int(port),
+        public_port=int(public_port) if public_port is not None else None,
+        database_url=opts.get("database_url"),
+        tls_cert=opts.path("tls_cert"),
+        tls_key=opts.path("tls_key"),
+        server_key=opts.path("server_key"),
+    )
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from homeport.relay.app import Relay
+
+    config = relay_config(args)
+
+    async def main() -> None:
+        relay = Relay(config)
+        await relay.start()
+        print(f"Relay listening on {config.listen_host}:{config.listen_port}", flush=True)
+        print(f"Account site: {config.account_origin}/", flush=True)
+        await _until_signalled(relay.stop)
+
+    _run(main())
+    return 0
+
+
+# ----------------------------------------------------------------------- addon
+
+
+def cmd_addon(args: argparse.Namespace) -> int:
+    from homeport.addon.client import AddonClient, AddonConfig
+    from homeport.keys import parse_pinned_keys
+
+    opts = Options(args, "addon")
+    relay = opts.get("relay")
+    pins = opts.get("server_pubkey")
+    if not relay or not pins:
+        print("error: --relay and --server-pubkey are required", file=sys.stderr)
+        return 2
+    config = AddonConfig(
+        relay_url=str(relay),
+        ha_url=str(opts.get("ha_url", "http://127.0.0.1:8123")),
+        state_dir=opts.path("state_dir", default_data_dir() / "addon") or Path("."),
+        pinned_keys=tuple(parse_pinned_keys(str(pins))),
+        relay_ca=opts.path("relay_ca"),
+    )
+
+    async def main() -> None:
+        async with AddonClient(config) as client:
+            runner = asyncio.create_task(client.run_forever())
+
+            async def stop() -> None:
+                runner.cancel()
+
+            await _until_signalled(stop)
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    _run(main())
+    return 0
+
+
+# ----------------------------------------------------------------------- admin
+
+
+def _database(args: argparse.Namespace) -> Any:
+    from homeport.accounts.db import Database, default_sqlite_url
+
+    opts = Options(args, "relay")
+    url = opts.get("database_url")
+    if not url:
+        data_dir = opts.path("data_dir", default_data_dir()) or default_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = default_sqlite_url(data_dir)
+    return Database(str(url))
+
+
+def _admin(args: argparse.Namespace, action: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    from homeport.accounts.service import Accounts
+
+    async def main() -> int:
+        database = _database(args)
+        await database.connect()
+        try:
+            await database.migrate()
+            return await action(Accounts(database))
+        finally:
+            await database.close()
+
+    return asyncio.run(main())
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.passwords import PasswordPolicyError
+
+    password = sys.stdin.readline().rstrip("\r\n")
+
+    async def action(accounts: Any) -> int:
+        try:
+            user = await accounts.create_user(args.email, password)
+        except (AccountsError, PasswordPolicyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"Created user {user.email}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    async def action(accounts: Any) -> int:
+        for user in await accounts.list_users():
+            print(user.email)
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+
+    async def action(accounts: Any) -> int:
+        try:
+            instance = await accounts.link_instance(args.code, args.email)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"Linked instance {instance.id} to {args.email}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_instance_list(args: argparse.Namespace) -> int:
+    from homeport.relay.config import RelayConfig
+
+    config: RelayConfig = relay_config(args)
+
+    async def action(accounts: Any) -> int:
+        rows = [
+            {
+                "id": row.id,
+                "owner": row.owner_email,
+                "name": row.name,
+                "connected": _recently_connected(row),
+                "url": config.tenant_origin(row.id),
+            }
+            for row in await accounts.list_instances()
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                state = "connected" if row["connected"] else "offline"
+                print(f"{row['id']}  {row['owner']}  {state}  {row['url']}")
+        return 0
+
+    return _admin(args, action)
+
+
+def _recently_connected(row: Any) -> bool:
+    return bool(getattr(row, "connected", False))
+
+
+# ------------------------------------------------------------------------ keys
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    from homeport.keys import key_id, load_or_create_private_key, public_key_text
+
+    config = relay_config(args)
+    key = load_or_create_private_key(config.server_key_path)
+    public = key.public_key()
+    print(public_key_text(public))
+    print(f"# key id {key_id(public)}, from {config.server_key_path}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------- dev
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from homeport.dev import run_dev
+
+    _run(run_dev(args))
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _relay_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML config file ([relay] section)")
+    parser.add_argument("--listen", help="address:port to listen on (default 127.0.0.1:8443)")
+    parser.add_argument("--account-host", dest="account_host")
+    parser.add_argument("--tenant-domain", dest="tenant_domain")
+    parser.add_argument("--public-port", dest="public_port", type=int)
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--database-url", dest="database_url")
+    parser.add_argument("--tls-cert", dest="tls_cert")
+    parser.add_argument("--tls-key", dest="tls_key")
+    parser.add_argument("--server-key", dest="server_key", help="Ed25519 signing key (PEM)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homeport", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"homeport {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("HOMEPORT_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    relay = sub.add_parser("relay", help="run the relay")
+    _relay_options(relay)
+    relay.set_defaults(func=cmd_relay)
+
+    addon = sub.add_parser("addon", help="run the add-on beside Home Assistant")
+    addon.add_argument("--config", help="TOML config file ([addon] section)")
+    addon.add_argument("--relay", help="wss://relay-host/v1/tunnel")
+    addon.add_argument("--ha-url", dest="ha_url")
+    addon.add_argument("--state-dir", dest="state_dir")
+    addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
+    addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
+    addon.set_defaults(func=cmd_addon)
+
+    admin = sub.add_parser("admin", help="manage accounts and instances")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    user = admin_sub.add_parser("user", help="accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    create = user_sub.add_parser("create", help="create an account (password on stdin)")
+    create.add_argument("email")
+    _relay_options(create)
+    create.set_defaults(func=cmd_user_create)
+    listing = user_sub.add_parser("list", help="list accounts")
+    _relay_options(listing)
+    listing.set_defaults(func=cmd_user_list)
+    link = admin_sub.add_parser("link", help="link an add-on to an account by its code")
+    link.add_argument("code")
+    link.add_argument("email")
+    _relay_options(link)
+    link.set_defaults(func=cmd_link)
+    instance = admin_sub.add_parser("instance", help="instances")
+    instance_sub = instance.add_subparsers(dest="instance_command", required=True)
+    inst_list = instance_sub.add_parser("list", help="list instances")
+    inst_list.add_argument("--json", action="store_true")
+    _relay_options(inst_list)
+    inst_list.set_defaults(func=cmd_instance_list)
+
+    keys = sub.add_parser("keys", help="the relay's signing key")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    show = keys_sub.add_parser("show", help="print the public key for pinning")
+    _relay_options(show)
+    show.set_defaults(func=cmd_keys_show)
+
+    dev = sub.add_parser("dev", help="relay + add-on + Home Assistant (or a stand-in) locally")
+    dev.add_argument("--ha-url", dest="ha_url", default="http://127.0.0.1:8123")
+    dev.add_argument("--data-dir", dest="data_dir", default=".homeport/dev")
+    dev.add_argument("--port", type=int, default=8443)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Structured logs: one JSON object a line, metadata only.
+
+Log calls pass their fields through ``extra``; nothing here ever formats a
+request body, a header value or a token, so relayed bytes cannot end up in a
+log by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            # Type and frames only: an exception's message may quote relayed data.
+            entry["exception"] = record.exc_info[0].__name__
+            entry["traceback"] = "".join(traceback.format_tb(record.exc_info[2]))
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log would write request targets; we log our own metadata.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

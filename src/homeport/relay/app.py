@@ -1,0 +1,172 @@
+"""The relay process: one aiohttp application that routes by Host.
+
+* the account host serves the account site and the tunnel hub;
+* ``<instance-id>.<tenant-domain>`` hosts go through the tenant gate and proxy;
+* any other Host gets one generic answer, so probing names reveals nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from homeport.accounts.db import Database, default_sqlite_url
+from homeport.accounts.identifiers import is_instance_id
+from homeport.accounts.service import Accounts
+from homeport.keys import load_or_create_private_key
+from homeport.relay.account_site import AccountSite
+from homeport.relay.config import RelayConfig
+from homeport.relay.gate import SessionGate
+from homeport.relay.hub import TunnelHub
+from homeport.relay.pages import HSTS, Pages
+from homeport.relay.tenant import TenantProxy
+from homeport.tls.context import local_certificate_sha256, server_context
+from homeport.tls.devca import ensure_dev_ca
+
+log = logging.getLogger(__name__)
+
+_HOST = re.compile(r"[a-z0-9.-]{1,253}")
+
+
+def request_host(request: web.Request) -> str | None:
+    """The Host header's name part, lower-cased; None if absent or malformed."""
+    raw = request.headers.get("Host")
+    if raw is None:
+        return None
+    name = raw.lower()
+    if name.startswith("["):
+        return None  # IP literals never name one of our sites
+    name = name.rsplit(":", 1)[0] if ":" in name else name
+    name = name.rstrip(".")
+    return name if _HOST.fullmatch(name) else None
+
+
+@dataclass
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+def tls_files(config: RelayConfig) -> TlsFiles:
+    """The configured certificate, or one from the development CA in the data dir."""
+    if config.tls_cert and config.tls_key:
+        return TlsFiles(config.tls_cert, config.tls_key)
+    ca = ensure_dev_ca(config.data_dir)
+    names = [config.account_host, f"*.{config.tenant_domain}", "localhost"]
+    cert, key = ca.issue_server_certificate(names, config.data_dir / "tls")
+    return TlsFiles(cert, key)
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.database = Database(config.database_url or default_sqlite_url(config.data_dir))
+        self.accounts = Accounts(self.database)
+        self.server_key = load_or_create_private_key(config.server_key_path)
+        self.tls = tls_files(config)
+        self._cert_sha256 = local_certificate_sha256(self.tls.cert)
+        self.pages = Pages(config)
+        self.gate = SessionGate(self.accounts)
+        self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
+        self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
+        self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        self._tenant_suffix = "." + config.tenant_domain
+        self._runner: web.AppRunner | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return server_context(self.tls.cert, self.tls.key)
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_response_prepare.append(_strip_banner)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        host = request_host(request)
+        if host == self.config.account_host:
+            return await self.account_site.handle(request)
+        if host is not None and host.endswith(self._tenant_suffix):
+            label = host[: -len(self._tenant_suffix)]
+            if is_instance_id(label):
+                return await self.tenants.handle(request, label)
+        return web.Response(status=421, text="Misdirected request.\n")
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Generic error pages: no stack trace or internal detail ever reaches a browser."""
+        if request.method == "TRACE":
+            return web.Response(status=405, text="Method not allowed.\n")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("relay.unhandled_error")
+            return self.pages.message(
+                "Something went wrong", "The relay could not handle this request.", status=500
+            )
+
+    async def _on_startup(self, app: web.Application) -> None:
+        await self.database.connect()
+        await self.database.migrate()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.hub.shutdown()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.database.close()
+
+    async def start(self) -> None:
+        """Listen on the configured address (TLS); returns once serving."""
+        self._runner = web.AppRunner(
+            self.application(),
+            auto_decompress=False,  # bodies pass through untouched
+            access_log=None,  # our own structured log lines carry metadata only
+            handler_cancellation=True,
+            shutdown_timeout=self.config.drain_seconds,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            self.config.listen_host,
+            self.config.listen_port,
+            ssl_context=self.ssl_context(),
+        )
+        await site.start()
+        log.info(
+            "relay.listening",
+            extra={"host": self.config.listen_host, "port": self.config.listen_port},
+        )
+
+    @property
+    def bound_port(self) -> int:
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            return int(address[1])
+        raise RuntimeError("relay is not listening")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def _strip_banner(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.pop("Server", None)
+    response.headers.setdefault("Strict-Transport-Security", HSTS)

@@ -1,0 +1,43 @@
+"""The relay's settings, resolved once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    data_dir: Path
+    account_host: str = "homeport.localhost"
+    tenant_domain: str = "home.localhost"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    #: Port in the URLs people see; None means the listening port.
+    public_port: int | None = None
+    database_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    server_key: Path | None = None
+    #: How long a relay shutting down lets open streams finish.
+    drain_seconds: float = 10.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port_suffix(self) -> str:
+        port = self.public_port if self.public_port is not None else self.listen_port
+        return "" if port == 443 else f":{port}"
+
+    @property
+    def account_origin(self) -> str:
+        return f"https://{self.account_host}{self.port_suffix}"
+
+    def tenant_host(self, instance_id: str) -> str:
+        return f"{instance_id}.{self.tenant_domain}"
+
+    def tenant_origin(self, instance_id: str) -> str:
+        return f"https://{self.tenant_host(instance_id)}{self.port_suffix}"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.server_key or self.data_dir / "server-key.pem"

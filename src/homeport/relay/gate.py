@@ -1,0 +1,55 @@
+"""The tenant gate's session check, with a small in-memory cache.
+
+Every request and WebSocket upgrade on a tenant host is checked against a
+server-side session bound to *that* instance (deny by default).  Checking the
+database on every request would dominate the relay's added latency, so valid
+answers are cached for a few seconds; revocations made in this process drop
+the cache at once, and the short TTL bounds how long a revocation made
+elsewhere can lag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+
+from homeport.accounts.service import Accounts
+
+CACHE_TTL = 5.0
+CACHE_SIZE = 20_000
+
+
+class SessionGate:
+    def __init__(self, accounts: Accounts, *, ttl: float = CACHE_TTL) -> None:
+        self._accounts = accounts
+        self._ttl = ttl
+        # sha256(token) + instance -> (user id, session id, valid until)
+        self._cache: OrderedDict[tuple[bytes, str], tuple[int, int, float]] = OrderedDict()
+
+    async def tenant_user(self, token: str | None, instance_id: str) -> tuple[int, int] | None:
+        """(user id, session id) if ``token`` opens ``instance_id`` now, else None."""
+        if not token or len(token) > 256:
+            return None
+        key = (hashlib.sha256(token.encode()).digest(), instance_id)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[2] > now:
+            self._cache.move_to_end(key)
+            return hit[0], hit[1]
+        info = await self._accounts.resolve_session(token, kind="tenant", instance_id=instance_id)
+        if info is None:
+            self._cache.pop(key, None)
+            return None
+        self._cache[key] = (info.user_id, info.session_id, now + self._ttl)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return info.user_id, info.session_id
+
+    def forget_session(self, session_id: int) -> None:
+        for key in [k for k, v in self._cache.items() if v[1] == session_id]:
+            del self._cache[key]
+
+    def forget_user(self, user_id: int) -> None:
+        for key in [k for k, v in self._cache.items() if v[0] == user_id]:
+            del self._cache[key]

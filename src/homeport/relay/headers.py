@@ -1,0 +1,112 @@
+"""Header hygiene at the relay, in both directions.
+
+Threats this stops:
+
+* Spoofed client addresses: a browser's own ``Forwarded`` / ``X-Forwarded-*`` /
+  ``X-Real-IP`` never reach Home Assistant; the relay writes its own view.
+  (Home Assistant trusts these headers from the add-on, so letting a browser
+  set them would let anyone dodge HA's login-failure bans.)
+* Credential leaks: the relay's own cookies are cut out of ``Cookie`` before a
+  request enters the tunnel, so Home Assistant (or an integration logging
+  requests) never sees a Homeport session.
+* Cookie tossing: a ``Set-Cookie`` coming back from the tunnel that uses the
+  relay's cookie names or a ``Domain`` attribute is dropped, so a tenant page
+  cannot plant or overwrite cookies outside its own host.
+* Hop-by-hop confusion: connection-level headers belong to one hop only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from homeport.protocol.heads import Headers, valid_field
+
+COOKIE_PREFIX = "__Host-homeport"
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+SPOOFABLE = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+)
+# The relay and the add-on each run their own WebSocket handshake.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+)
+# Banners and headers the relay sets itself on the way out.
+RESPONSE_OWNED = frozenset({"server", "x-powered-by", "strict-transport-security", "date"})
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+
+
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    public_host: str,
+    websocket: bool,
+) -> Headers:
+    """Headers for the tunnel: cleaned, then the relay's own forwarding view added."""
+    pairs = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+    tokens = connection_tokens(v for n, v in pairs if n == "connection")
+    out: Headers = []
+    for name, value in pairs:
+        if name in HOP_BY_HOP or name in SPOOFABLE or name in tokens or name == "host":
+            continue
+        if websocket and name in WEBSOCKET_HANDSHAKE:
+            continue
+        if name == "cookie":
+            value = strip_relay_cookies(value)
+            if not value:
+                continue
+        out.append((name, value))
+    out += [
+        ("x-forwarded-for", client_ip),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", public_host),
+    ]
+    return out
+
+
+def strip_relay_cookies(header: str) -> str:
+    kept = []
+    for part in header.split(";"):
+        name = part.split("=", 1)[0].strip()
+        if name and not name.startswith(COOKIE_PREFIX):
+            kept.append(part.strip())
+    return "; ".join(kept)
+
+
+def response_headers(headers: Headers) -> Headers:
+    """Headers from the tunnel that may reach the browser."""
+    tokens = connection_tokens(v for n, v in headers if n == "connection")
+    out: Headers = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in tokens or name in RESPONSE_OWNED:
+            continue
+        if not valid_field(name.encode("latin-1"), value.encode("latin-1")):
+            continue  # the head decoder already refuses these; never trust one layer
+        if name == "set-cookie" and not _acceptable_cookie(value):
+            continue
+        out.append((name, value))
+    return out
+
+
+def _acceptable_cookie(value: str) -> bool:
+    name = value.split("=", 1)[0].strip()
+    if name.startswith(COOKIE_PREFIX) or name.lower().startswith("__host-homeport"):
+        return False
+    attributes = [a.strip().split("=", 1)[0].strip().lower() for a in value.split(";")[1:]]
+    return "domain" not in attributes

@@ -1,0 +1,155 @@
+"""The tunnel hub: where add-ons connect, prove themselves, and stay.
+
+``GET /v1/tunnel`` on the account host upgrades to a WebSocket.  The relay
+proves itself first (see :mod:`homeport.protocol.handshake`); only then does
+the add-on prove its own key.  A known key gets ``welcome`` and its tunnel is
+registered for its instance; an unknown key gets a short-lived link code and
+waits, and is asked to reconnect once someone links it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from aiohttp import WSMsgType, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from homeport.accounts.service import Accounts
+from homeport.keys import public_key_text
+from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
+from homeport.relay.config import RelayConfig
+from homeport.tunnel.session import MAX_MESSAGE, TunnelSession
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+LINK_POLL_SECONDS = 2.0
+#: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
+CLOSE_LINKED = 4001  # reconnect now: you have been linked
+CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
+CLOSE_REPLACED = 4003  # another connection of this add-on took over
+CLOSE_HANDSHAKE_FAILED = 4400
+_CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+
+
+class TunnelHub:
+    def __init__(
+        self,
+        config: RelayConfig,
+        accounts: Accounts,
+        server_key: Ed25519PrivateKey,
+        cert_sha256: Callable[[], bytes],
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.server_key = server_key
+        self.cert_sha256 = cert_sha256
+        self.tunnels: dict[str, TunnelSession] = {}
+        self._sessions: set[TunnelSession] = set()
+        self._closing = False
+
+    def tunnel_for(self, instance_id: str) -> TunnelSession | None:
+        session = self.tunnels.get(instance_id)
+        if session is None or session.closed.is_set() or not session.connection.accepting_streams:
+            return None
+        return session
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="relay is restarting")
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, compress=False, autoping=True)
+        if not ws.can_prepare(request).ok:
+            raise web.HTTPBadRequest(text="this endpoint speaks WebSocket only")
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        handshake = RelayHandshake(self.config.account_host, self.server_key, self.cert_sha256())
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await ws.send_str(handshake.receive_hello(await _text(ws)))
+                addon_key = handshake.receive_client_proof(await _text(ws))
+        except (HandshakeError, TimeoutError, ConnectionError) as exc:
+            code = exc.code if isinstance(exc, HandshakeError) else "timeout"
+            log.warning("hub.handshake_failed", extra={"peer": peer, "code": str(code)})
+            if isinstance(exc, HandshakeError) and not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.send_str(handshake.error(exc.code, exc.message))
+            await ws.close(code=CLOSE_HANDSHAKE_FAILED, message=b"handshake failed")
+            return ws
+        key_text = public_key_text(addon_key)
+        instance = await self.accounts.instance_for_key(key_text)
+        if instance is None:
+            await self._wait_for_link(ws, handshake, key_text, peer)
+            return ws
+        url = self.config.tenant_origin(instance.id)
+        await ws.send_str(handshake.welcome(instance.id, url))
+        await self._serve(ws, instance.id, peer)
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, instance_id: str, peer: str) -> None:
+        session = TunnelSession(
+            ws, TunnelConnection(Role.RELAY), name=f"relay:{instance_id[:8]}", ping_interval=30
+        )
+        previous = self.tunnels.get(instance_id)
+        self.tunnels[instance_id] = session
+        self._sessions.add(session)
+        if previous is not None:
+            # The add-on reconnected (or a second copy runs): the newest wins;
+            # the old tunnel finishes its open streams and closes.
+            asyncio.create_task(previous.drain(self.config.drain_seconds))  # noqa: RUF006
+        await self.accounts.mark_connected(instance_id)
+        log.info("hub.tunnel_up", extra={"instance": instance_id, "peer": peer})
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+            if self.tunnels.get(instance_id) is session:
+                del self.tunnels[instance_id]
+            log.info(
+                "hub.tunnel_down",
+                extra={"instance": instance_id, "reason": session.close_reason},
+            )
+
+    async def _wait_for_link(
+        self, ws: web.WebSocketResponse, handshake: RelayHandshake, key_text: str, peer: str
+    ) -> None:
+        code, expires_at = await self.accounts.create_link_code(key_text)
+        expires_in = max(1, int((expires_at - datetime.now(UTC)).total_seconds()))
+        await ws.send_str(handshake.unlinked(code, expires_in))
+        log.info("hub.awaiting_link", extra={"peer": peer})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + expires_in
+        while not ws.closed:
+            try:
+                msg = await ws.receive(timeout=LINK_POLL_SECONDS)
+            except TimeoutError:
+                msg = None
+            if msg is not None and msg.type in _CLOSED:
+                return
+            if await self.accounts.instance_for_key(key_text) is not None:
+                await ws.close(code=CLOSE_LINKED, message=b"linked")
+                return
+            if loop.time() >= deadline:
+                await ws.close(code=CLOSE_CODE_EXPIRED, message=b"link code expired")
+                return
+
+    async def shutdown(self) -> None:
+        """Graceful restart: GOAWAY to every add-on, let streams finish, close."""
+        self._closing = True
+        sessions = list(self._sessions)
+        await asyncio.gather(
+            *(s.drain(self.config.drain_seconds) for s in sessions), return_exceptions=True
+        )
+
+
+async def _text(ws: web.WebSocketResponse) -> str:
+    msg = await ws.receive()
+    if msg.type is WSMsgType.TEXT:
+        return str(msg.data)
+    if msg.type is WSMsgType.BINARY:
+        raise HandshakeError(HandshakeErrorCode.MALFORMED, "handshake messages are text")
+    raise ConnectionError("tunnel closed during handshake")

@@ -1,0 +1,97 @@
+"""Server-rendered pages of the relay (Jinja2, autoescaped) and their headers."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from homeport.relay.config import RelayConfig
+
+HSTS = "max-age=63072000; includeSubDomains; preload"
+
+
+def account_csp(config: RelayConfig) -> str:
+    """No inline script or style, nothing from elsewhere; forms may post to tenant hosts."""
+    tenant_forms = f"https://*.{config.tenant_domain}{config.port_suffix}"
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        f"form-action 'self' {tenant_forms}"
+    )
+
+
+#: Headers on every page the relay renders itself (account site, tenant-host notices).
+PAGE_HEADERS = {
+    "Strict-Transport-Security": HSTS,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+}
+
+
+class Pages:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.csp = account_csp(config)
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("homeport.relay", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.css = resources.files("homeport.relay").joinpath("static/homeport.css").read_bytes()
+
+    def render(
+        self,
+        template: str,
+        *,
+        status: int = 200,
+        tenant: bool = False,
+        **context: Any,
+    ) -> web.Response:
+        context.setdefault("user_email", None)
+        html = self._env.get_template(template).render(
+            account_origin=self.config.account_origin,
+            static_origin="/.homeport" if tenant else "",
+            **context,
+        )
+        response = web.Response(text=html, status=status, content_type="text/html")
+        self.secure(response)
+        return response
+
+    def message(
+        self,
+        title: str,
+        text: str,
+        *,
+        status: int,
+        tenant: bool = False,
+        link: str | None = None,
+        link_text: str = "",
+        **context: Any,
+    ) -> web.Response:
+        return self.render(
+            "message.html",
+            status=status,
+            tenant=tenant,
+            title=title,
+            text=text,
+            link=link,
+            link_text=link_text,
+            **context,
+        )
+
+    def stylesheet(self) -> web.Response:
+        response = web.Response(body=self.css, content_type="text/css", charset="utf-8")
+        self.secure(response)
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
+
+    def secure(self, response: web.StreamResponse) -> None:
+        response.headers.update(PAGE_HEADERS)
+        response.headers["Content-Security-Policy"] = self.csp

@@ -1,0 +1,1 @@
+"""The asyncio side of the tunnel: a :class:`TunnelConnection` driven over a WebSocket."""

@@ -1,0 +1,180 @@
+"""One stream of a tunnel as the asyncio side sees it.
+
+Received items wait in a small inbox.  The inbox cannot grow past the
+stream's credit window, because the peer may not send more than we granted,
+and credit is only returned (``acknowledge``) when a reader takes an item out.
+Writers wait while the protocol holds more than ``HIGH_WATER`` queued bytes
+for the stream, so a slow far end pushes back all the way to the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from homeport.protocol.connection import TunnelConnection
+from homeport.protocol.errors import ErrorCode, StreamViolation
+from homeport.protocol.heads import RequestHead, ResponseHead
+
+if TYPE_CHECKING:
+    from homeport.tunnel.session import TunnelSession
+
+HIGH_WATER = 256 * 1024
+
+
+class StreamClosed(Exception):
+    """The stream was reset or the tunnel went away."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class WsMessage:
+    data: bytes
+    text: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WsClose:
+    code: int
+    reason: str
+
+
+_EOF = object()
+
+
+class Stream:
+    def __init__(
+        self,
+        session: TunnelSession,
+        stream_id: int,
+        request: RequestHead | None,
+        *,
+        websocket: bool = False,
+    ) -> None:
+        self._session = session
+        self.id = stream_id
+        self.request = request
+        self.websocket = websocket
+        self.response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self._inbox: deque[bytes | WsMessage | WsClose | object] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.error: StreamClosed | None = None
+        self.closed = False  # nothing more will arrive
+        self.ws_close_sent = False
+        #: Add-on side: the request head was not marked END_STREAM.
+        self.request_has_body = False
+
+    # --------------------------------------------------------- fed by session
+
+    def _deliver(self, item: bytes | WsMessage | WsClose | object) -> None:
+        self._inbox.append(item)
+        self._readable.set()
+
+    def _fail(self, error: StreamClosed) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.response.done():
+            self.response.set_exception(error)
+            self.response.exception()  # mark retrieved: not every caller awaits it
+        self.closed = True
+        self._readable.set()
+        self._writable.set()
+
+    def _update_writable(self) -> None:
+        if self._session.connection.buffered(self.id) <= HIGH_WATER:
+            self._writable.set()
+
+    # ---------------------------------------------------------------- reading
+
+    async def _next(self) -> bytes | WsMessage | WsClose | object:
+        while not self._inbox:
+            if self.error is not None:
+                raise self.error
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._inbox.popleft()
+        if isinstance(item, bytes):
+            self._session.acknowledge(self.id, len(item))
+        elif isinstance(item, WsMessage):
+            self._session.acknowledge(self.id, len(item.data))
+        return item
+
+    async def read(self) -> bytes:
+        """Next body chunk; ``b""`` at the end of the body."""
+        item = await self._next()
+        if item is _EOF:
+            self._inbox.appendleft(_EOF)  # stay at EOF for later reads
+            return b""
+        if not isinstance(item, bytes):
+            raise StreamClosed(ErrorCode.PROTOCOL, "expected body data")
+        return item
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+    async def receive_ws(self) -> WsMessage | WsClose:
+        item = await self._next()
+        if not isinstance(item, WsMessage | WsClose):
+            raise StreamClosed(ErrorCode.PROTOCOL, "expected a WebSocket message")
+        return item
+
+    # ---------------------------------------------------------------- writing
+
+    async def _wait_writable(self) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._session.connection.buffered(self.id) <= HIGH_WATER:
+                return
+            self._writable.clear()
+            await self._writable.wait()
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[TunnelConnection]:
+        if self.error is not None:
+            raise self.error
+        try:
+            yield self._session.connection
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        self._session.kick()
+
+    async def write(self, data: bytes, *, end: bool = False) -> None:
+        """Send body bytes; returns once the tunnel has room for more."""
+        await self._wait_writable()
+        with self._sending() as connection:
+            connection.send_data(self.id, data, end_stream=end)
+        if data:
+            await self._wait_writable()
+
+    async def send_ws(self, data: bytes, *, text: bool) -> None:
+        await self._wait_writable()
+        with self._sending() as connection:
+            connection.send_ws_message(self.id, data, text=text)
+
+    def close_ws(self, code: int, reason: str = "") -> None:
+        """Send our close (once); the peer's close arrives as a :class:`WsClose`."""
+        if self.error is None and not self.ws_close_sent:
+            self.ws_close_sent = True
+            with self._sending() as connection:
+                connection.send_ws_close(self.id, code, reason)
+
+    def respond(self, head: ResponseHead, *, end: bool = False) -> None:
+        with self._sending() as connection:
+            connection.send_response(self.id, head, end_stream=end)
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
+        """Abort the stream (idempotent)."""
+        if self.error is None:
+            self._session.reset(self.id, code, reason)

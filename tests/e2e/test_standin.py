@@ -1,0 +1,203 @@
+"""End to end through real sockets: browser → relay (TLS) → tunnel → add-on → stand-in backend."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+from stack import Stack, start_stack
+
+from homeport.standin import CHUNK, pattern_chunk
+
+
+@pytest.fixture
+async def stack(tmp_path: Path):
+    async with start_stack(tmp_path) as running:
+        yield running
+
+
+async def test_sign_in_then_page_is_proxied(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        page = await browser.sign_in("/")
+        assert page.status == 200
+        assert "Home Assistant stand-in" in await page.text()
+        assert page.headers["Strict-Transport-Security"].startswith("max-age=63072000")
+        assert "Server" not in page.headers
+
+
+async def test_without_session_nothing_is_proxied(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        async with browser.request("GET", stack.tenant_origin + "/api/") as r:
+            assert r.status == 401
+            assert "stand-in" not in await r.text()
+        async with browser.request(
+            "GET", stack.tenant_origin + "/", headers={"Accept": "text/html"}
+        ) as r:
+            assert r.status == 303
+            assert r.headers["Location"].startswith(stack.account_origin + "/connect?")
+            assert "__Host-homeport_state" in r.headers.get("Set-Cookie", "")
+
+
+async def test_forged_or_foreign_cookie_is_refused(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        jar = {c.key: c.value for c in browser.session.cookie_jar}
+        token = jar["__Host-homeport_session"]
+    other = stack.config.tenant_origin("a" * 26)
+    async with stack.browser() as browser:
+        # A valid session for one instance opens no other instance.
+        async with browser.request(
+            "GET", other + "/api/", headers={"Cookie": f"__Host-homeport_session={token}"}
+        ) as r:
+            assert r.status == 401
+        async with browser.request(
+            "GET", stack.tenant_origin + "/api/", headers={"Cookie": "__Host-homeport_session=x"}
+        ) as r:
+            assert r.status == 401
+
+
+async def test_headers_cleaned_both_ways(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        async with browser.request(
+            "POST",
+            stack.tenant_origin + "/echo?x=1",
+            data=b"hello",
+            headers={
+                "X-Forwarded-For": "6.6.6.6",
+                "Forwarded": "for=6.6.6.6",
+                "X-Real-IP": "6.6.6.6",
+                "Cookie": "theme=dark",
+            },
+        ) as r:
+            assert r.status == 200
+            seen = await r.json()
+        headers = {k.lower(): v for k, v in seen["headers"]}
+        assert headers["x-forwarded-for"] == "127.0.0.1"
+        assert headers["x-forwarded-proto"] == "https"
+        assert headers["x-forwarded-host"] == stack.tenant_origin.removeprefix("https://")
+        assert "forwarded" not in headers
+        assert "x-real-ip" not in headers
+        assert "homeport" not in headers.get("cookie", "")
+        assert "theme=dark" in headers.get("cookie", "")
+        assert seen["path_qs"] == "/echo?x=1"
+        assert seen["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+        async with browser.request("GET", stack.tenant_origin + "/set-cookie") as r:
+            cookies = r.headers.getall("Set-Cookie")
+        assert any(c.startswith("ha_pref=1") for c in cookies)
+        assert not any("__Host-homeport" in c for c in cookies)
+        assert not any("Domain=" in c for c in cookies)
+        async with browser.request("GET", stack.tenant_origin + "/redirect") as r:
+            assert r.status == 302
+            assert r.headers["Location"] == "/target"
+
+
+async def test_websocket_echo_and_origin_check(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        ws_url = stack.tenant_origin.replace("https://", "wss://") + "/ws/echo"
+        async with browser.session.ws_connect(
+            ws_url, origin=stack.tenant_origin, protocols=("chat",)
+        ) as ws:
+            assert ws.protocol == "chat"
+            await ws.send_str("hello")
+            assert await ws.receive_str() == "hello"
+            big = b"\x01" * (3 * 1024 * 1024)
+            await ws.send_bytes(big)
+            assert await ws.receive_bytes() == big
+            await ws.send_str("close-me")
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4321
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await browser.session.ws_connect(ws_url, origin="https://evil.example")
+        assert refused.value.status == 403
+
+
+@pytest.mark.slow
+async def test_large_upload_and_download(stack: Stack) -> None:
+    size = 64 * 1024 * 1024
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+
+        async def body():
+            block = pattern_chunk(CHUNK)
+            for _ in range(size // CHUNK):
+                yield block
+
+        async with browser.request("PUT", stack.tenant_origin + "/upload", data=body()) as r:
+            result = await r.json()
+        expected = hashlib.sha256(pattern_chunk(CHUNK) * (size // CHUNK)).hexdigest()
+        assert result == {"length": size, "sha256": expected}
+        digest = hashlib.sha256()
+        async with browser.request("GET", stack.tenant_origin + f"/bytes/{size}") as r:
+            assert r.headers["Content-Length"] == str(size)
+            async for chunk in r.content.iter_chunked(CHUNK):
+                digest.update(chunk)
+        assert digest.hexdigest() == expected
+
+
+async def test_streaming_responses_flow(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        async with browser.request("GET", stack.tenant_origin + "/sse?count=3&interval=0.2") as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            first = await r.content.readuntil(b"\n\n")
+            assert first == b"id: 0\ndata: event 0\n\n"
+            rest = await r.read()
+            assert rest.count(b"data: event") == 2
+        async with browser.request("GET", stack.tenant_origin + "/mjpeg?frames=5") as r:
+            assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            data = await r.read()
+            assert data.count(b"--frame") == 5
+
+
+async def test_backend_failures_give_clear_pages(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        async with browser.request("GET", stack.tenant_origin + "/abort") as r:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+        # The tunnel carries on for the next request.
+        async with browser.request("GET", stack.tenant_origin + "/status/204") as r:
+            assert r.status == 204
+        assert stack.standin is not None
+        await stack.standin.cleanup()
+        stack.standin = None
+        async with browser.request("GET", stack.tenant_origin + "/") as r:
+            assert r.status == 502
+            assert "Home Assistant is not answering" in await r.text()
+
+
+async def test_offline_addon_page(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        stack.addon_task.cancel()
+        await stack.addon.__aexit__(None, None, None)
+        for _ in range(100):
+            if stack.relay.hub.tunnel_for(stack.instance_id) is None:
+                break
+            import asyncio
+
+            await asyncio.sleep(0.05)
+        async with browser.request("GET", stack.tenant_origin + "/") as r:
+            assert r.status == 503
+            assert "offline" in (await r.text()).lower()
+
+
+async def test_unknown_hosts_get_one_answer(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        for host in ("unknown.localhost", "x.home.localhost", "homeport.localhost.evil"):
+            async with browser.request(
+                "GET", stack.account_origin + "/", headers={"Host": host}
+            ) as r:
+                assert r.status == 421
+        # A well-formed id that does not exist answers exactly like one that does.
+        answers = []
+        for origin in (stack.tenant_origin, stack.config.tenant_origin("b" * 26)):
+            async with browser.request("GET", origin + "/", headers={"Accept": "text/html"}) as r:
+                location = r.headers["Location"]
+                answers.append((r.status, location.split("?")[0]))
+        assert answers[0] == answers[1]

@@ -1,0 +1,188 @@
+"""A whole Homeport on loopback for end-to-end tests: relay, add-on and a backend.
+
+``start_stack`` runs the real relay (TLS, SQLite, dev CA) and the real add-on
+client in this process, linked to a fresh account, in front of either the
+aiohttp stand-in or a real Home Assistant.  ``Browser`` is an aiohttp client
+that behaves like one for our purposes: it keeps cookies per host, resolves
+``*.localhost`` to loopback, trusts the dev CA and can walk the sign-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, LocalhostResolver, State
+from homeport.relay.app import Relay
+from homeport.relay.config import RelayConfig
+from homeport.standin import start_standin
+
+PASSWORD = "correct horse battery staple 42"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    relay: Relay
+    config: RelayConfig
+    addon: AddonClient
+    addon_task: asyncio.Task[None]
+    backend_url: str
+    email: str
+    password: str
+    data_dir: Path
+    statuses: list[AddonStatus] = field(default_factory=list)
+    standin: web.AppRunner | None = None
+
+    @property
+    def instance_id(self) -> str:
+        assert self.addon.status.instance_id is not None
+        return self.addon.status.instance_id
+
+    @property
+    def tenant_origin(self) -> str:
+        return self.config.tenant_origin(self.instance_id)
+
+    @property
+    def account_origin(self) -> str:
+        return self.config.account_origin
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "tls" / "dev-ca.pem"
+
+    def browser(self) -> Browser:
+        return Browser(self)
+
+    async def wait_connected(self, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout):
+            while not (
+                self.addon.status.state is State.CONNECTED
+                and self.relay.hub.tunnel_for(self.instance_id) is not None
+            ):
+                await asyncio.sleep(0.02)
+
+
+def make_addon(
+    stack_config: RelayConfig,
+    relay: Relay,
+    ha_url: str,
+    state_dir: Path,
+    statuses: list[AddonStatus],
+) -> AddonClient:
+    config = AddonConfig(
+        relay_url=f"wss://{stack_config.account_host}{stack_config.port_suffix}/v1/tunnel",
+        ha_url=ha_url,
+        state_dir=state_dir,
+        pinned_keys=(relay.server_key.public_key(),),
+        relay_ca=stack_config.data_dir / "tls" / "dev-ca.pem",
+        ping_interval=2.0,
+        ping_timeout=3.0,
+    )
+    return AddonClient(config, on_status=lambda s: statuses.append(_copy(s)))
+
+
+def _copy(status: AddonStatus) -> AddonStatus:
+    return AddonStatus(**vars(status))
+
+
+@contextlib.asynccontextmanager
+async def start_stack(
+    tmp_path: Path, *, ha_url: str | None = None, email: str = "owner@example.com"
+) -> AsyncIterator[Stack]:
+    data_dir = tmp_path / "relay"
+    config = RelayConfig(data_dir=data_dir, listen_port=free_port(), drain_seconds=2.0)
+    relay = Relay(config)
+    await relay.start()
+    standin = None
+    if ha_url is None:
+        standin, ha_url = await start_standin()
+    await relay.accounts.create_user(email, PASSWORD)
+    statuses: list[AddonStatus] = []
+    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses)
+    await addon.__aenter__()
+    task = asyncio.create_task(addon.run_forever())
+    stack = Stack(relay, config, addon, task, ha_url, email, PASSWORD, data_dir, statuses, standin)
+    try:
+        async with asyncio.timeout(20):
+            while addon.status.link_code is None and addon.status.state is not State.CONNECTED:
+                await asyncio.sleep(0.02)
+        if addon.status.state is not State.CONNECTED:
+            assert addon.status.link_code is not None
+            await relay.accounts.link_instance(addon.status.link_code, email)
+        await stack.wait_connected()
+        yield stack
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await addon.__aexit__(None, None, None)
+        await relay.stop()
+        if standin is not None:
+            await standin.cleanup()
+
+
+class Browser:
+    """Cookie-keeping HTTPS client that trusts the dev CA and signs in like a person."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        context = ssl.create_default_context(cafile=str(stack.ca_path))
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
+            cookie_jar=aiohttp.CookieJar(),
+        )
+
+    async def __aenter__(self) -> Browser:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("allow_redirects", False)
+        return self.session.request(method, url, **kwargs)
+
+    async def sign_in(self, path: str = "/") -> aiohttp.ClientResponse:
+        """Open ``path`` on the tenant host and walk the whole sign-in; returns the final page."""
+        stack = self.stack
+        url = stack.tenant_origin + path
+        navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+        for _ in range(10):
+            async with self.session.get(url, headers=navigate, allow_redirects=False) as r:
+                if r.status != 303:
+                    await r.read()
+                    return r
+                location = URL(r.headers["Location"])
+                if not location.is_absolute():
+                    location = r.url.join(location)
+            if location.path == "/signin" and location.host == stack.config.account_host:
+                async with self.session.post(
+                    str(location.with_query(None)),
+                    data={
+                        "email": stack.email,
+                        "password": stack.password,
+                        "next": location.query.get("next", "/"),
+                    },
+                    headers={"Origin": stack.account_origin},
+                    allow_redirects=False,
+                ) as r:
+                    assert r.status == 303, await r.text()
+                    location = r.url.join(URL(r.headers["Location"]))
+            url = str(location)
+        raise AssertionError("sign-in did not finish in 10 redirects")
