@@ -1250,3 +1250,23 @@ def test_a_flood_of_tiny_fragments_costs_only_the_bytes_it_carries() -> None:
     p.addon.send_ws_close(sid, 1000)
     p.pump()
     p.assert_settled(forged=True)
+
+
+def test_output_batches_stay_near_the_limit_even_with_many_heads() -> None:
+    """OPEN frames travel with the control frames; a burst of large heads is still cut
+    into batches the peer's transport accepts (limit + at most two frames)."""
+    p = Pair()
+    big = RequestHead("GET", "/", [("cookie", "c" * 60_000)])
+    sids = [p.relay.open_stream(big, websocket=False, end_stream=False) for _ in range(40)]
+    for sid in sids:
+        p.relay.send_data(sid, b"body", end_stream=True)
+    limit = 256 * 1024
+    batches = []
+    while out := p.relay.data_to_send(limit):
+        assert len(out) <= limit + 2 * (MAX_FRAME_SIZE + HEADER.size)
+        batches.append(out)
+        p.deliver(Role.RELAY, out)
+    assert len(batches) > 5
+    assert [e.stream_id for e in of_type(p.addon_events, StreamOpened)] == sids
+    assert body(p.addon_events, sids[-1]) == b"body"
+    assert not p.addon.terminated

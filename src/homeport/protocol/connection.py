@@ -9,7 +9,9 @@ Flow control works like HTTP/2's: every stream and the tunnel as a whole have
 credit windows granted by the receiver.  A receiver only returns credit once
 its application has *consumed* the bytes (:meth:`acknowledge`), so a stalled
 reader — a paused camera tab — stops its own stream at the window, never the
-others, and neither side ever buffers more than it granted.
+others, and neither side ever buffers more than it granted (plus, for a
+WebSocket, at most ``max_ws_message`` of a message larger than the window:
+see :meth:`TunnelConnection._prepay`).
 
 Sending is scheduled, not FIFO: queued output is cut into chunks and taken
 round-robin across streams, strictly by priority class, so a large download
@@ -38,6 +40,7 @@ from homeport.protocol.events import (
     WebSocketMessageReceived,
 )
 from homeport.protocol.frames import (
+    HEADER_SIZE,
     MAX_STREAM_ID,
     Flags,
     Frame,
@@ -361,8 +364,20 @@ class TunnelConnection:
         self._control += encode_frame(FrameType.GOAWAY, 0, payload)
 
     def data_to_send(self, limit: int = 1024 * 1024) -> bytes:
-        """Bytes to write now: control frames first, then scheduled stream output."""
+        """Bytes to write now: control frames first, then scheduled stream output.
+
+        Stops at the first frame boundary at or past ``limit``, so the result
+        exceeds it by at most one turn (a head and a chunk: two frames); call
+        again until it returns ``b""``.  Control frames are bounded too (OPEN
+        heads travel with them), keeping every batch within what the peer's
+        transport accepts as one message.
+        """
         out = self._control
+        if len(out) > limit:
+            cut = _frame_boundary(out, limit)
+            self._control = out[cut:]
+            # Stream frames wait: one may belong to a stream whose OPEN is still queued.
+            return bytes(out[:cut])
         self._control = bytearray()
         for queue in self._queues:
             while queue and len(out) < limit:
@@ -786,6 +801,17 @@ class TunnelConnection:
         if outstanding > 0:
             self._grant_connection(outstanding)
         stream.recv_window = self.settings.initial_stream_window
+
+
+def _frame_boundary(buffer: bytearray, limit: int) -> int:
+    """Offset of the last frame boundary within ``limit`` (at least one whole frame)."""
+    offset = 0
+    while offset < len(buffer):
+        end = offset + HEADER_SIZE + _U32.unpack_from(buffer, offset)[0]
+        if offset and end > limit:
+            break
+        offset = end
+    return offset
 
 
 def _reset_frame(stream_id: int, code: ErrorCode, reason: str) -> bytes:
