@@ -233,7 +233,7 @@ def cmd_instance_list(args: argparse.Namespace) -> int:
                 "id": row.id,
                 "owner": row.owner_email,
                 "name": row.name,
-                "connected": _recently_connected(row),
+                "connected": row.connected,
                 "url": config.tenant_origin(row.id),
             }
             for row in await accounts.list_instances()
@@ -247,10 +247,6 @@ def cmd_instance_list(args: argparse.Namespace) -> int:
         return 0
 
     return _admin(args, action)
-
-
-def _recently_connected(row: Any) -> bool:
-    return bool(getattr(row, "connected", False))
 
 
 # ------------------------------------------------------------------------ keys

@@ -43,3 +43,6 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would write request targets; we log our own metadata.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Database drivers log statements with their parameters (hashes, emails) at debug.
+    for name in ("aiosqlite", "sqlalchemy.engine", "asyncpg"):
+        logging.getLogger(name).setLevel(logging.WARNING)

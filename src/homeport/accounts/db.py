@@ -99,8 +99,14 @@ def _secure_sqlite_file(path: Path) -> None:
                     "use a private data directory",
                     directory,
                 )
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    os.close(fd)
+    if path.is_symlink():
+        raise OSError(f"refusing a symlinked database file: {path}")
+    if not path.exists():
+        # Only when the file is new: closing any descriptor of an open SQLite
+        # file drops this process's POSIX locks on it (a second engine, e.g.
+        # for migrations, would silently break WAL visibility for others).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.close(fd)
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         if candidate.exists() and stat.S_IMODE(candidate.stat().st_mode) != 0o600:
             candidate.chmod(0o600)

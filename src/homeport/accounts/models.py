@@ -149,6 +149,14 @@ class Instance(Base):
     addon_public_key: Mapped[str] = mapped_column(String(PUBLIC_KEY_MAX), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Set when the tunnel drops; "connected" means connected after the last drop.
+    last_disconnected_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    @property
+    def connected(self) -> bool:
+        return self.last_connected_at is not None and (
+            self.last_disconnected_at is None or self.last_disconnected_at < self.last_connected_at
+        )
 
     def __repr__(self) -> str:
         return f"Instance(id={self.id!r}, owner_id={self.owner_id!r}, name={self.name!r})"

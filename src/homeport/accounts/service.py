@@ -137,6 +137,7 @@ class InstanceRow:
     addon_public_key: str
     created_at: datetime
     last_connected_at: datetime | None
+    connected: bool = False
 
 
 def _rowcount(result: object) -> int:
@@ -772,6 +773,7 @@ class Accounts:
                     addon_public_key=inst.addon_public_key,
                     created_at=inst.created_at,
                     last_connected_at=inst.last_connected_at,
+                    connected=inst.connected,
                 )
                 for inst, email in rows
             ]
@@ -788,6 +790,19 @@ class Accounts:
                 .where(Instance.id == instance_id)
                 .values(last_connected_at=self._now())
             )
+
+    async def mark_disconnected(self, instance_id: str | None = None) -> None:
+        """Record that an add-on's tunnel dropped; ``None``: all of them.
+
+        A single relay calls it for all instances at start-up, so a crash never
+        leaves an instance listed as connected.  (Several relay nodes will keep
+        this in the shared tunnel directory instead.)
+        """
+        stmt = update(Instance).values(last_disconnected_at=self._now())
+        if instance_id is not None:
+            stmt = stmt.where(Instance.id == instance_id)
+        async with self._db.session(write=True) as s, s.begin():
+            await s.execute(stmt)
 
     async def unlink_instance(self, instance_id: str) -> bool:
         """Delete an instance with its members, sessions and hand-off codes.

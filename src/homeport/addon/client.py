@@ -193,13 +193,16 @@ class AddonClient:
         """One connection: returns "served", "reconnect" (dial again now) or "refused"."""
         assert self._relay is not None
         assert self._ha is not None
-        ws = await self._relay.ws_connect(
-            self.config.relay_url,
-            max_msg_size=MAX_MESSAGE,
-            compress=0,
-            autoping=True,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
-        )
+        # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
+        # hole) must not hold the add-on for aiohttp's default five minutes.
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            ws = await self._relay.ws_connect(
+                self.config.relay_url,
+                max_msg_size=MAX_MESSAGE,
+                compress=0,
+                autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+            )
         try:
             ssl_object = ws.get_extra_info("ssl_object")
             if ssl_object is None:
@@ -286,6 +289,7 @@ async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, HandshakeError):
         return f"handshake failed: {exc.code}: {exc.message}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"relay certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc, "verify_message", None) or str(exc)
+        return f"relay certificate not trusted: {reason}"
     return f"{type(exc).__name__}: {exc}"

@@ -33,6 +33,10 @@ from homeport.tls.devca import ensure_dev_ca
 log = logging.getLogger(__name__)
 
 _HOST = re.compile(r"[a-z0-9.-]{1,253}")
+#: A connection waiting for a request head (idle keep-alive, or a head that
+#: trickles in byte by byte) is closed after this long.  aiohttp's default is
+#: an hour, which lets anyone hold thousands of sockets open for free.
+IDLE_TIMEOUT = 75.0
 
 
 def request_host(request: web.Request) -> str | None:
@@ -108,8 +112,9 @@ class Relay:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """Generic error pages: no stack trace or internal detail ever reaches a browser."""
-        if request.method == "TRACE":
-            return web.Response(status=405, text="Method not allowed.\n")
+        refusal = _refuse_at_edge(request)
+        if refusal is not None:
+            return refusal
         try:
             return await handler(request)
         except web.HTTPException:
@@ -125,6 +130,7 @@ class Relay:
     async def _on_startup(self, app: web.Application) -> None:
         await self.database.connect()
         await self.database.migrate()
+        await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.hub.shutdown()
@@ -140,6 +146,7 @@ class Relay:
             access_log=None,  # our own structured log lines carry metadata only
             handler_cancellation=True,
             shutdown_timeout=self.config.drain_seconds,
+            keepalive_timeout=IDLE_TIMEOUT,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -163,8 +170,37 @@ class Relay:
 
     async def stop(self) -> None:
         if self._runner is not None:
+            # Stop listening, then drain the tunnels *before* aiohttp's own shutdown:
+            # its pre_shutdown() marks every connection closing and from then on
+            # drops whatever arrives, so answers still coming through a draining
+            # tunnel would be lost and every request in flight would fail.
+            for site in list(self._runner.sites):
+                await site.stop()
+            await self.hub.shutdown()
             await self._runner.cleanup()
             self._runner = None
+
+
+def _refuse_at_edge(request: web.Request) -> web.Response | None:
+    """What aiohttp's parser lets through but the relay never carries; the connection closes.
+
+    * ``TRACE`` would echo headers (cookies included) back; ``CONNECT`` asks for a
+      raw tunnel, and the parser treats every byte after its head as tunnel data.
+    * A ``Transfer-Encoding`` other than exactly ``chunked`` (``gzip, chunked``):
+      the parser removes only the chunking, and the relay drops the header, so
+      the backend would get coded bytes it cannot know are coded.  RFC 9112
+      §6.1: answer 501 to a transfer coding we do not understand.
+    """
+    if request.method in ("TRACE", "CONNECT"):
+        response = web.Response(status=405, text="Method not allowed.\n")
+    elif (codings := request.headers.getall("Transfer-Encoding", [])) and [
+        c.strip().lower() for v in codings for c in v.split(",")
+    ] != ["chunked"]:
+        response = web.Response(status=501, text="Transfer coding not supported.\n")
+    else:
+        return None
+    response.force_close()  # whatever follows the head is not read, so it is not trusted
+    return response
 
 
 async def _strip_banner(request: web.Request, response: web.StreamResponse) -> None:

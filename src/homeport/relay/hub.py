@@ -109,6 +109,8 @@ class TunnelHub:
             self._sessions.discard(session)
             if self.tunnels.get(instance_id) is session:
                 del self.tunnels[instance_id]
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.accounts.mark_disconnected(instance_id))
             log.info(
                 "hub.tunnel_down",
                 extra={"instance": instance_id, "reason": session.close_reason},

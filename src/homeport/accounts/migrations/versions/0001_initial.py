@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("addon_public_key", sa.String(length=64), nullable=False),
         _ts("created_at"),
         _ts("last_connected_at", nullable=True),
+        _ts("last_disconnected_at", nullable=True),
         sa.ForeignKeyConstraint(
             ["owner_id"],
             ["users.id"],
