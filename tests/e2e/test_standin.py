@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import aiohttp
@@ -142,12 +143,18 @@ async def test_large_upload_and_download(stack: Stack) -> None:
 async def test_streaming_responses_flow(stack: Stack) -> None:
     async with stack.browser() as browser:
         await browser.sign_in("/")
-        async with browser.request("GET", stack.tenant_origin + "/sse?count=3&interval=0.2") as r:
+        started = time.monotonic()
+        async with browser.request("GET", stack.tenant_origin + "/sse?count=3&interval=1.5") as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             first = await r.content.readuntil(b"\n\n")
+            # Each event is passed on as it comes, not held until more data arrives.
+            assert time.monotonic() - started < 1.0
             assert first == b"id: 0\ndata: event 0\n\n"
+            second = await r.content.readuntil(b"\n\n")
+            assert time.monotonic() - started < 2.5
+            assert second == b"id: 1\ndata: event 1\n\n"
             rest = await r.read()
-            assert rest.count(b"data: event") == 2
+            assert rest.count(b"data: event") == 1
         async with browser.request("GET", stack.tenant_origin + "/mjpeg?frames=5") as r:
             assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
             data = await r.read()

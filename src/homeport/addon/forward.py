@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import Headers, RequestHead, ResponseHead
+from homeport.protocol.heads import HeadError, Headers, RequestHead, ResponseHead
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,17 @@ class HomeAssistantForwarder:
                 allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             ) as response:
-                stream.respond(
-                    ResponseHead(response.status, self._response_headers(response)),
-                    end=False,
-                )
+                try:
+                    stream.respond(
+                        ResponseHead(response.status, self._response_headers(response)),
+                        end=False,
+                    )
+                except HeadError:
+                    # A head we must not relay (e.g. an interim status, a field
+                    # with control characters): the person gets a clean 502.
+                    log.warning("addon.bad_upstream_head", extra={"stream": stream.id})
+                    stream.reset(ErrorCode.UPSTREAM_UNAVAILABLE, "unusable response head")
+                    return
                 sent = 0
                 async for chunk in response.content.iter_any():
                     sent += len(chunk)
