@@ -32,6 +32,7 @@ from homeport import __version__
 from homeport.addon.forward import HomeAssistantForwarder
 from homeport.keys import load_or_create_private_key
 from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.events import GoAwayReceived
 from homeport.protocol.handshake import (
     AddonHandshake,
     HandshakeError,
@@ -41,7 +42,7 @@ from homeport.protocol.handshake import (
     Welcome,
 )
 from homeport.tls.context import client_context, peer_certificate_sha256
-from homeport.tunnel.session import MAX_MESSAGE, TunnelSession
+from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class AddonClient:
                 await asyncio.wait_for(self._reconnect_now.wait(), delay)
 
     async def connect_once(self) -> str:
-        """One connection: returns "served", "reconnect" (dial again now) or "refused"."""
+        """One connection: "served", "replaced", "reconnect" (dial again now) or "refused"."""
         assert self._relay is not None
         assert self._ha is not None
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
@@ -245,11 +246,21 @@ class AddonClient:
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, welcome: Welcome) -> str:
         assert self._ha is not None
         forwarder = HomeAssistantForwarder(self.config.ha_url, self._ha)
+        replaced: list[GoAwayReceived] = []
+
+        def on_goaway(event: GoAwayReceived) -> None:
+            if event.reason == GOAWAY_REPLACED:
+                # A newer connection with our key took over (a second copy of this
+                # add-on?): dialling straight back would take over again, forever.
+                replaced.append(event)
+            else:
+                self._reconnect_now.set()
+
         session = TunnelSession(
             ws,
             TunnelConnection(Role.ADDON),
             on_stream=forwarder.handle,
-            on_goaway=lambda _event: self._reconnect_now.set(),
+            on_goaway=on_goaway,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             name="addon",
@@ -274,6 +285,13 @@ class AddonClient:
             # in the background and closes when the relay closes it.
             log.info("addon.goaway")
             return "served"
+        if replaced:
+            # Back off without resetting the attempt count: two copies sharing one
+            # key take turns ever more slowly instead of flapping.
+            reason = "replaced by a newer connection with this add-on's key"
+            self._set(state=State.DISCONNECTED, last_error=reason)
+            log.warning("addon.replaced")
+            return "replaced"
         self._set(state=State.DISCONNECTED, last_error=session.close_reason)
         log.warning("addon.disconnected", extra={"reason": session.close_reason})
         return "served"

@@ -127,7 +127,8 @@ class HomeAssistantForwarder:
                 await stream.write(b"", end=True)
         except StreamClosed:
             return  # the browser went away; aiohttp releases the upstream connection
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            # ClientPayloadError: Home Assistant cut its response short (not a bug here).
             self._upstream_failed(stream, exc)
             return
         if not stream.closed:

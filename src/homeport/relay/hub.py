@@ -23,7 +23,7 @@ from homeport.keys import public_key_text
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
-from homeport.tunnel.session import MAX_MESSAGE, TunnelSession
+from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ class TunnelHub:
         if previous is not None:
             # The add-on reconnected (or a second copy runs): the newest wins;
             # the old tunnel finishes its open streams and closes.
-            asyncio.create_task(previous.drain(self.config.drain_seconds))  # noqa: RUF006
+            asyncio.create_task(  # noqa: RUF006
+                previous.drain(self.config.drain_seconds, reason=GOAWAY_REPLACED)
+            )
         await self.accounts.mark_connected(instance_id)
         log.info("hub.tunnel_up", extra={"instance": instance_id, "peer": peer})
         try:

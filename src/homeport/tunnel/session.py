@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 256 * 1024
 #: Receivers accept messages up to this size: one batch plus a maximal frame.
 MAX_MESSAGE = 1024 * 1024
+#: GOAWAY reason the relay gives a tunnel that a newer connection of the same
+#: add-on replaced; the add-on must not dial straight back (it would take over again).
+GOAWAY_REPLACED = "replaced"
+#: Stalled readers: once unread bytes hold half the tunnel window, a stream whose
+#: reader took nothing for STALL_GRACE seconds is reset, so a few paused tabs
+#: cannot freeze every other stream of the tunnel (see docs/protocol.md §5).
+STALL_GRACE = 3.0
+STALL_CHECK = 0.5
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 
@@ -80,6 +88,7 @@ class TunnelSession:
             asyncio.create_task(self._reader(), name=f"{self.name}-reader"),
             asyncio.create_task(self._writer(), name=f"{self.name}-writer"),
             asyncio.create_task(self._pinger(), name=f"{self.name}-pinger"),
+            asyncio.create_task(self._watchdog(), name=f"{self.name}-watchdog"),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -114,11 +123,15 @@ class TunnelSession:
         self.connection.goaway(code, reason)
         self.kick()
 
-    async def drain(self, grace: float) -> None:
+    async def drain(self, grace: float, reason: str = "draining") -> None:
         """Announce GOAWAY, let open streams finish (up to ``grace`` seconds), then close."""
-        self.goaway(ErrorCode.NO_ERROR, "draining")
+        self.goaway(ErrorCode.NO_ERROR, reason)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
+                # Send the GOAWAY now: with no stream open we close at once, before
+                # the writer task has run, and the peer would never learn why.
+                with contextlib.suppress(Exception):
+                    await self._flush()
                 while self.connection.open_streams and not self.closed.is_set():
                     self._idle.clear()
                     await self._idle.wait()
@@ -205,6 +218,26 @@ class TunnelSession:
             horizon = time.monotonic() - self._ping_interval - self._ping_timeout
             for key in [k for k, sent in self._ping_sent.items() if sent < horizon]:
                 del self._ping_sent[key]
+
+    async def _watchdog(self) -> None:
+        """Reset the longest-stalled streams while unread bytes hold half the tunnel window."""
+        window = self.connection.settings.connection_window
+        while True:
+            await asyncio.sleep(STALL_CHECK)
+            held = sum(stream.held for stream in self.streams.values())
+            if held * 2 < window:
+                continue
+            now = time.monotonic()
+            for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
+                if held * 2 < window or now - stream.waiting_since < STALL_GRACE:
+                    break
+                if stream.held:
+                    held -= stream.held
+                    log.warning(
+                        "tunnel.stalled_reader_reset",
+                        extra={"tunnel": self.name, "stream": stream.id, "held": stream.held},
+                    )
+                    self.reset(stream.id, ErrorCode.CANCEL, "reader stalled")
 
     # ------------------------------------------------------------- dispatch
 
