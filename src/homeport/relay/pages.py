@@ -27,7 +27,10 @@ def account_csp(config: RelayConfig) -> str:
 PAGE_HEADERS = {
     "Strict-Transport-Security": HSTS,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under it browsers send ``Origin: null`` with a form POST, which
+    # the account site's CSRF check must refuse. "same-origin" still sends nothing to
+    # other sites (tenant hosts included).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
