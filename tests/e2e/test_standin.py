@@ -208,3 +208,15 @@ async def test_unknown_hosts_get_one_answer(stack: Stack) -> None:
                 location = r.headers["Location"]
                 answers.append((r.status, location.split("?")[0]))
         assert answers[0] == answers[1]
+        # Host must name the site the TLS session was opened for (SNI), both ways.
+        await browser.sign_in("/")
+        tenant_host = stack.tenant_origin.removeprefix("https://")
+        async with browser.request(
+            "GET", stack.account_origin + "/api/", headers={"Host": tenant_host}
+        ) as r:
+            assert r.status == 421
+        async with browser.request(
+            "GET", stack.tenant_origin + "/", headers={"Host": stack.config.account_host}
+        ) as r:
+            assert r.status == 421
+            assert r.headers["X-Content-Type-Options"] == "nosniff"

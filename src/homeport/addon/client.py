@@ -50,7 +50,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 30.0
 HANDSHAKE_TIMEOUT = 15.0
 #: Close codes from the relay that mean "dial again right away" (see relay.hub).
-RECONNECT_NOW = frozenset({4001, 4002, 4003, 1012})
+RECONNECT_NOW = frozenset({4001, 4002, 1012})
 
 
 class State(enum.Enum):

@@ -27,7 +27,7 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.tenant import TenantProxy
-from homeport.tls.context import local_certificate_sha256, server_context
+from homeport.tls.context import local_certificate_sha256, requested_server_name, server_context
 from homeport.tls.devca import ensure_dev_ca
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def tls_files(config: RelayConfig) -> TlsFiles:
     """The configured certificate, or one from the development CA in the data dir."""
     if config.tls_cert and config.tls_key:
         return TlsFiles(config.tls_cert, config.tls_key)
+    if config.tls_cert or config.tls_key:
+        raise ValueError("--tls-cert and --tls-key must be given together")
     ca = ensure_dev_ca(config.data_dir)
     names = [config.account_host, f"*.{config.tenant_domain}", "localhost"]
     cert, key = ca.issue_server_certificate(names, config.data_dir / "tls")
@@ -99,6 +101,10 @@ class Relay:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         host = request_host(request)
+        if host is None or host != _sni(request):
+            # Host must name the site this TLS session was opened for (RFC 9110
+            # §7.4): no riding a connection for one site into another.
+            return web.Response(status=421, text="Misdirected request.\n")
         if host == self.config.account_host:
             return await self.account_site.handle(request)
         if host is not None and host.endswith(self._tenant_suffix):
@@ -206,3 +212,10 @@ def _refuse_at_edge(request: web.Request) -> web.Response | None:
 async def _strip_banner(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.pop("Server", None)
     response.headers.setdefault("Strict-Transport-Security", HSTS)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+def _sni(request: web.Request) -> str | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return requested_server_name(ssl_object)

@@ -32,7 +32,6 @@ LINK_POLL_SECONDS = 2.0
 #: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
-CLOSE_REPLACED = 4003  # another connection of this add-on took over
 CLOSE_HANDSHAKE_FAILED = 4400
 _CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 

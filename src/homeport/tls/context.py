@@ -56,7 +56,25 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     context.load_cert_chain(certfile=cert, keyfile=key)
+    context.sni_callback = _remember_server_name
     return context
+
+
+_SNI_ATTRIBUTE = "homeport_server_name"
+
+
+def _remember_server_name(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _context: ssl.SSLContext
+) -> None:
+    # A server-side SSLObject does not expose the SNI it received; keep it so the
+    # relay can insist that Host names the site the TLS session was opened for.
+    setattr(ssl_object, _SNI_ATTRIBUTE, server_name.lower().rstrip(".") if server_name else None)
+
+
+def requested_server_name(ssl_object: object) -> str | None:
+    """The server name (SNI) the client sent in its TLS hello, if any."""
+    name = getattr(ssl_object, _SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
 
 
 def client_context(extra_ca: Path | None = None) -> ssl.SSLContext:
