@@ -1,0 +1,1103 @@
+"""End-to-end benchmark: through the relay and the add-on versus straight to the backend.
+
+Run: ``.venv/bin/python bench/run.py`` (full run, 1-2 minutes on 2 cores) or
+``--quick`` (a smoke run of about a minute).  See ``bench/README.md``.
+
+Everything runs on loopback, in separate processes, each on uvloop:
+
+* the backend: ``bench/backend.py``, the stand-in (``homeport.standin``)
+  served over TLS for the *direct* path and over plain HTTP on loopback for
+  the add-on's hop to it;
+* the relay: ``homeport relay`` (TLS with its dev CA, SQLite in a temporary
+  data dir);
+* the add-on: ``homeport addon``, linked with ``homeport admin``;
+* this process: the load generator (aiohttp client, keep-alive pool) and the
+  sampler of CPU time (``/proc/<pid>/stat``) and RSS (``/proc/<pid>/status``
+  every 100 ms).
+
+Both paths are TLS 1.3 from the client; the relay path adds the relay, the
+tunnel (one WSS connection) and the add-on's plain-HTTP hop.  Every loop is
+bounded by a count and a time cap.  Prints one JSON line per measurement,
+then a table with the targets (PASS/MISS; the exit code does not depend on
+them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from yarl import URL
+
+from homeport.addon.client import LocalhostResolver
+from homeport.tls.devca import create_independent_ca
+
+HERE = Path(__file__).resolve().parent
+KiB = 1024
+MiB = 1024 * 1024
+MB = 10**6  # throughput is in MB/s, 1 MB = 10**6 bytes
+EMAIL = "bench@example.com"
+PASSWORD = "correct horse battery staple 42"  # a throwaway account in a temp dir
+ACCOUNT_HOST = "homeport.localhost"
+TENANT_DOMAIN = "home.localhost"
+SESSION_COOKIE = "__Host-homeport_session"
+BODY_CHUNK = 256 * KiB
+WS_MESSAGE = "x" * KiB
+SMALL_PATH = "/status/204"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
+
+# Targets (printed beside the figures; they do not change the exit code).
+TARGET_ADDED_MS = 0.3
+TARGET_TRANSFER_RATIO = 0.60
+#: "Flat": the relay's RSS may rise by at most this much over a whole transfer...
+TARGET_RSS_GROWTH = 16 * MiB
+#: ...and by at most this much over its second half (no trend with bytes moved).
+TARGET_RSS_LATE_GROWTH = 2 * MiB
+#: Flag a measurement when other work on the machine used more than this share of its CPUs.
+NOISY_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class Plan:
+    warmup: int
+    get_c1: int
+    get_c1_cap: float
+    get_c32: int
+    get_c32_cap: float
+    ws: int
+    ws_cap: float
+    transfer: int
+    transfer_cap: float
+    transfer_rounds: int
+
+
+FULL = Plan(
+    warmup=500,
+    get_c1=15_000,
+    get_c1_cap=30.0,
+    get_c32=50_000,
+    get_c32_cap=40.0,
+    ws=15_000,
+    ws_cap=20.0,
+    transfer=256 * MiB,
+    transfer_cap=60.0,
+    transfer_rounds=5,
+)
+QUICK = Plan(
+    warmup=100,
+    get_c1=1_000,
+    get_c1_cap=5.0,
+    get_c32=4_000,
+    get_c32_cap=8.0,
+    ws=1_000,
+    ws_cap=5.0,
+    transfer=64 * MiB,
+    transfer_cap=20.0,
+    transfer_rounds=1,
+)
+GROUPS = ("get", "ws", "transfer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def emit(record: dict[str, Any]) -> None:
+    print(json.dumps(record, separators=(",", ":")), flush=True)
+
+
+# ------------------------------------------------------------------ processes
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        text = fh.read()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss(pid: int) -> int:
+    """VmRSS in bytes; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs; /proc/stat without idle, iowait)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class Proc:
+    """A child process whose output goes to files in the work dir (we poll them)."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir
+            )
+        self.pid = self.popen.pid
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace") + self.err_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.output()[-3000:]
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+async def wait_for_output(proc: Proc, pattern: str, timeout: float) -> re.Match[str]:
+    regex = re.compile(pattern)
+    async with asyncio.timeout(timeout):
+        while True:
+            match = regex.search(proc.output())
+            if match:
+                return match
+            proc.check_alive()
+            await asyncio.sleep(0.05)
+
+
+async def cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> str:
+    """Run ``homeport <args>`` to completion; returns stdout, raises on failure."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "homeport.cli",
+        "--log-level",
+        "warning",
+        *args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(timeout):
+        out, err = await child.communicate(stdin)
+    if child.returncode != 0:
+        raise RuntimeError(f"homeport {' '.join(args)} failed: {err.decode(errors='replace')}")
+    return out.decode()
+
+
+class Sampler(threading.Thread):
+    """Samples VmRSS of the watched processes every ``interval`` seconds."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pids = pids
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            self.samples.append((now, {n: proc_rss(p) for n, p in self.pids.items()}))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=2)
+
+    def between(self, start: float, end: float, name: str) -> list[tuple[float, int]]:
+        return [(t, s[name]) for t, s in list(self.samples) if start <= t <= end]
+
+
+@dataclass
+class Usage:
+    """CPU seconds and RSS of the watched processes over one measured phase."""
+
+    pids: dict[str, int]
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss_start: dict[str, int] = field(default_factory=dict)
+    rss_end: dict[str, int] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+
+    busy_start: float = 0.0
+    #: Busy CPU seconds of everything else on the machine (other jobs, kernel threads).
+    other_cpu: float = 0.0
+
+    def begin(self) -> None:
+        self.rss_start = {n: proc_rss(p) for n, p in self.pids.items()}
+        self.cpu_start = {n: proc_cpu_seconds(p) for n, p in self.pids.items()}
+        self.busy_start = system_busy_seconds()
+        self.started = time.monotonic()
+
+    def end(self) -> None:
+        self.ended = time.monotonic()
+        self.cpu = {n: proc_cpu_seconds(p) - self.cpu_start[n] for n, p in self.pids.items()}
+        busy = system_busy_seconds() - self.busy_start
+        self.other_cpu = max(0.0, busy - sum(self.cpu.values()))
+        self.rss_end = {n: proc_rss(p) for n, p in self.pids.items()}
+
+    def rss_profile(self, sampler: Sampler, name: str) -> dict[str, float]:
+        """Start, peak, end and growth (overall and over the second half), in MiB."""
+        points = [(self.started, self.rss_start[name])]
+        points += sampler.between(self.started, self.ended, name)
+        points.append((self.ended, self.rss_end[name]))
+        middle = (self.started + self.ended) / 2
+        first_half_peak = max(r for t, r in points if t <= middle)
+        peak = max(r for _, r in points)
+        late_peak = max((r for t, r in points if t >= middle), default=peak)
+        return {
+            "rss_start_mib": round(self.rss_start[name] / MiB, 2),
+            "rss_peak_mib": round(peak / MiB, 2),
+            "rss_end_mib": round(self.rss_end[name] / MiB, 2),
+            "rss_growth_mib": round((peak - self.rss_start[name]) / MiB, 2),
+            "rss_late_growth_mib": round(max(0, late_peak - first_half_peak) / MiB, 2),
+            "rss_samples": len(points),
+        }
+
+
+# ------------------------------------------------------------------ the stack
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    backend: Proc
+    relay: Proc
+    addon: Proc
+    direct_origin: str
+    tenant_origin: str
+    direct_ca: Path
+    relay_ca: Path
+    backend_plain_url: str
+
+    @property
+    def procs(self) -> list[Proc]:
+        return [self.addon, self.relay, self.backend]
+
+
+async def start_stack(workdir: Path, log_level: str = "info") -> Stack:
+    """Backend, relay and add-on as separate processes; a user; the add-on linked."""
+    python = sys.executable
+    ca = create_independent_ca(workdir / "bench-ca", common_name="Homeport bench CA")
+    cert, key = ca.issue_server_certificate(["localhost"], workdir / "backend-tls")
+    tls_port, plain_port, relay_port = free_port(), free_port(), free_port()
+    backend = Proc(
+        "backend",
+        [
+            python,
+            str(HERE / "backend.py"),
+            f"--tls-port={tls_port}",
+            f"--plain-port={plain_port}",
+            f"--cert={cert}",
+            f"--key={key}",
+        ],
+        workdir,
+    )
+    procs: list[Proc] = [backend]
+    try:
+        data_dir = workdir / "relay"
+        relay_opts = [
+            f"--data-dir={data_dir}",
+            f"--account-host={ACCOUNT_HOST}",
+            f"--tenant-domain={TENANT_DOMAIN}",
+        ]
+        relay = Proc(
+            "relay",
+            [
+                python,
+                "-m",
+                "homeport.cli",
+                f"--log-level={log_level}",
+                "relay",
+                f"--listen=127.0.0.1:{relay_port}",
+                *relay_opts,
+            ],
+            workdir,
+        )
+        procs.append(relay)
+        await wait_for_output(backend, r"ready", 30)
+        await wait_for_output(relay, r"Relay listening", 60)
+        await cli("admin", "user", "create", EMAIL, *relay_opts, stdin=PASSWORD.encode() + b"\n")
+        pubkey = (await cli("keys", "show", *relay_opts)).strip()
+        relay_ca = data_dir / "tls" / "dev-ca.pem"
+        plain_url = f"http://127.0.0.1:{plain_port}"
+        addon = Proc(
+            "addon",
+            [
+                python,
+                "-m",
+                "homeport.cli",
+                f"--log-level={log_level}",
+                "addon",
+                f"--relay=wss://{ACCOUNT_HOST}:{relay_port}/v1/tunnel",
+                f"--ha-url={plain_url}",
+                f"--state-dir={workdir / 'addon'}",
+                f"--relay-ca={relay_ca}",
+                f"--server-pubkey={pubkey}",
+            ],
+            workdir,
+        )
+        procs.append(addon)
+        code = (await wait_for_output(addon, r"Link code: (\S+)", 60)).group(1)
+        await cli("admin", "link", code, EMAIL, *relay_opts)
+        listing = json.loads(await cli("admin", "instance", "list", "--json", *relay_opts))
+        (instance,) = [row["id"] for row in listing if row["owner"] == EMAIL]
+    except BaseException:
+        for proc in reversed(procs):
+            proc.stop()
+        raise
+    return Stack(
+        workdir=workdir,
+        backend=backend,
+        relay=relay,
+        addon=addon,
+        direct_origin=f"https://localhost:{tls_port}",
+        tenant_origin=f"https://{instance}.{TENANT_DOMAIN}:{relay_port}",
+        direct_ca=ca.cert_path,
+        relay_ca=relay_ca,
+        backend_plain_url=plain_url,
+    )
+
+
+def client_session(ca: Path, *, cookie: str | None = None) -> aiohttp.ClientSession:
+    """The load generator's client: keep-alive pool, trusts ``ca``, no cookie jar."""
+    context = ssl.create_default_context(cafile=str(ca))
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else None
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver(), limit=64),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+    )
+
+
+async def sign_in(stack: Stack) -> str:
+    """Walk the sign-in like a browser (as ``tests/support/stack.py`` does); returns the token."""
+    context = ssl.create_default_context(cafile=str(stack.relay_ca))
+    account_origin = "https://" + ACCOUNT_HOST + ":" + str(URL(stack.tenant_origin).port)
+    navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
+        cookie_jar=aiohttp.CookieJar(),
+    ) as session:
+        url = stack.tenant_origin + "/"
+        for _ in range(10):
+            async with session.get(url, headers=navigate, allow_redirects=False) as r:
+                if r.status != 303:
+                    await r.read()
+                    break
+                location = r.url.join(URL(r.headers["Location"]))
+            if location.path == "/signin" and location.host == ACCOUNT_HOST:
+                async with session.post(
+                    str(location.with_query(None)),
+                    data={
+                        "email": EMAIL,
+                        "password": PASSWORD,
+                        "next": location.query.get("next", "/"),
+                    },
+                    headers={"Origin": account_origin},
+                    allow_redirects=False,
+                ) as r:
+                    if r.status != 303:
+                        raise RuntimeError(f"sign-in form answered HTTP {r.status}")
+                    location = r.url.join(URL(r.headers["Location"]))
+            url = str(location)
+        else:
+            raise RuntimeError("sign-in did not finish in 10 redirects")
+        token = next((c.value for c in session.cookie_jar if c.key == SESSION_COOKIE), None)
+        if token is None:
+            raise RuntimeError("no tenant session cookie after sign-in")
+        # The add-on may still be dialling in after its link: wait for the home to answer.
+        async with asyncio.timeout(30):
+            while True:
+                async with session.get(stack.tenant_origin + "/", allow_redirects=False) as r:
+                    await r.read()
+                    if r.status == 200:
+                        return token
+                    if r.status != 503:
+                        raise RuntimeError(f"tenant host answered HTTP {r.status} after sign-in")
+                await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+async def small_gets(
+    session: aiohttp.ClientSession, url: str, concurrency: int, count: int, cap: float
+) -> dict[str, Any]:
+    """``count`` GETs (or as many as fit in ``cap`` seconds) from ``concurrency`` workers."""
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.perf_counter() + cap
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        while issued < count and time.perf_counter() < deadline:
+            issued += 1
+            t0 = time.perf_counter_ns()
+            try:
+                async with session.get(url, allow_redirects=False) as r:
+                    await r.read()
+                    ok = r.status == 204
+            except aiohttp.ClientError:
+                ok = False
+            latencies.append((time.perf_counter_ns() - t0) / 1e6)
+            if not ok:
+                errors += 1
+
+    started = time.perf_counter()
+    async with asyncio.timeout(cap + 30):
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "capped": len(latencies) < count,
+        "seconds": round(elapsed, 3),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+    }
+
+
+async def ws_echo(
+    session: aiohttp.ClientSession, url: str, count: int, cap: float, warmup: int
+) -> dict[str, Any]:
+    """Round trips of a 1 KiB text message on one WebSocket, one at a time."""
+    latencies: list[float] = []
+    errors = 0
+    async with asyncio.timeout(cap + warmup * 0.1 + 30):
+        async with session.ws_connect(url, autoping=True, compress=0) as ws:
+            for _ in range(warmup):
+                await ws.send_str(WS_MESSAGE)
+                await ws.receive(timeout=10)
+            started = time.perf_counter()
+            deadline = started + cap
+            while len(latencies) < count and time.perf_counter() < deadline:
+                t0 = time.perf_counter_ns()
+                await ws.send_str(WS_MESSAGE)
+                msg = await ws.receive(timeout=10)
+                latencies.append((time.perf_counter_ns() - t0) / 1e6)
+                if msg.type is not aiohttp.WSMsgType.TEXT or msg.data != WS_MESSAGE:
+                    errors += 1
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        break
+            elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "round_trips": len(latencies),
+        "errors": errors,
+        "capped": len(latencies) < count,
+        "seconds": round(elapsed, 3),
+        "per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+    }
+
+
+async def download(
+    session: aiohttp.ClientSession, origin: str, total: int, cap: float
+) -> dict[str, Any]:
+    received = 0
+    capped = False
+    status = 0
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(cap):
+            async with session.get(f"{origin}/bytes/{total}") as r:
+                status = r.status
+                async for chunk in r.content.iter_any():
+                    received += len(chunk)
+    except TimeoutError:
+        capped = True
+    elapsed = time.perf_counter() - started
+    return {
+        "bytes": received,
+        "errors": int(status != 200 or (received != total and not capped)),
+        "capped": capped,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(received / MB / elapsed, 1),
+    }
+
+
+async def upload(
+    session: aiohttp.ClientSession, origin: str, total: int, cap: float
+) -> dict[str, Any]:
+    block = (bytes(range(256)) * (BODY_CHUNK // 256))[:BODY_CHUNK]
+    sent = 0
+    capped = False
+    answer: dict[str, Any] = {}
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        while sent < total:
+            piece = block if total - sent >= len(block) else block[: total - sent]
+            sent += len(piece)
+            yield piece
+
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(cap):
+            async with session.put(
+                f"{origin}/upload",
+                data=body(),
+                headers={"Content-Length": str(total), "Content-Type": "application/octet-stream"},
+            ) as r:
+                answer = await r.json() if r.status == 200 else {"status": r.status}
+    except TimeoutError:
+        capped = True
+    elapsed = time.perf_counter() - started
+    return {
+        "bytes": sent,
+        "errors": int(not capped and answer.get("length") != total),
+        "capped": capped,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(sent / MB / elapsed, 1),
+    }
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class Results:
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        emit(record)
+
+    def get(self, figure: str, path: str) -> dict[str, Any] | None:
+        for record in self.records:
+            if (
+                record["figure"] == figure
+                and record["path"] == path
+                and record.get("round", "all") == "all"
+            ):
+                return record
+        return None
+
+
+async def measure(
+    results: Results,
+    figure: str,
+    path: str,
+    pids: dict[str, int],
+    sampler: Sampler,
+    run: Callable[[], Any],
+    *,
+    round_number: int | None = None,
+) -> dict[str, Any]:
+    usage = Usage(pids)
+    usage.begin()
+    record: dict[str, Any] = {"figure": figure, "path": path}
+    if round_number is not None:
+        record["round"] = round_number
+    record.update(await run())
+    usage.end()
+    record["cpu_s"] = {name: round(seconds, 3) for name, seconds in usage.cpu.items()}
+    # Other load on the machine skews every figure: record it beside them.
+    record["other_cpu_share"] = round(usage.other_cpu / (usage.ended - usage.started) / CPUS, 3)
+    if path == "relay":
+        relay_addon = usage.cpu["relay"] + usage.cpu["addon"]
+        record["relay_addon_cpu_s"] = round(relay_addon, 3)
+    if "bytes" in record:
+        megabytes = max(record["bytes"], 1) / MB
+        record["cpu_s_per_mb_all"] = round(sum(usage.cpu.values()) / megabytes, 6)
+        if path == "relay":
+            record["relay_addon_cpu_s_per_mb"] = round(record["relay_addon_cpu_s"] / megabytes, 6)
+            record["relay"] = usage.rss_profile(sampler, "relay")
+            record["addon"] = usage.rss_profile(sampler, "addon")
+    elif "requests" in record and path == "relay" and record["requests"]:
+        record["relay_addon_cpu_us_per_request"] = round(
+            record["relay_addon_cpu_s"] / record["requests"] * 1e6, 1
+        )
+    results.add(record)
+    return record
+
+
+async def run_benchmark(
+    plan: Plan, groups: set[str], profile_dir: Path | None, log_level: str
+) -> Results:
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="homeport-bench-") as tmp:
+        workdir = Path(tmp)
+        setup_started = time.monotonic()
+        stack = await start_stack(workdir, log_level)
+        profilers: list[subprocess.Popen[bytes]] = []
+        sampler: Sampler | None = None
+        try:
+            token = await sign_in(stack)
+            emit(
+                {
+                    "setup": "ready",
+                    "seconds": round(time.monotonic() - setup_started, 2),
+                    "python": platform.python_version(),
+                    "aiohttp": aiohttp.__version__,
+                    "cpus": CPUS,
+                    "loadavg": os.getloadavg(),
+                    "direct": "client -TLS-> backend",
+                    "relay": "client -TLS-> relay -WSS tunnel-> add-on -plain HTTP-> backend",
+                    "backend_for_addon": stack.backend_plain_url,
+                    "transfer_bytes": plan.transfer,
+                    "relay_addon_log_level": log_level,
+                }
+            )
+            pids = {
+                "relay": stack.relay.pid,
+                "addon": stack.addon.pid,
+                "backend": stack.backend.pid,
+                "client": os.getpid(),
+            }
+            sampler = Sampler({"relay": stack.relay.pid, "addon": stack.addon.pid})
+            sampler.start()
+            if profile_dir is not None:
+                profilers = start_profilers(profile_dir, stack)
+            sessions = {
+                "direct": (client_session(stack.direct_ca), stack.direct_origin),
+                "relay": (client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
+            }
+            try:
+                await run_workloads(plan, groups, results, sessions, pids, sampler)
+            finally:
+                for session, _ in sessions.values():
+                    await session.close()
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            for proc in stack.procs:
+                proc.stop()
+            for profiler in profilers:
+                try:
+                    profiler.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+            leaked = [p for p in ("relay", "addon") if "Traceback" in getattr(stack, p).output()]
+            if leaked:
+                emit({"warning": "tracebacks in the output of " + ", ".join(leaked)})
+    return results
+
+
+async def run_workloads(
+    plan: Plan,
+    groups: set[str],
+    results: Results,
+    sessions: dict[str, tuple[aiohttp.ClientSession, str]],
+    pids: dict[str, int],
+    sampler: Sampler,
+) -> None:
+    paths = ("direct", "relay")
+    if "get" in groups:
+        for concurrency, count, cap in (
+            (1, plan.get_c1, plan.get_c1_cap),
+            (32, plan.get_c32, plan.get_c32_cap),
+        ):
+            for path in paths:
+                session, origin = sessions[path]
+                url = origin + SMALL_PATH
+                await small_gets(session, url, concurrency, plan.warmup, cap)  # warm-up
+
+                def run(
+                    s: aiohttp.ClientSession = session,
+                    u: str = url,
+                    c: int = concurrency,
+                    n: int = count,
+                    limit: float = cap,
+                ) -> Any:
+                    return small_gets(s, u, c, n, limit)
+
+                await measure(results, f"get_c{concurrency}", path, pids, sampler, run)
+    if "ws" in groups:
+        for path in paths:
+            session, origin = sessions[path]
+            url = origin.replace("https://", "wss://") + "/ws/echo"
+
+            def run_ws(s: aiohttp.ClientSession = session, u: str = url) -> Any:
+                return ws_echo(s, u, plan.ws, plan.ws_cap, plan.warmup)
+
+            await measure(results, "ws_echo", path, pids, sampler, run_ws)
+    if "transfer" in groups:
+        for path in paths:
+            session, origin = sessions[path]
+            await download(session, origin, 4 * MiB, 30)  # warm-up
+        for name, transfer in (("download", download), ("upload", upload)):
+            rounds: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+            for number in range(1, plan.transfer_rounds + 1):
+                # Alternate which path goes first, so neither always follows the other.
+                for path in paths if number % 2 else tuple(reversed(paths)):
+                    session, origin = sessions[path]
+
+                    def run_transfer(
+                        s: aiohttp.ClientSession = session,
+                        o: str = origin,
+                        t: Callable[..., Any] = transfer,
+                    ) -> Any:
+                        return t(s, o, plan.transfer, plan.transfer_cap)
+
+                    record = await measure(
+                        results, name, path, pids, sampler, run_transfer, round_number=number
+                    )
+                    rounds[path].append(record)
+            for path in paths:
+                results.add(summarise_transfers(name, path, rounds[path]))
+
+
+def summarise_transfers(figure: str, path: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median rate over the rounds; CPU per MB over all bytes; the worst RSS behaviour."""
+    rates = sorted(r["mb_per_s"] for r in rounds)
+    total_bytes = sum(r["bytes"] for r in rounds)
+    megabytes = max(total_bytes, 1) / MB
+    summary: dict[str, Any] = {
+        "figure": figure,
+        "path": path,
+        "round": "all",
+        "rounds": len(rounds),
+        "bytes": total_bytes,
+        "errors": sum(r["errors"] for r in rounds),
+        "capped": any(r["capped"] for r in rounds),
+        "mb_per_s": rates[len(rates) // 2],
+        "mb_per_s_min": rates[0],
+        "mb_per_s_max": rates[-1],
+        "cpu_s_per_mb_all": round(sum(sum(r["cpu_s"].values()) for r in rounds) / megabytes, 6),
+    }
+    if path == "relay":
+        summary["relay_addon_cpu_s_per_mb"] = round(
+            sum(r["relay_addon_cpu_s"] for r in rounds) / megabytes, 6
+        )
+        for proc in ("relay", "addon"):
+            mems = [r[proc] for r in rounds]
+            summary[proc] = {
+                "rss_start_mib": mems[0]["rss_start_mib"],
+                "rss_peak_mib": max(m["rss_peak_mib"] for m in mems),
+                "rss_end_mib": mems[-1]["rss_end_mib"],
+                "rss_growth_mib": max(m["rss_growth_mib"] for m in mems),
+                "rss_late_growth_mib": max(m["rss_late_growth_mib"] for m in mems),
+                "rss_growth_over_rounds_mib": round(
+                    mems[-1]["rss_end_mib"] - mems[0]["rss_start_mib"], 2
+                ),
+            }
+    return summary
+
+
+# ----------------------------------------------------------------- profiling
+
+
+def start_profilers(profile_dir: Path, stack: Stack) -> list[subprocess.Popen[bytes]]:
+    """py-spy (if installed) on the relay and the add-on until they exit."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        emit({"warning": "py-spy is not installed in the venv; --profile ignored"})
+        return []
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for proc in (stack.relay, stack.addon):
+        out = profile_dir / f"{proc.name}.txt"
+        profilers.append(
+            subprocess.Popen(
+                [
+                    str(py_spy),
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(out),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return profilers
+
+
+def summarise_profile(path: Path, top: int = 20) -> str:
+    """Top functions by own samples and by inclusive samples, from py-spy's raw output."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not stack_text or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack_text.split(";")
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return f"{path.name}: no samples\n"
+    lines = [f"{path.name}: {total} samples"]
+    for title, table in (("own", own), ("inclusive", inclusive)):
+        lines.append(f"  top by {title} time:")
+        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------- report
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: Results) -> str:
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+
+    def pair(figure: str, key: str) -> tuple[float | None, float | None]:
+        d, r = results.get(figure, "direct"), results.get(figure, "relay")
+        return (d.get(key) if d else None, r.get(key) if r else None)
+
+    def ratio(d: float | None, r: float | None) -> float | None:
+        return r / d if d and r is not None else None
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("PASS" if ok else "MISS")
+
+    for figure, label in (("get_c1", "GET c=1"), ("get_c32", "GET c=32")):
+        d, r = pair(figure, "rps")
+        rows.append((f"{label} requests/s", fmt(d, 0), fmt(r, 0), fmt(ratio(d, r)), "", "", ""))
+        for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            d, r = pair(figure, key)
+            added = r - d if d is not None and r is not None else None
+            target, ok = "", None
+            if figure == "get_c1" and key == "p50_ms":
+                target = f"added <= {TARGET_ADDED_MS} ms"
+                ok = added is not None and added <= TARGET_ADDED_MS
+            rows.append(
+                (
+                    f"{label} {name} ms",
+                    fmt(d, 3),
+                    fmt(r, 3),
+                    fmt(ratio(d, r)),
+                    f"{added:+.3f} ms" if added is not None else "-",
+                    target,
+                    verdict(ok),
+                )
+            )
+        relay = results.get(figure, "relay")
+        if relay and "relay_addon_cpu_us_per_request" in relay:
+            us = relay["relay_addon_cpu_us_per_request"]
+            rows.append((f"{label} relay+add-on CPU us/req", "-", fmt(us, 0), "", "", "", ""))
+    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        d, r = pair("ws_echo", key)
+        added = r - d if d is not None and r is not None else None
+        target, ok = "", None
+        if key == "p50_ms":
+            target = f"added <= {TARGET_ADDED_MS} ms"
+            ok = added is not None and added <= TARGET_ADDED_MS
+        rows.append(
+            (
+                f"WS echo 1 KiB {name} ms",
+                fmt(d, 3),
+                fmt(r, 3),
+                fmt(ratio(d, r)),
+                f"{added:+.3f} ms" if added is not None else "-",
+                target,
+                verdict(ok),
+            )
+        )
+    for figure in ("download", "upload"):
+        d, r = pair(figure, "mb_per_s")
+        rat = ratio(d, r)
+        spread = {
+            path: f"{fmt(rec['mb_per_s'], 1)} ({rec['mb_per_s_min']:.0f}-{rec['mb_per_s_max']:.0f})"
+            if (rec := results.get(figure, path))
+            else "-"
+            for path in ("direct", "relay")
+        }
+        rows.append(
+            (
+                f"{figure} MB/s (min-max)",
+                spread["direct"],
+                spread["relay"],
+                fmt(rat),
+                "",
+                f">= {TARGET_TRANSFER_RATIO:.0%} of direct",
+                verdict(None if rat is None else rat >= TARGET_TRANSFER_RATIO),
+            )
+        )
+        d, r = pair(figure, "cpu_s_per_mb_all")
+        rows.append(
+            (
+                f"{figure} CPU s/MB, all processes",
+                fmt(d, 4),
+                fmt(r, 4),
+                fmt(ratio(d, r)),
+                "",
+                "",
+                "",
+            )
+        )
+        relay = results.get(figure, "relay")
+        if relay:
+            rows.append(
+                (
+                    f"{figure} relay+add-on CPU s/MB",
+                    "-",
+                    fmt(relay.get("relay_addon_cpu_s_per_mb"), 4),
+                    "",
+                    "",
+                    "",
+                    "",
+                )
+            )
+            for proc in ("relay", "addon"):
+                mem = relay[proc]
+                flat = (
+                    mem["rss_growth_mib"] * MiB <= TARGET_RSS_GROWTH
+                    and mem["rss_late_growth_mib"] * MiB <= TARGET_RSS_LATE_GROWTH
+                    and mem["rss_growth_over_rounds_mib"] * MiB <= TARGET_RSS_GROWTH
+                )
+                rows.append(
+                    (
+                        f"{figure} {proc} RSS peak MiB (growth)",
+                        "-",
+                        f"{fmt(mem['rss_peak_mib'], 1)} (+{fmt(mem['rss_growth_mib'], 1)})",
+                        "",
+                        f"late +{fmt(mem['rss_late_growth_mib'], 1)}, rounds "
+                        f"{mem['rss_growth_over_rounds_mib']:+.1f}",
+                        "flat" if proc == "relay" else "",
+                        verdict(flat) if proc == "relay" else "",
+                    )
+                )
+    header = ("figure", "direct", "relay", "relay/direct", "added", "target", "result")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(header)),
+        "  ".join("-" * w for w in widths),
+    ]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+    return "\n".join(lines)
+
+
+def notes(results: Results, plan: Plan) -> str:
+    errors = [
+        f"{r['figure']}/{r['path']}: {r['errors']} errors"
+        for r in results.records
+        if r.get("errors")
+    ]
+    capped = [f"{r['figure']}/{r['path']}" for r in results.records if r.get("capped")]
+    busy = [
+        f"{r['figure']}/{r['path']}{'#' + str(r['round']) if 'round' in r else ''}"
+        f" {r['other_cpu_share']:.0%}"
+        for r in results.records
+        if r.get("other_cpu_share", 0) > NOISY_SHARE and r.get("round") != "all"
+    ]
+    text = [
+        "",
+        "Direct: client -TLS 1.3-> backend.  Relay: client -TLS 1.3-> relay -WSS tunnel->",
+        "add-on -plain HTTP on loopback-> the same backend.  All processes on uvloop, on",
+        f"{os.cpu_count()} CPUs shared by client, relay, add-on and backend.",
+        f"Transfers: {plan.transfer // MiB} MiB each, {plan.transfer_rounds} round(s) per path"
+        " (MB/s: median; RSS: worst round; 'rounds' = RSS change from the first round's"
+        " start to the last round's end).  MB = 10**6 bytes.",
+        f"GET = {SMALL_PATH}; WS = 1 KiB text echo on /ws/echo, one message at a time.",
+        "Latency targets apply at concurrency 1; 'flat' = relay RSS growth <= "
+        f"{TARGET_RSS_GROWTH // MiB} MiB over a transfer and <= "
+        f"{TARGET_RSS_LATE_GROWTH // MiB} MiB over its second half.",
+    ]
+    if errors:
+        text.append("ERRORS: " + "; ".join(errors))
+    if busy:
+        text.append(
+            "NOISY: other work used this share of the machine's CPUs during: " + ", ".join(busy)
+        )
+    if capped:
+        text.append("hit the time cap (fewer than planned): " + ", ".join(capped))
+    return "\n".join(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument(
+        "--only", action="append", choices=GROUPS, help="run only these workloads (repeatable)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="record the relay and the add-on with py-spy into DIR and print hot spots",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="log level of the relay and the add-on (default info, as shipped; their logs"
+        " go to files in the temporary work dir)",
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    groups = set(args.only or GROUPS)
+    results = uvloop.run(run_benchmark(plan, groups, args.profile, args.log_level))
+    print()
+    print(table(results))
+    print(notes(results, plan))
+    if args.profile is not None:
+        for name in ("relay", "addon"):
+            path = args.profile / f"{name}.txt"
+            if path.exists():
+                print()
+                print(summarise_profile(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
