@@ -7,8 +7,11 @@ log by accident.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 import traceback
@@ -35,10 +38,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to a writer thread; drops (and counts) them if it falls behind.
+
+    The event loop never blocks on a slow or stalled log sink this way, and a
+    flood of log lines cannot grow memory without bound.
+    """
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            DroppingQueueHandler.dropped += 1
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    global _listener
+    # Records are turned into JSON lines here, in the logging thread's caller
+    # (QueueHandler.prepare formats with the handler's formatter); the writer
+    # thread only writes finished lines.
+    sink = logging.StreamHandler(sys.stderr)
+    sink.setFormatter(logging.Formatter("%(message)s"))
+    if _listener is not None:
+        _listener.stop()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
+    _listener = logging.handlers.QueueListener(records, sink)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
+    handler = DroppingQueueHandler(records)
+    handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # aiohttp's access log would write request targets; we log our own metadata.

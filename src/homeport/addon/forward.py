@@ -134,7 +134,7 @@ class HomeAssistantForwarder:
         if not stream.closed:
             # Home Assistant answered before reading the whole body: stop the upload.
             stream.reset(ErrorCode.NO_ERROR, "response complete")
-        log.info(
+        log.debug(
             "addon.request",
             extra={
                 "stream": stream.id,
@@ -204,7 +204,7 @@ class HomeAssistantForwarder:
             return
         answer: Headers = [("sec-websocket-protocol", ws.protocol)] if ws.protocol else []
         stream.respond(ResponseHead(101, answer))
-        log.info("addon.websocket_open", extra={"stream": stream.id})
+        log.debug("addon.websocket_open", extra={"stream": stream.id})
         async with ws:
             upstream = asyncio.create_task(_ha_to_tunnel(ws, stream))
             try:

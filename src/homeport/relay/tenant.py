@@ -234,7 +234,7 @@ class TenantProxy:
         finally:
             if upload is not None and not upload.done():
                 upload.cancel()
-            log.info(
+            log.debug(
                 "tenant.request",
                 extra={
                     "instance": instance_id,
