@@ -78,6 +78,7 @@ class TunnelSession:
         self._handlers: set[asyncio.Task[None]] = set()
         self._last_pong = time.monotonic()
         self._ping_sent: dict[bytes, float] = {}
+        self._received = asyncio.Event()  # the peer sent something: wake the watchdog
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,6 +177,7 @@ class TunnelSession:
             if msg.type is WSMsgType.BINARY:
                 events = self.connection.receive_data(msg.data)
                 self._dispatch(events)
+                self._received.set()
                 self.kick()
                 if self.connection.terminated:
                     await self._flush()
@@ -220,13 +222,20 @@ class TunnelSession:
                 del self._ping_sent[key]
 
     async def _watchdog(self) -> None:
-        """Reset the longest-stalled streams while unread bytes hold half the tunnel window."""
+        """Reset the longest-stalled streams while unread bytes hold half the tunnel window.
+
+        Unread bytes only grow when the peer sends, so an idle tunnel never wakes
+        this; under pressure it looks again every STALL_CHECK seconds.
+        """
         window = self.connection.settings.connection_window
         while True:
+            await self._received.wait()
+            self._received.clear()
             await asyncio.sleep(STALL_CHECK)
             held = sum(stream.held for stream in self.streams.values())
             if held * 2 < window:
                 continue
+            self._received.set()  # still under pressure: look again after the next pause
             now = time.monotonic()
             for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
                 if held * 2 < window or now - stream.waiting_since < STALL_GRACE:

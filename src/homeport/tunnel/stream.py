@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -73,10 +74,19 @@ class Stream:
         self.ws_close_sent = False
         #: Add-on side: the request head was not marked END_STREAM.
         self.request_has_body = False
+        #: Received bytes the reader has not taken yet: they hold tunnel credit.
+        self.held = 0
+        #: When the reader last took something, or the inbox last became non-empty.
+        self.waiting_since = time.monotonic()
 
     # --------------------------------------------------------- fed by session
 
     def _deliver(self, item: bytes | WsMessage | WsClose | object) -> None:
+        size = _size(item)
+        if size:
+            if not self.held:
+                self.waiting_since = time.monotonic()
+            self.held += size
         self._inbox.append(item)
         self._readable.set()
 
@@ -103,6 +113,9 @@ class Stream:
             self._readable.clear()
             await self._readable.wait()
         item = self._inbox.popleft()
+        if size := _size(item):
+            self.held -= size
+            self.waiting_since = time.monotonic()
         if isinstance(item, bytes):
             self._session.acknowledge(self.id, len(item))
         elif isinstance(item, WsMessage):
@@ -178,3 +191,12 @@ class Stream:
         """Abort the stream (idempotent)."""
         if self.error is None:
             self._session.reset(self.id, code, reason)
+
+
+def _size(item: object) -> int:
+    """Flow-controlled bytes in an inbox item."""
+    if isinstance(item, bytes):
+        return len(item)
+    if isinstance(item, WsMessage):
+        return len(item.data)
+    return 0
