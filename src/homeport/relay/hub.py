@@ -108,14 +108,20 @@ class TunnelHub:
             await session.run()
         finally:
             self._sessions.discard(session)
-            if self.tunnels.get(instance_id) is session:
-                del self.tunnels[instance_id]
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.accounts.mark_disconnected(instance_id))
             log.info(
                 "hub.tunnel_down",
                 extra={"instance": instance_id, "reason": session.close_reason},
             )
+            if self.tunnels.get(instance_id) is session:
+                del self.tunnels[instance_id]
+                # Shielded: the record is written even when aiohttp cancels this handler.
+                await asyncio.shield(self._record_disconnect(instance_id))
+
+    async def _record_disconnect(self, instance_id: str) -> None:
+        try:
+            await self.accounts.mark_disconnected(instance_id)
+        except Exception:
+            log.exception("hub.record_disconnect_failed", extra={"instance": instance_id})
 
     async def _wait_for_link(
         self, ws: web.WebSocketResponse, handshake: RelayHandshake, key_text: str, peer: str

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from homeport.tunnel.session import TunnelSession
 
 HIGH_WATER = 256 * 1024
+#: Most body bytes handed to a consumer at once when several chunks are waiting.
+BODY_BATCH = 256 * 1024
 
 
 class StreamClosed(Exception):
@@ -112,6 +114,9 @@ class Stream:
                 raise self.error
             self._readable.clear()
             await self._readable.wait()
+        return self._take()
+
+    def _take(self) -> bytes | WsMessage | WsClose | object:
         item = self._inbox.popleft()
         if size := _size(item):
             self.held -= size
@@ -132,8 +137,19 @@ class Stream:
             raise StreamClosed(ErrorCode.PROTOCOL, "expected body data")
         return item
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    async def iter_body(self, batch: int = BODY_BATCH) -> AsyncIterator[bytes]:
+        """Body chunks; chunks that are already here are joined (up to ``batch``)
+        so the consumer makes one write where it would have made many."""
         while chunk := await self.read():
+            if self._inbox and isinstance(self._inbox[0], bytes) and len(chunk) < batch:
+                parts = [chunk]
+                size = len(chunk)
+                while self._inbox and isinstance(self._inbox[0], bytes) and size < batch:
+                    part = self._take()
+                    assert isinstance(part, bytes)
+                    parts.append(part)
+                    size += len(part)
+                chunk = b"".join(parts)
             yield chunk
 
     async def receive_ws(self) -> WsMessage | WsClose:
