@@ -212,10 +212,18 @@ class TenantProxy:
             except TimeoutError:
                 stream.reset(ErrorCode.CANCEL, "no response head in time")
                 return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
-            response = web.StreamResponse(status=head_in.status)
+            body = stream.complete_body() if request.method != "HEAD" else None
+            response = (
+                web.StreamResponse(status=head_in.status)
+                if body is None
+                else web.Response(status=head_in.status, body=body)
+            )
             for name, value in hdr.response_headers(head_in.headers):
-                response.headers.add(name, value)
+                if body is None or name != "content-length":
+                    response.headers.add(name, value)
             _tenant_security_headers(response)
+            if body is not None:
+                return response  # small and complete: aiohttp writes it in one go
             await response.prepare(request)
             try:
                 async for chunk in stream.iter_body():

@@ -152,6 +152,24 @@ class Stream:
                 chunk = b"".join(parts)
             yield chunk
 
+    def complete_body(self) -> bytes | None:
+        """The whole body if all of it has already arrived, else None (never waits).
+
+        Lets a consumer answer a small response in one write instead of three.
+        """
+        if not self.closed or self.error is not None:
+            return None
+        if not self._inbox or self._inbox[-1] is not _EOF:
+            return None
+        if not all(isinstance(item, bytes) for item in list(self._inbox)[:-1]):
+            return None
+        parts = []
+        while self._inbox[0] is not _EOF:
+            part = self._take()
+            assert isinstance(part, bytes)
+            parts.append(part)
+        return b"".join(parts)
+
     async def receive_ws(self) -> WsMessage | WsClose:
         item = await self._next()
         if not isinstance(item, WsMessage | WsClose):
