@@ -25,27 +25,22 @@ import aiohttp
 from yarl import URL
 
 from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import HeadError, Headers, RequestHead, ResponseHead
+from homeport.protocol.heads import (
+    HOP_BY_HOP,
+    HeadError,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    connection_tokens,
+)
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
 log = logging.getLogger(__name__)
 
 MAX_WS_MESSAGE = 16 * 1024 * 1024
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    }
-)
+# Hop-by-hop fields, and Host: aiohttp writes Home Assistant's own address there.
+NOT_FORWARDED = HOP_BY_HOP | {"host"}
 # The add-on's own WebSocket client negotiates these with Home Assistant itself.
 WEBSOCKET_HANDSHAKE = frozenset(
     {
@@ -162,10 +157,10 @@ class HomeAssistantForwarder:
 
     def _response_headers(self, response: aiohttp.ClientResponse) -> Headers:
         out: Headers = []
-        connection_tokens = _connection_tokens(response.headers.getall("connection", []))
+        listed = connection_tokens(response.headers.getall("connection", []))
         for name, value in response.raw_headers:
             lname = name.decode("latin-1").lower()
-            if lname in HOP_BY_HOP or lname in connection_tokens:
+            if lname in NOT_FORWARDED or lname in listed:
                 continue
             text = value.decode("latin-1")
             if lname == "location":
@@ -261,13 +256,9 @@ def _valid_close_code(code: int) -> int:
     return 1000
 
 
-def _connection_tokens(values: list[str]) -> frozenset[str]:
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
-
-
 def _request_headers(headers: Headers) -> list[tuple[str, str]]:
-    tokens = _connection_tokens([v for n, v in headers if n == "connection"])
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in tokens]
+    tokens = connection_tokens([v for n, v in headers if n == "connection"])
+    return [(n, v) for n, v in headers if n not in NOT_FORWARDED and n not in tokens]
 
 
 async def _body(stream: Stream) -> AsyncIterator[bytes]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 Headers = list[tuple[str, str]]
@@ -34,6 +35,28 @@ _U16 = struct.Struct(">H")
 PRIORITY_INTERACTIVE = 0
 PRIORITY_DEFAULT = 3
 PRIORITY_BULK = 7
+
+
+#: Connection-level fields (RFC 9110 §7.6.1): they describe one hop, so neither the
+#: relay nor the add-on ever passes them on.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """Field names listed in ``Connection`` headers: hop-by-hop for this message too."""
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
 class HeadError(ValueError):

@@ -19,23 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from homeport.protocol.heads import Headers, valid_field
+from homeport.protocol.heads import HOP_BY_HOP, Headers, connection_tokens, valid_field
 
 COOKIE_PREFIX = "__Host-homeport"
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 SPOOFABLE = frozenset(
     {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
 )
@@ -45,10 +32,6 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 # Banners and headers the relay sets itself on the way out.
 RESPONSE_OWNED = frozenset({"server", "x-powered-by", "strict-transport-security", "date"})
-
-
-def connection_tokens(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
 def request_headers(
