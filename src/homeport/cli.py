@@ -78,12 +78,17 @@ async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> Non
 
 
 def relay_config(args: argparse.Namespace) -> Any:
-    from homeport.relay.config import RelayConfig
+    from homeport.relay.config import SECURITY_CONTACT, SECURITY_POLICY, RelayConfig
 
     opts = Options(args, "relay")
     listen = str(opts.get("listen", "127.0.0.1:8443"))
     host, _, port = listen.rpartition(":")
     public_port = opts.get("public_port")
+    tls_profile = str(opts.get("tls_profile", "modern")).lower()
+    if tls_profile not in ("modern", "intermediate"):
+        raise SystemExit(f"error: --tls-profile must be modern or intermediate: {tls_profile!r}")
+    http_listen = opts.get("http_listen")
+    http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
         account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
@@ -95,6 +100,11 @@ def relay_config(args: argparse.Namespace) -> Any:
         tls_cert=opts.path("tls_cert"),
         tls_key=opts.path("tls_key"),
         server_key=opts.path("server_key"),
+        tls_profile=tls_profile,
+        http_listen_host=http_host.strip("[]") or "127.0.0.1",
+        http_listen_port=int(http_port) if http_port else None,
+        security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
+        security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
     )
 
 
@@ -287,6 +297,18 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", dest="tls_cert")
     parser.add_argument("--tls-key", dest="tls_key")
     parser.add_argument("--server-key", dest="server_key", help="Ed25519 signing key (PEM)")
+    parser.add_argument(
+        "--tls-profile",
+        dest="tls_profile",
+        choices=["modern", "intermediate"],
+        help="modern (default): TLS 1.3 only; intermediate: also TLS 1.2 with ECDHE+AEAD suites",
+    )
+    parser.add_argument(
+        "--http-listen",
+        dest="http_listen",
+        help="address:port for plain HTTP (e.g. 0.0.0.0:80); default off. It only "
+        "redirects (308) to https:// on the same host, never serves content",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

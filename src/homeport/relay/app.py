@@ -23,6 +23,7 @@ from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.relay.account_site import AccountSite
 from homeport.relay.config import RelayConfig
+from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import HSTS, Pages
@@ -86,9 +87,10 @@ class Relay:
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
+        self.http_listener: PlainHttpListener | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
-        return server_context(self.tls.cert, self.tls.key)
+        return server_context(self.tls.cert, self.tls.key, profile=self.config.tls_profile)
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
@@ -106,6 +108,8 @@ class Relay:
             # §7.4): no riding a connection for one site into another.
             return web.Response(status=421, text="Misdirected request.\n")
         if host == self.config.account_host:
+            if request.path == SECURITY_TXT_PATH and request.method in ("GET", "HEAD"):
+                return security_txt(self.config)
             return await self.account_site.handle(request)
         if host is not None and host.endswith(self._tenant_suffix):
             label = host[: -len(self._tenant_suffix)]
@@ -155,6 +159,7 @@ class Relay:
             keepalive_timeout=IDLE_TIMEOUT,
         )
         await self._runner.setup()
+        harden_runner(self._runner)  # no banner even on aiohttp's own parser errors
         site = web.TCPSite(
             self._runner,
             self.config.listen_host,
@@ -162,6 +167,9 @@ class Relay:
             ssl_context=self.ssl_context(),
         )
         await site.start()
+        if self.config.http_listen_port is not None:
+            self.http_listener = PlainHttpListener(self.config, keepalive_timeout=IDLE_TIMEOUT)
+            await self.http_listener.start()
         log.info(
             "relay.listening",
             extra={"host": self.config.listen_host, "port": self.config.listen_port},
@@ -180,6 +188,9 @@ class Relay:
             # its pre_shutdown() marks every connection closing and from then on
             # drops whatever arrives, so answers still coming through a draining
             # tunnel would be lost and every request in flight would fail.
+            if self.http_listener is not None:
+                await self.http_listener.stop()
+                self.http_listener = None
             for site in list(self._runner.sites):
                 await site.stop()
             await self.hub.shutdown()

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: Placeholders, as in SECURITY.md, until the project has a real contact and site.
+SECURITY_CONTACT = "mailto:security@homeport.example"
+SECURITY_POLICY = "https://homeport.example/SECURITY.md"
+
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
@@ -21,6 +25,17 @@ class RelayConfig:
     server_key: Path | None = None
     #: How long a relay shutting down lets open streams finish.
     drain_seconds: float = 10.0
+    #: ``modern`` (TLS 1.3 only) or ``intermediate`` (adds TLS 1.2 with ECDHE+AEAD
+    #: suites only); see ``homeport.tls.context.server_context``.
+    tls_profile: str = "modern"
+    #: Plain-HTTP listener (``--http-listen``); None (the default) means none.  It
+    #: only redirects to HTTPS on the same host (``homeport.relay.edge``).
+    http_listen_host: str = "127.0.0.1"
+    http_listen_port: int | None = None
+    #: RFC 9116 ``security.txt`` fields (placeholders until the project has real ones;
+    #: keep them in step with SECURITY.md).
+    security_contact: str = SECURITY_CONTACT
+    security_policy: str = SECURITY_POLICY
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

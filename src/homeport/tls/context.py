@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 
 __all__ = [
     "ALPN_PROTOCOLS",
+    "TLS12_CIPHERS",
+    "TLS_PROFILES",
     "NoPeerCertificateError",
     "client_context",
     "local_certificate_sha256",
@@ -33,12 +35,34 @@ class NoPeerCertificateError(ssl.SSLError):
     """The TLS peer presented no certificate, so there is nothing to bind to."""
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+#: ``--tls-profile`` values (Mozilla server-side TLS 5.7 names).
+TLS_PROFILES = ("modern", "intermediate")
+
+#: TLS 1.2 suites of the ``intermediate`` profile: Mozilla 5.7 intermediate
+#: without the DHE ones, i.e. ECDHE (forward secrecy) + AEAD only. No CBC,
+#: no static-RSA key exchange, no DHE (it would need >= 2048-bit parameters).
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+
+def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSLContext:
     """Context for a TLS server presenting the chain in ``cert``.
 
-    - TLS 1.3 only (Mozilla "modern", R-TLS-01/02/03): every TLS 1.3 suite
-      is AEAD with forward secrecy (R-TLS-04), so there is no cipher list to
-      get wrong. Key-exchange groups are left to OpenSSL's defaults; R-TLS-05
+    - ``profile="modern"`` (default): TLS 1.3 only (Mozilla "modern",
+      R-TLS-01/02/03): every TLS 1.3 suite is AEAD with forward secrecy
+      (R-TLS-04), so there is no cipher list to get wrong.
+    - ``profile="intermediate"``: adds TLS 1.2 for old clients, restricted to
+      :data:`TLS12_CIPHERS` (ECDHE + AEAD). Still A+ (checklist 0.1); OpenSSL
+      answers TLS_FALLBACK_SCSV by itself (R-TLS-08).
+    - Key-exchange groups are left to OpenSSL's defaults; R-TLS-05
       restricts them through ``OPENSSL_CONF`` (Python 3.11 can set only one).
     - ``OP_NO_COMPRESSION``: stops CRIME-style secret recovery (R-TLS-08).
     - ``OP_NO_RENEGOTIATION``: no client-initiated renegotiation (DoS and
@@ -51,8 +75,14 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
     ``cert`` should hold leaf + intermediates, never the root (R-TLS-07).
     """
+    if profile not in TLS_PROFILES:
+        raise ValueError(f"unknown TLS profile {profile!r} (use one of {', '.join(TLS_PROFILES)})")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if profile == "modern":
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    else:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(TLS12_CIPHERS)  # TLS 1.2 only; TLS 1.3 suites are all AEAD
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     context.load_cert_chain(certfile=cert, keyfile=key)
