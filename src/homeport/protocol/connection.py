@@ -40,6 +40,7 @@ from homeport.protocol.events import (
     WebSocketMessageReceived,
 )
 from homeport.protocol.frames import (
+    HEADER,
     HEADER_SIZE,
     MAX_STREAM_ID,
     Flags,
@@ -379,16 +380,24 @@ class TunnelConnection:
             # Stream frames wait: one may belong to a stream whose OPEN is still queued.
             return bytes(out[:cut])
         self._control = bytearray()
+        # Parts are joined once at the end: a payload is copied once, into the
+        # result, and a lone part that is already bytes is returned as it is.
+        parts: list[bytes | bytearray | memoryview] = [out] if out else []
+        size = len(out)
         for queue in self._queues:
-            while queue and len(out) < limit:
+            while queue and size < limit:
                 stream = queue.popleft()
-                if self._emit_one(stream, out):
+                sent, written = self._emit_one(stream, parts)
+                size += written
+                if sent:
                     if stream.queue:
                         queue.append(stream)  # round robin within the class
                     else:
                         stream.scheduled = False
                         self._maybe_forget(stream)
-        return bytes(out)
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
 
     # -------------------------------------------------------------- receiving
 
@@ -735,49 +744,62 @@ class TunnelConnection:
             self._blocked_on_stream.discard(stream.id)
             self._queues[stream.priority].append(stream)
 
-    def _emit_one(self, stream: _Stream, out: bytearray) -> bool:
-        """Write one turn of ``stream``'s output.  False if it must wait for credit.
+    def _emit_one(
+        self, stream: _Stream, parts: list[bytes | bytearray | memoryview]
+    ) -> tuple[bool, int]:
+        """Append one turn of ``stream``'s output to ``parts``.
+
+        Returns whether the turn went out (False: it must wait for credit) and
+        how many bytes were appended either way.
 
         A turn is at most one chunk of body or message bytes; pre-encoded frames
         (a response head, a close) ride along with it rather than costing a
         turn of their own, so a small response goes out in a single turn.
         """
+        written = 0
         item = stream.queue[0]
         while item.kind is _Kind.FRAME:
-            out += item.data
+            parts.append(item.data)
+            written += len(item.data)
             stream.queue.popleft()
             if item.end:
                 stream.local_closed = True
             if not stream.queue:
-                return True
+                return True, written
             item = stream.queue[0]
-        remaining = len(item.data) - item.offset
+        data = item.data
+        start = item.offset
+        remaining = len(data) - start
         size = min(remaining, self.settings.chunk_size)
         if remaining:
             if stream.send_window <= 0:
                 self._blocked_on_stream.add(stream.id)
-                return False
+                return False, written
             if self._send_window <= 0:
                 self._blocked_on_connection.append(stream)
-                return False
+                return False, written
             size = min(size, stream.send_window, self._send_window)
-        chunk = item.data[item.offset : item.offset + size]
-        item.offset += size
-        last = item.offset == len(item.data)
+        end = start + size
+        item.offset = end
+        last = end == len(data)
         stream.send_window -= size
         self._send_window -= size
         stream.queued_bytes -= size
         if item.kind is _Kind.DATA:
             flags = Flags.END_STREAM if item.end and last else Flags.NONE
-            out += encode_frame(FrameType.DATA, stream.id, chunk, flags)
+            frame_type = FrameType.DATA
             if item.end and last:
                 stream.local_closed = True
         else:
             flags = (Flags.TEXT if item.text else Flags.NONE) | (Flags.FIN if last else Flags.NONE)
-            out += encode_frame(FrameType.WS_MESSAGE, stream.id, chunk, flags)
+            frame_type = FrameType.WS_MESSAGE
+        parts.append(HEADER.pack(size, frame_type, flags, stream.id))
+        if size:
+            # No copy here: the payload is copied once, when the parts are joined.
+            parts.append(data if start == 0 and last else memoryview(data)[start:end])
         if last:
             stream.queue.popleft()
-        return True
+        return True, written + HEADER_SIZE + size
 
     def _maybe_forget(self, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed and not stream.queue:

@@ -92,31 +92,53 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        self._buffer += data
         frames: list[Frame] = []
-        buf = self._buffer
+        buffer = self._buffer
+        # The common case, one WebSocket message of whole frames, is parsed in
+        # place: only a frame split across calls goes through the buffer.
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            source = data
+        size = len(source)
         offset = 0
+        max_payload = self.max_payload
         try:
-            while len(buf) - offset >= HEADER_SIZE:
-                length, raw_type, raw_flags, stream_id = HEADER.unpack_from(buf, offset)
-                if length > self.max_payload:
-                    raise ProtocolViolation(
-                        ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {self.max_payload}"
-                    )
-                end = offset + HEADER_SIZE + length
-                if len(buf) < end:
-                    break
-                payload = bytes(buf[offset + HEADER_SIZE : end])
-                frames.append(_validate(raw_type, raw_flags, stream_id, payload))
-                offset = end
+            with memoryview(source) as view:
+                while size - offset >= HEADER_SIZE:
+                    length, raw_type, raw_flags, stream_id = _unpack_header(source, offset)
+                    if length > max_payload:
+                        raise ProtocolViolation(
+                            ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {max_payload}"
+                        )
+                    start = offset + HEADER_SIZE
+                    end = start + length
+                    if size < end:
+                        break
+                    # One copy per payload, straight out of the message.
+                    payload = bytes(view[start:end])
+                    frame = _VALID.get((raw_type, raw_flags, stream_id == 0))
+                    if frame is None or stream_id > MAX_STREAM_ID:
+                        frames.append(_validate(raw_type, raw_flags, stream_id, payload))
+                    else:
+                        frames.append(Frame(frame[0], frame[1], stream_id, payload))
+                    offset = end
         except ProtocolViolation as exc:
             self._error = exc
             if not frames:
                 raise
         finally:
-            if offset:
-                del buf[:offset]
+            # The view is released by now, so the buffer may be resized.
+            if source is buffer:
+                if offset:
+                    del buffer[:offset]
+            elif offset < size:
+                buffer += memoryview(source)[offset:]
         return frames
+
+
+_unpack_header = HEADER.unpack_from
 
 
 _ALLOWED_FLAGS: dict[FrameType, Flags] = {
@@ -151,3 +173,22 @@ def _validate(raw_type: int, raw_flags: int, stream_id: int, payload: bytes) -> 
     if frame_type in CONNECTION_FRAMES and stream_id != 0:
         raise ProtocolViolation(ErrorCode.PROTOCOL, f"{frame_type.name} must use stream 0")
     return Frame(frame_type, Flags(raw_flags), stream_id, payload)
+
+
+def _valid_combinations() -> dict[tuple[int, int, bool], tuple[FrameType, Flags]]:
+    """Every (type, flags, stream id is 0) that :func:`_validate` accepts: a fast path."""
+    table: dict[tuple[int, int, bool], tuple[FrameType, Flags]] = {}
+    for frame_type, allowed in _ALLOWED_FLAGS.items():
+        for raw_flags in range(256):
+            if raw_flags & ~int(allowed):
+                continue
+            for zero in (False, True):
+                if frame_type in STREAM_FRAMES and zero:
+                    continue
+                if frame_type in CONNECTION_FRAMES and not zero:
+                    continue
+                table[int(frame_type), raw_flags, zero] = (frame_type, Flags(raw_flags))
+    return table
+
+
+_VALID = _valid_combinations()

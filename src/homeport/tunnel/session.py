@@ -79,6 +79,9 @@ class TunnelSession:
         self._last_pong = time.monotonic()
         self._ping_sent: dict[bytes, float] = {}
         self._received = asyncio.Event()  # the peer sent something: wake the watchdog
+        #: Streams whose writers wait for the protocol to drain their queue: the
+        #: only ones a flush needs to look at (see _prune_and_wake).
+        self._blocked_writers: set[Stream] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -322,14 +325,26 @@ class TunnelSession:
             self.reset(stream.id, ErrorCode.INTERNAL, "handler failed")
 
     def _prune_and_wake(self) -> None:
+        """After a flush: drop streams the protocol finished, wake writers with room.
+
+        Runs after every batch sent, so it looks only at what can have changed:
+        every stream the protocol holds is in ``self.streams`` (added as it
+        opens, before any await), so the counts differ exactly when some stream
+        here has ended in the protocol; and only blocked writers need waking.
+        """
         connection = self.connection
-        if not connection.open_streams:
+        open_streams = connection.open_streams
+        if not open_streams:
             self._idle.set()
-        for sid, stream in list(self.streams.items()):
-            if not connection.has_stream(sid):
-                # Fully closed in the protocol: nothing more will be sent or received.
-                del self.streams[sid]
-                stream.closed = True
-                stream._writable.set()
-            else:
-                stream._update_writable()
+        if len(self.streams) != open_streams:
+            for sid, stream in list(self.streams.items()):
+                if not connection.has_stream(sid):
+                    # Fully closed in the protocol: nothing more will be sent or received.
+                    del self.streams[sid]
+                    stream.closed = True
+                    stream._writable.set()
+                    self._blocked_writers.discard(stream)
+        if self._blocked_writers:
+            for stream in list(self._blocked_writers):
+                if stream._update_writable():
+                    self._blocked_writers.discard(stream)

@@ -102,9 +102,12 @@ class Stream:
         self._readable.set()
         self._writable.set()
 
-    def _update_writable(self) -> None:
+    def _update_writable(self) -> bool:
+        """Wake a blocked writer if the protocol has room; True if it was woken."""
         if self._session.connection.buffered(self.id) <= HIGH_WATER:
             self._writable.set()
+            return True
+        return False
 
     # ---------------------------------------------------------------- reading
 
@@ -185,6 +188,7 @@ class Stream:
             if self._session.connection.buffered(self.id) <= HIGH_WATER:
                 return
             self._writable.clear()
+            self._session._blocked_writers.add(self)
             await self._writable.wait()
 
     @contextlib.contextmanager
