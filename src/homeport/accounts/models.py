@@ -45,6 +45,7 @@ __all__ = [
     "Instance",
     "InstanceMember",
     "LinkCode",
+    "ThrottleEntry",
     "UTCDateTime",
     "User",
     "WebSession",
@@ -68,6 +69,7 @@ PUBLIC_KEY_MAX = 64
 SHA256_HEX_LEN = 64
 USER_AGENT_MAX = 256
 IP_MAX = 64
+THROTTLE_KEY_MAX = 160
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -207,6 +209,10 @@ class WebSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     user_agent: Mapped[str] = mapped_column(String(USER_AGENT_MAX))
     ip: Mapped[str] = mapped_column(String(IP_MAX))
+    #: For a tenant session: the account session whose hand-off created it, so
+    #: signing out of the account site ends it too. No foreign key: a purged
+    #: parent leaves a harmless dangling number.
+    parent_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
     def __repr__(self) -> str:  # never include the token hash
         return (
@@ -246,3 +252,25 @@ class HandoffCode(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The account session that asked for the hand-off (``None`` for codes
+    #: issued without one); becomes the tenant session's ``parent_session_id``.
+    parent_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+
+
+class ThrottleEntry(Base):
+    """Abuse-control state for one key (see :mod:`homeport.accounts.throttle`).
+
+    ``key`` names what is counted, e.g. ``pw:acct:<sha256 of the email>`` or
+    ``pw:net:<IPv4 address or IPv6 /64>``; it never holds an email or a
+    password in clear. ``failures`` is the consecutive-failure count (or the
+    count in the current window), ``window_start`` when counting began, and
+    ``next_allowed_at`` the earliest time the next attempt is allowed.
+    """
+
+    __tablename__ = "throttle"
+
+    key: Mapped[str] = mapped_column(String(THROTTLE_KEY_MAX), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_allowed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

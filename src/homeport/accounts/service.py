@@ -85,6 +85,7 @@ from homeport.accounts.models import (
     Instance,
     InstanceMember,
     LinkCode,
+    ThrottleEntry,
     User,
     WebSession,
 )
@@ -95,6 +96,7 @@ from homeport.accounts.passwords import (
     needs_rehash,
     verify_password_async,
 )
+from homeport.accounts.throttle import PRUNE_AFTER, Throttle
 
 __all__ = ["Accounts", "InstanceRow", "SessionInfo", "SessionKind"]
 
@@ -184,6 +186,8 @@ class Accounts:
         self._handoff_lifetime = handoff_lifetime
         self._link_code_lifetime = link_code_lifetime
         self._dummy_hash: str | None = None
+        #: Abuse-control counters (R-RATE) in the same database, on the same clock.
+        self.throttle = Throttle(db, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -348,6 +352,7 @@ class Accounts:
         instance_id: str | None = None,
         user_agent: str,
         ip: str,
+        handoff_code: str | None = None,
     ) -> tuple[str, WebSession]:
         """Start a session and return ``(token, row)``; the token is never stored.
 
@@ -359,6 +364,10 @@ class Accounts:
         missing or disabled account or an
         instance the account may not use, :class:`ValueError` for a bad
         ``kind``/``instance_id`` combination.
+
+        ``handoff_code``: the (already redeemed) hand-off code a tenant session
+        is created from; the session then remembers the account session that
+        issued the code, so signing out there ends this session too.
         """
         if kind not in _KINDS:
             raise ValueError(f"unknown session kind {kind!r}")
@@ -387,6 +396,15 @@ class Accounts:
                 raise AccessDenied("This account cannot sign in.")
             if instance_id is not None and not await self._can_access(s, user_id, instance_id):
                 raise AccessDenied("This account may not use this instance.")
+            if handoff_code and instance_id is not None and len(handoff_code) <= _MAX_TOKEN_CHARS:
+                row.parent_session_id = await s.scalar(
+                    select(HandoffCode.parent_session_id).where(
+                        HandoffCode.code_hash == sha256_hex(handoff_code),
+                        HandoffCode.user_id == user_id,
+                        HandoffCode.instance_id == instance_id,
+                        HandoffCode.used_at.is_not(None),
+                    )
+                )
             s.add(row)
         _log.info(
             "session %d created: user %d, %s%s",
@@ -476,6 +494,41 @@ class Accounts:
         if revoked:
             _log.info("session %d revoked", session_id)
         return revoked
+
+    @staticmethod
+    async def _live_session(s: AsyncSession, session_id: int) -> bool:
+        found = await s.scalar(
+            select(WebSession.id).where(
+                WebSession.id == session_id, WebSession.revoked_at.is_(None)
+            )
+        )
+        return found is not None
+
+    async def sign_out(self, session_id: int) -> list[int]:
+        """End an account session and everything it handed off; the ids ended.
+
+        Stops a "signed out" person from staying in their homes: the tenant
+        sessions created by hand-offs from this account session are revoked
+        in the same transaction, and its unused hand-off codes are deleted
+        (a code redeemed later is refused by :meth:`consume_handoff` anyway).
+        The caller drops the returned ids from any session cache.
+        """
+        now = self._now()
+        condition = or_(WebSession.id == session_id, WebSession.parent_session_id == session_id)
+        async with self._db.session(write=True) as s, s.begin():
+            ids = list(
+                await s.scalars(
+                    select(WebSession.id).where(condition, WebSession.revoked_at.is_(None))
+                )
+            )
+            await s.execute(self._revoke_stmt(now, condition))
+            await s.execute(
+                delete(HandoffCode).where(
+                    HandoffCode.parent_session_id == session_id, HandoffCode.used_at.is_(None)
+                )
+            )
+        _log.info("session %d signed out (%d sessions ended)", session_id, len(ids))
+        return ids
 
     async def revoke_user_sessions(
         self, user_id: int, *, except_session_id: int | None = None
@@ -578,12 +631,16 @@ class Accounts:
 
     # ---------------------------------------------------------------- hand-off
 
-    async def create_handoff(self, user_id: int, instance_id: str, binding: str) -> str:
+    async def create_handoff(
+        self, user_id: int, instance_id: str, binding: str, *, session_id: int | None = None
+    ) -> str:
         """Issue a one-time code that carries a login to a tenant host.
 
         The code (256 bits) is valid for 60 s, once, for this account, this
         instance and this browser: ``binding`` is a random state value the
         relay also sets as a cookie on the tenant host before redirecting.
+        ``session_id`` is the account session asking: the code, and the
+        tenant session made from it, end when that session signs out.
         Raises :class:`AccessDenied` if the account may not use the instance.
         """
         if not _MIN_BINDING_CHARS <= len(binding) <= _MAX_BINDING_CHARS:
@@ -602,6 +659,7 @@ class Accounts:
                     created_at=now,
                     expires_at=now + self._handoff_lifetime,
                     used_at=None,
+                    parent_session_id=session_id,
                 )
             )
         _log.info("hand-off issued: user %d to instance %s", user_id, instance_id)
@@ -641,6 +699,10 @@ class Accounts:
                 reason = "browser binding mismatch"
             elif not await self._can_access(s, row.user_id, row.instance_id):
                 reason = "access withdrawn"
+            elif row.parent_session_id is not None and not await self._live_session(
+                s, row.parent_session_id
+            ):
+                reason = "issuing session ended"
             user_id = row.user_id
         if reason is not None:
             _log.warning("hand-off refused for user %d: %s", user_id, reason)
@@ -838,6 +900,10 @@ class Accounts:
         total = 0
         statements: Sequence[Delete] = (
             delete(LinkCode).where(or_(LinkCode.expires_at <= now, LinkCode.used_at.is_not(None))),
+            delete(ThrottleEntry).where(
+                ThrottleEntry.updated_at <= now - PRUNE_AFTER,
+                or_(ThrottleEntry.next_allowed_at.is_(None), ThrottleEntry.next_allowed_at <= now),
+            ),
             delete(HandoffCode).where(
                 or_(HandoffCode.expires_at <= now, HandoffCode.used_at.is_not(None))
             ),

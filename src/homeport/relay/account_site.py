@@ -7,6 +7,11 @@ Threats this stops:
 * Open redirects: ``next`` is always a local path.
 * Session fixation: a new session token is minted on every sign-in.
 * Account enumeration: one answer for an unknown email and a wrong password.
+* Password guessing: growing delays per account and network and a limit per
+  network (:mod:`homeport.accounts.throttle`), answered with 429 and
+  ``Retry-After``, the same for known and unknown addresses.
+* Half-done sign-out: signing out also ends the tenant sessions this account
+  session handed off, in the database and in the gate's cache.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from aiohttp import web
 
 from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.identifiers import is_instance_id
-from homeport.accounts.service import Accounts
+from homeport.accounts.service import Accounts, SessionInfo
+from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
@@ -67,11 +73,14 @@ class AccountSite:
 
     # --------------------------------------------------------------- helpers
 
-    async def _user(self, request: web.Request) -> tuple[int, str] | None:
+    async def _session(self, request: web.Request) -> SessionInfo | None:
         token = request.cookies.get(ACCOUNT_COOKIE)
         if not token or len(token) > 256:
             return None
-        info = await self.accounts.resolve_session(token, kind="account")
+        return await self.accounts.resolve_session(token, kind="account")
+
+    async def _user(self, request: web.Request) -> tuple[int, str] | None:
+        info = await self._session(request)
         if info is None:
             return None
         return info.user_id, info.email
@@ -122,6 +131,21 @@ class AccountSite:
         email = str(form.get("email", ""))[:320]
         password = str(form.get("password", ""))
         next_path = safe_next(str(form.get("next", "/")))
+        keys = signin_keys(email, request.remote)
+        wait = await self.accounts.throttle.attempt(keys)
+        if wait > 0:
+            # Same answer whether or not the address has an account.
+            log.warning("account.signin_throttled", extra={"ip": request.remote})
+            response = self.pages.render(
+                "signin.html",
+                status=429,
+                title="Sign in",
+                next=next_path,
+                email=email,
+                error="Too many sign-in attempts. Wait a moment, then try again.",
+            )
+            response.headers["Retry-After"] = retry_after(wait)
+            return response
         user = None
         try:
             user = await self.accounts.authenticate(email, password)
@@ -143,6 +167,11 @@ class AccountSite:
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
         )
+        net = network_key(request.remote)
+        await self.accounts.throttle.succeeded(
+            clear=[f"pw:pair:{account_key(email)}:{net}", f"pw:acct:{account_key(email)}"],
+            refund=[f"pw:net:{net}"],
+        )
         log.info("account.signin", extra={"user": user.id, "ip": request.remote})
         response = redirect(next_path)
         response.set_cookie(
@@ -158,7 +187,11 @@ class AccountSite:
         if token:
             info = await self.accounts.resolve_session(token, kind="account")
             if info is not None:
-                await self.accounts.revoke_session(info.session_id)
+                # Ends the handed-off tenant sessions too; the gate's cache must
+                # not keep them alive for its TTL.
+                for session_id in await self.accounts.sign_out(info.session_id):
+                    self.gate.forget_session(session_id)
+                log.info("account.signout", extra={"user": info.user_id})
         response = redirect("/signin")
         response.del_cookie(ACCOUNT_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
         self.pages.secure(response)
@@ -171,8 +204,9 @@ class AccountSite:
         next_path = safe_next(request.query.get("next"))
         if not is_instance_id(instance_id) or len(state) != 64:
             return self.pages.message("Bad link", "This link is not complete.", status=400)
-        user = await self._user(request)
-        if user is None:
+        session = await self._session(request)
+        user = None if session is None else (session.user_id, session.email)
+        if session is None or user is None:
             back = "/connect?" + urlencode(
                 {"instance": instance_id, "state": state, "next": next_path}
             )
@@ -185,7 +219,9 @@ class AccountSite:
                 status=404,
                 user_email=user[1],
             )
-        code = await self.accounts.create_handoff(user[0], instance_id, state)
+        code = await self.accounts.create_handoff(
+            user[0], instance_id, state, session_id=session.session_id
+        )
         target = (
             self.config.tenant_origin(instance_id)
             + "/.homeport/handoff?"

@@ -4,7 +4,11 @@
 proves itself first (see :mod:`homeport.protocol.handshake`); only then does
 the add-on prove its own key.  A known key gets ``welcome`` and its tunnel is
 registered for its instance; an unknown key gets a short-lived link code and
-waits, and is asked to reconnect once someone links it.
+waits, and is asked to reconnect once someone links it.  Link codes are
+rate-limited per peer network (:data:`homeport.accounts.throttle.LINK_NETWORK`,
+10 an hour per IPv4 address or IPv6 /64): beyond that the hub answers
+``error``/``rate_limited`` and closes, so a key generator cannot flood the
+code space or the database.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from homeport.accounts.service import Accounts
+from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
@@ -33,6 +38,8 @@ LINK_POLL_SECONDS = 2.0
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
 CLOSE_HANDSHAKE_FAILED = 4400
+CLOSE_RATE_LIMITED = 4429
+RATE_LIMITED = "rate_limited"  # handshake ``error`` code: too many link codes
 _CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
@@ -126,6 +133,19 @@ class TunnelHub:
     async def _wait_for_link(
         self, ws: web.WebSocketResponse, handshake: RelayHandshake, key_text: str, peer: str
     ) -> None:
+        wait = await self.accounts.throttle.attempt(
+            [(f"link:net:{network_key(peer)}", LINK_NETWORK)]
+        )
+        if wait > 0:
+            log.warning("hub.link_code_rate_limited", extra={"peer": peer})
+            with contextlib.suppress(Exception):
+                await ws.send_str(
+                    handshake.error(
+                        RATE_LIMITED, f"too many link codes; retry in {int(wait) + 1} s"
+                    )
+                )
+            await ws.close(code=CLOSE_RATE_LIMITED, message=b"rate limited")
+            return
         code, expires_at = await self.accounts.create_link_code(key_text)
         expires_in = max(1, int((expires_at - datetime.now(UTC)).total_seconds()))
         await ws.send_str(handshake.unlinked(code, expires_in))

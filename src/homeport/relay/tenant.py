@@ -166,6 +166,7 @@ class TenantProxy:
             instance_id=instance_id,
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
+            handoff_code=code,  # links the session to the account session, for sign-out
         )
         # The code leaves the address bar with this redirect (no token stays in a URL).
         response = redirect(safe_next(request.query.get("next")))
