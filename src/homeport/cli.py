@@ -134,14 +134,30 @@ def cmd_addon(args: argparse.Namespace) -> int:
     opts = Options(args, "addon")
     relay = opts.get("relay")
     pins = opts.get("server_pubkey")
-    if not relay or not pins:
-        print("error: --relay and --server-pubkey are required", file=sys.stderr)
+    ha_url = opts.get("ha_url")
+    pinned_keys = None
+    options_file = opts.path("options")
+    if options_file is not None:
+        # The add-on's /data/options.json; flags and environment still win.
+        from homeport.addon.options import OptionsError, load_options
+
+        try:
+            addon_options = load_options(options_file)
+        except OptionsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        relay = relay or addon_options.relay_url
+        ha_url = ha_url or addon_options.ha_url
+        if not pins:
+            pinned_keys = addon_options.pinned_keys
+    if not relay or not (pins or pinned_keys):
+        print("error: --relay and --server-pubkey (or --options) are required", file=sys.stderr)
         return 2
     config = AddonConfig(
         relay_url=str(relay),
-        ha_url=str(opts.get("ha_url", "http://127.0.0.1:8123")),
+        ha_url=str(ha_url or "http://127.0.0.1:8123"),
         state_dir=opts.path("state_dir", default_data_dir() / "addon") or Path("."),
-        pinned_keys=tuple(parse_pinned_keys(str(pins))),
+        pinned_keys=pinned_keys or tuple(parse_pinned_keys(str(pins))),
         relay_ca=opts.path("relay_ca"),
     )
 
@@ -328,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     addon.add_argument("--state-dir", dest="state_dir")
     addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
     addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
+    addon.add_argument(
+        "--options", help="add-on options JSON (e.g. /data/options.json), after flags and env"
+    )
     addon.set_defaults(func=cmd_addon)
 
     admin = sub.add_parser("admin", help="manage accounts and instances")

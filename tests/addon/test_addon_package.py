@@ -1,0 +1,425 @@
+"""The Home Assistant add-on folder: its manifest, image recipe and start script.
+
+The manifest checks follow the Supervisor's own rules for ``config.yaml`` (the
+add-on configuration page of the Home Assistant developer docs and the
+Supervisor's validator): required keys, slug and version formats, known
+architectures, option/schema consistency, ingress coherence, translations.
+
+The start script is the real ``rootfs/etc/services.d/homeport/run``, run by
+bash with a small test double of bashio (the base image's library is not
+installed here) against a relay started by the test: it must start
+``homeport addon``, get a link code, and serve a request once linked.
+Docker cannot run here, so the Dockerfile is checked by reading it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from relay_process import EMAIL, RelayProcess
+from stack import PASSWORD, Browser
+
+from homeport import __version__
+from homeport.relay.config import RelayConfig
+from homeport.standin import start_standin
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDON = ROOT / "homeport_addon"
+RUN_SCRIPT = ADDON / "rootfs" / "etc" / "services.d" / "homeport" / "run"
+VENV_BIN = Path(sys.executable).parent
+
+# The Supervisor's vocabulary (supervisor/const.py, supervisor/addons/options.py).
+ARCH_ALL = {"armhf", "armv7", "aarch64", "amd64", "i386"}
+RE_SLUG = re.compile(r"^[-_.A-Za-z0-9]+$")
+RE_SCHEMA_ELEMENT = re.compile(
+    r"^(?:"
+    r"|bool"
+    r"|email"
+    r"|url"
+    r"|port"
+    r"|device(?:\(subsystem=[a-z]+\))?"
+    r"|str(?:\((?P<s_min>\d+)?,(?P<s_max>\d+)?\))?"
+    r"|password(?:\((?P<p_min>\d+)?,(?P<p_max>\d+)?\))?"
+    r"|int(?:\((?P<i_min>\d+)?,(?P<i_max>\d+)?\))?"
+    r"|float(?:\((?P<f_min>[\d\.]+)?,(?P<f_max>[\d\.]+)?\))?"
+    r"|match\((?P<match>.*)\)"
+    r"|list\((?P<list>.+)\)"
+    r")\??$"
+)
+RE_BUILD_IMAGE = re.compile(r"^([a-zA-Z\-\.:\d{}]+/)*?([\-\w{}]+)/([\-\w{}]+)(:[\.\-\w{}]+)?$")
+# Home Assistant lets a slug be this long in image names and hostnames.
+SLUG_MAX = 32
+
+
+def load_yaml(name: str) -> Any:
+    return yaml.safe_load((ADDON / name).read_text(encoding="utf-8"))
+
+
+def value_satisfies(kind: str, value: object) -> bool:
+    """Does a default ``value`` pass the Supervisor schema element ``kind``?"""
+    kind = kind.rstrip("?")
+    match = RE_SCHEMA_ELEMENT.match(kind)
+    assert match, kind
+    if match["list"] is not None:
+        return isinstance(value, str) and value in match["list"].split("|")
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "url":
+        return (
+            isinstance(value, str) and re.match(r"^[a-z][a-z0-9+.-]*://[^/\s]+", value) is not None
+        )
+    if kind == "port":
+        return isinstance(value, int) and 1 <= value <= 65535
+    if kind.startswith(("str", "password", "email", "device")):
+        return isinstance(value, str)
+    if kind.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind.startswith("float"):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if match["match"] is not None:
+        return isinstance(value, str) and re.fullmatch(match["match"], value) is not None
+    raise AssertionError(f"unhandled schema element {kind}")
+
+
+# ------------------------------------------------------------------- manifest
+
+
+def test_repository_yaml() -> None:
+    repo = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
+    assert isinstance(repo["name"], str)
+    assert repo["name"]
+    assert repo["url"].startswith("https://")
+    assert repo["maintainer"]
+
+
+def test_config_required_keys_and_formats() -> None:
+    config = load_yaml("config.yaml")
+    for key in ("name", "version", "slug", "description", "arch"):
+        assert key in config, f"config.yaml lacks required key {key}"
+    assert isinstance(config["version"], str), "quote the version, or YAML makes it a number"
+    assert config["version"] == __version__
+    assert RE_SLUG.match(config["slug"])
+    assert len(config["slug"]) <= SLUG_MAX
+    assert config["slug"] == "homeport"
+    assert config["url"].startswith("https://")
+    assert config["arch"]
+    assert set(config["arch"]) <= ARCH_ALL
+    assert len(set(config["arch"])) == len(config["arch"])
+    # s6-overlay is the init in the base images; Docker's init must be off.
+    assert config["init"] is False
+    assert config["homeassistant_api"] is True
+    assert config.get("startup", "application") in {
+        "initialize",
+        "system",
+        "services",
+        "application",
+        "once",
+    }
+    # Least privilege: none of the host-wide switches.
+    for risky in ("host_network", "privileged", "full_access", "docker_api", "hassio_role"):
+        assert risky not in config, risky
+    assert config.get("apparmor", True) is True
+
+
+def test_ingress_is_coherent() -> None:
+    config = load_yaml("config.yaml")
+    assert config["ingress"] is True
+    assert isinstance(config["ingress_port"], int)
+    assert 1024 <= config["ingress_port"] <= 65535
+    assert "ports" not in config or config["ingress_port"] not in {
+        int(p.split("/")[0]) for p in config["ports"]
+    }
+    assert "webui" not in config, "ingress replaces webui"
+    assert re.fullmatch(r"mdi:[a-z0-9-]+", config["panel_icon"])
+    assert config["panel_title"]
+
+
+def test_options_match_schema_and_translations() -> None:
+    config = load_yaml("config.yaml")
+    options: dict[str, Any] = config["options"]
+    schema: dict[str, str] = config["schema"]
+    for key, kind in schema.items():
+        assert isinstance(kind, str), key
+        assert RE_SCHEMA_ELEMENT.match(kind), (key, kind)
+    for key, default in options.items():
+        assert key in schema, f"option {key} has no schema entry"
+        # null = mandatory without a default: the owner must fill it in.
+        if default is not None:
+            assert value_satisfies(schema[key], default), (key, default)
+    for key, kind in schema.items():
+        if key not in options:
+            assert kind.endswith("?"), f"{key} is neither in options nor optional"
+    assert schema["relay_url"] == "url"
+    assert schema["relay_keys"] == "str"
+    assert schema["log_level"] == "list(debug|info|warning|error)"
+    # The add-on's own validator accepts exactly these keys.
+    from homeport.addon.options import KNOWN_KEYS, LOG_LEVELS
+
+    assert set(schema) == KNOWN_KEYS
+    assert schema["log_level"] == f"list({'|'.join(LOG_LEVELS)})"
+
+    translations = load_yaml("translations/en.yaml")
+    described = translations["configuration"]
+    assert set(described) == set(schema), "every option, and only those, is translated"
+    for key, text in described.items():
+        assert text["name"].strip(), key
+        assert text["description"].strip(), key
+
+
+def test_build_yaml_uses_official_python_base_images() -> None:
+    config = load_yaml("config.yaml")
+    build = load_yaml("build.yaml")
+    assert set(build["build_from"]) == set(config["arch"])
+    for arch, image in build["build_from"].items():
+        assert RE_BUILD_IMAGE.match(image), image
+        assert re.fullmatch(
+            rf"ghcr\.io/home-assistant/{arch}-base-python:3\.1[2-9]-alpine3\.\d+", image
+        ), image
+    assert build["args"]["HOMEPORT_VERSION"] == __version__
+    assert all(isinstance(v, str) for v in build["args"].values())
+
+
+def test_dockerfile_recipe() -> None:
+    text = (ADDON / "Dockerfile").read_text(encoding="utf-8")
+    # Join continuation lines into instructions, drop comments.
+    logical = re.sub(r"\\\n", " ", text)
+    instructions = [
+        line.strip() for line in logical.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    words = [shlex.split(line)[0].upper() for line in instructions]
+    assert words[0] == "ARG"
+    assert instructions[0].split()[1] == "BUILD_FROM"
+    assert instructions[1] in ("FROM ${BUILD_FROM}", "FROM $BUILD_FROM")
+    assert "ARG HOMEPORT_VERSION" in instructions
+    runs = [line for line in instructions if line.upper().startswith("RUN ")]
+    assert any(
+        re.search(r"pip install .*\"?homeport==\$\{HOMEPORT_VERSION\}\"?", r) for r in runs
+    ), runs
+    assert any(line.startswith("COPY rootfs /") for line in instructions)
+    assert any("chmod a+x /etc/services.d/homeport/run" in r for r in runs)
+    # No credentials baked into the image, no ENTRYPOINT/CMD overriding s6's /init.
+    assert not re.search(r"(?i)(token|password|secret|private)[\w-]*\s*=", text)
+    assert "ENTRYPOINT" not in words
+    assert "CMD" not in words
+    assert RUN_SCRIPT.exists()
+    assert os.access(RUN_SCRIPT, os.X_OK)
+
+
+def test_apparmor_profile_is_named_after_the_slug() -> None:
+    text = (ADDON / "apparmor.txt").read_text(encoding="utf-8")
+    header = r"^profile homeport flags=\(attach_disconnected,mediate_deleted\) \{"
+    assert re.search(header, text, re.MULTILINE)
+    assert text.count("{") == text.count("}")
+    assert "/data/** rw" in text
+
+
+@pytest.mark.parametrize(("name", "size"), [("icon.png", (128, 128)), ("logo.png", (250, 100))])
+def test_images_are_valid_png(name: str, size: tuple[int, int]) -> None:
+    data = (ADDON / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == size
+    assert data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_docs_and_changelog_present() -> None:
+    docs = (ADDON / "DOCS.md").read_text(encoding="utf-8")
+    for key in load_yaml("config.yaml")["schema"]:
+        assert f"`{key}`" in docs, f"DOCS.md does not explain {key}"
+    changelog = (ADDON / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"## {__version__}" in changelog
+
+
+# --------------------------------------------------------------- start script
+
+# A stand-in for the parts of bashio the run script uses. Real bashio reads the
+# options from the Supervisor API (the same content as /data/options.json).
+BASHIO_DOUBLE = """#!/usr/bin/env bash
+# Test double of bashio: defines the functions, then runs the script like bashio does.
+__options="${{HOMEPORT_OPTIONS:-/data/options.json}}"
+bashio::config() {{
+    "{python}" -c '
+import json, sys
+value = json.load(open(sys.argv[1])).get(sys.argv[2])
+print("" if value is None else value)' "$__options" "$1"
+}}
+bashio::config.has_value() {{ [[ -n "$(bashio::config "$1")" ]]; }}
+bashio::var.is_empty() {{ [[ -z "${{1:-}}" ]]; }}
+bashio::log.level() {{ echo "bashio-double: log level $1"; }}
+bashio::log.info() {{ echo "bashio-double: info: $*"; }}
+bashio::log.warning() {{ echo "bashio-double: warning: $*"; }}
+set -e
+# shellcheck disable=SC1090
+source "$1"
+"""
+
+
+@dataclass
+class ScriptHome:
+    """What :class:`stack.Browser` needs to sign in to a home run by the script."""
+
+    config: RelayConfig
+    ca_path: Path
+    instance_id: str
+    email: str = EMAIL
+    password: str = PASSWORD
+
+    @property
+    def tenant_origin(self) -> str:
+        return self.config.tenant_origin(self.instance_id)
+
+    @property
+    def account_origin(self) -> str:
+        return self.config.account_origin
+
+
+async def _read_until(stream: asyncio.StreamReader, pattern: str, timeout: float) -> str:
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await stream.readline()).decode(errors="replace")
+            if not line:
+                raise AssertionError(f"script ended before {pattern!r}; output: {seen}")
+            seen += line
+            if re.search(pattern, line):
+                return seen
+
+
+def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMEPORT_", "SUPERVISOR"))}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
+        SUPERVISOR_TOKEN="simulated-supervisor-token",
+        HOMEPORT_OPTIONS=str(options),
+        HOMEPORT_STATE_DIR=str(tmp_path / "data"),
+        HOME=str(tmp_path / "home"),
+    )
+    if relay is not None:
+        # The dev relay's certificate comes from its own CA; a real relay's does not.
+        env["HOMEPORT_RELAY_CA"] = str(relay.ca_path)
+    return env
+
+
+def bashio_double(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "bashio"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BASHIO_DOUBLE.format(python=sys.executable), encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def test_run_script_shebang() -> None:
+    first = RUN_SCRIPT.read_text(encoding="utf-8").splitlines()[0]
+    assert first == "#!/usr/bin/with-contenv bashio"
+
+
+async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "relay")
+    standin, backend = await start_standin()
+    script: asyncio.subprocess.Process | None = None
+    try:
+        await relay.start()
+        await relay.admin("admin", "user", "create", EMAIL, stdin=PASSWORD + "\n")
+        pubkey = (await relay.admin("keys", "show")).strip()
+        (tmp_path / "data").mkdir()
+        options = tmp_path / "data" / "options.json"
+        options.write_text(
+            json.dumps(
+                {
+                    "relay_url": relay.relay_url,
+                    "relay_keys": pubkey,
+                    "log_level": "debug",
+                    "ha_url": backend,
+                }
+            ),
+            encoding="utf-8",
+        )
+        script = await asyncio.create_subprocess_exec(
+            "bash",
+            str(bashio_double(tmp_path)),
+            str(RUN_SCRIPT),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=script_env(tmp_path, options, relay),
+            cwd=tmp_path,
+        )
+        assert script.stdout is not None
+        seen = await _read_until(script.stdout, r"Link code: [0-9A-Z]{5}-[0-9A-Z]{5}", 30)
+        assert "bashio-double: log level debug" in seen
+        assert f"Home Assistant at {backend}" in seen
+        assert "SUPERVISOR_TOKEN is not set" not in seen
+        code = re.findall(r"Link code: ([0-9A-Z]{5}-[0-9A-Z]{5})", seen)[-1]
+        # The add-on's state (its key) is in the state directory, /data here.
+        assert {p.name for p in (tmp_path / "data").iterdir()} - {"options.json"}
+        linked = await relay.admin("admin", "link", code, EMAIL)
+        instance_id = re.search(r"Linked instance (\S+) to", linked)
+        assert instance_id, linked
+        home = ScriptHome(relay.config, relay.ca_path, instance_id[1])
+        async with Browser(home) as browser:  # type: ignore[arg-type]
+            async with asyncio.timeout(30):
+                while True:  # the add-on reconnects as linked right after the link
+                    page = await browser.sign_in("/bytes/1000")
+                    if page.status == 200:
+                        break
+                    await asyncio.sleep(0.2)
+            async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
+                assert r.status == 200
+                assert len(await r.read()) == 12345
+        # The script exec'd homeport: SIGTERM reaches the add-on, which stops cleanly.
+        script.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(script.wait(), 20) == 0
+    finally:
+        if script is not None and script.returncode is None:
+            script.kill()
+            await script.wait()
+        await relay.close()
+        await standin.cleanup()
+
+
+async def test_run_script_reports_bad_options(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    options = tmp_path / "data" / "options.json"
+    options.write_text(json.dumps({"relay_url": "https://relay.example/v1/tunnel"}), "utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        str(bashio_double(tmp_path)),
+        str(RUN_SCRIPT),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=script_env(tmp_path, options, None),
+        cwd=tmp_path,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "option 'relay_keys' is required" in err.decode()
+
+
+def test_systemd_unit() -> None:
+    unit = (ROOT / "packaging" / "homeport-addon.service").read_text(encoding="utf-8")
+    sections = re.findall(r"^\[(\w+)\]$", unit, re.MULTILINE)
+    assert sections == ["Unit", "Service", "Install"]
+    exec_start = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, re.MULTILINE)
+    assert exec_start
+    argv = shlex.split(exec_start[1].replace("\\\n", " "))
+    assert argv[0].endswith("/bin/homeport")
+    assert argv[argv.index("addon") + 1 :] == [
+        "--options",
+        "/etc/homeport/addon.json",
+        "--state-dir",
+        "/var/lib/homeport-addon",
+    ]
+    assert "StateDirectory=homeport-addon" in unit
+    assert "DynamicUser=yes" in unit
+    assert "Restart=always" in unit
