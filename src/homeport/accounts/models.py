@@ -32,6 +32,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -45,7 +46,10 @@ __all__ = [
     "Instance",
     "InstanceMember",
     "LinkCode",
+    "PendingLogin",
+    "RecoveryCode",
     "ThrottleEntry",
+    "TotpCredential",
     "UTCDateTime",
     "User",
     "WebSession",
@@ -70,6 +74,8 @@ SHA256_HEX_LEN = 64
 USER_AGENT_MAX = 256
 IP_MAX = 64
 THROTTLE_KEY_MAX = 160
+SEALED_SECRET_MAX = 128
+NEXT_PATH_MAX = 2048
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -274,3 +280,54 @@ class ThrottleEntry(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime())
     next_allowed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class TotpCredential(Base):
+    """An account's TOTP authenticator (RFC 6238); one per account.
+
+    ``secret_sealed`` is the 160-bit seed sealed by
+    :class:`homeport.accounts.secretbox.SecretBox` with the row id
+    (``user_id``) as associated data; the key is outside the database.
+    ``enabled_at`` is ``None`` until enrolment is confirmed with one valid
+    code. ``last_step`` is the last accepted time step: any code for that
+    step or an earlier one is refused (replay).
+    """
+
+    __tablename__ = "totp_credentials"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary(SEALED_SECRET_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RecoveryCode(Base):
+    """A single-use recovery code (SHA-256 hex of a 120-bit random code)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PendingLogin(Base):
+    """A sign-in that passed the password and waits for its second factor.
+
+    Bound to a random cookie (only its SHA-256 is stored), short-lived and
+    single use; it is not a session and opens nothing by itself.
+    """
+
+    __tablename__ = "pending_logins"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    next_path: Mapped[str] = mapped_column(String(NEXT_PATH_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -85,6 +85,7 @@ from homeport.accounts.models import (
     Instance,
     InstanceMember,
     LinkCode,
+    PendingLogin,
     ThrottleEntry,
     User,
     WebSession,
@@ -96,7 +97,9 @@ from homeport.accounts.passwords import (
     needs_rehash,
     verify_password_async,
 )
+from homeport.accounts.secretbox import SecretBox
 from homeport.accounts.throttle import PRUNE_AFTER, Throttle
+from homeport.accounts.totp import Totp
 
 __all__ = ["Accounts", "InstanceRow", "SessionInfo", "SessionKind"]
 
@@ -175,6 +178,7 @@ class Accounts:
         touch_interval: timedelta = timedelta(minutes=1),
         handoff_lifetime: timedelta = timedelta(seconds=60),
         link_code_lifetime: timedelta = timedelta(minutes=10),
+        secret_box: SecretBox | None = None,
     ) -> None:
         self._db = db
         self._clock = now
@@ -188,6 +192,8 @@ class Accounts:
         self._dummy_hash: str | None = None
         #: Abuse-control counters (R-RATE) in the same database, on the same clock.
         self.throttle = Throttle(db, now=self._now)
+        #: TOTP second factor and pending sign-ins; seeds sealed by ``secret_box``.
+        self.totp = Totp(db, secret_box, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -906,6 +912,9 @@ class Accounts:
             ),
             delete(HandoffCode).where(
                 or_(HandoffCode.expires_at <= now, HandoffCode.used_at.is_not(None))
+            ),
+            delete(PendingLogin).where(
+                or_(PendingLogin.expires_at <= now, PendingLogin.used_at.is_not(None))
             ),
             delete(WebSession).where(
                 or_(

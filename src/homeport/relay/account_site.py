@@ -19,12 +19,23 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode
 
+import pyotp
 from aiohttp import web
 
 from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.identifiers import is_instance_id
+from homeport.accounts.models import WebSession
 from homeport.accounts.service import Accounts, SessionInfo
 from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
+from homeport.accounts.totp import (
+    DIGITS,
+    ISSUER,
+    PENDING_LIFETIME,
+    STEP_SECONDS,
+    Enrolment,
+    Pending,
+    TotpError,
+)
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
@@ -34,6 +45,8 @@ from homeport.relay.tenant import redirect, safe_next
 log = logging.getLogger(__name__)
 
 ACCOUNT_COOKIE = "__Host-homeport_account"
+#: A sign-in that passed the password and waits for its second factor (5 min).
+PENDING_COOKIE = "__Host-homeport_pending"
 MAX_FORM = 8 * 1024
 
 
@@ -57,6 +70,11 @@ class AccountSite:
         add("GET", "/signin", self.signin_form)
         add("POST", "/signin", self.signin)
         add("POST", "/signout", self.signout)
+        add("GET", "/signin/totp", self.totp_form)
+        add("POST", "/signin/totp", self.totp_signin)
+        add("GET", "/security", self.security)
+        add("POST", "/security/totp/start", self.totp_start)
+        add("POST", "/security/totp/confirm", self.totp_confirm)
         add("GET", "/connect", self.connect)
         add("GET", "/static/homeport.css", self.stylesheet)
         add("GET", "/healthz", self.healthz)
@@ -161,24 +179,180 @@ class AccountSite:
                 email=email,
                 error="Wrong email or password.",
             )
-        token, _ = await self.accounts.create_session(
-            user,
-            "account",
-            user_agent=request.headers.get("User-Agent", ""),
-            ip=request.remote or "",
-        )
         net = network_key(request.remote)
         await self.accounts.throttle.succeeded(
             clear=[f"pw:pair:{account_key(email)}:{net}", f"pw:acct:{account_key(email)}"],
             refund=[f"pw:net:{net}"],
         )
-        log.info("account.signin", extra={"user": user.id, "ip": request.remote})
+        if await self.accounts.totp.is_enabled(user.id):
+            # No session yet: only the second factor turns this into one.
+            pending = await self.accounts.totp.start_pending(user.id, next_path)
+            log.info("account.signin_second_factor", extra={"user": user.id})
+            response = redirect("/signin/totp")
+            response.set_cookie(
+                PENDING_COOKIE,
+                pending,
+                path="/",
+                max_age=int(PENDING_LIFETIME.total_seconds()),
+                secure=True,
+                httponly=True,
+                samesite="Lax",
+            )
+            self.pages.secure(response)
+            return response
+        return self._signed_in(
+            request,
+            *await self.accounts.create_session(
+                user,
+                "account",
+                user_agent=request.headers.get("User-Agent", ""),
+                ip=request.remote or "",
+            ),
+            next_path,
+        )
+
+    def _signed_in(
+        self, request: web.Request, token: str, row: WebSession, next_path: str
+    ) -> web.StreamResponse:
+        user_id = row.user_id
+        log.info("account.signin", extra={"user": user_id, "ip": request.remote})
         response = redirect(next_path)
         response.set_cookie(
             ACCOUNT_COOKIE, token, path="/", secure=True, httponly=True, samesite="Lax"
         )
+        response.del_cookie(PENDING_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
         self.pages.secure(response)
         return response
+
+    # ------------------------------------------------------- second factor
+
+    async def _pending(self, request: web.Request) -> tuple[str, Pending] | None:
+        token = request.cookies.get(PENDING_COOKIE, "")
+        pending = await self.accounts.totp.pending(token)
+        return None if pending is None else (token, pending)
+
+    async def totp_form(self, request: web.Request) -> web.StreamResponse:
+        if await self._pending(request) is None:
+            return redirect("/signin")
+        return self.pages.render(
+            "totp.html",
+            title="Two-step verification",
+            recovery=request.query.get("recovery") == "1",
+            error=None,
+        )
+
+    async def totp_signin(self, request: web.Request) -> web.StreamResponse:
+        if not self._same_origin(request):
+            return self.pages.message("Not allowed", "Cross-site request refused.", status=403)
+        if (request.content_length or 0) > MAX_FORM:
+            return self.pages.message("Too large", "The form is too large.", status=413)
+        found = await self._pending(request)
+        if found is None:
+            return redirect("/signin")
+        token, pending = found
+        form = await request.post()
+        recovery_code = str(form.get("recovery_code", ""))
+        totp = self.accounts.totp
+        if recovery_code:
+            outcome = await totp.use_recovery_code(
+                pending.user_id, recovery_code, ip=request.remote
+            )
+        else:
+            code = str(form.get("code", ""))
+            outcome = await totp.verify(pending.user_id, code, ip=request.remote)
+        if not outcome.ok:
+            if outcome.wait > 0:
+                error = "Too many attempts. Wait a moment, then try again."
+            else:
+                error = "That code is not right. Try again."
+            log.warning("account.second_factor_failed", extra={"user": pending.user_id})
+            response = self.pages.render(
+                "totp.html",
+                status=429 if outcome.wait > 0 else 401,
+                title="Two-step verification",
+                recovery=bool(recovery_code),
+                error=error,
+            )
+            if outcome.wait > 0:
+                response.headers["Retry-After"] = retry_after(outcome.wait)
+            return response
+        if not await totp.finish_pending(token):
+            return redirect("/signin")
+        token_row = await self.accounts.create_session(
+            pending.user_id,
+            "account",
+            user_agent=request.headers.get("User-Agent", ""),
+            ip=request.remote or "",
+        )
+        return self._signed_in(request, *token_row, pending.next_path)
+
+    async def security(self, request: web.Request) -> web.StreamResponse:
+        user = await self._user(request)
+        if user is None:
+            return redirect("/signin?" + urlencode({"next": "/security"}))
+        return await self._security_page(user, error=None)
+
+    async def _security_page(
+        self,
+        user: tuple[int, str],
+        *,
+        error: str | None,
+        status: int = 200,
+        enrolment: Enrolment | None = None,
+        recovery_codes: list[str] | None = None,
+    ) -> web.Response:
+        totp = self.accounts.totp
+        enabled = await totp.is_enabled(user[0])
+        if enrolment is None and not enabled:
+            secret = await totp.enrolment_secret(user[0])
+            if secret is not None:
+                enrolment = Enrolment(secret, _otpauth_uri(secret, user[1]))
+        return self.pages.render(
+            "security.html",
+            status=status,
+            title="Security",
+            user_email=user[1],
+            error=error,
+            enabled=enabled,
+            enrolment=enrolment,
+            recovery_codes=recovery_codes or [],
+            codes_left=await totp.recovery_codes_left(user[0]) if enabled else 0,
+        )
+
+    async def totp_start(self, request: web.Request) -> web.StreamResponse:
+        if not self._same_origin(request):
+            return self.pages.message("Not allowed", "Cross-site request refused.", status=403)
+        user = await self._user(request)
+        if user is None:
+            return redirect("/signin?" + urlencode({"next": "/security"}))
+        try:
+            enrolment = await self.accounts.totp.start_enrolment(user[0], user[1])
+        except TotpError as exc:
+            return await self._security_page(user, error=str(exc), status=409)
+        return await self._security_page(user, error=None, enrolment=enrolment)
+
+    async def totp_confirm(self, request: web.Request) -> web.StreamResponse:
+        if not self._same_origin(request):
+            return self.pages.message("Not allowed", "Cross-site request refused.", status=403)
+        if (request.content_length or 0) > MAX_FORM:
+            return self.pages.message("Too large", "The form is too large.", status=413)
+        user = await self._user(request)
+        if user is None:
+            return redirect("/signin?" + urlencode({"next": "/security"}))
+        form = await request.post()
+        outcome, codes = await self.accounts.totp.confirm_enrolment(
+            user[0], str(form.get("code", "")), ip=request.remote
+        )
+        if not outcome.ok:
+            status = 429 if outcome.wait > 0 else 400
+            error = (
+                "Too many attempts. Wait a moment, then try again."
+                if outcome.wait > 0
+                else "That code is not right. Check the app and try again."
+            )
+            return await self._security_page(user, error=error, status=status)
+        log.info("account.totp_enabled", extra={"user": user[0]})
+        return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
         if not self._same_origin(request):
@@ -230,3 +404,9 @@ class AccountSite:
         response = redirect(target)
         self.pages.secure(response)
         return response
+
+
+def _otpauth_uri(secret_base32: str, email: str) -> str:
+    return pyotp.TOTP(secret_base32, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
+        name=email, issuer_name=ISSUER
+    )

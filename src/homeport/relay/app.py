@@ -19,6 +19,7 @@ from aiohttp import web
 
 from homeport.accounts.db import Database, default_sqlite_url
 from homeport.accounts.identifiers import is_instance_id
+from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.relay.account_site import AccountSite
@@ -76,7 +77,9 @@ class Relay:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.database = Database(config.database_url or default_sqlite_url(config.data_dir))
-        self.accounts = Accounts(self.database)
+        # Key for secrets at rest (TOTP seeds): a file in the data dir, never in the database.
+        self.secret_box = SecretBox.load_or_create(config.data_dir / KEY_FILE_NAME)
+        self.accounts = Accounts(self.database, secret_box=self.secret_box)
         self.server_key = load_or_create_private_key(config.server_key_path)
         self.tls = tls_files(config)
         self._cert_sha256 = local_certificate_sha256(self.tls.cert)
