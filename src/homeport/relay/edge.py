@@ -5,6 +5,9 @@
   body and no ``Strict-Transport-Security`` (RFC 6797 §7.2: HSTS over plain
   HTTP is ignored and must not be sent), or refuses hosts that are not ours,
   so it can never be made to redirect to someone else's site (R-HSTS-02).
+  The one exception: ACME HTTP-01 tokens the certificate bot is validating
+  right now (``acme_responder``); any other ``/.well-known/acme-challenge/``
+  path is 404.
 * :func:`security_txt`: ``/.well-known/security.txt`` (RFC 9116) for the
   account host.
 * :func:`harden_runner`: no version banner on *any* response, including the
@@ -18,13 +21,16 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from homeport.accounts.identifiers import is_instance_id
 from homeport.relay.config import RelayConfig
 from homeport.relay.pages import HSTS
+
+if TYPE_CHECKING:
+    from homeport.tls.acme_bot import ChallengeResponder
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +150,27 @@ def redirect_target(config: RelayConfig, host_header: str | None, target: str) -
     return f"https://{name}{config.port_suffix}{target}"
 
 
-def redirect_app(config: RelayConfig) -> web.Application:
-    """The application behind the plain-HTTP port."""
+def redirect_app(
+    config: RelayConfig, acme_responder: ChallengeResponder | None = None
+) -> web.Application:
+    """The application behind the plain-HTTP port.
+
+    ``acme_responder`` (the certificate bot's, :mod:`homeport.tls.acme_bot`)
+    answers HTTP-01 key authorizations for the tokens being validated.
+    """
 
     async def handle(request: web.Request) -> web.StreamResponse:
         target = request.raw_path
         if target.startswith(ACME_CHALLENGE_PREFIX):
-            # The certificate bot (issue 4) hooks in here: it will answer the
-            # HTTP-01 key authorization for tokens it is currently validating,
-            # and 404 for every other token (R-ACME-07).  Until then: nothing.
-            return web.Response(status=404)
+            # HTTP-01 (RFC 8555 §8.3): only the exact path of a token the bot is
+            # validating right now answers; every other token is 404 (R-ACME-07).
+            token = target[len(ACME_CHALLENGE_PREFIX) :]
+            answer = acme_responder.get(token) if acme_responder is not None else None
+            if answer is None or request.method not in ("GET", "HEAD"):
+                return web.Response(status=404)
+            return web.Response(
+                body=answer.encode("ascii"), content_type="application/octet-stream"
+            )
         hosts = request.headers.getall("Host", [])
         location = redirect_target(config, hosts[0], target) if len(hosts) == 1 else None
         if location is None:
@@ -179,9 +196,16 @@ def redirect_app(config: RelayConfig) -> web.Application:
 class PlainHttpListener:
     """Runs :func:`redirect_app` on ``config.http_listen_host:http_listen_port``."""
 
-    def __init__(self, config: RelayConfig, *, keepalive_timeout: float) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        keepalive_timeout: float,
+        acme_responder: ChallengeResponder | None = None,
+    ) -> None:
         self.config = config
         self._keepalive_timeout = keepalive_timeout
+        self.acme_responder = acme_responder
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -189,7 +213,7 @@ class PlainHttpListener:
         if port is None:
             raise RuntimeError("no --http-listen address configured")
         self._runner = web.AppRunner(
-            redirect_app(self.config),
+            redirect_app(self.config, self.acme_responder),
             access_log=None,
             handler_cancellation=True,
             keepalive_timeout=self._keepalive_timeout,
