@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import concurrent.futures
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 from ha_core import HomeAssistant, PythonNotFoundError, ensure_ha_venv
+from postgres import PostgresNotFoundError, PostgresServer
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -32,3 +34,25 @@ async def home_assistant(
         yield ha
     finally:
         await ha.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server on 127.0.0.1 for the whole session (see postgres.py)."""
+    try:
+        server = PostgresServer.start()
+    except PostgresNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)  # a failure, never a skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: PostgresServer) -> PostgresServer:
+    """The server, with a migrated template database that tests clone."""
+    # Requested from inside async fixtures, so run the set-up on a loop of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, postgres.ensure_template()).result()
+    return postgres

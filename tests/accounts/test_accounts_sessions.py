@@ -31,6 +31,7 @@ async def test_token_is_random_and_resolves(accounts: Accounts, alice: User, clo
     assert row.token_hash not in repr(row)
 
 
+@pytest.mark.sqlite_only  # reads the database file itself
 async def test_token_not_stored_in_clear(
     accounts: Accounts, alice: User, db: Database, data_dir: Path
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from datetime import UTC, timedelta, timezone
 
@@ -102,8 +101,9 @@ async def test_unknown_user_costs_a_hash(accounts: Accounts, alice: User) -> Non
         assert await accounts.authenticate(email, "wrong password here!") is None
         return time.perf_counter() - started
 
-    known = statistics.median([await timed("alice@example.com") for _ in range(3)])
-    unknown = statistics.median([await timed("nobody@example.com") for _ in range(3)])
+    # The fastest of a few runs is the work itself; slower ones measure a busy machine.
+    known = min([await timed("alice@example.com") for _ in range(5)])
+    unknown = min([await timed("nobody@example.com") for _ in range(5)])
     assert unknown > 0.5 * known
     assert known > 0.5 * unknown
 

@@ -139,6 +139,7 @@ async def test_recovery_codes_single_use(
     assert await totp_accounts.totp.recovery_codes_left(alice.id) == RECOVERY_CODE_COUNT - 1
 
 
+@pytest.mark.sqlite_only  # reads the database file itself
 async def test_secret_not_in_database_in_clear(
     totp_accounts: Accounts, alice: User, clock: Clock, data_dir: Path, db: Database
 ) -> None:

@@ -69,6 +69,8 @@ class RelayProcess:
     proc: asyncio.subprocess.Process | None = None
     runs: int = 0
     paused: bool = False
+    #: ``--database-url`` for the relay and its admin commands (default: SQLite in data).
+    database_url: str | None = None
 
     def __post_init__(self) -> None:
         for path in (self.data_dir, self.tmp_dir, self.home_dir, self.cwd, self.log_dir):
@@ -134,6 +136,7 @@ class RelayProcess:
                 str(self.data_dir),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                *self._database_args(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -196,8 +199,16 @@ class RelayProcess:
     async def admin(self, *args: str, stdin: str | None = None) -> str:
         """``homeport <args> --data-dir D`` in the relay's environment."""
         return await run_homeport(
-            *args, "--data-dir", str(self.data_dir), stdin=stdin, env=self.env()
+            *args,
+            "--data-dir",
+            str(self.data_dir),
+            *self._database_args(),
+            stdin=stdin,
+            env=self.env(),
         )
+
+    def _database_args(self) -> list[str]:
+        return ["--database-url", self.database_url] if self.database_url else []
 
     async def pinned_key(self) -> Ed25519PublicKey:
         return parse_public_key((await self.admin("keys", "show")).strip())
@@ -314,9 +325,10 @@ async def start_home(
     *,
     ping_interval: float = 2.0,
     ping_timeout: float = 3.0,
+    database_url: str | None = None,
 ) -> AsyncIterator[Home]:
     """Relay subprocess + user (admin CLI) + in-process add-on linked by its code."""
-    relay = RelayProcess(root / "relay")
+    relay = RelayProcess(root / "relay", database_url=database_url)
     statuses: list[tuple[float, AddonStatus]] = []
     addon: AddonClient | None = None
     task: asyncio.Task[None] | None = None
