@@ -46,6 +46,9 @@ __all__ = [
     "Instance",
     "InstanceMember",
     "LinkCode",
+    "PasskeyChallenge",
+    "PasskeyCredential",
+    "PasskeyUser",
     "PendingLogin",
     "RecoveryCode",
     "ThrottleEntry",
@@ -331,3 +334,69 @@ class PendingLogin(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# WebAuthn limits: credential ids are at most 1023 bytes (WebAuthn L3 §5.8.3 note);
+# COSE public keys of the algorithms we accept are far below 1 KiB.
+CREDENTIAL_ID_MAX = 1023
+COSE_KEY_MAX = 1024
+PASSKEY_NAME_MAX = 64
+
+
+class PasskeyUser(Base):
+    """The WebAuthn user handle of an account: 32 random bytes, never the email or id.
+
+    Authenticators store it with a discoverable credential and hand it back at
+    sign-in; a random handle reveals nothing about the account to whoever reads it.
+    """
+
+    __tablename__ = "passkey_users"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    handle: Mapped[bytes] = mapped_column(LargeBinary(64), unique=True)
+
+
+class PasskeyCredential(Base):
+    """A passkey (WebAuthn public-key credential) of an account: public data only.
+
+    ``sign_count`` is the authenticator's last signature counter; a response that
+    does not move it forward (when either side is non-zero) is refused as a
+    possible clone.
+    """
+
+    __tablename__ = "passkey_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(CREDENTIAL_ID_MAX), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(COSE_KEY_MAX))
+    sign_count: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(PASSKEY_NAME_MAX))
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PasskeyChallenge(Base):
+    """A WebAuthn ceremony in progress: its challenge, bound to a browser cookie.
+
+    Only the cookie token's SHA-256 is stored; a challenge is used once (deleted
+    when checked, right or wrong) and lives a few minutes. ``purpose`` keeps a
+    registration challenge from completing a sign-in and the other way round.
+    """
+
+    __tablename__ = "passkey_challenges"
+    __table_args__ = (
+        CheckConstraint("purpose IN ('register', 'signin', 'second')", name="purpose"),
+    )
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
+    name: Mapped[str] = mapped_column(String(PASSKEY_NAME_MAX), default="")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -85,11 +85,13 @@ from homeport.accounts.models import (
     Instance,
     InstanceMember,
     LinkCode,
+    PasskeyChallenge,
     PendingLogin,
     ThrottleEntry,
     User,
     WebSession,
 )
+from homeport.accounts.passkeys import Passkeys
 from homeport.accounts.passwords import (
     MAX_PASSWORD_CHARS,
     check_new_password,
@@ -194,6 +196,8 @@ class Accounts:
         self.throttle = Throttle(db, now=self._now)
         #: TOTP second factor and pending sign-ins; seeds sealed by ``secret_box``.
         self.totp = Totp(db, secret_box, self.throttle, now=self._now)
+        #: Passkeys (WebAuthn): second factor and passwordless sign-in.
+        self.passkeys = Passkeys(db, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -916,6 +920,7 @@ class Accounts:
             delete(PendingLogin).where(
                 or_(PendingLogin.expires_at <= now, PendingLogin.used_at.is_not(None))
             ),
+            delete(PasskeyChallenge).where(PasskeyChallenge.expires_at <= now),
             delete(WebSession).where(
                 or_(
                     WebSession.absolute_expires_at <= horizon,

@@ -40,6 +40,7 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import Pages
+from homeport.relay.site_passkeys import PasskeyRoutes
 from homeport.relay.tenant import redirect, safe_next
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ class AccountSite:
         add("GET", "/connect", self.connect)
         add("GET", "/static/homeport.css", self.stylesheet)
         add("GET", "/healthz", self.healthz)
+        add("GET", "/static/passkeys.js", self.passkeys_script)
         add("GET", "/v1/tunnel", hub.handle)
+        self.passkey_routes = PasskeyRoutes(self)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = await self.router.resolve(request)
@@ -114,6 +117,9 @@ class AccountSite:
 
     async def stylesheet(self, request: web.Request) -> web.StreamResponse:
         return self.pages.stylesheet()
+
+    async def passkeys_script(self, request: web.Request) -> web.StreamResponse:
+        return self.pages.script("passkeys.js")
 
     async def home(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request)
@@ -214,15 +220,20 @@ class AccountSite:
     def _signed_in(
         self, request: web.Request, token: str, row: WebSession, next_path: str
     ) -> web.StreamResponse:
-        user_id = row.user_id
-        log.info("account.signin", extra={"user": user_id, "ip": request.remote})
         response = redirect(next_path)
+        self.start_session(request, response, token, row.user_id)
+        return response
+
+    def start_session(
+        self, request: web.Request, response: web.StreamResponse, token: str, user_id: int
+    ) -> None:
+        """Hand a new account session to the browser (and end a pending sign-in)."""
+        log.info("account.signin", extra={"user": user_id, "ip": request.remote})
         response.set_cookie(
             ACCOUNT_COOKIE, token, path="/", secure=True, httponly=True, samesite="Lax"
         )
         response.del_cookie(PENDING_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
         self.pages.secure(response)
-        return response
 
     # ------------------------------------------------------- second factor
 
@@ -232,13 +243,15 @@ class AccountSite:
         return None if pending is None else (token, pending)
 
     async def totp_form(self, request: web.Request) -> web.StreamResponse:
-        if await self._pending(request) is None:
+        found = await self._pending(request)
+        if found is None:
             return redirect("/signin")
         return self.pages.render(
             "totp.html",
             title="Two-step verification",
             recovery=request.query.get("recovery") == "1",
             error=None,
+            passkey=await self.accounts.passkeys.count(found[1].user_id) > 0,
         )
 
     async def totp_signin(self, request: web.Request) -> web.StreamResponse:
@@ -272,6 +285,7 @@ class AccountSite:
                 title="Two-step verification",
                 recovery=bool(recovery_code),
                 error=error,
+                passkey=await self.accounts.passkeys.count(pending.user_id) > 0,
             )
             if outcome.wait > 0:
                 response.headers["Retry-After"] = retry_after(outcome.wait)
@@ -317,6 +331,7 @@ class AccountSite:
             enrolment=enrolment,
             recovery_codes=recovery_codes or [],
             codes_left=await totp.recovery_codes_left(user[0]) if enabled else 0,
+            passkeys=await self.accounts.passkeys.list(user[0]),
         )
 
     async def totp_start(self, request: web.Request) -> web.StreamResponse:

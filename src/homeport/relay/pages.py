@@ -47,7 +47,9 @@ class Pages:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.css = resources.files("homeport.relay").joinpath("static/homeport.css").read_bytes()
+        static = resources.files("homeport.relay").joinpath("static")
+        self.css = static.joinpath("homeport.css").read_bytes()
+        self._scripts = {"passkeys.js": static.joinpath("passkeys.js").read_bytes()}
 
     def render(
         self,
@@ -91,6 +93,15 @@ class Pages:
 
     def stylesheet(self) -> web.Response:
         response = web.Response(body=self.css, content_type="text/css", charset="utf-8")
+        self.secure(response)
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
+
+    def script(self, name: str) -> web.Response:
+        """One of our own scripts (the only script any relay page loads)."""
+        response = web.Response(
+            body=self._scripts[name], content_type="text/javascript", charset="utf-8"
+        )
         self.secure(response)
         response.headers["Cache-Control"] = "public, max-age=3600"
         return response

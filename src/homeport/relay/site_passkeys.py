@@ -1,0 +1,247 @@
+"""Passkey pages of the account site: add and remove passkeys, sign in with one.
+
+The ceremonies run in the browser (``static/passkeys.js``, served from our own
+origin under ``script-src 'self'``) and are checked by
+:class:`homeport.accounts.passkeys.Passkeys`. Threats handled here, on top of
+what that module stops:
+
+* **Cross-site requests.** Every endpoint is a POST with ``Origin`` equal to the
+  account site (the same CSRF check as every other form) and a JSON body, which
+  a cross-site HTML form cannot send.
+* **A stolen account session adding its own passkey** (persistence after a
+  session theft): adding one needs the account password again, checked and
+  throttled exactly like a sign-in.
+* **Ceremony fixation.** The challenge is bound to a ``__Host-`` cookie set by
+  the options call, so a response only finishes the ceremony of the browser
+  that started it.
+* **Skipping the second step.** A passkey finishes a pending password sign-in
+  only for the account whose password was proven (the pending cookie), and the
+  pending sign-in is used up at once; a passwordless sign-in needs user
+  verification on the device, so it is two factors by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from homeport.accounts.errors import InvalidEmail
+from homeport.accounts.passkeys import (
+    CEREMONY_LIFETIME,
+    MAX_RESPONSE,
+    PasskeyError,
+    Passkeys,
+    RelyingParty,
+    credential_json,
+)
+from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
+from homeport.relay.tenant import redirect, safe_next
+
+if TYPE_CHECKING:
+    from homeport.relay.account_site import AccountSite
+
+log = logging.getLogger(__name__)
+
+CEREMONY_COOKIE = "__Host-homeport_webauthn"
+
+
+def _json(data: dict[str, Any], *, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+class PasskeyRoutes:
+    """Registers the passkey endpoints on the account site's router."""
+
+    def __init__(self, site: AccountSite) -> None:
+        self.site = site
+        config = site.config
+        self.rp = RelyingParty(
+            id=config.account_host, name="Homeport", origin=config.account_origin
+        )
+        add = site.router.add_route
+        add("POST", "/security/passkeys/options", self.register_options)
+        add("POST", "/security/passkeys/register", self.register)
+        add("POST", "/security/passkeys/delete", self.delete)
+        add("POST", "/signin/passkey/options", self.signin_options)
+        add("POST", "/signin/passkey", self.signin)
+
+    @property
+    def passkeys(self) -> Passkeys:
+        return self.site.accounts.passkeys
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The JSON body of a same-origin POST, or the error response to send."""
+        if not self.site._same_origin(request):
+            return _json({"error": "Cross-site request refused."}, status=403)
+        if request.content_type != "application/json":
+            return _json({"error": "Expected JSON."}, status=415)
+        if (request.content_length or 0) > MAX_RESPONSE:
+            return _json({"error": "The request is too large."}, status=413)
+        try:
+            raw = await request.content.read(MAX_RESPONSE + 1)
+            body = json.loads(raw) if len(raw) <= MAX_RESPONSE else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _json({"error": "The request is not valid."}, status=400)
+        return body
+
+    async def _options(self, started: Awaitable[tuple[str, str]]) -> web.Response:
+        """Answer a ceremony's options and bind it to this browser with the cookie."""
+        try:
+            token, options = await started
+        except PasskeyError as exc:
+            return _json({"error": str(exc)}, status=409)
+        response = _json({"options": json.loads(options)})
+        response.set_cookie(
+            CEREMONY_COOKIE,
+            token,
+            path="/",
+            max_age=int(CEREMONY_LIFETIME.total_seconds()),
+            secure=True,
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
+
+    def _end_ceremony(self, response: web.StreamResponse) -> None:
+        response.del_cookie(
+            CEREMONY_COOKIE, path="/", secure=True, httponly=True, samesite="Strict"
+        )
+
+    async def _check_password(
+        self, request: web.Request, email: str, password: str
+    ) -> tuple[bool, float]:
+        """The account password, checked and throttled like a sign-in: (right, wait)."""
+        keys = signin_keys(email, request.remote)
+        wait = await self.site.accounts.throttle.attempt(keys)
+        if wait > 0:
+            return False, wait
+        try:
+            user = await self.site.accounts.authenticate(email, password)
+        except (InvalidEmail, ValueError):
+            user = None
+        if user is None:
+            return False, 0.0
+        net = network_key(request.remote)
+        await self.site.accounts.throttle.succeeded(
+            clear=[f"pw:pair:{account_key(email)}:{net}", f"pw:acct:{account_key(email)}"],
+            refund=[f"pw:net:{net}"],
+        )
+        return True, 0.0
+
+    # ---------------------------------------------------------- registration
+
+    async def register_options(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        user = await self.site._user(request)
+        if user is None:
+            return _json({"error": "Sign in first."}, status=401)
+        right, wait = await self._check_password(request, user[1], str(body.get("password", "")))
+        if wait > 0:
+            response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
+            response.headers["Retry-After"] = retry_after(wait)
+            return response
+        if not right:
+            log.warning("passkey.register_password_wrong", extra={"user": user[0]})
+            return _json({"error": "That password is not right."}, status=401)
+        return await self._options(
+            self.passkeys.registration_options(self.rp, user[0], user[1], str(body.get("name", "")))
+        )
+
+    async def register(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        user = await self.site._user(request)
+        if user is None:
+            return _json({"error": "Sign in first."}, status=401)
+        try:
+            await self.passkeys.register(
+                self.rp, user[0], request.cookies.get(CEREMONY_COOKIE, ""), credential_json(body)
+            )
+        except PasskeyError as exc:
+            response = _json({"error": str(exc)}, status=400)
+        else:
+            response = _json({"redirect": "/security"})
+        self._end_ceremony(response)
+        return response
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        if not self.site._same_origin(request):
+            return self.site.pages.message("Not allowed", "Cross-site request refused.", status=403)
+        user = await self.site._user(request)
+        if user is None:
+            return redirect("/signin")
+        form = await request.post()
+        try:
+            passkey_id = int(str(form.get("id", "")))
+        except ValueError:
+            passkey_id = -1
+        if await self.passkeys.delete(user[0], passkey_id):
+            log.info("passkey.deleted", extra={"user": user[0]})
+        return redirect("/security")
+
+    # ----------------------------------------------------------------- sign-in
+
+    async def signin_options(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        pending = await self.site._pending(request)
+        return await self._options(
+            self.passkeys.authentication_options(
+                self.rp, user_id=None if pending is None else pending[1].user_id
+            )
+        )
+
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        pending = await self.site._pending(request)
+        try:
+            credential = credential_json(body)
+        except PasskeyError as exc:
+            return _json({"error": str(exc)}, status=400)
+        outcome = await self.passkeys.authenticate(
+            self.rp,
+            request.cookies.get(CEREMONY_COOKIE, ""),
+            credential,
+            user_id=None if pending is None else pending[1].user_id,
+            ip=request.remote,
+        )
+        if outcome.user_id is None:
+            if outcome.wait > 0:
+                response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
+                response.headers["Retry-After"] = retry_after(outcome.wait)
+            else:
+                response = _json(
+                    {"error": "That passkey did not work here. Try again."}, status=401
+                )
+            self._end_ceremony(response)
+            return response
+        next_path = safe_next(str(body.get("next", "/")))
+        if pending is not None:
+            # The second step of a password sign-in: use the pending sign-in up, once.
+            if not await self.site.accounts.totp.finish_pending(pending[0]):
+                return _json({"error": "This sign-in has expired. Start again."}, status=401)
+            next_path = pending[1].next_path
+        token, row = await self.site.accounts.create_session(
+            outcome.user_id,
+            "account",
+            user_agent=request.headers.get("User-Agent", ""),
+            ip=request.remote or "",
+        )
+        response = _json({"redirect": next_path})
+        self.site.start_session(request, response, token, row.user_id)
+        self._end_ceremony(response)
+        return response
