@@ -6,22 +6,15 @@ database on every request would dominate the relay's added latency, so valid
 answers are cached for a few seconds; revocations made in this process drop
 the cache at once, and the short TTL bounds how long a revocation made
 elsewhere can lag.
-
-The gate also knows which tunnel streams each session has open, so that
-ending a session (sign-out, revocation) cuts its open downloads and
-WebSockets at once instead of letting them run on with a dead session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-import weakref
 from collections import OrderedDict
 
 from homeport.accounts.service import Accounts
-from homeport.protocol.errors import ErrorCode
-from homeport.tunnel.stream import Stream
 
 CACHE_TTL = 5.0
 CACHE_SIZE = 20_000
@@ -33,23 +26,6 @@ class SessionGate:
         self._ttl = ttl
         # sha256(token) + instance -> (user id, session id, valid until)
         self._cache: OrderedDict[tuple[bytes, str], tuple[int, int, float]] = OrderedDict()
-        # session id -> (user id, its open streams); finished streams drop out by themselves.
-        self._live: dict[int, tuple[int, weakref.WeakSet[Stream]]] = {}
-
-    def track(self, user_id: int, session_id: int, stream: Stream) -> None:
-        """Remember that ``stream`` was opened under this session."""
-        entry = self._live.get(session_id)
-        if entry is None:
-            if len(self._live) >= CACHE_SIZE:
-                for sid in [sid for sid, (_, streams) in self._live.items() if not streams]:
-                    del self._live[sid]
-            entry = self._live[session_id] = (user_id, weakref.WeakSet())
-        entry[1].add(stream)
-
-    def _cut(self, session_id: int) -> None:
-        _, streams = self._live.pop(session_id, (0, weakref.WeakSet()))
-        for stream in list(streams):
-            stream.reset(ErrorCode.SESSION_REVOKED, "session ended")
 
     async def tenant_user(self, token: str | None, instance_id: str) -> tuple[int, int] | None:
         """(user id, session id) if ``token`` opens ``instance_id`` now, else None."""
@@ -71,14 +47,9 @@ class SessionGate:
         return info.user_id, info.session_id
 
     def forget_session(self, session_id: int) -> None:
-        """The session ended: no cached answer for it, and its open streams are cut."""
         for key in [k for k, v in self._cache.items() if v[1] == session_id]:
             del self._cache[key]
-        self._cut(session_id)
 
     def forget_user(self, user_id: int) -> None:
-        """Every session of the account ended (password change, account disabled)."""
         for key in [k for k, v in self._cache.items() if v[0] == user_id]:
             del self._cache[key]
-        for session_id in [sid for sid, (uid, _) in self._live.items() if uid == user_id]:
-            self._cut(session_id)

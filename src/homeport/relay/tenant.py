@@ -16,7 +16,6 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
@@ -92,8 +91,8 @@ class TenantProxy:
                 tenant=True,
             )
         if _is_websocket(request):
-            return await self._websocket(request, instance_id, tunnel, access)
-        return await self._http(request, instance_id, tunnel, access)
+            return await self._websocket(request, instance_id, tunnel)
+        return await self._http(request, instance_id, tunnel)
 
     # ------------------------------------------------------------ the gate
 
@@ -192,17 +191,12 @@ class TenantProxy:
         return RequestHead(request.method, request.raw_path, headers, priority)
 
     async def _http(
-        self,
-        request: web.Request,
-        instance_id: str,
-        tunnel: TunnelSession,
-        access: tuple[int, int],
+        self, request: web.Request, instance_id: str, tunnel: TunnelSession
     ) -> web.StreamResponse:
         started = time.monotonic()
         try:
             head = self._head(request, instance_id, websocket=False)
             stream = tunnel.open_stream(head, websocket=False, end_stream=not request.body_exists)
-            self.gate.track(*access, stream)
         except StreamClosed as exc:
             return self._tunnel_error(exc)
         except ValueError:
@@ -259,15 +253,6 @@ class TenantProxy:
             )
 
     def _tunnel_error(self, exc: StreamClosed) -> web.Response:
-        if exc.code is ErrorCode.SESSION_REVOKED:
-            return self.pages.message(
-                "Signed out",
-                "Your session ended. Sign in again to open this home.",
-                status=401,
-                tenant=True,
-                link="/",
-                link_text="Sign in",
-            )
         if exc.code in (ErrorCode.UPSTREAM_UNAVAILABLE,):
             return self.pages.message(
                 "Home Assistant is not answering",
@@ -301,11 +286,7 @@ class TenantProxy:
     # ------------------------------------------------------ proxy: WebSocket
 
     async def _websocket(
-        self,
-        request: web.Request,
-        instance_id: str,
-        tunnel: TunnelSession,
-        access: tuple[int, int],
+        self, request: web.Request, instance_id: str, tunnel: TunnelSession
     ) -> web.StreamResponse:
         """Proxy a WebSocket; a foreign ``Origin`` is refused (cross-site WebSocket hijacking)."""
         origin = request.headers.get("Origin")
@@ -316,7 +297,6 @@ class TenantProxy:
             stream = tunnel.open_stream(
                 self._head(request, instance_id, websocket=True), websocket=True, end_stream=False
             )
-            self.gate.track(*access, stream)
             async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                 head_in = await stream.response
         except StreamClosed as exc:
@@ -373,8 +353,8 @@ async def _browser_to_tunnel(ws: web.WebSocketResponse, stream: Stream) -> None:
                 await stream.send_ws(msg.data, text=False)
         code = ws.close_code or 1000
         stream.close_ws(code if code not in (1005, 1006) else 1000, "")
-    except StreamClosed as exc:
-        await ws.close(**_close_for(exc))
+    except StreamClosed:
+        await ws.close(code=1011, message=b"home connection lost")
 
 
 async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
@@ -388,15 +368,8 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
                 await ws.send_str(item.data.decode("utf-8", "replace"))
             else:
                 await ws.send_bytes(item.data)
-    except StreamClosed as exc:
-        await ws.close(**_close_for(exc))
-
-
-def _close_for(exc: StreamClosed) -> dict[str, Any]:
-    """The WebSocket close a browser sees when its stream ends abnormally."""
-    if exc.code is ErrorCode.SESSION_REVOKED:
-        return {"code": 1008, "message": b"signed out"}  # policy: the session ended
-    return {"code": 1011, "message": b"home connection lost"}
+    except StreamClosed:
+        await ws.close(code=1011, message=b"home connection lost")
 
 
 def _is_websocket(request: web.Request) -> bool:
