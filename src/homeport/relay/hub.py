@@ -172,12 +172,13 @@ class TunnelHub:
         Its open streams end with the tunnel; when the add-on dials again its
         key is unknown, so it gets a link code and no tunnel.
         """
-        sessions = [s for s in self._sessions if self.tunnels.get(instance_id) is s]
-        for session in sessions:
-            await session.close(reason)
-        if sessions:
-            log.info("hub.tunnel_closed", extra={"instance": instance_id, "reason": reason})
-        return bool(sessions)
+        # Out of the routing table first, so no new request enters it meanwhile.
+        session = self.tunnels.pop(instance_id, None)
+        if session is None:
+            return False
+        await session.close(reason)
+        log.info("hub.tunnel_closed", extra={"instance": instance_id, "reason": reason})
+        return True
 
     async def shutdown(self) -> None:
         """Graceful restart: GOAWAY to every add-on, let streams finish, close."""

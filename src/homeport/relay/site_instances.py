@@ -129,9 +129,13 @@ class InstancePages:
         form = await request.post()
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
-    @staticmethod
-    def _int(request: web.Request, name: str) -> int:
-        text = request.match_info.get(name, "")
+    async def _param(self, request: web.Request, name: str) -> str:
+        """A path parameter (the account site resolves routes on its own router)."""
+        match = await self.site.router.resolve(request)
+        return str(match.get(name, ""))
+
+    async def _int(self, request: web.Request, name: str) -> int:
+        text = await self._param(request, name)
         return int(text) if text.isdigit() and len(text) < 12 else -1
 
     def _back(self, instance_id: str, note: str = "") -> web.Response:
@@ -268,13 +272,13 @@ class InstancePages:
             "policy": "Saved.",
         }
         note = notes.get(request.query.get("done", ""))
-        return await self._page(session, request.match_info["id"], note=note)
+        return await self._page(session, await self._param(request, "id"), note=note)
 
     async def rename(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         form = await self._form(request)
         try:
             await self.sharing.rename(session.user_id, instance_id, form.get("name", "")[:200])
@@ -288,7 +292,7 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         form = await self._form(request)
         if form.get("confirm") != "yes":
             return await self._page(
@@ -323,7 +327,7 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         form = await self._form(request)
         days_text = form.get("days", "7")
         days = int(days_text) if days_text.isdigit() else -1
@@ -348,10 +352,10 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         try:
             await self.sharing.revoke_invitation(
-                session.user_id, instance_id, self._int(request, "inv")
+                session.user_id, instance_id, await self._int(request, "inv")
             )
         except UnknownInstance:
             return self._not_found(session)
@@ -361,8 +365,8 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
-        user_id = self._int(request, "uid")
+        instance_id = await self._param(request, "id")
+        user_id = await self._int(request, "uid")
         try:
             await self.sharing.remove_member(session.user_id, instance_id, user_id)
         except UnknownInstance:
@@ -434,7 +438,7 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         form = await self._form(request)
         try:
             label, row = await self.sharing.create_app_link(
@@ -454,8 +458,8 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
-        link_id = self._int(request, "lid")
+        instance_id = await self._param(request, "id")
+        link_id = await self._int(request, "lid")
         try:
             revoked = await self.sharing.revoke_app_link(session.user_id, instance_id, link_id)
         except UnknownInstance:
@@ -471,7 +475,7 @@ class InstancePages:
         session = await self._signed_in(request, post=True)
         if not isinstance(session, SessionInfo):
             return session
-        instance_id = request.match_info["id"]
+        instance_id = await self._param(request, "id")
         form = await self._form(request)
         try:
             ended = await self.sharing.set_require_second_factor(
