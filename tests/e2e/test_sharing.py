@@ -354,7 +354,14 @@ async def test_link_by_code_on_the_web_is_throttled(stack: Stack, tmp_path: Path
             assert status == 403
             wrong = "ZZZZZ-ZZZZZ" if code != "ZZZZZ-ZZZZZ" else "YYYYY-YYYYY"
             answers = [
-                (await post(owner, "/link", {"code": wrong, "name": "Cabin"}))[0] for _ in range(6)
+                (await post(owner, "/link", {"code": wrong, "name": "Cabin"}))[0] for _ in range(4)
+            ]
+            # A bad name is answered without counting, and does not reset the count.
+            status, page, _ = await post(owner, "/link", {"code": wrong, "name": " "})
+            assert status == 400
+            assert "1 to 64" in page
+            answers += [
+                (await post(owner, "/link", {"code": wrong, "name": "Cabin"}))[0] for _ in range(2)
             ]
             assert answers == [400] * 5 + [429]
             # While the delay runs, even the right code is not checked.

@@ -76,6 +76,7 @@ __all__ = [
     "MemberRow",
     "Sharing",
     "WrongAccount",
+    "display_name",
     "is_app_link_label",
     "new_app_link_label",
 ]
@@ -120,7 +121,8 @@ def is_app_link_label(text: str) -> bool:
     return _APP_LINK_LABEL.fullmatch(text) is not None
 
 
-def _display_name(name: str, limit: int) -> str:
+def display_name(name: str, limit: int = 64) -> str:
+    """The clean form of an instance or device name; :class:`ValueError` says what is wrong."""
     clean = unicodedata.normalize("NFKC", name).strip()
     if not clean or len(clean) > limit:
         raise ValueError(f"The name must be 1 to {limit} characters.")
@@ -189,7 +191,7 @@ class Sharing:
 
     async def rename(self, owner_id: int, instance_id: str, name: str) -> str:
         """Rename an instance; the clean name. :class:`ValueError` for a bad one."""
-        clean = _display_name(name, 64)
+        clean = display_name(name, 64)
         async with self._db.session(write=True) as s, s.begin():
             instance = await self._owned(s, owner_id, instance_id)
             instance.name = clean
@@ -399,7 +401,7 @@ class Sharing:
         self, owner_id: int, instance_id: str, name: str
     ) -> tuple[str, AppLink]:
         """A new app link: ``(host label, row)``; the label is returned once, never stored."""
-        clean = _display_name(name, APP_LINK_NAME_MAX)
+        clean = display_name(name, APP_LINK_NAME_MAX)
         now = self._now()
         label = new_app_link_label()
         async with self._db.session(write=True) as s, s.begin():

@@ -42,7 +42,7 @@ from homeport.accounts.errors import (
     UnknownUser,
 )
 from homeport.accounts.service import SessionInfo
-from homeport.accounts.sharing import InvitationInvalid, WrongAccount
+from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
 from homeport.relay.tenant import redirect
 
@@ -230,7 +230,12 @@ class InstancePages:
         if not isinstance(session, SessionInfo):
             return session
         form = await self._form(request)
-        name = form.get("name", "")[:200] or "Home"
+        name = form.get("name", "")[:200]
+        try:
+            # Before the throttle: a bad name is not a guess, and must not reset the counter.
+            name = display_name(name)
+        except ValueError as exc:
+            return self._link_page(session, status=400, name=name, error=str(exc))
         acct_key = f"linkweb:acct:{session.user_id}"
         net_key = f"linkweb:net:{network_key(request.remote)}"
         throttle = self.accounts.throttle
@@ -250,8 +255,10 @@ class InstancePages:
         except LinkCodeInvalid as exc:
             log.warning("account.link_failed", extra={"user": session.user_id})
             return self._link_page(session, status=400, name=name, error=str(exc))
-        except (AlreadyLinked, UnknownUser, ValueError) as exc:
+        except AlreadyLinked as exc:  # the code was real: that proves it was no guess
             await throttle.succeeded(clear=[acct_key], refund=[net_key])
+            return self._link_page(session, status=400, name=name, error=str(exc))
+        except (UnknownUser, ValueError) as exc:
             return self._link_page(session, status=400, name=name, error=str(exc))
         await throttle.succeeded(clear=[acct_key], refund=[net_key])
         log.info("account.linked", extra={"user": session.user_id, "instance": instance.id})
