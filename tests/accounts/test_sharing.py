@@ -86,6 +86,21 @@ async def test_unlink_retires_the_name(
     assert again == fresh
 
 
+async def test_members_leave_owners_cannot(accounts: Accounts, alice: User, bob: User) -> None:
+    home = await link(accounts, alice)
+    await accounts.add_member(home, bob.id)
+    token, _ = await accounts.create_session(
+        alice, "tenant", instance_id=home, user_agent=UA, ip=IP
+    )
+    assert not await accounts.sharing.leave(alice.id, home)
+    # The owner's attempt ended nothing.
+    assert await accounts.resolve_session(token, kind="tenant", instance_id=home) is not None
+    assert await accounts.sharing.leave(bob.id, home)
+    assert not await accounts.can_access(bob.id, home)
+    assert not await accounts.sharing.leave(bob.id, home)
+    assert not await accounts.sharing.leave(bob.id, "not-an-id")
+
+
 # ---------------------------------------------------------------- invitations
 
 

@@ -214,6 +214,45 @@ async def test_invitation_for_someone_else_is_refused(stack: Stack) -> None:
     )
 
 
+async def test_member_leaves_a_shared_home(stack: Stack) -> None:
+    accounts = stack.relay.accounts
+    bob = await accounts.create_user(BOB, PASSWORD)
+    await accounts.add_member(stack.instance_id, bob.id)
+    async with as_person(stack, BOB) as guest:
+        assert (await guest.sign_in("/")).status == 200
+        ws = await guest.session.ws_connect(
+            stack.tenant_origin.replace("https://", "wss://") + "/ws/echo",
+            origin=stack.tenant_origin,
+        )
+        status, page = await get(guest, stack.account_origin + "/")
+        assert "shared by owner@example.com" in page
+        assert f"/instances/{stack.instance_id}/leave" in page
+        # A member cannot manage the home: the same 404 as for a home that does not exist.
+        status, _ = await get(guest, f"{stack.account_origin}/instances/{stack.instance_id}")
+        assert status == 404
+        status, _, _ = await post(guest, f"/instances/{stack.instance_id}/rename", {"name": "x"})
+        assert status == 404
+        status, _, _ = await post(
+            guest, f"/instances/{stack.instance_id}/leave", origin=stack.tenant_origin
+        )
+        assert status == 403
+        status, _, location = await post(guest, f"/instances/{stack.instance_id}/leave")
+        assert (status, location) == (303, "/")
+        assert await closed_within(ws, 10) == 1008
+        await ws.close()
+        async with guest.request("GET", stack.tenant_origin + "/") as r:
+            assert r.status == 401
+        status, page = await get(guest, stack.account_origin + "/")
+        assert "shared by" not in page
+        # Leaving twice, or a home one never had, is the same 404.
+        status, _, _ = await post(guest, f"/instances/{stack.instance_id}/leave")
+        assert status == 404
+    assert await accounts.can_access(
+        (await accounts.get_user_by_email(stack.email)).id,  # type: ignore[union-attr]
+        stack.instance_id,
+    )
+
+
 # ---------------------------------------------------------------- app links
 
 

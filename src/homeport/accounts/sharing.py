@@ -231,6 +231,15 @@ class Sharing:
         await self.owned_instance(owner_id, instance_id)
         return await self._accounts.remove_member(instance_id, user_id)
 
+    async def leave(self, user_id: int, instance_id: str) -> bool:
+        """A member gives up their access (and sessions) to a home shared with them."""
+        if not is_instance_id(instance_id):
+            return False
+        async with self._db.session() as s:
+            if await s.get(InstanceMember, (user_id, instance_id)) is None:
+                return False  # the owner, or no access: nothing to leave, nothing ended
+        return await self._accounts.remove_member(instance_id, user_id)
+
     # ----------------------------------------------------------- invitations
 
     async def invite(

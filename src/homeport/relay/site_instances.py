@@ -94,6 +94,7 @@ class InstancePages:
         add("POST", "/instances/{id}/invitations", self.invite)
         add("POST", "/instances/{id}/invitations/{inv}/revoke", self.revoke_invitation)
         add("POST", "/instances/{id}/members/{uid}/remove", self.remove_member)
+        add("POST", "/instances/{id}/leave", self.leave)
         add("POST", "/instances/{id}/app-links", self.create_app_link)
         add("POST", "/instances/{id}/app-links/{lid}/revoke", self.revoke_app_link)
         add("POST", "/instances/{id}/second-factor", self.second_factor)
@@ -383,6 +384,18 @@ class InstancePages:
         self.live.close(instance_id, user_id=user_id)
         log.info("account.member_removed", extra={"user": session.user_id, "member": user_id})
         return self._back(instance_id, "member-removed")
+
+    async def leave(self, request: web.Request) -> web.StreamResponse:
+        session = await self._signed_in(request, post=True)
+        if not isinstance(session, SessionInfo):
+            return session
+        instance_id = await self._param(request, "id")
+        if not await self.sharing.leave(session.user_id, instance_id):
+            return self._not_found(session)
+        self.site.gate.forget_user(session.user_id)
+        self.live.close(instance_id, user_id=session.user_id)
+        log.info("account.left_home", extra={"user": session.user_id, "instance": instance_id})
+        return redirect("/")
 
     async def accept_form(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request, post=False)
