@@ -79,6 +79,7 @@ class TenantProxy:
         self.pages = pages
         #: Open streams by who opened them, so withdrawn access ends them at once.
         self.live = live or LiveStreams()
+        self._closing: set[asyncio.Future[bool]] = set()
 
     async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
         if request.raw_path.startswith(RESERVED_PREFIX):
@@ -372,7 +373,9 @@ class TenantProxy:
 
         def withdraw() -> None:
             # Close with "policy violation" first, then cut the tunnel stream.
-            asyncio.ensure_future(ws.close(code=1008, message=b"access withdrawn"))  # noqa: RUF006
+            closing = asyncio.ensure_future(ws.close(code=1008, message=b"access withdrawn"))
+            self._closing.add(closing)  # keep a reference until it is done
+            closing.add_done_callback(self._closing.discard)
             stream.reset(ErrorCode.CANCEL, "access withdrawn")
 
         live = self.live.add(instance_id, principal, withdraw)
