@@ -75,6 +75,15 @@ async def test_owner_renames_the_home_and_creates_an_app_link(
         await expect(page.get_by_text("Anna's phone")).to_be_visible()
         assert url not in await page.content()
 
+        # On a phone-sized screen nothing needs sideways scrolling.
+        await page.set_viewport_size({"width": 360, "height": 740})
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        wide = await page.evaluate(
+            "[...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > 360)"
+            ".map(e => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)"
+        )
+        assert width <= 360, (width, wide)
+
     # The app link opens the home in a browser that never signed in to Homeport.
     async with chromium.person() as device:
         await device.page.goto(url + "/")
