@@ -354,3 +354,23 @@ async def test_tenant_session_inherits_second_factor(accounts: Accounts, alice: 
         alice, "tenant", instance_id=home, user_agent=UA, ip=IP, second_factor=True
     )
     assert direct.second_factor is False
+
+
+async def test_no_token_or_label_in_logs(
+    accounts: Accounts, alice: User, bob: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Our own loggers (the relay keeps the database drivers' at WARNING: they print values).
+    caplog.set_level("DEBUG", logger="homeport")
+    home = await link(accounts, alice)
+    token, _ = await accounts.sharing.invite(alice.id, home, bob.email, lifetime=None)
+    await accounts.sharing.invitation(token)
+    await accounts.sharing.accept(token, bob.id)
+    label, row = await accounts.sharing.create_app_link(alice.id, home, "phone")
+    await accounts.sharing.resolve_app_link(label)
+    await accounts.sharing.touch_app_link(row.id)
+    await accounts.sharing.revoke_app_link(alice.id, home, row.id)
+    assert "invitation" in caplog.text
+    assert "app link" in caplog.text
+    assert token not in caplog.text
+    assert label not in caplog.text
+    assert bob.email not in caplog.text  # ids only
