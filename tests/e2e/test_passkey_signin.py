@@ -100,6 +100,11 @@ async def test_passwordless_sign_in_opens_the_home(stack: Stack) -> None:
         status, body = await _passkey_sign_in(browser, stack, auth, "/")
         assert (status, body) == (200, {"redirect": "/"})
         assert _cookie(browser, ACCOUNT_COOKIE)
+        # The session counts as a second-factor one (owners may require that).
+        user = await stack.relay.accounts.get_user_by_email(stack.email)
+        assert user is not None
+        latest = max(await stack.relay.accounts.list_sessions(user.id), key=lambda r: r.id)
+        assert (latest.kind, latest.second_factor) == ("account", True)
         # With that account session the tenant walk needs no password at all.
         async with browser.request("GET", stack.account_origin + "/") as r:
             assert r.status == 200

@@ -36,21 +36,26 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AppLink",
     "Base",
     "HandoffCode",
     "Instance",
     "InstanceMember",
+    "InstancePolicy",
+    "Invitation",
     "LinkCode",
     "PasskeyChallenge",
     "PasskeyCredential",
     "PasskeyUser",
     "PendingLogin",
     "RecoveryCode",
+    "RetiredInstance",
     "ThrottleEntry",
     "TotpCredential",
     "UTCDateTime",
@@ -222,6 +227,9 @@ class WebSession(Base):
     #: signing out of the account site ends it too. No foreign key: a purged
     #: parent leaves a harmless dangling number.
     parent_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    #: Whether the sign-in behind this session passed a second factor (for a
+    #: tenant session: the account session it was handed off from).
+    second_factor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def __repr__(self) -> str:  # never include the token hash
         return (
@@ -334,6 +342,80 @@ class PendingLogin(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# ------------------------------------------------------------- sharing (issue 3)
+# Invitations, app links, per-instance policy and retired tenant names; the rules
+# live in :mod:`homeport.accounts.sharing`.
+
+APP_LINK_NAME_MAX = 64
+
+
+class Invitation(Base):
+    """An owner's invitation of a person (by email address) to one instance.
+
+    ``token_hash`` is the SHA-256 of the 256-bit accept token; the token itself is
+    shown to the owner once, in the accept link. Pending while ``accepted_at`` and
+    ``revoked_at`` are both ``None`` and ``expires_at`` (if any) is in the future.
+    """
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    invited_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    accepted_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+
+
+class AppLink(Base):
+    """A companion-app link: host ``<label>.<tenant-domain>`` that opens one instance.
+
+    Only ``label_hash`` (SHA-256 of the 160-bit random label) is stored, so the
+    database does not hand out working links; the host is found by its hash.
+    """
+
+    __tablename__ = "app_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    label_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    name: Mapped[str] = mapped_column(String(APP_LINK_NAME_MAX))
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class InstancePolicy(Base):
+    """Owner settings of an instance that change who may open it."""
+
+    __tablename__ = "instance_policies"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    require_second_factor: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RetiredInstance(Base):
+    """The id (tenant host label) of an unlinked instance: never issued again (R-MT-13)."""
+
+    __tablename__ = "retired_instances"
+
+    id: Mapped[str] = mapped_column(String(INSTANCE_ID_LEN), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 # WebAuthn limits: credential ids are at most 1023 bytes (WebAuthn L3 §5.8.3 note);

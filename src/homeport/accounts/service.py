@@ -87,6 +87,7 @@ from homeport.accounts.models import (
     LinkCode,
     PasskeyChallenge,
     PendingLogin,
+    RetiredInstance,
     ThrottleEntry,
     User,
     WebSession,
@@ -100,6 +101,7 @@ from homeport.accounts.passwords import (
     verify_password_async,
 )
 from homeport.accounts.secretbox import SecretBox
+from homeport.accounts.sharing import Sharing
 from homeport.accounts.throttle import PRUNE_AFTER, Throttle
 from homeport.accounts.totp import Totp
 
@@ -198,6 +200,8 @@ class Accounts:
         self.totp = Totp(db, secret_box, self.throttle, now=self._now)
         #: Passkeys (WebAuthn): second factor and passwordless sign-in.
         self.passkeys = Passkeys(db, self.throttle, now=self._now)
+        #: Owner actions: invitations, app links, the second-factor policy.
+        self.sharing = Sharing(db, self, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -363,6 +367,7 @@ class Accounts:
         user_agent: str,
         ip: str,
         handoff_code: str | None = None,
+        second_factor: bool = False,
     ) -> tuple[str, WebSession]:
         """Start a session and return ``(token, row)``; the token is never stored.
 
@@ -377,7 +382,10 @@ class Accounts:
 
         ``handoff_code``: the (already redeemed) hand-off code a tenant session
         is created from; the session then remembers the account session that
-        issued the code, so signing out there ends this session too.
+        issued the code, so signing out there ends this session too, and
+        inherits whether that sign-in used a second factor.
+
+        ``second_factor``: the sign-in behind this account session passed one.
         """
         if kind not in _KINDS:
             raise ValueError(f"unknown session kind {kind!r}")
@@ -399,6 +407,7 @@ class Accounts:
             revoked_at=None,
             user_agent=_clean_text(user_agent, USER_AGENT_MAX),
             ip=_clean_text(ip, IP_MAX),
+            second_factor=second_factor and kind == "account",
         )
         async with self._db.session(write=True) as s, s.begin():
             disabled = await s.scalar(select(User.disabled).where(User.id == user_id))
@@ -415,6 +424,14 @@ class Accounts:
                         HandoffCode.used_at.is_not(None),
                     )
                 )
+                if row.parent_session_id is not None:
+                    row.second_factor = bool(
+                        await s.scalar(
+                            select(WebSession.second_factor).where(
+                                WebSession.id == row.parent_session_id
+                            )
+                        )
+                    )
             s.add(row)
         _log.info(
             "session %d created: user %d, %s%s",
@@ -793,8 +810,11 @@ class Accounts:
                 )
                 if await s.scalar(select(Instance.id).where(Instance.addon_public_key == key)):
                     raise AlreadyLinked("This add-on is already linked.")
+                instance_id = new_instance_id()
+                while await s.get(RetiredInstance, instance_id) is not None:
+                    instance_id = new_instance_id()  # R-MT-13: an old home's name never returns
                 instance = Instance(
-                    id=new_instance_id(),
+                    id=instance_id,
                     owner_id=owner.id,
                     name=clean_name,
                     addon_public_key=key,
@@ -880,7 +900,9 @@ class Accounts:
         """Delete an instance with its members, sessions and hand-off codes.
 
         The add-on key is free to be linked again with a new code. The
-        tunnel hub must also drop a live tunnel for this key.
+        tunnel hub must also drop a live tunnel for this key. The id is
+        retired: no later instance gets it (R-MT-13), so an old tenant host,
+        bookmarked or cached, never opens someone else's home.
         """
         async with self._db.session(write=True) as s, s.begin():
             instance = await s.get(Instance, instance_id)
@@ -894,6 +916,8 @@ class Accounts:
             await s.execute(delete(WebSession).where(WebSession.instance_id == instance_id))
             await s.execute(delete(HandoffCode).where(HandoffCode.instance_id == instance_id))
             await s.execute(delete(InstanceMember).where(InstanceMember.instance_id == instance_id))
+            await self.sharing.delete_instance_rows(s, instance_id)
+            s.add(RetiredInstance(id=instance_id, retired_at=self._now()))
             await s.delete(instance)
         _log.info("instance %s unlinked", instance_id)
         return True

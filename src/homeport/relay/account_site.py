@@ -130,6 +130,9 @@ class AccountSite:
                 "name": inst.name,
                 "url": self.config.tenant_origin(inst.id),
                 "connected": self.hub.tunnel_for(inst.id) is not None,
+                "id": inst.id,
+                "owned": inst.owner_id == user[0],
+                "owner_email": inst.owner_email,
             }
             for inst in await self.accounts.list_instances(user_id=user[0])
         ]
@@ -297,6 +300,7 @@ class AccountSite:
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
+            second_factor=True,
         )
         return self._signed_in(request, *token_row, pending.next_path)
 
@@ -407,6 +411,19 @@ class AccountSite:
                 "This home does not exist, or your account has no access to it.",
                 status=404,
                 user_email=user[1],
+            )
+        if not await self.accounts.sharing.second_factor_ok(
+            user[0], instance_id, session.session_id
+        ):
+            # The owner requires two-step verification for everyone who opens this home.
+            return self.pages.message(
+                "Two-step verification required",
+                "The owner of this home requires two-step verification. Turn it on for "
+                "your account under Security, then sign out and sign in again with a code.",
+                status=403,
+                user_email=user[1],
+                link="/security",
+                link_text="Security settings",
             )
         code = await self.accounts.create_handoff(
             user[0], instance_id, state, session_id=session.session_id

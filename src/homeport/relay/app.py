@@ -21,13 +21,17 @@ from homeport.accounts.db import Database, default_sqlite_url
 from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
+from homeport.accounts.sharing import is_app_link_label
 from homeport.keys import load_or_create_private_key
 from homeport.relay.account_site import AccountSite
+from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
+from homeport.relay.live_streams import LiveStreams
 from homeport.relay.pages import HSTS, Pages
+from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
 from homeport.tls.context import local_certificate_sha256, requested_server_name, server_context
 from homeport.tls.devca import ensure_dev_ca
@@ -87,7 +91,12 @@ class Relay:
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
-        self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        self.live = LiveStreams()
+        self.app_links = AppLinkGate(self.accounts.sharing)
+        self.tenants = TenantProxy(
+            config, self.accounts, self.hub, self.gate, self.pages, live=self.live
+        )
+        InstancePages(self.account_site, self.live, self.app_links).register()
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
@@ -118,6 +127,11 @@ class Relay:
             label = host[: -len(self._tenant_suffix)]
             if is_instance_id(label):
                 return await self.tenants.handle(request, label)
+            if is_app_link_label(label):
+                # An unknown or revoked app link falls through to the unknown-host answer.
+                access = await self.app_links.resolve(label)
+                if access is not None:
+                    return await self.tenants.handle_app_link(request, access, host)
         return web.Response(status=421, text="Misdirected request.\n")
 
     @web.middleware

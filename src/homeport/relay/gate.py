@@ -53,3 +53,7 @@ class SessionGate:
     def forget_user(self, user_id: int) -> None:
         for key in [k for k, v in self._cache.items() if v[0] == user_id]:
             del self._cache[key]
+
+    def forget_instance(self, instance_id: str) -> None:
+        for key in [k for k in self._cache if k[1] == instance_id]:
+            del self._cache[key]

@@ -166,6 +166,20 @@ class TunnelHub:
                 await ws.close(code=CLOSE_CODE_EXPIRED, message=b"link code expired")
                 return
 
+    async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool:
+        """Close an instance's live tunnel at once (its home was unlinked); whether one was up.
+
+        Its open streams end with the tunnel; when the add-on dials again its
+        key is unknown, so it gets a link code and no tunnel.
+        """
+        # Out of the routing table first, so no new request enters it meanwhile.
+        session = self.tunnels.pop(instance_id, None)
+        if session is None:
+            return False
+        await session.close(reason)
+        log.info("hub.tunnel_closed", extra={"instance": instance_id, "reason": reason})
+        return True
+
     async def shutdown(self) -> None:
         """Graceful restart: GOAWAY to every add-on, let streams finish, close."""
         self._closing = True

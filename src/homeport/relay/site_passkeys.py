@@ -240,6 +240,8 @@ class PasskeyRoutes:
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
+            # User verification is required, so a passkey is two factors by itself.
+            second_factor=True,
         )
         response = _json({"redirect": next_path})
         self.site.start_session(request, response, token, row.user_id)

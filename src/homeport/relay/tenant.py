@@ -21,12 +21,14 @@ from urllib.parse import urlencode
 from aiohttp import WSMsgType, web
 
 from homeport.accounts.service import Accounts
+from homeport.accounts.sharing import AppLinkAccess
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
 from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
+from homeport.relay.live_streams import LiveStreams, Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
@@ -68,12 +70,16 @@ class TenantProxy:
         hub: TunnelHub,
         gate: SessionGate,
         pages: Pages,
+        live: LiveStreams | None = None,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.hub = hub
         self.gate = gate
         self.pages = pages
+        #: Open streams by who opened them, so withdrawn access ends them at once.
+        self.live = live or LiveStreams()
+        self._closing: set[asyncio.Future[bool]] = set()
 
     async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
         if request.raw_path.startswith(RESERVED_PREFIX):
@@ -81,6 +87,33 @@ class TenantProxy:
         access = await self.gate.tenant_user(request.cookies.get(SESSION_COOKIE), instance_id)
         if access is None:
             return self._challenge(request, instance_id)
+        principal = Principal(user_id=access[0], session_id=access[1])
+        return await self._forward(
+            request, instance_id, principal, self.config.tenant_host(instance_id)
+        )
+
+    async def handle_app_link(
+        self, request: web.Request, access: AppLinkAccess, host: str
+    ) -> web.StreamResponse:
+        """An app-link host: no session gate (the link is the credential), no relay paths.
+
+        Everything else is as on the tenant host: header hygiene and relay
+        cookies cut out (so a relay session cookie is never a substitute for
+        anything), the WebSocket ``Origin`` checked against *this* host, the
+        same stream limits, and Home Assistant's own login in front.
+        """
+        if request.raw_path.startswith(RESERVED_PREFIX):
+            if request.path == "/.homeport/static/homeport.css":
+                return self.pages.stylesheet()
+            return self.pages.message(
+                "Not found", "There is nothing here.", status=404, tenant=True
+            )
+        principal = Principal(app_link_id=access.link_id)
+        return await self._forward(request, access.instance_id, principal, host)
+
+    async def _forward(
+        self, request: web.Request, instance_id: str, principal: Principal, host: str
+    ) -> web.StreamResponse:
         tunnel = self.hub.tunnel_for(instance_id)
         if tunnel is None:
             return self.pages.message(
@@ -91,8 +124,8 @@ class TenantProxy:
                 tenant=True,
             )
         if _is_websocket(request):
-            return await self._websocket(request, instance_id, tunnel)
-        return await self._http(request, instance_id, tunnel)
+            return await self._websocket(request, instance_id, tunnel, principal, host)
+        return await self._http(request, instance_id, tunnel, principal, host)
 
     # ------------------------------------------------------------ the gate
 
@@ -180,22 +213,27 @@ class TenantProxy:
 
     # ----------------------------------------------------------- proxy: HTTP
 
-    def _head(self, request: web.Request, instance_id: str, *, websocket: bool) -> RequestHead:
+    def _head(self, request: web.Request, host: str, *, websocket: bool) -> RequestHead:
         headers = hdr.request_headers(
             request.raw_headers,
             client_ip=request.remote or "",
-            public_host=self.config.tenant_host(instance_id) + self.config.port_suffix,
+            public_host=host + self.config.port_suffix,
             websocket=websocket,
         )
         priority = PRIORITY_INTERACTIVE if websocket or _is_api(request) else PRIORITY_DEFAULT
         return RequestHead(request.method, request.raw_path, headers, priority)
 
     async def _http(
-        self, request: web.Request, instance_id: str, tunnel: TunnelSession
+        self,
+        request: web.Request,
+        instance_id: str,
+        tunnel: TunnelSession,
+        principal: Principal,
+        host: str,
     ) -> web.StreamResponse:
         started = time.monotonic()
         try:
-            head = self._head(request, instance_id, websocket=False)
+            head = self._head(request, host, websocket=False)
             stream = tunnel.open_stream(head, websocket=False, end_stream=not request.body_exists)
         except StreamClosed as exc:
             return self._tunnel_error(exc)
@@ -204,6 +242,9 @@ class TenantProxy:
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
         upload = asyncio.create_task(_upload(request, stream)) if request.body_exists else None
+        live = self.live.add(
+            instance_id, principal, lambda: stream.reset(ErrorCode.CANCEL, "access withdrawn")
+        )
         try:
             try:
                 async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
@@ -241,6 +282,7 @@ class TenantProxy:
             stream.reset(ErrorCode.CANCEL, "browser went away")
             raise
         finally:
+            self.live.discard(live)
             if upload is not None and not upload.done():
                 upload.cancel()
             log.debug(
@@ -286,16 +328,21 @@ class TenantProxy:
     # ------------------------------------------------------ proxy: WebSocket
 
     async def _websocket(
-        self, request: web.Request, instance_id: str, tunnel: TunnelSession
+        self,
+        request: web.Request,
+        instance_id: str,
+        tunnel: TunnelSession,
+        principal: Principal,
+        host: str,
     ) -> web.StreamResponse:
         """Proxy a WebSocket; a foreign ``Origin`` is refused (cross-site WebSocket hijacking)."""
         origin = request.headers.get("Origin")
-        if origin is not None and origin != self.config.tenant_origin(instance_id):
+        if origin is not None and origin != f"https://{host}{self.config.port_suffix}":
             log.warning("tenant.ws_bad_origin", extra={"instance": instance_id})
             return web.Response(status=403, text="Cross-origin WebSocket refused.\n")
         try:
             stream = tunnel.open_stream(
-                self._head(request, instance_id, websocket=True), websocket=True, end_stream=False
+                self._head(request, host, websocket=True), websocket=True, end_stream=False
             )
             async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                 head_in = await stream.response
@@ -323,10 +370,20 @@ class TenantProxy:
         )
         _tenant_security_headers(ws)
         await ws.prepare(request)
+
+        def withdraw() -> None:
+            # Close with "policy violation" first, then cut the tunnel stream.
+            closing = asyncio.ensure_future(ws.close(code=1008, message=b"access withdrawn"))
+            self._closing.add(closing)  # keep a reference until it is done
+            closing.add_done_callback(self._closing.discard)
+            stream.reset(ErrorCode.CANCEL, "access withdrawn")
+
+        live = self.live.add(instance_id, principal, withdraw)
         downstream = asyncio.create_task(_tunnel_to_browser(stream, ws))
         try:
             await _browser_to_tunnel(ws, stream)
         finally:
+            self.live.discard(live)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
             downstream.cancel()

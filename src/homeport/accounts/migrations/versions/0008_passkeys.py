@@ -1,7 +1,7 @@
 """Passkeys (WebAuthn): user handles, credentials, ceremonies in progress.
 
 Revision ID: 0008_passkeys
-Revises: 0003
+Revises: 0007_sharing
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_passkeys"
-down_revision: str | Sequence[str] | None = "0003"
+down_revision: str | Sequence[str] | None = "0007_sharing"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
