@@ -90,6 +90,7 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
+from homeport.accounts.oidc import OidcStore
 from homeport.accounts.passwords import (
     MAX_PASSWORD_CHARS,
     check_new_password,
@@ -194,6 +195,8 @@ class Accounts:
         self.throttle = Throttle(db, now=self._now)
         #: TOTP second factor and pending sign-ins; seeds sealed by ``secret_box``.
         self.totp = Totp(db, secret_box, self.throttle, now=self._now)
+        #: OpenID sign-in flows and linked (issuer, subject) identities.
+        self.oidc = OidcStore(db, secret_box, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -927,4 +930,4 @@ class Accounts:
         async with self._db.session(write=True) as s, s.begin():
             for stmt in statements:
                 total += _rowcount(await s.execute(stmt))
-        return total
+        return total + await self.oidc.purge()

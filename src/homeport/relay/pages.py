@@ -49,6 +49,11 @@ class Pages:
         )
         self.css = resources.files("homeport.relay").joinpath("static/homeport.css").read_bytes()
 
+    @property
+    def globals(self) -> dict[str, Any]:
+        """Values every template sees (e.g. the OpenID sign-in buttons)."""
+        return self._env.globals
+
     def render(
         self,
         template: str,
