@@ -37,6 +37,7 @@ metadata only (provider, reason class, address), never a code, state or token.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlencode
@@ -68,6 +69,7 @@ BINDING_COOKIE: Final = "__Host-homeport_oidc"
 OIDC_NETWORK: Final = Window(limit=20, window=FLOW_LIFETIME)
 MAX_CALLBACK_FORM: Final = 32 * 1024
 METHODS_PATH: Final = "/security/signin-methods"
+_PROVIDER_IN_PATH: Final = re.compile(r"/(?:signin|security)/oidc/([a-z][a-z0-9-]{0,31})(?:/|$)")
 
 
 class CallbackRefused(Exception):
@@ -166,7 +168,10 @@ class OidcSite:
         return response
 
     def _provider(self, request: web.Request) -> OidcProvider | None:
-        return self.providers.get(request.match_info.get("provider", ""))
+        # From the path itself: the account site dispatches on its own router, so
+        # request.match_info is the outer application's.
+        found = _PROVIDER_IN_PATH.match(request.path)
+        return self.providers.get(found.group(1)) if found else None
 
     # -------------------------------------------------------------- routes
 
