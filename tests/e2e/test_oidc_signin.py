@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,8 +128,9 @@ async def test_first_signin_creates_an_account_and_the_next_one_finds_it(
 
 
 async def test_state_tampered_and_callback_replayed_are_refused(
-    stack: Stack, idp: StandInIdp
+    stack: Stack, idp: StandInIdp, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     callback: list[URL] = []
 
     def at_callback(url: URL) -> bool:
@@ -158,6 +160,18 @@ async def test_state_tampered_and_callback_replayed_are_refused(
         async with browser.request("GET", stack.account_origin + "/signin/oidc/finish") as r:
             assert r.status == 400
     assert len(idp.token_requests) == 1  # the replay never reached the provider
+    # Failures and successes were logged, as metadata only: no state, code or token.
+    events = {r.getMessage() for r in caplog.records}
+    assert {"oidc.callback_failed", "account.signin"} <= events
+    secrets_seen = [
+        good.query["state"],
+        good.query["code"],
+        idp.token_requests[0]["code_verifier"],
+        *idp.issued,
+    ]
+    logged = caplog.text + "".join(repr(vars(r)) for r in caplog.records)
+    for secret in secrets_seen:
+        assert secret not in logged
 
 
 async def test_callback_in_another_browser_cannot_finish(stack: Stack, idp: StandInIdp) -> None:

@@ -85,6 +85,8 @@ class StandInIdp:
         self.codes: dict[str, dict[str, str]] = {}
         self.token_requests: list[dict[str, str]] = []
         self.token_errors: list[str] = []
+        #: Every ID token handed out, so tests can look for it where it must not be.
+        self.issued: list[str] = []
         self.discovery_hits = 0
         self._runner: web.AppRunner | None = None
         self.issuer = ""
@@ -127,8 +129,11 @@ class StandInIdp:
         claims = {k: v for k, v in claims.items() if v is not None}
         header = {"alg": "RS256", "kid": "idp-key-1"}
         if self.signer is not None:
-            return self.signer(header, claims)
-        return jwt.encode(header, claims, self.key, algorithms=["RS256"])
+            token = self.signer(header, claims)
+        else:
+            token = jwt.encode(header, claims, self.key, algorithms=["RS256"])
+        self.issued.append(token)
+        return token
 
     # --------------------------------------------------------------- routes
 
