@@ -544,3 +544,47 @@ async def test_signin_page_shows_only_configured_providers(stack: Stack) -> None
         assert "Sign in with Apple" not in text
         async with browser.request("GET", stack.account_origin + "/signin/oidc/google") as r:
             assert r.status == 404
+
+
+async def test_key_rotation_refetches_the_jwks_but_not_for_every_unknown_kid(
+    stack: Stack, idp: StandInIdp
+) -> None:
+    client = stack.relay.account_site.oidc.clients["idp"]
+    async with stack.browser() as browser:
+        assert (await _signin(browser)).status == 200
+    assert idp.jwks_hits == 1
+    # Forged kids right after a fetch do not make the relay hammer the provider.
+    idp.signer = _other_key("forged-kid")
+    for _ in range(3):
+        async with stack.browser() as browser:
+            assert (await _signin(browser)).status == 400
+    assert idp.jwks_hits == 1
+    # The provider rotates to a new key; once the minute is over it is fetched and used.
+    idp.signer = None
+    idp.key = RSAKey.generate_key(2048, parameters={"kid": "idp-key-2", "use": "sig"})
+    client._keys_at -= 61
+    idp.signer = lambda header, claims: jwt.encode(
+        {**header, "kid": "idp-key-2"}, claims, idp.key, algorithms=["RS256"]
+    )
+    async with stack.browser() as browser:
+        assert (await _signin(browser)).status == 200
+    assert idp.jwks_hits == 2
+
+
+async def test_provider_error_or_cancel_is_refused_and_kills_the_flow(
+    stack: Stack, idp: StandInIdp
+) -> None:
+    def at_callback(url: URL) -> bool:
+        return url.path.endswith("/callback")
+
+    async with stack.browser() as browser:
+        stopped = await walk(
+            browser.session, stack.account_origin + "/signin/oidc/idp", stop=at_callback
+        )
+        cancelled = stopped.url.with_query(state=stopped.url.query["state"], error="access_denied")
+        async with browser.request("GET", str(cancelled)) as r:
+            assert r.status == 400
+        # The flow is dead: the real code cannot be used afterwards.
+        async with browser.request("GET", str(stopped.url)) as r:
+            assert r.status == 400
+    assert idp.token_requests == []

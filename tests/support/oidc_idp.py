@@ -88,6 +88,7 @@ class StandInIdp:
         #: Every ID token handed out, so tests can look for it where it must not be.
         self.issued: list[str] = []
         self.discovery_hits = 0
+        self.jwks_hits = 0
         self._runner: web.AppRunner | None = None
         self.issuer = ""
 
@@ -153,6 +154,7 @@ class StandInIdp:
         )
 
     async def _jwks(self, request: web.Request) -> web.Response:
+        self.jwks_hits += 1
         return web.json_response(KeySet([self.key]).as_dict(private=False))
 
     async def _authorize(self, request: web.Request) -> web.Response:

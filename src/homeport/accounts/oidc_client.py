@@ -146,9 +146,15 @@ class ProviderClient:
         """The provider's keys; refetched when ``kid`` is unknown (rate limited)."""
         metadata = await self.metadata()
         async with self._lock:
-            fresh = time.monotonic() - self._keys_at < JWKS_REFRESH_SECONDS
+            age = time.monotonic() - self._keys_at
             known = self._keys is not None and any(k.kid == kid for k in self._keys.keys)
-            if self._keys is None or (not known and not fresh):
+            # Unknown kid: the provider may have rotated (bounded, see above). Known
+            # keys are refreshed hourly too, so a key the provider withdrew stops working.
+            if (
+                self._keys is None
+                or (not known and age >= JWKS_REFRESH_SECONDS)
+                or age >= METADATA_TTL_SECONDS
+            ):
                 document = await _get_json(metadata.jwks_uri)
                 try:
                     self._keys = KeySet.import_key_set(document)  # type: ignore[arg-type]

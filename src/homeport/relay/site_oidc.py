@@ -242,7 +242,11 @@ class OidcSite:
             raise CallbackRefused("unknown, used or expired state")
         if "error" in params or not code or len(code) > 2048:
             await self.accounts.oidc.fail(flow.id)
-            raise CallbackRefused("the provider returned an error or no code")
+            # e.g. "access_denied", Apple's "user_cancelled_authorize": a short token, logged.
+            error = str(params.get("error", ""))[:64]
+            raise CallbackRefused(
+                f"provider error {error!r}" if error.isascii() and error else "no code"
+            )
         client = self.clients[provider.name]
         try:
             id_token = await client.exchange(
