@@ -147,3 +147,14 @@ async def test_password_accounts_may_unlink_everything(boxed: Accounts, alice: U
     assert not await boxed.oidc.unlink(alice.id + 1000, row.id)
     assert await boxed.oidc.unlink(alice.id, row.id)
     assert await boxed.oidc.identities(alice.id) == []
+
+
+async def test_setting_a_password_makes_the_provider_removable(boxed: Accounts) -> None:
+    user = await boxed.oidc.create_account("later@example.com", "idp", _who("s-11"))
+    [identity] = await boxed.oidc.identities(user.id)
+    await boxed.set_password(user.id, "correct horse battery staple forty-two")
+    refreshed = await boxed.get_user(user.id)
+    assert refreshed is not None
+    assert refreshed.has_password
+    assert await boxed.authenticate("later@example.com", "correct horse battery staple forty-two")
+    assert await boxed.oidc.unlink(user.id, identity.id)

@@ -284,7 +284,9 @@ class Accounts:
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
             result = await s.execute(
-                update(User).where(User.id == user_id).values(password_hash=password_hash)
+                update(User)
+                .where(User.id == user_id)
+                .values(password_hash=password_hash, has_password=True)
             )
             if _rowcount(result) != 1:
                 raise UnknownUser("No such account.")
