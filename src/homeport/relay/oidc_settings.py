@@ -42,6 +42,8 @@ GOOGLE_ISSUER: Final = "https://accounts.google.com"
 APPLE_ISSUER: Final = "https://appleid.apple.com"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Paths under /signin/oidc/ that are not providers.
+_RESERVED_NAMES: Final = frozenset({"finish", "link", "unlink"})
 
 ResponseMode = Literal["query", "form_post"]
 
@@ -93,7 +95,7 @@ class OidcProvider:
     apple: AppleKey | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.name):
+        if not _NAME.fullmatch(self.name) or self.name in _RESERVED_NAMES:
             raise OidcSettingsError(f"provider name must be a short lower-case slug: {self.name!r}")
         _check_url("the issuer", self.issuer)
         if self.discovery_url is not None:
