@@ -29,10 +29,12 @@ from urllib.parse import urlsplit
 __all__ = [
     "APPLE_ISSUER",
     "GOOGLE_ISSUER",
+    "AppleKey",
     "OidcProvider",
     "OidcSettingsError",
     "add_oidc_arguments",
     "apple_provider",
+    "check_provider_url",
     "google_provider",
     "is_loopback_url",
     "providers_from_options",
@@ -56,7 +58,7 @@ def is_loopback_url(url: str) -> bool:
     return (urlsplit(url).hostname or "") in _LOOPBACK_HOSTS
 
 
-def _check_url(what: str, url: str) -> None:
+def check_provider_url(what: str, url: str) -> None:
     """Provider URLs must be HTTPS; plain HTTP only to this machine (test providers)."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
@@ -97,9 +99,9 @@ class OidcProvider:
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name) or self.name in _RESERVED_NAMES:
             raise OidcSettingsError(f"provider name must be a short lower-case slug: {self.name!r}")
-        _check_url("the issuer", self.issuer)
+        check_provider_url("the issuer", self.issuer)
         if self.discovery_url is not None:
-            _check_url("the discovery URL", self.discovery_url)
+            check_provider_url("the discovery URL", self.discovery_url)
         if not self.client_id:
             raise OidcSettingsError(f"{self.label}: the client id is missing")
         if self.client_secret is None and self.apple is None:

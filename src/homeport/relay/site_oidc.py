@@ -46,7 +46,6 @@ from aiohttp import web
 
 from homeport.accounts.errors import AccountExists, InvalidEmail
 from homeport.accounts.oidc import FLOW_LIFETIME, FinishedFlow, IdentityTaken, LastSignInMethod
-from homeport.accounts.oidc_client import ProviderClient, ProviderError
 from homeport.accounts.oidc_tokens import (
     IdTokenError,
     is_private_relay_email,
@@ -54,6 +53,7 @@ from homeport.accounts.oidc_tokens import (
     verify_id_token,
 )
 from homeport.accounts.throttle import Window, network_key, retry_after
+from homeport.relay.oidc_client import ProviderClient, ProviderError
 from homeport.relay.oidc_settings import OidcProvider
 from homeport.relay.tenant import redirect, safe_next
 

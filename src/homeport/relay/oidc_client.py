@@ -30,7 +30,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
-from homeport.relay.oidc_settings import OidcProvider, OidcSettingsError, _check_url
+from homeport.relay.oidc_settings import OidcProvider, OidcSettingsError, check_provider_url
 
 __all__ = [
     "JWKS_REFRESH_SECONDS",
@@ -136,7 +136,7 @@ class ProviderClient:
             if not isinstance(value, str):
                 raise ProviderError(f"the discovery document has no {name}")
             try:
-                _check_url(name, value)
+                check_provider_url(name, value)
             except OidcSettingsError as exc:
                 raise ProviderError(str(exc)) from exc
             endpoints[name] = value
