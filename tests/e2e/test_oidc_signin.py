@@ -588,3 +588,30 @@ async def test_provider_error_or_cancel_is_refused_and_kills_the_flow(
         async with browser.request("GET", str(stopped.url)) as r:
             assert r.status == 400
     assert idp.token_requests == []
+
+
+async def test_binding_cookie_is_a_host_cookie_and_the_start_names_the_exact_redirect(
+    stack: Stack, idp: StandInIdp
+) -> None:
+    async with (
+        stack.browser() as browser,
+        browser.request("GET", stack.account_origin + "/signin/oidc/idp") as r,
+    ):
+        assert r.status == 303
+        cookie = r.headers["Set-Cookie"]
+        location = URL(r.headers["Location"])
+    assert cookie.startswith(BINDING_COOKIE + "=")
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "path", "samesite", "max-age"} <= attributes
+    assert "domain" not in attributes
+    assert "SameSite=Lax" in cookie
+    assert "Path=/" in cookie
+    assert "Max-Age=600" in cookie
+    query = location.query
+    assert query["redirect_uri"] == idp.redirect_uri
+    assert query["code_challenge_method"] == "S256"
+    assert query["response_type"] == "code"
+    assert set(query["scope"].split()) == {"openid", "email"}
+    assert len(query["state"]) >= 43
+    assert len(query["nonce"]) >= 43
+    assert query["state"] != query["nonce"]
