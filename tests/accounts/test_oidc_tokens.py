@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
@@ -180,3 +182,28 @@ def test_email_verified_strings_and_private_relay() -> None:
     assert is_private_relay_email(identity.email)
     assert not _verify(_sign(_claims(email_verified="false"))).email_verified
     assert not is_private_relay_email("me@example.com")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=60), st.binary(max_size=60).map(_b64)), min_size=1, max_size=4
+    )
+)
+def test_any_junk_gives_id_token_error_and_nothing_else(parts: list[str]) -> None:
+    token = ".".join(parts)
+    with pytest.raises(IdTokenError):
+        _verify(token)
+    kid = unverified_kid(token)
+    assert kid is None or isinstance(kid, str)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=4))
+def test_any_header_on_a_signed_token_gives_id_token_error_and_nothing_else(
+    header: dict[str, object],
+) -> None:
+    head = _b64(json.dumps(header).encode())
+    _h, body, sig = _sign(_claims()).split(".")
+    with pytest.raises(IdTokenError):
+        _verify(f"{head}.{body}.{sig}")
