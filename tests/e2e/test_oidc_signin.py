@@ -615,3 +615,16 @@ async def test_binding_cookie_is_a_host_cookie_and_the_start_names_the_exact_red
     assert len(query["state"]) >= 43
     assert len(query["nonce"]) >= 43
     assert query["state"] != query["nonce"]
+
+
+async def test_a_disabled_account_cannot_sign_in_with_its_provider(
+    stack: Stack, idp: StandInIdp
+) -> None:
+    await _link_owner(stack, idp)
+    owner = await _user(stack, stack.email)
+    assert owner is not None
+    await stack.relay.accounts.set_user_disabled(owner.id, True)
+    async with stack.browser() as browser:
+        page = await _signin(browser)
+        assert page.status == 403
+        assert not _cookie(browser, ACCOUNT_COOKIE)
