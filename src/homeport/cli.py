@@ -105,7 +105,17 @@ def relay_config(args: argparse.Namespace) -> Any:
         http_listen_port=int(http_port) if http_port else None,
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
+        oidc_providers=_oidc_providers(opts),
     )
+
+
+def _oidc_providers(opts: Options) -> Any:
+    from homeport.relay.oidc_settings import OidcSettingsError, providers_from_options
+
+    try:
+        return providers_from_options(opts.get, opts.path)
+    except OidcSettingsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -325,6 +335,9 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         help="address:port for plain HTTP (e.g. 0.0.0.0:80); default off. It only "
         "redirects (308) to https:// on the same host, never serves content",
     )
+    from homeport.relay.oidc_settings import add_oidc_arguments
+
+    add_oidc_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,10 +103,16 @@ def _copy(status: AddonStatus) -> AddonStatus:
 
 @contextlib.asynccontextmanager
 async def start_stack(
-    tmp_path: Path, *, ha_url: str | None = None, email: str = "owner@example.com"
+    tmp_path: Path,
+    *,
+    ha_url: str | None = None,
+    email: str = "owner@example.com",
+    **relay_options: Any,
 ) -> AsyncIterator[Stack]:
+    """``relay_options`` go to :class:`RelayConfig` (e.g. ``listen_port``, ``oidc_providers``)."""
     data_dir = tmp_path / "relay"
-    config = RelayConfig(data_dir=data_dir, listen_port=free_port(), drain_seconds=2.0)
+    options: dict[str, Any] = {"listen_port": free_port(), "drain_seconds": 2.0, **relay_options}
+    config = RelayConfig(data_dir=data_dir, **options)
     relay = Relay(config)
     await relay.start()
     standin = None

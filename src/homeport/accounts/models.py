@@ -36,7 +36,9 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -50,6 +52,8 @@ __all__ = [
     "InstancePolicy",
     "Invitation",
     "LinkCode",
+    "OidcFlow",
+    "OidcIdentity",
     "PasskeyChallenge",
     "PasskeyCredential",
     "PasskeyUser",
@@ -142,6 +146,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: False for an account made by a first OpenID sign-in: its password hash
+    #: is of a random secret nobody knows, so password sign-in can never match.
+    has_password: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     def __repr__(self) -> str:  # never include the password hash
         return f"User(id={self.id!r}, email={self.email!r}, disabled={self.disabled!r})"
@@ -482,3 +489,72 @@ class PasskeyChallenge(Base):
     challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
     name: Mapped[str] = mapped_column(String(PASSKEY_NAME_MAX), default="")
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+# --------------------------------------------------------------- OIDC sign-in
+
+ISSUER_MAX = 255
+SUBJECT_MAX = 255
+PROVIDER_NAME_MAX = 32
+
+
+class OidcIdentity(Base):
+    """An account's identity at an OpenID provider: (issuer, subject), never the email.
+
+    ``email`` is what the provider said when the identity was linked, kept for
+    display only; it is never used to find the account.
+    """
+
+    __tablename__ = "oidc_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_oidc_identities_issuer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(PROVIDER_NAME_MAX))
+    issuer: Mapped[str] = mapped_column(String(ISSUER_MAX))
+    subject: Mapped[str] = mapped_column(String(SUBJECT_MAX))
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class OidcFlow(Base):
+    """One authorization-code flow with an OpenID provider, from start to sign-in.
+
+    ``state_hash`` finds the flow when the provider sends the browser back;
+    ``binding_hash`` is the SHA-256 of a random value in a ``__Host-`` cookie
+    of the browser that started it, so only that browser can finish it.
+    The nonce is kept as a hash, the PKCE verifier sealed (it must be sent).
+    ``status``: ``started`` → ``claimed`` (the provider sent the browser back)
+    → ``verified`` (ID token checked, identity below filled in) → ``done``;
+    or ``link`` when the identity's email belongs to an
+    existing account that must be signed in to before linking.
+    """
+
+    __tablename__ = "oidc_flows"
+    __table_args__ = (
+        CheckConstraint("purpose IN ('signin', 'link')", name="purpose"),
+        CheckConstraint(
+            "status IN ('started', 'claimed', 'verified', 'link', 'done')", name="status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
+    binding_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), index=True)
+    nonce_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    verifier_sealed: Mapped[bytes] = mapped_column(LargeBinary(SEALED_SECRET_MAX))
+    provider: Mapped[str] = mapped_column(String(PROVIDER_NAME_MAX))
+    purpose: Mapped[str] = mapped_column(String(8))
+    #: ``link``: the signed-in account; status ``link``: the account owning the email.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    next_path: Mapped[str] = mapped_column(String(NEXT_PATH_MAX))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    issuer: Mapped[str | None] = mapped_column(String(ISSUER_MAX), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(SUBJECT_MAX), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(EMAIL_MAX), nullable=True)
+    email_verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)

@@ -92,6 +92,7 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
+from homeport.accounts.oidc import OidcStore
 from homeport.accounts.passkeys import Passkeys
 from homeport.accounts.passwords import (
     MAX_PASSWORD_CHARS,
@@ -202,6 +203,8 @@ class Accounts:
         self.passkeys = Passkeys(db, self.throttle, now=self._now)
         #: Owner actions: invitations, app links, the second-factor policy.
         self.sharing = Sharing(db, self, now=self._now)
+        #: OpenID sign-in flows and linked (issuer, subject) identities.
+        self.oidc = OidcStore(db, secret_box, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -289,7 +292,9 @@ class Accounts:
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
             result = await s.execute(
-                update(User).where(User.id == user_id).values(password_hash=password_hash)
+                update(User)
+                .where(User.id == user_id)
+                .values(password_hash=password_hash, has_password=True)
             )
             if _rowcount(result) != 1:
                 raise UnknownUser("No such account.")
@@ -956,4 +961,4 @@ class Accounts:
         async with self._db.session(write=True) as s, s.begin():
             for stmt in statements:
                 total += _rowcount(await s.execute(stmt))
-        return total
+        return total + await self.oidc.purge()

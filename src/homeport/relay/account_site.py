@@ -40,6 +40,7 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import Pages
+from homeport.relay.site_oidc import OidcSite
 from homeport.relay.site_passkeys import PasskeyRoutes
 from homeport.relay.tenant import redirect, safe_next
 
@@ -82,6 +83,8 @@ class AccountSite:
         add("GET", "/static/passkeys.js", self.passkeys_script)
         add("GET", "/v1/tunnel", hub.handle)
         self.passkey_routes = PasskeyRoutes(self)
+        #: Google / Apple / generic OpenID sign-in, linking and unlinking.
+        self.oidc = OidcSite(self, config.oidc_providers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = await self.router.resolve(request)
@@ -193,10 +196,19 @@ class AccountSite:
             clear=[f"pw:pair:{account_key(email)}:{net}", f"pw:acct:{account_key(email)}"],
             refund=[f"pw:net:{net}"],
         )
-        if await self.accounts.totp.is_enabled(user.id):
+        return await self.first_factor_passed(request, user.id, next_path)
+
+    async def first_factor_passed(
+        self, request: web.Request, user_id: int, next_path: str
+    ) -> web.StreamResponse:
+        """After a password or an OpenID sign-in: the second factor if on, else a session.
+
+        Every first factor ends here, so none skips the account's TOTP (R-OIDC-05).
+        """
+        if await self.accounts.totp.is_enabled(user_id):
             # No session yet: only the second factor turns this into one.
-            pending = await self.accounts.totp.start_pending(user.id, next_path)
-            log.info("account.signin_second_factor", extra={"user": user.id})
+            pending = await self.accounts.totp.start_pending(user_id, next_path)
+            log.info("account.signin_second_factor", extra={"user": user_id})
             response = redirect("/signin/totp")
             response.set_cookie(
                 PENDING_COOKIE,
@@ -212,7 +224,7 @@ class AccountSite:
         return self._signed_in(
             request,
             *await self.accounts.create_session(
-                user,
+                user_id,
                 "account",
                 user_agent=request.headers.get("User-Agent", ""),
                 ip=request.remote or "",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.relay.oidc_settings import OidcProvider
+
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
 SECURITY_POLICY = "https://homeport.example/SECURITY.md"
@@ -36,6 +38,8 @@ class RelayConfig:
     #: keep them in step with SECURITY.md).
     security_contact: str = SECURITY_CONTACT
     security_policy: str = SECURITY_POLICY
+    #: Google / Apple / generic OpenID sign-in (``homeport.relay.oidc_settings``); none by default.
+    oidc_providers: tuple[OidcProvider, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -51,6 +51,11 @@ class Pages:
         self.css = static.joinpath("homeport.css").read_bytes()
         self._scripts = {"passkeys.js": static.joinpath("passkeys.js").read_bytes()}
 
+    @property
+    def globals(self) -> dict[str, Any]:
+        """Values every template sees (e.g. the OpenID sign-in buttons)."""
+        return self._env.globals
+
     def render(
         self,
         template: str,
