@@ -26,12 +26,15 @@ for its own health checks), so the add-on shows the YAML to paste.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass, field
 
 import aiohttp
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +93,9 @@ async def probe_trust(
     """Ask Home Assistant, harmlessly, whether it accepts our ``X-Forwarded-For``."""
     url = ha_url.rstrip("/") + PROBE_PATH
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-    seen_as: str | None = None
+    seen_as = await source_address(ha_url)
     try:
         async with client.get(url, timeout=timeout, allow_redirects=False) as plain:
-            seen_as = _local_address(plain)
             await plain.read()
         async with client.get(
             url,
@@ -101,7 +103,6 @@ async def probe_trust(
             timeout=timeout,
             allow_redirects=False,
         ) as forwarded:
-            seen_as = seen_as or _local_address(forwarded)
             await forwarded.read()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         report = TrustReport(
@@ -186,9 +187,24 @@ class TrustMonitor:
             await asyncio.sleep(self.interval)
 
 
-def _local_address(response: aiohttp.ClientResponse) -> str | None:
-    connection = response.connection
-    if connection is None or connection.transport is None:
+async def source_address(ha_url: str) -> str | None:
+    """The address this machine uses to reach Home Assistant: what it sees as our peer.
+
+    A connected UDP socket makes the kernel pick the route and source address
+    without sending a packet.
+    """
+    url = URL(ha_url)
+    host = (url.host or "").strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"  # as LocalhostResolver does
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, url.port or 80, type=socket.SOCK_DGRAM
+        )
+    except OSError:
         return None
-    sockname = connection.transport.get_extra_info("sockname")
-    return str(sockname[0]) if sockname else None
+    for family, kind, proto, _name, address in infos:
+        with contextlib.suppress(OSError), socket.socket(family, kind, proto) as sock:
+            sock.connect(address)
+            return str(sock.getsockname()[0])
+    return None
