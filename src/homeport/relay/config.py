@@ -36,6 +36,10 @@ class RelayConfig:
     #: keep them in step with SECURITY.md).
     security_contact: str = SECURITY_CONTACT
     security_policy: str = SECURITY_POLICY
+    #: Keepalive on each add-on's tunnel: a ping every interval; no pong for
+    #: interval + timeout declares the link dead (tests shorten both).
+    tunnel_ping_interval: float = 30.0
+    tunnel_ping_timeout: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
