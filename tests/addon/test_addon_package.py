@@ -121,6 +121,8 @@ def test_config_required_keys_and_formats() -> None:
     # s6-overlay is the init in the base images; Docker's init must be off.
     assert config["init"] is False
     assert config["homeassistant_api"] is True
+    # Supervisor API for /core/info only, with the default (least) role.
+    assert config["hassio_api"] is True
     assert config.get("startup", "application") in {
         "initialize",
         "system",

@@ -79,7 +79,7 @@ async def test_supervisor_errors_are_explained(client: aiohttp.ClientSession) ->
     runner, port = await _serve(supervisor({"port": "8123"}))
     base = f"http://127.0.0.1:{port}"
     try:
-        with pytest.raises(DiscoveryError, match="homeassistant_api"):
+        with pytest.raises(DiscoveryError, match="hassio_api"):
             await discover(client, supervisor_token="wrong", supervisor_url=base)
         with pytest.raises(DiscoveryError, match="no usable port"):
             await discover(client, supervisor_token=TOKEN, supervisor_url=base)

@@ -3,7 +3,8 @@
 Decisions (see docs/install.md):
 
 * Add-on mode (``SUPERVISOR_TOKEN`` set): ask the Supervisor
-  (``GET http://supervisor/core/info``) for Core's port and whether it serves
+  (``GET http://supervisor/core/info``; ``hassio_api: true``, role
+  ``default``, which allows ``/<service>/info``) for Core's port and whether it serves
   TLS, and use the name the Supervisor gives Core, ``homeassistant``.
 * Standalone: try ``http://127.0.0.1:8123``, ``http://[::1]:8123`` and the
   same with ``https``.  A candidate counts only if ``/manifest.json`` answers
@@ -62,7 +63,7 @@ async def _from_supervisor(client: aiohttp.ClientSession, token: str, base: str)
             if response.status != 200:
                 raise DiscoveryError(
                     f"the Supervisor answered {response.status} to {url}; "
-                    "is homeassistant_api enabled for the add-on?"
+                    "is hassio_api enabled for the add-on?"
                 )
             body = await response.json()
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
