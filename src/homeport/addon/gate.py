@@ -32,7 +32,7 @@ from typing import Any
 
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import ResponseHead
-from homeport.tunnel.stream import Stream
+from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ STATE_FILE = "remote-access.json"
 #: WebSocket close sent to people whose open WebSocket is cut by the switch.
 SWITCHED_OFF_CLOSE = 1008
 SWITCHED_OFF_TEXT = "Remote access is switched off in the add-on"
+#: How long a cut WebSocket may take to answer our close before it is reset.
+CLOSE_WAIT = 5.0
 
 #: Route families shown as they are; everything else is cut to its first segment.
 _KNOWN = ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow", "/api/webhook")
@@ -182,20 +184,32 @@ class RemoteAccessGate:
         served = asyncio.create_task(handler(stream))
         self._open.add(served)
         cut = asyncio.create_task(self._cut.wait())
+        switched_off = False
         try:
             await asyncio.wait({served, cut}, return_when=asyncio.FIRST_COMPLETED)
+            switched_off = not served.done()
         finally:
             cut.cancel()
             self._open.discard(served)
+            if switched_off:
+                # The person's WebSocket closes now, before the forwarder unwinds
+                # (its upstream clean-up may take a few seconds).
+                _close_websocket(stream)
             if not served.done():
                 served.cancel()
                 # Give the forwarder its chance to close the upstream request.
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await served
-        if served.cancelled():
+        if switched_off:
             return await _cut_off(stream)
         served.result()  # re-raise a handler failure for the session to log
         return stream.sent_status
+
+
+def _close_websocket(stream: Stream) -> None:
+    if stream.websocket and stream.sent_status == 101 and stream.error is None:
+        with contextlib.suppress(StreamClosed, RuntimeError):  # already closing
+            stream.close_ws(SWITCHED_OFF_CLOSE, SWITCHED_OFF_TEXT)
 
 
 async def _refuse(stream: Stream) -> None:
@@ -222,7 +236,13 @@ async def _cut_off(stream: Stream) -> int | None:
         await _refuse(stream)
         return 503
     if stream.websocket and stream.sent_status == 101:
-        stream.close_ws(SWITCHED_OFF_CLOSE, SWITCHED_OFF_TEXT)
+        # Our close went out already; wait (bounded) for the peer's, which ends
+        # the stream cleanly.  A reset now would drop the close still queued.
+        with contextlib.suppress(StreamClosed, TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                while not isinstance(await stream.receive_ws(), WsClose):
+                    pass
+                return 101
         stream.reset(ErrorCode.CANCEL, SWITCHED_OFF_TEXT)
         return 101
     stream.reset(ErrorCode.CANCEL, SWITCHED_OFF_TEXT)
