@@ -108,7 +108,9 @@ async def test_trusting_home_assistant_bans_the_person_not_the_addon(
             assert await _login(other, stack, ha.username, ha.password) == 200
 
 
-async def test_untrusting_home_assistant_is_detected_and_keeps_working(tmp_path: Path) -> None:
+async def test_untrusting_home_assistant_is_detected_and_keeps_working(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with start_home_assistant(tmp_path / "ha", trust_proxies=False) as ha:
         async with aiohttp.ClientSession() as session:
             # The premise, checked against the real thing.
@@ -126,6 +128,8 @@ async def test_untrusting_home_assistant_is_detected_and_keeps_working(tmp_path:
         monitor = TrustMonitor(ha.url, supervised=False)
         async with start_stack(tmp_path, ha_url=ha.url, trust=monitor) as stack:
             await _wait_trust(monitor, Trust.UNTRUSTED)
+            # The owner is told once, in the add-on's log, exactly what to paste.
+            assert capsys.readouterr().out.count(report.yaml) == 1
             async with stack.browser(local_addr=ATTACKER) as attacker:
                 page = await attacker.sign_in("/")
                 assert page.status == 200  # no X-Forwarded-For sent: no 400

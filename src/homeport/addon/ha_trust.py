@@ -157,34 +157,49 @@ class TrustMonitor:
     the add-on.
     """
 
-    def __init__(self, ha_url: str, *, supervised: bool, interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        ha_url: str,
+        *,
+        supervised: bool,
+        interval: float = 60.0,
+        retry_interval: float = 5.0,
+    ) -> None:
         self.ha_url = ha_url
         self.supervised = supervised
         self.interval = interval
+        self.retry_interval = retry_interval
         self.report = TrustReport(
             Trust.UNKNOWN, ha_url, proxies=proxies_for(None, supervised=supervised)
         )
+        #: The last *conclusive* verdict.  A Home Assistant that is restarting
+        #: (unreachable) keeps the verdict it had: dropping X-Forwarded-For for
+        #: that minute would make its failed-login counter blame the add-on.
+        self._verdict: Trust = Trust.UNKNOWN
 
     def send_forwarded(self) -> bool:
-        return self.report.send_forwarded
+        return self._verdict is Trust.TRUSTED
 
     async def check(self, client: aiohttp.ClientSession) -> TrustReport:
         report = await probe_trust(client, self.ha_url, supervised=self.supervised)
-        previous, self.report = self.report, report
-        if report.trust is Trust.UNTRUSTED and previous.trust is not Trust.UNTRUSTED:
-            # Plainly, once per change, in the add-on log: what to paste.
-            print(
-                "Home Assistant does not trust this add-on as a proxy, so failed remote "
-                "logins would ban the add-on. Add this to configuration.yaml and restart "
-                "Home Assistant (there is no API for it):\n" + report.yaml,
-                flush=True,
-            )
+        self.report = report
+        if report.trust in (Trust.TRUSTED, Trust.UNTRUSTED, Trust.BANNED):
+            previous, self._verdict = self._verdict, report.trust
+            if report.trust is Trust.UNTRUSTED and previous is not Trust.UNTRUSTED:
+                # Plainly, once per change, in the add-on log: what to paste.
+                print(
+                    "Home Assistant does not trust this add-on as a proxy, so failed remote "
+                    "logins would ban the add-on. Add this to configuration.yaml and restart "
+                    "Home Assistant (there is no API for it):\n" + report.yaml,
+                    flush=True,
+                )
         return report
 
     async def run(self, client: aiohttp.ClientSession) -> None:
         while True:
-            await self.check(client)
-            await asyncio.sleep(self.interval)
+            report = await self.check(client)
+            conclusive = report.trust in (Trust.TRUSTED, Trust.UNTRUSTED)
+            await asyncio.sleep(self.interval if conclusive else self.retry_interval)
 
 
 async def source_address(ha_url: str) -> str | None:
