@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -104,3 +105,43 @@ async def test_cli_says_when_no_home_assistant_is_found(tmp_path: Path) -> None:
     assert code == 2
     assert "no Home Assistant found (http://127.0.0.1:8123: nothing listening" in err
     assert "--ha-url" in err
+
+
+async def test_busy_panel_port_does_not_stop_remote_access(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            str(HOMEPORT),
+            "addon",
+            "--relay",
+            "wss://relay.invalid/v1/tunnel",
+            "--server-pubkey",
+            KEY,
+            "--state-dir",
+            str(tmp_path),
+            "--ha-url",
+            "http://127.0.0.1:8123",
+            "--panel-listen",
+            f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+        assert proc.stdout is not None
+        try:
+            seen = ""
+            async with asyncio.timeout(30):
+                while "running without it" not in seen:
+                    line = (await proc.stdout.readline()).decode()
+                    assert line, f"add-on exited: {seen}"
+                    seen += line
+            await asyncio.sleep(0.5)
+            assert proc.returncode is None  # still running, dialling the relay
+            proc.terminate()
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

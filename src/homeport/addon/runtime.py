@@ -152,10 +152,18 @@ class AddonRuntime:
                 try:
                     await self.panel.start(settings.host, settings.port)
                 except OSError as exc:
-                    raise StartupError(
-                        f"the panel cannot listen on {settings.host}:{settings.port}: "
-                        f"{exc.strerror}"
-                    ) from None
+                    # Remote access matters more than the panel: keep going, say why.
+                    log.error(
+                        "addon.panel_unavailable",
+                        extra={"host": settings.host, "port": settings.port, "error": exc.strerror},
+                    )
+                    print(
+                        f"The panel cannot listen on {settings.host}:{settings.port} "
+                        f"({exc.strerror}); running without it. Use --panel-listen.",
+                        flush=True,
+                    )
+                    await self.panel.stop()
+                    self.panel = None
             try:
                 async with client:
                     tasks = [
