@@ -179,6 +179,10 @@ async def test_accesses_are_listed_without_paths_or_queries(running: Running) ->
     assert "POST /api/webhook/…" in html
     assert "198.51.100.7" in html
     assert "1970-01-01 00:00:00 UTC" in html
+    assert "it sees the add-on" in html  # trust not confirmed yet
+    running.trust.report = TrustReport(Trust.TRUSTED, "http://homeassistant:8123", detail="ok")
+    _r, html = await _page(running)
+    assert "it sees the add-on" not in html
 
 
 async def test_switch_needs_same_origin_and_the_token(running: Running) -> None:
