@@ -32,6 +32,7 @@ from homeport.addon.client import (
     State,
 )
 from homeport.addon.gate import RemoteAccessGate
+from homeport.addon.ha_trust import Trust, TrustMonitor
 from homeport.addon.panel import Panel, PanelSources
 from homeport.keys import public_key_text
 from homeport.relay.app import Relay
@@ -341,44 +342,80 @@ async def test_black_holed_link_is_detected_and_recovers(tmp_path: Path) -> None
 async def test_home_assistant_restart_under_an_open_session(
     tmp_path: Path, home_assistant: HomeAssistant
 ) -> None:
-    """Requests during the outage get a clean 502 page; the tunnel and session stay."""
+    """Requests during the outage get a clean 502 page; the tunnel and session stay;
+    the panel shows Home Assistant not answering, then trusted again."""
     ha = home_assistant
-    async with start_stack(tmp_path, ha_url=ha.url) as stack, stack.browser() as browser:
-        assert (await browser.sign_in("/")).status == 200
-        origin = stack.tenant_origin
-        ws = await browser.session.ws_connect(
-            origin.replace("https://", "wss://") + "/api/websocket", origin=origin
+    monitor = TrustMonitor(ha.url, supervised=False, interval=1.0, retry_interval=0.5)
+    async with (
+        start_stack(tmp_path, ha_url=ha.url, trust=monitor) as stack,
+        stack.browser() as browser,
+        aiohttp.ClientSession() as probes,
+    ):
+        watching = asyncio.create_task(monitor.run(probes))
+        panel = Panel(
+            PanelSources(
+                status=lambda: stack.addon.status,
+                gate=RemoteAccessGate(tmp_path / "gate"),
+                trust=monitor,
+                ha_how=f"Home Assistant at {ha.url} (configured)",
+                account_origin=stack.account_origin,
+            ),
+            allowed_peers=("127.0.0.1",),
         )
-        assert (await ws.receive_json(timeout=10))["type"] == "auth_required"
-        await ws.send_json({"type": "auth", "access_token": ha.long_lived_token})
-        assert (await ws.receive_json(timeout=10))["type"] == "auth_ok"
-        connects = stack.addon.status.connects
+        await panel.start("127.0.0.1", 0)
+        panel_url = f"http://127.0.0.1:{panel.port}/"
+        try:
+            await until(lambda: monitor.report.trust is Trust.TRUSTED, 30, "trust checked")
+            assert (await browser.sign_in("/")).status == 200
+            origin = stack.tenant_origin
+            ws = await browser.session.ws_connect(
+                origin.replace("https://", "wss://") + "/api/websocket", origin=origin
+            )
+            assert (await ws.receive_json(timeout=10))["type"] == "auth_required"
+            await ws.send_json({"type": "auth", "access_token": ha.long_lived_token})
+            assert (await ws.receive_json(timeout=10))["type"] == "auth_ok"
+            connects = stack.addon.status.connects
 
-        restart = asyncio.create_task(ha.restart())
-        # The open WebSocket is closed, not left hanging.
-        closing = await ws.receive(timeout=30)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        seen: list[int] = []
-        while not restart.done():
-            status = await answer_status(browser, origin + "/manifest.json")
-            seen.append(status)
-            if status != 200:
-                async with browser.request("GET", origin + "/manifest.json") as r:
-                    page = await r.text()
-                    if r.status == 502:
-                        assert "Home Assistant is not answering" in page
-            await asyncio.sleep(0.3)
-        await restart
-        print(f"statuses during the restart: {sorted(set(seen))}")
-        assert 502 in seen
-        assert set(seen) <= {200, 502, 503, 504}
+            restart = asyncio.create_task(ha.restart())
+            # The open WebSocket is closed, not left hanging.
+            closing = await ws.receive(timeout=30)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            seen: list[int] = []
+            panel_said_down = False
+            while not restart.done():
+                status = await answer_status(browser, origin + "/manifest.json")
+                seen.append(status)
+                if status == 502:
+                    async with browser.request("GET", origin + "/manifest.json") as r:
+                        if r.status == 502:
+                            assert "Home Assistant is not answering" in await r.text()
+                    page = await _panel_html(panel_url)
+                    assert "state state-connected" in page  # the tunnel itself is fine
+                    panel_said_down = panel_said_down or "did not answer" in page
+                await asyncio.sleep(0.3)
+            await restart
+            print(f"statuses during the restart: {sorted(set(seen))}")
+            assert 502 in seen
+            assert set(seen) <= {200, 502, 503, 504}
+            assert panel_said_down, "the panel never showed Home Assistant down"
+            assert monitor.send_forwarded()  # the verdict held through the restart
 
-        assert stack.addon.status.state is State.CONNECTED
-        assert stack.addon.status.connects == connects  # the tunnel never dropped
-        assert await answer_status(browser, origin + "/manifest.json") == 200
-        async with browser.session.ws_connect(
-            origin.replace("https://", "wss://") + "/api/websocket", origin=origin
-        ) as again:
-            assert (await again.receive_json(timeout=10))["type"] == "auth_required"
-            await again.send_json({"type": "auth", "access_token": ha.long_lived_token})
-            assert (await again.receive_json(timeout=10))["type"] == "auth_ok"
+            assert stack.addon.status.state is State.CONNECTED
+            assert stack.addon.status.connects == connects  # the tunnel never dropped
+            assert await answer_status(browser, origin + "/manifest.json") == 200
+            async with browser.session.ws_connect(
+                origin.replace("https://", "wss://") + "/api/websocket", origin=origin
+            ) as again:
+                assert (await again.receive_json(timeout=10))["type"] == "auth_required"
+                await again.send_json({"type": "auth", "access_token": ha.long_lived_token})
+                assert (await again.receive_json(timeout=10))["type"] == "auth_ok"
+            await until(lambda: monitor.report.trust is Trust.TRUSTED, 30, "trusted again")
+            assert "trusts the add-on" in await _panel_html(panel_url)
+        finally:
+            watching.cancel()
+            await panel.stop()
+
+
+async def _panel_html(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        return await r.text()
