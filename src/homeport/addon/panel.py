@@ -12,8 +12,9 @@ Threats this stops:
   forwarder only ever dials the configured Home Assistant URL; the add-on
   refuses to start if that URL points at the panel itself.
 * Cross-site request forgery, also behind ingress: a POST needs an
-  ``Origin`` (or ``Referer``) naming the host the browser used (the ingress
-  proxy passes it as ``X-Forwarded-Host``), ``Sec-Fetch-Site`` other than
+  ``Origin`` (or ``Referer``) naming the host the browser used (Home
+  Assistant's ingress proxy passes it as ``X-Forwarded-Host`` and keeps
+  ``Origin``: ``hassio/ingress.py`` in 2025.4.4), ``Sec-Fetch-Site`` other than
   cross-site when sent, and a per-process random token from the page.
 * Script injection and framing by others: no script at all, a strict CSP,
   ``frame-ancestors 'self'`` (Home Assistant shows the panel in a
