@@ -138,7 +138,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_addon(args: argparse.Namespace) -> int:
-    from homeport.addon.client import AddonClient, AddonConfig
+    from homeport.addon.client import AddonConfig
     from homeport.keys import parse_pinned_keys
 
     opts = Options(args, "addon")
@@ -163,6 +163,16 @@ def cmd_addon(args: argparse.Namespace) -> int:
     if not relay or not (pins or pinned_keys):
         print("error: --relay and --server-pubkey (or --options) are required", file=sys.stderr)
         return 2
+    from homeport.addon.runtime import AddonRuntime, StartupError, parse_panel
+
+    supervisor_token = os.environ.get("SUPERVISOR_TOKEN") or None
+    try:
+        panel = parse_panel(
+            opts.get("panel_listen"), opts.get("panel_allow"), supervised=bool(supervisor_token)
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = AddonConfig(
         relay_url=str(relay),
         ha_url=str(ha_url or "http://127.0.0.1:8123"),
@@ -170,20 +180,24 @@ def cmd_addon(args: argparse.Namespace) -> int:
         pinned_keys=pinned_keys or tuple(parse_pinned_keys(str(pins))),
         relay_ca=opts.path("relay_ca"),
     )
+    runtime = AddonRuntime(
+        config, supervisor_token=supervisor_token, panel=panel, ha_url_given=bool(ha_url)
+    )
 
     async def main() -> None:
-        async with AddonClient(config) as client:
-            runner = asyncio.create_task(client.run_forever())
-
-            async def stop() -> None:
-                runner.cancel()
-
-            await _until_signalled(stop)
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        try:
+            async with runtime.running():
+                await _until_signalled(_nothing)
+        except StartupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     _run(main())
     return 0
+
+
+async def _nothing() -> None:
+    return None
 
 
 # ----------------------------------------------------------------------- admin
@@ -357,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     addon.add_argument("--state-dir", dest="state_dir")
     addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
     addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
+    addon.add_argument(
+        "--panel-listen", dest="panel_listen", help="host:port of the ingress panel, or off"
+    )
+    addon.add_argument(
+        "--panel-allow", dest="panel_allow", help="peer addresses the panel serves (ingress proxy)"
+    )
     addon.add_argument(
         "--options", help="add-on options JSON (e.g. /data/options.json), after flags and env"
     )

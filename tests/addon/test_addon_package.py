@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, Browser
+from stack import PASSWORD, Browser, free_port
 
 from homeport import __version__
 from homeport.relay.config import RelayConfig
@@ -120,6 +121,8 @@ def test_config_required_keys_and_formats() -> None:
     # s6-overlay is the init in the base images; Docker's init must be off.
     assert config["init"] is False
     assert config["homeassistant_api"] is True
+    # Supervisor API for /core/info only, with the default (least) role.
+    assert config["hassio_api"] is True
     assert config.get("startup", "application") in {
         "initialize",
         "system",
@@ -304,6 +307,8 @@ def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dic
         SUPERVISOR_TOKEN="simulated-supervisor-token",
         HOMEPORT_OPTIONS=str(options),
         HOMEPORT_STATE_DIR=str(tmp_path / "data"),
+        # The panel's add-on default is 0.0.0.0:8099 (ingress_port); tests stay on loopback.
+        HOMEPORT_PANEL_LISTEN=f"127.0.0.1:{free_port()}",
         HOME=str(tmp_path / "home"),
     )
     if relay is not None:
@@ -346,13 +351,14 @@ async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> 
             ),
             encoding="utf-8",
         )
+        env = script_env(tmp_path, options, relay)
         script = await asyncio.create_subprocess_exec(
             "bash",
             str(bashio_double(tmp_path)),
             str(RUN_SCRIPT),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env=script_env(tmp_path, options, relay),
+            env=env,
             cwd=tmp_path,
         )
         assert script.stdout is not None
@@ -377,6 +383,10 @@ async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> 
             async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
                 assert r.status == 200
                 assert len(await r.read()) == 12345
+        # The ingress panel is up and, under the Supervisor, serves only its ingress proxy.
+        panel = "http://" + env["HOMEPORT_PANEL_LISTEN"] + "/"
+        async with aiohttp.ClientSession() as session, session.get(panel) as r:
+            assert r.status == 403
         # The script exec'd homeport: SIGTERM reaches the add-on, which stops cleanly.
         script.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(script.wait(), 20) == 0

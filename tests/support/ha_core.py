@@ -337,8 +337,17 @@ def free_port() -> int:
         return port
 
 
-def configuration_yaml(port: int) -> str:
-    """The minimal configuration (no ``default_config``) that the tests run against."""
+def configuration_yaml(port: int, *, trust_proxies: bool = True) -> str:
+    """The minimal configuration (no ``default_config``) that the tests run against.
+
+    ``trust_proxies=False`` leaves out ``use_x_forwarded_for``/``trusted_proxies``:
+    Home Assistant as installed, before its owner has configured a reverse proxy.
+    """
+    proxies = (
+        "  use_x_forwarded_for: true\n  trusted_proxies:\n    - 127.0.0.1\n    - ::1\n"
+        if trust_proxies
+        else ""
+    )
     return f"""\
 homeassistant:
   name: Homeport Test
@@ -374,11 +383,7 @@ logbook:
 http:
   server_host: 127.0.0.1
   server_port: {port}
-  use_x_forwarded_for: true
-  trusted_proxies:
-    - 127.0.0.1
-    - ::1
-  ip_ban_enabled: true
+{proxies}  ip_ban_enabled: true
   login_attempts_threshold: 5
 
 input_boolean:
@@ -434,6 +439,7 @@ class HomeAssistant:
         port: int | None = None,
         venv: Path | None = None,
         timeout: float = STARTUP_TIMEOUT,
+        trust_proxies: bool = True,
     ) -> HomeAssistant:
         """Install if needed, write a fresh config in ``base_dir``, start, and onboard."""
         if venv is None:
@@ -443,7 +449,8 @@ class HomeAssistant:
         if ha.config_dir.exists() and any(ha.config_dir.iterdir()):
             raise HomeAssistantError(f"{ha.config_dir} is not empty: start needs a fresh dir")
         ha.config_dir.mkdir(parents=True, exist_ok=True)
-        (ha.config_dir / "configuration.yaml").write_text(configuration_yaml(ha.port))
+        config = configuration_yaml(ha.port, trust_proxies=trust_proxies)
+        (ha.config_dir / "configuration.yaml").write_text(config)
         began = time.monotonic()
         try:
             ha._launch()
@@ -685,10 +692,16 @@ class HomeAssistant:
 
 @contextlib.asynccontextmanager
 async def start_home_assistant(
-    base_dir: Path, *, port: int | None = None, timeout: float = STARTUP_TIMEOUT
+    base_dir: Path,
+    *,
+    port: int | None = None,
+    timeout: float = STARTUP_TIMEOUT,
+    trust_proxies: bool = True,
 ) -> AsyncIterator[HomeAssistant]:
     """Start (installing if needed) and onboard HA in ``base_dir``; stop it on exit."""
-    ha = await HomeAssistant.start(base_dir, port=port, timeout=timeout)
+    ha = await HomeAssistant.start(
+        base_dir, port=port, timeout=timeout, trust_proxies=trust_proxies
+    )
     try:
         yield ha
     finally:

@@ -66,8 +66,8 @@ class Stack:
     def ca_path(self) -> Path:
         return self.data_dir / "tls" / "dev-ca.pem"
 
-    def browser(self) -> Browser:
-        return Browser(self)
+    def browser(self, *, local_addr: str | None = None) -> Browser:
+        return Browser(self, local_addr=local_addr)
 
     async def wait_connected(self, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout):
@@ -84,6 +84,7 @@ def make_addon(
     ha_url: str,
     state_dir: Path,
     statuses: list[AddonStatus],
+    **addon_kwargs: Any,
 ) -> AddonClient:
     config = AddonConfig(
         relay_url=f"wss://{stack_config.account_host}{stack_config.port_suffix}/v1/tunnel",
@@ -94,7 +95,7 @@ def make_addon(
         ping_interval=2.0,
         ping_timeout=3.0,
     )
-    return AddonClient(config, on_status=lambda s: statuses.append(_copy(s)))
+    return AddonClient(config, on_status=lambda s: statuses.append(_copy(s)), **addon_kwargs)
 
 
 def _copy(status: AddonStatus) -> AddonStatus:
@@ -107,9 +108,11 @@ async def start_stack(
     *,
     ha_url: str | None = None,
     email: str = "owner@example.com",
+    addon_kwargs: dict[str, Any] | None = None,
     **relay_options: Any,
 ) -> AsyncIterator[Stack]:
-    """``relay_options`` go to :class:`RelayConfig` (e.g. ``listen_port``, ``oidc_providers``)."""
+    """``relay_options`` go to :class:`RelayConfig` (e.g. ``listen_port``, ``oidc_providers``),
+    ``addon_kwargs`` to :class:`AddonClient` (e.g. ``gate=``, ``trust=``)."""
     data_dir = tmp_path / "relay"
     options: dict[str, Any] = {"listen_port": free_port(), "drain_seconds": 2.0, **relay_options}
     config = RelayConfig(data_dir=data_dir, **options)
@@ -120,7 +123,7 @@ async def start_stack(
         standin, ha_url = await start_standin()
     await relay.accounts.create_user(email, PASSWORD)
     statuses: list[AddonStatus] = []
-    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses)
+    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses, **(addon_kwargs or {}))
     await addon.__aenter__()
     task = asyncio.create_task(addon.run_forever())
     stack = Stack(relay, config, addon, task, ha_url, email, PASSWORD, data_dir, statuses, standin)
@@ -146,11 +149,16 @@ async def start_stack(
 class Browser:
     """Cookie-keeping HTTPS client that trusts the dev CA and signs in like a person."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *, local_addr: str | None = None) -> None:
+        """``local_addr``: a loopback address (127.0.0.2, …) to appear as another person."""
         self.stack = stack
         context = ssl.create_default_context(cafile=str(stack.ca_path))
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
+            connector=aiohttp.TCPConnector(
+                ssl=context,
+                resolver=LocalhostResolver(),
+                local_addr=(local_addr, 0) if local_addr else None,
+            ),
             cookie_jar=aiohttp.CookieJar(),
         )
 

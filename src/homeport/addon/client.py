@@ -30,6 +30,8 @@ from yarl import URL
 
 from homeport import __version__
 from homeport.addon.forward import HomeAssistantForwarder
+from homeport.addon.gate import RemoteAccessGate
+from homeport.addon.ha_trust import TrustMonitor
 from homeport.keys import load_or_create_private_key
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.events import GoAwayReceived
@@ -120,6 +122,8 @@ class AddonClient:
         config: AddonConfig,
         *,
         on_status: Callable[[AddonStatus], None] | None = None,
+        gate: RemoteAccessGate | None = None,
+        trust: TrustMonitor | None = None,
     ) -> None:
         url = URL(config.relay_url)
         if url.scheme != "wss" or not url.host:
@@ -128,6 +132,8 @@ class AddonClient:
         self.host = url.host
         self.status = AddonStatus()
         self._on_status = on_status
+        self._gate = gate
+        self._trust = trust
         self._key = load_or_create_private_key(config.state_dir / "addon-key.pem")
         self._ssl: ssl.SSLContext = client_context(config.relay_ca)
         self._relay: aiohttp.ClientSession | None = None
@@ -245,7 +251,17 @@ class AddonClient:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, welcome: Welcome) -> str:
         assert self._ha is not None
-        forwarder = HomeAssistantForwarder(self.config.ha_url, self._ha)
+        send_forwarded: Callable[[], bool] = _always
+        checking: asyncio.Task[Any] | None = None
+        if self._trust is not None:
+            # On every (re)connect, in the background (the tunnel must answer the
+            # relay's pings meanwhile); until it answers, the last verdict holds.
+            checking = asyncio.create_task(self._trust.check(self._ha))
+            send_forwarded = self._trust.send_forwarded
+        forwarder = HomeAssistantForwarder(
+            self.config.ha_url, self._ha, send_forwarded=send_forwarded
+        )
+        handler = forwarder.handle if self._gate is None else self._gate.wrap(forwarder.handle)
         replaced: list[GoAwayReceived] = []
 
         def on_goaway(event: GoAwayReceived) -> None:
@@ -259,7 +275,7 @@ class AddonClient:
         session = TunnelSession(
             ws,
             TunnelConnection(Role.ADDON),
-            on_stream=forwarder.handle,
+            on_stream=handler,
             on_goaway=on_goaway,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
@@ -280,6 +296,8 @@ class AddonClient:
         reconnect = asyncio.create_task(self._reconnect_now.wait())
         await asyncio.wait({runner, reconnect}, return_when=asyncio.FIRST_COMPLETED)
         reconnect.cancel()
+        if checking is not None:
+            checking.cancel()
         if not runner.done():
             # GOAWAY: dial the next relay now; this tunnel finishes its streams
             # in the background and closes when the relay closes it.
@@ -295,6 +313,10 @@ class AddonClient:
         self._set(state=State.DISCONNECTED, last_error=session.close_reason)
         log.warning("addon.disconnected", extra={"reason": session.close_reason})
         return "served"
+
+
+def _always() -> bool:
+    return True
 
 
 async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from yarl import URL
@@ -41,6 +41,8 @@ MAX_WS_MESSAGE = 16 * 1024 * 1024
 
 # Hop-by-hop fields, and Host: aiohttp writes Home Assistant's own address there.
 NOT_FORWARDED = HOP_BY_HOP | {"host"}
+# The relay's view of the client; only for a Home Assistant that trusts us.
+FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 # The add-on's own WebSocket client negotiates these with Home Assistant itself.
 WEBSOCKET_HANDSHAKE = frozenset(
     {
@@ -56,13 +58,22 @@ WEBSOCKET_HANDSHAKE = frozenset(
 class HomeAssistantForwarder:
     """Turns each stream into one request (or WebSocket) to Home Assistant."""
 
-    def __init__(self, ha_url: str, client: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        ha_url: str,
+        client: aiohttp.ClientSession,
+        *,
+        send_forwarded: Callable[[], bool] | None = None,
+    ) -> None:
         base = URL(ha_url)
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"Home Assistant URL must be http(s)://host[:port], not {ha_url!r}")
         self.base = base.with_path("").with_query(None).with_fragment(None)
         self._base_text = str(self.base).rstrip("/")
         self._client = client
+        # False while Home Assistant does not trust us as a proxy: it would answer
+        # 400 to every request carrying X-Forwarded-For (see addon.ha_trust).
+        self._send_forwarded = send_forwarded or _always
 
     def url_for(self, target: str) -> URL:
         """The upstream URL for an origin-form target; refuses anything else."""
@@ -93,7 +104,7 @@ class HomeAssistantForwarder:
 
     async def _http(self, stream: Stream, head: RequestHead, url: URL) -> None:
         started = time.monotonic()
-        headers = _request_headers(head.headers)
+        headers = _request_headers(head.headers, self._send_forwarded())
         body = _body(stream) if stream.request_has_body else None
         try:
             async with self._client.request(
@@ -187,7 +198,9 @@ class HomeAssistantForwarder:
             if p.strip()
         )
         headers = [
-            (n, v) for n, v in _request_headers(head.headers) if n not in WEBSOCKET_HANDSHAKE
+            (n, v)
+            for n, v in _request_headers(head.headers, self._send_forwarded())
+            if n not in WEBSOCKET_HANDSHAKE
         ]
         try:
             ws = await self._client.ws_connect(
@@ -256,9 +269,14 @@ def _valid_close_code(code: int) -> int:
     return 1000
 
 
-def _request_headers(headers: Headers) -> list[tuple[str, str]]:
+def _always() -> bool:
+    return True
+
+
+def _request_headers(headers: Headers, send_forwarded: bool = True) -> list[tuple[str, str]]:
     tokens = connection_tokens([v for n, v in headers if n == "connection"])
-    return [(n, v) for n, v in headers if n not in NOT_FORWARDED and n not in tokens]
+    dropped = NOT_FORWARDED if send_forwarded else NOT_FORWARDED | FORWARDING
+    return [(n, v) for n, v in headers if n not in dropped and n not in tokens]
 
 
 async def _body(stream: Stream) -> AsyncIterator[bytes]:

@@ -40,6 +40,10 @@ class RelayConfig:
     security_policy: str = SECURITY_POLICY
     #: Google / Apple / generic OpenID sign-in (``homeport.relay.oidc_settings``); none by default.
     oidc_providers: tuple[OidcProvider, ...] = ()
+    #: Keepalive on each add-on's tunnel: a ping every interval; no pong for
+    #: interval + timeout declares the link dead (tests shorten both).
+    tunnel_ping_interval: float = 30.0
+    tunnel_ping_timeout: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

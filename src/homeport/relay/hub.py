@@ -61,7 +61,7 @@ class TunnelHub:
 
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
-        if session is None or session.closed.is_set() or not session.connection.accepting_streams:
+        if session is None or session.ended or not session.connection.accepting_streams:
             return None
         return session
 
@@ -98,7 +98,11 @@ class TunnelHub:
 
     async def _serve(self, ws: web.WebSocketResponse, instance_id: str, peer: str) -> None:
         session = TunnelSession(
-            ws, TunnelConnection(Role.RELAY), name=f"relay:{instance_id[:8]}", ping_interval=30
+            ws,
+            TunnelConnection(Role.RELAY),
+            name=f"relay:{instance_id[:8]}",
+            ping_interval=self.config.tunnel_ping_interval,
+            ping_timeout=self.config.tunnel_ping_timeout,
         )
         previous = self.tunnels.get(instance_id)
         self.tunnels[instance_id] = session

@@ -69,6 +69,9 @@ class TunnelSession:
         self.rtt: float | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
+        #: Set as soon as the tunnel stops serving (before the WebSocket close
+        #: handshake, which a dead peer never answers): no new streams from then on.
+        self.ended = False
         self._on_stream = on_stream
         self._on_goaway = on_goaway
         self._ping_interval = ping_interval
@@ -97,6 +100,7 @@ class TunnelSession:
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.ended = True
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -145,7 +149,7 @@ class TunnelSession:
 
     def open_stream(self, head: RequestHead, *, websocket: bool, end_stream: bool) -> Stream:
         """Start a request (relay side); raises :class:`StreamClosed` when refused."""
-        if self.closed.is_set():
+        if self.ended or self.closed.is_set():
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(

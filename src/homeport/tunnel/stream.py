@@ -74,6 +74,8 @@ class Stream:
         self.error: StreamClosed | None = None
         self.closed = False  # nothing more will arrive
         self.ws_close_sent = False
+        #: Add-on side: the status of the response head we sent (None until then).
+        self.sent_status: int | None = None
         #: Add-on side: the request head was not marked END_STREAM.
         self.request_has_body = False
         #: Received bytes the reader has not taken yet: they hold tunnel credit.
@@ -224,6 +226,7 @@ class Stream:
     def respond(self, head: ResponseHead, *, end: bool = False) -> None:
         with self._sending() as connection:
             connection.send_response(self.id, head, end_stream=end)
+        self.sent_status = head.status
 
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         """Abort the stream (idempotent)."""
