@@ -41,6 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AuditEvent",
     "Base",
     "HandoffCode",
     "Instance",
@@ -331,3 +332,34 @@ class PendingLogin(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# Audit log (homeport.accounts.audit): lengths of its text columns.
+AUDIT_KIND_MAX = 48
+AUDIT_DEVICE_MAX = 64
+AUDIT_DETAIL_MAX = 200
+AUDIT_FACTOR_MAX = 16
+
+
+class AuditEvent(Base):
+    """One audit-log event: metadata only (see :mod:`homeport.accounts.audit`).
+
+    ``user_id`` and ``instance_id`` carry no foreign keys on purpose: the
+    record of an unlinked home or a removed member must outlive the row it
+    names, until the 180-day purge.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(AUDIT_KIND_MAX))
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    instance_id: Mapped[str | None] = mapped_column(
+        String(INSTANCE_ID_LEN), nullable=True, index=True
+    )
+    ip: Mapped[str] = mapped_column(String(IP_MAX))
+    device: Mapped[str] = mapped_column(String(AUDIT_DEVICE_MAX))
+    factor: Mapped[str | None] = mapped_column(String(AUDIT_FACTOR_MAX), nullable=True)
+    session_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(String(AUDIT_DETAIL_MAX))

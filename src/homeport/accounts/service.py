@@ -36,7 +36,7 @@ import hmac
 import logging
 import secrets
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, cast
@@ -56,6 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
 from homeport.accounts.errors import (
     AccessDenied,
@@ -194,6 +195,8 @@ class Accounts:
         self.throttle = Throttle(db, now=self._now)
         #: TOTP second factor and pending sign-ins; seeds sealed by ``secret_box``.
         self.totp = Totp(db, secret_box, self.throttle, now=self._now)
+        #: Audit log (metadata only, 180 days); other features record through it too.
+        self.audit = Audit(db, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -262,6 +265,9 @@ class Accounts:
             if disabled:
                 await s.execute(self._revoke_stmt(now, WebSession.user_id == user_id))
         _log.info("account %s: user %d", "disabled" if disabled else "enabled", user_id)
+        await self.audit.record(
+            EventType.ACCOUNT_DISABLED if disabled else EventType.ACCOUNT_ENABLED, user_id=user_id
+        )
 
     async def set_password(
         self, user_id: int, new_password: str, *, keep_session_id: int | None = None
@@ -549,6 +555,94 @@ class Accounts:
         _log.info("%d sessions revoked: user %d", count, user_id)
         return count
 
+    async def revoke_other_sessions(self, user_id: int, keep_session_id: int) -> list[int]:
+        """ "Sign out all other sessions": end every session but this browser's; the ids ended.
+
+        Kept: the account session ``keep_session_id`` and the tenant sessions it
+        handed off (the same browser). Unused hand-off codes of the ended
+        account sessions are deleted. The caller cuts the ended sessions' live
+        traffic (:meth:`homeport.relay.gate.SessionGate.end_sessions`).
+        """
+        now = self._now()
+        condition = and_(
+            WebSession.user_id == user_id,
+            WebSession.id != keep_session_id,
+            or_(
+                WebSession.parent_session_id.is_(None),
+                WebSession.parent_session_id != keep_session_id,
+            ),
+        )
+        async with self._db.session(write=True) as s, s.begin():
+            ids = list(
+                await s.scalars(
+                    select(WebSession.id).where(condition, WebSession.revoked_at.is_(None))
+                )
+            )
+            await s.execute(self._revoke_stmt(now, condition))
+            await s.execute(
+                delete(HandoffCode).where(
+                    HandoffCode.user_id == user_id,
+                    HandoffCode.used_at.is_(None),
+                    or_(
+                        HandoffCode.parent_session_id.is_(None),
+                        HandoffCode.parent_session_id != keep_session_id,
+                    ),
+                )
+            )
+        _log.info("other sessions revoked: user %d (%d ended)", user_id, len(ids))
+        return ids
+
+    async def live_session_ids(self, session_ids: Iterable[int]) -> set[int]:
+        """Which of these sessions are still valid; the valid ones count as in use.
+
+        The relay's sweep asks this about every session with open tunnel
+        traffic, so a revocation made outside this process (admin CLI, another
+        node), an absolute expiry, a disabled account or withdrawn access also
+        cuts long-lived streams. An open stream is activity: the idle expiry of
+        a live session slides as if a request had arrived (a wall tablet with a
+        dashboard open is in use), never beyond the absolute expiry.
+        """
+        wanted = sorted(set(session_ids))
+        if not wanted:
+            return set()
+        now = self._now()
+        alive: set[int] = set()
+        touch: list[WebSession] = []
+        async with self._db.session() as s:
+            rows = await s.execute(
+                select(WebSession, User.disabled)
+                .join(User, User.id == WebSession.user_id)
+                .where(WebSession.id.in_(wanted))
+            )
+            for row, disabled in rows:
+                if (
+                    row.revoked_at is not None
+                    or disabled
+                    or now >= row.idle_expires_at
+                    or now >= row.absolute_expires_at
+                ):
+                    continue
+                if row.instance_id is not None and not await self._can_access(
+                    s, row.user_id, row.instance_id
+                ):
+                    continue
+                alive.add(row.id)
+                if now - row.last_seen_at >= self._touch_interval:
+                    touch.append(row)
+        if touch:
+            async with self._db.session(write=True) as s, s.begin():
+                for row in touch:
+                    idle, _absolute = self._lifetimes[row.kind]
+                    await s.execute(
+                        update(WebSession)
+                        .where(WebSession.id == row.id, WebSession.revoked_at.is_(None))
+                        .values(
+                            last_seen_at=now,
+                            idle_expires_at=min(now + idle, row.absolute_expires_at),
+                        )
+                    )
+        return alive
+
     async def list_sessions(self, user_id: int) -> list[WebSession]:
         """The account's live sessions, most recently used first."""
         now = self._now()
@@ -609,6 +703,7 @@ class Accounts:
                     InstanceMember(user_id=user_id, instance_id=instance_id, created_at=self._now())
                 )
         _log.info("member added: user %d on instance %s", user_id, instance_id)
+        await self.audit.record(EventType.MEMBER_ADDED, user_id=user_id, instance_id=instance_id)
 
     async def remove_member(self, instance_id: str, user_id: int) -> bool:
         """Withdraw an account's access and end its sessions on the instance."""
@@ -633,6 +728,9 @@ class Accounts:
         removed = _rowcount(result) == 1
         if removed:
             _log.info("member removed: user %d from instance %s", user_id, instance_id)
+            await self.audit.record(
+                EventType.MEMBER_REMOVED, user_id=user_id, instance_id=instance_id
+            )
         return removed
 
     # ---------------------------------------------------------------- hand-off
@@ -804,6 +902,9 @@ class Accounts:
             _log.warning("link refused: invalid, used or expired code")
             raise
         _log.info("instance %s linked: owner user %d", instance.id, owner.id)
+        await self.audit.record(
+            EventType.INSTANCE_LINKED, user_id=owner.id, instance_id=instance.id
+        )
         return instance
 
     async def instance_for_key(self, public_key_text: str) -> Instance | None:
@@ -890,8 +991,12 @@ class Accounts:
             await s.execute(delete(WebSession).where(WebSession.instance_id == instance_id))
             await s.execute(delete(HandoffCode).where(HandoffCode.instance_id == instance_id))
             await s.execute(delete(InstanceMember).where(InstanceMember.instance_id == instance_id))
+            owner_id = instance.owner_id
             await s.delete(instance)
         _log.info("instance %s unlinked", instance_id)
+        await self.audit.record(
+            EventType.INSTANCE_UNLINKED, user_id=owner_id, instance_id=instance_id
+        )
         return True
 
     # ------------------------------------------------------------ housekeeping

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import pyotp
 from aiohttp import web
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.models import WebSession
@@ -40,6 +41,7 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import Pages
+from homeport.relay.site_sessions import SessionsPage
 from homeport.relay.tenant import redirect, safe_next
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class AccountSite:
         add("GET", "/static/homeport.css", self.stylesheet)
         add("GET", "/healthz", self.healthz)
         add("GET", "/v1/tunnel", hub.handle)
+        SessionsPage(self)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = await self.router.resolve(request)
@@ -102,6 +105,34 @@ class AccountSite:
         if info is None:
             return None
         return info.user_id, info.email
+
+    async def audit(
+        self,
+        request: web.Request,
+        kind: EventType | str,
+        session: SessionInfo | None = None,
+        *,
+        user_id: int | None = None,
+        factor: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Record an audit event with this request's place and device."""
+        await self.accounts.audit.record(
+            kind,
+            user_id=session.user_id if session is not None else user_id,
+            ip=request.remote or "",
+            user_agent=request.headers.get("User-Agent", ""),
+            factor=factor,
+            session_id=session.session_id if session is not None else None,
+            detail=detail,
+        )
+
+    def signed_out_response(self) -> web.Response:
+        """Back to the sign-in page with the account cookie removed."""
+        response = redirect("/signin")
+        response.del_cookie(ACCOUNT_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
+        self.pages.secure(response)
+        return response
 
     def _same_origin(self, request: web.Request) -> bool:
         """CSRF check: POSTs must come from a page of the account site itself."""
@@ -171,6 +202,11 @@ class AccountSite:
             user = None
         if user is None:
             log.warning("account.signin_failed", extra={"ip": request.remote})
+            known = await self.accounts.get_user_by_email(email)
+            if known is not None:  # unknown addresses have no log to write to
+                await self.audit(
+                    request, EventType.SIGNIN_FAILED, user_id=known.id, factor="password"
+                )
             return self.pages.render(
                 "signin.html",
                 status=401,
@@ -200,16 +236,20 @@ class AccountSite:
             )
             self.pages.secure(response)
             return response
-        return self._signed_in(
-            request,
-            *await self.accounts.create_session(
-                user,
-                "account",
-                user_agent=request.headers.get("User-Agent", ""),
-                ip=request.remote or "",
-            ),
-            next_path,
+        token_row = await self.accounts.create_session(
+            user,
+            "account",
+            user_agent=request.headers.get("User-Agent", ""),
+            ip=request.remote or "",
         )
+        await self.audit(
+            request,
+            EventType.SIGNIN_SUCCEEDED,
+            user_id=user.id,
+            factor="password",
+            detail=f"session {token_row[1].id}",
+        )
+        return self._signed_in(request, *token_row, next_path)
 
     def _signed_in(
         self, request: web.Request, token: str, row: WebSession, next_path: str
@@ -266,6 +306,12 @@ class AccountSite:
             else:
                 error = "That code is not right. Try again."
             log.warning("account.second_factor_failed", extra={"user": pending.user_id})
+            await self.audit(
+                request,
+                EventType.SECOND_FACTOR_FAILED,
+                user_id=pending.user_id,
+                factor="recovery_code" if recovery_code else "totp",
+            )
             response = self.pages.render(
                 "totp.html",
                 status=429 if outcome.wait > 0 else 401,
@@ -283,6 +329,13 @@ class AccountSite:
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
+        )
+        await self.audit(
+            request,
+            EventType.SIGNIN_SUCCEEDED,
+            user_id=pending.user_id,
+            factor="password+recovery_code" if recovery_code else "password+totp",
+            detail=f"session {token_row[1].id}",
         )
         return self._signed_in(request, *token_row, pending.next_path)
 
@@ -352,6 +405,7 @@ class AccountSite:
             )
             return await self._security_page(user, error=error, status=status)
         log.info("account.totp_enabled", extra={"user": user[0]})
+        await self.audit(request, EventType.TOTP_ENABLED, user_id=user[0], factor="totp")
         return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
@@ -363,13 +417,11 @@ class AccountSite:
             if info is not None:
                 # Ends the handed-off tenant sessions too; the gate's cache must
                 # not keep them alive for its TTL.
-                for session_id in await self.accounts.sign_out(info.session_id):
-                    self.gate.forget_session(session_id)
+                # Cuts their open streams and WebSockets at once too.
+                self.gate.end_sessions(await self.accounts.sign_out(info.session_id))
+                await self.audit(request, EventType.SIGNED_OUT, info)
                 log.info("account.signout", extra={"user": info.user_id})
-        response = redirect("/signin")
-        response.del_cookie(ACCOUNT_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
-        self.pages.secure(response)
-        return response
+        return self.signed_out_response()
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         """Hand a signed-in person over to a tenant host with a one-time code."""

@@ -26,6 +26,7 @@ from homeport.relay.account_site import AccountSite
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
 from homeport.relay.gate import SessionGate
+from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.tenant import TenantProxy
@@ -88,6 +89,7 @@ class Relay:
         self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        self.housekeeping = Housekeeping(self.accounts, self.gate)
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
@@ -144,8 +146,10 @@ class Relay:
         await self.database.connect()
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        self.housekeeping.start()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        await self.housekeeping.stop()
         await self.hub.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:

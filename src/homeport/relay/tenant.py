@@ -16,10 +16,12 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.service import Accounts
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
@@ -27,6 +29,7 @@ from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
+from homeport.relay.live import SESSION_ENDED_CODE, SESSION_ENDED_REASON
 from homeport.relay.pages import HSTS, Pages
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
@@ -90,9 +93,14 @@ class TenantProxy:
                 status=503,
                 tenant=True,
             )
+        user_id, session_id = access
+        live = self.gate.live
+        cut = _Cut()
         if _is_websocket(request):
-            return await self._websocket(request, instance_id, tunnel)
-        return await self._http(request, instance_id, tunnel)
+            with live.track(session_id, user_id, instance_id, "websocket", cut):
+                return await self._websocket(request, instance_id, tunnel, cut)
+        with live.track(session_id, user_id, instance_id, "http", cut):
+            return await self._http(request, instance_id, tunnel, cut)
 
     # ------------------------------------------------------------ the gate
 
@@ -160,13 +168,21 @@ class TenantProxy:
             return self.pages.message(
                 "Not allowed", "This account cannot open this home.", status=403, tenant=True
             )
-        token, _ = await self.accounts.create_session(
+        token, row = await self.accounts.create_session(
             user,
             "tenant",
             instance_id=instance_id,
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
             handoff_code=code,  # links the session to the account session, for sign-out
+        )
+        await self.accounts.audit.record(
+            EventType.SESSION_CREATED,
+            user_id=user_id,
+            instance_id=instance_id,
+            ip=request.remote or "",
+            user_agent=request.headers.get("User-Agent", ""),
+            session_id=row.id,
         )
         # The code leaves the address bar with this redirect (no token stays in a URL).
         response = redirect(safe_next(request.query.get("next")))
@@ -191,7 +207,11 @@ class TenantProxy:
         return RequestHead(request.method, request.raw_path, headers, priority)
 
     async def _http(
-        self, request: web.Request, instance_id: str, tunnel: TunnelSession
+        self,
+        request: web.Request,
+        instance_id: str,
+        tunnel: TunnelSession,
+        cut: _Cut,
     ) -> web.StreamResponse:
         started = time.monotonic()
         try:
@@ -203,6 +223,7 @@ class TenantProxy:
             return self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
+        cut.set(lambda: _cut_http(request, stream))
         upload = asyncio.create_task(_upload(request, stream)) if request.body_exists else None
         try:
             try:
@@ -286,7 +307,11 @@ class TenantProxy:
     # ------------------------------------------------------ proxy: WebSocket
 
     async def _websocket(
-        self, request: web.Request, instance_id: str, tunnel: TunnelSession
+        self,
+        request: web.Request,
+        instance_id: str,
+        tunnel: TunnelSession,
+        cut: _Cut,
     ) -> web.StreamResponse:
         """Proxy a WebSocket; a foreign ``Origin`` is refused (cross-site WebSocket hijacking)."""
         origin = request.headers.get("Origin")
@@ -297,6 +322,7 @@ class TenantProxy:
             stream = tunnel.open_stream(
                 self._head(request, instance_id, websocket=True), websocket=True, end_stream=False
             )
+            cut.set(lambda: _cut_http(request, stream))
             async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                 head_in = await stream.response
         except StreamClosed as exc:
@@ -323,6 +349,7 @@ class TenantProxy:
         )
         _tenant_security_headers(ws)
         await ws.prepare(request)
+        cut.set(lambda: _end_websocket(request, ws, stream))
         downstream = asyncio.create_task(_tunnel_to_browser(stream, ws))
         try:
             await _browser_to_tunnel(ws, stream)
@@ -335,6 +362,51 @@ class TenantProxy:
             if not stream.closed:
                 stream.reset(ErrorCode.CANCEL, "browser WebSocket ended")
         return ws
+
+
+class _Cut:
+    """How to end one exchange *now*; what that means changes as it progresses."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._action: Callable[[], None] | None = None
+
+    def set(self, action: Callable[[], None]) -> None:
+        self._action = action
+        if self.ended:  # the session ended while this exchange was being set up
+            action()
+
+    def __call__(self) -> None:
+        self.ended = True
+        if self._action is not None:
+            self._action()
+
+
+def _cut_http(request: web.Request, stream: Stream) -> None:
+    """Session revoked mid-exchange: stop the home's side and drop the browser's."""
+    stream.reset(ErrorCode.CANCEL, "session ended")
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _end_websocket(request: web.Request, ws: web.WebSocketResponse, stream: Stream) -> None:
+    """Session revoked: close the browser's WebSocket with 4001 and reset the tunnel side."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await ws.close(code=SESSION_ENDED_CODE, message=SESSION_ENDED_REASON.encode())
+        stream.reset(ErrorCode.CANCEL, "session ended")
+        if request.transport is not None:
+            request.transport.close()
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+#: Close tasks in flight (held so they are not garbage-collected mid-way).
+_closing: set[asyncio.Task[None]] = set()
 
 
 async def _upload(request: web.Request, stream: Stream) -> None:
@@ -354,7 +426,8 @@ async def _browser_to_tunnel(ws: web.WebSocketResponse, stream: Stream) -> None:
         code = ws.close_code or 1000
         stream.close_ws(code if code not in (1005, 1006) else 1000, "")
     except StreamClosed:
-        await ws.close(code=1011, message=b"home connection lost")
+        if not ws.closed:
+            await ws.close(code=1011, message=b"home connection lost")
 
 
 async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
@@ -364,12 +437,15 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
             if isinstance(item, WsClose):
                 await ws.close(code=item.code, message=item.reason.encode()[:123])
                 return
+            if ws.closed:
+                return
             if item.text:
                 await ws.send_str(item.data.decode("utf-8", "replace"))
             else:
                 await ws.send_bytes(item.data)
     except StreamClosed:
-        await ws.close(code=1011, message=b"home connection lost")
+        if not ws.closed:  # a revocation already closed it with its own code
+            await ws.close(code=1011, message=b"home connection lost")
 
 
 def _is_websocket(request: web.Request) -> bool:
