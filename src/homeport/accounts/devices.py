@@ -30,6 +30,7 @@ _BROWSERS: Final = (
 _SYSTEMS: Final = (
     ("iPad", re.compile(r"\biPad\b")),
     ("iPhone", re.compile(r"\biPhone\b")),
+    ("iOS", re.compile(r"\biOS\b")),
     ("Android", re.compile(r"\bAndroid\b")),
     ("ChromeOS", re.compile(r"\bCrOS\b")),
     ("Windows", re.compile(r"\bWindows\b")),

@@ -41,6 +41,9 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import Pages
+from homeport.relay.site_audit import AuditPage
+from homeport.relay.site_factors import FactorActions, qr_data_uri
+from homeport.relay.site_password import PasswordPage
 from homeport.relay.site_sessions import SessionsPage
 from homeport.relay.tenant import redirect, safe_next
 
@@ -82,6 +85,9 @@ class AccountSite:
         add("GET", "/healthz", self.healthz)
         add("GET", "/v1/tunnel", hub.handle)
         SessionsPage(self)
+        AuditPage(self)
+        PasswordPage(self)
+        FactorActions(self)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = await self.router.resolve(request)
@@ -368,6 +374,7 @@ class AccountSite:
             error=error,
             enabled=enabled,
             enrolment=enrolment,
+            qr=qr_data_uri(enrolment.uri) if enrolment is not None else None,
             recovery_codes=recovery_codes or [],
             codes_left=await totp.recovery_codes_left(user[0]) if enabled else 0,
         )
@@ -405,7 +412,13 @@ class AccountSite:
             )
             return await self._security_page(user, error=error, status=status)
         log.info("account.totp_enabled", extra={"user": user[0]})
-        await self.audit(request, EventType.TOTP_ENABLED, user_id=user[0], factor="totp")
+        # A factor change ends every other session (R-SES-04): one opened by whoever
+        # knew the password before the factor was added must not stay.
+        current = await self._session(request)
+        keep = current.session_id if current is not None else None
+        await self.accounts.revoke_user_sessions(user[0], except_session_id=keep)
+        self.gate.end_user(user[0], except_session_id=keep)
+        await self.audit(request, EventType.TOTP_ENABLED, current, factor="totp")
         return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
