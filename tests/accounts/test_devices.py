@@ -43,6 +43,11 @@ from homeport.accounts.devices import describe_device, describe_network
             "Version/4.0 Chrome/131.0 Safari/537.36 HomeAssistant/Android",
             "Home Assistant app on Android",
         ),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "HeadlessChrome/131.0.0.0 Safari/537.36",
+            "Chrome on Linux",
+        ),
         ("", "Unknown device"),
         ("curl/8.5.0", "Unknown device"),
         ("<script>alert(1)</script>", "Unknown device"),

@@ -24,7 +24,7 @@ _BROWSERS: Final = (
     ("Opera", re.compile(r"\bOPR/")),
     ("Samsung Internet", re.compile(r"\bSamsungBrowser/")),
     ("Firefox", re.compile(r"\b(?:Firefox|FxiOS)/")),
-    ("Chrome", re.compile(r"\b(?:Chrome|Chromium|CriOS)/")),
+    ("Chrome", re.compile(r"\b(?:HeadlessChrome|Chrome|Chromium|CriOS)/")),
     ("Safari", re.compile(r"\bVersion/[\d.]+.*\bSafari/")),
 )
 _SYSTEMS: Final = (
