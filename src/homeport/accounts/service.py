@@ -532,21 +532,26 @@ class Accounts:
         (a code redeemed later is refused by :meth:`consume_handoff` anyway).
         The caller drops the returned ids from any session cache.
         """
+        ids = await self._revoke_returning_ids(
+            or_(WebSession.id == session_id, WebSession.parent_session_id == session_id),
+            HandoffCode.parent_session_id == session_id,
+        )
+        _log.info("session %d signed out (%d sessions ended)", session_id, len(ids))
+        return ids
+
+    async def _revoke_returning_ids(
+        self, sessions: ColumnElement[bool], codes: ColumnElement[bool]
+    ) -> list[int]:
+        """Revoke the live ``sessions`` and delete the unused hand-off ``codes``; the ids."""
         now = self._now()
-        condition = or_(WebSession.id == session_id, WebSession.parent_session_id == session_id)
         async with self._db.session(write=True) as s, s.begin():
             ids = list(
                 await s.scalars(
-                    select(WebSession.id).where(condition, WebSession.revoked_at.is_(None))
+                    select(WebSession.id).where(sessions, WebSession.revoked_at.is_(None))
                 )
             )
-            await s.execute(self._revoke_stmt(now, condition))
-            await s.execute(
-                delete(HandoffCode).where(
-                    HandoffCode.parent_session_id == session_id, HandoffCode.used_at.is_(None)
-                )
-            )
-        _log.info("session %d signed out (%d sessions ended)", session_id, len(ids))
+            await s.execute(self._revoke_stmt(now, sessions))
+            await s.execute(delete(HandoffCode).where(codes, HandoffCode.used_at.is_(None)))
         return ids
 
     async def revoke_user_sessions(
@@ -570,32 +575,23 @@ class Accounts:
         account sessions are deleted. The caller cuts the ended sessions' live
         traffic (:meth:`homeport.relay.gate.SessionGate.end_sessions`).
         """
-        now = self._now()
-        condition = and_(
-            WebSession.user_id == user_id,
-            WebSession.id != keep_session_id,
-            or_(
-                WebSession.parent_session_id.is_(None),
-                WebSession.parent_session_id != keep_session_id,
+        ids = await self._revoke_returning_ids(
+            and_(
+                WebSession.user_id == user_id,
+                WebSession.id != keep_session_id,
+                or_(
+                    WebSession.parent_session_id.is_(None),
+                    WebSession.parent_session_id != keep_session_id,
+                ),
+            ),
+            and_(
+                HandoffCode.user_id == user_id,
+                or_(
+                    HandoffCode.parent_session_id.is_(None),
+                    HandoffCode.parent_session_id != keep_session_id,
+                ),
             ),
         )
-        async with self._db.session(write=True) as s, s.begin():
-            ids = list(
-                await s.scalars(
-                    select(WebSession.id).where(condition, WebSession.revoked_at.is_(None))
-                )
-            )
-            await s.execute(self._revoke_stmt(now, condition))
-            await s.execute(
-                delete(HandoffCode).where(
-                    HandoffCode.user_id == user_id,
-                    HandoffCode.used_at.is_(None),
-                    or_(
-                        HandoffCode.parent_session_id.is_(None),
-                        HandoffCode.parent_session_id != keep_session_id,
-                    ),
-                )
-            )
         _log.info("other sessions revoked: user %d (%d ended)", user_id, len(ids))
         return ids
 

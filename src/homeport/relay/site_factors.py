@@ -19,23 +19,21 @@ from __future__ import annotations
 import base64
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
 
 import segno
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
 from homeport.accounts.service import SessionInfo
-from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
+from homeport.accounts.throttle import retry_after
 from homeport.accounts.totp import TotpError
+from homeport.relay.site_checks import password_again, signed_in_post
 from homeport.relay.tenant import redirect
 
 if TYPE_CHECKING:
     from homeport.relay.account_site import AccountSite
 
 log = logging.getLogger(__name__)
-
-MAX_FORM = 8 * 1024
 
 
 def qr_data_uri(text: str) -> str:
@@ -70,21 +68,15 @@ class FactorActions:
                 response.headers["Retry-After"] = retry_after(outcome.wait)
                 return response
         elif password:
-            wait = await accounts.throttle.attempt(signin_keys(current.email, request.remote))
-            if wait > 0:
+            checked = await password_again(self.site, request, current, password)
+            if checked is True:
+                return None
+            if checked is not False:
                 response = await self.site._security_page(
                     user_pair, error="Too many attempts. Wait a moment, then try again.", status=429
                 )
-                response.headers["Retry-After"] = retry_after(wait)
+                response.headers["Retry-After"] = retry_after(checked)
                 return response
-            user = await accounts.authenticate(current.email, password)
-            if user is not None and user.id == current.user_id:
-                net = network_key(request.remote)
-                await accounts.throttle.succeeded(
-                    clear=[f"pw:pair:{account_key(current.email)}:{net}"],
-                    refund=[f"pw:net:{net}"],
-                )
-                return None
         log.warning("account.reauth_failed", extra={"user": current.user_id})
         return await self.site._security_page(
             user_pair,
@@ -92,19 +84,8 @@ class FactorActions:
             status=401,
         )
 
-    async def _start(self, request: web.Request) -> SessionInfo | web.StreamResponse:
-        site = self.site
-        if not site._same_origin(request):
-            return site.pages.message("Not allowed", "Cross-site request refused.", status=403)
-        if (request.content_length or 0) > MAX_FORM:
-            return site.pages.message("Too large", "The form is too large.", status=413)
-        current = await site._session(request)
-        if current is None:
-            return redirect("/signin?" + urlencode({"next": "/security"}))
-        return current
-
     async def disable(self, request: web.Request) -> web.StreamResponse:
-        current = await self._start(request)
+        current = await signed_in_post(self.site, request, "/security")
         if not isinstance(current, SessionInfo):
             return current
         refused = await self._reauthenticated(request, current)
@@ -120,7 +101,7 @@ class FactorActions:
         return redirect("/security")
 
     async def regenerate(self, request: web.Request) -> web.StreamResponse:
-        current = await self._start(request)
+        current = await signed_in_post(self.site, request, "/security")
         if not isinstance(current, SessionInfo):
             return current
         refused = await self._reauthenticated(request, current)

@@ -23,7 +23,8 @@ from aiohttp import web
 from homeport.accounts.audit import EventType
 from homeport.accounts.errors import PasswordPolicyError
 from homeport.accounts.service import SessionInfo
-from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
+from homeport.accounts.throttle import retry_after
+from homeport.relay.site_checks import password_again, signed_in_post
 from homeport.relay.tenant import redirect
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/security/password"
-MAX_FORM = 8 * 1024
 
 
 class PasswordPage:
@@ -59,34 +59,25 @@ class PasswordPage:
 
     async def change(self, request: web.Request) -> web.StreamResponse:
         site = self.site
-        if not site._same_origin(request):
-            return site.pages.message("Not allowed", "Cross-site request refused.", status=403)
-        if (request.content_length or 0) > MAX_FORM:
-            return site.pages.message("Too large", "The form is too large.", status=413)
-        current = await site._session(request)
-        if current is None:
-            return redirect("/signin?" + urlencode({"next": PATH}))
+        current = await signed_in_post(site, request, PATH)
+        if not isinstance(current, SessionInfo):
+            return current
         form = await request.post()
         old = str(form.get("current_password", ""))
         new = str(form.get("new_password", ""))
         again = str(form.get("new_password_again", ""))
         accounts = site.accounts
-        wait = await accounts.throttle.attempt(signin_keys(current.email, request.remote))
-        if wait > 0:
-            response = self._form(
-                current, error="Too many attempts. Wait a moment, then try again.", status=429
-            )
-            response.headers["Retry-After"] = retry_after(wait)
-            return response
-        user = await accounts.authenticate(current.email, old)
-        if user is None or user.id != current.user_id:
+        checked = await password_again(site, request, current, old)
+        if checked is not True:
+            if checked is not False:
+                response = self._form(
+                    current, error="Too many attempts. Wait a moment, then try again.", status=429
+                )
+                response.headers["Retry-After"] = retry_after(checked)
+                return response
             await site.audit(request, EventType.PASSWORD_CHANGE_FAILED, current)
             log.warning("account.password_change_refused", extra={"user": current.user_id})
             return self._form(current, error="Your current password is not right.", status=401)
-        net = network_key(request.remote)
-        await accounts.throttle.succeeded(
-            clear=[f"pw:pair:{account_key(current.email)}:{net}"], refund=[f"pw:net:{net}"]
-        )
         if new != again:
             return self._form(current, error="The two new passwords differ.", status=400)
         if new == old:

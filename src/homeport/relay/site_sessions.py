@@ -26,6 +26,7 @@ from aiohttp import web
 from homeport.accounts.audit import EventType
 from homeport.accounts.devices import describe_device, describe_network
 from homeport.accounts.service import SessionInfo
+from homeport.relay.site_checks import signed_in_post
 from homeport.relay.tenant import redirect
 
 if TYPE_CHECKING:
@@ -102,12 +103,9 @@ class SessionsPage:
         )
 
     async def end_one(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._refuse(request)
-        if refused is not None:
-            return refused
-        current = await self.site._session(request)
-        if current is None:
-            return redirect("/signin?" + urlencode({"next": PATH}))
+        current = await signed_in_post(self.site, request, PATH)
+        if not isinstance(current, SessionInfo):
+            return current
         form = await request.post()
         raw = str(form.get("session", ""))
         target = int(raw) if raw.isdecimal() and len(raw) < 19 else None
@@ -131,12 +129,9 @@ class SessionsPage:
         return redirect(PATH + "?done=1")
 
     async def end_others(self, request: web.Request) -> web.StreamResponse:
-        refused = await self._refuse(request)
-        if refused is not None:
-            return refused
-        current = await self.site._session(request)
-        if current is None:
-            return redirect("/signin?" + urlencode({"next": PATH}))
+        current = await signed_in_post(self.site, request, PATH)
+        if not isinstance(current, SessionInfo):
+            return current
         ended = await self.site.accounts.revoke_other_sessions(current.user_id, current.session_id)
         self.site.gate.end_sessions(ended)
         await self.site.audit(
@@ -144,10 +139,3 @@ class SessionsPage:
         )
         log.info("account.other_sessions_revoked", extra={"user": current.user_id})
         return redirect(PATH + "?done=1")
-
-    async def _refuse(self, request: web.Request) -> web.Response | None:
-        if not self.site._same_origin(request):
-            return self.site.pages.message("Not allowed", "Cross-site request refused.", status=403)
-        if (request.content_length or 0) > 8 * 1024:
-            return self.site.pages.message("Too large", "The form is too large.", status=413)
-        return None
