@@ -87,3 +87,37 @@ async def test_sessions_page_signs_the_other_browser_out(stack: Stack, chromium:
         for person in (phone, laptop):
             assert person.csp_errors() == []
             assert person.page_errors == []
+
+
+async def test_security_pages_in_chromium(stack: Stack, chromium: Chromium) -> None:
+    """QR code under the strict CSP, activity table, password change with the keyboard."""
+    await chromium.start(stack.ca_path)
+    async with chromium.person() as person:
+        page = person.page
+        await _sign_in(person, stack, stack.account_origin + "/security")
+        await expect(page.get_by_role("heading", name="Security")).to_be_visible()
+        await page.get_by_role("button", name="Set up an authenticator app").click()
+        qr = page.get_by_role("img", name=re.compile("QR code"))
+        await expect(qr).to_be_visible()
+        assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
+        await expect(page.get_by_label("Authentication code")).to_be_visible()
+
+        await page.get_by_role("link", name="Account activity").click()
+        await expect(page.get_by_role("heading", name="Account activity")).to_be_visible()
+        await expect(page.get_by_role("cell", name="Signed in").first).to_be_visible()
+
+        await page.goto(stack.account_origin + "/security/password")
+        await page.get_by_label("Current password").fill(stack.password)
+        await page.get_by_label("New password", exact=True).fill("password1234567")
+        await page.get_by_label("New password again").fill("password1234567")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("alert")).to_contain_text("common")
+        new = "seven purple otters under a bridge"
+        await page.get_by_label("Current password").fill(stack.password)
+        await page.get_by_label("New password", exact=True).fill(new)
+        await page.get_by_label("New password again").fill(new)
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("status")).to_contain_text("Your password is changed")
+
+        assert person.csp_errors() == []
+        assert person.page_errors == []

@@ -198,3 +198,27 @@ async def test_no_one_can_end_another_accounts_session(stack: Stack) -> None:
         }
         async with friend.request("GET", stack.tenant_origin + "/") as r:
             assert r.status == 200
+
+
+async def test_signing_out_this_session_from_the_list(stack: Stack) -> None:
+    async with stack.browser() as laptop:
+        await laptop.sign_in_account_site()
+        page = await _sessions_page(laptop)
+        (mine,) = re.findall(r'name="session" value="(\d+)"', page)
+        async with laptop.request(
+            "POST",
+            stack.account_origin + "/security/sessions/end",
+            data={"session": mine},
+            headers={"Origin": stack.account_origin},
+        ) as r:
+            assert r.status == 303
+            assert r.headers["Location"] == "/signin"
+        async with laptop.request("GET", stack.account_origin + "/security/sessions") as r:
+            assert r.status == 303  # the cookie is gone and the session with it
+        assert await stack.relay.accounts.list_sessions(await _owner_id(stack)) == []
+
+
+async def _owner_id(stack: Stack) -> int:
+    owner = await stack.relay.accounts.get_user_by_email(stack.email)
+    assert owner is not None
+    return owner.id
