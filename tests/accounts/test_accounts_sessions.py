@@ -331,3 +331,14 @@ async def test_revoke_other_sessions_keeps_this_browser(
     assert sorted(ended) == sorted([phone.id, phone_tenant.id])
     assert {r.id for r in await accounts.list_sessions(alice.id)} == {mine.id, my_tenant.id}
     assert {r.id for r in await accounts.list_sessions(bob.id)} == {bobs.id}
+
+
+async def test_live_check_of_many_ids_at_once(accounts: Accounts, alice: User) -> None:
+    made = [
+        (await accounts.create_session(alice, "account", user_agent="ua", ip="ip"))[1].id
+        for _ in range(3)
+    ]
+    await accounts.revoke_session(made[1])
+    asked = list(range(1, 1500))  # more than one query's worth of ids
+    assert await accounts.live_session_ids(asked) == {made[0], made[2]}
+    assert await accounts.live_session_ids([]) == set()

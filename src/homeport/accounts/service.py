@@ -112,6 +112,8 @@ _KINDS: Final[frozenset[str]] = frozenset({"account", "tenant"})
 _MAX_TOKEN_CHARS: Final = 64
 _MAX_BINDING_CHARS: Final = 512
 _MIN_BINDING_CHARS: Final = 16
+#: Session ids per query in :meth:`Accounts.live_session_ids` (bound-parameter limits).
+_LIVE_CHUNK: Final = 500
 
 #: Session lifetimes (see the module docstring and docs/security.md).
 ACCOUNT_IDLE: Final = timedelta(hours=1)
@@ -606,32 +608,37 @@ class Accounts:
         dashboard open is in use), never beyond the absolute expiry.
         """
         wanted = sorted(set(session_ids))
-        if not wanted:
-            return set()
         now = self._now()
         alive: set[int] = set()
         touch: list[WebSession] = []
+        member = exists().where(
+            InstanceMember.user_id == WebSession.user_id,
+            InstanceMember.instance_id == WebSession.instance_id,
+        )
         async with self._db.session() as s:
-            rows = await s.execute(
-                select(WebSession, User.disabled)
-                .join(User, User.id == WebSession.user_id)
-                .where(WebSession.id.in_(wanted))
-            )
-            for row, disabled in rows:
-                if (
-                    row.revoked_at is not None
-                    or disabled
-                    or now >= row.idle_expires_at
-                    or now >= row.absolute_expires_at
-                ):
-                    continue
-                if row.instance_id is not None and not await self._can_access(
-                    s, row.user_id, row.instance_id
-                ):
-                    continue
-                alive.add(row.id)
-                if now - row.last_seen_at >= self._touch_interval:
-                    touch.append(row)
+            # One query per chunk, access included: the sweep asks every few seconds.
+            for first in range(0, len(wanted), _LIVE_CHUNK):
+                rows = await s.scalars(
+                    select(WebSession)
+                    .join(User, User.id == WebSession.user_id)
+                    .outerjoin(Instance, Instance.id == WebSession.instance_id)
+                    .where(
+                        WebSession.id.in_(wanted[first : first + _LIVE_CHUNK]),
+                        WebSession.revoked_at.is_(None),
+                        WebSession.idle_expires_at > now,
+                        WebSession.absolute_expires_at > now,
+                        User.disabled.is_(False),
+                        or_(
+                            WebSession.instance_id.is_(None),
+                            Instance.owner_id == WebSession.user_id,
+                            member,
+                        ),
+                    )
+                )
+                for row in rows:
+                    alive.add(row.id)
+                    if now - row.last_seen_at >= self._touch_interval:
+                        touch.append(row)
         if touch:
             async with self._db.session(write=True) as s, s.begin():
                 for row in touch:
