@@ -296,3 +296,52 @@ async def test_no_token_in_any_url_or_log_line(
     code = URL(handoffs[0]).query["code"]
     for secret in [*secrets_, code, stack.password]:
         assert secret not in logged
+
+
+def _cookie_attributes(header: str) -> tuple[str, dict[str, str]]:
+    name = header.split("=", 1)[0].strip()
+    attributes = {}
+    for part in header.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        attributes[key.lower()] = value
+    return name, attributes
+
+
+async def test_every_session_cookie_has_host_prefix_flags_and_no_domain(stack: Stack) -> None:
+    """R-SES-01: ``__Host-``, Secure, HttpOnly, SameSite=Lax, Path=/, never Domain."""
+    seen: dict[str, dict[str, str]] = {}
+    async with stack.browser() as browser:
+        url = stack.tenant_origin + "/"
+        navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+        for _ in range(10):
+            async with browser.request("GET", url, headers=navigate) as r:
+                for header in r.headers.getall("Set-Cookie", []):
+                    name, attributes = _cookie_attributes(header)
+                    seen.setdefault(name, attributes)
+                if r.status != 303:
+                    break
+                location = r.url.join(URL(r.headers["Location"]))
+            if location.path == "/signin":
+                async with browser.request(
+                    "POST",
+                    str(location.with_query(None)),
+                    data={
+                        "email": stack.email,
+                        "password": stack.password,
+                        "next": location.query.get("next", "/"),
+                    },
+                    headers={"Origin": stack.account_origin},
+                ) as r:
+                    for header in r.headers.getall("Set-Cookie", []):
+                        name, attributes = _cookie_attributes(header)
+                        seen.setdefault(name, attributes)
+                    location = r.url.join(URL(r.headers["Location"]))
+            url = str(location)
+    assert {ACCOUNT_COOKIE, SESSION_COOKIE, "__Host-homeport_state"} <= set(seen)
+    for name, attributes in seen.items():
+        assert name.startswith("__Host-"), name
+        assert "secure" in attributes, name
+        assert "httponly" in attributes, name
+        assert attributes.get("samesite", "").lower() == "lax", name
+        assert attributes.get("path") == "/", name
+        assert "domain" not in attributes, name
