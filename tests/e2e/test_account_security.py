@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pyotp
 import pytest
+from sqlalchemy import select
 from stack import Browser, Stack, start_stack
 from traffic import OpenTraffic
 from yarl import URL
 
+from homeport.accounts.models import AuditEvent
 from homeport.accounts.totp import ISSUER
 from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.live import SESSION_ENDED_CODE
@@ -118,6 +120,14 @@ async def test_audit_page_and_csv(stack: Stack) -> None:
             stranger, "/signin", {"email": stack.email, "password": "=cmd|' /C calc'!A0"}
         )
         assert status == 401
+        status, _ = await _post(
+            stranger, "/signin", {"email": "nobody@example.com", "password": "x" * 20}
+        )
+        assert status == 401
+    async with stack.relay.database.session() as s:
+        orphans = list(await s.scalars(select(AuditEvent).where(AuditEvent.user_id.is_(None))))
+    assert [(e.kind, e.ip) for e in orphans] == [("signin.failed", "127.0.0.1")]
+    assert "nobody" not in repr([vars(e) for e in orphans])  # the typed address is not kept
     async with stack.browser() as browser:
         browser.session.headers["User-Agent"] = "=HYPERLINK(1) Firefox/133.0 (Windows)"
         assert (await browser.sign_in("/")).status == 200

@@ -208,11 +208,16 @@ class AccountSite:
             user = None
         if user is None:
             log.warning("account.signin_failed", extra={"ip": request.remote})
+            # Same work for known and unknown addresses (one lookup, one insert), so
+            # the audit write cannot tell them apart by timing; unknown ones are
+            # kept without an account, for the operator.
             known = await self.accounts.get_user_by_email(email)
-            if known is not None:  # unknown addresses have no log to write to
-                await self.audit(
-                    request, EventType.SIGNIN_FAILED, user_id=known.id, factor="password"
-                )
+            await self.audit(
+                request,
+                EventType.SIGNIN_FAILED,
+                user_id=known.id if known is not None else None,
+                factor="password",
+            )
             return self.pages.render(
                 "signin.html",
                 status=401,
