@@ -55,6 +55,14 @@ async def test_owner_sees_events_on_their_home_members_see_only_their_own(
     assert set(bob_kinds) == {"session.created", "signin.failed", "instance.member_added"}
     on_home = [e.kind for e in await accounts.audit.for_instance(instance_id)]
     assert on_home[0] == "session.created"
+    only_home, _ = await accounts.audit.page(alice.id, instance_id=instance_id)
+    assert {e.kind for e in only_home} == {
+        "session.created",
+        "instance.linked",
+        "instance.member_added",
+    }
+    # A member may not filter by a home it does not own: nothing, not the owner's log.
+    assert (await accounts.audit.page(bob.id, instance_id=instance_id))[0] == []
 
 
 async def test_paging_newest_first(accounts: Accounts, alice: User, clock: Clock) -> None:

@@ -150,6 +150,13 @@ async def test_audit_page_and_csv(stack: Stack) -> None:
         assert not any(
             cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row.values()
         )
+        status, only = await _get(browser, f"/security/audit?home={stack.instance_id}")
+        assert status == 200
+        assert "Only events on" in only
+        assert "Failed sign-in" not in only  # account events are not on the home
+        assert "New session" in only
+        status, page = await _get(browser, "/security/audit?home=someone-elses")
+        assert (status, "Only events on" in page) == (200, False)
         # Paging links stay local and carry nothing but a page number.
         assert (await _get(browser, "/security/audit?page=abc"))[0] == 200
         assert (await _get(browser, "/security/audit?page=99999999"))[0] == 200

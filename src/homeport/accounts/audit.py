@@ -181,15 +181,30 @@ class Audit:
         return or_(AuditEvent.user_id == user_id, AuditEvent.instance_id.in_(owned))
 
     async def page(
-        self, user_id: int, *, page: int = 0, per_page: int = 50
+        self,
+        user_id: int,
+        *,
+        page: int = 0,
+        per_page: int = 50,
+        instance_id: str | None = None,
     ) -> tuple[list[AuditEvent], bool]:
-        """Newest first: the account's events and those on homes it owns; ``(rows, more)``."""
+        """Newest first: the account's events and those on homes it owns; ``(rows, more)``.
+
+        ``instance_id``: only the events on that home, and only if the account
+        owns it (otherwise nothing: a member does not see other people's visits).
+        """
         page = max(0, page)
+        condition = self._visible_to(user_id)
+        if instance_id is not None:
+            owned = select(Instance.id).where(
+                Instance.id == instance_id, Instance.owner_id == user_id
+            )
+            condition = AuditEvent.instance_id.in_(owned)
         async with self._db.session() as s:
             rows = list(
                 await s.scalars(
                     select(AuditEvent)
-                    .where(self._visible_to(user_id))
+                    .where(condition)
                     .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
                     .offset(page * per_page)
                     .limit(per_page + 1)

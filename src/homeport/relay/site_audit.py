@@ -16,6 +16,7 @@ from aiohttp import web
 
 from homeport.accounts.audit import describe_event, to_csv
 from homeport.accounts.devices import describe_network
+from homeport.accounts.service import InstanceRow
 from homeport.relay.tenant import redirect
 
 if TYPE_CHECKING:
@@ -35,16 +36,27 @@ class AuditPage:
     async def _homes(self, user_id: int) -> dict[str, str]:
         return {i.id: i.name for i in await self.site.accounts.list_instances(user_id=user_id)}
 
+    async def _owned(self, user_id: int) -> list[InstanceRow]:
+        return [
+            i
+            for i in await self.site.accounts.list_instances(user_id=user_id)
+            if i.owner_id == user_id
+        ]
+
     async def show(self, request: web.Request) -> web.StreamResponse:
         current = await self.site._session(request)
         if current is None:
             return redirect("/signin?" + urlencode({"next": PATH}))
         raw = request.query.get("page", "0")
         page = min(int(raw), MAX_PAGE) if raw.isdecimal() and len(raw) < 6 else 0
-        events, more = await self.site.accounts.audit.page(
-            current.user_id, page=page, per_page=PER_PAGE
-        )
         homes = await self._homes(current.user_id)
+        owned = {i.id: i.name for i in await self._owned(current.user_id)}
+        home = request.query.get("home")
+        if home is not None and home not in owned:
+            home = None  # not a home of this account: show the whole log instead
+        events, more = await self.site.accounts.audit.page(
+            current.user_id, page=page, per_page=PER_PAGE, instance_id=home
+        )
         rows = [
             {
                 "at": event.at,
@@ -64,6 +76,9 @@ class AuditPage:
             rows=rows,
             page=page,
             more=more,
+            homes=sorted(owned.items(), key=lambda item: item[1]),
+            home=home,
+            home_name=owned.get(home, "") if home else "",
         )
 
     async def export(self, request: web.Request) -> web.StreamResponse:
