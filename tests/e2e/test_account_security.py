@@ -12,6 +12,7 @@ import logging
 import re
 from pathlib import Path
 
+import aiohttp
 import pyotp
 import pytest
 from sqlalchemy import select
@@ -262,6 +263,37 @@ async def test_csrf_every_state_changing_route_refuses_other_origins(stack: Stac
             assert r.status == 200
 
 
+async def _walk_sign_in(browser: Browser) -> list[aiohttp.ClientResponse]:
+    """Open the home, sign in when sent to, follow every redirect; each response in order."""
+    stack = browser.stack
+    seen: list[aiohttp.ClientResponse] = []
+    url = stack.tenant_origin + "/"
+    navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+    for _ in range(10):
+        async with browser.request("GET", url, headers=navigate) as r:
+            seen.append(r)
+            if r.status != 303:
+                assert r.status == 200
+                return seen
+            location = r.url.join(URL(r.headers["Location"]))
+        if location.path == "/signin":
+            async with browser.request(
+                "POST",
+                str(location.with_query(None)),
+                data={
+                    "email": stack.email,
+                    "password": stack.password,
+                    "next": location.query.get("next", "/"),
+                },
+                headers={"Origin": stack.account_origin},
+            ) as r:
+                assert r.status == 303
+                seen.append(r)
+                location = r.url.join(URL(r.headers["Location"]))
+        url = str(location)
+    raise AssertionError("sign-in did not finish in 10 redirects")
+
+
 async def test_no_token_in_any_url_or_log_line(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -269,29 +301,7 @@ async def test_no_token_in_any_url_or_log_line(
     urls: list[str] = []
     async with stack.browser() as browser:
         with caplog.at_level(logging.DEBUG):
-            url = stack.tenant_origin + "/"
-            navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
-            for _ in range(10):
-                urls.append(url)
-                async with browser.request("GET", url, headers=navigate) as r:
-                    if r.status != 303:
-                        assert r.status == 200
-                        break
-                    location = r.url.join(URL(r.headers["Location"]))
-                if location.path == "/signin":
-                    async with browser.request(
-                        "POST",
-                        str(location.with_query(None)),
-                        data={
-                            "email": stack.email,
-                            "password": stack.password,
-                            "next": location.query.get("next", "/"),
-                        },
-                        headers={"Origin": stack.account_origin},
-                    ) as r:
-                        assert r.status == 303
-                        location = r.url.join(URL(r.headers["Location"]))
-                url = str(location)
+            urls += [str(r.url) for r in await _walk_sign_in(browser)]
             for path in ("/", "/security", "/security/sessions", "/security/audit"):
                 status, page = await _get(browser, path)
                 assert status == 200
@@ -328,32 +338,10 @@ async def test_every_session_cookie_has_host_prefix_flags_and_no_domain(stack: S
     """R-SES-01: ``__Host-``, Secure, HttpOnly, SameSite=Lax, Path=/, never Domain."""
     seen: dict[str, dict[str, str]] = {}
     async with stack.browser() as browser:
-        url = stack.tenant_origin + "/"
-        navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
-        for _ in range(10):
-            async with browser.request("GET", url, headers=navigate) as r:
-                for header in r.headers.getall("Set-Cookie", []):
-                    name, attributes = _cookie_attributes(header)
-                    seen.setdefault(name, attributes)
-                if r.status != 303:
-                    break
-                location = r.url.join(URL(r.headers["Location"]))
-            if location.path == "/signin":
-                async with browser.request(
-                    "POST",
-                    str(location.with_query(None)),
-                    data={
-                        "email": stack.email,
-                        "password": stack.password,
-                        "next": location.query.get("next", "/"),
-                    },
-                    headers={"Origin": stack.account_origin},
-                ) as r:
-                    for header in r.headers.getall("Set-Cookie", []):
-                        name, attributes = _cookie_attributes(header)
-                        seen.setdefault(name, attributes)
-                    location = r.url.join(URL(r.headers["Location"]))
-            url = str(location)
+        for response in await _walk_sign_in(browser):
+            for header in response.headers.getall("Set-Cookie", []):
+                name, attributes = _cookie_attributes(header)
+                seen.setdefault(name, attributes)
     assert {ACCOUNT_COOKIE, SESSION_COOKIE, "__Host-homeport_state"} <= set(seen)
     for name, attributes in seen.items():
         assert name.startswith("__Host-"), name
