@@ -55,12 +55,13 @@ async def test_unknown_or_malformed_token(accounts: Accounts, alice: User, token
 
 
 async def test_idle_expiry(accounts: Accounts, alice: User, clock: Clock) -> None:
+    # Account sessions: 1 h idle (R-SES-05, docs/security.md).
     token, _ = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
-    clock.advance(hours=11, minutes=59)
+    clock.advance(minutes=59)
     assert await accounts.resolve_session(token, kind="account") is not None  # slides
-    clock.advance(hours=11, minutes=59)
+    clock.advance(minutes=59)
     assert await accounts.resolve_session(token, kind="account") is not None
-    clock.advance(hours=12)
+    clock.advance(hours=1)
     assert await accounts.resolve_session(token, kind="account") is None
 
 
@@ -68,8 +69,8 @@ async def test_absolute_expiry_despite_activity(
     accounts: Accounts, alice: User, clock: Clock
 ) -> None:
     token, row = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
-    while clock.now + timedelta(hours=6) < row.absolute_expires_at:
-        clock.advance(hours=6)
+    while clock.now + timedelta(minutes=30) < row.absolute_expires_at:
+        clock.advance(minutes=30)  # active within the 1 h idle limit
         info = await accounts.resolve_session(token, kind="account")
         assert info is not None
         assert info.idle_expires_at <= row.absolute_expires_at
@@ -93,7 +94,7 @@ async def test_idle_expiry_slides_at_most_once_a_minute(
     assert info.last_seen_at == clock.now
     (listed,) = await accounts.list_sessions(alice.id)
     assert listed.last_seen_at == clock.now
-    assert listed.idle_expires_at == clock.now + timedelta(hours=12)
+    assert listed.idle_expires_at == clock.now + timedelta(hours=1)
 
 
 async def test_revoked_session_rejected(accounts: Accounts, alice: User, bob: User) -> None:
@@ -258,3 +259,87 @@ async def test_create_session_by_user_id(accounts: Accounts, alice: User) -> Non
     assert info.user_id == alice.id
     with pytest.raises(AccessDenied):
         await accounts.create_session(alice.id + 100, "account", user_agent="", ip="")
+
+
+async def test_decided_lifetimes(accounts: Accounts, alice: User, clock: Clock) -> None:
+    """R-SES-05 as decided in docs/security.md: account 1 h / 12 h, tenant 12 h / 7 days."""
+    instance_id = await link(accounts, alice)
+    started = clock.now
+    _, account = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
+    _, tenant = await accounts.create_session(
+        alice, "tenant", instance_id=instance_id, user_agent="ua", ip="ip"
+    )
+    assert account.idle_expires_at - started == timedelta(hours=1)
+    assert account.absolute_expires_at - started == timedelta(hours=12)
+    assert tenant.idle_expires_at - started == timedelta(hours=12)
+    assert tenant.absolute_expires_at - started == timedelta(days=7)
+
+
+async def test_open_traffic_counts_as_activity_until_the_absolute_limit(
+    accounts: Accounts, alice: User, clock: Clock
+) -> None:
+    """A wall tablet's open WebSocket keeps its tenant session, for 7 days at most."""
+    instance_id = await link(accounts, alice)
+    token, row = await accounts.create_session(
+        alice, "tenant", instance_id=instance_id, user_agent="ua", ip="ip"
+    )
+    _, other = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
+    assert await accounts.live_session_ids([row.id, other.id, 999]) == {row.id, other.id}
+    while clock.now + timedelta(hours=11) < row.absolute_expires_at:
+        clock.advance(hours=11)  # no request at all, only the sweep seeing the stream
+        assert await accounts.live_session_ids([row.id]) == {row.id}
+    assert await accounts.live_session_ids([other.id]) == set()  # idle account session
+    clock.now = row.absolute_expires_at
+    assert await accounts.live_session_ids([row.id]) == set()
+    assert await accounts.resolve_session(token, kind="tenant", instance_id=instance_id) is None
+
+
+async def test_live_check_follows_revocation_and_access(
+    accounts: Accounts, alice: User, bob: User
+) -> None:
+    instance_id = await link(accounts, alice)
+    await accounts.add_member(instance_id, bob.id)
+    _, bob_tenant = await accounts.create_session(
+        bob, "tenant", instance_id=instance_id, user_agent="ua", ip="ip"
+    )
+    _, alice_tenant = await accounts.create_session(
+        alice, "tenant", instance_id=instance_id, user_agent="ua", ip="ip"
+    )
+    ids = [bob_tenant.id, alice_tenant.id]
+    assert await accounts.live_session_ids(ids) == set(ids)
+    await accounts.remove_member(instance_id, bob.id)
+    assert await accounts.live_session_ids(ids) == {alice_tenant.id}
+    await accounts.revoke_session(alice_tenant.id)
+    assert await accounts.live_session_ids(ids) == set()
+
+
+async def test_revoke_other_sessions_keeps_this_browser(
+    accounts: Accounts, alice: User, bob: User
+) -> None:
+    instance_id = await link(accounts, alice)
+    _, mine = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
+    code = await accounts.create_handoff(alice.id, instance_id, "b" * 32, session_id=mine.id)
+    assert await accounts.consume_handoff(code, instance_id, "b" * 32) == alice.id
+    _, my_tenant = await accounts.create_session(
+        alice, "tenant", instance_id=instance_id, user_agent="ua", ip="ip", handoff_code=code
+    )
+    _, phone = await accounts.create_session(alice, "account", user_agent="ua", ip="ip")
+    _, phone_tenant = await accounts.create_session(
+        alice, "tenant", instance_id=instance_id, user_agent="ua", ip="ip"
+    )
+    _, bobs = await accounts.create_session(bob, "account", user_agent="ua", ip="ip")
+    ended = await accounts.revoke_other_sessions(alice.id, mine.id)
+    assert sorted(ended) == sorted([phone.id, phone_tenant.id])
+    assert {r.id for r in await accounts.list_sessions(alice.id)} == {mine.id, my_tenant.id}
+    assert {r.id for r in await accounts.list_sessions(bob.id)} == {bobs.id}
+
+
+async def test_live_check_of_many_ids_at_once(accounts: Accounts, alice: User) -> None:
+    made = [
+        (await accounts.create_session(alice, "account", user_agent="ua", ip="ip"))[1].id
+        for _ in range(3)
+    ]
+    await accounts.revoke_session(made[1])
+    asked = list(range(1, 1500))  # more than one query's worth of ids
+    assert await accounts.live_session_ids(asked) == {made[0], made[2]}
+    assert await accounts.live_session_ids([]) == set()

@@ -81,7 +81,7 @@ async def _open_and_reach_signin(person: Person, stack: Stack) -> None:
     page = person.page
     await page.goto(stack.tenant_origin + "/")
     await expect(page).to_have_url(_signin_url(stack))
-    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Sign in", exact=True)).to_be_visible()
 
 
 async def _sign_in_to_homeport(person: Person, stack: Stack) -> None:
@@ -89,7 +89,7 @@ async def _sign_in_to_homeport(person: Person, stack: Stack) -> None:
     await _open_and_reach_signin(person, stack)
     await page.get_by_label("Email").fill(stack.email)
     await page.get_by_label("Password").fill(stack.password)
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
     # Handed back to the home's own host, where Home Assistant's login page appears.
     await expect(page).to_have_url(re.compile(re.escape(stack.tenant_origin) + "/"))
     await expect(page.locator("input[name=username]")).to_be_visible()
@@ -185,7 +185,7 @@ async def test_without_signing_in_nothing_of_home_assistant_is_seen(
                 await expect(page).to_have_url(_signin_url(stack))
                 await expect(page.get_by_label("Email")).to_be_visible()
                 await expect(page.get_by_label("Password")).to_be_visible()
-                await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+                await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
                 assert await page.locator("input[name=username]").count() == 0
                 assert "Home Assistant" not in await page.content()
             await page.screenshot(path=tmp_path / "relay-signin.png")

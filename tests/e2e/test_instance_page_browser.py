@@ -38,7 +38,7 @@ async def test_owner_renames_the_home_and_creates_an_app_link(
         await page.goto(stack.account_origin + "/signin")
         await page.get_by_label("Email").fill(stack.email)
         await page.get_by_label("Password").fill(stack.password)
-        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Sign in", exact=True).click()
         await expect(page.get_by_role("heading", name="Your homes")).to_be_visible()
         await page.get_by_role("link", name="Manage").click()
         await expect(page).to_have_url(

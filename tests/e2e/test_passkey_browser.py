@@ -72,7 +72,7 @@ async def test_add_a_passkey_then_sign_in_with_it(stack: Stack, chromium: Chromi
         await page.get_by_role("button", name="Sign out").click()
         await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
         await page.goto(stack.tenant_origin + "/")
-        await page.get_by_role("button", name="Sign in with a passkey").click()
+        await page.get_by_role("button", name="Use a passkey").click()
         await expect(page.get_by_text("Home Assistant stand-in")).to_be_visible()
         assert page.url.startswith(stack.tenant_origin)
 

@@ -168,12 +168,27 @@ class Browser:
     async def __aexit__(self, *exc: object) -> None:
         await self.session.close()
 
+    async def sign_in_account_site(self) -> None:
+        """Sign in to the account site only (no tenant host), as the stack's owner."""
+        async with self.request(
+            "POST",
+            self.stack.account_origin + "/signin",
+            data={"email": self.stack.email, "password": self.stack.password, "next": "/"},
+            headers={"Origin": self.stack.account_origin},
+        ) as r:
+            assert r.status == 303, await r.text()
+
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         kwargs.setdefault("allow_redirects", False)
         return self.session.request(method, url, **kwargs)
 
-    async def sign_in(self, path: str = "/") -> aiohttp.ClientResponse:
-        """Open ``path`` on the tenant host and walk the whole sign-in; returns the final page."""
+    async def sign_in(
+        self, path: str = "/", *, email: str | None = None, password: str | None = None
+    ) -> aiohttp.ClientResponse:
+        """Open ``path`` on the tenant host and walk the whole sign-in; returns the final page.
+
+        Signs in as the stack's owner unless ``email``/``password`` name another account.
+        """
         stack = self.stack
         url = stack.tenant_origin + path
         navigate = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
@@ -189,8 +204,8 @@ class Browser:
                 async with self.session.post(
                     str(location.with_query(None)),
                     data={
-                        "email": stack.email,
-                        "password": stack.password,
+                        "email": email or stack.email,
+                        "password": password or stack.password,
                         "next": location.query.get("next", "/"),
                     },
                     headers={"Origin": stack.account_origin},

@@ -45,6 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "NAMING_CONVENTION",
     "AppLink",
+    "AuditEvent",
     "Base",
     "HandoffCode",
     "Instance",
@@ -558,3 +559,34 @@ class OidcFlow(Base):
     subject: Mapped[str | None] = mapped_column(String(SUBJECT_MAX), nullable=True)
     email: Mapped[str | None] = mapped_column(String(EMAIL_MAX), nullable=True)
     email_verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+# Audit log (homeport.accounts.audit): lengths of its text columns.
+AUDIT_KIND_MAX = 48
+AUDIT_DEVICE_MAX = 64
+AUDIT_DETAIL_MAX = 200
+AUDIT_FACTOR_MAX = 32
+
+
+class AuditEvent(Base):
+    """One audit-log event: metadata only (see :mod:`homeport.accounts.audit`).
+
+    ``user_id`` and ``instance_id`` carry no foreign keys on purpose: the
+    record of an unlinked home or a removed member must outlive the row it
+    names, until the 180-day purge.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(AUDIT_KIND_MAX))
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    instance_id: Mapped[str | None] = mapped_column(
+        String(INSTANCE_ID_LEN), nullable=True, index=True
+    )
+    ip: Mapped[str] = mapped_column(String(IP_MAX))
+    device: Mapped[str] = mapped_column(String(AUDIT_DEVICE_MAX))
+    factor: Mapped[str | None] = mapped_column(String(AUDIT_FACTOR_MAX), nullable=True)
+    session_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(String(AUDIT_DETAIL_MAX))

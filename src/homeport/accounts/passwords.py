@@ -12,7 +12,8 @@ Threats and what stops them:
   and old hashes upgraded on the next successful login (:func:`needs_rehash`).
 * **Guessable passwords** — a minimum of 15 code points (NIST SP 800-63B-4
   §3.1.1.2 for single-factor passwords). No composition rules, no maximum
-  below 1024. (A common/breached password blocklist is a separate check.)
+  below 1024; common passwords, and common words with trivial changes, are
+  refused (:mod:`homeport.accounts.blocklist`).
 * **Denial of service through huge passwords or hash floods** — input is
   capped at 1024 characters before any normalisation or hashing, and async
   callers hash on a dedicated, bounded thread pool so a login flood can
@@ -34,6 +35,8 @@ from typing import Final, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from homeport.accounts.blocklist import blocked_reason
 
 __all__ = [
     "ARGON2_MEMORY_COST_KIB",
@@ -109,6 +112,9 @@ def check_new_password(password: str, *, context: Iterable[str] = ()) -> None:
         raise PasswordPolicyError(
             f"Use at least {MIN_PASSWORD_CHARS} characters; a few words make a good passphrase."
         )
+    reason = blocked_reason(normalised)
+    if reason is not None:
+        raise PasswordPolicyError(reason)
     folded = normalised.casefold()
     for word in context:
         candidates = {word.casefold()}

@@ -258,6 +258,18 @@ class Totp:
             await s.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
         _log.info("totp disabled: user %d", user_id)
 
+    async def regenerate_recovery_codes(self, user_id: int) -> list[str]:
+        """Ten fresh recovery codes for an account with TOTP on; the old ones stop working.
+
+        The caller re-checks the person first (password or a current code).
+        Raises :class:`TotpError` if TOTP is not enabled.
+        """
+        if not await self.is_enabled(user_id):
+            raise TotpError("Two-step verification is not on.")
+        codes = await self._new_recovery_codes(user_id)
+        _log.info("recovery codes regenerated: user %d", user_id)
+        return codes
+
     async def _new_recovery_codes(self, user_id: int) -> list[str]:
         codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
         now = self._now()

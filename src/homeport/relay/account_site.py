@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import pyotp
 from aiohttp import web
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.models import WebSession
@@ -40,8 +41,12 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import Pages
+from homeport.relay.site_audit import AuditPage
+from homeport.relay.site_factors import FactorActions, qr_data_uri
 from homeport.relay.site_oidc import OidcSite
 from homeport.relay.site_passkeys import PasskeyRoutes
+from homeport.relay.site_password import PasswordPage
+from homeport.relay.site_sessions import SessionsPage
 from homeport.relay.tenant import redirect, safe_next
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,10 @@ class AccountSite:
         self.passkey_routes = PasskeyRoutes(self)
         #: Google / Apple / generic OpenID sign-in, linking and unlinking.
         self.oidc = OidcSite(self, config.oidc_providers)
+        SessionsPage(self)
+        AuditPage(self)
+        PasswordPage(self)
+        FactorActions(self)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         match = await self.router.resolve(request)
@@ -108,6 +117,34 @@ class AccountSite:
         if info is None:
             return None
         return info.user_id, info.email
+
+    async def audit(
+        self,
+        request: web.Request,
+        kind: EventType | str,
+        session: SessionInfo | None = None,
+        *,
+        user_id: int | None = None,
+        factor: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Record an audit event with this request's place and device."""
+        await self.accounts.audit.record(
+            kind,
+            user_id=session.user_id if session is not None else user_id,
+            ip=request.remote or "",
+            user_agent=request.headers.get("User-Agent", ""),
+            factor=factor,
+            session_id=session.session_id if session is not None else None,
+            detail=detail,
+        )
+
+    def signed_out_response(self) -> web.Response:
+        """Back to the sign-in page with the account cookie removed."""
+        response = redirect("/signin")
+        response.del_cookie(ACCOUNT_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
+        self.pages.secure(response)
+        return response
 
     def _same_origin(self, request: web.Request) -> bool:
         """CSRF check: POSTs must come from a page of the account site itself."""
@@ -183,6 +220,16 @@ class AccountSite:
             user = None
         if user is None:
             log.warning("account.signin_failed", extra={"ip": request.remote})
+            # Same work for known and unknown addresses (one lookup, one insert), so
+            # the audit write cannot tell them apart by timing; unknown ones are
+            # kept without an account, for the operator.
+            known = await self.accounts.get_user_by_email(email)
+            await self.audit(
+                request,
+                EventType.SIGNIN_FAILED,
+                user_id=known.id if known is not None else None,
+                factor="password",
+            )
             return self.pages.render(
                 "signin.html",
                 status=401,
@@ -199,7 +246,7 @@ class AccountSite:
         return await self.first_factor_passed(request, user.id, next_path)
 
     async def first_factor_passed(
-        self, request: web.Request, user_id: int, next_path: str
+        self, request: web.Request, user_id: int, next_path: str, *, factor: str = "password"
     ) -> web.StreamResponse:
         """After a password or an OpenID sign-in: the second factor if on, else a session.
 
@@ -221,16 +268,20 @@ class AccountSite:
             )
             self.pages.secure(response)
             return response
-        return self._signed_in(
-            request,
-            *await self.accounts.create_session(
-                user_id,
-                "account",
-                user_agent=request.headers.get("User-Agent", ""),
-                ip=request.remote or "",
-            ),
-            next_path,
+        token_row = await self.accounts.create_session(
+            user_id,
+            "account",
+            user_agent=request.headers.get("User-Agent", ""),
+            ip=request.remote or "",
         )
+        await self.audit(
+            request,
+            EventType.SIGNIN_SUCCEEDED,
+            user_id=user_id,
+            factor=factor,
+            detail=f"session {token_row[1].id}",
+        )
+        return self._signed_in(request, *token_row, next_path)
 
     def _signed_in(
         self, request: web.Request, token: str, row: WebSession, next_path: str
@@ -294,6 +345,12 @@ class AccountSite:
             else:
                 error = "That code is not right. Try again."
             log.warning("account.second_factor_failed", extra={"user": pending.user_id})
+            await self.audit(
+                request,
+                EventType.SECOND_FACTOR_FAILED,
+                user_id=pending.user_id,
+                factor="recovery_code" if recovery_code else "totp",
+            )
             response = self.pages.render(
                 "totp.html",
                 status=429 if outcome.wait > 0 else 401,
@@ -313,6 +370,13 @@ class AccountSite:
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
             second_factor=True,
+        )
+        await self.audit(
+            request,
+            EventType.SIGNIN_SUCCEEDED,
+            user_id=pending.user_id,
+            factor="password+recovery_code" if recovery_code else "password+totp",
+            detail=f"session {token_row[1].id}",
         )
         return self._signed_in(request, *token_row, pending.next_path)
 
@@ -345,6 +409,7 @@ class AccountSite:
             error=error,
             enabled=enabled,
             enrolment=enrolment,
+            qr=qr_data_uri(enrolment.uri) if enrolment is not None else None,
             recovery_codes=recovery_codes or [],
             codes_left=await totp.recovery_codes_left(user[0]) if enabled else 0,
             passkeys=await self.accounts.passkeys.list(user[0]),
@@ -383,6 +448,13 @@ class AccountSite:
             )
             return await self._security_page(user, error=error, status=status)
         log.info("account.totp_enabled", extra={"user": user[0]})
+        # A factor change ends every other session (R-SES-04): one opened by whoever
+        # knew the password before the factor was added must not stay.
+        current = await self._session(request)
+        keep = current.session_id if current is not None else None
+        await self.accounts.revoke_user_sessions(user[0], except_session_id=keep)
+        self.gate.end_user(user[0], except_session_id=keep)
+        await self.audit(request, EventType.TOTP_ENABLED, current, factor="totp")
         return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
@@ -394,13 +466,11 @@ class AccountSite:
             if info is not None:
                 # Ends the handed-off tenant sessions too; the gate's cache must
                 # not keep them alive for its TTL.
-                for session_id in await self.accounts.sign_out(info.session_id):
-                    self.gate.forget_session(session_id)
+                # Cuts their open streams and WebSockets at once too.
+                self.gate.end_sessions(await self.accounts.sign_out(info.session_id))
+                await self.audit(request, EventType.SIGNED_OUT, info)
                 log.info("account.signout", extra={"user": info.user_id})
-        response = redirect("/signin")
-        response.del_cookie(ACCOUNT_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
-        self.pages.secure(response)
-        return response
+        return self.signed_out_response()
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         """Hand a signed-in person over to a tenant host with a one-time code."""

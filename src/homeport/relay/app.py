@@ -28,8 +28,8 @@ from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
 from homeport.relay.gate import SessionGate
+from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
-from homeport.relay.live_streams import LiveStreams
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
@@ -91,12 +91,10 @@ class Relay:
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
-        self.live = LiveStreams()
         self.app_links = AppLinkGate(self.accounts.sharing)
-        self.tenants = TenantProxy(
-            config, self.accounts, self.hub, self.gate, self.pages, live=self.live
-        )
-        InstancePages(self.account_site, self.live, self.app_links).register()
+        self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        InstancePages(self.account_site, self.app_links).register()
+        self.housekeeping = Housekeeping(self.accounts, self.gate)
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
@@ -158,8 +156,10 @@ class Relay:
         await self.database.connect()
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        self.housekeeping.start()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        await self.housekeeping.stop()
         await self.hub.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:

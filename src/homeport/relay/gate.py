@@ -6,6 +6,11 @@ database on every request would dominate the relay's added latency, so valid
 answers are cached for a few seconds; revocations made in this process drop
 the cache at once, and the short TTL bounds how long a revocation made
 elsewhere can lag.
+
+:meth:`SessionGate.end_sessions` and :meth:`SessionGate.end_user` are the one
+entry point for every revocation: they drop the cache entries *and* cut the
+session's open requests and WebSockets (:mod:`homeport.relay.live`).  A later
+Redis fan-out between relay nodes calls the same methods on every node.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from homeport.accounts.service import Accounts
+from homeport.relay.live import Ending, LiveTraffic
 
 CACHE_TTL = 5.0
 CACHE_SIZE = 20_000
@@ -24,6 +31,8 @@ class SessionGate:
     def __init__(self, accounts: Accounts, *, ttl: float = CACHE_TTL) -> None:
         self._accounts = accounts
         self._ttl = ttl
+        #: Open tenant exchanges by session, cut when their session ends.
+        self.live = LiveTraffic()
         # sha256(token) + instance -> (user id, session id, valid until)
         self._cache: OrderedDict[tuple[bytes, str], tuple[int, int, float]] = OrderedDict()
 
@@ -57,3 +66,36 @@ class SessionGate:
     def forget_instance(self, instance_id: str) -> None:
         for key in [k for k in self._cache if k[1] == instance_id]:
             del self._cache[key]
+
+    def end_sessions(self, session_ids: Iterable[int]) -> None:
+        """These sessions were revoked: forget them and cut what they have open."""
+        ids = set(session_ids)
+        for session_id in ids:
+            self.forget_session(session_id)
+        self.live.end_sessions(ids)
+
+    def end_user(
+        self,
+        user_id: int,
+        *,
+        instance_id: str | None = None,
+        except_session_id: int | None = None,
+        why: Ending = Ending.SESSION_ENDED,
+    ) -> None:
+        """An account's sessions (on one instance, or all but one) were revoked."""
+        for key in [
+            k
+            for k, v in self._cache.items()
+            if v[0] == user_id
+            and (instance_id is None or k[1] == instance_id)
+            and v[1] != except_session_id
+        ]:
+            del self._cache[key]
+        self.live.end_user(
+            user_id, instance_id=instance_id, except_session_id=except_session_id, why=why
+        )
+
+    def end_instance(self, instance_id: str) -> None:
+        """A home was unlinked: no cached answer for it, and all its open traffic cut."""
+        self.forget_instance(instance_id)
+        self.live.end_instance(instance_id)

@@ -16,7 +16,7 @@ Threats this stops, beyond ownership and CSRF:
   app link, requiring a second factor or unlinking the home ends the
   affected sessions in the database, drops them from the relay's caches
   and closes their open requests and WebSockets at once
-  (:class:`~homeport.relay.live_streams.LiveStreams`); unlinking also closes
+  (:class:`~homeport.relay.live.LiveTraffic`); unlinking also closes
   the add-on's tunnel.
 * **Secrets shown once.** Accept links and app links are shown only on the
   page that creates them (``Cache-Control: no-store``) and stored hashed.
@@ -44,12 +44,12 @@ from homeport.accounts.errors import (
 from homeport.accounts.service import SessionInfo
 from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
+from homeport.relay.live import Ending
 from homeport.relay.tenant import redirect
 
 if TYPE_CHECKING:
     from homeport.relay.account_site import AccountSite
     from homeport.relay.app_links import AppLinkGate
-    from homeport.relay.live_streams import LiveStreams
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,12 @@ def qr_svg(text: str) -> Markup:
 
 
 class InstancePages:
-    def __init__(self, site: AccountSite, live: LiveStreams, app_links: AppLinkGate) -> None:
+    def __init__(self, site: AccountSite, app_links: AppLinkGate) -> None:
         self.site = site
         self.accounts = site.accounts
         self.sharing = site.accounts.sharing
         self.pages = site.pages
         self.config = site.config
-        self.live = live
         self.app_links = app_links
 
     def register(self) -> None:
@@ -314,9 +313,8 @@ class InstancePages:
         except UnknownInstance:
             return self._not_found(session)
         await self.site.hub.close_instance(instance_id)
-        self.live.close(instance_id, everything=True)
         self.app_links.forget_instance(instance_id)
-        self.site.gate.forget_instance(instance_id)
+        self.site.gate.end_instance(instance_id)
         log.info("account.unlinked", extra={"user": session.user_id, "instance": instance_id})
         return self.pages.message(
             "Home unlinked",
@@ -380,8 +378,7 @@ class InstancePages:
         except UnknownInstance:
             return self._not_found(session)
         # Sessions are revoked in the database; the cache and open streams go now too.
-        self.site.gate.forget_user(user_id)
-        self.live.close(instance_id, user_id=user_id)
+        self.site.gate.end_user(user_id, instance_id=instance_id, why=Ending.ACCESS_WITHDRAWN)
         log.info("account.member_removed", extra={"user": session.user_id, "member": user_id})
         return self._back(instance_id, "member-removed")
 
@@ -392,8 +389,9 @@ class InstancePages:
         instance_id = await self._param(request, "id")
         if not await self.sharing.leave(session.user_id, instance_id):
             return self._not_found(session)
-        self.site.gate.forget_user(session.user_id)
-        self.live.close(instance_id, user_id=session.user_id)
+        self.site.gate.end_user(
+            session.user_id, instance_id=instance_id, why=Ending.ACCESS_WITHDRAWN
+        )
         log.info("account.left_home", extra={"user": session.user_id, "instance": instance_id})
         return redirect("/")
 
@@ -486,7 +484,7 @@ class InstancePages:
             return self._not_found(session)
         if revoked:
             self.app_links.forget_link(link_id)
-            self.live.close(instance_id, app_link_id=link_id)
+            self.site.gate.live.end_app_link(link_id)
         return self._back(instance_id, "link-revoked")
 
     # ------------------------------------------------------------ 2FA policy
@@ -508,7 +506,5 @@ class InstancePages:
             return self._not_found(session)
         except AccessDenied as exc:
             return await self._page(session, instance_id, status=409, error=str(exc))
-        for session_id in ended:
-            self.site.gate.forget_session(session_id)
-        self.live.close(instance_id, session_ids=ended)
+        self.site.gate.end_sessions(ended)
         return self._back(instance_id, "policy")

@@ -304,7 +304,9 @@ class OidcSite:
                 return self._refused(status=403)
             await oidc.touch(known.id)
             log.info("oidc.signin", extra={"provider": flow.provider, "user": user.id})
-            return await self.site.first_factor_passed(request, user.id, flow.next_path)
+            return await self.site.first_factor_passed(
+                request, user.id, flow.next_path, factor=f"oidc:{flow.provider}"
+            )
         if identity.email is None or not identity.email_verified:
             log.warning("oidc.no_verified_email", extra={"provider": flow.provider})
             return self.pages.message(
@@ -339,7 +341,9 @@ class OidcSite:
                 "private_relay": is_private_relay_email(identity.email),
             },
         )
-        return await self.site.first_factor_passed(request, user.id, flow.next_path)
+        return await self.site.first_factor_passed(
+            request, user.id, flow.next_path, factor=f"oidc:{flow.provider}"
+        )
 
     async def _link_from_settings(
         self, request: web.Request, flow: FinishedFlow, label: str

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.passkeys import (
     CEREMONY_LIFETIME,
@@ -165,12 +166,15 @@ class PasskeyRoutes:
         if user is None:
             return _json({"error": "Sign in first."}, status=401)
         try:
-            await self.passkeys.register(
+            row = await self.passkeys.register(
                 self.rp, user[0], request.cookies.get(CEREMONY_COOKIE, ""), credential_json(body)
             )
         except PasskeyError as exc:
             response = _json({"error": str(exc)}, status=400)
         else:
+            await self.site.audit(
+                request, EventType.PASSKEY_ADDED, user_id=user[0], detail=f"passkey {row.id}"
+            )
             response = _json({"redirect": "/security"})
         self._end_ceremony(response)
         return response
@@ -188,6 +192,9 @@ class PasskeyRoutes:
             passkey_id = -1
         if await self.passkeys.delete(user[0], passkey_id):
             log.info("passkey.deleted", extra={"user": user[0]})
+            await self.site.audit(
+                request, EventType.PASSKEY_REMOVED, user_id=user[0], detail=f"passkey {passkey_id}"
+            )
         return redirect("/security")
 
     # ----------------------------------------------------------------- sign-in
@@ -220,6 +227,12 @@ class PasskeyRoutes:
             ip=request.remote,
         )
         if outcome.user_id is None:
+            await self.site.audit(
+                request,
+                EventType.SIGNIN_FAILED if pending is None else EventType.SECOND_FACTOR_FAILED,
+                user_id=None if pending is None else pending[1].user_id,
+                factor="passkey",
+            )
             if outcome.wait > 0:
                 response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
                 response.headers["Retry-After"] = retry_after(outcome.wait)
@@ -242,6 +255,13 @@ class PasskeyRoutes:
             ip=request.remote or "",
             # User verification is required, so a passkey is two factors by itself.
             second_factor=True,
+        )
+        await self.site.audit(
+            request,
+            EventType.SIGNIN_SUCCEEDED,
+            user_id=row.user_id,
+            factor="passkey" if pending is None else "password+passkey",
+            detail=f"session {row.id}",
         )
         response = _json({"redirect": next_path})
         self.site.start_session(request, response, token, row.user_id)

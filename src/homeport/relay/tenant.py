@@ -16,10 +16,12 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import AppLinkAccess
 from homeport.protocol.errors import ErrorCode
@@ -28,7 +30,7 @@ from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
-from homeport.relay.live_streams import LiveStreams, Principal
+from homeport.relay.live import Ending, Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
@@ -70,16 +72,12 @@ class TenantProxy:
         hub: TunnelHub,
         gate: SessionGate,
         pages: Pages,
-        live: LiveStreams | None = None,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.hub = hub
         self.gate = gate
         self.pages = pages
-        #: Open streams by who opened them, so withdrawn access ends them at once.
-        self.live = live or LiveStreams()
-        self._closing: set[asyncio.Future[bool]] = set()
 
     async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
         if request.raw_path.startswith(RESERVED_PREFIX):
@@ -123,9 +121,15 @@ class TenantProxy:
                 status=503,
                 tenant=True,
             )
-        if _is_websocket(request):
-            return await self._websocket(request, instance_id, tunnel, principal, host)
-        return await self._http(request, instance_id, tunnel, principal, host)
+        # Registered with who opened it, so withdrawn access cuts it at once.
+        cut = _Cut()
+        websocket = _is_websocket(request)
+        with self.gate.live.track(
+            instance_id, "websocket" if websocket else "http", cut, principal
+        ):
+            if websocket:
+                return await self._websocket(request, instance_id, tunnel, cut, host)
+            return await self._http(request, instance_id, tunnel, cut, host)
 
     # ------------------------------------------------------------ the gate
 
@@ -193,13 +197,21 @@ class TenantProxy:
             return self.pages.message(
                 "Not allowed", "This account cannot open this home.", status=403, tenant=True
             )
-        token, _ = await self.accounts.create_session(
+        token, row = await self.accounts.create_session(
             user,
             "tenant",
             instance_id=instance_id,
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
             handoff_code=code,  # links the session to the account session, for sign-out
+        )
+        await self.accounts.audit.record(
+            EventType.SESSION_CREATED,
+            user_id=user_id,
+            instance_id=instance_id,
+            ip=request.remote or "",
+            user_agent=request.headers.get("User-Agent", ""),
+            session_id=row.id,
         )
         # The code leaves the address bar with this redirect (no token stays in a URL).
         response = redirect(safe_next(request.query.get("next")))
@@ -228,7 +240,7 @@ class TenantProxy:
         request: web.Request,
         instance_id: str,
         tunnel: TunnelSession,
-        principal: Principal,
+        cut: _Cut,
         host: str,
     ) -> web.StreamResponse:
         started = time.monotonic()
@@ -241,10 +253,8 @@ class TenantProxy:
             return self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
+        cut.set(lambda why: _cut_http(request, stream, why))
         upload = asyncio.create_task(_upload(request, stream)) if request.body_exists else None
-        live = self.live.add(
-            instance_id, principal, lambda: stream.reset(ErrorCode.CANCEL, "access withdrawn")
-        )
         try:
             try:
                 async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
@@ -282,7 +292,6 @@ class TenantProxy:
             stream.reset(ErrorCode.CANCEL, "browser went away")
             raise
         finally:
-            self.live.discard(live)
             if upload is not None and not upload.done():
                 upload.cancel()
             log.debug(
@@ -332,7 +341,7 @@ class TenantProxy:
         request: web.Request,
         instance_id: str,
         tunnel: TunnelSession,
-        principal: Principal,
+        cut: _Cut,
         host: str,
     ) -> web.StreamResponse:
         """Proxy a WebSocket; a foreign ``Origin`` is refused (cross-site WebSocket hijacking)."""
@@ -344,6 +353,7 @@ class TenantProxy:
             stream = tunnel.open_stream(
                 self._head(request, host, websocket=True), websocket=True, end_stream=False
             )
+            cut.set(lambda why: _cut_http(request, stream, why))
             async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                 head_in = await stream.response
         except StreamClosed as exc:
@@ -370,20 +380,11 @@ class TenantProxy:
         )
         _tenant_security_headers(ws)
         await ws.prepare(request)
-
-        def withdraw() -> None:
-            # Close with "policy violation" first, then cut the tunnel stream.
-            closing = asyncio.ensure_future(ws.close(code=1008, message=b"access withdrawn"))
-            self._closing.add(closing)  # keep a reference until it is done
-            closing.add_done_callback(self._closing.discard)
-            stream.reset(ErrorCode.CANCEL, "access withdrawn")
-
-        live = self.live.add(instance_id, principal, withdraw)
+        cut.set(lambda why: _end_websocket(request, ws, stream, why))
         downstream = asyncio.create_task(_tunnel_to_browser(stream, ws))
         try:
             await _browser_to_tunnel(ws, stream)
         finally:
-            self.live.discard(live)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
             downstream.cancel()
@@ -392,6 +393,53 @@ class TenantProxy:
             if not stream.closed:
                 stream.reset(ErrorCode.CANCEL, "browser WebSocket ended")
         return ws
+
+
+class _Cut:
+    """How to end one exchange *now*; what that means changes as it progresses."""
+
+    def __init__(self) -> None:
+        self.ended: Ending | None = None
+        self._action: Callable[[Ending], None] | None = None
+
+    def set(self, action: Callable[[Ending], None]) -> None:
+        self._action = action
+        if self.ended is not None:  # access ended while this exchange was being set up
+            action(self.ended)
+
+    def __call__(self, why: Ending) -> None:
+        self.ended = why
+        if self._action is not None:
+            self._action(why)
+
+
+def _cut_http(request: web.Request, stream: Stream, why: Ending) -> None:
+    """Access ended mid-exchange: stop the home's side and drop the browser's."""
+    stream.reset(ErrorCode.CANCEL, why.reason)
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _end_websocket(
+    request: web.Request, ws: web.WebSocketResponse, stream: Stream, why: Ending
+) -> None:
+    """Access ended: close the browser's WebSocket (4001 or 1008) and reset the tunnel side."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await ws.close(code=why.code, message=why.reason.encode())
+        stream.reset(ErrorCode.CANCEL, why.reason)
+        if request.transport is not None:
+            request.transport.close()
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+#: Close tasks in flight (held so they are not garbage-collected mid-way).
+_closing: set[asyncio.Task[None]] = set()
 
 
 async def _upload(request: web.Request, stream: Stream) -> None:
@@ -411,7 +459,8 @@ async def _browser_to_tunnel(ws: web.WebSocketResponse, stream: Stream) -> None:
         code = ws.close_code or 1000
         stream.close_ws(code if code not in (1005, 1006) else 1000, "")
     except StreamClosed:
-        await ws.close(code=1011, message=b"home connection lost")
+        if not ws.closed:
+            await ws.close(code=1011, message=b"home connection lost")
 
 
 async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
@@ -421,12 +470,15 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
             if isinstance(item, WsClose):
                 await ws.close(code=item.code, message=item.reason.encode()[:123])
                 return
+            if ws.closed:
+                return
             if item.text:
                 await ws.send_str(item.data.decode("utf-8", "replace"))
             else:
                 await ws.send_bytes(item.data)
     except StreamClosed:
-        await ws.close(code=1011, message=b"home connection lost")
+        if not ws.closed:  # a revocation already closed it with its own code
+            await ws.close(code=1011, message=b"home connection lost")
 
 
 def _is_websocket(request: web.Request) -> bool:

@@ -1,7 +1,7 @@
 """Sharing: invitations, app links, instance policy, retired tenant names, 2FA on sessions.
 
 Revision ID: 0007_sharing
-Revises: 0005_oidc
+Revises: 0006_audit
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_sharing"
-down_revision: str | Sequence[str] | None = "0005_oidc"
+down_revision: str | Sequence[str] | None = "0006_audit"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,87 @@
+"""The relay's background chores: cut traffic of sessions that ended elsewhere, purge old rows.
+
+* **Live-session sweep** (every :data:`SWEEP_SECONDS`): every session with an
+  open tunnel stream or WebSocket is re-checked against the database. A
+  revocation made outside this process (the admin CLI, another relay node
+  before the Redis fan-out exists), an absolute expiry, a disabled account or
+  withdrawn access thus cuts long-lived streams within seconds, not only
+  revocations made here (which cut at once). Sessions still valid count as
+  in use (:meth:`Accounts.live_session_ids`).
+* **Purge** (every :data:`PURGE_SECONDS`): expired codes, sessions, pending
+  sign-ins and throttle rows (:meth:`Accounts.purge_expired`) and audit
+  events older than 180 days (:meth:`Audit.purge`).
+
+A failing chore is logged and retried next round; it never stops the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from homeport.accounts.service import Accounts
+from homeport.relay.gate import SessionGate
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = 5.0
+PURGE_SECONDS = 3600.0
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        accounts: Accounts,
+        gate: SessionGate,
+        *,
+        sweep_seconds: float = SWEEP_SECONDS,
+        purge_seconds: float = PURGE_SECONDS,
+    ) -> None:
+        self.accounts = accounts
+        self.gate = gate
+        self.sweep_seconds = sweep_seconds
+        self.purge_seconds = purge_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._every(self.sweep_seconds, self.sweep, "sweep")),
+            asyncio.create_task(self._every(self.purge_seconds, self.purge, "purge")),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def sweep(self) -> int:
+        """Cut the open traffic of sessions that are no longer valid; how many sessions."""
+        open_ids = self.gate.live.session_ids()
+        if not open_ids:
+            return 0
+        dead = open_ids - await self.accounts.live_session_ids(open_ids)
+        if dead:
+            log.info("relay.sweep_ended_sessions", extra={"sessions": len(dead)})
+            self.gate.end_sessions(dead)
+        return len(dead)
+
+    async def purge(self) -> int:
+        rows = await self.accounts.purge_expired()
+        rows += await self.accounts.audit.purge()
+        log.info("relay.purged", extra={"rows": rows})
+        return rows
+
+    async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], name: str) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await chore()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relay.housekeeping_failed", extra={"chore": name})
