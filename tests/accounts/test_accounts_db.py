@@ -55,7 +55,7 @@ async def test_migrate_is_idempotent_and_matches_models(tmp_path: Path) -> None:
     try:
         async with database.engine.connect() as conn:
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-            assert version == [("0003",)]
+            assert version == [("0004_email",)]
 
             def diff(sync_conn: Connection) -> list[object]:
                 context = MigrationContext.configure(sync_conn, opts={"compare_type": True})

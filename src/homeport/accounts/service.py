@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homeport.accounts.db import Database
+from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.errors import (
     AccessDenied,
     AccountExists,
@@ -90,6 +91,7 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
+from homeport.accounts.password_reset import PasswordResets
 from homeport.accounts.passwords import (
     MAX_PASSWORD_CHARS,
     check_new_password,
@@ -194,6 +196,9 @@ class Accounts:
         self.throttle = Throttle(db, now=self._now)
         #: TOTP second factor and pending sign-ins; seeds sealed by ``secret_box``.
         self.totp = Totp(db, secret_box, self.throttle, now=self._now)
+        #: Emailed codes for sign-ins from new networks, and password reset links.
+        self.email_signins = EmailSignins(db, self.throttle, now=self._now)
+        self.password_resets = PasswordResets(db, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -927,4 +932,5 @@ class Accounts:
         async with self._db.session(write=True) as s, s.begin():
             for stmt in statements:
                 total += _rowcount(await s.execute(stmt))
+        total += await self.email_signins.purge() + await self.password_resets.purge()
         return total

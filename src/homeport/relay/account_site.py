@@ -17,6 +17,7 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 from urllib.parse import urlencode
 
 import pyotp
@@ -50,6 +51,20 @@ PENDING_COOKIE = "__Host-homeport_pending"
 MAX_FORM = 8 * 1024
 
 
+class StepUp(Protocol):
+    """A check between the last factor and the new session (the emailed code, R-EML)."""
+
+    async def challenge(
+        self, request: web.Request, user_id: int, next_path: str, *, second_factor: bool
+    ) -> web.StreamResponse | None:
+        """A response that asks for more (no session yet), or ``None``: go ahead."""
+
+    async def signed_in(
+        self, request: web.Request, response: web.StreamResponse, user_id: int
+    ) -> None:
+        """A session was just created; remember what needs remembering on ``response``."""
+
+
 class AccountSite:
     def __init__(
         self,
@@ -64,6 +79,8 @@ class AccountSite:
         self.hub = hub
         self.gate = gate
         self.pages = pages
+        #: Set by the mail features: the emailed code for a sign-in from a new network.
+        self.step_up: StepUp | None = None
         self.router = web.UrlDispatcher()
         add = self.router.add_route
         add("GET", "/", self.home)
@@ -200,16 +217,34 @@ class AccountSite:
             )
             self.pages.secure(response)
             return response
-        return self._signed_in(
-            request,
-            *await self.accounts.create_session(
-                user,
-                "account",
-                user_agent=request.headers.get("User-Agent", ""),
-                ip=request.remote or "",
-            ),
-            next_path,
+        return await self.finish_signin(request, user.id, next_path, second_factor=False)
+
+    async def finish_signin(
+        self,
+        request: web.Request,
+        user_id: int,
+        next_path: str,
+        *,
+        second_factor: bool,
+        step_up_passed: bool = False,
+    ) -> web.StreamResponse:
+        """Every factor passed: the step-up check (if any, R-EML), then a new session."""
+        if self.step_up is not None and not step_up_passed:
+            challenge = await self.step_up.challenge(
+                request, user_id, next_path, second_factor=second_factor
+            )
+            if challenge is not None:
+                return challenge
+        token, row = await self.accounts.create_session(
+            user_id,
+            "account",
+            user_agent=request.headers.get("User-Agent", ""),
+            ip=request.remote or "",
         )
+        response = self._signed_in(request, token, row, next_path)
+        if self.step_up is not None:
+            await self.step_up.signed_in(request, response, user_id)
+        return response
 
     def _signed_in(
         self, request: web.Request, token: str, row: WebSession, next_path: str
@@ -278,13 +313,9 @@ class AccountSite:
             return response
         if not await totp.finish_pending(token):
             return redirect("/signin")
-        token_row = await self.accounts.create_session(
-            pending.user_id,
-            "account",
-            user_agent=request.headers.get("User-Agent", ""),
-            ip=request.remote or "",
+        return await self.finish_signin(
+            request, pending.user_id, pending.next_path, second_factor=True
         )
-        return self._signed_in(request, *token_row, pending.next_path)
 
     async def security(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request)

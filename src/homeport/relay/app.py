@@ -27,6 +27,7 @@ from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
+from homeport.relay.mail_features import MailFeatures
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.tenant import TenantProxy
 from homeport.tls.context import local_certificate_sha256, requested_server_name, server_context
@@ -87,6 +88,7 @@ class Relay:
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
+        self.mail = MailFeatures(config, self.account_site)
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
@@ -144,6 +146,7 @@ class Relay:
         await self.database.connect()
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        self.mail.announce(self.config)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.hub.shutdown()
@@ -199,6 +202,7 @@ class Relay:
             await self.hub.shutdown()
             await self._runner.cleanup()
             self._runner = None
+        await self.mail.close()
 
 
 def _refuse_at_edge(request: web.Request) -> web.Response | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.mail.settings import SmtpSettings
+
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
 SECURITY_POLICY = "https://homeport.example/SECURITY.md"
@@ -37,6 +39,10 @@ class RelayConfig:
     security_contact: str = SECURITY_CONTACT
     security_policy: str = SECURITY_POLICY
     extra: dict[str, str] = field(default_factory=dict)
+    #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.
+    smtp: SmtpSettings | None = None
+    #: ``homeport dev`` only: without SMTP, print mails to the console instead.
+    dev_console_mail: bool = False
 
     @property
     def port_suffix(self) -> str:

@@ -49,6 +49,10 @@ class Pages:
         )
         self.css = resources.files("homeport.relay").joinpath("static/homeport.css").read_bytes()
 
+    def set_global(self, name: str, value: object) -> None:
+        """A value every template sees (e.g. whether an optional feature is on)."""
+        self._env.globals[name] = value
+
     def render(
         self,
         template: str,
