@@ -140,11 +140,16 @@ async def start_stack(
 class Browser:
     """Cookie-keeping HTTPS client that trusts the dev CA and signs in like a person."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, *, source_ip: str | None = None) -> None:
+        """``source_ip``: connect from this local address (e.g. ``127.0.0.2``: Linux routes
+        all of 127/8 to loopback), so the relay sees a different client network."""
         self.stack = stack
         context = ssl.create_default_context(cafile=str(stack.ca_path))
+        local_addr = (source_ip, 0) if source_ip else None
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
+            connector=aiohttp.TCPConnector(
+                ssl=context, resolver=LocalhostResolver(), local_addr=local_addr
+            ),
             cookie_jar=aiohttp.CookieJar(),
         )
 
