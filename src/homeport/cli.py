@@ -88,11 +88,12 @@ def relay_config(args: argparse.Namespace) -> Any:
     if tls_profile not in ("modern", "intermediate"):
         raise SystemExit(f"error: --tls-profile must be modern or intermediate: {tls_profile!r}")
     http_listen = opts.get("http_listen")
-    from homeport.mail.options import smtp_settings
+    from homeport.mail.options import signup_open, smtp_settings
     from homeport.mail.settings import MailSettingsError
 
     try:
         smtp = smtp_settings(opts)
+        signup = signup_open(opts, smtp)
     except MailSettingsError as exc:
         raise SystemExit(f"error: {exc}") from exc
     http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
@@ -113,6 +114,7 @@ def relay_config(args: argparse.Namespace) -> Any:
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
         smtp=smtp,
+        signup=signup,
     )
 
 
@@ -303,11 +305,13 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from homeport.dev import run_dev
-    from homeport.mail.options import smtp_settings
+    from homeport.mail.options import signup_open, smtp_settings
     from homeport.mail.settings import MailSettingsError
 
     try:
-        args.smtp = smtp_settings(Options(args, "relay"))
+        opts = Options(args, "relay")
+        args.smtp = smtp_settings(opts)
+        args.signup_open = signup_open(opts, args.smtp, dev=True)
     except MailSettingsError as exc:
         raise SystemExit(f"error: {exc}") from exc
     _run(run_dev(args))

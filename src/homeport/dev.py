@@ -92,6 +92,7 @@ async def run_dev(args: argparse.Namespace) -> None:
         listen_port=int(args.port),
         smtp=getattr(args, "smtp", None),
         dev_console_mail=True,
+        signup=getattr(args, "signup_open", True),
     )
     relay = Relay(config)
     await relay.start()

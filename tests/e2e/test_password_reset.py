@@ -47,6 +47,9 @@ async def test_sign_in_page_links_to_reset(mailed: tuple[Home, SmtpSink]) -> Non
         status, body, _ = await get(browser, home.account_origin + "/signin")
         assert status == 200
         assert 'href="/signin/forgot"' in body
+        assert 'href="/signup"' not in body  # public sign-up is off by default
+        status, _, _ = await get(browser, home.account_origin + "/signup")
+        assert status == 404
         status, body, _ = await get(browser, home.account_origin + "/signin/forgot")
         assert status == 200
         assert '<label for="email">Email</label>' in body

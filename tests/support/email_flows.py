@@ -22,11 +22,13 @@ NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 
 
 @contextlib.asynccontextmanager
-async def mail_home(root: Path, backend_url: str) -> AsyncIterator[tuple[Home, SmtpSink]]:
+async def mail_home(
+    root: Path, backend_url: str, *relay_args: str
+) -> AsyncIterator[tuple[Home, SmtpSink]]:
     with SmtpSink() as sink:
         args = [
             "--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port),
-            "--smtp-security", "none", "--mail-from", MAIL_FROM,
+            "--smtp-security", "none", "--mail-from", MAIL_FROM, *relay_args,
         ]  # fmt: skip
         async with start_home(root, backend_url, relay_args=args) as home:
             yield home, sink

@@ -408,3 +408,21 @@ class PasswordReset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PendingSignup(Base):
+    """A sign-up waiting for its emailed link; the account is created only when it is used.
+
+    Each sign-up is its own row with its own password hash (Argon2id) and
+    link token (SHA-256), so whoever opens a link gets the password typed in
+    *that* sign-up: nobody can pre-register someone else's address and have
+    their own password adopted.
+    """
+
+    __tablename__ = "pending_signups"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), index=True)
+    password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

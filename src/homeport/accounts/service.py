@@ -100,6 +100,7 @@ from homeport.accounts.passwords import (
     verify_password_async,
 )
 from homeport.accounts.secretbox import SecretBox
+from homeport.accounts.signup import Signups
 from homeport.accounts.throttle import PRUNE_AFTER, Throttle
 from homeport.accounts.totp import Totp
 
@@ -199,6 +200,7 @@ class Accounts:
         #: Emailed codes for sign-ins from new networks, and password reset links.
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
+        self.signups = Signups(db, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -933,4 +935,5 @@ class Accounts:
             for stmt in statements:
                 total += _rowcount(await s.execute(stmt))
         total += await self.email_signins.purge() + await self.password_resets.purge()
+        total += await self.signups.purge()
         return total

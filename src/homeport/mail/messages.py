@@ -124,6 +124,34 @@ class MailWriter:
             **self._where(moment, ip, user_agent),
         )
 
+    def signup_verify(
+        self,
+        to: str,
+        *,
+        verify_url: str,
+        hours: int,
+        moment: datetime,
+        ip: str | None,
+        user_agent: str,
+    ) -> Mail:
+        return self._mail(
+            "signup_verify",
+            to,
+            "Confirm your Homeport account",
+            verify_url=verify_url,
+            hours=hours,
+            **self._where(moment, ip, user_agent),
+        )
+
+    def signup_exists(self, to: str, *, moment: datetime, ip: str | None, user_agent: str) -> Mail:
+        return self._mail(
+            "signup_exists",
+            to,
+            "You already have a Homeport account",
+            forgot_url=self.account_origin + "/signin/forgot",
+            **self._where(moment, ip, user_agent),
+        )
+
     def signin_denied(self, to: str, *, moment: datetime) -> Mail:
         return self._mail(
             "signin_denied",

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from homeport.mail.settings import MailSettingsError, SmtpSettings
 
-__all__ = ["add_mail_arguments", "smtp_settings"]
+__all__ = ["add_mail_arguments", "signup_open", "smtp_settings"]
 
 _NAMES = ("smtp_port", "smtp_security", "smtp_user", "smtp_password_file", "mail_from")
 
@@ -36,6 +36,23 @@ def add_mail_arguments(parser: argparse.ArgumentParser) -> None:
         "--smtp-password-file", dest="smtp_password_file", help="file holding the SMTP password"
     )
     group.add_argument("--mail-from", dest="mail_from", help="From address, e.g. relay@example")
+    group.add_argument(
+        "--signup",
+        dest="signup",
+        choices=["open", "closed"],
+        help="closed (default): accounts only by `homeport admin user create`; open: anyone "
+        "may sign up with a verified email address (needs --smtp-host)",
+    )
+
+
+def signup_open(opts: OptionSource, smtp: SmtpSettings | None, *, dev: bool = False) -> bool:
+    """``--signup``: closed by default (open in ``homeport dev``); open needs mail."""
+    value = str(opts.get("signup", "open" if dev else "closed")).lower()
+    if value not in ("open", "closed"):
+        raise MailSettingsError(f"--signup must be open or closed, not {value!r}")
+    if value == "open" and smtp is None and not dev:
+        raise MailSettingsError("--signup open needs mail: set --smtp-host and --mail-from")
+    return value == "open"
 
 
 def smtp_settings(opts: OptionSource) -> SmtpSettings | None:

@@ -43,6 +43,8 @@ class RelayConfig:
     smtp: SmtpSettings | None = None
     #: ``homeport dev`` only: without SMTP, print mails to the console instead.
     dev_console_mail: bool = False
+    #: Public sign-up (``--signup open``); needs mail. Off by default.
+    signup: bool = False
 
     @property
     def port_suffix(self) -> str:

@@ -17,12 +17,17 @@ from homeport.relay.account_site import AccountSite
 from homeport.relay.config import RelayConfig
 from homeport.relay.site_email_code import EmailCodeSite
 from homeport.relay.site_reset import ResetSite
+from homeport.relay.site_signup import SignupSite
 
 __all__ = ["MAIL_FEATURES", "MailFeatures"]
 
 log = logging.getLogger(__name__)
 
-MAIL_FEATURES: Final = ("email code for sign-ins from new networks", "password reset by email")
+MAIL_FEATURES: Final = (
+    "email code for sign-ins from new networks",
+    "password reset by email",
+    "public sign-up",
+)
 
 
 def _mailer(config: RelayConfig) -> Mailer | None:
@@ -40,11 +45,15 @@ class MailFeatures:
         mailer = _mailer(config)
         self.outbox: Outbox | None = None
         if mailer is None:
+            if config.signup:
+                raise ValueError("public sign-up needs mail: configure SMTP (--smtp-host)")
             return
         self.outbox = Outbox(mailer)
         writer = MailWriter(config.account_origin)
         self.email_code = EmailCodeSite(site, self.outbox, writer)
         self.reset = ResetSite(site, self.outbox, writer)
+        if config.signup:
+            self.signup = SignupSite(site, self.outbox, writer)
 
     @property
     def enabled(self) -> bool:

@@ -1,4 +1,4 @@
-"""Email: sign-in codes for new networks, known devices and networks, password resets.
+"""Email: sign-in codes for new networks, known devices and networks, resets, sign-ups.
 
 Revision ID: 0004_email
 Revises: 0003
@@ -91,9 +91,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_password_resets")),
     )
     _user_index("password_resets")
+    op.create_table(
+        "pending_signups",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        _ts("created_at"),
+        _ts("expires_at"),
+        sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_pending_signups")),
+    )
+    op.create_index(op.f("ix_pending_signups_email"), "pending_signups", ["email"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_pending_signups_email"), table_name="pending_signups")
+    op.drop_table("pending_signups")
     for table in ("password_resets", "signin_alerts", "email_signins", "known_devices"):
         op.drop_index(op.f(f"ix_{table}_user_id"), table_name=table)
         op.drop_table(table)
