@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-from email_flows import mail_home
+from email_flows import mail_standin
 from playwright.async_api import expect
 from relay_process import Home
 from smtp_sink import SmtpSink
-
-from homeport.standin import start_standin
 
 if TYPE_CHECKING:  # loaded by pytest_plugins below, so that pytest rewrites its asserts
     from browser import Chromium
@@ -29,12 +27,8 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest_asyncio.fixture
 async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Home, SmtpSink]]:
-    standin, url = await start_standin()
-    try:
-        async with mail_home(tmp_path, url) as running:
-            yield running
-    finally:
-        await standin.cleanup()
+    async with mail_standin(tmp_path) as running:
+        yield running
 
 
 async def test_new_browser_types_the_emailed_code(

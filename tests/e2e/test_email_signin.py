@@ -17,7 +17,7 @@ from email_flows import (
     browser_from,
     cookie,
     get,
-    mail_home,
+    mail_standin,
     password_step,
     post,
     sign_in,
@@ -28,19 +28,14 @@ from yarl import URL
 
 from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.site_email_code import DEVICE_COOKIE, VERIFY_COOKIE
-from homeport.standin import start_standin
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest_asyncio.fixture
 async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Home, SmtpSink]]:
-    standin, url = await start_standin()
-    try:
-        async with mail_home(tmp_path, url) as running:
-            yield running
-    finally:
-        await standin.cleanup()
+    async with mail_standin(tmp_path) as running:
+        yield running
 
 
 def wrong(code: str) -> str:

@@ -14,13 +14,20 @@ from pathlib import Path
 import pyotp
 import pytest
 import pytest_asyncio
-from email_flows import browser_from, cookie, get, mail_home, password_step, post, sign_in
+from email_flows import (
+    browser_from,
+    cookie,
+    get,
+    mail_standin,
+    password_step,
+    post,
+    sign_in,
+)
 from relay_process import Home
 from smtp_sink import SmtpSink
 from stack import Browser
 
 from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.standin import start_standin
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,12 +36,8 @@ NEW_PASSWORD = "seven purple lanterns over the quiet harbour"
 
 @pytest_asyncio.fixture
 async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Home, SmtpSink]]:
-    standin, url = await start_standin()
-    try:
-        async with mail_home(tmp_path, url) as running:
-            yield running
-    finally:
-        await standin.cleanup()
+    async with mail_standin(tmp_path) as running:
+        yield running
 
 
 async def _forgot(browser: Browser, home: Home, email: str) -> tuple[int, str, str]:

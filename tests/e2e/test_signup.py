@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from email_flows import browser_from, get, mail_home, post
+from email_flows import browser_from, get, mail_standin, post
 from relay_process import HOMEPORT, Home, RelayProcess
 from smtp_sink import SmtpSink
-
-from homeport.standin import start_standin
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -22,12 +20,8 @@ PASSPHRASE = "ninety nine red balloons drifting"
 
 @pytest_asyncio.fixture
 async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Home, SmtpSink]]:
-    standin, url = await start_standin()
-    try:
-        async with mail_home(tmp_path, url, "--signup", "open") as running:
-            yield running
-    finally:
-        await standin.cleanup()
+    async with mail_standin(tmp_path, "--signup", "open") as running:
+        yield running
 
 
 async def test_sign_up_verify_then_sign_in(mailed: tuple[Home, SmtpSink]) -> None:

@@ -17,6 +17,8 @@ from relay_process import Home, start_home
 from smtp_sink import Received, SmtpSink
 from stack import Browser
 
+from homeport.standin import start_standin
+
 MAIL_FROM = "relay@homeport.example"
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 
@@ -32,6 +34,17 @@ async def mail_home(
         ]  # fmt: skip
         async with start_home(root, backend_url, relay_args=args) as home:
             yield home, sink
+
+
+@contextlib.asynccontextmanager
+async def mail_standin(root: Path, *relay_args: str) -> AsyncIterator[tuple[Home, SmtpSink]]:
+    """``mail_home`` in front of the aiohttp stand-in for Home Assistant."""
+    standin, url = await start_standin()
+    try:
+        async with mail_home(root, url, *relay_args) as running:
+            yield running
+    finally:
+        await standin.cleanup()
 
 
 def browser_from(home: Home, source_ip: str) -> Browser:

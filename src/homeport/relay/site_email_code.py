@@ -33,6 +33,7 @@ from homeport.mail.mailer import Outbox
 from homeport.mail.messages import MailWriter
 from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE, AccountSite
 from homeport.relay.site_forms import field, read_form
+from homeport.relay.site_mail import MailPages
 from homeport.relay.tenant import redirect
 
 __all__ = ["DEVICE_COOKIE", "VERIFY_COOKIE", "EmailCodeSite", "mask_email"]
@@ -63,15 +64,11 @@ def mask_email(email: str) -> str:
     return f"{local[0]}…{local[-1]}@{domain}"
 
 
-class EmailCodeSite:
+class EmailCodeSite(MailPages):
     """Routes ``/signin/email-code`` and ``/signin/not-me``; the account site's step-up."""
 
     def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
-        self.site = site
-        self.accounts = site.accounts
-        self.pages = site.pages
-        self.outbox = outbox
-        self.writer = writer
+        super().__init__(site, outbox, writer)
         add = site.router.add_route
         add("GET", "/signin/email-code", self.form)
         add("POST", "/signin/email-code", self.verify)
@@ -240,11 +237,9 @@ class EmailCodeSite:
     # ---------------------------------------------------------- not me
 
     def _bad_link(self) -> web.Response:
-        return self.pages.message(
-            "Link not valid",
+        return self.link_refused(
             "This link was used already or has expired. If you still think someone else "
             "signed in, reset your password.",
-            status=400,
             link="/signin/forgot",
             link_text="Reset your password",
         )

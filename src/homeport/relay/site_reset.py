@@ -33,6 +33,7 @@ from homeport.mail.mailer import Outbox
 from homeport.mail.messages import MailWriter
 from homeport.relay.account_site import AccountSite
 from homeport.relay.site_forms import field, read_form
+from homeport.relay.site_mail import MailPages
 
 __all__ = ["ResetSite"]
 
@@ -41,15 +42,11 @@ log = logging.getLogger(__name__)
 _MINUTES = int(RESET_LIFETIME.total_seconds() // 60)
 
 
-class ResetSite:
+class ResetSite(MailPages):
     """Routes ``/signin/forgot`` and ``/signin/reset``."""
 
     def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
-        self.site = site
-        self.accounts = site.accounts
-        self.pages = site.pages
-        self.outbox = outbox
-        self.writer = writer
+        super().__init__(site, outbox, writer)
         add = site.router.add_route
         add("GET", "/signin/forgot", self.forgot_form)
         add("POST", "/signin/forgot", self.forgot)
@@ -112,16 +109,12 @@ class ResetSite:
         return self._forgot_page(sent=True)
 
     def _bad_link(self, wait: float = 0.0) -> web.Response:
-        response = self.pages.message(
-            "Link not valid",
+        return self.link_refused(
             "This reset link was used already or has expired. Ask for a new one.",
-            status=429 if wait > 0 else 400,
             link="/signin/forgot",
             link_text="Reset your password",
+            wait=wait,
         )
-        if wait > 0:
-            response.headers["Retry-After"] = retry_after(wait)
-        return response
 
     def _reset_page(
         self, token: str, *, error: str | None = None, status: int = 200

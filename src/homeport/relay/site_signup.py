@@ -24,6 +24,7 @@ from homeport.mail.mailer import Outbox
 from homeport.mail.messages import MailWriter
 from homeport.relay.account_site import AccountSite
 from homeport.relay.site_forms import field, read_form
+from homeport.relay.site_mail import MailPages
 
 __all__ = ["SignupSite"]
 
@@ -32,15 +33,11 @@ log = logging.getLogger(__name__)
 _HOURS = int(VERIFY_LIFETIME.total_seconds() // 3600)
 
 
-class SignupSite:
+class SignupSite(MailPages):
     """Routes ``/signup`` and ``/signup/verify``."""
 
     def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
-        self.site = site
-        self.accounts = site.accounts
-        self.pages = site.pages
-        self.outbox = outbox
-        self.writer = writer
+        super().__init__(site, outbox, writer)
         add = site.router.add_route
         add("GET", "/signup", self.form)
         add("POST", "/signup", self.signup)
@@ -113,11 +110,9 @@ class SignupSite:
         return self._page(sent=True)
 
     def _bad_link(self) -> web.Response:
-        return self.pages.message(
-            "Link not valid",
+        return self.link_refused(
             "This link was used already or has expired, or the address has an account "
             "now. Sign in, or sign up again.",
-            status=400,
             link="/signin",
             link_text="Sign in",
         )
