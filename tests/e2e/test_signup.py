@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from email_flows import browser_from, get, mail_standin, post
 from relay_process import HOMEPORT, Home, RelayProcess
 from smtp_sink import SmtpSink
+
+from homeport.addon.client import LocalhostResolver
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -103,3 +107,28 @@ async def test_open_sign_up_needs_mail(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode != 0
     assert "--signup open needs mail" in err.decode()
+
+
+async def test_without_smtp_mail_features_are_off_and_said_so(tmp_path: Path) -> None:
+    relay = RelayProcess(tmp_path / "relay")
+    try:
+        await relay.start()
+        out = (relay.log_dir / "relay-1.stdout").read_text()
+        assert "Mail: off (no --smtp-host); disabled: email code for sign-ins" in out
+        assert "password reset by email; public sign-up" in out
+        async with asyncio.timeout(20):
+            while '"mail.disabled"' not in relay.log_text():
+                await asyncio.sleep(0.05)
+        context = ssl.create_default_context(cafile=str(relay.ca_path))
+        connector = aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver())
+        async with aiohttp.ClientSession(connector=connector) as client:
+            origin = relay.config.account_origin
+            for path in ("/signin/forgot", "/signup", "/signin/email-code"):
+                async with client.get(origin + path, allow_redirects=False) as r:
+                    assert r.status == 404, path
+            async with client.get(origin + "/signin") as r:
+                body = await r.text()
+                assert "/signin/forgot" not in body
+                assert "/signup" not in body
+    finally:
+        await relay.close()
