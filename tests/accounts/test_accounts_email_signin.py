@@ -205,3 +205,18 @@ async def test_purge_keeps_live_rows(signins: EmailSignins, alice: User, clock: 
     clock.advance(days=8)
     assert await signins.purge() == 2  # the pending sign-in and its alert link
     assert await signins.pending_user(issued.token) is None
+
+
+async def test_device_known_ignores_the_network(
+    signins: EmailSignins, alice: User, bob: User
+) -> None:
+    device = await signins.remember(alice.id, None, IP)
+    assert await signins.device_known(alice.id, device)
+    assert not await signins.device_known(alice.id, None)  # the known network does not count
+    assert not await signins.device_known(bob.id, device)
+
+
+async def test_alert_for_a_notice_mail_works_once(signins: EmailSignins, alice: User) -> None:
+    token = await signins.new_alert(alice.id)
+    assert await signins.deny(token) == alice.id
+    assert await signins.deny(token) is None

@@ -7,6 +7,7 @@ the relay sees distinct client networks through real sockets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,12 +84,16 @@ async def test_new_network_gets_a_code_by_mail(mailed: tuple[Home, SmtpSink]) ->
         # the code never shows up in the relay's logs
         assert code not in home.relay.log_text()
 
-    # another browser on the remembered network: no code either
+    # another browser on the remembered network: no code, but the owner is told
     async with browser_from(home, "127.0.0.2") as browser:
         before = len(sink.to(home.email))
         status, _, location = await password_step(browser, home)
         assert (status, location) == (303, "/")
-        assert len(sink.to(home.email)) == before
+        notice = await sink.wait_for(home.email, before + 1)
+        assert "New sign-in" in str(notice.message["Subject"])
+        assert "From:   127.0.0.2" in notice.text
+        assert "/signin/not-me?t=" in notice.text
+        assert not re.search(r"^\s+\d{6}\s*$", notice.text, re.MULTILINE)  # no code in it
 
 
 async def test_known_device_on_a_new_network_needs_no_code(

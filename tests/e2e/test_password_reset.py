@@ -167,6 +167,9 @@ async def test_reset_never_bypasses_totp(mailed: tuple[Home, SmtpSink]) -> None:
     async with browser_from(home, "127.0.0.24") as browser:
         await sign_in(browser, home, sink)
         totp = await _enrol_totp(browser, home)
+        notice = await sink.wait_for(home.email, 2)  # R-OPS-05: the 2FA change is mailed
+        assert "two-step verification was turned on" in notice.text
+        assert "127.0.0.24" in notice.text
         await post(browser, home, "/signout", {})
         mails = len(sink.to(home.email))
         await _forgot(browser, home, home.email)

@@ -205,3 +205,20 @@ def test_signin_code_mail_says_what_when_where() -> None:
         assert part in m.text
     assert "/signin/not-me?t=abc" in m.text
     assert "second factor" in m.text
+
+
+def test_notice_mails_name_the_change_and_carry_no_code() -> None:
+    from datetime import UTC, datetime
+
+    writer = MailWriter("https://homeport.example")
+    moment = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
+    change = writer.security_change(
+        TO, what="two-step verification was turned on", moment=moment, ip="::1", user_agent=""
+    )
+    assert "two-step verification was turned on" in change.text
+    assert "https://homeport.example/signin/forgot" in change.text
+    notice = writer.new_signin(
+        TO, deny_url="https://x/signin/not-me?t=1", moment=moment, ip="::1", user_agent=CHROME
+    )
+    assert "Chrome 131 on Linux" in notice.text
+    assert "/signin/not-me?t=1" in notice.text

@@ -137,19 +137,25 @@ class EmailSignins:
 
     # ------------------------------------------------------- known places
 
+    async def device_known(self, user_id: int, device_token: str | None) -> bool:
+        """Whether this browser (its device cookie) already signed in to the account."""
+        if not device_token or len(device_token) > _MAX_TOKEN_CHARS:
+            return False
+        async with self._db.session() as s:
+            seen = await s.scalar(
+                select(KnownDevice.last_seen_at).where(
+                    KnownDevice.token_hash == sha256_hex(device_token),
+                    KnownDevice.user_id == user_id,
+                )
+            )
+        return seen is not None and self._now() - seen < DEVICE_LIFETIME
+
     async def is_known(self, user_id: int, device_token: str | None, ip: str | None) -> bool:
         """Whether this browser or this network already signed in to the account."""
+        if await self.device_known(user_id, device_token):
+            return True
         now = self._now()
         async with self._db.session() as s:
-            if device_token and len(device_token) <= _MAX_TOKEN_CHARS:
-                seen = await s.scalar(
-                    select(KnownDevice.last_seen_at).where(
-                        KnownDevice.token_hash == sha256_hex(device_token),
-                        KnownDevice.user_id == user_id,
-                    )
-                )
-                if seen is not None and now - seen < DEVICE_LIFETIME:
-                    return True
             seen = await s.scalar(
                 select(KnownNetwork.last_seen_at).where(
                     KnownNetwork.user_id == user_id, KnownNetwork.network == network_key(ip)
@@ -230,6 +236,11 @@ class EmailSignins:
             alert = self._new_alert(s, user_id, now)
         _log.info("email sign-in code issued: user %d", user_id)
         return Issued(token, code, alert, user_id)
+
+    async def new_alert(self, user_id: int) -> str:
+        """A "this wasn't me" link token for a mail about a sign-in that needed no code."""
+        async with self._db.session(write=True) as s, s.begin():
+            return self._new_alert(s, user_id, self._now())
 
     @staticmethod
     def _new_alert(s: AsyncSession, user_id: int, now: datetime) -> str:

@@ -152,6 +152,29 @@ class MailWriter:
             **self._where(moment, ip, user_agent),
         )
 
+    def new_signin(
+        self, to: str, *, deny_url: str, moment: datetime, ip: str | None, user_agent: str
+    ) -> Mail:
+        return self._mail(
+            "new_signin",
+            to,
+            "New sign-in to your Homeport account",
+            deny_url=deny_url,
+            **self._where(moment, ip, user_agent),
+        )
+
+    def security_change(
+        self, to: str, *, what: str, moment: datetime, ip: str | None, user_agent: str
+    ) -> Mail:
+        return self._mail(
+            "security_change",
+            to,
+            "Security change on your Homeport account",
+            what=what,
+            forgot_url=self.account_origin + "/signin/forgot",
+            **self._where(moment, ip, user_agent),
+        )
+
     def signin_denied(self, to: str, *, moment: datetime) -> Mail:
         return self._mail(
             "signin_denied",

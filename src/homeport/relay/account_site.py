@@ -60,9 +60,17 @@ class StepUp(Protocol):
         """A response that asks for more (no session yet), or ``None``: go ahead."""
 
     async def signed_in(
-        self, request: web.Request, response: web.StreamResponse, user_id: int
+        self, request: web.Request, response: web.StreamResponse, user_id: int, *, stepped_up: bool
     ) -> None:
-        """A session was just created; remember what needs remembering on ``response``."""
+        """A session was just created (``stepped_up``: after the check); remember what
+        needs remembering on ``response``."""
+
+
+class Notices(Protocol):
+    """Tells the account's owner about a security change (R-OPS-05), e.g. by mail."""
+
+    async def changed(self, request: web.Request, user_id: int, what: str) -> None:
+        """``what`` happened to the account (a short phrase, e.g. "... was turned on")."""
 
 
 class AccountSite:
@@ -81,6 +89,7 @@ class AccountSite:
         self.pages = pages
         #: Set by the mail features: the emailed code for a sign-in from a new network.
         self.step_up: StepUp | None = None
+        self.notices: Notices | None = None
         self.router = web.UrlDispatcher()
         add = self.router.add_route
         add("GET", "/", self.home)
@@ -243,7 +252,7 @@ class AccountSite:
         )
         response = self._signed_in(request, token, row, next_path)
         if self.step_up is not None:
-            await self.step_up.signed_in(request, response, user_id)
+            await self.step_up.signed_in(request, response, user_id, stepped_up=step_up_passed)
         return response
 
     def _signed_in(
@@ -383,6 +392,8 @@ class AccountSite:
             )
             return await self._security_page(user, error=error, status=status)
         log.info("account.totp_enabled", extra={"user": user[0]})
+        if self.notices is not None:
+            await self.notices.changed(request, user[0], "two-step verification was turned on")
         return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,7 @@ from homeport.mail.messages import MailWriter
 from homeport.relay.account_site import AccountSite
 from homeport.relay.config import RelayConfig
 from homeport.relay.site_email_code import EmailCodeSite
+from homeport.relay.site_notices import MailNotices
 from homeport.relay.site_reset import ResetSite
 from homeport.relay.site_signup import SignupSite
 
@@ -27,6 +28,7 @@ MAIL_FEATURES: Final = (
     "email code for sign-ins from new networks",
     "password reset by email",
     "public sign-up",
+    "security notices by email",
 )
 
 
@@ -52,6 +54,7 @@ class MailFeatures:
         writer = MailWriter(config.account_origin)
         self.email_code = EmailCodeSite(site, self.outbox, writer)
         self.reset = ResetSite(site, self.outbox, writer)
+        self.notices = MailNotices(site, self.outbox, writer)
         if config.signup:
             self.signup = SignupSite(site, self.outbox, writer)
 

@@ -106,13 +106,35 @@ class EmailCodeSite(MailPages):
         return response
 
     async def signed_in(
-        self, request: web.Request, response: web.StreamResponse, user_id: int
+        self, request: web.Request, response: web.StreamResponse, user_id: int, *, stepped_up: bool
     ) -> None:
-        device = await self.accounts.email_signins.remember(
-            user_id, request.cookies.get(DEVICE_COOKIE), request.remote
-        )
+        signins = self.accounts.email_signins
+        presented = request.cookies.get(DEVICE_COOKIE)
+        if not stepped_up and not await signins.device_known(user_id, presented):
+            # A new browser on a known network: no code asked, but the owner hears of it
+            # (R-OPS-05); the code mail already said so when a code was asked.
+            await self._mail_new_signin(request, user_id)
+        device = await signins.remember(user_id, presented, request.remote)
         _set_cookie(response, DEVICE_COOKIE, device, DEVICE_LIFETIME.total_seconds())
         _drop_cookie(response, VERIFY_COOKIE)
+
+    def _deny_url(self, alert_token: str) -> str:
+        return self.site.config.account_origin + "/signin/not-me?" + urlencode({"t": alert_token})
+
+    async def _mail_new_signin(self, request: web.Request, user_id: int) -> None:
+        user = await self.accounts.get_user(user_id)
+        if user is None:
+            return
+        alert = await self.accounts.email_signins.new_alert(user_id)
+        self.outbox.post(
+            self.writer.new_signin(
+                user.email,
+                deny_url=self._deny_url(alert),
+                moment=datetime.now(UTC),
+                ip=request.remote,
+                user_agent=request.headers.get("User-Agent", ""),
+            )
+        )
 
     async def _mail_code(
         self, request: web.Request, issued: Issued, *, second_factor: bool
@@ -120,11 +142,7 @@ class EmailCodeSite(MailPages):
         user = await self.accounts.get_user(issued.user_id)
         if user is None:
             return
-        deny_url = (
-            self.site.config.account_origin
-            + "/signin/not-me?"
-            + urlencode({"t": issued.alert_token})
-        )
+        deny_url = self._deny_url(issued.alert_token)
         self.outbox.post(
             self.writer.signin_code(
                 user.email,
