@@ -222,3 +222,42 @@ def test_notice_mails_name_the_change_and_carry_no_code() -> None:
     )
     assert "Chrome 131 on Linux" in notice.text
     assert "/signin/not-me?t=1" in notice.text
+
+
+class _StuckMailer:
+    """An SMTP server that never finishes: every send waits until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def send(self, mail: Mail) -> None:
+        self.started += 1
+        await self.release.wait()
+
+
+async def test_full_outbox_drops_and_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("homeport.mail.mailer.OUTBOX_LIMIT", 5)
+    stuck = _StuckMailer()
+    outbox = Outbox(stuck)
+    with caplog.at_level(logging.INFO, logger="homeport.mail.mailer"):
+        accepted = [outbox.post(mail()) for _ in range(6)]
+        await asyncio.sleep(0.2)
+        assert accepted == [True] * 5 + [False]
+        assert stuck.started == 4  # at most 4 at once; the rest wait their turn
+        assert [r.getMessage() for r in caplog.records] == ["mail.dropped"]
+        stuck.release.set()
+        await outbox.drain(timeout=10)
+    assert [r.getMessage() for r in caplog.records].count("mail.sent") == 5
+
+
+async def test_drain_cancels_what_cannot_finish(caplog: pytest.LogCaptureFixture) -> None:
+    stuck = _StuckMailer()
+    outbox = Outbox(stuck)
+    outbox.post(mail())
+    await asyncio.sleep(0.05)
+    with caplog.at_level(logging.INFO, logger="homeport.mail.mailer"):
+        await outbox.drain(timeout=0.2)
+    assert "mail.unsent_at_shutdown" in [r.getMessage() for r in caplog.records]

@@ -165,5 +165,6 @@ class Outbox:
         _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in pending:
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         if pending:
             _log.warning("mail.unsent_at_shutdown", extra={"count": len(pending)})
