@@ -220,3 +220,16 @@ async def test_alert_for_a_notice_mail_works_once(signins: EmailSignins, alice: 
     token = await signins.new_alert(alice.id)
     assert await signins.deny(token) == alice.id
     assert await signins.deny(token) is None
+
+
+async def test_concurrent_sign_ins_of_one_browser_are_remembered(
+    signins: EmailSignins, alice: User
+) -> None:
+    import asyncio
+
+    device = await signins.remember(alice.id, None, IP)
+    tokens = await asyncio.gather(
+        *(signins.remember(alice.id, device, f"203.0.113.{n % 2}") for n in range(6))
+    )
+    assert set(tokens) == {device}
+    assert await signins.is_known(alice.id, None, "203.0.113.1")

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from homeport.accounts.db import Database
@@ -170,6 +171,12 @@ class EmailSignins:
         some account); any other value is replaced, so a client cannot choose
         its own device identifier.
         """
+        try:
+            return await self._remember(user_id, device_token, ip)
+        except IntegrityError:  # a concurrent sign-in of this browser or network wrote first
+            return await self._remember(user_id, device_token, ip)
+
+    async def _remember(self, user_id: int, device_token: str | None, ip: str | None) -> str:
         now = self._now()
         net = network_key(ip)
         async with self._db.session(write=True) as s, s.begin():
