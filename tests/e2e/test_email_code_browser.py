@@ -65,3 +65,32 @@ async def test_new_browser_types_the_emailed_code(
         assert "__Host-homeport_verify" not in cookies
         assert person.csp_errors() == []
         assert person.page_errors == []
+
+
+async def test_forgot_password_in_chromium(
+    mailed: tuple[Home, SmtpSink], chromium: Chromium
+) -> None:
+    home, sink = mailed
+    new_password = "eleven quiet owls above the marsh"
+    await chromium.start(home.ca_path)
+    async with chromium.person() as person:
+        page = person.page
+        await page.goto(home.account_origin + "/signin")
+        await page.get_by_role("link", name="Forgot password?").click()
+        await expect(page.get_by_role("heading", name="Reset your password")).to_be_visible()
+        await page.get_by_label("Email").fill(home.email)
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("status")).to_contain_text("If an account uses this")
+        link = (await sink.wait_for(home.email)).link("/signin/reset")
+        await page.goto(link)
+        await page.get_by_label("New password", exact=True).fill(new_password)
+        await page.get_by_label("New password again").fill(new_password)
+        await page.get_by_role("button", name="Set the password").click()
+        await expect(page.get_by_role("heading", name="Password changed")).to_be_visible()
+        await page.get_by_role("link", name="Sign in").last.click()
+        await page.get_by_label("Email").fill(home.email)
+        await page.get_by_label("Password").fill(new_password)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+        assert person.csp_errors() == []
+        assert person.page_errors == []
