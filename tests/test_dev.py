@@ -62,6 +62,20 @@ async def test_dev_prints_a_working_url(tmp_path: Path) -> None:
                 data={"email": email[1], "password": password[1], "next": next_path},
                 headers={"Origin": f"https://homeport.localhost:{port}"},
             ) as page:
+                # A new browser on a new network: the code "mailed" to the dev console.
+                assert page.status == 200
+                assert page.url.path == "/signin/email-code"
+                assert "Check your email" in await page.text()
+            await _read_until(proc.stdout, "Never give this code", seen)
+            mail = "".join(seen)
+            assert "[dev mail, not sent] To: dev@homeport.localhost" in mail
+            code = re.search(r"^\s+(\d{6})\s*$", mail, re.MULTILINE)
+            assert code
+            async with browser.post(
+                page.url,
+                data={"code": code[1]},
+                headers={"Origin": f"https://homeport.localhost:{port}"},
+            ) as page:
                 assert page.status == 200
                 assert "Home Assistant stand-in" in await page.text()
                 assert page.url.host is not None

@@ -88,6 +88,14 @@ def relay_config(args: argparse.Namespace) -> Any:
     if tls_profile not in ("modern", "intermediate"):
         raise SystemExit(f"error: --tls-profile must be modern or intermediate: {tls_profile!r}")
     http_listen = opts.get("http_listen")
+    from homeport.mail.options import signup_open, smtp_settings
+    from homeport.mail.settings import MailSettingsError
+
+    try:
+        smtp = smtp_settings(opts)
+        signup = signup_open(opts, smtp)
+    except MailSettingsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
@@ -106,6 +114,8 @@ def relay_config(args: argparse.Namespace) -> Any:
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
         oidc_providers=_oidc_providers(opts),
+        smtp=smtp,
+        signup=signup,
     )
 
 
@@ -128,6 +138,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
         await relay.start()
         print(f"Relay listening on {config.listen_host}:{config.listen_port}", flush=True)
         print(f"Account site: {config.account_origin}/", flush=True)
+        print(relay.mail.summary(config), flush=True)
         await _until_signalled(relay.stop)
 
     _run(main())
@@ -318,7 +329,15 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from homeport.dev import run_dev
+    from homeport.mail.options import signup_open, smtp_settings
+    from homeport.mail.settings import MailSettingsError
 
+    try:
+        opts = Options(args, "relay")
+        args.smtp = smtp_settings(opts)
+        args.signup_open = signup_open(opts, args.smtp, dev=True)
+    except MailSettingsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     _run(run_dev(args))
     return 0
 
@@ -352,6 +371,9 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
     from homeport.relay.oidc_settings import add_oidc_arguments
 
     add_oidc_arguments(parser)
+    from homeport.mail.options import add_mail_arguments
+
+    add_mail_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--ha-url", dest="ha_url", default="http://127.0.0.1:8123")
     dev.add_argument("--data-dir", dest="data_dir", default=".homeport/dev")
     dev.add_argument("--port", type=int, default=8443)
+    from homeport.mail.options import add_mail_arguments
+
+    add_mail_arguments(dev)
     dev.set_defaults(func=cmd_dev)
     return parser
 

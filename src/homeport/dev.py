@@ -86,7 +86,14 @@ async def _dev_credentials(relay: Relay, data_dir: Path) -> tuple[str, str]:
 async def run_dev(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = RelayConfig(data_dir=data_dir, listen_port=int(args.port))
+    # Without SMTP, mails (sign-in codes, reset links) are printed here: dev only.
+    config = RelayConfig(
+        data_dir=data_dir,
+        listen_port=int(args.port),
+        smtp=getattr(args, "smtp", None),
+        dev_console_mail=True,
+        signup=getattr(args, "signup_open", True),
+    )
     relay = Relay(config)
     await relay.start()
     email, password = await _dev_credentials(relay, data_dir)
@@ -134,6 +141,7 @@ async def run_dev(args: argparse.Namespace) -> None:
             f"  Password:    {password}\n"
             f"  Trust CA:    {data_dir / 'tls' / 'dev-ca.pem'}\n"
             f"  Forwarding:  {ha_url}\n"
+            f"  {relay.mail.summary(config)}\n"
             "Press Ctrl+C to stop.",
             flush=True,
         )

@@ -94,7 +94,7 @@ async def test_trusting_home_assistant_bans_the_person_not_the_addon(
     monitor = TrustMonitor(ha.url, supervised=False)
     async with start_stack(tmp_path, ha_url=ha.url, addon_kwargs={"trust": monitor}) as stack:
         await _wait_trust(monitor, Trust.TRUSTED)
-        async with stack.browser(local_addr=ATTACKER) as attacker:
+        async with stack.browser(source_ip=ATTACKER) as attacker:
             await attacker.sign_in("/")
             await _fail_logins(attacker, stack, ha)
             async with asyncio.timeout(10):
@@ -102,7 +102,7 @@ async def test_trusting_home_assistant_bans_the_person_not_the_addon(
                     await asyncio.sleep(0.1)
             assert await _manifest(attacker, stack) == 403  # the person is banned ...
         assert "127.0.0.1" not in _bans(ha)
-        async with stack.browser(local_addr=SOMEONE_ELSE) as other:
+        async with stack.browser(source_ip=SOMEONE_ELSE) as other:
             page = await other.sign_in("/")
             assert page.status == 200  # ... the add-on, and everyone else, are not
             assert await _login(other, stack, ha.username, ha.password) == 200
@@ -130,7 +130,7 @@ async def test_untrusting_home_assistant_is_detected_and_keeps_working(
             await _wait_trust(monitor, Trust.UNTRUSTED)
             # The owner is told once, in the add-on's log, exactly what to paste.
             assert capsys.readouterr().out.count(report.yaml) == 1
-            async with stack.browser(local_addr=ATTACKER) as attacker:
+            async with stack.browser(source_ip=ATTACKER) as attacker:
                 page = await attacker.sign_in("/")
                 assert page.status == 200  # no X-Forwarded-For sent: no 400
                 assert "<title>Home Assistant</title>" in await page.text()
@@ -141,7 +141,7 @@ async def test_untrusting_home_assistant_is_detected_and_keeps_working(
                 while "127.0.0.1" not in _bans(ha):
                     await asyncio.sleep(0.1)
             assert ATTACKER not in _bans(ha)
-            async with stack.browser(local_addr=SOMEONE_ELSE) as other:
+            async with stack.browser(source_ip=SOMEONE_ELSE) as other:
                 page = await other.sign_in("/")
                 assert page.status == 403  # everyone is locked out
             async with aiohttp.ClientSession() as session:

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class RelayProcess:
     paused: bool = False
     #: ``--database-url`` for the relay and its admin commands (default: SQLite in data).
     database_url: str | None = None
+    #: More ``homeport relay`` options (e.g. ``--smtp-host``), after the defaults.
+    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for path in (self.data_dir, self.tmp_dir, self.home_dir, self.cwd, self.log_dir):
@@ -137,6 +139,7 @@ class RelayProcess:
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 *self._database_args(),
+                *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -326,9 +329,10 @@ async def start_home(
     ping_interval: float = 2.0,
     ping_timeout: float = 3.0,
     database_url: str | None = None,
+    relay_args: Sequence[str] = (),
 ) -> AsyncIterator[Home]:
     """Relay subprocess + user (admin CLI) + in-process add-on linked by its code."""
-    relay = RelayProcess(root / "relay", database_url=database_url)
+    relay = RelayProcess(root / "relay", database_url=database_url, extra_args=list(relay_args))
     statuses: list[tuple[float, AddonStatus]] = []
     addon: AddonClient | None = None
     task: asyncio.Task[None] | None = None

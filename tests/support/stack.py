@@ -66,8 +66,8 @@ class Stack:
     def ca_path(self) -> Path:
         return self.data_dir / "tls" / "dev-ca.pem"
 
-    def browser(self, *, local_addr: str | None = None) -> Browser:
-        return Browser(self, local_addr=local_addr)
+    def browser(self, *, source_ip: str | None = None) -> Browser:
+        return Browser(self, source_ip=source_ip)
 
     async def wait_connected(self, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout):
@@ -149,15 +149,15 @@ async def start_stack(
 class Browser:
     """Cookie-keeping HTTPS client that trusts the dev CA and signs in like a person."""
 
-    def __init__(self, stack: Stack, *, local_addr: str | None = None) -> None:
-        """``local_addr``: a loopback address (127.0.0.2, …) to appear as another person."""
+    def __init__(self, stack: Stack, *, source_ip: str | None = None) -> None:
+        """``source_ip``: connect from this local address (e.g. ``127.0.0.2``: Linux routes
+        all of 127/8 to loopback), so the relay sees a different client network."""
         self.stack = stack
         context = ssl.create_default_context(cafile=str(stack.ca_path))
+        local_addr = (source_ip, 0) if source_ip else None
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                ssl=context,
-                resolver=LocalhostResolver(),
-                local_addr=(local_addr, 0) if local_addr else None,
+                ssl=context, resolver=LocalhostResolver(), local_addr=local_addr
             ),
             cookie_jar=aiohttp.CookieJar(),
         )

@@ -590,3 +590,98 @@ class AuditEvent(Base):
     factor: Mapped[str | None] = mapped_column(String(AUDIT_FACTOR_MAX), nullable=True)
     session_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str] = mapped_column(String(AUDIT_DETAIL_MAX))
+
+
+# --------------------------------------------------------------- email (issue 3, R-EML/R-PWD-05)
+
+
+class EmailSignin(Base):
+    """A sign-in that passed every factor and waits for the code mailed for a new network.
+
+    The cookie token is stored only as its SHA-256; ``code_hash`` is the
+    SHA-256 of the token *and* the code, so the code is bound to this pending
+    sign-in and cannot be brute-forced offline from a leaked database (the
+    token is not in it). ``failures`` counts wrong codes across resends.
+    """
+
+    __tablename__ = "email_signins"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    next_path: Mapped[str] = mapped_column(String(NEXT_PATH_MAX))
+    code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    failures: Mapped[int] = mapped_column(Integer)
+    sends: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    code_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SigninAlert(Base):
+    """The single-use "this wasn't me" link of one sign-in mail (SHA-256 of its token)."""
+
+    __tablename__ = "signin_alerts"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class KnownDevice(Base):
+    """A browser that completed a sign-in to this account (SHA-256 of its device cookie)."""
+
+    __tablename__ = "known_devices"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class KnownNetwork(Base):
+    """A client network (IPv4 address or IPv6 /64) this account signed in from."""
+
+    __tablename__ = "known_networks"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    network: Mapped[str] = mapped_column(String(IP_MAX), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class PasswordReset(Base):
+    """A single-use, short-lived password reset link (SHA-256 of its token)."""
+
+    __tablename__ = "password_resets"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PendingSignup(Base):
+    """A sign-up waiting for its emailed link; the account is created only when it is used.
+
+    Each sign-up is its own row with its own password hash (Argon2id) and
+    link token (SHA-256), so whoever opens a link gets the password typed in
+    *that* sign-up: nobody can pre-register someone else's address and have
+    their own password adopted.
+    """
+
+    __tablename__ = "pending_signups"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), index=True)
+    password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

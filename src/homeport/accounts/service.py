@@ -59,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
+from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.errors import (
     AccessDenied,
     AccountExists,
@@ -96,6 +97,7 @@ from homeport.accounts.models import (
 )
 from homeport.accounts.oidc import OidcStore
 from homeport.accounts.passkeys import Passkeys
+from homeport.accounts.password_reset import PasswordResets
 from homeport.accounts.passwords import (
     MAX_PASSWORD_CHARS,
     check_new_password,
@@ -105,6 +107,7 @@ from homeport.accounts.passwords import (
 )
 from homeport.accounts.secretbox import SecretBox
 from homeport.accounts.sharing import Sharing
+from homeport.accounts.signup import Signups
 from homeport.accounts.throttle import PRUNE_AFTER, Throttle
 from homeport.accounts.totp import Totp
 
@@ -217,6 +220,10 @@ class Accounts:
         self.oidc = OidcStore(db, secret_box, now=self._now)
         #: Audit log (metadata only, 180 days); other features record through it too.
         self.audit = Audit(db, now=self._now)
+        #: Emailed codes for sign-ins from new networks, and password reset links.
+        self.email_signins = EmailSignins(db, self.throttle, now=self._now)
+        self.password_resets = PasswordResets(db, self.throttle, now=self._now)
+        self.signups = Signups(db, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -1076,4 +1083,6 @@ class Accounts:
         async with self._db.session(write=True) as s, s.begin():
             for stmt in statements:
                 total += _rowcount(await s.execute(stmt))
+        total += await self.email_signins.purge() + await self.password_resets.purge()
+        total += await self.signups.purge()
         return total + await self.oidc.purge()

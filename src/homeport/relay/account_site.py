@@ -17,6 +17,7 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 from urllib.parse import urlencode
 
 import pyotp
@@ -57,6 +58,28 @@ PENDING_COOKIE = "__Host-homeport_pending"
 MAX_FORM = 8 * 1024
 
 
+class StepUp(Protocol):
+    """A check between the last factor and the new session (the emailed code, R-EML)."""
+
+    async def challenge(
+        self, request: web.Request, user_id: int, next_path: str, *, second_factor: bool
+    ) -> web.StreamResponse | None:
+        """A response that asks for more (no session yet), or ``None``: go ahead."""
+
+    async def signed_in(
+        self, request: web.Request, response: web.StreamResponse, user_id: int, *, stepped_up: bool
+    ) -> None:
+        """A session was just created (``stepped_up``: after the check); remember what
+        needs remembering on ``response``."""
+
+
+class Notices(Protocol):
+    """Tells the account's owner about a security change (R-OPS-05), e.g. by mail."""
+
+    async def changed(self, request: web.Request, user_id: int, what: str) -> None:
+        """``what`` happened to the account (a short phrase, e.g. "... was turned on")."""
+
+
 class AccountSite:
     def __init__(
         self,
@@ -71,6 +94,9 @@ class AccountSite:
         self.hub = hub
         self.gate = gate
         self.pages = pages
+        #: Set by the mail features: the emailed code for a sign-in from a new network.
+        self.step_up: StepUp | None = None
+        self.notices: Notices | None = None
         self.router = web.UrlDispatcher()
         add = self.router.add_route
         add("GET", "/", self.home)
@@ -138,6 +164,11 @@ class AccountSite:
             session_id=session.session_id if session is not None else None,
             detail=detail,
         )
+
+    async def notify(self, request: web.Request, user_id: int, what: str) -> None:
+        """Tell the owner about a security change (R-OPS-05), when mail is on."""
+        if self.notices is not None:
+            await self.notices.changed(request, user_id, what)
 
     def signed_out_response(self) -> web.Response:
         """Back to the sign-in page with the account cookie removed."""
@@ -268,20 +299,48 @@ class AccountSite:
             )
             self.pages.secure(response)
             return response
-        token_row = await self.accounts.create_session(
+        return await self.finish_signin(
+            request, user_id, next_path, second_factor=False, factor=factor
+        )
+
+    async def finish_signin(
+        self,
+        request: web.Request,
+        user_id: int,
+        next_path: str,
+        *,
+        second_factor: bool,
+        factor: str = "password",
+        step_up_passed: bool = False,
+    ) -> web.StreamResponse:
+        """Every factor passed: the step-up check (if any, R-EML), then a new session.
+
+        ``second_factor``: the sign-in passed one (owners may require that of members).
+        """
+        if self.step_up is not None and not step_up_passed:
+            challenge = await self.step_up.challenge(
+                request, user_id, next_path, second_factor=second_factor
+            )
+            if challenge is not None:
+                return challenge
+        token, row = await self.accounts.create_session(
             user_id,
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
+            second_factor=second_factor,
         )
         await self.audit(
             request,
             EventType.SIGNIN_SUCCEEDED,
             user_id=user_id,
             factor=factor,
-            detail=f"session {token_row[1].id}",
+            detail=f"session {row.id}",
         )
-        return self._signed_in(request, *token_row, next_path)
+        response = self._signed_in(request, token, row, next_path)
+        if self.step_up is not None:
+            await self.step_up.signed_in(request, response, user_id, stepped_up=step_up_passed)
+        return response
 
     def _signed_in(
         self, request: web.Request, token: str, row: WebSession, next_path: str
@@ -364,21 +423,13 @@ class AccountSite:
             return response
         if not await totp.finish_pending(token):
             return redirect("/signin")
-        token_row = await self.accounts.create_session(
-            pending.user_id,
-            "account",
-            user_agent=request.headers.get("User-Agent", ""),
-            ip=request.remote or "",
-            second_factor=True,
-        )
-        await self.audit(
+        return await self.finish_signin(
             request,
-            EventType.SIGNIN_SUCCEEDED,
-            user_id=pending.user_id,
+            pending.user_id,
+            pending.next_path,
+            second_factor=True,
             factor="password+recovery_code" if recovery_code else "password+totp",
-            detail=f"session {token_row[1].id}",
         )
-        return self._signed_in(request, *token_row, pending.next_path)
 
     async def security(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request)
@@ -455,6 +506,8 @@ class AccountSite:
         await self.accounts.revoke_user_sessions(user[0], except_session_id=keep)
         self.gate.end_user(user[0], except_session_id=keep)
         await self.audit(request, EventType.TOTP_ENABLED, current, factor="totp")
+        if self.notices is not None:
+            await self.notices.changed(request, user[0], "two-step verification was turned on")
         return await self._security_page(user, error=None, recovery_codes=codes)
 
     async def signout(self, request: web.Request) -> web.StreamResponse:

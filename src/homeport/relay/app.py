@@ -30,6 +30,7 @@ from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_run
 from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
+from homeport.relay.mail_features import MailFeatures
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
@@ -92,6 +93,7 @@ class Relay:
         self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
+        self.mail = MailFeatures(config, self.account_site)
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
         InstancePages(self.account_site, self.app_links).register()
         self.housekeeping = Housekeeping(self.accounts, self.gate)
@@ -157,6 +159,7 @@ class Relay:
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
         self.housekeeping.start()
+        self.mail.announce(self.config)
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.housekeeping.stop()
@@ -213,6 +216,7 @@ class Relay:
             await self.hub.shutdown()
             await self._runner.cleanup()
             self._runner = None
+        await self.mail.close()
 
 
 def _refuse_at_edge(request: web.Request) -> web.Response | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.mail.settings import SmtpSettings
 from homeport.relay.oidc_settings import OidcProvider
 
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
@@ -45,6 +46,12 @@ class RelayConfig:
     tunnel_ping_interval: float = 30.0
     tunnel_ping_timeout: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.
+    smtp: SmtpSettings | None = None
+    #: ``homeport dev`` only: without SMTP, print mails to the console instead.
+    dev_console_mail: bool = False
+    #: Public sign-up (``--signup open``); needs mail. Off by default.
+    signup: bool = False
 
     @property
     def port_suffix(self) -> str:

@@ -56,6 +56,10 @@ class Pages:
         """Values every template sees (e.g. the OpenID sign-in buttons)."""
         return self._env.globals
 
+    def set_global(self, name: str, value: object) -> None:
+        """A value every template sees (e.g. whether an optional feature is on)."""
+        self._env.globals[name] = value
+
     def render(
         self,
         template: str,

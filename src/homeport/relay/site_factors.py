@@ -100,6 +100,7 @@ class FactorActions:
         )
         self.site.gate.end_user(current.user_id, except_session_id=current.session_id)
         await self.site.audit(request, EventType.TOTP_DISABLED, current, factor="totp")
+        await self.site.notify(request, current.user_id, "two-step verification was turned off")
         log.info("account.totp_disabled", extra={"user": current.user_id})
         return redirect("/security")
 
@@ -116,4 +117,5 @@ class FactorActions:
         except TotpError as exc:
             return await self.site._security_page(user_pair, error=str(exc), status=409)
         await self.site.audit(request, EventType.RECOVERY_CODES_REGENERATED, current)
+        await self.site.notify(request, current.user_id, "new recovery codes were made")
         return await self.site._security_page(user_pair, error=None, recovery_codes=codes)

@@ -175,6 +175,7 @@ class PasskeyRoutes:
             await self.site.audit(
                 request, EventType.PASSKEY_ADDED, user_id=user[0], detail=f"passkey {row.id}"
             )
+            await self.site.notify(request, user[0], "a passkey was added")
             response = _json({"redirect": "/security"})
         self._end_ceremony(response)
         return response
@@ -195,6 +196,7 @@ class PasskeyRoutes:
             await self.site.audit(
                 request, EventType.PASSKEY_REMOVED, user_id=user[0], detail=f"passkey {passkey_id}"
             )
+            await self.site.notify(request, user[0], "a passkey was removed")
         return redirect("/security")
 
     # ----------------------------------------------------------------- sign-in
@@ -242,28 +244,45 @@ class PasskeyRoutes:
                 )
             self._end_ceremony(response)
             return response
-        next_path = safe_next(str(body.get("next", "/")))
         if pending is not None:
-            # The second step of a password sign-in: use the pending sign-in up, once.
+            # The second step of a password sign-in: use the pending sign-in up, once,
+            # and finish like every other sign-in (the new-network step-up included).
             if not await self.site.accounts.totp.finish_pending(pending[0]):
                 return _json({"error": "This sign-in has expired. Start again."}, status=401)
-            next_path = pending[1].next_path
+            finished = await self.site.finish_signin(
+                request,
+                outcome.user_id,
+                pending[1].next_path,
+                second_factor=True,
+                factor="password+passkey",
+            )
+            return self._as_json(finished)
+        # Passwordless: the passkey with user verification is both factors, and it cannot
+        # be phished or replayed, so the emailed new-network code (a guard against stolen
+        # passwords) is not asked for.
         token, row = await self.site.accounts.create_session(
             outcome.user_id,
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",
-            # User verification is required, so a passkey is two factors by itself.
             second_factor=True,
         )
         await self.site.audit(
             request,
             EventType.SIGNIN_SUCCEEDED,
             user_id=row.user_id,
-            factor="passkey" if pending is None else "password+passkey",
+            factor="passkey",
             detail=f"session {row.id}",
         )
-        response = _json({"redirect": next_path})
+        response = _json({"redirect": safe_next(str(body.get("next", "/")))})
         self.site.start_session(request, response, token, row.user_id)
+        self._end_ceremony(response)
+        return response
+
+    def _as_json(self, finished: web.StreamResponse) -> web.Response:
+        """A sign-in's redirect (to the page, or to the emailed-code step) for fetch()."""
+        response = _json({"redirect": finished.headers.get("Location", "/")})
+        for name, morsel in finished.cookies.items():
+            response.cookies[name] = morsel
         self._end_ceremony(response)
         return response

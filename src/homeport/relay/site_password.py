@@ -91,6 +91,7 @@ class PasswordPage:
         # Every other session was revoked with the change: cut what they have open.
         site.gate.end_user(current.user_id, except_session_id=current.session_id)
         await site.audit(request, EventType.PASSWORD_CHANGED, current)
+        await site.notify(request, current.user_id, "your password was changed")
         log.info("account.password_changed", extra={"user": current.user_id})
         return site.pages.render(
             "password.html",

@@ -1,7 +1,7 @@
 """OpenID Connect sign-in (Google, Apple, generic): linked identities, flows, has_password.
 
 Revision ID: 0005_oidc
-Revises: 0003
+Revises: 0004_email
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_oidc"
-down_revision: str | Sequence[str] | None = "0003"
+down_revision: str | Sequence[str] | None = "0004_email"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""Outgoing mail: SMTP settings, the sender, and the templated messages the relay sends."""

@@ -1,0 +1,174 @@
+"""Account-site pages for password reset by email (R-PWD-05, R-RATE-02, R-OPS-05).
+
+Threats this stops (rules in :mod:`homeport.accounts.password_reset`):
+
+* **Account enumeration**: ``POST /signin/forgot`` answers the same page,
+  status and (since the mail goes out in the background) speed for every
+  address; a throttled network gets 429 whatever the address.
+* **Second-factor bypass**: a reset sets the password and nothing else; no
+  session is created, so the next sign-in still asks for TOTP.
+* **A thief staying signed in**: the new password ends every session of the
+  account (database and gate cache) and every half-done sign-in; the owner
+  is told by mail.
+* **Links opened by mail scanners**: ``GET /signin/reset`` only shows the
+  form; the link is used up by the POST that sets the password.
+* **A weak password burning the link**: the password rules are checked
+  before the link is used up, so a refused password can be corrected.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from homeport.accounts.errors import InvalidEmail, UnknownUser
+from homeport.accounts.identifiers import normalise_email
+from homeport.accounts.password_reset import RESET_LIFETIME
+from homeport.accounts.passwords import PasswordPolicyError, check_new_password
+from homeport.accounts.throttle import retry_after
+from homeport.mail.mailer import Outbox
+from homeport.mail.messages import MailWriter
+from homeport.relay.account_site import AccountSite
+from homeport.relay.site_forms import field, read_form
+from homeport.relay.site_mail import MailPages
+
+__all__ = ["ResetSite"]
+
+log = logging.getLogger(__name__)
+
+_MINUTES = int(RESET_LIFETIME.total_seconds() // 60)
+
+
+class ResetSite(MailPages):
+    """Routes ``/signin/forgot`` and ``/signin/reset``."""
+
+    def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
+        super().__init__(site, outbox, writer)
+        add = site.router.add_route
+        add("GET", "/signin/forgot", self.forgot_form)
+        add("POST", "/signin/forgot", self.forgot)
+        add("GET", "/signin/reset", self.reset_form)
+        add("POST", "/signin/reset", self.reset)
+        site.pages.set_global("password_reset", True)
+
+    def _forgot_page(
+        self, *, sent: bool, email: str = "", error: str | None = None, status: int = 200
+    ) -> web.Response:
+        return self.pages.render(
+            "forgot.html",
+            status=status,
+            title="Reset your password",
+            sent=sent,
+            email=email,
+            error=error,
+            minutes=_MINUTES,
+        )
+
+    async def forgot_form(self, request: web.Request) -> web.StreamResponse:
+        return self._forgot_page(sent=False)
+
+    async def forgot(self, request: web.Request) -> web.StreamResponse:
+        form = await read_form(self.site, request)
+        if isinstance(form, web.Response):
+            return form
+        email = field(form, "email", 320)
+        try:
+            normal: str | None = normalise_email(email)
+        except InvalidEmail:
+            normal = None
+        outcome = await self.accounts.password_resets.request(email, normal, ip=request.remote)
+        if outcome.wait > 0:
+            log.warning("account.reset_throttled", extra={"ip": request.remote})
+            response = self._forgot_page(
+                sent=False,
+                email=email,
+                error="Too many requests from your network. Wait a while, then try again.",
+                status=429,
+            )
+            response.headers["Retry-After"] = retry_after(outcome.wait)
+            return response
+        if outcome.token is not None and outcome.email is not None:
+            link = (
+                self.site.config.account_origin + "/signin/reset?" + urlencode({"t": outcome.token})
+            )
+            self.outbox.post(
+                self.writer.password_reset(
+                    outcome.email,
+                    reset_url=link,
+                    minutes=_MINUTES,
+                    moment=datetime.now(UTC),
+                    ip=request.remote,
+                    user_agent=request.headers.get("User-Agent", ""),
+                )
+            )
+        log.info("account.reset_requested", extra={"ip": request.remote})
+        # One answer for every address: nothing here says whether an account exists.
+        return self._forgot_page(sent=True)
+
+    def _bad_link(self, wait: float = 0.0) -> web.Response:
+        return self.link_refused(
+            "This reset link was used already or has expired. Ask for a new one.",
+            link="/signin/forgot",
+            link_text="Reset your password",
+            wait=wait,
+        )
+
+    def _reset_page(
+        self, token: str, *, error: str | None = None, status: int = 200
+    ) -> web.Response:
+        return self.pages.render(
+            "reset.html", status=status, title="Choose a new password", token=token, error=error
+        )
+
+    async def reset_form(self, request: web.Request) -> web.StreamResponse:
+        token = request.query.get("t", "")[:64]
+        user_id, wait = await self.accounts.password_resets.check_token(token, ip=request.remote)
+        if user_id is None:
+            return self._bad_link(wait)
+        return self._reset_page(token)
+
+    async def reset(self, request: web.Request) -> web.StreamResponse:
+        form = await read_form(self.site, request)
+        if isinstance(form, web.Response):
+            return form
+        token = field(form, "t", 64)
+        password, confirm = field(form, "password", 4096), field(form, "confirm", 4096)
+        resets = self.accounts.password_resets
+        user_id, wait = await resets.check_token(token, ip=request.remote)
+        user = None if user_id is None else await self.accounts.get_user(user_id)
+        if user is None:
+            return self._bad_link(wait)
+        if password != confirm:
+            return self._reset_page(token, error="The two passwords differ.", status=400)
+        try:
+            check_new_password(password, context=[user.email])
+        except PasswordPolicyError as exc:
+            return self._reset_page(token, error=str(exc), status=400)
+        if await resets.consume(token) != user.id:
+            return self._bad_link()
+        try:
+            await self.accounts.set_password(user.id, password)
+        except (UnknownUser, PasswordPolicyError):
+            return self._bad_link()
+        self.site.gate.end_user(user.id)
+        log.info("account.password_reset", extra={"user": user.id, "ip": request.remote})
+        self.outbox.post(
+            self.writer.password_changed(
+                user.email,
+                by_reset=True,
+                moment=datetime.now(UTC),
+                ip=request.remote,
+                user_agent=request.headers.get("User-Agent", ""),
+            )
+        )
+        return self.pages.message(
+            "Password changed",
+            "Your password is changed and every session has ended. Sign in with the new "
+            "password; your second factor, if you use one, is still required.",
+            status=200,
+            link="/signin",
+            link_text="Sign in",
+        )
