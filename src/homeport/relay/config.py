@@ -8,6 +8,8 @@ from pathlib import Path
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
 SECURITY_POLICY = "https://homeport.example/SECURITY.md"
+#: Default request-body cap: above the backups of all but the largest installs.
+DEFAULT_MAX_BODY = 16 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,15 @@ class RelayConfig:
     #: keep them in step with SECURITY.md).
     security_contact: str = SECURITY_CONTACT
     security_policy: str = SECURITY_POLICY
+    #: Edge limits on tenant hosts (``homeport.relay.limits``, R-MT-11); 0 = no limit.
+    #: Request bodies: large enough for Home Assistant backups.
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    #: Concurrent requests + WebSockets per signed-in home, and per client address.
+    tenant_max_requests: int = 256
+    client_max_requests: int = 128
+    #: Bytes per second per home and direction (token bucket), and its burst.
+    tenant_bandwidth: int = 0
+    tenant_burst: int = 4 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
