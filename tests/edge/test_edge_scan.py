@@ -20,6 +20,7 @@ import copy
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,15 +32,9 @@ from ssl_grade import grade
 from sslyze_tool import scan
 
 ACCOUNT = "homeport.localhost"
-#: R-TLS-05: exactly X25519, P-256, P-384 (Python 3.11 can set only one group itself).
-OPENSSL_GROUPS = """openssl_conf = openssl_init
-[openssl_init]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-Groups = X25519:P-256:P-384
-"""
+#: R-TLS-05: exactly X25519, P-256, P-384, through the OpenSSL configuration the relay's
+#: systemd unit ships with (Python 3.11 can set only one group itself).
+OPENSSL_GROUPS = Path(__file__).resolve().parents[2] / "packaging" / "openssl-groups.cnf"
 
 
 @dataclass
@@ -60,11 +55,9 @@ async def scanned(
 ) -> AsyncIterator[tuple[str, ProfiledRelay, dict[str, Any]]]:
     profile = str(request.param)
     tmp_path = tmp_path_factory.mktemp(f"scan-{profile}")
-    conf = tmp_path / "openssl.cnf"
-    conf.write_text(OPENSSL_GROUPS)
     relay = ProfiledRelay(
         tmp_path / "relay",
-        extra_env={"OPENSSL_CONF": str(conf), "HOMEPORT_TLS_PROFILE": profile},
+        extra_env={"OPENSSL_CONF": str(OPENSSL_GROUPS), "HOMEPORT_TLS_PROFILE": profile},
     )
     try:
         await relay.start()
