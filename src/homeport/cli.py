@@ -362,7 +362,7 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         "--tenant-max-requests", dest="tenant_max_requests", help="open requests per home (256)"
     )
     limits.add_argument(
-        "--client-max-requests", dest="client_max_requests", help="open requests per address (128)"
+        "--client-max-requests", dest="client_max_requests", help="open requests per address (512)"
     )
     limits.add_argument(
         "--tenant-bandwidth", dest="tenant_bandwidth", help="bytes/s per home and direction (0)"

@@ -94,7 +94,7 @@ def test_limit_options_from_flags_environment_and_defaults(
     base = ["relay", "--data-dir", str(tmp_path)]
     config = relay_config(build_parser().parse_args(base))
     assert config.max_body_bytes == DEFAULT_MAX_BODY == 16 * 1024**3
-    assert (config.tenant_max_requests, config.client_max_requests) == (256, 128)
+    assert (config.tenant_max_requests, config.client_max_requests) == (256, 512)
     assert config.tenant_bandwidth == 0
     monkeypatch.setenv("HOMEPORT_TENANT_BANDWIDTH", "8M")
     args = [*base, "--max-body", "0", "--tenant-max-requests", "10", "--tenant-burst", "1M"]

@@ -43,7 +43,7 @@ class RelayConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     #: Concurrent requests + WebSockets per signed-in home, and per client address.
     tenant_max_requests: int = 256
-    client_max_requests: int = 128
+    client_max_requests: int = 512
     #: Bytes per second per home and direction (token bucket), and its burst.
     tenant_bandwidth: int = 0
     tenant_burst: int = 4 * 1024 * 1024
