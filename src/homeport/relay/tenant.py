@@ -308,9 +308,7 @@ class TenantProxy:
                 tenant=True,
             )
         if exc.code in (ErrorCode.TOO_MANY_STREAMS, ErrorCode.REFUSED):
-            return self.pages.message(
-                "Busy", "This home has too many open requests; try again.", status=503, tenant=True
-            )
+            return self._busy(503, "This home has too many open requests; try again.")
         if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.HEAD_TOO_LARGE):
             return self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
