@@ -257,6 +257,22 @@ async def test_bandwidth_is_capped_per_home_not_shared(homes: Homes) -> None:
     assert time.monotonic() - started >= (2 * MiB - MiB // 4) / rate * 0.95
 
 
+@pytestmark_e2e
+async def test_websocket_messages_pass_the_homes_buckets(homes: Homes) -> None:
+    rate = MiB
+    homes.limit(tenant_bandwidth=rate, tenant_burst=MiB // 4)
+    stack = homes.stack
+    ws_url = stack.tenant_origin.replace("https://", "wss://") + "/ws/echo"
+    message = b"w" * MiB
+    started = time.monotonic()
+    async with homes.browser.session.ws_connect(ws_url, origin=stack.tenant_origin) as ws:
+        for _ in range(3):
+            await ws.send_bytes(message)
+            assert await ws.receive_bytes(timeout=30) == message
+    # 3 MiB each way through 1 MiB/s buckets with a 256 KiB burst: at least 2.75 s.
+    assert time.monotonic() - started >= (3 * MiB - MiB // 4) / rate * 0.95
+
+
 async def _latencies(browser: Browser, url: str, count: int) -> list[float]:
     out = []
     for _ in range(count):
