@@ -74,6 +74,17 @@ def test_slots_count_per_key_and_release() -> None:
         assert unlimited
 
 
+def test_client_slots_count_an_ipv6_64_as_one_client() -> None:
+    from homeport.accounts.throttle import network_key
+
+    slots = Slots(2)
+    with slots.hold(network_key("2001:db8::1")), slots.hold(network_key("2001:db8::ffff:2")):
+        with slots.hold(network_key("2001:db8:0:0:abcd::9")) as same_64:
+            assert not same_64, "rotating addresses inside one /64 does not help"
+        with slots.hold(network_key("2001:db8:0:1::1")) as next_64:
+            assert next_64
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [("0", 0), ("4096", 4096), ("512k", 512 * 1024), ("16G", 16 * 1024**3), ("32MiB", 32 * MiB)],

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from aiohttp import WSMsgType, web
 
 from homeport.accounts.service import Accounts
+from homeport.accounts.throttle import network_key
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
 from homeport.relay import headers as hdr
@@ -81,7 +82,9 @@ class TenantProxy:
     async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
         if request.raw_path.startswith(RESERVED_PREFIX):
             return await self._own_paths(request, instance_id)
-        with self.limits.clients.hold(request.remote or "") as admitted:
+        # Counted per network like the sign-in throttle (IPv6 per /64): one client
+        # cannot dodge the cap by rotating through the addresses it owns.
+        with self.limits.clients.hold(network_key(request.remote)) as admitted:
             if not admitted:
                 log.warning("tenant.client_limit", extra={"instance": instance_id})
                 return self._busy(429, "Too many requests from your address; try again shortly.")
