@@ -321,8 +321,13 @@ class Stack:
         return [self.addon, self.relay, self.backend]
 
 
-async def start_stack(workdir: Path, log_level: str = "info") -> Stack:
-    """Backend, relay and add-on as separate processes; a user; the add-on linked."""
+async def start_stack(
+    workdir: Path, log_level: str = "info", relay_extra: tuple[str, ...] = ()
+) -> Stack:
+    """Backend, relay and add-on as separate processes; a user; the add-on linked.
+
+    ``relay_extra``: more ``homeport relay`` flags (the flood workload sets limits).
+    """
     python = sys.executable
     ca = create_independent_ca(workdir / "bench-ca", common_name="Homeport bench CA")
     cert, key = ca.issue_server_certificate(["localhost"], workdir / "backend-tls")
@@ -357,6 +362,7 @@ async def start_stack(workdir: Path, log_level: str = "info") -> Stack:
                 "relay",
                 f"--listen=127.0.0.1:{relay_port}",
                 *relay_opts,
+                *relay_extra,
             ],
             workdir,
         )
@@ -417,7 +423,7 @@ def client_session(ca: Path, *, cookie: str | None = None) -> aiohttp.ClientSess
     )
 
 
-async def sign_in(stack: Stack) -> str:
+async def sign_in(stack: Stack, email: str = EMAIL) -> str:
     """Walk the sign-in like a browser (as ``tests/support/stack.py`` does); returns the token."""
     context = ssl.create_default_context(cafile=str(stack.relay_ca))
     account_origin = "https://" + ACCOUNT_HOST + ":" + str(URL(stack.tenant_origin).port)
@@ -437,7 +443,7 @@ async def sign_in(stack: Stack) -> str:
                 async with session.post(
                     str(location.with_query(None)),
                     data={
-                        "email": EMAIL,
+                        "email": email,
                         "password": PASSWORD,
                         "next": location.query.get("next", "/"),
                     },
@@ -1083,7 +1089,17 @@ def main() -> int:
         help="log level of the relay and the add-on (default info, as shipped; their logs"
         " go to files in the temporary work dir)",
     )
+    parser.add_argument(
+        "--flood",
+        nargs="?",
+        const="8M",
+        metavar="BANDWIDTH",
+        help="run only the flood workload (bench/flood.py): another home's latency while one"
+        " home floods, without and with --tenant-bandwidth BANDWIDTH (default 8M)",
+    )
     args = parser.parse_args()
+    if args.flood is not None:
+        return run_flood_main(args)
     plan = QUICK if args.quick else FULL
     groups = set(args.only or GROUPS)
     results = uvloop.run(run_benchmark(plan, groups, args.profile, args.log_level))
@@ -1096,6 +1112,21 @@ def main() -> int:
             if path.exists():
                 print()
                 print(summarise_profile(path))
+    return 0
+
+
+def run_flood_main(args: argparse.Namespace) -> int:
+    from flood import flood_table, run_flood
+
+    async def go() -> list[dict[str, Any]]:
+        with tempfile.TemporaryDirectory(prefix="homeport-flood-") as tmp:
+            return await run_flood(
+                Path(tmp), quick=args.quick, bandwidth=args.flood, log_level=args.log_level
+            )
+
+    records = uvloop.run(go())
+    print()
+    print(flood_table(records))
     return 0
 
 

@@ -97,6 +97,7 @@ def relay_config(args: argparse.Namespace) -> Any:
     except MailSettingsError as exc:
         raise SystemExit(f"error: {exc}") from exc
     http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
+    limits = _limit_options(opts)
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
         account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
@@ -116,6 +117,11 @@ def relay_config(args: argparse.Namespace) -> Any:
         oidc_providers=_oidc_providers(opts),
         smtp=smtp,
         signup=signup,
+        max_body_bytes=limits["max_body_bytes"],
+        tenant_max_requests=limits["tenant_max_requests"],
+        client_max_requests=limits["client_max_requests"],
+        tenant_bandwidth=limits["tenant_bandwidth"],
+        tenant_burst=limits["tenant_burst"],
     )
 
 
@@ -126,6 +132,31 @@ def _oidc_providers(opts: Options) -> Any:
         return providers_from_options(opts.get, opts.path)
     except OidcSettingsError as exc:
         raise SystemExit(f"error: {exc}") from exc
+
+
+def _limit_options(opts: Options) -> dict[str, int]:
+    """The edge limits (``homeport.relay.limits``); a malformed value stops the relay."""
+    from homeport.relay.config import RelayConfig
+    from homeport.relay.limits import parse_size
+
+    defaults = RelayConfig(data_dir=Path())
+    try:
+        return {
+            name: parse_size(opts.get(name, getattr(defaults, name)), option=f"--{flag}")
+            for name, flag in LIMIT_FLAGS.items()
+        }
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+#: RelayConfig field -> flag; each takes a size (``16G``, ``512M``) or a count; 0 = no limit.
+LIMIT_FLAGS = {
+    "max_body_bytes": "max-body",
+    "tenant_max_requests": "tenant-max-requests",
+    "client_max_requests": "client-max-requests",
+    "tenant_bandwidth": "tenant-bandwidth",
+    "tenant_burst": "tenant-burst",
+}
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
@@ -374,6 +405,18 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
     from homeport.mail.options import add_mail_arguments
 
     add_mail_arguments(parser)
+    limits = parser.add_argument_group("limits on tenant hosts (0 = no limit)")
+    limits.add_argument("--max-body", dest="max_body_bytes", help="request body cap (16G)")
+    limits.add_argument(
+        "--tenant-max-requests", dest="tenant_max_requests", help="open requests per home (256)"
+    )
+    limits.add_argument(
+        "--client-max-requests", dest="client_max_requests", help="open requests per address (512)"
+    )
+    limits.add_argument(
+        "--tenant-bandwidth", dest="tenant_bandwidth", help="bytes/s per home and direction (0)"
+    )
+    limits.add_argument("--tenant-burst", dest="tenant_burst", help="bandwidth burst (4M)")
 
 
 def build_parser() -> argparse.ArgumentParser:

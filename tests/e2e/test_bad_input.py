@@ -11,6 +11,8 @@ the same relay right after.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +23,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from observed import Witness, start_observed_standin
-from rawhttp import RawResponse, connect, exchange
+from rawhttp import RawResponse, connect, exchange, read_head
 from stack import Browser, Stack, start_stack
 from tenants import RawTunnel, linked_key, raw_tunnel
 
@@ -183,6 +185,36 @@ MALFORMED: dict[str, tuple[Callable[[Edge], str], set[int]]] = {
     ),
     "connect-origin-form": (lambda e: f"CONNECT /echo HTTP/1.1\r\n{e.head}\r\n", {405}),
     "trace": (lambda e: f"TRACE /echo HTTP/1.1\r\n{e.head}\r\n", {405}),
+    # Scanner-style oversize and smuggling probes (issue #4).
+    "ten-thousand-headers": (
+        lambda e: f"GET /echo HTTP/1.1\r\n{e.head}" + "X-A: b\r\n" * 10_000 + "\r\n",
+        {431, 400},
+    ),
+    "request-line-too-long": (lambda e: f"GET /{BIG} HTTP/1.1\r\n{e.head}\r\n", {414, 400}),
+    "duplicate-identical-content-length": (
+        lambda e: (
+            f"POST /echo HTTP/1.1\r\n{e.head}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        {400},
+    ),
+    "content-length-overflow": (
+        lambda e: f"POST /echo HTTP/1.1\r\n{e.head}Content-Length: {'9' * 30}\r\n\r\nhello",
+        {400},
+    ),
+    "space-in-target": (lambda e: f"GET /echo x HTTP/1.1\r\n{e.head}\r\n", {400}),
+    "chunk-size-overflow": (
+        lambda e: (
+            f"POST /echo HTTP/1.1\r\n{e.head}Transfer-Encoding: chunked\r\n\r\n"
+            f"{'f' * 40}\r\nhello\r\n0\r\n\r\n"
+        ),
+        {400},
+    ),
+    "chunked-with-bare-lf": (
+        lambda e: (
+            f"POST /echo HTTP/1.1\r\n{e.head}Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n"
+        ),
+        {400},
+    ),
 }
 
 
@@ -200,6 +232,60 @@ async def test_malformed_request_is_refused_and_closed(
     await edge.assert_still_serving()
     # Refusals are logged as metadata only: the session token in the bad head never shows.
     assert edge.token not in json_logs()
+
+
+async def test_chunk_extensions_are_dropped_not_forwarded(edge: Edge) -> None:
+    """A 1 MiB chunk extension is parsed past, not buffered, and never reaches the backend.
+
+    RFC 9112 §7.1.1 lets a recipient ignore extensions; the tunnel carries only the
+    decoded body, so there is nothing to smuggle in one.
+    """
+    extension = "a" * (1024 * 1024)
+    request = (
+        f"POST /echo HTTP/1.1\r\n{edge.head}Transfer-Encoding: chunked\r\n\r\n"
+        f"5;ext={extension}\r\nhello\r\n0\r\n\r\n"
+    )
+    before = len(edge.witness.requests)
+    answer = await edge.send(request.encode())
+    assert answer.status == 200
+    seen = json.loads(answer.body)
+    assert seen["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert edge.witness.targets()[before:] == ["/echo"]
+    assert "ext" not in json.dumps(seen["headers"])
+
+
+async def test_pipelined_smuggling_attempt_is_cut_at_the_bad_request(edge: Edge) -> None:
+    """A good request followed, in the same packet, by one with CL and TE: at most the first
+    is served, the connection ends with a 400, and nothing hidden in the second request's
+    body reaches the backend as a request of its own."""
+    smuggled = "GET /echo?smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = (
+        f"GET /echo?first HTTP/1.1\r\n{edge.head}\r\n"
+        f"POST /echo?second HTTP/1.1\r\n{edge.head}Content-Length: 4\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+    )
+    before = len(edge.witness.requests)
+    reader, writer = await connect(edge.stack.config.listen_port, edge.sni, edge.stack.ca_path)
+    statuses = []
+    try:
+        writer.write(data.encode())
+        await writer.drain()
+        async with asyncio.timeout(15):
+            while True:  # every answer until the relay closes the connection
+                try:
+                    status, _, headers = await read_head(reader)
+                except asyncio.IncompleteReadError:
+                    break
+                statuses.append(status)
+                await reader.readexactly(int(dict(headers).get("content-length", "0")))
+    finally:
+        writer.close()
+    # aiohttp parses what arrived together: the good request is served (200) or refused
+    # with the bad one (400); either way the bad one ends the connection with a 400.
+    assert statuses in ([200, 400], [400]), statuses
+    await asyncio.sleep(0.2)
+    assert edge.witness.targets()[before:] in ([], ["/echo?first"])
+    await edge.assert_still_serving()
 
 
 # ------------------------------------------------- targets that are not ours

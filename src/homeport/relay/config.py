@@ -11,6 +11,8 @@ from homeport.relay.oidc_settings import OidcProvider
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
 SECURITY_POLICY = "https://homeport.example/SECURITY.md"
+#: Default request-body cap: above the backups of all but the largest installs.
+DEFAULT_MAX_BODY = 16 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,15 @@ class RelayConfig:
     #: interval + timeout declares the link dead (tests shorten both).
     tunnel_ping_interval: float = 30.0
     tunnel_ping_timeout: float = 15.0
+    #: Edge limits on tenant hosts (``homeport.relay.limits``, R-MT-11); 0 = no limit.
+    #: Request bodies: large enough for Home Assistant backups.
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    #: Concurrent requests + WebSockets per signed-in home, and per client address.
+    tenant_max_requests: int = 256
+    client_max_requests: int = 512
+    #: Bytes per second per home and direction (token bucket), and its burst.
+    tenant_bandwidth: int = 0
+    tenant_burst: int = 4 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)
     #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.
     smtp: SmtpSettings | None = None

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from homeport.accounts.identifiers import is_instance_id
+from homeport.relay import security_headers
 from homeport.relay.config import RelayConfig
-from homeport.relay.pages import HSTS
 
 if TYPE_CHECKING:
     from homeport.tls.acme_bot import ChallengeResponder
@@ -66,18 +66,15 @@ class EdgeRequest(web.Request):
     its parser rejects still says ``Server: Python/3.x aiohttp/3.x``
     (aio-libs/aiohttp#6463, open).  Every response is prepared through its
     request's ``_prepare_hook`` (after aiohttp has set its default headers),
-    routed or not, so the banner is removed there.  Over TLS, error responses
-    also get HSTS and ``nosniff`` like every other HTTPS response (R-HSTS-01);
-    over plain HTTP they never get HSTS.
+    routed or not, so the banner is removed there.  Over TLS, every response
+    also gets HSTS, ``nosniff`` and, unless proxied, the relay's baseline
+    headers (:func:`homeport.relay.security_headers.finish`); over plain HTTP
+    none of them.
     """
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         await super()._prepare_hook(response)  # the application's on_response_prepare
-        response.headers.popall("Server", None)
-        response.headers.popall("X-Powered-By", None)
-        if self.secure:
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        security_headers.finish(response, secure=self.secure)
 
 
 def harden_runner(runner: web.AppRunner) -> None:

@@ -24,14 +24,17 @@ from aiohttp import WSMsgType, web
 from homeport.accounts.audit import EventType
 from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import AppLinkAccess
+from homeport.accounts.throttle import network_key
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
 from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
+from homeport.relay.limits import RETRY_AFTER_SECONDS, BodyTooLarge, TenantLimits, TokenBucket
 from homeport.relay.live import Ending, Principal
 from homeport.relay.pages import HSTS, Pages
+from homeport.relay.security_headers import tenant_headers
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
@@ -78,17 +81,24 @@ class TenantProxy:
         self.hub = hub
         self.gate = gate
         self.pages = pages
+        self.limits = TenantLimits(config)
 
     async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
         if request.raw_path.startswith(RESERVED_PREFIX):
             return await self._own_paths(request, instance_id)
-        access = await self.gate.tenant_user(request.cookies.get(SESSION_COOKIE), instance_id)
-        if access is None:
-            return self._challenge(request, instance_id)
-        principal = Principal(user_id=access[0], session_id=access[1])
-        return await self._forward(
-            request, instance_id, principal, self.config.tenant_host(instance_id)
-        )
+        # Counted per network like the sign-in throttle (IPv6 per /64): one client
+        # cannot dodge the cap by rotating through the addresses it owns.
+        with self.limits.clients.hold(network_key(request.remote)) as admitted:
+            if not admitted:
+                log.warning("tenant.client_limit", extra={"instance": instance_id})
+                return self._busy(429, "Too many requests from your address; try again shortly.")
+            access = await self.gate.tenant_user(request.cookies.get(SESSION_COOKIE), instance_id)
+            if access is None:
+                return self._challenge(request, instance_id)
+            principal = Principal(user_id=access[0], session_id=access[1])
+            return await self._admitted(
+                request, instance_id, principal, self.config.tenant_host(instance_id)
+            )
 
     async def handle_app_link(
         self, request: web.Request, access: AppLinkAccess, host: str
@@ -98,7 +108,8 @@ class TenantProxy:
         Everything else is as on the tenant host: header hygiene and relay
         cookies cut out (so a relay session cookie is never a substitute for
         anything), the WebSocket ``Origin`` checked against *this* host, the
-        same stream limits, and Home Assistant's own login in front.
+        same stream, request and bandwidth limits, and Home Assistant's own login
+        in front.
         """
         if request.raw_path.startswith(RESERVED_PREFIX):
             if request.path == "/.homeport/static/homeport.css":
@@ -106,8 +117,26 @@ class TenantProxy:
             return self.pages.message(
                 "Not found", "There is nothing here.", status=404, tenant=True
             )
-        principal = Principal(app_link_id=access.link_id)
-        return await self._forward(request, access.instance_id, principal, host)
+        with self.limits.clients.hold(network_key(request.remote)) as admitted:
+            if not admitted:
+                log.warning("tenant.client_limit", extra={"instance": access.instance_id})
+                return self._busy(429, "Too many requests from your address; try again shortly.")
+            principal = Principal(app_link_id=access.link_id)
+            return await self._admitted(request, access.instance_id, principal, host)
+
+    async def _admitted(
+        self, request: web.Request, instance_id: str, principal: Principal, host: str
+    ) -> web.StreamResponse:
+        with self.limits.tenants.hold(instance_id) as admitted:
+            if not admitted:
+                log.warning("tenant.home_limit", extra={"instance": instance_id})
+                return self._busy(503, "This home has too many open requests; try again.")
+            return await self._forward(request, instance_id, principal, host)
+
+    def _busy(self, status: int, text: str) -> web.Response:
+        response = self.pages.message("Busy", text, status=status, tenant=True)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
     async def _forward(
         self, request: web.Request, instance_id: str, principal: Principal, host: str
@@ -244,6 +273,9 @@ class TenantProxy:
         host: str,
     ) -> web.StreamResponse:
         started = time.monotonic()
+        if self.limits.body_too_large(request.content_length):
+            return self._too_large()
+        bandwidth = self.limits.bandwidth(instance_id)
         try:
             head = self._head(request, host, websocket=False)
             stream = tunnel.open_stream(head, websocket=False, end_stream=not request.body_exists)
@@ -254,12 +286,18 @@ class TenantProxy:
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
         cut.set(lambda why: _cut_http(request, stream, why))
-        upload = asyncio.create_task(_upload(request, stream)) if request.body_exists else None
+        upload = (
+            asyncio.create_task(_upload(request, stream, self.limits, bandwidth.up))
+            if request.body_exists
+            else None
+        )
         try:
             try:
                 async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                     head_in = await stream.response
             except StreamClosed as exc:
+                if _body_refused(upload):
+                    return self._too_large()
                 return self._tunnel_error(exc)
             except TimeoutError:
                 stream.reset(ErrorCode.CANCEL, "no response head in time")
@@ -273,12 +311,14 @@ class TenantProxy:
             for name, value in hdr.response_headers(head_in.headers):
                 if body is None or name != "content-length":
                     response.headers.add(name, value)
-            _tenant_security_headers(response)
+            tenant_headers(response)
             if body is not None:
+                await bandwidth.down.take(len(body))
                 return response  # small and complete: aiohttp writes it in one go
             await response.prepare(request)
             try:
                 async for chunk in stream.iter_body():
+                    await bandwidth.down.take(len(chunk))
                     await response.write(chunk)
             except StreamClosed:
                 # Mid-body failure: the status line is out; cut the connection so the
@@ -294,6 +334,8 @@ class TenantProxy:
         finally:
             if upload is not None and not upload.done():
                 upload.cancel()
+            elif upload is not None and not upload.cancelled():
+                upload.exception()  # retrieved: a too-large body was answered above
             log.debug(
                 "tenant.request",
                 extra={
@@ -302,6 +344,13 @@ class TenantProxy:
                     "ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
+
+    def _too_large(self) -> web.Response:
+        response = self.pages.message(
+            "Too large", "This upload is larger than the relay accepts.", status=413, tenant=True
+        )
+        response.force_close()  # the rest of the body is not read: the connection cannot go on
+        return response
 
     def _tunnel_error(self, exc: StreamClosed) -> web.Response:
         if exc.code in (ErrorCode.UPSTREAM_UNAVAILABLE,):
@@ -320,9 +369,7 @@ class TenantProxy:
                 tenant=True,
             )
         if exc.code in (ErrorCode.TOO_MANY_STREAMS, ErrorCode.REFUSED):
-            return self.pages.message(
-                "Busy", "This home has too many open requests; try again.", status=503, tenant=True
-            )
+            return self._busy(503, "This home has too many open requests; try again.")
         if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.HEAD_TOO_LARGE):
             return self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
@@ -364,7 +411,7 @@ class TenantProxy:
             response = web.StreamResponse(status=head_in.status)
             for name, value in hdr.response_headers(head_in.headers):
                 response.headers.add(name, value)
-            _tenant_security_headers(response)
+            tenant_headers(response)
             await response.prepare(request)
             with contextlib.suppress(StreamClosed):
                 async for chunk in stream.iter_body():
@@ -378,12 +425,13 @@ class TenantProxy:
             autoclose=False,
             autoping=True,
         )
-        _tenant_security_headers(ws)
+        tenant_headers(ws)
         await ws.prepare(request)
         cut.set(lambda why: _end_websocket(request, ws, stream, why))
-        downstream = asyncio.create_task(_tunnel_to_browser(stream, ws))
+        bandwidth = self.limits.bandwidth(instance_id)
+        downstream = asyncio.create_task(_tunnel_to_browser(stream, ws, bandwidth.down))
         try:
-            await _browser_to_tunnel(ws, stream)
+            await _browser_to_tunnel(ws, stream, bandwidth.up)
         finally:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
@@ -442,19 +490,35 @@ def _end_websocket(
 _closing: set[asyncio.Task[None]] = set()
 
 
-async def _upload(request: web.Request, stream: Stream) -> None:
+async def _upload(
+    request: web.Request, stream: Stream, limits: TenantLimits, bucket: TokenBucket
+) -> None:
+    sent = 0
     with contextlib.suppress(StreamClosed):
         async for chunk in request.content.iter_chunked(BODY_CHUNK):
+            sent += len(chunk)
+            try:
+                limits.count_body(sent)
+            except BodyTooLarge:
+                # Home Assistant must not act on a cut-off body: the stream is reset.
+                stream.reset(ErrorCode.CANCEL, "request body too large")
+                raise
+            await bucket.take(len(chunk))
             await stream.write(chunk)
         await stream.write(b"", end=True)
 
 
-async def _browser_to_tunnel(ws: web.WebSocketResponse, stream: Stream) -> None:
+async def _browser_to_tunnel(
+    ws: web.WebSocketResponse, stream: Stream, bucket: TokenBucket
+) -> None:
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
-                await stream.send_ws(msg.data.encode("utf-8"), text=True)
+                data = msg.data.encode("utf-8")
+                await bucket.take(len(data))
+                await stream.send_ws(data, text=True)
             elif msg.type is WSMsgType.BINARY:
+                await bucket.take(len(msg.data))
                 await stream.send_ws(msg.data, text=False)
         code = ws.close_code or 1000
         stream.close_ws(code if code not in (1005, 1006) else 1000, "")
@@ -463,7 +527,9 @@ async def _browser_to_tunnel(ws: web.WebSocketResponse, stream: Stream) -> None:
             await ws.close(code=1011, message=b"home connection lost")
 
 
-async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
+async def _tunnel_to_browser(
+    stream: Stream, ws: web.WebSocketResponse, bucket: TokenBucket
+) -> None:
     try:
         while True:
             item = await stream.receive_ws()
@@ -472,6 +538,7 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
                 return
             if ws.closed:
                 return
+            await bucket.take(len(item.data))
             if item.text:
                 await ws.send_str(item.data.decode("utf-8", "replace"))
             else:
@@ -481,16 +548,16 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
             await ws.close(code=1011, message=b"home connection lost")
 
 
+def _body_refused(upload: asyncio.Task[None] | None) -> bool:
+    """True if the upload stopped because the body went past ``max_body_bytes``."""
+    if upload is None or not upload.done() or upload.cancelled():
+        return False
+    return isinstance(upload.exception(), BodyTooLarge)
+
+
 def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def _is_api(request: web.Request) -> bool:
     return request.path.startswith(("/api/", "/auth/"))
-
-
-def _tenant_security_headers(response: web.StreamResponse) -> None:
-    """Only what cannot break Home Assistant; never weaken a header it sent."""
-    response.headers["Strict-Transport-Security"] = HSTS
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
