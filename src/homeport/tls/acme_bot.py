@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
-from josepy.jwk import JWKEC
+from josepy.jwk import JWK, JWKEC
 
 from homeport.keys import write_secret_file
 
@@ -54,6 +54,7 @@ __all__ = [
     "AcmeBot",
     "AcmeBotError",
     "ChallengeResponder",
+    "ChallengeSolver",
     "Http01Responder",
     "Issued",
     "RenewalDecision",
@@ -87,6 +88,28 @@ class ChallengeResponder(Protocol):
     def get(self, token: str) -> str | None: ...
 
 
+class ChallengeSolver(Protocol):
+    """One way of proving control of a name (HTTP-01, TLS-ALPN-01, DNS-01).
+
+    The bot calls :meth:`prepare` for every pending authorization of an order,
+    then :meth:`wait_ready` once (DNS-01 waits for its records to show), then
+    answers the challenges, and always :meth:`cleanup` afterwards, so nothing
+    that proves control outlives the validation (R-ACME-07). Called from the
+    bot's worker thread.
+    """
+
+    #: the ACME challenge type answered, e.g. ``"http-01"``
+    challenge_type: str
+
+    def prepare(
+        self, name: str, challenge: challenges.KeyAuthorizationChallenge, account_key: JWK
+    ) -> None: ...
+
+    def wait_ready(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
 class Http01Responder:
     """HTTP-01 key authorizations, present only while their challenge is validated.
 
@@ -94,9 +117,26 @@ class Http01Responder:
     the event loop answers requests.
     """
 
+    challenge_type = "http-01"
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
+        self._prepared: list[str] = []
+
+    def prepare(
+        self, name: str, challenge: challenges.KeyAuthorizationChallenge, account_key: JWK
+    ) -> None:
+        token = challenge.encode("token")
+        self.add(token, challenge.key_authorization(account_key))
+        self._prepared.append(token)
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for: the listener answers from memory."""
+
+    def cleanup(self) -> None:
+        while self._prepared:
+            self.remove(self._prepared.pop())
 
     def get(self, token: str) -> str | None:
         if not _TOKEN.fullmatch(token):
@@ -254,7 +294,7 @@ class AcmeBot:
         account_key_path: Path,
         cert_dir: Path,
         names: Sequence[str],
-        challenge_responder: Http01Responder,
+        challenge_responder: ChallengeSolver,
         ca_bundle_for_directory: Path | None = None,
         *,
         retry: RetryPolicy | None = None,
@@ -416,29 +456,34 @@ class AcmeBot:
 
     def _one_order(self, acme: client.ClientV2, net: _Network, csr_pem: bytes) -> str:
         order = self._step("new-order", net, lambda: acme.new_order(csr_pem))
-        tokens: list[str] = []
+        solver = self.responder
+        account_key = net.key
+        assert account_key is not None
         try:
+            answers: list[tuple[messages.ChallengeBody, challenges.ChallengeResponse]] = []
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue  # authorization reuse
                 challb = next(
-                    (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
+                    (c for c in authz.body.challenges if c.chall.typ == solver.challenge_type),
                     None,
                 )
-                if challb is None:
-                    raise AcmeBotError(f"no http-01 challenge for {authz.body.identifier.value}")
-                response, validation = challb.response_and_validation(net.key)
-                token = challb.chall.encode("token")
-                self.responder.add(token, validation)
-                tokens.append(token)
+                name = authz.body.identifier.value
+                if challb is None or not isinstance(
+                    challb.chall, challenges.KeyAuthorizationChallenge
+                ):
+                    raise AcmeBotError(f"no {solver.challenge_type} challenge for {name}")
+                solver.prepare(name, challb.chall, account_key)
+                answers.append((challb, challb.chall.response(account_key)))
+            solver.wait_ready()
+            for challb, response in answers:
                 self._answer(acme, net, challb, response)
             deadline = dt.datetime.now() + dt.timedelta(seconds=self.retry.order_timeout)
             order = self._step(
                 "authorizations", net, lambda: acme.poll_authorizations(order, deadline)
             )
         finally:
-            for token in tokens:  # R-ACME-07: tokens exist only during validation
-                self.responder.remove(token)
+            solver.cleanup()  # R-ACME-07: proofs exist only during validation
         deadline = dt.datetime.now() + dt.timedelta(seconds=self.retry.order_timeout)
         # Two steps: a badNonce while polling must not re-send the finalization.
         ready = order
