@@ -21,6 +21,7 @@ from typing import Any
 
 from homeport import __version__
 from homeport.logs import setup_logging
+from homeport.tls.acme_settings import add_acme_arguments
 
 
 def default_data_dir() -> Path:
@@ -79,6 +80,7 @@ async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> Non
 
 def relay_config(args: argparse.Namespace) -> Any:
     from homeport.relay.config import SECURITY_CONTACT, SECURITY_POLICY, RelayConfig
+    from homeport.tls.acme_settings import acme_settings
 
     opts = Options(args, "relay")
     listen = str(opts.get("listen", "127.0.0.1:8443"))
@@ -105,6 +107,7 @@ def relay_config(args: argparse.Namespace) -> Any:
         http_listen_port=int(http_port) if http_port else None,
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
+        acme=acme_settings(opts.get),
     )
 
 
@@ -113,8 +116,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     config = relay_config(args)
 
+    from homeport.tls.check import CertificateProblem
+
     async def main() -> None:
-        relay = Relay(config)
+        try:
+            relay = Relay(config)
+        except CertificateProblem as exc:
+            raise SystemExit(f"error: {exc}") from exc
         await relay.start()
         print(f"Relay listening on {config.listen_host}:{config.listen_port}", flush=True)
         print(f"Account site: {config.account_origin}/", flush=True)
@@ -325,6 +333,7 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         help="address:port for plain HTTP (e.g. 0.0.0.0:80); default off. It only "
         "redirects (308) to https:// on the same host, never serves content",
     )
+    add_acme_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.tls.acme_settings import AcmeSettings
+
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
 SECURITY_POLICY = "https://homeport.example/SECURITY.md"
@@ -36,6 +38,9 @@ class RelayConfig:
     #: keep them in step with SECURITY.md).
     security_contact: str = SECURITY_CONTACT
     security_policy: str = SECURITY_POLICY
+    #: The certificate bot (``--acme-*``, ``--dns-*``); None: no ACME, see
+    #: ``homeport.tls.relay_tls``.
+    acme: AcmeSettings | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -300,6 +300,7 @@ class AcmeBot:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str = "homeport-acme-bot",
+        email: str | None = None,
     ) -> None:
         if not names:
             raise ValueError("at least one name")
@@ -312,6 +313,7 @@ class AcmeBot:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._user_agent = user_agent
+        self.email = email
         #: number of step retries taken (badNonce etc.), for tests and metrics
         self.step_retries = 0
 
@@ -428,7 +430,7 @@ class AcmeBot:
 
     def _account(self, acme: client.ClientV2, net: _Network) -> str:
         """Register, or find the existing account for this key (RFC 8555 §7.3.1)."""
-        new = messages.NewRegistration.from_data(terms_of_service_agreed=True)
+        new = messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
         try:
             regr = self._step("new-account", net, lambda: acme.new_account(new))
             url = regr.uri

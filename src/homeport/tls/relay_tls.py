@@ -1,0 +1,155 @@
+"""Everything TLS the relay process owns: the listener's context, the bot, renewal.
+
+The relay asks this object for its SSL context and starts/stops it; nothing
+else in the relay knows about ACME.
+
+* Without ``--acme-directory``: the operator's ``--tls-cert``/``--tls-key``
+  (checked: not expired, valid for the account host and the tenant wildcard,
+  key matches, no root in the chain) or the development CA's certificate.
+* With it: the account host's certificate by HTTP-01 or TLS-ALPN-01, the
+  tenant wildcard ``*.<tenant-domain>`` by DNS-01 (``--dns-server``), each
+  with its own key; both in ``<data-dir>/acme/`` (keys 0600), selected by SNI.
+  Until the first issuance (and if issuance keeps failing) the relay serves a
+  development-CA placeholder, so it can listen, which TLS-ALPN-01 needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from homeport.relay.config import RelayConfig
+from homeport.tls.acme_bot import AcmeBot, ChallengeSolver, Http01Responder
+from homeport.tls.acme_settings import AcmeSettings
+from homeport.tls.alpn import TlsAlpn01Responder
+from homeport.tls.check import CertificateProblem, check_certificate_files
+from homeport.tls.dns01 import Rfc2136Solver, load_tsig_key
+from homeport.tls.keeper import CertificateKeeper, Managed
+from homeport.tls.served import ACCOUNT, TENANT, CertPair, ServedCertificates
+
+__all__ = ["ACME_DIR", "RelayTls"]
+
+log = logging.getLogger(__name__)
+
+ACME_DIR = "acme"
+
+
+class RelayTls:
+    def __init__(self, config: RelayConfig, placeholder: Callable[[], CertPair]) -> None:
+        """``placeholder``: a certificate for every served name (the development CA's)."""
+        self.config = config
+        self.http01: Http01Responder | None = None
+        self.keeper: CertificateKeeper | None = None
+        self._task: asyncio.Task[None] | None = None
+        account_names = [config.account_host]
+        wildcard = f"*.{config.tenant_domain}"
+        acme = config.acme
+        if acme is None:
+            pair = placeholder()
+            self.served = ServedCertificates(
+                pair,
+                account_names=[*account_names, wildcard],
+                tenant_domain=config.tenant_domain,
+                profile=config.tls_profile,
+            )
+            return
+        alpn = TlsAlpn01Responder() if acme.challenge == "tls-alpn-01" else None
+        self.http01 = Http01Responder() if alpn is None else None
+        solver: ChallengeSolver = alpn if alpn is not None else self._http01()
+        root = config.data_dir / ACME_DIR
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        account_bot = self._bot(acme, root / "account-host", account_names, solver)
+        managed = [Managed(ACCOUNT, account_bot)]
+        tenant_bot = None
+        if acme.dns01:
+            tenant_bot = self._bot(acme, root / "tenant-wildcard", [wildcard], _dns_solver(acme))
+            managed.append(Managed(TENANT, tenant_bot))
+        else:
+            log.warning("acme.no_dns01", extra={"detail": "tenant hosts keep the placeholder"})
+        fallback: CertPair | None = None
+
+        def initial(bot: AcmeBot | None) -> CertPair:
+            nonlocal fallback
+            if bot is not None:
+                pair = CertPair(bot.cert_path, bot.key_path)
+                try:
+                    check_certificate_files(pair.cert, pair.key, bot.names)
+                    return pair
+                except CertificateProblem as exc:
+                    if bot.cert_path.exists():
+                        log.warning("acme.stored_certificate_unusable", extra={"error": str(exc)})
+            fallback = fallback or placeholder()
+            return fallback
+
+        self.served = ServedCertificates(
+            initial(account_bot),
+            account_names=account_names,
+            tenant_domain=config.tenant_domain,
+            tenant=initial(tenant_bot),
+            profile=config.tls_profile,
+            alpn=alpn,
+        )
+        self.keeper = CertificateKeeper(self.served, managed)
+
+    def _http01(self) -> Http01Responder:
+        assert self.http01 is not None
+        return self.http01
+
+    def _bot(
+        self, acme: AcmeSettings, cert_dir: Path, names: list[str], solver: ChallengeSolver
+    ) -> AcmeBot:
+        return AcmeBot(
+            acme.directory,
+            self.config.data_dir / ACME_DIR / "account.key",
+            cert_dir,
+            names,
+            solver,
+            acme.ca_file,
+            email=acme.email,
+        )
+
+    # --------------------------------------------------------------- API
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.served.context
+
+    @property
+    def cert(self) -> Path:
+        """The account host's certificate file now served."""
+        pair = self.served.pair(ACCOUNT)
+        assert pair is not None
+        return pair.cert
+
+    @property
+    def key(self) -> Path:
+        pair = self.served.pair(ACCOUNT)
+        assert pair is not None
+        return pair.key
+
+    def account_cert_sha256(self) -> bytes:
+        return self.served.account_cert_sha256()
+
+    async def start(self) -> None:
+        """Start the renewal loop (after the listeners are up: TLS-ALPN-01 needs them)."""
+        if self.keeper is not None and self._task is None:
+            self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _dns_solver(acme: AcmeSettings) -> Rfc2136Solver:
+    assert acme.dns_server is not None
+    assert acme.dns_tsig_key_file is not None
+    return Rfc2136Solver(
+        acme.dns_server, acme.dns_port, load_tsig_key(acme.dns_tsig_key_file), zone=acme.dns_zone
+    )
