@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +84,14 @@ def make_addon(
     ha_url: str,
     state_dir: Path,
     statuses: list[AddonStatus],
+    relay_ca: Path | None = None,
 ) -> AddonClient:
     config = AddonConfig(
         relay_url=f"wss://{stack_config.account_host}{stack_config.port_suffix}/v1/tunnel",
         ha_url=ha_url,
         state_dir=state_dir,
         pinned_keys=(relay.server_key.public_key(),),
-        relay_ca=stack_config.data_dir / "tls" / "dev-ca.pem",
+        relay_ca=relay_ca or stack_config.data_dir / "tls" / "dev-ca.pem",
         ping_interval=2.0,
         ping_timeout=3.0,
     )
@@ -103,18 +104,34 @@ def _copy(status: AddonStatus) -> AddonStatus:
 
 @contextlib.asynccontextmanager
 async def start_stack(
-    tmp_path: Path, *, ha_url: str | None = None, email: str = "owner@example.com"
+    tmp_path: Path,
+    *,
+    ha_url: str | None = None,
+    email: str = "owner@example.com",
+    config: RelayConfig | None = None,
+    relay_ca: Path | None = None,
+    before_addon: Callable[[Relay], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Stack]:
-    data_dir = tmp_path / "relay"
-    config = RelayConfig(data_dir=data_dir, listen_port=free_port(), drain_seconds=2.0)
+    """``config``: relay settings (default: dev CA, a free port); ``relay_ca``: the CA the
+    add-on trusts (default: the dev CA); ``before_addon``: awaited once the relay
+    listens, before the add-on dials (e.g. until the certificate bot has issued)."""
+    data_dir = config.data_dir if config is not None else tmp_path / "relay"
+    if config is None:
+        config = RelayConfig(data_dir=data_dir, listen_port=free_port(), drain_seconds=2.0)
     relay = Relay(config)
     await relay.start()
+    if before_addon is not None:
+        try:
+            await before_addon(relay)
+        except BaseException:
+            await relay.stop()
+            raise
     standin = None
     if ha_url is None:
         standin, ha_url = await start_standin()
     await relay.accounts.create_user(email, PASSWORD)
     statuses: list[AddonStatus] = []
-    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses)
+    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses, relay_ca)
     await addon.__aenter__()
     task = asyncio.create_task(addon.run_forever())
     stack = Stack(relay, config, addon, task, ha_url, email, PASSWORD, data_dir, statuses, standin)
