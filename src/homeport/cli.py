@@ -113,10 +113,11 @@ def relay_config(args: argparse.Namespace) -> Any:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from homeport.relay.app import Relay
+    from homeport.tls.check import CertificateProblem
+    from homeport.tls.openssl_groups import reexec_with_groups
 
     config = relay_config(args)
-
-    from homeport.tls.check import CertificateProblem
+    reexec_with_groups(config.data_dir)  # R-TLS-05: groups need OPENSSL_CONF at process start
 
     async def main() -> None:
         try:
