@@ -80,8 +80,9 @@ def load_tsig_key(path: Path) -> TsigKey:
     """Read a TSIG key file.
 
     Accepts BIND's ``tsig-keygen`` output (``key "name" { algorithm ...;
-    secret "...";};``, also what Knot's ``keymgr -t`` prints) or the one-line
-    ``algorithm:name:secret`` form of ``knsupdate -y``. Only HMAC-SHA256/384/512.
+    secret "...";};``) or the one-line ``algorithm:name:secret`` form of
+    ``knsupdate -y`` (the comment line Knot's ``keymgr -t`` prints). Only
+    HMAC-SHA256/384/512.
     The file holds a secret: it must not be readable by other users.
     """
     mode = path.stat().st_mode & 0o077
