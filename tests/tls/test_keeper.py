@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from stack import free_port
 
+from homeport.cli import build_parser, relay_config
 from homeport.tls.acme_bot import AcmeBot, Http01Responder, RetryPolicy
 from homeport.tls.acme_settings import acme_settings, add_acme_arguments
 from homeport.tls.devca import create_independent_ca
@@ -119,3 +120,23 @@ def test_acme_options_checked() -> None:
     ]:
         with pytest.raises(SystemExit, match=message):
             parse(*argv)
+
+
+def test_relay_command_line_reaches_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags, environment and TOML all reach ``RelayConfig.acme`` (``homeport relay``)."""
+    toml = tmp_path / "relay.toml"
+    toml.write_text('[relay]\nacme-directory = "https://acme.example/dir"\ndns-zone = "acme.x"\n')
+    monkeypatch.setenv("HOMEPORT_DNS_SERVER", "127.0.0.1:5353")
+    args = build_parser().parse_args(
+        ["relay", "--config", str(toml), "--acme-challenge", "tls-alpn-01",
+         "--dns-tsig-key-file", "/k"]
+    )  # fmt: skip
+    config = relay_config(args)
+    assert config.acme is not None
+    assert config.acme.directory == "https://acme.example/dir"
+    assert config.acme.challenge == "tls-alpn-01"
+    assert (config.acme.dns_server, config.acme.dns_port) == ("127.0.0.1", 5353)
+    assert config.acme.dns_tsig_key_file == Path("/k")
+    assert config.acme.dns_zone == "acme.x"

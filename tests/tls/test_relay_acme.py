@@ -1,8 +1,9 @@
 """The certificate bot inside the relay, end to end (R-ACME-01/03/04, R-TLS-07).
 
-A real relay with ``--acme-challenge tls-alpn-01`` and DNS-01 through BIND,
-against pebble: it starts on a placeholder, obtains the account host's
-certificate (TLS-ALPN-01 on its own TLS port) and the tenant wildcard (DNS-01),
+A real relay with ``--acme-challenge tls-alpn-01`` (on its own TLS port) or
+``http-01`` (on its port-80 listener) and DNS-01 through BIND, against pebble:
+it starts on a placeholder, obtains the account host's certificate and the
+tenant wildcard (DNS-01),
 serves each by SNI, and renews both while an add-on tunnel and a keep-alive
 connection stay open: the open ones keep working on the old session, new
 handshakes get the new chain.
@@ -70,13 +71,16 @@ async def get_security_txt(reader: asyncio.StreamReader, writer: asyncio.StreamW
     return head.split(b"\r\n", 1)[0]
 
 
-async def test_relay_obtains_serves_and_renews_without_dropping(tmp_path: Path) -> None:
-    port = free_port()
+@pytest.mark.parametrize("challenge", ["tls-alpn-01", "http-01"])
+async def test_relay_obtains_serves_and_renews_without_dropping(
+    tmp_path: Path, challenge: str
+) -> None:
+    port, http_port = free_port(), free_port()
     with (
         start_named(tmp_path / "named", [ZONE]) as named,
         start_pebble(
             tmp_path / "pebble",
-            http_port=1,
+            http_port=http_port,
             tls_port=port,
             dns_port=named.port,
             validity_seconds=45 * 86400,
@@ -89,11 +93,12 @@ async def test_relay_obtains_serves_and_renews_without_dropping(tmp_path: Path) 
             account_host=ACCOUNT_HOST,
             tenant_domain=TENANT_DOMAIN,
             listen_port=port,
+            http_listen_port=http_port if challenge == "http-01" else None,
             drain_seconds=2.0,
             acme=AcmeSettings(
                 directory=pebble.directory_url,
                 ca_file=pebble.ca_bundle,
-                challenge="tls-alpn-01",
+                challenge=challenge,
                 dns_server="127.0.0.1",
                 dns_port=named.port,
                 dns_tsig_key_file=named.key_file,
