@@ -13,6 +13,8 @@ import pytest
 from acme import challenges
 from aiohttp import web
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from josepy import b64encode
 from josepy.jwk import JWKEC
 from pebble import pebble_available, start_pebble
@@ -25,6 +27,7 @@ from homeport.tls.alpn import (
     TlsAlpn01Responder,
     challenge_certificate,
 )
+from homeport.tls.client_hello import offered_alpn
 from homeport.tls.devca import create_independent_ca
 from homeport.tls.served import CertPair, GatedTLSSite, ServedCertificates
 
@@ -141,6 +144,11 @@ async def test_challenge_served_only_for_acme_alpn_and_then_closed(listener: Lis
     assert isinstance(ext, x509.UnrecognizedExtension)
     assert ext.value[2:] == chall.validation(account)
     assert data == b""  # closed after the handshake: no request is ever served on it
+    # A browser opening the same host meanwhile gets the real certificate and the app.
+    for offered in (["h2", "http/1.1"], ["http/1.1"]):
+        leaf_now, chosen, data = await handshake(listener.port, offered, listener.ca_file)
+        assert leaf_now == leaf
+        assert b"hello" in data
     # Another name is unaffected while the challenge is pending.
     _, writer = await asyncio.wait_for(
         asyncio.open_connection(
@@ -188,3 +196,36 @@ async def test_issue_by_tls_alpn01_against_pebble(tmp_path: Path, listener: List
     assert san.value.get_values_for_type(x509.DNSName) == [NAME]
     assert issued.chain
     assert len(listener.responder) == 0
+
+
+def client_hello(alpn: list[str] | None) -> bytes:
+    """A real ClientHello from Python's ssl, as the handshake message (no record header)."""
+    context = ssl.create_default_context()
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname=NAME)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    record = outgoing.read()
+    assert record[0] == 22  # handshake
+    return record[5:]
+
+
+def test_offered_alpn_parser() -> None:
+    assert offered_alpn(client_hello(["acme-tls/1"])) == ("acme-tls/1",)
+    assert offered_alpn(client_hello(["h2", "http/1.1"])) == ("h2", "http/1.1")
+    assert offered_alpn(client_hello(None)) is None
+    hello = client_hello(["acme-tls/1", "http/1.1"])
+    # Truncated or corrupted input never raises; it just yields no (or less) ALPN.
+    for cut in range(len(hello)):
+        result = offered_alpn(hello[:cut])
+        assert result is None or set(result) <= {"acme-tls/1", "http/1.1"}
+    assert offered_alpn(b"\x02" + hello[1:]) is None  # not a ClientHello
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_offered_alpn_never_raises(data: bytes) -> None:
+    result = offered_alpn(b"\x01" + data)
+    assert result is None or isinstance(result, tuple)

@@ -11,15 +11,13 @@ Threats handled (R-ACME-07):
 
 * the challenge certificate exists only while its challenge is validated
   (:class:`TlsAlpn01Responder` holds it in memory; nothing on disk);
-* it is presented only to a handshake for exactly that name, from a context
-  whose only ALPN protocol is ``acme-tls/1``; a connection made through such a
-  context is closed right after the handshake (:class:`AlpnGate`) and never
-  reaches the application, so no request is ever served under it.
-
-Python's ``ssl`` picks the certificate (by SNI, in ``sni_callback``) before it
-can see the client's ALPN list, so a browser opening the account host during
-the few seconds of a validation is shown the challenge certificate and fails
-its handshake; HTTP-01 does not have that cost and is the default.
+* it is presented only to a handshake for exactly that name whose ClientHello
+  offers ``acme-tls/1`` (read by ``homeport.tls.client_hello`` before the
+  certificate is chosen), from a context whose only ALPN protocol is
+  ``acme-tls/1``; a browser opening the same host meanwhile gets the real
+  certificate. A connection made through a challenge context is closed right
+  after the handshake (:class:`AlpnGate`) and never reaches the application,
+  so no request is ever served under it.
 """
 
 from __future__ import annotations
@@ -146,6 +144,9 @@ class TlsAlpn01Responder:
         self._lock = threading.Lock()
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._prepared: list[str] = []
+        #: told True when the first challenge is pending, False when none is left
+        #: (the listener records ClientHello ALPN only meanwhile)
+        self.on_pending: Callable[[bool], None] | None = None
 
     def context_for(self, name: str | None) -> ssl.SSLContext | None:
         if name is None:
@@ -164,8 +165,11 @@ class TlsAlpn01Responder:
         digest = challenge.validation(account_key)
         context = _challenge_context(*challenge_certificate(name, digest))
         with self._lock:
+            first = not self._contexts
             self._contexts[name] = context
         self._prepared.append(name)
+        if first and self.on_pending is not None:
+            self.on_pending(True)  # before the CA is told to connect
 
     def wait_ready(self) -> None:
         """Nothing to wait for: the listener answers from memory."""
@@ -174,6 +178,9 @@ class TlsAlpn01Responder:
         with self._lock:
             while self._prepared:
                 self._contexts.pop(self._prepared.pop(), None)
+            idle = not self._contexts
+        if idle and self.on_pending is not None:
+            self.on_pending(False)
 
     def __len__(self) -> int:
         with self._lock:

@@ -3,8 +3,8 @@
 One listening context; its ``sni_callback`` hands each handshake the context
 for the name asked for:
 
-* a pending TLS-ALPN-01 challenge for that name -> the challenge context
-  (``homeport.tls.alpn``);
+* a pending TLS-ALPN-01 challenge for that name, and a ClientHello offering
+  ALPN ``acme-tls/1`` -> the challenge context (``homeport.tls.alpn``);
 * ``<anything>.<tenant-domain>`` -> the tenant wildcard certificate, if one
   is configured;
 * anything else (the account host, or no SNI) -> the account host certificate.
@@ -30,8 +30,9 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from homeport.tls.alpn import AlpnGate, TlsAlpn01Responder
+from homeport.tls.alpn import ACME_TLS_ALPN, AlpnGate, TlsAlpn01Responder
 from homeport.tls.check import check_certificate_files
+from homeport.tls.client_hello import HelloRecorder, recorded_alpn
 from homeport.tls.context import local_certificate_sha256, server_context
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class ServedCertificates:
         # context.server_context's callback, which records the SNI for the Host check.
         self._remember = cast(_SniCallback | None, self.context.sni_callback)
         self.context.sni_callback = self._select
+        if alpn is not None:
+            alpn.on_pending = HelloRecorder(self.context).enable
         self._install(ACCOUNT, account, self.context)
         if tenant is not None:
             self._install(TENANT, tenant, self._build(TENANT, tenant))
@@ -126,7 +129,7 @@ class ServedCertificates:
             self._remember(ssl_object, server_name, ctx)
         name = server_name.lower().rstrip(".") if server_name else None
         challenge = self._alpn.context_for(name) if self._alpn is not None else None
-        if challenge is not None:
+        if challenge is not None and ACME_TLS_ALPN in recorded_alpn(ssl_object):
             ssl_object.context = challenge
             return
         with self._lock:
