@@ -91,6 +91,9 @@ def relay_config(args: argparse.Namespace) -> Any:
         raise SystemExit(f"error: --tls-profile must be modern or intermediate: {tls_profile!r}")
     http_listen = opts.get("http_listen")
     http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
+    acme = acme_settings(opts.get)
+    if acme is not None and acme.challenge == "http-01" and not http_port:
+        raise SystemExit("error: --acme-challenge http-01 needs --http-listen (port 80)")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
         account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
@@ -107,7 +110,7 @@ def relay_config(args: argparse.Namespace) -> Any:
         http_listen_port=int(http_port) if http_port else None,
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
-        acme=acme_settings(opts.get),
+        acme=acme,
     )
 
 

@@ -140,3 +140,7 @@ def test_relay_command_line_reaches_the_config(
     assert (config.acme.dns_server, config.acme.dns_port) == ("127.0.0.1", 5353)
     assert config.acme.dns_tsig_key_file == Path("/k")
     assert config.acme.dns_zone == "acme.x"
+    no_port80 = build_parser().parse_args(["relay", "--acme-directory", "https://a.example/d"])
+    monkeypatch.delenv("HOMEPORT_DNS_SERVER")
+    with pytest.raises(SystemExit, match="needs --http-listen"):
+        relay_config(no_port80)
