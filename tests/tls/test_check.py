@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import dns.rdata
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from dns.rdtypes.ANY.CAA import CAA
 from relay_process import run_homeport
 
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
+from homeport.tls.caa import caa_records
 from homeport.tls.check import CertificateProblem, check_certificate_files, name_covered
 from homeport.tls.devca import create_independent_ca
 
@@ -144,3 +147,30 @@ async def test_cli_says_why(tmp_path: Path) -> None:
             str(key),
             timeout=60,
         )
+
+
+def test_caa_records_parse_and_bind_to_the_account() -> None:
+    """R-ACME-05: the lines are valid zone-file CAA records with RFC 8657 parameters."""
+    url = "https://acme-v02.api.letsencrypt.org/acme/acct/123456"
+    lines = caa_records("relay.example", "example-homes.net", url, iodef="mailto:sec@relay.example")
+    records: dict[str, set[tuple[str, str]]] = {}
+    for line in lines:
+        owner, klass, rdtype, rest = line.split(" ", 3)
+        assert (klass, rdtype) == ("IN", "CAA")
+        rdata = dns.rdata.from_text("IN", "CAA", rest)
+        assert isinstance(rdata, CAA)
+        records.setdefault(owner, set()).add((rdata.tag.decode(), rdata.value.decode()))
+    assert records["relay.example."] == {
+        ("issue", f"letsencrypt.org; accounturi={url}; validationmethods=http-01,tls-alpn-01"),
+        ("issuewild", ";"),
+        ("iodef", "mailto:sec@relay.example"),
+    }
+    assert records["example-homes.net."] == {
+        ("issue", ";"),
+        ("issuewild", f"letsencrypt.org; accounturi={url}; validationmethods=dns-01"),
+        ("iodef", "mailto:sec@relay.example"),
+    }
+    with pytest.raises(ValueError, match="CAA"):
+        caa_records("relay.example", "homes.example", 'https://x/"; issue "evil.example')
+    with pytest.raises(ValueError, match="iodef"):
+        caa_records("relay.example", "homes.example", url, iodef="javascript:x")

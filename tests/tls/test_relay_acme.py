@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import ssl
 from pathlib import Path
 
@@ -73,8 +74,9 @@ async def get_security_txt(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 @pytest.mark.parametrize("challenge", ["tls-alpn-01", "http-01"])
 async def test_relay_obtains_serves_and_renews_without_dropping(
-    tmp_path: Path, challenge: str
+    tmp_path: Path, challenge: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="homeport.tls.relay_tls")
     port, http_port = free_port(), free_port()
     with (
         start_named(tmp_path / "named", [ZONE]) as named,
@@ -135,6 +137,10 @@ async def test_relay_obtains_serves_and_renews_without_dropping(
             assert served[0] == account1
             assert len(served) >= 2
             assert all(c.subject != c.issuer for c in served)  # the root is never sent
+            # R-ACME-05: the CAA records for this account are suggested once.
+            caa = [r for r in caplog.records if r.message == "acme.caa_records"]
+            assert len(caa) == 1
+            assert any("accounturi=https://" in line for line in caa[0].records)  # type: ignore[attr-defined]
             assert await get_security_txt(reader, writer) == b"HTTP/1.1 200 OK"
 
             tunnel = stack.relay.hub.tunnel_for(stack.instance_id)

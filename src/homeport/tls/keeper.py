@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from homeport.tls.acme_bot import AcmeBot
+from homeport.tls.acme_bot import AcmeBot, Issued
 from homeport.tls.served import CertPair, ServedCertificates
 
 __all__ = ["CertificateKeeper", "Managed"]
@@ -49,6 +49,7 @@ class CertificateKeeper:
         first_backoff: dt.timedelta = dt.timedelta(minutes=5),
         max_backoff: dt.timedelta = dt.timedelta(hours=6),
         max_interval: dt.timedelta = dt.timedelta(hours=12),
+        on_renewed: Callable[[Managed, Issued], None] | None = None,
     ) -> None:
         self.served = served
         self.managed = list(managed)
@@ -58,6 +59,7 @@ class CertificateKeeper:
         self.max_backoff = max_backoff
         self.max_interval = max_interval
         self.renewals = 0
+        self._on_renewed = on_renewed
 
     async def run(self) -> None:
         while True:
@@ -110,4 +112,6 @@ class CertificateKeeper:
         item.not_before = None
         self.renewals += 1
         log.info("acme.renewed", extra={"kind": item.kind, "names": item.bot.names})
+        if self._on_renewed is not None:
+            self._on_renewed(item, issued)
         return True

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from homeport.relay.config import RelayConfig
-from homeport.tls.acme_bot import AcmeBot, ChallengeSolver, Http01Responder
+from homeport.tls.acme_bot import AcmeBot, ChallengeSolver, Http01Responder, Issued
 from homeport.tls.acme_settings import AcmeSettings
 from homeport.tls.alpn import TlsAlpn01Responder
+from homeport.tls.caa import caa_records
 from homeport.tls.check import CertificateProblem, check_certificate_files
 from homeport.tls.dns01 import Rfc2136Solver, load_tsig_key
 from homeport.tls.keeper import CertificateKeeper, Managed
@@ -93,7 +94,21 @@ class RelayTls:
             profile=config.tls_profile,
             alpn=alpn,
         )
-        self.keeper = CertificateKeeper(self.served, managed)
+        self.keeper = CertificateKeeper(self.served, managed, on_renewed=self._suggest_caa)
+        self._caa_account: str | None = None
+
+    def _suggest_caa(self, item: Managed, issued: Issued) -> None:
+        """Log the CAA records binding our names to this ACME account, once per account."""
+        if issued.account_url == self._caa_account:
+            return
+        self._caa_account = issued.account_url
+        try:
+            records = caa_records(
+                self.config.account_host, self.config.tenant_domain, issued.account_url
+            )
+        except ValueError:
+            return
+        log.info("acme.caa_records", extra={"records": records})
 
     def _http01(self) -> Http01Responder:
         assert self.http01 is not None
