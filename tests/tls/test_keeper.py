@@ -12,7 +12,7 @@ import pytest
 from stack import free_port
 
 from homeport.cli import build_parser, relay_config
-from homeport.tls.acme_bot import AcmeBot, Http01Responder, RetryPolicy
+from homeport.tls.acme_bot import AcmeBot, AcmeBotError, Http01Responder, RetryPolicy
 from homeport.tls.acme_settings import acme_settings, add_acme_arguments
 from homeport.tls.devca import create_independent_ca
 from homeport.tls.keeper import CertificateKeeper, Managed
@@ -144,3 +144,22 @@ def test_relay_command_line_reaches_the_config(
     monkeypatch.delenv("HOMEPORT_DNS_SERVER")
     with pytest.raises(SystemExit, match="needs --http-listen"):
         relay_config(no_port80)
+
+
+async def test_cancelled_bot_stops_without_waiting(tmp_path: Path) -> None:
+    """Relay shutdown: a run in its worker thread stops instead of sleeping out its back-off."""
+    bot = AcmeBot(
+        f"https://127.0.0.1:{free_port()}/dir",
+        tmp_path / "acme" / "account.key",
+        tmp_path / "certs",
+        [NAME],
+        Http01Responder(),
+        retry=RetryPolicy(step_attempts=50, base_delay=20.0, max_delay=60.0),
+    )
+    run = asyncio.create_task(bot.obtain_async())
+    await asyncio.sleep(0.5)  # the first attempt fails (nothing listens); a long back-off begins
+    started = asyncio.get_running_loop().time()
+    bot.cancel()
+    with pytest.raises(AcmeBotError, match="cancelled"):
+        await asyncio.wait_for(run, 30)
+    assert asyncio.get_running_loop().time() - started < 15

@@ -31,7 +31,6 @@ import logging
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,7 +297,7 @@ class AcmeBot:
         ca_bundle_for_directory: Path | None = None,
         *,
         retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         user_agent: str = "homeport-acme-bot",
         email: str | None = None,
     ) -> None:
@@ -311,7 +310,9 @@ class AcmeBot:
         self.responder = challenge_responder
         self.ca_bundle = ca_bundle_for_directory
         self.retry = retry or RetryPolicy()
-        self._sleep = sleep
+        #: set by :meth:`cancel`: the worker thread stops at its next step or sleep
+        self._stopping = threading.Event()
+        self._sleep = sleep or self._interruptible_sleep
         self._user_agent = user_agent
         self.email = email
         #: number of step retries taken (badNonce etc.), for tests and metrics
@@ -393,11 +394,25 @@ class AcmeBot:
             last_error
         )
 
+    def cancel(self) -> None:
+        """Make a run in progress (in its worker thread) stop soon, for relay shutdown.
+
+        It stops before its next protocol step or at once if sleeping (a poll
+        inside the ``acme`` library finishes first); the challenge proofs are
+        still removed. Later runs fail at once.
+        """
+        self._stopping.set()
+
     # ---------------------------------------------------------- internals
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
 
     def _step(self, what: str, net: _Network, call: Callable[[], T]) -> T:
         """``call()`` with bounded retries on badNonce, rateLimited and network errors."""
         for attempt in range(1, self.retry.step_attempts + 1):
+            if self._stopping.is_set():
+                raise AcmeBotError(f"{what}: cancelled (relay stopping)")
             last = attempt == self.retry.step_attempts
             try:
                 return call()

@@ -155,6 +155,9 @@ class RelayTls:
             self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")
 
     async def stop(self) -> None:
+        if self.keeper is not None:
+            for item in self.keeper.managed:
+                item.bot.cancel()  # a worker thread mid-issuance must not hold up shutdown
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
