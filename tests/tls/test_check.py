@@ -97,6 +97,18 @@ def test_bad_certificate_refused_with_reason(
         check_certificate_files(cert, key, NAMES)
 
 
+def test_wrong_or_misordered_intermediate_refused(tmp_path: Path) -> None:
+    """A leaf followed by a certificate that did not issue it: an incomplete chain."""
+    ca = create_independent_ca(tmp_path / "ca")
+    cert, key = ca.issue_server_certificate(NAMES, tmp_path / "tls")
+    unrelated = write_pair(tmp_path / "other", NAMES)[0].read_bytes()
+    fake = tmp_path / "fake.pem"
+    fake.write_bytes(cert.read_bytes() + unrelated)
+    with pytest.raises(CertificateProblem, match="did not issue"):
+        check_certificate_files(fake, key, NAMES)
+    check_certificate_files(cert, key, NAMES)  # the leaf alone is fine
+
+
 def test_key_mismatch_and_missing_files(tmp_path: Path) -> None:
     cert, _ = write_pair(tmp_path / "a", NAMES)
     _, other_key = write_pair(tmp_path / "b", NAMES)

@@ -10,10 +10,12 @@ check guards every renewed ACME certificate before it replaces the live one.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -77,6 +79,16 @@ def check_certificate_files(
         raise CertificateProblem(
             f"{where}: contains a self-signed root; serve leaf + intermediates only"
         )
+    # Each certificate must be issued by the next: a wrong or misordered
+    # intermediate is an incomplete chain to every client (R-TLS-07).
+    for position, (child, parent) in enumerate(itertools.pairwise(certs), start=1):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise CertificateProblem(
+                f"{where}: certificate {position + 1} did not issue certificate {position}; "
+                "order the file leaf first, then each issuer"
+            ) from exc
     public = leaf.public_key()
     if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
         raise CertificateProblem(f"{where}: RSA key of {public.key_size} bits is too weak")
