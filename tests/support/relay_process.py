@@ -66,6 +66,8 @@ class RelayProcess:
     root: Path
     port: int = field(default_factory=free_port)
     log_level: str = "debug"
+    #: more ``homeport relay`` options, e.g. ``("--acme-directory", url)``
+    extra_args: tuple[str, ...] = ()
     proc: asyncio.subprocess.Process | None = None
     runs: int = 0
     paused: bool = False
@@ -134,6 +136,7 @@ class RelayProcess:
                 str(self.data_dir),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

@@ -23,6 +23,7 @@ from bind import Zone, named_available, start_named
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pebble import pebble_available, start_pebble
+from relay_process import RelayProcess
 from stack import free_port, start_stack
 
 from homeport.addon.client import State
@@ -174,3 +175,43 @@ async def test_relay_obtains_serves_and_renews_without_dropping(
             assert stack.relay.hub.tunnel_for(stack.instance_id) is tunnel
             assert stack.addon.status.state is State.CONNECTED
             assert sum(1 for s in stack.statuses if s.state is State.CONNECTED) == connects
+
+
+async def test_homeport_relay_command_gets_its_certificates(tmp_path: Path) -> None:
+    """The deployed command: ``homeport relay --acme-* --dns-*``, as its own process."""
+    port = free_port()
+    with (
+        start_named(tmp_path / "named", [ZONE]) as named,
+        start_pebble(tmp_path / "pebble", http_port=1, tls_port=port, dns_port=named.port) as p,
+    ):
+        root = tmp_path / "pebble-root.pem"
+        root.write_bytes(p.root_pem())
+        relay = RelayProcess(
+            tmp_path / "relay",
+            port=port,
+            extra_args=(
+                "--account-host", ACCOUNT_HOST,
+                "--tenant-domain", TENANT_DOMAIN,
+                "--acme-directory", p.directory_url,
+                "--acme-ca-file", str(p.ca_bundle),
+                "--acme-challenge", "tls-alpn-01",
+                "--dns-server", f"127.0.0.1:{named.port}",
+                "--dns-tsig-key-file", str(named.key_file),
+            ),
+        )  # fmt: skip
+        await relay.start(timeout=60)
+        try:
+            for name in (ACCOUNT_HOST, f"abc.{TENANT_DOMAIN}"):
+                async with asyncio.timeout(150):
+                    while True:  # the placeholder until the bot has the real one
+                        try:
+                            leaf, _, writer = await peer_chain(port, name, root)
+                        except ssl.SSLCertVerificationError:
+                            await asyncio.sleep(0.5)
+                            continue
+                        writer.close()
+                        break
+                assert leaf.not_valid_after_utc > dt.datetime.now(dt.UTC)
+        finally:
+            await relay.close()
+        assert "acme.renewed" in relay.log_text()
