@@ -58,9 +58,12 @@ class RelayTls:
                 profile=config.tls_profile,
             )
             return
-        alpn = TlsAlpn01Responder() if acme.challenge == "tls-alpn-01" else None
-        self.http01 = Http01Responder() if alpn is None else None
-        solver: ChallengeSolver = alpn if alpn is not None else self._http01()
+        solver: ChallengeSolver
+        alpn: TlsAlpn01Responder | None = None
+        if acme.challenge == "tls-alpn-01":
+            solver = alpn = TlsAlpn01Responder()
+        else:
+            solver = self.http01 = Http01Responder()
         root = config.data_dir / ACME_DIR
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         account_bot = self._bot(acme, root / "account-host", account_names, solver)
@@ -71,26 +74,13 @@ class RelayTls:
             managed.append(Managed(TENANT, tenant_bot))
         else:
             log.warning("acme.no_dns01", extra={"detail": "tenant hosts keep the placeholder"})
-        fallback: CertPair | None = None
-
-        def initial(bot: AcmeBot | None) -> CertPair:
-            nonlocal fallback
-            if bot is not None:
-                pair = CertPair(bot.cert_path, bot.key_path)
-                try:
-                    check_certificate_files(pair.cert, pair.key, bot.names)
-                    return pair
-                except CertificateProblem as exc:
-                    if bot.cert_path.exists():
-                        log.warning("acme.stored_certificate_unusable", extra={"error": str(exc)})
-            fallback = fallback or placeholder()
-            return fallback
-
+        self._placeholder = placeholder
+        self._fallback: CertPair | None = None
         self.served = ServedCertificates(
-            initial(account_bot),
+            self._initial(account_bot),
             account_names=account_names,
             tenant_domain=config.tenant_domain,
-            tenant=initial(tenant_bot),
+            tenant=self._initial(tenant_bot),
             profile=config.tls_profile,
             alpn=alpn,
         )
@@ -110,9 +100,18 @@ class RelayTls:
             return
         log.info("acme.caa_records", extra={"records": records})
 
-    def _http01(self) -> Http01Responder:
-        assert self.http01 is not None
-        return self.http01
+    def _initial(self, bot: AcmeBot | None) -> CertPair:
+        """The bot's stored certificate if it is fit to serve, else the placeholder."""
+        if bot is not None:
+            try:
+                check_certificate_files(bot.cert_path, bot.key_path, bot.names)
+                return CertPair(bot.cert_path, bot.key_path)
+            except CertificateProblem as exc:
+                if bot.cert_path.exists():
+                    log.warning("acme.stored_certificate_unusable", extra={"error": str(exc)})
+        if self._fallback is None:
+            self._fallback = self._placeholder()
+        return self._fallback
 
     def _bot(
         self, acme: AcmeSettings, cert_dir: Path, names: list[str], solver: ChallengeSolver
