@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +105,19 @@ def test_cname_followed_and_values_removed_one_by_one(named: Named) -> None:
     assert txt(named, "home.validation.test") == {mine.validation(ACCOUNT)}
     other.cleanup()
     assert txt(named, "home.validation.test") == set()
+
+
+def test_server_given_by_name(named: Named) -> None:
+    first = socket.getaddrinfo("localhost", named.port, type=socket.SOCK_STREAM)[0][4][0]
+    if first != "127.0.0.1":
+        pytest.skip("localhost resolves to ::1 first here; named listens on 127.0.0.1 only")
+    s = Rfc2136Solver("localhost", named.port, load_tsig_key(named.key_file), poll_interval=0.2)
+    s.prepare("account.relay.test", dns01(), ACCOUNT)
+    s.wait_ready()
+    s.cleanup()
+    unknown = Rfc2136Solver("no-such-host.invalid", named.port, load_tsig_key(named.key_file))
+    with pytest.raises(DnsUpdateError, match="cannot resolve"):
+        unknown.prepare("account.relay.test", dns01(), ACCOUNT)
 
 
 def test_key_cannot_touch_other_names(named: Named) -> None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,7 +229,9 @@ class Rfc2136Solver:
         query = dns.message.make_query(qname, rdtype)
         query.flags &= ~dns.flags.RD  # ask the primary itself, no recursion
         try:
-            response = dns.query.tcp(query, self.server, timeout=self.query_timeout, port=self.port)
+            response = dns.query.tcp(
+                query, self._address(), timeout=self.query_timeout, port=self.port
+            )
         except (OSError, dns.exception.DNSException) as exc:
             raise DnsUpdateError(f"DNS query to {self.server}:{self.port} failed: {exc}") from exc
         if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
@@ -236,6 +240,19 @@ class Rfc2136Solver:
                 f"{dns.rcode.to_text(response.rcode())}"
             )
         return response
+
+    def _address(self) -> str:
+        """The primary's IP address; a host name is looked up each time (it may move)."""
+        try:
+            ipaddress.ip_address(self.server)
+            return self.server
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(self.server, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise DnsUpdateError(f"DNS server {self.server}: cannot resolve ({exc})") from exc
+        return str(infos[0][4][0])
 
     def _update(self, zone: dns.name.Name, owner: dns.name.Name, value: str, *, add: bool) -> None:
         update = dns.update.UpdateMessage(zone, keyring=self._key)
@@ -246,7 +263,7 @@ class Rfc2136Solver:
             update.delete(owner, dns.rdatatype.TXT, txt)
         try:
             response = dns.query.tcp(
-                update, self.server, timeout=self.query_timeout, port=self.port
+                update, self._address(), timeout=self.query_timeout, port=self.port
             )
         except dns.tsig.PeerError as exc:
             raise DnsUpdateError(f"DNS server rejected the TSIG key: {exc}") from exc
