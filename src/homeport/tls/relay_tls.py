@@ -57,7 +57,9 @@ class RelayTls:
                 tenant_domain=config.tenant_domain,
                 profile=config.tls_profile,
             )
+            self._operator_files = (pair, _mtimes(pair)) if config.tls_cert else None
             return
+        self._operator_files = None
         solver: ChallengeSolver
         alpn: TlsAlpn01Responder | None = None
         if acme.challenge == "tls-alpn-01":
@@ -148,10 +150,47 @@ class RelayTls:
     def account_cert_sha256(self) -> bytes:
         return self.served.account_cert_sha256()
 
+    #: how often operator-supplied certificate files are checked for replacement
+    watch_interval = 60.0
+
     async def start(self) -> None:
-        """Start the renewal loop (after the listeners are up: TLS-ALPN-01 needs them)."""
-        if self.keeper is not None and self._task is None:
+        """Start the renewal loop (after the listeners are up: TLS-ALPN-01 needs them).
+
+        With operator-supplied files instead, watch them: an external ACME client
+        (certbot, lego, acme.sh) replacing them is picked up without a restart.
+        """
+        if self._task is not None:
+            return
+        if self.keeper is not None:
             self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")
+        elif self._operator_files is not None:
+            self._task = asyncio.create_task(self._watch_files(), name="tls-file-watch")
+
+    async def _watch_files(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            self.reload_operator_files()
+
+    def reload_operator_files(self) -> bool:
+        """Serve the operator's files again if they changed and are fit; True if reloaded."""
+        if self._operator_files is None:
+            return False
+        pair, seen = self._operator_files
+        try:
+            now = _mtimes(pair)
+        except OSError as exc:  # mid-replacement: try again next time
+            log.warning("tls.certificate_files_unreadable", extra={"error": str(exc)})
+            return False
+        if now == seen:
+            return False
+        self._operator_files = (pair, now)
+        try:
+            self.served.reload(ACCOUNT, pair)
+        except (CertificateProblem, ssl.SSLError, OSError) as exc:
+            # Keep serving the old chain; a half-written or wrong file must not take us down.
+            log.error("tls.certificate_reload_refused", extra={"error": str(exc)})
+            return False
+        return True
 
     async def stop(self) -> None:
         if self.keeper is not None:
@@ -170,3 +209,7 @@ def _dns_solver(acme: AcmeSettings) -> Rfc2136Solver:
     return Rfc2136Solver(
         acme.dns_server, acme.dns_port, load_tsig_key(acme.dns_tsig_key_file), zone=acme.dns_zone
     )
+
+
+def _mtimes(pair: CertPair) -> tuple[int, int]:
+    return pair.cert.stat().st_mtime_ns, pair.key.stat().st_mtime_ns
