@@ -21,6 +21,7 @@ from typing import Any
 
 from homeport import __version__
 from homeport.logs import setup_logging
+from homeport.tls.acme_settings import add_acme_arguments
 
 
 def default_data_dir() -> Path:
@@ -79,6 +80,7 @@ async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> Non
 
 def relay_config(args: argparse.Namespace) -> Any:
     from homeport.relay.config import SECURITY_CONTACT, SECURITY_POLICY, RelayConfig
+    from homeport.tls.acme_settings import acme_settings
 
     opts = Options(args, "relay")
     listen = str(opts.get("listen", "127.0.0.1:8443"))
@@ -98,6 +100,9 @@ def relay_config(args: argparse.Namespace) -> Any:
         raise SystemExit(f"error: {exc}") from exc
     http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
     limits = _limit_options(opts)
+    acme = acme_settings(opts.get)
+    if acme is not None and acme.challenge == "http-01" and not http_port:
+        raise SystemExit("error: --acme-challenge http-01 needs --http-listen (port 80)")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
         account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
@@ -122,6 +127,7 @@ def relay_config(args: argparse.Namespace) -> Any:
         client_max_requests=limits["client_max_requests"],
         tenant_bandwidth=limits["tenant_bandwidth"],
         tenant_burst=limits["tenant_burst"],
+        acme=acme,
     )
 
 
@@ -161,11 +167,17 @@ LIMIT_FLAGS = {
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from homeport.relay.app import Relay
+    from homeport.tls.check import CertificateProblem
+    from homeport.tls.openssl_groups import reexec_with_groups
 
     config = relay_config(args)
+    reexec_with_groups(config.data_dir)  # R-TLS-05: groups need OPENSSL_CONF at process start
 
     async def main() -> None:
-        relay = Relay(config)
+        try:
+            relay = Relay(config)
+        except CertificateProblem as exc:
+            raise SystemExit(f"error: {exc}") from exc
         await relay.start()
         print(f"Relay listening on {config.listen_host}:{config.listen_port}", flush=True)
         print(f"Account site: {config.account_origin}/", flush=True)
@@ -417,6 +429,7 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         "--tenant-bandwidth", dest="tenant_bandwidth", help="bytes/s per home and direction (0)"
     )
     limits.add_argument("--tenant-burst", dest="tenant_burst", help="bandwidth burst (4M)")
+    add_acme_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

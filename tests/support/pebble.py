@@ -84,11 +84,16 @@ def start_pebble(
     tls_port: int | None = None,
     nonce_reject: int | None = None,
     validity_seconds: int | None = None,
+    dns_port: int | None = None,
 ) -> Iterator[Pebble]:
+    """``dns_port``: a DNS server on 127.0.0.1 for pebble to resolve with (DNS-01
+    tests, e.g. ``tests/support/bind.py``) instead of ``pebble-challtestsrv``."""
     workdir.mkdir(parents=True, exist_ok=True)
     ca = create_independent_ca(workdir / "ca", common_name="pebble listener test CA")
     cert_path, key_path = ca.issue_server_certificate(["localhost"], workdir / "listener")
-    port, mgmt, dns_port, dns_mgmt = free_port(), free_port(), free_port(), free_port()
+    external_dns = dns_port is not None
+    port, mgmt, dns_mgmt = free_port(), free_port(), free_port()
+    dns_port = dns_port if dns_port is not None else free_port()
     tls_port = tls_port if tls_port is not None else free_port()
     config: dict[str, object] = {
         "listenAddress": f"127.0.0.1:{port}",
@@ -112,25 +117,26 @@ def start_pebble(
     dns_log, pebble_log = workdir / "challtestsrv.log", workdir / "pebble.log"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with dns_log.open("wb") as out:
-            dns = subprocess.Popen(
-                [
-                    CHALLTESTSRV,
-                    "-defaultIPv4", "127.0.0.1",
-                    "-defaultIPv6", "",
-                    "-dns01", f"127.0.0.1:{dns_port}",
-                    "-http01", "",
-                    "-https01", "",
-                    "-tlsalpn01", "",
-                    "-management", f"127.0.0.1:{dns_mgmt}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )  # fmt: skip
-        procs.append(dns)
         deadline = time.monotonic() + 15
-        _wait_tcp(dns_mgmt, dns, deadline, dns_log)
+        if not external_dns:
+            with dns_log.open("wb") as out:
+                dns = subprocess.Popen(
+                    [
+                        CHALLTESTSRV,
+                        "-defaultIPv4", "127.0.0.1",
+                        "-defaultIPv6", "",
+                        "-dns01", f"127.0.0.1:{dns_port}",
+                        "-http01", "",
+                        "-https01", "",
+                        "-tlsalpn01", "",
+                        "-management", f"127.0.0.1:{dns_mgmt}",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )  # fmt: skip
+            procs.append(dns)
+            _wait_tcp(dns_mgmt, dns, deadline, dns_log)
         with pebble_log.open("wb") as out:
             pebble = subprocess.Popen(
                 [PEBBLE, "-config", str(config_path), "-dnsserver", f"127.0.0.1:{dns_port}"],

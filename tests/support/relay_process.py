@@ -66,6 +66,8 @@ class RelayProcess:
     root: Path
     port: int = field(default_factory=free_port)
     log_level: str = "debug"
+    #: more ``homeport relay`` options, e.g. ``("--acme-directory", url)``
+    extra_args: tuple[str, ...] = ()
     proc: asyncio.subprocess.Process | None = None
     runs: int = 0
     paused: bool = False

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ def make_addon(
     ha_url: str,
     state_dir: Path,
     statuses: list[AddonStatus],
+    relay_ca: Path | None = None,
     **addon_kwargs: Any,
 ) -> AddonClient:
     config = AddonConfig(
@@ -91,7 +92,7 @@ def make_addon(
         ha_url=ha_url,
         state_dir=state_dir,
         pinned_keys=(relay.server_key.public_key(),),
-        relay_ca=stack_config.data_dir / "tls" / "dev-ca.pem",
+        relay_ca=relay_ca or stack_config.data_dir / "tls" / "dev-ca.pem",
         ping_interval=2.0,
         ping_timeout=3.0,
     )
@@ -108,22 +109,41 @@ async def start_stack(
     *,
     ha_url: str | None = None,
     email: str = "owner@example.com",
+    config: RelayConfig | None = None,
+    relay_ca: Path | None = None,
+    before_addon: Callable[[Relay], Awaitable[None]] | None = None,
     addon_kwargs: dict[str, Any] | None = None,
     **relay_options: Any,
 ) -> AsyncIterator[Stack]:
-    """``relay_options`` go to :class:`RelayConfig` (e.g. ``listen_port``, ``oidc_providers``),
-    ``addon_kwargs`` to :class:`AddonClient` (e.g. ``gate=``, ``trust=``)."""
-    data_dir = tmp_path / "relay"
-    options: dict[str, Any] = {"listen_port": free_port(), "drain_seconds": 2.0, **relay_options}
-    config = RelayConfig(data_dir=data_dir, **options)
+    """``config``: relay settings (default: dev CA, a free port, plus ``relay_options``
+    such as ``oidc_providers``); ``relay_ca``: the CA the add-on trusts (default: the
+    dev CA); ``before_addon``: awaited once the relay listens, before the add-on dials
+    (e.g. until the certificate bot has issued); ``addon_kwargs`` go to
+    :class:`AddonClient` (e.g. ``gate=``, ``trust=``)."""
+    data_dir = config.data_dir if config is not None else tmp_path / "relay"
+    if config is None:
+        options: dict[str, Any] = {
+            "listen_port": free_port(),
+            "drain_seconds": 2.0,
+            **relay_options,
+        }
+        config = RelayConfig(data_dir=data_dir, **options)
     relay = Relay(config)
     await relay.start()
+    if before_addon is not None:
+        try:
+            await before_addon(relay)
+        except BaseException:
+            await relay.stop()
+            raise
     standin = None
     if ha_url is None:
         standin, ha_url = await start_standin()
     await relay.accounts.create_user(email, PASSWORD)
     statuses: list[AddonStatus] = []
-    addon = make_addon(config, relay, ha_url, tmp_path / "addon", statuses, **(addon_kwargs or {}))
+    addon = make_addon(
+        config, relay, ha_url, tmp_path / "addon", statuses, relay_ca, **(addon_kwargs or {})
+    )
     await addon.__aenter__()
     task = asyncio.create_task(addon.run_forever())
     stack = Stack(relay, config, addon, task, ha_url, email, PASSWORD, data_dir, statuses, standin)

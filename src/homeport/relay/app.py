@@ -12,8 +12,6 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 
@@ -34,8 +32,10 @@ from homeport.relay.mail_features import MailFeatures
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
-from homeport.tls.context import local_certificate_sha256, requested_server_name, server_context
+from homeport.tls.context import requested_server_name
 from homeport.tls.devca import ensure_dev_ca
+from homeport.tls.relay_tls import RelayTls
+from homeport.tls.served import CertPair, GatedTLSSite
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ def request_host(request: web.Request) -> str | None:
     return name if _HOST.fullmatch(name) else None
 
 
-@dataclass
-class TlsFiles:
-    cert: Path
-    key: Path
+TlsFiles = CertPair
 
 
 def tls_files(config: RelayConfig) -> TlsFiles:
@@ -86,11 +83,11 @@ class Relay:
         self.secret_box = SecretBox.load_or_create(config.data_dir / KEY_FILE_NAME)
         self.accounts = Accounts(self.database, secret_box=self.secret_box)
         self.server_key = load_or_create_private_key(config.server_key_path)
-        self.tls = tls_files(config)
-        self._cert_sha256 = local_certificate_sha256(self.tls.cert)
+        # Listener context, certificate bot and renewal (homeport.tls.relay_tls).
+        self.tls = RelayTls(config, lambda: tls_files(config))
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
-        self.hub = TunnelHub(config, self.accounts, self.server_key, lambda: self._cert_sha256)
+        self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
         self.mail = MailFeatures(config, self.account_site)
@@ -102,7 +99,7 @@ class Relay:
         self.http_listener: PlainHttpListener | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
-        return server_context(self.tls.cert, self.tls.key, profile=self.config.tls_profile)
+        return self.tls.context
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
@@ -180,7 +177,7 @@ class Relay:
         )
         await self._runner.setup()
         harden_runner(self._runner)  # no banner even on aiohttp's own parser errors
-        site = web.TCPSite(
+        site = GatedTLSSite(  # TLS-ALPN-01 validations never reach the application
             self._runner,
             self.config.listen_host,
             self.config.listen_port,
@@ -188,8 +185,11 @@ class Relay:
         )
         await site.start()
         if self.config.http_listen_port is not None:
-            self.http_listener = PlainHttpListener(self.config, keepalive_timeout=IDLE_TIMEOUT)
+            self.http_listener = PlainHttpListener(
+                self.config, keepalive_timeout=IDLE_TIMEOUT, acme_responder=self.tls.http01
+            )
             await self.http_listener.start()
+        await self.tls.start()  # the certificate bot, once the challenge listeners are up
         log.info(
             "relay.listening",
             extra={"host": self.config.listen_host, "port": self.config.listen_port},
@@ -203,6 +203,7 @@ class Relay:
         raise RuntimeError("relay is not listening")
 
     async def stop(self) -> None:
+        await self.tls.stop()
         if self._runner is not None:
             # Stop listening, then drain the tunnels *before* aiohttp's own shutdown:
             # its pre_shutdown() marks every connection closing and from then on

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from homeport.mail.settings import SmtpSettings
 from homeport.relay.oidc_settings import OidcProvider
+from homeport.tls.acme_settings import AcmeSettings
 
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
@@ -56,6 +57,9 @@ class RelayConfig:
     #: Bytes per second per home and direction (token bucket), and its burst.
     tenant_bandwidth: int = 0
     tenant_burst: int = 4 * 1024 * 1024
+    #: The certificate bot (``--acme-*``, ``--dns-*``); None: no ACME, see
+    #: ``homeport.tls.relay_tls``.
+    acme: AcmeSettings | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.
     smtp: SmtpSettings | None = None

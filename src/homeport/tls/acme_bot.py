@@ -31,7 +31,6 @@ import logging
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
-from josepy.jwk import JWKEC
+from josepy.jwk import JWK, JWKEC
 
 from homeport.keys import write_secret_file
 
@@ -54,6 +53,7 @@ __all__ = [
     "AcmeBot",
     "AcmeBotError",
     "ChallengeResponder",
+    "ChallengeSolver",
     "Http01Responder",
     "Issued",
     "RenewalDecision",
@@ -87,6 +87,28 @@ class ChallengeResponder(Protocol):
     def get(self, token: str) -> str | None: ...
 
 
+class ChallengeSolver(Protocol):
+    """One way of proving control of a name (HTTP-01, TLS-ALPN-01, DNS-01).
+
+    The bot calls :meth:`prepare` for every pending authorization of an order,
+    then :meth:`wait_ready` once (DNS-01 waits for its records to show), then
+    answers the challenges, and always :meth:`cleanup` afterwards, so nothing
+    that proves control outlives the validation (R-ACME-07). Called from the
+    bot's worker thread.
+    """
+
+    #: the ACME challenge type answered, e.g. ``"http-01"``
+    challenge_type: str
+
+    def prepare(
+        self, name: str, challenge: challenges.KeyAuthorizationChallenge, account_key: JWK
+    ) -> None: ...
+
+    def wait_ready(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+
 class Http01Responder:
     """HTTP-01 key authorizations, present only while their challenge is validated.
 
@@ -94,9 +116,26 @@ class Http01Responder:
     the event loop answers requests.
     """
 
+    challenge_type = "http-01"
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}
+        self._prepared: list[str] = []
+
+    def prepare(
+        self, name: str, challenge: challenges.KeyAuthorizationChallenge, account_key: JWK
+    ) -> None:
+        token = challenge.encode("token")
+        self.add(token, challenge.key_authorization(account_key))
+        self._prepared.append(token)
+
+    def wait_ready(self) -> None:
+        """Nothing to wait for: the listener answers from memory."""
+
+    def cleanup(self) -> None:
+        while self._prepared:
+            self.remove(self._prepared.pop())
 
     def get(self, token: str) -> str | None:
         if not _TOKEN.fullmatch(token):
@@ -254,12 +293,13 @@ class AcmeBot:
         account_key_path: Path,
         cert_dir: Path,
         names: Sequence[str],
-        challenge_responder: Http01Responder,
+        challenge_responder: ChallengeSolver,
         ca_bundle_for_directory: Path | None = None,
         *,
         retry: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         user_agent: str = "homeport-acme-bot",
+        email: str | None = None,
     ) -> None:
         if not names:
             raise ValueError("at least one name")
@@ -270,8 +310,11 @@ class AcmeBot:
         self.responder = challenge_responder
         self.ca_bundle = ca_bundle_for_directory
         self.retry = retry or RetryPolicy()
-        self._sleep = sleep
+        #: set by :meth:`cancel`: the worker thread stops at its next step or sleep
+        self._stopping = threading.Event()
+        self._sleep = sleep or self._interruptible_sleep
         self._user_agent = user_agent
+        self.email = email
         #: number of step retries taken (badNonce etc.), for tests and metrics
         self.step_retries = 0
 
@@ -351,11 +394,25 @@ class AcmeBot:
             last_error
         )
 
+    def cancel(self) -> None:
+        """Make a run in progress (in its worker thread) stop soon, for relay shutdown.
+
+        It stops before its next protocol step or at once if sleeping (a poll
+        inside the ``acme`` library finishes first); the challenge proofs are
+        still removed. Later runs fail at once.
+        """
+        self._stopping.set()
+
     # ---------------------------------------------------------- internals
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
 
     def _step(self, what: str, net: _Network, call: Callable[[], T]) -> T:
         """``call()`` with bounded retries on badNonce, rateLimited and network errors."""
         for attempt in range(1, self.retry.step_attempts + 1):
+            if self._stopping.is_set():
+                raise AcmeBotError(f"{what}: cancelled (relay stopping)")
             last = attempt == self.retry.step_attempts
             try:
                 return call()
@@ -388,7 +445,7 @@ class AcmeBot:
 
     def _account(self, acme: client.ClientV2, net: _Network) -> str:
         """Register, or find the existing account for this key (RFC 8555 §7.3.1)."""
-        new = messages.NewRegistration.from_data(terms_of_service_agreed=True)
+        new = messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
         try:
             regr = self._step("new-account", net, lambda: acme.new_account(new))
             url = regr.uri
@@ -416,29 +473,34 @@ class AcmeBot:
 
     def _one_order(self, acme: client.ClientV2, net: _Network, csr_pem: bytes) -> str:
         order = self._step("new-order", net, lambda: acme.new_order(csr_pem))
-        tokens: list[str] = []
+        solver = self.responder
+        account_key = net.key
+        assert account_key is not None
         try:
+            answers: list[tuple[messages.ChallengeBody, challenges.ChallengeResponse]] = []
             for authz in order.authorizations:
                 if authz.body.status == messages.STATUS_VALID:
                     continue  # authorization reuse
                 challb = next(
-                    (c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)),
+                    (c for c in authz.body.challenges if c.chall.typ == solver.challenge_type),
                     None,
                 )
-                if challb is None:
-                    raise AcmeBotError(f"no http-01 challenge for {authz.body.identifier.value}")
-                response, validation = challb.response_and_validation(net.key)
-                token = challb.chall.encode("token")
-                self.responder.add(token, validation)
-                tokens.append(token)
+                name = authz.body.identifier.value
+                if challb is None or not isinstance(
+                    challb.chall, challenges.KeyAuthorizationChallenge
+                ):
+                    raise AcmeBotError(f"no {solver.challenge_type} challenge for {name}")
+                solver.prepare(name, challb.chall, account_key)
+                answers.append((challb, challb.chall.response(account_key)))
+            solver.wait_ready()
+            for challb, response in answers:
                 self._answer(acme, net, challb, response)
             deadline = dt.datetime.now() + dt.timedelta(seconds=self.retry.order_timeout)
             order = self._step(
                 "authorizations", net, lambda: acme.poll_authorizations(order, deadline)
             )
         finally:
-            for token in tokens:  # R-ACME-07: tokens exist only during validation
-                self.responder.remove(token)
+            solver.cleanup()  # R-ACME-07: proofs exist only during validation
         deadline = dt.datetime.now() + dt.timedelta(seconds=self.retry.order_timeout)
         # Two steps: a badNonce while polling must not re-send the finalization.
         ready = order

@@ -1,0 +1,165 @@
+"""The renewal loop: due dates, back-off after failures, alert state (R-ACME-03/06)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from stack import free_port
+
+from homeport.cli import build_parser, relay_config
+from homeport.tls.acme_bot import AcmeBot, AcmeBotError, Http01Responder, RetryPolicy
+from homeport.tls.acme_settings import acme_settings, add_acme_arguments
+from homeport.tls.devca import create_independent_ca
+from homeport.tls.keeper import CertificateKeeper, Managed
+from homeport.tls.served import ACCOUNT, CertPair, ServedCertificates
+
+NAME = "account.relay.test"
+
+
+def setup(tmp_path: Path) -> tuple[CertificateKeeper, Managed, list[dt.datetime]]:
+    """A keeper whose bot talks to a port nobody listens on: every issuance fails."""
+    ca = create_independent_ca(tmp_path / "ca")
+    cert, key = ca.issue_server_certificate([NAME], tmp_path / "tls")
+    served = ServedCertificates(
+        CertPair(cert, key), account_names=[NAME], tenant_domain="home.relay.test"
+    )
+    bot = AcmeBot(
+        f"https://127.0.0.1:{free_port()}/dir",
+        tmp_path / "acme" / "account.key",
+        tmp_path / "acme" / "account-host",
+        [NAME],
+        Http01Responder(),
+        retry=RetryPolicy(step_attempts=2),
+        sleep=lambda _s: None,
+    )
+    managed = Managed(ACCOUNT, bot)
+    clock = [dt.datetime(2028, 3, 1, tzinfo=dt.UTC)]
+    keeper = CertificateKeeper(
+        served,
+        [managed],
+        now=lambda: clock[0],
+        first_backoff=dt.timedelta(minutes=5),
+        max_backoff=dt.timedelta(minutes=40),
+    )
+    return keeper, managed, clock
+
+
+async def test_failures_back_off_exponentially_and_keep_serving(tmp_path: Path) -> None:
+    keeper, managed, clock = setup(tmp_path)
+    served_before = keeper.served.account_cert_sha256()
+    waits = []
+    for _ in range(6):
+        wait = await asyncio.wait_for(keeper.check_once(), 60)
+        waits.append(wait)
+        assert managed.not_before is not None
+        # Nothing is tried again before the back-off ends.
+        clock[0] = managed.not_before - dt.timedelta(seconds=1)
+        assert await keeper.check_once() == 1.0
+        clock[0] = managed.not_before
+    assert waits == [300.0, 600.0, 1200.0, 2400.0, 2400.0, 2400.0]  # capped
+    assert managed.failures == 6
+    assert managed.alert  # no certificate of its own yet
+    assert keeper.renewals == 0
+    assert keeper.served.account_cert_sha256() == served_before  # placeholder still served
+
+
+async def test_run_survives_failures(tmp_path: Path) -> None:
+    keeper, managed, _ = setup(tmp_path)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+        await asyncio.sleep(0)
+
+    keeper._sleep = sleep
+    task = asyncio.create_task(keeper.run())
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 60)
+    assert len(slept) == 3
+    assert managed.failures >= 1
+
+
+# ----------------------------------------------------------------- options
+
+
+def test_acme_options_checked() -> None:
+
+    parser = argparse.ArgumentParser()
+    add_acme_arguments(parser)
+
+    def parse(*argv: str) -> object:
+        args = parser.parse_args(argv)
+        return acme_settings(lambda name: getattr(args, name, None))
+
+    assert parse() is None
+    settings = parse(
+        "--acme-directory", "https://acme.example/dir",
+        "--acme-challenge", "tls-alpn-01",
+        "--dns-server", "ns1.example.net:5353",
+        "--dns-tsig-key-file", "/etc/homeport/tsig.key",
+        "--dns-zone", "ACME.example.net.",
+    )  # fmt: skip
+    assert settings is not None
+    assert (settings.dns_server, settings.dns_port, settings.dns_zone) == (
+        "ns1.example.net",
+        5353,
+        "acme.example.net",
+    )
+    for argv, message in [
+        (["--dns-server", "ns1"], "needs --acme-directory"),
+        (["--acme-directory", "http://acme.example/dir"], "https://"),
+        (["--acme-directory", "https://a/d", "--dns-server", "ns1"], "--dns-tsig-key-file"),
+        (["--acme-directory", "https://a/d", "--dns-zone", "z"], "need --dns-server"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            parse(*argv)
+
+
+def test_relay_command_line_reaches_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags, environment and TOML all reach ``RelayConfig.acme`` (``homeport relay``)."""
+    toml = tmp_path / "relay.toml"
+    toml.write_text('[relay]\nacme-directory = "https://acme.example/dir"\ndns-zone = "acme.x"\n')
+    monkeypatch.setenv("HOMEPORT_DNS_SERVER", "127.0.0.1:5353")
+    args = build_parser().parse_args(
+        ["relay", "--config", str(toml), "--acme-challenge", "tls-alpn-01",
+         "--dns-tsig-key-file", "/k"]
+    )  # fmt: skip
+    config = relay_config(args)
+    assert config.acme is not None
+    assert config.acme.directory == "https://acme.example/dir"
+    assert config.acme.challenge == "tls-alpn-01"
+    assert (config.acme.dns_server, config.acme.dns_port) == ("127.0.0.1", 5353)
+    assert config.acme.dns_tsig_key_file == Path("/k")
+    assert config.acme.dns_zone == "acme.x"
+    no_port80 = build_parser().parse_args(["relay", "--acme-directory", "https://a.example/d"])
+    monkeypatch.delenv("HOMEPORT_DNS_SERVER")
+    with pytest.raises(SystemExit, match="needs --http-listen"):
+        relay_config(no_port80)
+
+
+async def test_cancelled_bot_stops_without_waiting(tmp_path: Path) -> None:
+    """Relay shutdown: a run in its worker thread stops instead of sleeping out its back-off."""
+    bot = AcmeBot(
+        f"https://127.0.0.1:{free_port()}/dir",
+        tmp_path / "acme" / "account.key",
+        tmp_path / "certs",
+        [NAME],
+        Http01Responder(),
+        retry=RetryPolicy(step_attempts=50, base_delay=20.0, max_delay=60.0),
+    )
+    run = asyncio.create_task(bot.obtain_async())
+    await asyncio.sleep(0.5)  # the first attempt fails (nothing listens); a long back-off begins
+    started = asyncio.get_running_loop().time()
+    bot.cancel()
+    with pytest.raises(AcmeBotError, match="cancelled"):
+        await asyncio.wait_for(run, 30)
+    assert asyncio.get_running_loop().time() - started < 15
