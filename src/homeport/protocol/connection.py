@@ -14,8 +14,10 @@ WebSocket, at most ``max_ws_message`` of a message larger than the window:
 see :meth:`TunnelConnection._prepay`).
 
 Sending is scheduled, not FIFO: queued output is cut into chunks and taken
-round-robin across streams, strictly by priority class, so a large download
-cannot delay a small API call or a WebSocket message queued behind it.
+round-robin across the streams of a priority class, the classes sharing the
+tunnel by weight (``protocol/scheduler.py``), so a large download cannot
+delay a small API call or a WebSocket message queued behind it, and no class
+starves.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from homeport.protocol.frames import (
     FrameType,
     encode_frame,
 )
+from homeport.protocol.scheduler import ClassScheduler
 
 #: Largest frame payload every peer must accept; heads must fit in one frame.
 MAX_FRAME_SIZE = 64 * 1024
@@ -172,7 +175,8 @@ class TunnelConnection:
         self._highest_stream_id = 0
         self._next_stream_id = 1
         self._control = bytearray()
-        self._queues: list[deque[_Stream]] = [deque() for _ in range(heads.PRIORITY_BULK + 1)]
+        self._scheduler: ClassScheduler[_Stream] = ClassScheduler()
+        self._queues = self._scheduler.queues
         self._blocked_on_stream: set[int] = set()
         self._blocked_on_connection: list[_Stream] = []
         # Credit we may still use to send, and credit we granted the peer.
@@ -307,6 +311,29 @@ class TunnelConnection:
         item = _Item(_Kind.FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
         self._enqueue(stream, item)
 
+    def priority(self, stream_id: int) -> int | None:
+        stream = self._streams.get(stream_id)
+        return stream.priority if stream else None
+
+    def set_priority(self, stream_id: int, priority: int) -> None:
+        """Move a stream to another class for what *this* side sends.
+
+        Local only, nothing goes on the wire: the add-on learns from a response
+        (an MJPEG stream, a large download) what the request head could not say.
+        What the stream has queued keeps its order; only its turns move.
+        """
+        if not 0 <= priority <= heads.PRIORITY_BULK:
+            raise ValueError("priority out of range")
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.priority == priority:
+            return
+        queued = stream in self._queues[stream.priority]
+        if queued:
+            self._queues[stream.priority].remove(stream)
+        stream.priority = priority
+        if queued:
+            self._queues[priority].append(stream)
+
     def reset_stream(self, stream_id: int, code: ErrorCode, reason: str = "") -> None:
         """Abort a stream at once, dropping anything still queued for it."""
         stream = self._streams.get(stream_id)
@@ -384,17 +411,25 @@ class TunnelConnection:
         # result, and a lone part that is already bytes is returned as it is.
         parts: list[bytes | bytearray | memoryview] = [out] if out else []
         size = len(out)
-        for queue in self._queues:
-            while queue and size < limit:
-                stream = queue.popleft()
-                sent, written = self._emit_one(stream, parts)
-                size += written
-                if sent:
-                    if stream.queue:
-                        queue.append(stream)  # round robin within the class
-                    else:
-                        stream.scheduled = False
-                        self._maybe_forget(stream)
+        scheduler = self._scheduler
+        queues = self._queues
+        chunk = self.settings.chunk_size
+        while size < limit:
+            priority = scheduler.next_class(chunk)
+            if priority is None:
+                break
+            queue = queues[priority]
+            stream = queue.popleft()
+            sent, written = self._emit_one(stream, parts)
+            size += written
+            if written:
+                scheduler.charge(priority, written)
+            if sent:
+                if stream.queue:
+                    queue.append(stream)  # round robin within the class
+                else:
+                    stream.scheduled = False
+                    self._maybe_forget(stream)
         if len(parts) == 1 and type(parts[0]) is bytes:
             return parts[0]
         return b"".join(parts)
@@ -811,9 +846,7 @@ class TunnelConnection:
         if stream.scheduled:
             stream.queue.clear()
             stream.queued_bytes = 0
-            for queue in self._queues:
-                if stream in queue:
-                    queue.remove(stream)
+            self._scheduler.discard(stream)
             if stream in self._blocked_on_connection:
                 self._blocked_on_connection.remove(stream)
             stream.scheduled = False

@@ -22,12 +22,13 @@ from aiohttp import WSMsgType, web
 
 from homeport.accounts.service import Accounts
 from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
+from homeport.protocol.heads import RequestHead
 from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
 from homeport.relay.pages import HSTS, Pages
+from homeport.tunnel.priorities import request_priority
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
@@ -187,7 +188,9 @@ class TenantProxy:
             public_host=self.config.tenant_host(instance_id) + self.config.port_suffix,
             websocket=websocket,
         )
-        priority = PRIORITY_INTERACTIVE if websocket or _is_api(request) else PRIORITY_DEFAULT
+        priority = request_priority(
+            request.path, websocket=websocket, content_length=request.content_length
+        )
         return RequestHead(request.method, request.raw_path, headers, priority)
 
     async def _http(
@@ -374,10 +377,6 @@ async def _tunnel_to_browser(stream: Stream, ws: web.WebSocketResponse) -> None:
 
 def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-def _is_api(request: web.Request) -> bool:
-    return request.path.startswith(("/api/", "/auth/"))
 
 
 def _tenant_security_headers(response: web.StreamResponse) -> None:

@@ -225,6 +225,16 @@ class Stream:
         with self._sending() as connection:
             connection.send_response(self.id, head, end_stream=end)
 
+    @property
+    def priority(self) -> int:
+        """The class this side sends the stream's output in (see protocol/scheduler.py)."""
+        current = self._session.connection.priority(self.id)
+        return current if current is not None else self.request.priority if self.request else 0
+
+    def set_priority(self, priority: int) -> None:
+        """Move what this side sends on the stream to another class (local only)."""
+        self._session.connection.set_priority(self.id, priority)
+
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         """Abort the stream (idempotent)."""
         if self.error is None:
