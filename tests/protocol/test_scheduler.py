@@ -7,9 +7,19 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_flow_control import CHUNK, MiB, Pair, body, get, pattern, respond, sent_order
+from test_flow_control import (
+    CHUNK,
+    MiB,
+    Pair,
+    body,
+    get,
+    pattern,
+    received,
+    respond,
+    sent_order,
+)
 
-from homeport.protocol.connection import Role, Settings
+from homeport.protocol.connection import INTERACTIVE_HORIZON, Role, Settings
 from homeport.protocol.frames import FrameType
 from homeport.protocol.heads import PRIORITY_BULK, ResponseHead
 from homeport.protocol.scheduler import CLASSES, ClassScheduler, weight
@@ -207,3 +217,72 @@ def test_every_stream_arrives_whole_and_in_order(
     for sid, (_, size) in zip(sids, streams, strict=True):
         assert body(p.relay_events, sid) == pattern(size, sid)
     p.assert_settled()
+
+
+# ============================================================ bulk bytes in flight
+
+
+def in_flight(p: Pair, stream_id: int) -> int:
+    """Bytes the add-on framed on a stream that the relay has not consumed yet."""
+    return p.framed[Role.ADDON, stream_id] - received(p.relay_events, stream_id)
+
+
+def test_bulk_keeps_less_in_flight_while_interactive_traffic_moves() -> None:
+    """What is already sent cannot be overtaken: bound it, so a WebSocket answer waits less."""
+    p = Pair()
+    api, camera = saturate(p, 0, PRIORITY_BULK, size=4 * MiB)
+    p.stalled.add(camera)
+    p.pump()
+    budget = Settings().bulk_in_flight
+    assert p.framed[Role.ADDON, camera] == budget  # not the whole 1 MiB window
+    assert body(p.relay_events, api) == pattern(4 * MiB)
+    # The reader catches up: everything arrives, in order, nothing lost.
+    p.release(p.relay, camera)
+    p.pump()
+    assert body(p.relay_events, camera) == pattern(4 * MiB)
+    p.assert_settled()
+
+
+def test_bulk_uses_its_whole_window_when_nothing_interactive_moves() -> None:
+    p = Pair()
+    (camera,) = saturate(p, PRIORITY_BULK, size=4 * MiB)
+    p.stalled.add(camera)
+    p.pump()
+    assert p.framed[Role.ADDON, camera] == p.relay.settings.initial_stream_window
+
+
+def test_the_budget_lifts_once_interactive_traffic_has_been_quiet() -> None:
+    p = Pair()
+    api = p.relay.open_stream(get("/api/states", 0), websocket=False, end_stream=True)
+    p.pump()
+    respond(p, api, b"{}")
+    p.pump()  # interactive traffic just moved
+    stalled, busy = saturate(p, PRIORITY_BULK, 3, size=2 * INTERACTIVE_HORIZON)
+    p.stalled.add(stalled)
+    p.pump(limit=64 * 1024)
+    # Once the busy stream has sent a horizon's worth, the stalled one may fill its window.
+    assert received(p.relay_events, busy) == 2 * INTERACTIVE_HORIZON
+    assert p.framed[Role.ADDON, stalled] == p.relay.settings.initial_stream_window
+
+
+def test_the_budget_never_starves_a_stream_whose_reader_consumes() -> None:
+    """Smallest budget against the largest update threshold: credit still comes back."""
+    window = 4 * MiB
+    p = Pair(
+        relay=Settings(initial_stream_window=window, connection_window=16 * MiB),
+        addon=Settings(bulk_in_flight=CHUNK),
+    )
+    ws = p.relay.open_stream(get("/api/websocket", 0), websocket=True, end_stream=False)
+    (bulk,) = saturate(p, PRIORITY_BULK, size=3 * window)
+    p.addon.send_response(ws, ResponseHead(101), end_stream=False)
+    for i in range(40):
+        p.addon.send_ws_message(ws, b"x" * 100, text=True)
+        p.pump(limit=256 * 1024)
+        assert in_flight(p, bulk) <= window // 4 + CHUNK, i
+    p.pump()
+    assert body(p.relay_events, bulk) == pattern(3 * window)
+
+
+def test_bulk_in_flight_must_hold_a_chunk() -> None:
+    with pytest.raises(ValueError, match="bulk_in_flight"):
+        Settings(bulk_in_flight=CHUNK - 1)

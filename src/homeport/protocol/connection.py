@@ -57,6 +57,9 @@ from homeport.protocol.scheduler import ClassScheduler
 MAX_FRAME_SIZE = 64 * 1024
 #: Credit each side has before the peer's SETTINGS arrive.
 DEFAULT_WINDOW = 256 * 1024
+#: Interactive traffic counts as moving until this many bytes of other streams
+#: have been sent since its last frame either way.
+INTERACTIVE_HORIZON = 4 * 1024 * 1024
 MAX_WINDOW = 2**31 - 1
 MAX_CLOSE_REASON = 123  # RFC 6455 §5.5: control payload ≤ 125 bytes incl. the code
 
@@ -87,10 +90,15 @@ class Settings:
     max_ws_message: int = 16 * 1024 * 1024
     #: Largest chunk this side sends at once: smaller is fairer, larger is cheaper.
     chunk_size: int = 32 * 1024
+    #: While interactive traffic moves, a less urgent stream keeps at most this many
+    #: bytes in flight (see TunnelConnection._in_flight_budget).
+    bulk_in_flight: int = 512 * 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_FRAME_SIZE:
             raise ValueError("chunk_size must be within (0, MAX_FRAME_SIZE]")
+        if self.bulk_in_flight < self.chunk_size:
+            raise ValueError("bulk_in_flight must hold at least one chunk")
         for window in (self.initial_stream_window, self.connection_window):
             if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
                 raise ValueError("windows must be within [DEFAULT_WINDOW, 2**31-1]")
@@ -186,6 +194,8 @@ class TunnelConnection:
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_streams = self.settings.max_concurrent_streams
         self._settings_received = False
+        # Bytes of less urgent output sent since interactive traffic last moved.
+        self._since_interactive = INTERACTIVE_HORIZON
         self._goaway_sent = False
         self._goaway_received = False
         self.terminated = False
@@ -424,6 +434,10 @@ class TunnelConnection:
             size += written
             if written:
                 scheduler.charge(priority, written)
+                if priority == heads.PRIORITY_INTERACTIVE:
+                    self._since_interactive = 0
+                else:
+                    self._since_interactive += written
             if sent:
                 if stream.queue:
                     queue.append(stream)  # round robin within the class
@@ -709,6 +723,8 @@ class TunnelConnection:
             self._grant_connection(size)
             return None
         self._consume_stream_credit(stream, size)
+        if stream.priority == heads.PRIORITY_INTERACTIVE:
+            self._since_interactive = 0
         return stream
 
     def _writable(self, stream_id: int) -> _Stream:
@@ -807,13 +823,14 @@ class TunnelConnection:
         remaining = len(data) - start
         size = min(remaining, self.settings.chunk_size)
         if remaining:
-            if stream.send_window <= 0:
+            window = self._in_flight_budget(stream)
+            if window <= 0:
                 self._blocked_on_stream.add(stream.id)
                 return False, written
             if self._send_window <= 0:
                 self._blocked_on_connection.append(stream)
                 return False, written
-            size = min(size, stream.send_window, self._send_window)
+            size = min(size, window, self._send_window)
         end = start + size
         item.offset = end
         last = end == len(data)
@@ -835,6 +852,31 @@ class TunnelConnection:
         if last:
             stream.queue.popleft()
         return True, written + HEADER_SIZE + size
+
+    def _in_flight_budget(self, stream: _Stream) -> int:
+        """What ``stream`` may send now: its window, less while interactive traffic moves.
+
+        Threat this stops: bufferbloat inside the tunnel.  The scheduler only
+        orders what is still queued; bytes already sent wait in sockets and in
+        the peer's read path, and a WebSocket answer sent after them waits
+        behind all of them — up to a whole stream window (1 MiB) per bulk
+        stream, tens of milliseconds on a busy link.  So while interactive
+        traffic has moved recently (within INTERACTIVE_HORIZON bytes of other
+        output), a less urgent stream keeps at most ``bulk_in_flight`` bytes
+        sent but not yet credited back.  The budget never drops to or below
+        the peer's update threshold (a quarter of its window) plus a chunk, so
+        credit keeps coming back while the reader consumes: never a deadlock.
+        """
+        window = stream.send_window
+        if (
+            stream.priority == heads.PRIORITY_INTERACTIVE
+            or self._since_interactive >= INTERACTIVE_HORIZON
+        ):
+            return window
+        initial = self._peer_initial_window
+        cap = max(self.settings.bulk_in_flight, initial // 4 + self.settings.chunk_size)
+        in_flight = initial - window
+        return min(window, cap - in_flight)
 
     def _maybe_forget(self, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed and not stream.queue:
