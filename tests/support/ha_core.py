@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -65,9 +66,14 @@ CONFIG_DOMAINS: Final = (
     "input_boolean",
     "input_number",
     "input_text",
+    "camera",
+    "local_file",
 )
 
 TEST_USERNAME: Final = "homeport-test"
+#: A ``local_file`` camera (works offline): entity id, and the picture it serves.
+CAMERA_ENTITY: Final = "camera.homeport_camera"
+CAMERA_FILE: Final = "homeport-camera.jpg"
 STARTUP_TIMEOUT: Final = 120.0
 STOP_TIMEOUT: Final = 30.0
 
@@ -337,8 +343,15 @@ def free_port() -> int:
         return port
 
 
-def configuration_yaml(port: int) -> str:
+def camera_picture() -> bytes:
+    """A JPEG-framed, 48 KiB incompressible picture for the camera (HA serves it as is)."""
+    body = random.Random(5).randbytes(48 * 1024)
+    return b"\xff\xd8\xff\xe0" + body + b"\xff\xd9"
+
+
+def configuration_yaml(port: int, config_dir: Path | None = None) -> str:
     """The minimal configuration (no ``default_config``) that the tests run against."""
+    camera_path = (config_dir or Path(".")) / CAMERA_FILE
     return f"""\
 homeassistant:
   name: Homeport Test
@@ -395,6 +408,11 @@ input_number:
 input_text:
   homeport_note:
     name: Homeport note
+
+camera:
+  - platform: local_file
+    name: Homeport camera
+    file_path: {camera_path}
 """
 
 
@@ -443,7 +461,12 @@ class HomeAssistant:
         if ha.config_dir.exists() and any(ha.config_dir.iterdir()):
             raise HomeAssistantError(f"{ha.config_dir} is not empty: start needs a fresh dir")
         ha.config_dir.mkdir(parents=True, exist_ok=True)
-        (ha.config_dir / "configuration.yaml").write_text(configuration_yaml(ha.port))
+        (ha.config_dir / CAMERA_FILE).write_bytes(camera_picture())
+        # HA serves /local/ from www/ only if it exists at start; tests put big files there.
+        (ha.config_dir / "www").mkdir()
+        (ha.config_dir / "configuration.yaml").write_text(
+            configuration_yaml(ha.port, ha.config_dir)
+        )
         began = time.monotonic()
         try:
             ha._launch()
