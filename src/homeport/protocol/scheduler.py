@@ -29,6 +29,7 @@ from homeport.protocol.heads import PRIORITY_BULK
 T = TypeVar("T")
 
 CLASSES = PRIORITY_BULK + 1
+_ALL_IDLE = [False] * CLASSES
 
 
 def weight(priority: int) -> int:
@@ -49,6 +50,9 @@ class ClassScheduler(Generic[T]):
 
     def next_class(self, turn: int) -> int | None:
         """The class that sends the next turn (of about ``turn`` bytes), or None."""
+        if not any(self.queues):  # the common case on a quiet tunnel: keep it cheap
+            self._busy[:] = _ALL_IDLE
+            return None
         best: int | None = None
         best_finish = 0
         start = self._start
