@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import statistics
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from stack import Stack, start_stack
 
-from homeport.protocol.heads import PRIORITY_BULK, PRIORITY_INTERACTIVE
+from homeport.protocol.heads import PRIORITY_BULK, PRIORITY_DEFAULT, PRIORITY_INTERACTIVE
 from homeport.tunnel.session import TunnelSession
 
 MiB = 1024 * 1024
@@ -33,7 +34,15 @@ async def stack(tmp_path: Path):
 
 def addon_priorities(stack: Stack) -> dict[str, int]:
     """Request target -> the class the add-on sends that stream in, right now."""
-    sessions: set[TunnelSession] = stack.addon._sessions
+    return priorities(stack.addon._sessions)
+
+
+def relay_priorities(stack: Stack) -> dict[str, int]:
+    """Request target -> the class the relay sends that stream in, right now."""
+    return priorities(set(stack.relay.hub.tunnels.values()))
+
+
+def priorities(sessions: set[TunnelSession]) -> dict[str, int]:
     out: dict[str, int] = {}
     for session in sessions:
         for sid, stream in session.streams.items():
@@ -92,3 +101,31 @@ async def test_camera_stream_is_sent_as_bulk_from_its_content_type(stack: Stack)
             await r.content.readany()
             assert addon_priorities(stack)["/mjpeg"] == PRIORITY_BULK
             assert (await r.read()).count(b"--frame") >= 30
+
+
+async def test_an_upload_of_unknown_length_turns_bulk_once_it_is_large(stack: Stack) -> None:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        seen: list[int] = []
+        block = b"\x07" * (256 * 1024)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield block
+            async with asyncio.timeout(30):  # until the relay has opened the stream
+                while "/upload" not in relay_priorities(stack):
+                    await asyncio.sleep(0.02)
+            seen.append(relay_priorities(stack)["/upload"])  # small so far: as classed
+            for _ in range(7):
+                yield block
+            async with asyncio.timeout(30):  # until the relay has written past BULK_SIZE
+                while relay_priorities(stack)["/upload"] != PRIORITY_BULK:
+                    await asyncio.sleep(0.02)
+            seen.append(relay_priorities(stack)["/upload"])
+            for _ in range(8):
+                yield block
+
+        # No Content-Length (chunked): the request alone does not say it is large.
+        async with browser.request("POST", f"{stack.tenant_origin}/upload", data=body()) as r:
+            assert r.status == 200
+            assert (await r.json())["length"] == 16 * len(block)
+    assert seen == [PRIORITY_DEFAULT, PRIORITY_BULK]

@@ -33,7 +33,7 @@ from homeport.protocol.heads import (
     ResponseHead,
     connection_tokens,
 )
-from homeport.tunnel.priorities import response_priority, sent_priority
+from homeport.tunnel.priorities import response_priority
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ class HomeAssistantForwarder:
                 else:
                     async for chunk in response.content.iter_any():
                         sent += len(chunk)
-                        stream.set_priority(sent_priority(stream.priority, sent))
                         await stream.write(chunk)
                     await stream.write(b"", end=True)
         except StreamClosed:
