@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -89,6 +90,8 @@ class Plan:
     transfer: int
     transfer_cap: float
     transfer_rounds: int
+    ws_load: int
+    ws_load_cap: float
 
 
 FULL = Plan(
@@ -102,6 +105,8 @@ FULL = Plan(
     transfer=256 * MiB,
     transfer_cap=60.0,
     transfer_rounds=5,
+    ws_load=3_000,
+    ws_load_cap=20.0,
 )
 QUICK = Plan(
     warmup=100,
@@ -114,8 +119,12 @@ QUICK = Plan(
     transfer=64 * MiB,
     transfer_cap=20.0,
     transfer_rounds=1,
+    ws_load=500,
+    ws_load_cap=5.0,
 )
-GROUPS = ("get", "ws", "transfer")
+GROUPS = ("get", "ws", "transfer", "wsload")
+#: Body of the saturating download under the WebSocket (it is cut off when the echoes end).
+ENDLESS = 1000 * 1000 * MiB
 
 
 def free_port() -> int:
@@ -549,6 +558,56 @@ async def ws_echo(
     }
 
 
+async def ws_echo_under_download(
+    session: aiohttp.ClientSession, origin: str, count: int, cap: float, warmup: int
+) -> dict[str, Any]:
+    """WebSocket echo round trips alone, then while a download saturates the same path.
+
+    The download (a practically endless body, read as fast as the client can) shares
+    the tunnel with the WebSocket; the echoes start once it is flowing.  Idle and
+    loaded are measured back to back on the same connection so the ratio compares
+    like with like.
+    """
+    url = origin.replace("https://", "wss://") + "/ws/echo"
+    idle = await ws_echo(session, url, count, cap, warmup)
+    received = 0
+    flowing = asyncio.Event()
+
+    async def saturate() -> None:
+        nonlocal received
+        async with session.get(f"{origin}/bytes/{ENDLESS}") as r:
+            async for chunk in r.content.iter_any():
+                received += len(chunk)
+                if received >= 16 * MiB:
+                    flowing.set()
+
+    task = asyncio.create_task(saturate())
+    try:
+        async with asyncio.timeout(60):
+            await flowing.wait()
+        before = received
+        started = time.perf_counter()
+        loaded = await ws_echo(session, url, count, cap, warmup=50)
+        elapsed = time.perf_counter() - started
+        during = received - before
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await task
+    return {
+        "round_trips": loaded["round_trips"],
+        "errors": idle["errors"] + loaded["errors"],
+        "capped": loaded["capped"],
+        "idle_p50_ms": idle["p50_ms"],
+        "idle_p99_ms": idle["p99_ms"],
+        "p50_ms": loaded["p50_ms"],
+        "p99_ms": loaded["p99_ms"],
+        "p50_loaded_over_idle": round(loaded["p50_ms"] / idle["p50_ms"], 2),
+        "p99_loaded_over_idle": round(loaded["p99_ms"] / idle["p99_ms"], 2),
+        "download_mb_per_s": round(during / MB / elapsed, 1),
+    }
+
+
 async def download(
     session: aiohttp.ClientSession, origin: str, total: int, cap: float
 ) -> dict[str, Any]:
@@ -770,6 +829,14 @@ async def run_workloads(
                 return ws_echo(s, u, plan.ws, plan.ws_cap, plan.warmup)
 
             await measure(results, "ws_echo", path, pids, sampler, run_ws)
+    if "wsload" in groups:
+        for path in paths:
+            session, origin = sessions[path]
+
+            def run_wsload(s: aiohttp.ClientSession = session, o: str = origin) -> Any:
+                return ws_echo_under_download(s, o, plan.ws_load, plan.ws_load_cap, plan.warmup)
+
+            await measure(results, "ws_under_download", path, pids, sampler, run_wsload)
     if "transfer" in groups:
         for path in paths:
             session, origin = sessions[path]
@@ -959,6 +1026,27 @@ def table(results: Results) -> str:
                 verdict(ok),
             )
         )
+    for key, name in (("idle_p50_ms", "idle p50"), ("idle_p99_ms", "idle p99")):
+        d, r = pair("ws_under_download", key)
+        rows.append((f"WS echo {name} ms", fmt(d, 3), fmt(r, 3), fmt(ratio(d, r)), "", "", ""))
+    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        d, r = pair("ws_under_download", key)
+        rows.append(
+            (
+                f"WS echo under download {name} ms",
+                fmt(d, 3),
+                fmt(r, 3),
+                fmt(ratio(d, r)),
+                "",
+                "",
+                "",
+            )
+        )
+    for key, name in (("p50_loaded_over_idle", "p50"), ("p99_loaded_over_idle", "p99")):
+        d, r = pair("ws_under_download", key)
+        rows.append((f"WS under download / idle {name}", fmt(d), fmt(r), "", "", "", ""))
+    d, r = pair("ws_under_download", "download_mb_per_s")
+    rows.append(("download beside the WS MB/s", fmt(d, 1), fmt(r, 1), fmt(ratio(d, r)), "", "", ""))
     for figure in ("download", "upload"):
         d, r = pair(figure, "mb_per_s")
         rat = ratio(d, r)
@@ -1056,6 +1144,8 @@ def notes(results: Results, plan: Plan) -> str:
         " (MB/s: median; RSS: worst round; 'rounds' = RSS change from the first round's"
         " start to the last round's end).  MB = 10**6 bytes.",
         f"GET = {SMALL_PATH}; WS = 1 KiB text echo on /ws/echo, one message at a time.",
+        "WS under download: the same echo, idle and then beside an endless GET /bytes/…"
+        " read flat out on the same path (same tunnel on the relay path).",
         "Latency targets apply at concurrency 1; 'flat' = relay RSS growth <= "
         f"{TARGET_RSS_GROWTH // MiB} MiB over a transfer and <= "
         f"{TARGET_RSS_LATE_GROWTH // MiB} MiB over its second half.",

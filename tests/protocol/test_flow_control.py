@@ -128,7 +128,9 @@ def frames_of(data: bytes) -> list[Frame]:
 
 
 def test_stalled_download_blocks_only_its_own_stream() -> None:
-    p = Pair()
+    # The whole window, not the smaller in-flight budget bulk streams get while
+    # interactive traffic moves (tested in test_scheduler.py): windows are the point here.
+    p = Pair(addon=Settings(bulk_in_flight=MiB))
     camera = p.relay.open_stream(
         get("/api/camera_proxy_stream/cam", 7), websocket=False, end_stream=True
     )

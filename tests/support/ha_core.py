@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -65,9 +66,14 @@ CONFIG_DOMAINS: Final = (
     "input_boolean",
     "input_number",
     "input_text",
+    "camera",
+    "local_file",
 )
 
 TEST_USERNAME: Final = "homeport-test"
+#: A ``local_file`` camera (works offline): entity id, and the picture it serves.
+CAMERA_ENTITY: Final = "camera.homeport_camera"
+CAMERA_FILE: Final = "homeport-camera.jpg"
 STARTUP_TIMEOUT: Final = 120.0
 STOP_TIMEOUT: Final = 30.0
 
@@ -337,12 +343,21 @@ def free_port() -> int:
         return port
 
 
-def configuration_yaml(port: int, *, trust_proxies: bool = True) -> str:
+def camera_picture() -> bytes:
+    """A JPEG-framed, 48 KiB incompressible picture for the camera (HA serves it as is)."""
+    body = random.Random(5).randbytes(48 * 1024)
+    return b"\xff\xd8\xff\xe0" + body + b"\xff\xd9"
+
+
+def configuration_yaml(
+    port: int, config_dir: Path | None = None, *, trust_proxies: bool = True
+) -> str:
     """The minimal configuration (no ``default_config``) that the tests run against.
 
     ``trust_proxies=False`` leaves out ``use_x_forwarded_for``/``trusted_proxies``:
     Home Assistant as installed, before its owner has configured a reverse proxy.
     """
+    camera_path = (config_dir or Path(".")) / CAMERA_FILE
     proxies = (
         "  use_x_forwarded_for: true\n  trusted_proxies:\n    - 127.0.0.1\n    - ::1\n"
         if trust_proxies
@@ -400,6 +415,11 @@ input_number:
 input_text:
   homeport_note:
     name: Homeport note
+
+camera:
+  - platform: local_file
+    name: Homeport camera
+    file_path: {camera_path}
 """
 
 
@@ -449,8 +469,12 @@ class HomeAssistant:
         if ha.config_dir.exists() and any(ha.config_dir.iterdir()):
             raise HomeAssistantError(f"{ha.config_dir} is not empty: start needs a fresh dir")
         ha.config_dir.mkdir(parents=True, exist_ok=True)
-        config = configuration_yaml(ha.port, trust_proxies=trust_proxies)
-        (ha.config_dir / "configuration.yaml").write_text(config)
+        (ha.config_dir / CAMERA_FILE).write_bytes(camera_picture())
+        # HA serves /local/ from www/ only if it exists at start; tests put big files there.
+        (ha.config_dir / "www").mkdir()
+        (ha.config_dir / "configuration.yaml").write_text(
+            configuration_yaml(ha.port, ha.config_dir, trust_proxies=trust_proxies)
+        )
         began = time.monotonic()
         try:
             ha._launch()

@@ -33,6 +33,7 @@ from homeport.protocol.heads import (
     ResponseHead,
     connection_tokens,
 )
+from homeport.tunnel.priorities import response_priority
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,11 @@ class HomeAssistantForwarder:
                 # A body that is already complete goes out with the head (fewer frames
                 # and messages on the tunnel for the many small API answers).
                 body_now = await response.read() if response.content.is_eof() else None
+                response_head = ResponseHead(response.status, self._response_headers(response))
+                # A camera stream or a backup must not crowd out the home's API answers.
+                stream.set_priority(response_priority(stream.priority, response_head.headers))
                 try:
-                    stream.respond(
-                        ResponseHead(response.status, self._response_headers(response)),
-                        end=body_now == b"",
-                    )
+                    stream.respond(response_head, end=body_now == b"")
                 except HeadError:
                     # A head we must not relay (e.g. an interim status, a field
                     # with control characters): the person gets a clean 502.

@@ -14,8 +14,10 @@ WebSocket, at most ``max_ws_message`` of a message larger than the window:
 see :meth:`TunnelConnection._prepay`).
 
 Sending is scheduled, not FIFO: queued output is cut into chunks and taken
-round-robin across streams, strictly by priority class, so a large download
-cannot delay a small API call or a WebSocket message queued behind it.
+round-robin across the streams of a priority class, the classes sharing the
+tunnel by weight (``protocol/scheduler.py``), so a large download cannot
+delay a small API call or a WebSocket message queued behind it, and no class
+starves.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ from homeport.protocol.frames import (
     FrameType,
     encode_frame,
 )
+from homeport.protocol.scheduler import ClassScheduler
 
 #: Largest frame payload every peer must accept; heads must fit in one frame.
 MAX_FRAME_SIZE = 64 * 1024
 #: Credit each side has before the peer's SETTINGS arrive.
 DEFAULT_WINDOW = 256 * 1024
+#: Interactive traffic counts as moving until this many bytes of other streams
+#: have been sent since its last frame either way.
+INTERACTIVE_HORIZON = 4 * 1024 * 1024
 MAX_WINDOW = 2**31 - 1
 MAX_CLOSE_REASON = 123  # RFC 6455 §5.5: control payload ≤ 125 bytes incl. the code
 
@@ -84,10 +90,15 @@ class Settings:
     max_ws_message: int = 16 * 1024 * 1024
     #: Largest chunk this side sends at once: smaller is fairer, larger is cheaper.
     chunk_size: int = 32 * 1024
+    #: While interactive traffic moves, a less urgent stream keeps at most this many
+    #: bytes in flight (see TunnelConnection._in_flight_budget).
+    bulk_in_flight: int = 512 * 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_FRAME_SIZE:
             raise ValueError("chunk_size must be within (0, MAX_FRAME_SIZE]")
+        if self.bulk_in_flight < self.chunk_size:
+            raise ValueError("bulk_in_flight must hold at least one chunk")
         for window in (self.initial_stream_window, self.connection_window):
             if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
                 raise ValueError("windows must be within [DEFAULT_WINDOW, 2**31-1]")
@@ -172,7 +183,8 @@ class TunnelConnection:
         self._highest_stream_id = 0
         self._next_stream_id = 1
         self._control = bytearray()
-        self._queues: list[deque[_Stream]] = [deque() for _ in range(heads.PRIORITY_BULK + 1)]
+        self._scheduler: ClassScheduler[_Stream] = ClassScheduler()
+        self._queues = self._scheduler.queues
         self._blocked_on_stream: set[int] = set()
         self._blocked_on_connection: list[_Stream] = []
         # Credit we may still use to send, and credit we granted the peer.
@@ -182,6 +194,8 @@ class TunnelConnection:
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_streams = self.settings.max_concurrent_streams
         self._settings_received = False
+        # Bytes of less urgent output sent since interactive traffic last moved.
+        self._since_interactive = INTERACTIVE_HORIZON
         self._goaway_sent = False
         self._goaway_received = False
         self.terminated = False
@@ -307,6 +321,29 @@ class TunnelConnection:
         item = _Item(_Kind.FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
         self._enqueue(stream, item)
 
+    def priority(self, stream_id: int) -> int | None:
+        stream = self._streams.get(stream_id)
+        return stream.priority if stream else None
+
+    def set_priority(self, stream_id: int, priority: int) -> None:
+        """Move a stream to another class for what *this* side sends.
+
+        Local only, nothing goes on the wire: the add-on learns from a response
+        (an MJPEG stream, a large download) what the request head could not say.
+        What the stream has queued keeps its order; only its turns move.
+        """
+        if not 0 <= priority <= heads.PRIORITY_BULK:
+            raise ValueError("priority out of range")
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.priority == priority:
+            return
+        queued = stream in self._queues[stream.priority]
+        if queued:
+            self._queues[stream.priority].remove(stream)
+        stream.priority = priority
+        if queued:
+            self._queues[priority].append(stream)
+
     def reset_stream(self, stream_id: int, code: ErrorCode, reason: str = "") -> None:
         """Abort a stream at once, dropping anything still queued for it."""
         stream = self._streams.get(stream_id)
@@ -384,17 +421,29 @@ class TunnelConnection:
         # result, and a lone part that is already bytes is returned as it is.
         parts: list[bytes | bytearray | memoryview] = [out] if out else []
         size = len(out)
-        for queue in self._queues:
-            while queue and size < limit:
-                stream = queue.popleft()
-                sent, written = self._emit_one(stream, parts)
-                size += written
-                if sent:
-                    if stream.queue:
-                        queue.append(stream)  # round robin within the class
-                    else:
-                        stream.scheduled = False
-                        self._maybe_forget(stream)
+        scheduler = self._scheduler
+        queues = self._queues
+        chunk = self.settings.chunk_size
+        while size < limit:
+            priority = scheduler.next_class(chunk)
+            if priority is None:
+                break
+            queue = queues[priority]
+            stream = queue.popleft()
+            sent, written = self._emit_one(stream, parts)
+            size += written
+            if written:
+                scheduler.charge(priority, written)
+                if priority == heads.PRIORITY_INTERACTIVE:
+                    self._since_interactive = 0
+                else:
+                    self._since_interactive += written
+            if sent:
+                if stream.queue:
+                    queue.append(stream)  # round robin within the class
+                else:
+                    stream.scheduled = False
+                    self._maybe_forget(stream)
         if len(parts) == 1 and type(parts[0]) is bytes:
             return parts[0]
         return b"".join(parts)
@@ -674,6 +723,8 @@ class TunnelConnection:
             self._grant_connection(size)
             return None
         self._consume_stream_credit(stream, size)
+        if stream.priority == heads.PRIORITY_INTERACTIVE:
+            self._since_interactive = 0
         return stream
 
     def _writable(self, stream_id: int) -> _Stream:
@@ -772,13 +823,14 @@ class TunnelConnection:
         remaining = len(data) - start
         size = min(remaining, self.settings.chunk_size)
         if remaining:
-            if stream.send_window <= 0:
+            window = self._in_flight_budget(stream)
+            if window <= 0:
                 self._blocked_on_stream.add(stream.id)
                 return False, written
             if self._send_window <= 0:
                 self._blocked_on_connection.append(stream)
                 return False, written
-            size = min(size, stream.send_window, self._send_window)
+            size = min(size, window, self._send_window)
         end = start + size
         item.offset = end
         last = end == len(data)
@@ -801,6 +853,31 @@ class TunnelConnection:
             stream.queue.popleft()
         return True, written + HEADER_SIZE + size
 
+    def _in_flight_budget(self, stream: _Stream) -> int:
+        """What ``stream`` may send now: its window, less while interactive traffic moves.
+
+        Threat this stops: bufferbloat inside the tunnel.  The scheduler only
+        orders what is still queued; bytes already sent wait in sockets and in
+        the peer's read path, and a WebSocket answer sent after them waits
+        behind all of them — up to a whole stream window (1 MiB) per bulk
+        stream, tens of milliseconds on a busy link.  So while interactive
+        traffic has moved recently (within INTERACTIVE_HORIZON bytes of other
+        output), a less urgent stream keeps at most ``bulk_in_flight`` bytes
+        sent but not yet credited back.  The budget never drops to or below
+        the peer's update threshold (a quarter of its window) plus a chunk, so
+        credit keeps coming back while the reader consumes: never a deadlock.
+        """
+        window = stream.send_window
+        if (
+            stream.priority == heads.PRIORITY_INTERACTIVE
+            or self._since_interactive >= INTERACTIVE_HORIZON
+        ):
+            return window
+        initial = self._peer_initial_window
+        cap = max(self.settings.bulk_in_flight, initial // 4 + self.settings.chunk_size)
+        in_flight = initial - window
+        return min(window, cap - in_flight)
+
     def _maybe_forget(self, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed and not stream.queue:
             self._forget(stream)
@@ -811,9 +888,7 @@ class TunnelConnection:
         if stream.scheduled:
             stream.queue.clear()
             stream.queued_bytes = 0
-            for queue in self._queues:
-                if stream in queue:
-                    queue.remove(stream)
+            self._scheduler.discard(stream)
             if stream in self._blocked_on_connection:
                 self._blocked_on_connection.remove(stream)
             stream.scheduled = False

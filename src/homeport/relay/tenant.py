@@ -26,7 +26,7 @@ from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import AppLinkAccess
 from homeport.accounts.throttle import network_key
 from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import PRIORITY_DEFAULT, PRIORITY_INTERACTIVE, RequestHead
+from homeport.protocol.heads import RequestHead
 from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
@@ -35,6 +35,7 @@ from homeport.relay.limits import RETRY_AFTER_SECONDS, BodyTooLarge, TenantLimit
 from homeport.relay.live import Ending, Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.security_headers import tenant_headers
+from homeport.tunnel.priorities import request_priority
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import Stream, StreamClosed, WsClose
 
@@ -261,7 +262,9 @@ class TenantProxy:
             public_host=host + self.config.port_suffix,
             websocket=websocket,
         )
-        priority = PRIORITY_INTERACTIVE if websocket or _is_api(request) else PRIORITY_DEFAULT
+        priority = request_priority(
+            request.path, websocket=websocket, content_length=request.content_length
+        )
         return RequestHead(request.method, request.raw_path, headers, priority)
 
     async def _http(
@@ -557,7 +560,3 @@ def _body_refused(upload: asyncio.Task[None] | None) -> bool:
 
 def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-def _is_api(request: web.Request) -> bool:
-    return request.path.startswith(("/api/", "/auth/"))

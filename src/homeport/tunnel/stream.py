@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from homeport.protocol.connection import TunnelConnection
 from homeport.protocol.errors import ErrorCode, StreamViolation
 from homeport.protocol.heads import RequestHead, ResponseHead
+from homeport.tunnel.priorities import BULK_SIZE, sent_priority
 
 if TYPE_CHECKING:
     from homeport.tunnel.session import TunnelSession
@@ -82,6 +83,9 @@ class Stream:
         self.held = 0
         #: When the reader last took something, or the inbox last became non-empty.
         self.waiting_since = time.monotonic()
+        #: Body bytes this side has written (see tunnel/priorities.py, sent_priority).
+        self.body_sent = 0
+        self._sent_as_bulk = False
 
     # --------------------------------------------------------- fed by session
 
@@ -208,6 +212,12 @@ class Stream:
         await self._wait_writable()
         with self._sending() as connection:
             connection.send_data(self.id, data, end_stream=end)
+            self.body_sent += len(data)
+            if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
+                # A body of unknown length turned out to be a transfer (an upload or a
+                # download without content-length): it must not crowd out the API.
+                self._sent_as_bulk = True
+                connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
         if data:
             await self._wait_writable()
 
@@ -227,6 +237,16 @@ class Stream:
         with self._sending() as connection:
             connection.send_response(self.id, head, end_stream=end)
         self.sent_status = head.status
+
+    @property
+    def priority(self) -> int:
+        """The class this side sends the stream's output in (see protocol/scheduler.py)."""
+        current = self._session.connection.priority(self.id)
+        return current if current is not None else self.request.priority if self.request else 0
+
+    def set_priority(self, priority: int) -> None:
+        """Move what this side sends on the stream to another class (local only)."""
+        self._session.connection.set_priority(self.id, priority)
 
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         """Abort the stream (idempotent)."""
