@@ -175,6 +175,26 @@ class MailWriter:
             **self._where(moment, ip, user_agent),
         )
 
+    def invitation(
+        self,
+        to: str,
+        *,
+        inviter: str,
+        home: str,
+        accept_url: str,
+        expires: datetime | None,
+    ) -> Mail:
+        return self._mail(
+            "invitation",
+            to,
+            f"{inviter} invites you to a home on Homeport",
+            invited=to,
+            inviter=inviter,
+            home=home,
+            accept_url=accept_url,
+            expires=_when(expires) if expires is not None else "",
+        )
+
     def signin_denied(self, to: str, *, moment: datetime) -> Mail:
         return self._mail(
             "signin_denied",

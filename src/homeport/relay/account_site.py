@@ -17,6 +17,7 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlencode
 
@@ -80,6 +81,15 @@ class Notices(Protocol):
         """``what`` happened to the account (a short phrase, e.g. "... was turned on")."""
 
 
+class InvitationMail(Protocol):
+    """Mails an invitation's accept link to the invited address (when mail is on)."""
+
+    def invite(
+        self, to: str, *, inviter: str, home: str, accept_url: str, expires: datetime | None
+    ) -> bool:
+        """Queue the mail; ``False`` if it could not be queued."""
+
+
 class AccountSite:
     def __init__(
         self,
@@ -97,6 +107,8 @@ class AccountSite:
         #: Set by the mail features: the emailed code for a sign-in from a new network.
         self.step_up: StepUp | None = None
         self.notices: Notices | None = None
+        #: Set when mail is on (``relay/mail_features.py``): invitations go out by mail.
+        self.invitation_mail: InvitationMail | None = None
         self.router = web.UrlDispatcher()
         add = self.router.add_route
         add("GET", "/", self.home)
@@ -151,6 +163,7 @@ class AccountSite:
         session: SessionInfo | None = None,
         *,
         user_id: int | None = None,
+        instance_id: str | None = None,
         factor: str | None = None,
         detail: str = "",
     ) -> None:
@@ -158,6 +171,7 @@ class AccountSite:
         await self.accounts.audit.record(
             kind,
             user_id=session.user_id if session is not None else user_id,
+            instance_id=instance_id,
             ip=request.remote or "",
             user_agent=request.headers.get("User-Agent", ""),
             factor=factor,

@@ -33,6 +33,7 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
+from homeport.accounts.audit import EventType
 from homeport.accounts.errors import (
     AccessDenied,
     AlreadyLinked,
@@ -352,7 +353,28 @@ class InstancePages:
             return await self._page(session, instance_id, status=400, error=str(exc))
         link = self.config.account_origin + "/invitations/accept?" + urlencode({"token": token})
         log.info("account.invited", extra={"user": session.user_id, "instance": instance_id})
-        return await self._page(session, instance_id, invite_link={"url": link, "email": row.email})
+        await self.site.audit(
+            request,
+            EventType.INVITATION_SENT,
+            session,
+            instance_id=instance_id,
+            detail=f"invitation {row.id}",
+        )
+        mailed = False
+        if self.site.invitation_mail is not None:
+            instance = await self.site.accounts.get_instance(instance_id)
+            mailed = self.site.invitation_mail.invite(
+                row.email,
+                inviter=session.email,
+                home=instance.name if instance is not None else "Home",
+                accept_url=link,
+                expires=row.expires_at,
+            )
+        return await self._page(
+            session,
+            instance_id,
+            invite_link={"url": link, "email": row.email, "mailed": mailed},
+        )
 
     async def revoke_invitation(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request, post=True)
@@ -360,11 +382,17 @@ class InstancePages:
             return session
         instance_id = await self._param(request, "id")
         try:
-            await self.sharing.revoke_invitation(
-                session.user_id, instance_id, await self._int(request, "inv")
-            )
+            invitation_id = await self._int(request, "inv")
+            await self.sharing.revoke_invitation(session.user_id, instance_id, invitation_id)
         except UnknownInstance:
             return self._not_found(session)
+        await self.site.audit(
+            request,
+            EventType.INVITATION_REVOKED,
+            session,
+            instance_id=instance_id,
+            detail=f"invitation {invitation_id}",
+        )
         return self._back(instance_id, "invitation-revoked")
 
     async def remove_member(self, request: web.Request) -> web.StreamResponse:
@@ -441,6 +469,9 @@ class InstancePages:
                 link_text="Your homes",
             )
         log.info("account.invitation_accepted", extra={"user": session.user_id})
+        await self.site.audit(
+            request, EventType.INVITATION_ACCEPTED, session, instance_id=instance_id
+        )
         return self.pages.message(
             "Invitation accepted",
             "You can now open this home from your list of homes.",
@@ -468,6 +499,13 @@ class InstancePages:
             return await self._page(session, instance_id, status=400, error=str(exc))
         url = f"https://{label}.{self.config.tenant_domain}{self.config.port_suffix}"
         log.info("account.app_link_created", extra={"user": session.user_id, "link": row.id})
+        await self.site.audit(
+            request,
+            EventType.APP_LINK_CREATED,
+            session,
+            instance_id=instance_id,
+            detail=f"app link {row.id}",
+        )
         return await self._page(
             session, instance_id, app_link={"name": row.name, "url": url, "qr": qr_svg(url)}
         )
@@ -485,6 +523,13 @@ class InstancePages:
         if revoked:
             self.app_links.forget_link(link_id)
             self.site.gate.live.end_app_link(link_id)
+            await self.site.audit(
+                request,
+                EventType.APP_LINK_REVOKED,
+                session,
+                instance_id=instance_id,
+                detail=f"app link {link_id}",
+            )
         return self._back(instance_id, "link-revoked")
 
     # ------------------------------------------------------------ 2FA policy

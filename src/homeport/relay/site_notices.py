@@ -28,6 +28,17 @@ class MailNotices(MailPages):
     def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
         super().__init__(site, outbox, writer)
         site.notices = self
+        site.invitation_mail = self
+
+    def invite(
+        self, to: str, *, inviter: str, home: str, accept_url: str, expires: datetime | None
+    ) -> bool:
+        """Mail an owner's invitation; the accept link works only for that address."""
+        return self.outbox.post(
+            self.writer.invitation(
+                to, inviter=inviter, home=home, accept_url=accept_url, expires=expires
+            )
+        )
 
     async def changed(self, request: web.Request, user_id: int, what: str) -> None:
         user = await self.accounts.get_user(user_id)
