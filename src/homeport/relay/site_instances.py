@@ -521,8 +521,6 @@ class InstancePages:
         except UnknownInstance:
             return self._not_found(session)
         if revoked:
-            self.app_links.forget_link(link_id)
-            self.site.gate.live.end_app_link(link_id)
             await self.site.audit(
                 request,
                 EventType.APP_LINK_REVOKED,
@@ -530,6 +528,9 @@ class InstancePages:
                 instance_id=instance_id,
                 detail=f"app link {link_id}",
             )
+            # Then at once: no await between forgetting the link and cutting its traffic.
+            self.app_links.forget_link(link_id)
+            self.site.gate.live.end_app_link(link_id)
         return self._back(instance_id, "link-revoked")
 
     # ------------------------------------------------------------ 2FA policy
