@@ -21,12 +21,14 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from oidc_idp import StandInIdp, Walk, stand_in_idp, walk
+from smtp_sink import SmtpSink
 from sqlalchemy import select, update
 from stack import PASSWORD, Browser, Stack, free_port, start_stack
 from yarl import URL
 
 from homeport.accounts.models import OidcFlow, OidcIdentity, User
 from homeport.accounts.oidc_tokens import VerifiedIdentity
+from homeport.mail.settings import SmtpSettings
 from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
 from homeport.relay.oidc_settings import OidcProvider
 from homeport.relay.site_oidc import BINDING_COOKIE
@@ -628,3 +630,39 @@ async def test_a_disabled_account_cannot_sign_in_with_its_provider(
         page = await _signin(browser)
         assert page.status == 403
         assert not _cookie(browser, ACCOUNT_COOKIE)
+
+
+async def test_provider_signin_from_a_new_network_still_asks_for_the_mailed_code(
+    tmp_path: Path, idp: StandInIdp
+) -> None:
+    """R-OIDC-05: a provider sign-in goes through the same new-network step-up as a password."""
+    port = free_port()
+    idp.redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/idp/callback"
+    provider = OidcProvider(
+        name="idp",
+        label="Test IdP",
+        issuer=idp.issuer,
+        client_id=idp.client_id,
+        client_secret=idp.client_secret,
+    )
+    with SmtpSink() as sink:
+        smtp = SmtpSettings(
+            host="127.0.0.1", port=sink.port, security="none", mail_from="relay@example.com"
+        )
+        async with start_stack(
+            tmp_path, listen_port=port, oidc_providers=(provider,), smtp=smtp
+        ) as stack:
+            await _link_owner(stack, idp)
+            async with stack.browser() as browser:
+                page = await _signin(browser)
+                assert page.url.path == "/signin/email-code", page.text
+                assert not _cookie(browser, ACCOUNT_COOKIE)  # no session before the code
+                mail = await sink.wait_for(stack.email)
+                async with browser.request(
+                    "POST",
+                    stack.account_origin + "/signin/email-code",
+                    data={"code": mail.code()},
+                    headers={"Origin": stack.account_origin},
+                ) as r:
+                    assert r.status == 303, await r.text()
+                assert _cookie(browser, ACCOUNT_COOKIE)
