@@ -19,6 +19,11 @@ Threats this stops:
 * Script injection and framing by others: no script at all, a strict CSP,
   ``frame-ancestors 'self'`` (Home Assistant shows the panel in a
   same-origin iframe).
+
+The one exception to the peer check is ``GET /healthz`` (the container
+image's HEALTHCHECK, :mod:`homeport.addon.healthcheck`): it answers ``ok``
+and nothing else (not even whether the add-on is linked or connected), so it
+tells a caller no more than the 403 page already does: a panel listens here.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: The Supervisor's ingress proxy: the only peer the panel serves in add-on mode.
 INGRESS_PROXY = "172.30.32.2"
+#: The liveness probe, open to any peer; it reveals nothing (see the module docstring).
+HEALTHZ = "/healthz"
 HERE = Path(__file__).parent
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -79,6 +86,7 @@ class Panel:
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/remote-access", self.switch)
         self.app.router.add_get("/static/panel.css", self.stylesheet)
+        self._healthz = self.app.router.add_get(HEALTHZ, self.healthz, allow_head=False)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -98,6 +106,8 @@ class Panel:
 
     @web.middleware
     async def _only_ingress(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route is self._healthz:
+            return await handler(request)  # not logged: the probe runs every few seconds
         try:
             peer = ipaddress.ip_address(request.remote or "")
         except ValueError:
@@ -172,6 +182,10 @@ class Panel:
             charset="utf-8",
             headers={"Cache-Control": "max-age=300"},
         )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process runs and its event loop answers; nothing more."""
+        return web.Response(text="ok\n")
 
     # --------------------------------------------------------------- helpers
 

@@ -1,0 +1,539 @@
+"""The plain container image for Home Assistant Container users (packaging/container).
+
+No container engine runs here, so the recipe is proven the way
+``test_addon_package.py`` proves the add-on's: the Dockerfile is parsed and its
+security properties checked (pinned base, no remote ADD, a fixed non-root
+user, ``/data`` as a 0700 volume, the exact ENTRYPOINT, a HEALTHCHECK that
+needs no curl); then the environment it describes is built from its own
+instructions (its COPY lines copy the checkout, its RUN lines run with only
+the image paths moved under the test's directory: the wheel, a fresh venv,
+the wheel installed into it) and the ENTRYPOINT runs from that venv with
+``HOMEPORT_*`` options against a real relay on loopback: it prints a link
+code, is linked through the admin command line, serves a request through the
+relay to a stand-in Home Assistant, and its HEALTHCHECK command passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from relay_process import EMAIL, RelayProcess
+from stack import PASSWORD, Browser, free_port
+from test_addon_package import ScriptHome, _read_until
+
+from homeport import __version__
+from homeport.addon import healthcheck
+from homeport.addon.panel import Panel, PanelSources
+from homeport.cli import build_parser
+from homeport.standin import start_standin
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGING = ROOT / "packaging" / "container"
+DOCKERFILE = PACKAGING / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent
+BASE_IMAGE = re.compile(r"^python:3\.1[1-9]-slim-(bookworm|trixie)$")
+UID = 10001
+
+
+@dataclass(frozen=True)
+class Instruction:
+    stage: int
+    keyword: str
+    args: str
+
+    def exec_form(self) -> list[str]:
+        """The JSON array of an exec-form instruction (ENTRYPOINT, CMD, VOLUME)."""
+        value = json.loads(self.args)
+        assert isinstance(value, list), self
+        assert all(isinstance(v, str) for v in value), self
+        return value
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped, by stage."""
+    lines: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    stage = -1
+    out: list[Instruction] = []
+    for line in lines:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        out.append(Instruction(stage, keyword, " ".join(args.split())))
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe() -> list[Instruction]:
+    return parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+def final_stage(recipe: list[Instruction]) -> list[Instruction]:
+    last = recipe[-1].stage
+    return [i for i in recipe if i.stage == last]
+
+
+def only(recipe: list[Instruction], keyword: str) -> Instruction:
+    found = [i for i in final_stage(recipe) if i.keyword == keyword]
+    assert len(found) == 1, (keyword, found)
+    return found[0]
+
+
+def labels(recipe: list[Instruction]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in final_stage(recipe):
+        if i.keyword == "LABEL":
+            for word in shlex.split(i.args):
+                key, _, value = word.partition("=")
+                out[key] = value
+    return out
+
+
+def image_env(recipe: list[Instruction]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in final_stage(recipe):
+        if i.keyword == "ENV":
+            for word in shlex.split(i.args):
+                key, _, value = word.partition("=")
+                out[key] = value
+    return out
+
+
+# ------------------------------------------------------------- the recipe
+
+
+def test_base_images_are_pinned_python_slim(recipe: list[Instruction]) -> None:
+    froms = [i.args.split() for i in recipe if i.keyword == "FROM"]
+    assert len(froms) == 2, "a build stage and a final stage"
+    assert froms[0][1:] == ["AS", "build"]
+    assert len(froms[1]) == 1, "the final stage is the image (no alias needed)"
+    images = {f[0] for f in froms}
+    assert len(images) == 1, "both stages share one Python, so the venv matches"
+    (image,) = images
+    assert BASE_IMAGE.match(image), f"{image}: pin a Python minor version and a Debian release"
+
+
+def test_nothing_is_fetched_outside_pip(recipe: list[Instruction]) -> None:
+    assert "ADD" not in {i.keyword for i in recipe}, "COPY only: ADD fetches URLs and unpacks"
+    for i in recipe:
+        if i.keyword == "RUN":
+            assert not re.search(r"\b(curl|wget|git)\b", i.args), i
+            assert "--index-url" not in i.args, i
+            assert "--extra-index-url" not in i.args, i
+            assert "--trusted-host" not in i.args, i
+
+
+def test_build_stage_makes_a_wheel_of_the_checkout(recipe: list[Instruction]) -> None:
+    build = [i for i in recipe if i.stage == 0]
+    copies = [i.args.split() for i in build if i.keyword == "COPY"]
+    assert copies == [["pyproject.toml", "README.md", "./"], ["src", "./src"]]
+    runs = [i.args for i in build if i.keyword == "RUN"]
+    assert runs == ["pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ."]
+    final = final_stage(recipe)
+    assert [i.args for i in final if i.keyword == "COPY"] == ["--from=build /wheels /tmp/wheels"]
+
+
+def test_runs_as_a_fixed_non_root_user(recipe: list[Instruction]) -> None:
+    final = final_stage(recipe)
+    user = only(recipe, "USER")
+    assert user.args == f"{UID}:{UID}", "numeric, so Kubernetes' runAsNonRoot can check it"
+    # Nothing runs as root after the switch, and the user exists with that UID.
+    after = final[final.index(user) :]
+    assert not [i for i in after if i.keyword == "RUN"]
+    create = " ".join(i.args for i in final if i.keyword == "RUN")
+    assert f"--uid {UID}" in create
+    assert f"--gid {UID}" in create
+    assert "--shell /usr/sbin/nologin" in create
+
+
+def test_data_is_a_private_volume(recipe: list[Instruction]) -> None:
+    assert only(recipe, "VOLUME").exec_form() == ["/data"]
+    runs = " ".join(i.args for i in final_stage(recipe) if i.keyword == "RUN")
+    assert f"install -d -m 0700 -o {UID} -g {UID} /data" in runs
+
+
+def test_entrypoint_stop_signal_and_healthcheck(recipe: list[Instruction]) -> None:
+    assert only(recipe, "ENTRYPOINT").exec_form() == ["homeport", "addon", "--state-dir", "/data"]
+    assert "CMD" not in {i.keyword for i in final_stage(recipe)}
+    assert only(recipe, "STOPSIGNAL").args == "SIGTERM"
+    check = only(recipe, "HEALTHCHECK").args
+    options, _, command = check.partition(" CMD ")
+    assert json.loads(command) == ["python", "-m", "homeport.addon.healthcheck"]
+    assert "curl" not in check
+    assert "wget" not in check
+    for option in ("--interval=", "--timeout=", "--start-period=", "--retries="):
+        assert option in options, option
+    # The venv's python and homeport come first on the image's PATH.
+    assert image_env(recipe)["PATH"].startswith("/opt/homeport/bin:")
+    assert image_env(recipe)["PYTHONUNBUFFERED"] == "1", "the link code must reach the log"
+
+
+def test_labels_and_no_secrets(recipe: list[Instruction]) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    found = labels(recipe)
+    assert found["org.opencontainers.image.version"] == __version__
+    assert found["org.opencontainers.image.licenses"] == project["license"]
+    assert found["org.opencontainers.image.source"].startswith("https://")
+    assert found["org.opencontainers.image.title"]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"(?i)(token|password|secret|private|pubkey)[\w-]*\s*=", text)
+    assert "ARG" not in {i.keyword for i in recipe}
+
+
+def test_dockerignore_keeps_the_context_to_the_package() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for must in (".git", ".venv", "tests", "data", "**/data", "**/__pycache__"):
+        assert must in ignored, must
+    for needed in ("pyproject.toml", "README.md", "src"):
+        assert needed not in ignored, needed
+        assert not any(p.startswith("!") for p in ignored)
+    # Nothing the package ships is a data directory, a key or a certificate.
+    shipped = [p for p in (ROOT / "src").rglob("*") if "__pycache__" not in p.parts]
+    assert not [p for p in shipped if p.name == "data" or p.suffix in {".pem", ".key"}]
+
+
+def test_compose_example() -> None:
+    compose = yaml.safe_load((PACKAGING / "compose.yaml").read_text(encoding="utf-8"))
+    service = compose["services"]["homeport"]
+    assert service["image"] == "homeport"
+    assert service["network_mode"] == "host"
+    assert "ports" not in service, "host network: the panel stays on the host's loopback"
+    env = service["environment"]
+    assert env["HOMEPORT_PANEL_LISTEN"] == "127.0.0.1:8099"
+    assert env["HOMEPORT_HA_URL"] == "http://127.0.0.1:8123"
+    assert env["HOMEPORT_RELAY"].startswith("wss://")
+    # Every HOMEPORT_* name is an option `homeport addon` (or the top level) reads.
+    parser = build_parser()
+    dests = {"log_level"}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            dests |= {a.dest for a in action.choices["addon"]._actions}
+    for key in env:
+        assert key.startswith("HOMEPORT_")
+        assert key.removeprefix("HOMEPORT_").lower() in dests, key
+    volume, target = service["volumes"][0].split(":")[:2]
+    assert target == "/data"
+    assert volume in compose["volumes"], "a named volume takes the image's owner and 0700"
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert service["restart"] == "unless-stopped"
+
+
+# ------------------------------------------------------------ /healthz
+
+
+async def test_healthz_answers_any_peer_and_nothing_else_opens(tmp_path: Path) -> None:
+    """The probe is open; it must not open the rest of the panel, nor say anything."""
+    import aiohttp
+
+    from homeport.addon.client import AddonStatus
+    from homeport.addon.gate import RemoteAccessGate
+
+    status = AddonStatus()
+    panel = Panel(
+        PanelSources(
+            status=lambda: status,
+            gate=RemoteAccessGate(tmp_path),
+            trust=None,
+            ha_how="test",
+            account_origin="https://homeport.example",
+        ),
+        allowed_peers=("172.30.32.2",),  # not us
+    )
+    await panel.start("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{panel.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "/healthz") as r:
+                assert r.status == 200
+                assert await r.text() == "ok\n"
+                assert r.headers["Cache-Control"] == "no-store"
+            for method, path in (
+                ("GET", "/"),
+                ("POST", "/healthz"),
+                ("GET", "/healthz/"),
+                ("GET", "/healthz/../"),
+                ("GET", "/static/panel.css"),
+                ("POST", "/remote-access"),
+            ):
+                async with session.request(method, base + path) as r:
+                    assert r.status in (403, 404, 405), (method, path, r.status)
+                    assert r.status != 404 or path.startswith("/healthz"), path
+                    assert "ok" not in (await r.text()).split(), (method, path)
+    finally:
+        await panel.stop()
+
+
+def test_healthcheck_probe_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPERVISOR_TOKEN", raising=False)
+    monkeypatch.delenv("HOMEPORT_PANEL_LISTEN", raising=False)
+    assert healthcheck.probe_url() == "http://127.0.0.1:8099/healthz"
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "0.0.0.0:9000")
+    assert healthcheck.probe_url() == "http://127.0.0.1:9000/healthz"
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "[::]:9001")
+    assert healthcheck.probe_url() == "http://[::1]:9001/healthz"
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "off")
+    assert healthcheck.probe_url() is None
+
+
+def test_healthcheck_fails_when_nothing_answers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", f"127.0.0.1:{free_port()}")
+    assert healthcheck.main() == 1
+    assert capsys.readouterr().out.startswith("unhealthy: http://127.0.0.1:")
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "off")
+    assert healthcheck.main() == 1
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "nonsense")
+    assert healthcheck.main() == 1
+    assert "must be host:port" in capsys.readouterr().out
+
+
+# ------------------------------------------------- the image, built and run
+
+
+@dataclass
+class Image:
+    """The image's file system paths, moved under the test's directory."""
+
+    root: Path
+    paths: dict[str, Path]
+    env: dict[str, str]
+
+    def translate(self, text: str) -> str:
+        """Replace the image's absolute paths (longest first) by their test copies."""
+        names = sorted(self.paths, key=len, reverse=True)
+        pattern = re.compile(r"(?<![\w./])(" + "|".join(map(re.escape, names)) + r")(?![\w.-])")
+        return pattern.sub(lambda m: str(self.paths[m[1]]), text)
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("HOMEPORT_", "SUPERVISOR", "PYTHON", "VIRTUAL_ENV"))
+        }
+        for key, value in self.env.items():
+            env[key] = self.translate(value.replace("$PATH", env.get("PATH", "/usr/bin:/bin")))
+        env.update(extra)
+        return env
+
+
+async def _sh(command: str, *, cwd: Path, env: dict[str, str], timeout: float) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-ec",
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, f"RUN {command} failed:\n{out.decode(errors='replace')[-4000:]}"
+
+
+def _copy(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+async def build_image(recipe: list[Instruction], root: Path) -> Image:
+    """Follow the Dockerfile: COPY and RUN of each stage, image paths under ``root``."""
+    image = Image(
+        root,
+        {
+            "/src": root / "build" / "src",
+            "/wheels": root / "build" / "wheels",
+            "/tmp/wheels": root / "final" / "tmp" / "wheels",
+            "/opt/homeport": root / "final" / "opt" / "homeport",
+            "/data": root / "final" / "data",
+        },
+        {},
+    )
+    # The base image's `python` and `pip`: this interpreter (the image has 3.12).
+    base_env = image.process_env(PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    workdir = root
+    for i in recipe:
+        if i.keyword == "FROM":
+            workdir = root
+        elif i.keyword == "WORKDIR":
+            workdir = Path(image.translate(i.args))
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif i.keyword == "COPY":
+            words = i.args.split()
+            if words[0].startswith("--from="):
+                _copy(Path(image.translate(words[1])), Path(image.translate(words[2])))
+                continue
+            *sources, dest = words
+            for source in sources:
+                target = workdir / dest if not dest.startswith("/") else Path(image.translate(dest))
+                if dest.endswith("/"):
+                    target = target / Path(source).name
+                _copy(ROOT / source, target)
+        elif i.keyword == "RUN" and "useradd" not in i.args:
+            # The user-creation RUN needs root and a Debian image; its effect
+            # on /data (0700) is reproduced below instead.
+            await _sh(image.translate(i.args), cwd=workdir, env=base_env, timeout=400)
+        elif i.keyword == "ENV":
+            image.env.update(image_env([i]))
+    image.paths["/data"].mkdir(mode=0o700)
+    return image
+
+
+def _which(name: str, env: dict[str, str]) -> str:
+    found = shutil.which(name, path=env["PATH"])
+    assert found, name
+    return found
+
+
+@pytest.mark.timeout(900)
+async def test_image_environment_links_and_serves_through_relay(
+    tmp_path: Path, recipe: list[Instruction]
+) -> None:
+    image = await build_image(recipe, tmp_path / "image")
+    venv = image.paths["/opt/homeport"]
+    assert not list(image.paths["/tmp/wheels"].parent.iterdir()), "the wheel was removed"
+    wheels = list(image.paths["/wheels"].glob("homeport-*.whl"))
+    assert [w.name for w in wheels] == [f"homeport-{__version__}-py3-none-any.whl"]
+
+    relay = RelayProcess(tmp_path / "relay")
+    standin, backend = await start_standin()
+    addon: asyncio.subprocess.Process | None = None
+    home_dir, tmp_dir, cwd = (tmp_path / n for n in ("home", "tmp", "cwd"))
+    for d in (home_dir, tmp_dir, cwd):
+        d.mkdir()
+    try:
+        await relay.start()
+        await relay.admin("admin", "user", "create", EMAIL, stdin=PASSWORD + "\n")
+        pubkey = (await relay.admin("keys", "show")).strip()
+        panel_listen = f"127.0.0.1:{free_port()}"
+        env = image.process_env(
+            HOMEPORT_RELAY=relay.relay_url,
+            HOMEPORT_SERVER_PUBKEY=pubkey,
+            HOMEPORT_HA_URL=backend,
+            HOMEPORT_PANEL_LISTEN=panel_listen,
+            HOMEPORT_LOG_LEVEL="debug",
+            # The dev relay's certificate comes from its own CA; a real relay's does not.
+            HOMEPORT_RELAY_CA=str(relay.ca_path),
+            HOME=str(home_dir),
+            TMPDIR=str(tmp_dir),
+        )
+        argv = [image.translate(a) for a in only(recipe, "ENTRYPOINT").exec_form()]
+        # The image's PATH finds the venv's homeport, not the test's.
+        assert _which(argv[0], env) == str(venv / "bin" / "homeport")
+        addon = await asyncio.create_subprocess_exec(
+            _which(argv[0], env),
+            *argv[1:],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+        )
+        assert addon.stdout is not None
+        seen = await _read_until(addon.stdout, r"Link code: [0-9A-Z]{5}-[0-9A-Z]{5}", 60)
+        assert f"Home Assistant at {backend}" in seen
+        code = re.findall(r"Link code: ([0-9A-Z]{5}-[0-9A-Z]{5})", seen)[-1]
+        linked = await relay.admin("admin", "link", code, EMAIL)
+        instance_id = re.search(r"Linked instance (\S+) to", linked)
+        assert instance_id, linked
+        home = ScriptHome(relay.config, relay.ca_path, instance_id[1])
+        async with Browser(home) as browser:  # type: ignore[arg-type]
+            async with asyncio.timeout(60):
+                while True:  # the add-on reconnects as linked right after the link
+                    page = await browser.sign_in("/bytes/1000")
+                    if page.status == 200:
+                        break
+                    await asyncio.sleep(0.2)
+            async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
+                assert r.status == 200
+                assert len(await r.read()) == 12345
+
+        # The image's HEALTHCHECK command, in the container's environment.
+        check_argv = json.loads(only(recipe, "HEALTHCHECK").args.partition(" CMD ")[2])
+        assert _which(check_argv[0], env) == str(venv / "bin" / "python")
+        check = await asyncio.create_subprocess_exec(
+            _which(check_argv[0], env),
+            *check_argv[1:],
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        out, _ = await asyncio.wait_for(check.communicate(), 30)
+        assert (check.returncode, out) == (0, b"healthy\n")
+
+        # The state is in /data (0700), and nothing was written anywhere else.
+        data = image.paths["/data"]
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert list(data.iterdir())
+        assert not list(home_dir.iterdir())
+        assert not list(cwd.iterdir())
+
+        # STOPSIGNAL: SIGTERM stops it cleanly, and then the health check fails.
+        addon.send_signal(getattr(signal, only(recipe, "STOPSIGNAL").args))
+        assert await asyncio.wait_for(addon.wait(), 30) == 0
+        check = await asyncio.create_subprocess_exec(
+            _which(check_argv[0], env),
+            *check_argv[1:],
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        out, _ = await asyncio.wait_for(check.communicate(), 30)
+        assert check.returncode == 1
+        assert out.startswith(b"unhealthy: ")
+
+        # Without options, the image's command says what is missing and exits 2.
+        bare = await asyncio.create_subprocess_exec(
+            _which(argv[0], env),
+            *argv[1:],
+            stderr=asyncio.subprocess.PIPE,
+            env=image.process_env(HOME=str(home_dir)),
+            cwd=cwd,
+        )
+        _out, err = await asyncio.wait_for(bare.communicate(), 30)
+        assert bare.returncode == 2
+        assert b"--relay and --server-pubkey (or --options) are required" in err
+    finally:
+        if addon is not None and addon.returncode is None:
+            addon.kill()
+            await addon.wait()
+        await relay.close()
+        await standin.cleanup()
