@@ -505,6 +505,7 @@ async def test_image_environment_links_and_serves_through_relay(
         assert list(data.iterdir())
         assert not list(home_dir.iterdir())
         assert not list(cwd.iterdir())
+        assert not list(tmp_dir.iterdir()), "read-only root: /tmp is a tmpfs"
 
         # STOPSIGNAL: SIGTERM stops it cleanly, and then the health check fails.
         addon.send_signal(getattr(signal, only(recipe, "STOPSIGNAL").args))
