@@ -207,22 +207,38 @@ async def test_scrape_through_the_metrics_listener(tmp_path: Path) -> None:
 
         # The public TLS listener knows nothing of /metrics, on any host.
         async with stack.browser() as browser:
-            for origin in (stack.account_origin, stack.tenant_origin):
-                async with browser.request("GET", f"{origin}/metrics") as response:
-                    assert response.status != 200, origin
-                    assert "homeport_" not in await response.text()
             async with browser.request("GET", f"{stack.account_origin}/metrics") as response:
                 assert response.status == 404
+                assert "homeport_" not in await response.text()
+            await browser.sign_in()
+            async with browser.request("GET", f"{stack.tenant_origin}/metrics") as response:
+                assert "homeport_" not in await response.text()  # Home Assistant's answer
+            # An open WebSocket through the tunnel is one live exchange, while it lasts.
+            ws_url = stack.tenant_origin.replace("https://", "wss://") + "/ws/echo"
+            async with browser.session.ws_connect(ws_url, origin=stack.tenant_origin) as ws:
+                await ws.send_str("ping")
+                assert await ws.receive_str() == "ping"
+                assert await _scrape(url, "homeport_live_exchanges") == 1
+            await _wait_for(url, "homeport_live_exchanges", 0)
 
         # The gauge follows the tunnel: the add-on gone, it reads 0.
         stack.addon_task.cancel()
         await stack.addon.__aexit__(None, None, None)  # closes its tunnel
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, asyncio.timeout(30):
-            while True:
-                async with session.get(f"{url}/metrics") as response:
-                    if _samples(await response.text())[("homeport_tunnels_connected", ())] == 0:
-                        break
-                await asyncio.sleep(0.1)
+        await _wait_for(url, "homeport_tunnels_connected", 0)
+
+
+async def _scrape(url: str, name: str) -> float:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(f"{url}/metrics") as response,
+    ):
+        return _samples(await response.text())[(name, ())]
+
+
+async def _wait_for(url: str, name: str, value: float) -> None:
+    async with asyncio.timeout(30):
+        while await _scrape(url, name) != value:
+            await asyncio.sleep(0.1)
 
 
 def _listening_ports(pid: int) -> set[int]:
