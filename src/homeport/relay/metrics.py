@@ -136,7 +136,8 @@ def relay_metrics(
 
 def metrics_registry(collector: Collector) -> CollectorRegistry:
     """A registry of our own holding only ``collector`` (no process/platform defaults)."""
-    registry = CollectorRegistry(auto_describe=True)
+    # No auto_describe: it would call collect() at registration, before the relay runs.
+    registry = CollectorRegistry()
     registry.register(collector)
     return registry
 
@@ -181,6 +182,7 @@ class MetricsListener:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        # Collected on the event loop thread, so the hub's and gate's dicts hold still.
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
