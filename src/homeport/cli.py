@@ -128,7 +128,18 @@ def relay_config(args: argparse.Namespace) -> Any:
         tenant_bandwidth=limits["tenant_bandwidth"],
         tenant_burst=limits["tenant_burst"],
         acme=acme,
+        metrics_listen=_metrics_listen(opts.get("metrics_listen")),
     )
+
+
+def _metrics_listen(value: Any) -> tuple[str, int] | None:
+    """``--metrics-listen host:port``; None when unset (no metrics listener)."""
+    if not value:
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"error: --metrics-listen must be host:port: {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def _oidc_providers(opts: Options) -> Any:
@@ -410,6 +421,12 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="http_listen",
         help="address:port for plain HTTP (e.g. 0.0.0.0:80); default off. It only "
         "redirects (308) to https:// on the same host, never serves content",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        dest="metrics_listen",
+        help="address:port for Prometheus GET /metrics over plain HTTP (e.g. 127.0.0.1:9464); "
+        "default off. Bind it to loopback or a private interface: it has no authentication",
     )
     from homeport.relay.oidc_settings import add_oidc_arguments
 

@@ -29,6 +29,7 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.mail_features import MailFeatures
+from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
@@ -97,6 +98,7 @@ class Relay:
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
+        self.metrics: MetricsListener | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
@@ -189,6 +191,9 @@ class Relay:
                 self.config, keepalive_timeout=IDLE_TIMEOUT, acme_responder=self.tls.http01
             )
             await self.http_listener.start()
+        if self.config.metrics_listen is not None:
+            self.metrics = relay_metrics(self.config, self.tls.served, self.hub, self.gate.live)
+            await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
         log.info(
             "relay.listening",
@@ -204,6 +209,9 @@ class Relay:
 
     async def stop(self) -> None:
         await self.tls.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
+            self.metrics = None
         if self._runner is not None:
             # Stop listening, then drain the tunnels *before* aiohttp's own shutdown:
             # its pre_shutdown() marks every connection closing and from then on

@@ -38,6 +38,9 @@ class RelayConfig:
     #: only redirects to HTTPS on the same host (``homeport.relay.edge``).
     http_listen_host: str = "127.0.0.1"
     http_listen_port: int | None = None
+    #: Prometheus ``GET /metrics`` on its own plain-HTTP ``(host, port)``
+    #: (``--metrics-listen``, ``homeport.relay.metrics``); None (the default): off.
+    metrics_listen: tuple[str, int] | None = None
     #: RFC 9116 ``security.txt`` fields (placeholders until the project has real ones;
     #: keep them in step with SECURITY.md).
     security_contact: str = SECURITY_CONTACT

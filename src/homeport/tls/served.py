@@ -20,6 +20,7 @@ context), for clients that send no SNI.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import ssl
 import threading
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
+from cryptography import x509
 
 from homeport.tls.alpn import ACME_TLS_ALPN, AlpnGate, TlsAlpn01Responder
 from homeport.tls.check import check_certificate_files
@@ -70,6 +72,7 @@ class ServedCertificates:
         self._lock = threading.Lock()
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._pairs: dict[str, CertPair] = {}
+        self._not_after: dict[str, dt.datetime] = {}
         self._account_sha256 = b""
         self.context = self._build(ACCOUNT, account)
         # context.server_context's callback, which records the SNI for the Host check.
@@ -92,6 +95,11 @@ class ServedCertificates:
         with self._lock:
             return self._pairs.get(kind)
 
+    def not_after(self, kind: str) -> dt.datetime | None:
+        """notAfter of the leaf now served for ``kind`` (read when it was installed)."""
+        with self._lock:
+            return self._not_after.get(kind)
+
     def reload(self, kind: str, pair: CertPair) -> None:
         """Serve ``pair`` for ``kind`` to every new handshake; open ones are untouched.
 
@@ -113,9 +121,12 @@ class ServedCertificates:
 
     def _install(self, kind: str, pair: CertPair, context: ssl.SSLContext) -> None:
         digest = local_certificate_sha256(pair.cert) if kind == ACCOUNT else None
+        # Kept from the file as loaded: the file on disk may be replaced before a reload.
+        not_after = x509.load_pem_x509_certificate(pair.cert.read_bytes()).not_valid_after_utc
         with self._lock:
             self._contexts[kind] = context
             self._pairs[kind] = pair
+            self._not_after[kind] = not_after
             if digest is not None:
                 self._account_sha256 = digest
 
