@@ -81,6 +81,16 @@ async def test_ha_login_rest_and_websocket(stack: Stack, home_assistant: HomeAss
             assert r.status == 200
             assert await r.json() == {"message": "API running."}
 
+        # Start from a known state: other tests share this Home Assistant and may have
+        # left the entity on (turning on what is on changes no state, so no event).
+        async with browser.request(
+            "POST",
+            stack.tenant_origin + "/api/services/input_boolean/turn_off",
+            headers=bearer,
+            json={"entity_id": "input_boolean.homeport_test"},
+        ) as r:
+            assert r.status == 200, await r.text()
+
         ws_url = stack.tenant_origin.replace("https://", "wss://") + "/api/websocket"
         async with browser.session.ws_connect(ws_url, origin=stack.tenant_origin) as ws:
             assert (await ws.receive_json())["type"] == "auth_required"

@@ -322,7 +322,15 @@ async def test_black_holed_link_is_detected_and_recovers(tmp_path: Path) -> None
                         restored = time.monotonic()
                         back = await until(site.tunnel_up, BACK_WITHIN + HANDSHAKE_TIMEOUT, "back")
                         print(f"add-on back {back - restored:.2f} s after the network returned")
-                        assert addon.status.connects == 2
+                        # The relay registers the tunnel a moment before the add-on's own
+                        # handshake step marks it connected: wait for the add-on's view too.
+                        await until(
+                            lambda: (
+                                addon.status.connects == 2 and addon.status.state is State.CONNECTED
+                            ),
+                            5,
+                            "add-on connected again",
+                        )
                         assert await panel_state(panel_url) == "connected"
                         assert await answer_status(browser, site.tenant_origin + "/bytes/10") == 200
                     runner.cancel()
