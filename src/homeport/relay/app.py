@@ -30,7 +30,7 @@ from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
-from homeport.relay.pages import HSTS, Pages
+from homeport.relay.pages import Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
 from homeport.tls.context import requested_server_name
@@ -106,7 +106,6 @@ class Relay:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
-        app.on_response_prepare.append(_strip_banner)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
@@ -248,12 +247,6 @@ def _refuse_at_edge(request: web.Request) -> web.Response | None:
         return None
     response.force_close()  # whatever follows the head is not read, so it is not trusted
     return response
-
-
-async def _strip_banner(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.pop("Server", None)
-    response.headers.setdefault("Strict-Transport-Security", HSTS)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 def _sni(request: web.Request) -> str | None:
