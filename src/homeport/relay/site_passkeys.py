@@ -10,7 +10,7 @@ what that module stops:
   a cross-site HTML form cannot send.
 * **A stolen account session adding its own passkey** (persistence after a
   session theft): adding one needs the account password again, checked and
-  throttled exactly like a sign-in.
+  throttled like a sign-in (:func:`homeport.relay.site_checks.password_again`).
 * **Ceremony fixation.** The challenge is bound to a ``__Host-`` cookie set by
   the options call, so a response only finishes the ceremony of the browser
   that started it.
@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
-from homeport.accounts.errors import InvalidEmail
 from homeport.accounts.passkeys import (
     CEREMONY_LIFETIME,
     MAX_RESPONSE,
@@ -39,7 +38,8 @@ from homeport.accounts.passkeys import (
     RelyingParty,
     credential_json,
 )
-from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
+from homeport.accounts.throttle import retry_after
+from homeport.relay.site_checks import password_again
 from homeport.relay.tenant import redirect, safe_next
 
 if TYPE_CHECKING:
@@ -116,46 +116,27 @@ class PasskeyRoutes:
             CEREMONY_COOKIE, path="/", secure=True, httponly=True, samesite="Strict"
         )
 
-    async def _check_password(
-        self, request: web.Request, email: str, password: str
-    ) -> tuple[bool, float]:
-        """The account password, checked and throttled like a sign-in: (right, wait)."""
-        keys = signin_keys(email, request.remote)
-        wait = await self.site.accounts.throttle.attempt(keys)
-        if wait > 0:
-            return False, wait
-        try:
-            user = await self.site.accounts.authenticate(email, password)
-        except (InvalidEmail, ValueError):
-            user = None
-        if user is None:
-            return False, 0.0
-        net = network_key(request.remote)
-        await self.site.accounts.throttle.succeeded(
-            clear=[f"pw:pair:{account_key(email)}:{net}", f"pw:acct:{account_key(email)}"],
-            refund=[f"pw:net:{net}"],
-        )
-        return True, 0.0
-
     # ---------------------------------------------------------- registration
 
     async def register_options(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
         if isinstance(body, web.Response):
             return body
-        user = await self.site._user(request)
-        if user is None:
+        session = await self.site._session(request)
+        if session is None:
             return _json({"error": "Sign in first."}, status=401)
-        right, wait = await self._check_password(request, user[1], str(body.get("password", "")))
-        if wait > 0:
-            response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
-            response.headers["Retry-After"] = retry_after(wait)
-            return response
-        if not right:
-            log.warning("passkey.register_password_wrong", extra={"user": user[0]})
+        checked = await password_again(self.site, request, session, str(body.get("password", "")))
+        if checked is False:
+            log.warning("passkey.register_password_wrong", extra={"user": session.user_id})
             return _json({"error": "That password is not right."}, status=401)
+        if checked is not True:
+            response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
+            response.headers["Retry-After"] = retry_after(float(checked))
+            return response
         return await self._options(
-            self.passkeys.registration_options(self.rp, user[0], user[1], str(body.get("name", "")))
+            self.passkeys.registration_options(
+                self.rp, session.user_id, session.email, str(body.get("name", ""))
+            )
         )
 
     async def register(self, request: web.Request) -> web.StreamResponse:
