@@ -300,6 +300,25 @@ async def _read_until(stream: asyncio.StreamReader, pattern: str, timeout: float
                 return seen
 
 
+async def link_and_fetch(relay: RelayProcess, seen: str, *, timeout: float) -> None:
+    """Link the add-on by the last code it printed, then fetch through the relay."""
+    code = re.findall(r"Link code: ([0-9A-Z]{5}-[0-9A-Z]{5})", seen)[-1]
+    linked = await relay.admin("admin", "link", code, EMAIL)
+    instance_id = re.search(r"Linked instance (\S+) to", linked)
+    assert instance_id, linked
+    home = ScriptHome(relay.config, relay.ca_path, instance_id[1])
+    async with Browser(home) as browser:  # type: ignore[arg-type]
+        async with asyncio.timeout(timeout):
+            while True:  # the add-on reconnects as linked right after the link
+                page = await browser.sign_in("/bytes/1000")
+                if page.status == 200:
+                    break
+                await asyncio.sleep(0.2)
+        async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
+            assert r.status == 200
+            assert len(await r.read()) == 12345
+
+
 def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMEPORT_", "SUPERVISOR"))}
     env.update(
@@ -366,23 +385,9 @@ async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> 
         assert "bashio-double: log level debug" in seen
         assert f"Home Assistant at {backend}" in seen
         assert "SUPERVISOR_TOKEN is not set" not in seen
-        code = re.findall(r"Link code: ([0-9A-Z]{5}-[0-9A-Z]{5})", seen)[-1]
         # The add-on's state (its key) is in the state directory, /data here.
         assert {p.name for p in (tmp_path / "data").iterdir()} - {"options.json"}
-        linked = await relay.admin("admin", "link", code, EMAIL)
-        instance_id = re.search(r"Linked instance (\S+) to", linked)
-        assert instance_id, linked
-        home = ScriptHome(relay.config, relay.ca_path, instance_id[1])
-        async with Browser(home) as browser:  # type: ignore[arg-type]
-            async with asyncio.timeout(30):
-                while True:  # the add-on reconnects as linked right after the link
-                    page = await browser.sign_in("/bytes/1000")
-                    if page.status == 200:
-                        break
-                    await asyncio.sleep(0.2)
-            async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
-                assert r.status == 200
-                assert len(await r.read()) == 12345
+        await link_and_fetch(relay, seen, timeout=30)
         # The ingress panel is up and, under the Supervisor, serves only its ingress proxy.
         panel = "http://" + env["HOMEPORT_PANEL_LISTEN"] + "/"
         async with aiohttp.ClientSession() as session, session.get(panel) as r:

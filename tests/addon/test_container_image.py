@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, Browser, free_port
-from test_addon_package import ScriptHome, _read_until
+from stack import PASSWORD, free_port
+from test_addon_package import _read_until, link_and_fetch
 
 from homeport import __version__
 from homeport.addon import healthcheck
@@ -470,21 +470,7 @@ async def test_image_environment_links_and_serves_through_relay(
         assert addon.stdout is not None
         seen = await _read_until(addon.stdout, r"Link code: [0-9A-Z]{5}-[0-9A-Z]{5}", 60)
         assert f"Home Assistant at {backend}" in seen
-        code = re.findall(r"Link code: ([0-9A-Z]{5}-[0-9A-Z]{5})", seen)[-1]
-        linked = await relay.admin("admin", "link", code, EMAIL)
-        instance_id = re.search(r"Linked instance (\S+) to", linked)
-        assert instance_id, linked
-        home = ScriptHome(relay.config, relay.ca_path, instance_id[1])
-        async with Browser(home) as browser:  # type: ignore[arg-type]
-            async with asyncio.timeout(60):
-                while True:  # the add-on reconnects as linked right after the link
-                    page = await browser.sign_in("/bytes/1000")
-                    if page.status == 200:
-                        break
-                    await asyncio.sleep(0.2)
-            async with browser.request("GET", home.tenant_origin + "/bytes/12345") as r:
-                assert r.status == 200
-                assert len(await r.read()) == 12345
+        await link_and_fetch(relay, seen, timeout=60)
 
         # The image's HEALTHCHECK command, in the container's environment.
         check_argv = json.loads(only(recipe, "HEALTHCHECK").args.partition(" CMD ")[2])

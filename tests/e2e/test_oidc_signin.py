@@ -37,7 +37,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @contextlib.asynccontextmanager
-async def oidc_stack(tmp_path: Path, idp: StandInIdp) -> AsyncIterator[Stack]:
+async def oidc_stack(tmp_path: Path, idp: StandInIdp, **relay_options: Any) -> AsyncIterator[Stack]:
     port = free_port()
     idp.redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/idp/callback"
     provider = OidcProvider(
@@ -47,7 +47,9 @@ async def oidc_stack(tmp_path: Path, idp: StandInIdp) -> AsyncIterator[Stack]:
         client_id=idp.client_id,
         client_secret=idp.client_secret,
     )
-    async with start_stack(tmp_path, listen_port=port, oidc_providers=(provider,)) as stack:
+    async with start_stack(
+        tmp_path, listen_port=port, oidc_providers=(provider,), **relay_options
+    ) as stack:
         yield stack
 
 
@@ -636,22 +638,11 @@ async def test_provider_signin_from_a_new_network_still_asks_for_the_mailed_code
     tmp_path: Path, idp: StandInIdp
 ) -> None:
     """R-OIDC-05: a provider sign-in goes through the same new-network step-up as a password."""
-    port = free_port()
-    idp.redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/idp/callback"
-    provider = OidcProvider(
-        name="idp",
-        label="Test IdP",
-        issuer=idp.issuer,
-        client_id=idp.client_id,
-        client_secret=idp.client_secret,
-    )
     with SmtpSink() as sink:
         smtp = SmtpSettings(
             host="127.0.0.1", port=sink.port, security="none", mail_from="relay@example.com"
         )
-        async with start_stack(
-            tmp_path, listen_port=port, oidc_providers=(provider,), smtp=smtp
-        ) as stack:
+        async with oidc_stack(tmp_path, idp, smtp=smtp) as stack:
             await _link_owner(stack, idp)
             async with stack.browser() as browser:
                 page = await _signin(browser)
