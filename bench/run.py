@@ -123,6 +123,8 @@ QUICK = Plan(
     ws_load_cap=5.0,
 )
 GROUPS = ("get", "ws", "transfer", "wsload")
+#: The relay-side and add-on-side processes of each proxied path.
+PAIRS = {"relay": ("relay", "addon"), "floor": ("floor_relay", "floor_addon")}
 #: Body of the saturating download under the WebSocket (it is cut off when the echoes end).
 ENDLESS = 1000 * 1000 * MiB
 
@@ -324,18 +326,28 @@ class Stack:
     direct_ca: Path
     relay_ca: Path
     backend_plain_url: str
+    #: The minimal relay + add-on pair of ``bench/floor.py`` (None with ``--no-floor``).
+    floor_relay: Proc | None = None
+    floor_addon: Proc | None = None
+    floor_origin: str = ""
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.addon, self.relay, self.backend]
+        floor = [p for p in (self.floor_addon, self.floor_relay) if p is not None]
+        return [*floor, self.addon, self.relay, self.backend]
 
 
 async def start_stack(
-    workdir: Path, log_level: str = "info", relay_extra: tuple[str, ...] = ()
+    workdir: Path,
+    log_level: str = "info",
+    relay_extra: tuple[str, ...] = (),
+    *,
+    floor: bool = False,
 ) -> Stack:
     """Backend, relay and add-on as separate processes; a user; the add-on linked.
 
-    ``relay_extra``: more ``homeport relay`` flags (the flood workload sets limits).
+    ``relay_extra``: more ``homeport relay`` flags (the flood workload sets limits);
+    ``floor``: also start ``bench/floor.py``'s minimal relay and add-on.
     """
     python = sys.executable
     ca = create_independent_ca(workdir / "bench-ca", common_name="Homeport bench CA")
@@ -403,11 +415,46 @@ async def start_stack(
         await cli("admin", "link", code, EMAIL, *relay_opts)
         listing = json.loads(await cli("admin", "instance", "list", "--json", *relay_opts))
         (instance,) = [row["id"] for row in listing if row["owner"] == EMAIL]
+        floor_relay = floor_addon = None
+        floor_port = free_port()
+        if floor:
+            floor_script = str(HERE / "floor.py")
+            floor_relay = Proc(
+                "floor_relay",
+                [
+                    python,
+                    floor_script,
+                    "relay",
+                    f"--port={floor_port}",
+                    f"--cert={cert}",
+                    f"--key={key}",
+                ],
+                workdir,
+            )
+            procs.append(floor_relay)
+            await wait_for_output(floor_relay, r"floor relay ready", 30)
+            floor_addon = Proc(
+                "floor_addon",
+                [
+                    python,
+                    floor_script,
+                    "addon",
+                    f"--ca={ca.cert_path}",
+                    f"--backend={plain_url}",
+                    f"--relay=wss://localhost:{floor_port}/_floor/tunnel",
+                ],
+                workdir,
+            )
+            procs.append(floor_addon)
+            await wait_for_output(floor_addon, r"floor add-on connected", 30)
     except BaseException:
         for proc in reversed(procs):
             proc.stop()
         raise
     return Stack(
+        floor_relay=floor_relay,
+        floor_addon=floor_addon,
+        floor_origin=f"https://localhost:{floor_port}" if floor else "",
         workdir=workdir,
         backend=backend,
         relay=relay,
@@ -711,17 +758,22 @@ async def measure(
     record["cpu_s"] = {name: round(seconds, 3) for name, seconds in usage.cpu.items()}
     # Other load on the machine skews every figure: record it beside them.
     record["other_cpu_share"] = round(usage.other_cpu / (usage.ended - usage.started) / CPUS, 3)
-    if path == "relay":
-        relay_addon = usage.cpu["relay"] + usage.cpu["addon"]
+    pair = PAIRS.get(path)
+    if pair is not None:
+        relay_addon = sum(usage.cpu[name] for name in pair)
         record["relay_addon_cpu_s"] = round(relay_addon, 3)
     if "bytes" in record:
         megabytes = max(record["bytes"], 1) / MB
-        record["cpu_s_per_mb_all"] = round(sum(usage.cpu.values()) / megabytes, 6)
-        if path == "relay":
+        # The processes of the *other* paths idle meanwhile: count the path's own.
+        own = [n for n in usage.cpu if n in ("client", "backend") or n in (pair or ())]
+        record["path_cpu_s"] = round(sum(usage.cpu[n] for n in own), 3)
+        record["cpu_s_per_mb_all"] = round(record["path_cpu_s"] / megabytes, 6)
+        if pair is not None:
             record["relay_addon_cpu_s_per_mb"] = round(record["relay_addon_cpu_s"] / megabytes, 6)
+        if path == "relay":
             record["relay"] = usage.rss_profile(sampler, "relay")
             record["addon"] = usage.rss_profile(sampler, "addon")
-    elif "requests" in record and path == "relay" and record["requests"]:
+    elif "requests" in record and pair is not None and record["requests"]:
         record["relay_addon_cpu_us_per_request"] = round(
             record["relay_addon_cpu_s"] / record["requests"] * 1e6, 1
         )
@@ -730,13 +782,13 @@ async def measure(
 
 
 async def run_benchmark(
-    plan: Plan, groups: set[str], profile_dir: Path | None, log_level: str
+    plan: Plan, groups: set[str], profile_dir: Path | None, log_level: str, *, floor: bool = True
 ) -> Results:
     results = Results()
     with tempfile.TemporaryDirectory(prefix="homeport-bench-") as tmp:
         workdir = Path(tmp)
         setup_started = time.monotonic()
-        stack = await start_stack(workdir, log_level)
+        stack = await start_stack(workdir, log_level, floor=floor)
         profilers: list[subprocess.Popen[bytes]] = []
         sampler: Sampler | None = None
         try:
@@ -762,6 +814,9 @@ async def run_benchmark(
                 "backend": stack.backend.pid,
                 "client": os.getpid(),
             }
+            if stack.floor_relay is not None and stack.floor_addon is not None:
+                pids["floor_relay"] = stack.floor_relay.pid
+                pids["floor_addon"] = stack.floor_addon.pid
             sampler = Sampler({"relay": stack.relay.pid, "addon": stack.addon.pid})
             sampler.start()
             if profile_dir is not None:
@@ -770,6 +825,8 @@ async def run_benchmark(
                 "direct": (client_session(stack.direct_ca), stack.direct_origin),
                 "relay": (client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
             }
+            if stack.floor_origin:
+                sessions["floor"] = (client_session(stack.direct_ca), stack.floor_origin)
             try:
                 await run_workloads(plan, groups, results, sessions, pids, sampler)
             finally:
@@ -799,7 +856,7 @@ async def run_workloads(
     pids: dict[str, int],
     sampler: Sampler,
 ) -> None:
-    paths = ("direct", "relay")
+    paths = tuple(sessions)
     if "get" in groups:
         for concurrency, count, cap in (
             (1, plan.get_c1, plan.get_c1_cap),
@@ -879,12 +936,13 @@ def summarise_transfers(figure: str, path: str, rounds: list[dict[str, Any]]) ->
         "mb_per_s": rates[len(rates) // 2],
         "mb_per_s_min": rates[0],
         "mb_per_s_max": rates[-1],
-        "cpu_s_per_mb_all": round(sum(sum(r["cpu_s"].values()) for r in rounds) / megabytes, 6),
+        "cpu_s_per_mb_all": round(sum(r["path_cpu_s"] for r in rounds) / megabytes, 6),
     }
-    if path == "relay":
+    if path in PAIRS:
         summary["relay_addon_cpu_s_per_mb"] = round(
             sum(r["relay_addon_cpu_s"] for r in rounds) / megabytes, 6
         )
+    if path == "relay":
         for proc in ("relay", "addon"):
             mems = [r[proc] for r in rounds]
             summary[proc] = {
@@ -971,127 +1029,124 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def table(results: Results) -> str:
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    """direct | floor | relay columns, the relay's ratio and added latency, and the targets.
 
-    def pair(figure: str, key: str) -> tuple[float | None, float | None]:
-        d, r = results.get(figure, "direct"), results.get(figure, "relay")
-        return (d.get(key) if d else None, r.get(key) if r else None)
+    The floor (``bench/floor.py``) gets its own ratio and added latency: a target
+    the floor misses is out of reach for any relay built on the same parts.
+    """
+    rows: list[tuple[str, ...]] = []
+
+    def value(figure: str, path: str, key: str) -> float | None:
+        record = results.get(figure, path)
+        return record.get(key) if record else None
 
     def ratio(d: float | None, r: float | None) -> float | None:
         return r / d if d and r is not None else None
 
+    def added(d: float | None, r: float | None) -> str:
+        return f"{r - d:+.3f} ms" if d is not None and r is not None else "-"
+
     def verdict(ok: bool | None) -> str:
         return "-" if ok is None else ("PASS" if ok else "MISS")
 
-    for figure, label in (("get_c1", "GET c=1"), ("get_c32", "GET c=32")):
-        d, r = pair(figure, "rps")
-        rows.append((f"{label} requests/s", fmt(d, 0), fmt(r, 0), fmt(ratio(d, r)), "", "", ""))
-        for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
-            d, r = pair(figure, key)
-            added = r - d if d is not None and r is not None else None
-            target, ok = "", None
-            if figure == "get_c1" and key == "p50_ms":
-                target = f"added <= {TARGET_ADDED_MS} ms"
-                ok = added is not None and added <= TARGET_ADDED_MS
-            rows.append(
-                (
-                    f"{label} {name} ms",
-                    fmt(d, 3),
-                    fmt(r, 3),
-                    fmt(ratio(d, r)),
-                    f"{added:+.3f} ms" if added is not None else "-",
-                    target,
-                    verdict(ok),
-                )
-            )
-        relay = results.get(figure, "relay")
-        if relay and "relay_addon_cpu_us_per_request" in relay:
-            us = relay["relay_addon_cpu_us_per_request"]
-            rows.append((f"{label} relay+add-on CPU us/req", "-", fmt(us, 0), "", "", "", ""))
-    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        d, r = pair("ws_echo", key)
-        added = r - d if d is not None and r is not None else None
-        target, ok = "", None
-        if key == "p50_ms":
-            target = f"added <= {TARGET_ADDED_MS} ms"
-            ok = added is not None and added <= TARGET_ADDED_MS
+    def line(
+        label: str,
+        figure: str,
+        key: str,
+        digits: int = 2,
+        *,
+        latency: bool = False,
+        target: str = "",
+        check: Callable[[float | None, float | None], bool | None] | None = None,
+    ) -> None:
+        d, f, r = (value(figure, path, key) for path in ("direct", "floor", "relay"))
         rows.append(
             (
-                f"WS echo 1 KiB {name} ms",
-                fmt(d, 3),
-                fmt(r, 3),
+                label,
+                fmt(d, digits),
+                fmt(f, digits),
+                fmt(r, digits),
                 fmt(ratio(d, r)),
-                f"{added:+.3f} ms" if added is not None else "-",
+                fmt(ratio(d, f)),
+                added(d, r) if latency else "",
+                added(d, f) if latency else "",
                 target,
-                verdict(ok),
+                verdict(check(d, f)) if check else "",
+                verdict(check(d, r)) if check else "",
             )
         )
-    for key, name in (("idle_p50_ms", "idle p50"), ("idle_p99_ms", "idle p99")):
-        d, r = pair("ws_under_download", key)
-        rows.append((f"WS echo {name} ms", fmt(d, 3), fmt(r, 3), fmt(ratio(d, r)), "", "", ""))
-    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        d, r = pair("ws_under_download", key)
-        rows.append(
-            (
-                f"WS echo under download {name} ms",
-                fmt(d, 3),
-                fmt(r, 3),
-                fmt(ratio(d, r)),
-                "",
-                "",
-                "",
-            )
-        )
-    for key, name in (("p50_loaded_over_idle", "p50"), ("p99_loaded_over_idle", "p99")):
-        d, r = pair("ws_under_download", key)
-        rows.append((f"WS under download / idle {name}", fmt(d), fmt(r), "", "", "", ""))
-    d, r = pair("ws_under_download", "download_mb_per_s")
-    rows.append(("download beside the WS MB/s", fmt(d, 1), fmt(r, 1), fmt(ratio(d, r)), "", "", ""))
-    for figure in ("download", "upload"):
-        d, r = pair(figure, "mb_per_s")
+
+    def within_added(d: float | None, r: float | None) -> bool | None:
+        return None if d is None or r is None else r - d <= TARGET_ADDED_MS
+
+    def within_ratio(d: float | None, r: float | None) -> bool | None:
         rat = ratio(d, r)
+        return None if rat is None else rat >= TARGET_TRANSFER_RATIO
+
+    def cpu_line(label: str, figure: str, key: str, digits: int) -> None:
+        f, r = value(figure, "floor", key), value(figure, "relay", key)
+        if f is not None or r is not None:
+            rows.append((label, "-", fmt(f, digits), fmt(r, digits), "", "", "", "", "", "", ""))
+
+    latency_target = f"added <= {TARGET_ADDED_MS} ms"
+    for figure, label in (("get_c1", "GET c=1"), ("get_c32", "GET c=32")):
+        line(f"{label} requests/s", figure, "rps", 0)
+        c1 = figure == "get_c1"
+        line(
+            f"{label} p50 ms",
+            figure,
+            "p50_ms",
+            3,
+            latency=True,
+            target=latency_target if c1 else "",
+            check=within_added if c1 else None,
+        )
+        line(f"{label} p99 ms", figure, "p99_ms", 3, latency=True)
+        cpu_line(f"{label} relay+add-on CPU us/req", figure, "relay_addon_cpu_us_per_request", 0)
+    line(
+        "WS echo 1 KiB p50 ms",
+        "ws_echo",
+        "p50_ms",
+        3,
+        latency=True,
+        target=latency_target,
+        check=within_added,
+    )
+    line("WS echo 1 KiB p99 ms", "ws_echo", "p99_ms", 3, latency=True)
+    line("WS echo idle p50 ms", "ws_under_download", "idle_p50_ms", 3)
+    line("WS echo idle p99 ms", "ws_under_download", "idle_p99_ms", 3)
+    line("WS echo under download p50 ms", "ws_under_download", "p50_ms", 3)
+    line("WS echo under download p99 ms", "ws_under_download", "p99_ms", 3)
+    line("WS under download / idle p50", "ws_under_download", "p50_loaded_over_idle")
+    line("WS under download / idle p99", "ws_under_download", "p99_loaded_over_idle")
+    line("download beside the WS MB/s", "ws_under_download", "download_mb_per_s", 1)
+    for figure in ("download", "upload"):
+        d, f, r = (value(figure, path, "mb_per_s") for path in ("direct", "floor", "relay"))
         spread = {
             path: f"{fmt(rec['mb_per_s'], 1)} ({rec['mb_per_s_min']:.0f}-{rec['mb_per_s_max']:.0f})"
             if (rec := results.get(figure, path))
             else "-"
-            for path in ("direct", "relay")
+            for path in ("direct", "floor", "relay")
         }
         rows.append(
             (
                 f"{figure} MB/s (min-max)",
                 spread["direct"],
+                spread["floor"],
                 spread["relay"],
-                fmt(rat),
+                fmt(ratio(d, r)),
+                fmt(ratio(d, f)),
+                "",
                 "",
                 f">= {TARGET_TRANSFER_RATIO:.0%} of direct",
-                verdict(None if rat is None else rat >= TARGET_TRANSFER_RATIO),
+                verdict(within_ratio(d, f)),
+                verdict(within_ratio(d, r)),
             )
         )
-        d, r = pair(figure, "cpu_s_per_mb_all")
-        rows.append(
-            (
-                f"{figure} CPU s/MB, all processes",
-                fmt(d, 4),
-                fmt(r, 4),
-                fmt(ratio(d, r)),
-                "",
-                "",
-                "",
-            )
-        )
+        line(f"{figure} CPU s/MB, all processes", figure, "cpu_s_per_mb_all", 4)
+        cpu_line(f"{figure} relay+add-on CPU s/MB", figure, "relay_addon_cpu_s_per_mb", 4)
         relay = results.get(figure, "relay")
         if relay:
-            rows.append(
-                (
-                    f"{figure} relay+add-on CPU s/MB",
-                    "-",
-                    fmt(relay.get("relay_addon_cpu_s_per_mb"), 4),
-                    "",
-                    "",
-                    "",
-                    "",
-                )
-            )
             for proc in ("relay", "addon"):
                 mem = relay[proc]
                 flat = (
@@ -1103,22 +1158,38 @@ def table(results: Results) -> str:
                     (
                         f"{figure} {proc} RSS peak MiB (growth)",
                         "-",
+                        "-",
                         f"{fmt(mem['rss_peak_mib'], 1)} (+{fmt(mem['rss_growth_mib'], 1)})",
+                        "",
                         "",
                         f"late +{fmt(mem['rss_late_growth_mib'], 1)}, rounds "
                         f"{mem['rss_growth_over_rounds_mib']:+.1f}",
+                        "",
                         "flat" if proc == "relay" else "",
+                        "",
                         verdict(flat) if proc == "relay" else "",
                     )
                 )
-    header = ("figure", "direct", "relay", "relay/direct", "added", "target", "result")
+    header = (
+        "figure",
+        "direct",
+        "floor",
+        "relay",
+        "relay/direct",
+        "floor/direct",
+        "added",
+        "floor added",
+        "target",
+        "floor",
+        "relay",
+    )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(header)),
         "  ".join("-" * w for w in widths),
     ]
     for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return "\n".join(lines)
 
 
@@ -1138,8 +1209,10 @@ def notes(results: Results, plan: Plan) -> str:
     text = [
         "",
         "Direct: client -TLS 1.3-> backend.  Relay: client -TLS 1.3-> relay -WSS tunnel->",
-        "add-on -plain HTTP on loopback-> the same backend.  All processes on uvloop, on",
-        f"{os.cpu_count()} CPUs shared by client, relay, add-on and backend.",
+        "add-on -plain HTTP on loopback-> the same backend.  Floor: the same path through",
+        "bench/floor.py's minimal relay and add-on (same parts, no checks: not a product).",
+        f"All processes on uvloop, on {os.cpu_count()} CPUs shared by client, relay, add-on"
+        " and backend.",
         f"Transfers: {plan.transfer // MiB} MiB each, {plan.transfer_rounds} round(s) per path"
         " (MB/s: median; RSS: worst round; 'rounds' = RSS change from the first round's"
         " start to the last round's end).  MB = 10**6 bytes.",
@@ -1187,12 +1260,19 @@ def main() -> int:
         help="run only the flood workload (bench/flood.py): another home's latency while one"
         " home floods, without and with --tenant-bandwidth BANDWIDTH (default 8M)",
     )
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the floor path (bench/floor.py: the minimal relay + add-on pair)",
+    )
     args = parser.parse_args()
     if args.flood is not None:
         return run_flood_main(args)
     plan = QUICK if args.quick else FULL
     groups = set(args.only or GROUPS)
-    results = uvloop.run(run_benchmark(plan, groups, args.profile, args.log_level))
+    results = uvloop.run(
+        run_benchmark(plan, groups, args.profile, args.log_level, floor=not args.no_floor)
+    )
     print()
     print(table(results))
     print(notes(results, plan))
