@@ -50,6 +50,7 @@ Policy (R-RATE-01/02/03; the same text is summarised in ``docs/security.md``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import math
@@ -112,6 +113,7 @@ SIGNIN_NETWORK: Final = Window(limit=20, window=timedelta(minutes=10))
 LINK_NETWORK: Final = Window(limit=10, window=timedelta(hours=1))
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every tenant request: parse an address once
 def network_key(ip: str | None) -> str:
     """The client network an address counts against: IPv4 address, IPv6 /64."""
     try:

@@ -116,8 +116,10 @@ class RemoteAccessGate:
         self._path = state_dir / STATE_FILE
         self.access_log = access_log or AccessLog()
         self._enabled = self._load()
-        self._cut = asyncio.Event()
-        self._open: set[asyncio.Task[None]] = set()
+        #: The task serving each open stream, so the switch can cancel it at once.
+        self._open: dict[Stream, asyncio.Task[Any]] = {}
+        #: Streams the switch is cutting (their task's cancellation is ours).
+        self._cutting: set[Stream] = set()
 
     @property
     def enabled(self) -> bool:
@@ -149,8 +151,12 @@ class RemoteAccessGate:
         if changed:
             log.info("addon.remote_access", extra={"enabled": enabled, "cut": len(self._open)})
         if not enabled:
-            cut, self._cut = self._cut, asyncio.Event()
-            cut.set()  # every open stream's watcher fires now
+            for stream, task in list(self._open.items()):
+                self._cutting.add(stream)
+                # The person's WebSocket closes now, before the forwarder unwinds
+                # (its upstream clean-up may take a few seconds).
+                _close_websocket(stream)
+                task.cancel()
 
     def wrap(self, handler: StreamHandler) -> StreamHandler:
         async def gated(stream: Stream) -> None:
@@ -181,28 +187,21 @@ class RemoteAccessGate:
             )
 
     async def _run(self, handler: StreamHandler, stream: Stream) -> int | None:
-        served = asyncio.create_task(handler(stream))
-        self._open.add(served)
-        cut = asyncio.create_task(self._cut.wait())
-        switched_off = False
+        """Serve ``stream`` in this task; the switch cancels it (no watcher task per stream)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[stream] = task
         try:
-            await asyncio.wait({served, cut}, return_when=asyncio.FIRST_COMPLETED)
-            switched_off = not served.done()
+            await handler(stream)
+        except asyncio.CancelledError:
+            if stream not in self._cutting or task.uncancel() > 0:
+                self._cutting.discard(stream)
+                raise  # not (only) the switch: the session is ending this stream
         finally:
-            cut.cancel()
-            self._open.discard(served)
-            if switched_off:
-                # The person's WebSocket closes now, before the forwarder unwinds
-                # (its upstream clean-up may take a few seconds).
-                _close_websocket(stream)
-            if not served.done():
-                served.cancel()
-                # Give the forwarder its chance to close the upstream request.
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await served
-        if switched_off:
+            del self._open[stream]
+        if stream in self._cutting:
+            self._cutting.discard(stream)
             return await _cut_off(stream)
-        served.result()  # re-raise a handler failure for the session to log
         return stream.sent_status
 
 

@@ -401,6 +401,11 @@ class TunnelConnection:
         payload = _GOAWAY.pack(self._highest_stream_id, code) + reason.encode()[:256]
         self._control += encode_frame(FrameType.GOAWAY, 0, payload)
 
+    @property
+    def has_output(self) -> bool:
+        """True if :meth:`data_to_send` may have something (cheap; no scheduling)."""
+        return bool(self._control) or any(self._scheduler.queues)
+
     def data_to_send(self, limit: int = 1024 * 1024) -> bytes:
         """Bytes to write now: control frames first, then scheduled stream output.
 

@@ -31,6 +31,11 @@ _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # origin-form only: absolute-form, authority-form and asterisk-form are refused.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _U16 = struct.Struct(">H")
+# The same two alphabets for ``bytes.translate``: deleting the allowed bytes from a
+# whole head's names (or values) at once leaves nothing exactly when every field is
+# valid, one C call per head instead of two regex matches per field.
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
 PRIORITY_INTERACTIVE = 0
 PRIORITY_DEFAULT = 3
@@ -99,20 +104,21 @@ def encode_request_head(head: RequestHead) -> bytes:
 
 
 def decode_request_head(payload: bytes) -> RequestHead:
-    reader = _Reader(payload)
-    priority = reader.u8()
+    if len(payload) < 2:
+        raise HeadError("truncated head")
+    priority, method_len = payload[0], payload[1]
     if priority > PRIORITY_BULK:
         raise HeadError("priority out of range")
-    method = reader.take(reader.u8())
-    target = reader.take(reader.u16())
+    method, pos = _take(payload, 2, method_len)
+    target_len, pos = _u16(payload, pos)
+    target, pos = _take(payload, pos, target_len)
     if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
         raise HeadError("invalid method")
     if len(target) > MAX_TARGET:
         raise HeadError("request target too long")
     if not _TARGET.fullmatch(target) or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
-    headers = _decode_headers(reader)
-    reader.done()
+    headers = _decode_headers(payload, pos)
     return RequestHead(method.decode("ascii"), target.decode("ascii"), headers, priority)
 
 
@@ -123,13 +129,10 @@ def encode_response_head(head: ResponseHead) -> bytes:
 
 
 def decode_response_head(payload: bytes) -> ResponseHead:
-    reader = _Reader(payload)
-    status = reader.u16()
+    status, pos = _u16(payload, 0)
     if not 100 <= status <= 599:
         raise HeadError(f"invalid status {status}")
-    headers = _decode_headers(reader)
-    reader.done()
-    return ResponseHead(status, headers)
+    return ResponseHead(status, _decode_headers(payload, pos))
 
 
 def valid_field(name: bytes, value: bytes) -> bool:
@@ -140,57 +143,85 @@ def valid_field(name: bytes, value: bytes) -> bool:
 def _encode_headers(headers: Headers) -> bytes:
     if len(headers) > MAX_HEADERS:
         raise HeadError(f"more than {MAX_HEADERS} headers")
+    try:
+        names = [name.encode("latin-1") for name, _ in headers]
+        values = [value.encode("latin-1") for _, value in headers]
+    except UnicodeEncodeError:
+        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
+        raise HeadError(f"header field {bad!r} is not latin-1") from None
+    if not _all_valid(names, values):
+        bad = next(
+            n
+            for (n, _), rn, rv in zip(headers, names, values, strict=True)
+            if not valid_field(rn, rv)
+        )
+        raise HeadError(f"invalid header field {bad!r}")
     parts = [_U16.pack(len(headers))]
-    for name, value in headers:
-        try:
-            raw_name = name.encode("latin-1")
-            raw_value = value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise HeadError(f"header field {name!r} is not latin-1") from None
-        if not valid_field(raw_name, raw_value):
-            raise HeadError(f"invalid header field {name!r}")
+    pack = _U16.pack
+    for raw_name, raw_value in zip(names, values, strict=True):
         if len(raw_name) > 0xFFFF or len(raw_value) > 0xFFFF:
             raise HeadError("header field too long")
-        parts += (_U16.pack(len(raw_name)), raw_name, _U16.pack(len(raw_value)), raw_value)
+        parts += (pack(len(raw_name)), raw_name, pack(len(raw_value)), raw_value)
     return b"".join(parts)
 
 
-def _decode_headers(reader: _Reader) -> Headers:
-    count = reader.u16()
+def _decode_headers(data: bytes, pos: int) -> Headers:
+    """The headers block at ``pos``, which must run to the end of ``data``."""
+    count, pos = _u16(data, pos)
     if count > MAX_HEADERS:
         raise HeadError(f"more than {MAX_HEADERS} headers")
-    headers: Headers = []
+    size = len(data)
+    unpack = _U16.unpack_from
+    names: list[bytes] = []
+    values: list[bytes] = []
     for _ in range(count):
-        name = reader.take(reader.u16())
-        value = reader.take(reader.u16())
-        if not valid_field(name, value):
-            raise HeadError("invalid header field")
-        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-    return headers
-
-
-class _Reader:
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
+        if pos + 2 > size:
             raise HeadError("truncated head")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
+        end = pos + 2 + unpack(data, pos)[0]
+        if end + 2 > size:
+            raise HeadError("truncated head")
+        names.append(data[pos + 2 : end])
+        pos = end + 2 + unpack(data, end)[0]
+        if pos > size:
+            raise HeadError("truncated head")
+        values.append(data[end + 2 : pos])
+    if pos != size:
+        raise HeadError("trailing bytes after head")
+    if not _all_valid(names, values):
+        raise HeadError("invalid header field")
+    return [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in zip(names, values, strict=True)
+    ]
 
-    def u8(self) -> int:
-        return self.take(1)[0]
 
-    def u16(self) -> int:
-        value: int = _U16.unpack(self.take(2))[0]
-        return value
+def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
+    """Every name a non-empty token and every value clean: the same rule as
+    :func:`valid_field`, checked for a whole head in three C calls."""
+    return (
+        all(names)
+        and not b"".join(names).translate(None, _TOKEN_BYTES)
+        and not b"".join(values).translate(None, _VALUE_BYTES)
+    )
 
-    def done(self) -> None:
-        if self._pos != len(self._data):
-            raise HeadError("trailing bytes after head")
+
+def _is_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _u16(data: bytes, pos: int) -> tuple[int, int]:
+    if pos + 2 > len(data):
+        raise HeadError("truncated head")
+    value: int = _U16.unpack_from(data, pos)[0]
+    return value, pos + 2
+
+
+def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
+    end = pos + n
+    if end > len(data):
+        raise HeadError("truncated head")
+    return data[pos:end], end

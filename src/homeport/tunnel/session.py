@@ -185,7 +185,12 @@ class TunnelSession:
                 events = self.connection.receive_data(msg.data)
                 self._dispatch(events)
                 self._received.set()
-                self.kick()
+                # Wake the writer only for output (window updates, pongs, resets);
+                # streams the peer just finished are pruned here, without a task switch.
+                if self.connection.has_output:
+                    self.kick()
+                else:
+                    self._prune_and_wake()
                 if self.connection.terminated:
                     await self._flush()
                     return
