@@ -5,7 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from homeport.protocol import heads
 from homeport.protocol.heads import (
     MAX_HEADERS,
     MAX_TARGET,
@@ -211,3 +214,26 @@ def test_valid_field() -> None:
     assert valid_field(b"x-ok", b"a b\tc \xe9")
     assert not valid_field(b"x-ok", b"a\rb")
     assert not valid_field(b"x ok", b"a")
+
+
+# The whole-head check (bytes.translate over all names and all values) must agree
+# with the per-field rule, field by field: a value byte or an empty name that one
+# accepts and the other refuses would be a hole in the response-splitting defence.
+_FIELD_BYTES = st.binary(max_size=12) | st.sampled_from(
+    [b"x-ok", b"a b\tc \xe9", b"a\rb", b"a\nb", b"\x00", b"", b"x y", b"x:y", b"\x7f"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=6))
+def test_whole_head_check_agrees_with_valid_field(fields: list[tuple[bytes, bytes]]) -> None:
+    names = [n for n, _ in fields]
+    values = [v for _, v in fields]
+    expected = all(valid_field(n, v) for n, v in fields)
+    assert heads._all_valid(names, values) is expected
+    raw = raw_request(headers=fields)
+    if expected:
+        assert len(decode_request_head(raw).headers) == len(fields)
+    else:
+        with pytest.raises(HeadError):
+            decode_request_head(raw)
