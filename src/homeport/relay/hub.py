@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
-from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.connection import Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
+from homeport.tunnel.control import ControlHandler
 from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class TunnelHub:
         self.tunnels: dict[str, TunnelSession] = {}
         self._sessions: set[TunnelSession] = set()
         self._closing = False
+        #: Owner actions from add-ons (relay/addon_control.py), given (instance id, peer);
+        #: with None the relay does not advertise CONTROL.
+        self.control_handler: Callable[[str, str], ControlHandler] | None = None
 
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
@@ -97,9 +101,12 @@ class TunnelHub:
         return ws
 
     async def _serve(self, ws: web.WebSocketResponse, instance_id: str, peer: str) -> None:
+        control = self.control_handler
+        on_control = control(instance_id, peer) if control is not None else None
         session = TunnelSession(
             ws,
-            TunnelConnection(Role.RELAY),
+            TunnelConnection(Role.RELAY, Settings(accept_control=on_control is not None)),
+            on_control=on_control,
             name=f"relay:{instance_id[:8]}",
             ping_interval=self.config.tunnel_ping_interval,
             ping_timeout=self.config.tunnel_ping_timeout,

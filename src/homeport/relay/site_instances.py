@@ -45,6 +45,7 @@ from homeport.accounts.errors import (
 from homeport.accounts.service import SessionInfo
 from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
+from homeport.relay.app_links import app_link_url
 from homeport.relay.live import Ending
 from homeport.relay.tenant import redirect
 
@@ -497,7 +498,7 @@ class InstancePages:
             return self._not_found(session)
         except ValueError as exc:
             return await self._page(session, instance_id, status=400, error=str(exc))
-        url = f"https://{label}.{self.config.tenant_domain}{self.config.port_suffix}"
+        url = app_link_url(self.config, label)
         log.info("account.app_link_created", extra={"user": session.user_id, "link": row.id})
         await self.site.audit(
             request,
