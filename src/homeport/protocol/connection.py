@@ -243,6 +243,10 @@ class TunnelConnection:
         return stream_id in self._streams
 
     @property
+    def peer_settings_received(self) -> bool:
+        return self._settings_received
+
+    @property
     def peer_accepts_control(self) -> bool:
         """The peer's SETTINGS said it answers CONTROL requests (False until they arrive)."""
         return self._peer_accepts_control
