@@ -92,6 +92,7 @@ async def test_creates_a_working_link_for_the_owner_and_audits_it(
     assert created[0].detail == f"app link {link.id}, from the add-on panel"
     assert created[0].instance_id == home.instance_id
     assert created[0].ip == PEER
+    assert created[0].device == "Homeport add-on panel"
     # The label is a credential: never in a log line.
     logged = caplog.text + " ".join(str(vars(r)) for r in caplog.records)
     assert label not in logged

@@ -48,6 +48,8 @@ OP_CREATE_APP_LINK: Final = "create_app_link"
 ADDON_APP_LINKS: Final = Window(limit=10, window=timedelta(hours=1))
 #: The audit event's detail names where the link came from.
 FROM_PANEL: Final = "from the add-on panel"
+#: The audit log's "device" for requests over a tunnel (there is no User-Agent).
+ADDON_DEVICE: Final = "Homeport add-on panel"
 
 Reply = dict[str, Any]
 
@@ -129,6 +131,7 @@ class AddonControl:
             instance_id=instance_id,
             ip=peer,
             detail=f"app link {row.id}, {FROM_PANEL}",
+            device=ADDON_DEVICE,
         )
         log.info("addon_control.app_link_created", extra={"instance": instance_id, "link": row.id})
         if self.outbox is not None and self.writer is not None:
