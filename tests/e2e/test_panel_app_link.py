@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import re
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 from panel_stack import panel_for, until_capability_known
-from stack import Stack, start_stack
-
-from homeport.addon.client import LocalhostResolver
+from stack import start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,26 +45,15 @@ def shown_url(page: str) -> str:
     return html.unescape(found[1])
 
 
-@asynccontextmanager
-async def phone(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    """The companion app: trusts the relay's CA, keeps no cookies, knows no session."""
-    context = ssl.create_default_context(cafile=str(stack.ca_path))
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    try:
-        yield session
-    finally:
-        await session.close()
-
-
 async def fetch(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with session.get(url, allow_redirects=False) as r:
         return r.status, await r.text()
 
 
-async def test_panel_app_link_reaches_the_home_until_revoked(tmp_path: Path) -> None:
+async def test_panel_app_link_reaches_the_home_until_revoked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     async with start_stack(tmp_path) as stack, panel_for(stack, tmp_path) as panel:
         await until_capability_known(stack, True)
         status, page = await panel_create(panel, "Anna's phone")
@@ -78,7 +63,7 @@ async def test_panel_app_link_reaches_the_home_until_revoked(tmp_path: Path) -> 
         assert re.fullmatch(r"[a-z2-7]{32}", label)
         assert url == f"https://{label}.{stack.config.tenant_domain}{stack.config.port_suffix}"
 
-        async with phone(stack) as app:
+        async with stack.companion_app() as app:
             status, body = await fetch(app, url + "/")
             assert status == 200
             assert "Home Assistant stand-in" in body
@@ -108,6 +93,10 @@ async def test_panel_app_link_reaches_the_home_until_revoked(tmp_path: Path) -> 
                 ) as r:
                     assert r.status == 303
             assert await fetch(app, url + "/") == MISDIRECTED
+    # The link is a credential: no log line of the relay, the add-on or the panel has it.
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "addon_control.app_link_created" in logged
+    assert label not in logged
 
 
 async def test_a_relay_without_the_capability_gets_the_panel_message(tmp_path: Path) -> None:
