@@ -9,6 +9,10 @@ rate-limited per peer network (:data:`homeport.accounts.throttle.LINK_NETWORK`,
 10 an hour per IPv4 address or IPv6 /64): beyond that the hub answers
 ``error``/``rate_limited`` and closes, so a key generator cannot flood the
 code space or the database.
+
+A registered tunnel may also carry the add-on's owner actions (CONTROL
+frames, answered by :mod:`homeport.relay.addon_control`), always for the
+instance its handshake proved, never another.
 """
 
 from __future__ import annotations
