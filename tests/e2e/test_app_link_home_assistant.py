@@ -10,8 +10,6 @@ the app's WebSocket and the address stops resolving.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ import aiohttp
 import pytest
 from ha_core import HomeAssistant
 from stack import Stack, start_stack
-
-from homeport.addon.client import LocalhostResolver
 
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(120)]
 
@@ -36,18 +32,8 @@ async def stack(tmp_path: Path, home_assistant: HomeAssistant) -> AsyncIterator[
         yield running
 
 
-@contextlib.asynccontextmanager
-async def companion_app(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    context = ssl.create_default_context(cafile=str(stack.ca_path))
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=30),
-    )
-    try:
-        yield session
-    finally:
-        await session.close()
+def companion_app(stack: Stack) -> aiohttp.ClientSession:
+    return stack.companion_app(timeout=30)
 
 
 async def _json(response: aiohttp.ClientResponse, status: int = 200) -> Any:

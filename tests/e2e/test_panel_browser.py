@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from panel_stack import panel_for, until_capability_known
+from stack import start_stack
+
 from homeport.addon.client import AddonStatus, State
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.panel import Panel, PanelSources
@@ -61,3 +64,55 @@ async def test_panel_in_chromium(chromium: Chromium, tmp_path: Path) -> None:
             assert person.page_errors == []
     finally:
         await panel.stop()
+
+
+async def test_panel_creates_an_app_link_in_chromium(chromium: Chromium, tmp_path: Path) -> None:
+    """Keyboard only: the card, the form, the answer; the QR code and the link work."""
+    async with start_stack(tmp_path) as stack, panel_for(stack, tmp_path) as panel:
+        await until_capability_known(stack, True)
+        await chromium.start(stack.ca_path)
+        async with chromium.person() as person:
+            page = person.page
+            await page.goto(panel + "/")
+            for _ in range(15):
+                await page.keyboard.press("Tab")
+                if await page.evaluate("document.activeElement.id") == "app-links-open":
+                    break
+            else:
+                raise AssertionError("the app-link button cannot be reached with Tab")
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            for _ in range(10):
+                await page.keyboard.press("Tab")
+                if await page.evaluate("document.activeElement.id") == "app-link-name":
+                    break
+            else:
+                raise AssertionError("the device name field cannot be reached with Tab")
+            await page.keyboard.type("Anna's phone")
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")  # submits the form, Origin and token as sent
+
+            assert await page.text_content("#created") == "App link for Anna's phone"
+            assert await page.is_visible("#app-link-qr svg")
+            box = await page.locator("#app-link-qr svg").bounding_box()
+            assert box is not None
+            assert box["width"] >= 100  # big enough for a camera
+            url = await page.input_value("#app-link-url")
+            assert url.startswith("https://")
+            assert await page.get_attribute("#app-link-url", "readonly") is not None
+            assert "shown only this once" in (await page.text_content("#shown-once") or "")
+            (link,) = await stack.relay.accounts.sharing.app_links(stack.instance_id)
+            assert link.name == "Anna's phone"
+
+            await page.set_viewport_size({"width": 360, "height": 740})
+            width = await page.evaluate("document.scrollingElement.scrollWidth")
+            assert width <= 360, "the answer page scrolls sideways on a phone"
+            await page.emulate_media(color_scheme="dark")
+            assert await page.is_visible("#app-link-qr svg")
+            assert person.csp_errors() == []
+            assert person.page_errors == []
+
+        # The link, opened in a fresh context with no session, reaches Home Assistant.
+        async with chromium.person() as app:
+            await app.page.goto(url + "/")
+            assert "Home Assistant stand-in" in await app.page.content()

@@ -13,7 +13,6 @@ import dataclasses
 import html
 import json
 import re
-import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from stack import PASSWORD, Browser, Stack, make_addon, start_stack
 from tenants import extra_tenant
 
-from homeport.addon.client import AddonStatus, LocalhostResolver, State
+from homeport.addon.client import AddonStatus, State
 from homeport.relay.tenant import SESSION_COOKIE
 
 BOB = "bob@example.com"
@@ -77,18 +76,9 @@ def copied_value(page: str, field_id: str) -> str:
     return html.unescape(match.group(1))
 
 
-@contextlib.asynccontextmanager
-async def app(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    """The companion app: trusts the relay's CA, keeps no cookies, knows no session."""
-    context = ssl.create_default_context(cafile=str(stack.ca_path))
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-    try:
-        yield session
-    finally:
-        await session.close()
+def app(stack: Stack) -> aiohttp.ClientSession:
+    """The companion app (no cookies, no session): ``async with app(stack) as phone``."""
+    return stack.companion_app()
 
 
 async def app_get(

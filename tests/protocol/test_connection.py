@@ -900,7 +900,7 @@ RELAY_TUNNEL_ERRORS = [
         "idle stream",
     ),
     ("idle DATA", encode_frame(FrameType.DATA, 7, b"x"), ErrorCode.PROTOCOL, "idle stream"),
-    ("unknown type", HEADER.pack(0, 0xA, 0, 0), ErrorCode.PROTOCOL, "unknown frame type"),
+    ("unknown type", HEADER.pack(0, 0xB, 0, 0), ErrorCode.PROTOCOL, "unknown frame type"),
     ("settings again", settings_frame(), ErrorCode.PROTOCOL, "twice"),
 ]
 

@@ -42,6 +42,8 @@ def test_round_trip_of_every_frame_type() -> None:
         (FrameType.WINDOW_UPDATE, 7, b"\x00\x00\x01\x00", Flags.NONE),
         (FrameType.PING, 0, b"12345678", Flags.ACK),
         (FrameType.GOAWAY, 0, b"\x00\x00\x00\x05\x00\x00\x00\x00bye", Flags.NONE),
+        (FrameType.CONTROL, 0, b'\x00\x00\x00\x01{"op":"x"}', Flags.NONE),
+        (FrameType.CONTROL, 0, b"\x00\x00\x00\x01{}", Flags.ACK),
     ]
     wire = b"".join(encode_frame(t, sid, payload, flags) for t, sid, payload, flags in frames)
     decoded = FrameDecoder(MAX).feed(wire)
@@ -87,7 +89,7 @@ def test_maximum_length_is_accepted() -> None:
     assert FrameDecoder(MAX).feed(frame)[0].payload == b"z" * MAX
 
 
-@pytest.mark.parametrize("raw_type", [0x0A, 0x42, 0xFF])
+@pytest.mark.parametrize("raw_type", [0x0B, 0x42, 0xFF])
 def test_unknown_frame_type(raw_type: int) -> None:
     with pytest.raises(ProtocolViolation, match="unknown frame type") as info:
         FrameDecoder(MAX).feed(raw_header(0, raw_type, 0, 0))
@@ -107,6 +109,7 @@ def test_unknown_frame_type(raw_type: int) -> None:
         (FrameType.WINDOW_UPDATE, Flags.ACK, 0),
         (FrameType.PING, Flags.END_STREAM, 0),
         (FrameType.GOAWAY, Flags.ACK, 0),
+        (FrameType.CONTROL, Flags.END_STREAM, 0),
         # Bits no flag defines (regression: IntFlag's ``~`` ignored them).
         (FrameType.OPEN, 0x80, 1),
         (FrameType.DATA, 0x20, 1),
@@ -136,7 +139,9 @@ def test_stream_frames_need_a_stream_id(frame_type: FrameType) -> None:
         FrameDecoder(MAX).feed(raw_header(0, frame_type, 0, 0))
 
 
-@pytest.mark.parametrize("frame_type", [FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY])
+@pytest.mark.parametrize(
+    "frame_type", [FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY, FrameType.CONTROL]
+)
 def test_connection_frames_must_use_stream_zero(frame_type: FrameType) -> None:
     with pytest.raises(ProtocolViolation, match="must use stream 0"):
         FrameDecoder(MAX).feed(raw_header(0, frame_type, 0, 1))

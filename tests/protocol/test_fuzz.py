@@ -15,10 +15,11 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.connection import Role, Settings, TunnelConnection
 from homeport.protocol.errors import ErrorCode, StreamViolation
 from homeport.protocol.events import (
     ConnectionTerminated,
+    ControlRequested,
     DataReceived,
     Event,
     StreamOpened,
@@ -39,10 +40,14 @@ TIME_BUDGET = 8.0  # seconds for the mutation loop, as a safety net on slow mach
 
 # ================================================================ set-up
 
+#: The relay answers CONTROL requests, as the real one does.
+RELAY_SETTINGS = Settings(accept_control=True)
+RELAY_ROLE = (Role.RELAY, RELAY_SETTINGS)
+
 
 def prepared_relay() -> TunnelConnection:
     """A relay with plain and WebSocket streams open, so that fuzzed frames hit live state."""
-    relay = TunnelConnection(Role.RELAY)
+    relay = TunnelConnection(Role.RELAY, RELAY_SETTINGS)
     for i in range(3):
         relay.open_stream(RequestHead("GET", f"/{i}"), websocket=False, end_stream=True)
         relay.open_stream(RequestHead("GET", f"/ws/{i}"), websocket=True, end_stream=False)
@@ -58,7 +63,7 @@ def prepared(role: Role) -> TunnelConnection:
 
 
 def settings_of_peer(role: Role) -> bytes:
-    peer = TunnelConnection(Role.ADDON if role is Role.RELAY else Role.RELAY)
+    peer = TunnelConnection(Role.ADDON) if role is Role.RELAY else TunnelConnection(*RELAY_ROLE)
     return peer.data_to_send()
 
 
@@ -93,8 +98,17 @@ def record() -> dict[Role, bytes]:
         if not out and not back:
             break
     relay.ping(b"12345678")
+    addon.send_control_request({"op": "create_app_link", "name": "phone"})
+    request = addon.data_to_send()
+    wires[Role.RELAY] += request
+    for event in relay.receive_data(request):
+        if isinstance(event, ControlRequested):
+            relay.send_control_reply(event.request_id, {"url": "https://x.example", "name": "p"})
+    # Not in the add-on's corpus: a fresh add-on never asked, so the reply would be bad input.
+    relay.data_to_send()
     relay.goaway(ErrorCode.NO_ERROR, "drain")
     wires[Role.ADDON] += relay.data_to_send()
+    addon.send_control_request({"op": "x"})
     addon.ping(b"abcdefgh")
     addon.reset_stream(1, ErrorCode.CANCEL)
     wires[Role.RELAY] += addon.data_to_send()
@@ -138,6 +152,8 @@ def react(conn: TunnelConnection, event: Event, rng: random.Random | None) -> No
             else:
                 conn.send_response(event.stream_id, ResponseHead(200), end_stream=False)
                 conn.send_data(event.stream_id, b"body", end_stream=True)
+        elif isinstance(event, ControlRequested):
+            conn.send_control_reply(event.request_id, {"error": "unknown_op"})
         if rng is not None and rng.random() < 0.05:
             conn.reset_stream(rng.randrange(1, 10), ErrorCode.CANCEL)
     except (RuntimeError, StreamViolation, HeadError):
@@ -180,6 +196,8 @@ def payloads() -> st.SearchStrategy[bytes]:
         responses,
         st.just(b"\x03\xe8bye"),
         st.binary(min_size=8, max_size=8),
+        u32.map(lambda b: b + b'{"op":"create_app_link","name":"p"}'),
+        u32.map(lambda b: b + b"[1]"),
     )
 
 

@@ -69,6 +69,17 @@ class Stack:
     def browser(self, *, source_ip: str | None = None) -> Browser:
         return Browser(self, source_ip=source_ip)
 
+    def companion_app(self, *, timeout: float | None = None) -> aiohttp.ClientSession:
+        """The companion app: trusts the relay's CA, keeps no cookies, knows no session.
+
+        Use as ``async with stack.companion_app() as app:``."""
+        context = ssl.create_default_context(cafile=str(self.ca_path))
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, resolver=LocalhostResolver()),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
     async def wait_connected(self, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout):
             while not (

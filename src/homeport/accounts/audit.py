@@ -148,8 +148,13 @@ class Audit:
         factor: str | None = None,
         session_id: int | None = None,
         detail: str = "",
+        device: str | None = None,
     ) -> None:
-        """Store one event and log it. Never pass secrets in ``detail``."""
+        """Store one event and log it. Never pass secrets in ``detail``.
+
+        ``device`` names the device when there is no User-Agent to describe
+        (e.g. "Homeport add-on panel" for a request over an add-on's tunnel).
+        """
         kind = str(kind)
         if kind not in _LABELS:
             raise ValueError(f"unknown audit event type {kind!r}: register it first")
@@ -159,7 +164,13 @@ class Audit:
             user_id=user_id,
             instance_id=instance_id,
             ip=_clean(ip or "", IP_MAX),
-            device=describe_device(user_agent)[:AUDIT_DEVICE_MAX] if user_agent else "",
+            device=(
+                _clean(device, AUDIT_DEVICE_MAX)
+                if device is not None
+                else describe_device(user_agent)[:AUDIT_DEVICE_MAX]
+                if user_agent
+                else ""
+            ),
             factor=_clean(factor, AUDIT_FACTOR_MAX) if factor else None,
             session_id=session_id,
             detail=_clean(detail, AUDIT_DETAIL_MAX),

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
 from homeport import __version__
+from homeport.addon import app_links
 from homeport.addon.forward import HomeAssistantForwarder
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
@@ -140,6 +141,8 @@ class AddonClient:
         self._ha: aiohttp.ClientSession | None = None
         self._reconnect_now = asyncio.Event()
         self._sessions: set[TunnelSession] = set()
+        #: The tunnel new work goes over (a replaced one may still be draining).
+        self._live: TunnelSession | None = None
         self._stopping = False
 
     def _set(self, **changes: Any) -> None:
@@ -147,6 +150,14 @@ class AddonClient:
             setattr(self.status, name, value)
         if self._on_status is not None:
             self._on_status(self.status)
+
+    def app_links_supported(self) -> bool | None:
+        """Whether the relay creates app links over the tunnel; None while not connected."""
+        return app_links.supported(self._live)
+
+    async def create_app_link(self, name: str) -> app_links.CreatedAppLink:
+        """A new app link for this home, from the relay; :class:`AppLinkRefused` otherwise."""
+        return await app_links.create_app_link(self._live, name)
 
     async def __aenter__(self) -> AddonClient:
         self._relay = aiohttp.ClientSession(
@@ -282,6 +293,7 @@ class AddonClient:
             name="addon",
         )
         self._sessions.add(session)
+        self._live = session
         self._set(
             state=State.CONNECTED,
             link_code=None,
@@ -292,7 +304,7 @@ class AddonClient:
         )
         log.info("addon.connected", extra={"instance": welcome.instance_id})
         runner = asyncio.create_task(session.run())
-        runner.add_done_callback(lambda _t: self._sessions.discard(session))
+        runner.add_done_callback(lambda _t: self._retire(session))
         reconnect = asyncio.create_task(self._reconnect_now.wait())
         await asyncio.wait({runner, reconnect}, return_when=asyncio.FIRST_COMPLETED)
         reconnect.cancel()
@@ -313,6 +325,11 @@ class AddonClient:
         self._set(state=State.DISCONNECTED, last_error=session.close_reason)
         log.warning("addon.disconnected", extra={"reason": session.close_reason})
         return "served"
+
+    def _retire(self, session: TunnelSession) -> None:
+        self._sessions.discard(session)
+        if self._live is session:
+            self._live = None
 
 
 def _always() -> bool:

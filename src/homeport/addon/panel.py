@@ -16,6 +16,8 @@ Threats this stops:
   Assistant's ingress proxy passes it as ``X-Forwarded-Host`` and keeps
   ``Origin``: ``hassio/ingress.py`` in 2025.4.4), ``Sec-Fetch-Site`` other than
   cross-site when sent, and a per-process random token from the page.
+* App links made by someone else: creating one (``panel_app_links.py``) is
+  a POST behind the same peer and CSRF checks.
 * Script injection and framing by others: no script at all, a strict CSP,
   ``frame-ancestors 'self'`` (Home Assistant shows the panel in a
   same-origin iframe).
@@ -36,14 +38,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 from yarl import URL
 
+from homeport.addon.app_links import AppLinkMaker
 from homeport.addon.client import AddonStatus, State
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import Trust, TrustMonitor
+from homeport.addon.panel_app_links import AppLinkPages
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,8 @@ class PanelSources:
     trust: TrustMonitor | None
     ha_how: str
     account_origin: str
+    #: Creates companion-app links over the tunnel (the add-on client); None: no such card.
+    app_links: AppLinkMaker | None = None
 
 
 class Panel:
@@ -86,6 +95,10 @@ class Panel:
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/remote-access", self.switch)
         self.app.router.add_get("/static/panel.css", self.stylesheet)
+        self.app_link_pages: AppLinkPages | None = None
+        if sources.app_links is not None:
+            self.app_link_pages = AppLinkPages(self, sources.app_links)
+            self.app_link_pages.register(self.app)
         self._healthz = self.app.router.add_get(HEALTHZ, self.healthz, allow_head=False)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -156,17 +169,31 @@ class Panel:
             trust=trust,
             trusted=trust is not None and trust.trust is Trust.TRUSTED,
             ha_how=sources.ha_how,
+            app_links=self.app_link_pages.card() if self.app_link_pages is not None else None,
             csrf=self.csrf_token,
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
-    async def switch(self, request: web.Request) -> web.Response:
+    def render(self, template: str, *, status: int = 200, **context: Any) -> web.Response:
+        html = self._env.get_template(template).render(csrf=self.csrf_token, **context)
+        return web.Response(status=status, text=html, content_type="text/html", charset="utf-8")
+
+    async def checked_form(
+        self, request: web.Request
+    ) -> MultiDictProxy[str | bytes | bytearray | FileField] | None:
+        """The POSTed form if it passes the CSRF checks (module docstring), else None."""
         form = await request.post()
         token = form.get("csrf")
         if not self._same_origin(request) or not (
             isinstance(token, str) and hmac.compare_digest(token, self.csrf_token)
         ):
             log.warning("addon.panel_csrf_refused", extra={"peer": request.remote})
+            return None
+        return form
+
+    async def switch(self, request: web.Request) -> web.Response:
+        form = await self.checked_form(request)
+        if form is None:
             return web.Response(status=403, text="Cross-site request refused.\n")
         enabled = form.get("enabled")
         if enabled not in ("on", "off"):

@@ -145,6 +145,7 @@ class AddonRuntime:
                         trust=self.trust,
                         ha_how=self.ha_how,
                         account_origin=origin.rstrip("/"),
+                        app_links=client,
                     ),
                     allowed_peers=self.panel_settings.allowed_peers,
                 )

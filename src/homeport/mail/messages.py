@@ -203,3 +203,18 @@ class MailWriter:
             when=_when(moment),
             forgot_url=self.account_origin + "/signin/forgot",
         )
+
+    def app_link_created(
+        self, to: str, *, home: str, device: str, manage_url: str, moment: datetime, ip: str | None
+    ) -> Mail:
+        """An app link was made from the add-on's panel (no link in the mail: it is shown once)."""
+        return self._mail(
+            "app_link_created",
+            to,
+            f'New app link "{device}" for your home on Homeport',
+            home=home,
+            device=device,
+            manage_url=manage_url,
+            when=_when(moment),
+            network=describe_network(ip),
+        )

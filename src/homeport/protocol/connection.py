@@ -23,14 +23,18 @@ starves.
 from __future__ import annotations
 
 import enum
+import json
 import struct
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from homeport.protocol import heads
 from homeport.protocol.errors import ErrorCode, ProtocolViolation, StreamViolation
 from homeport.protocol.events import (
     ConnectionTerminated,
+    ControlAnswered,
+    ControlRequested,
     DataReceived,
     Event,
     GoAwayReceived,
@@ -71,6 +75,18 @@ _CLOSE = struct.Struct(">H")
 
 SETTING_INITIAL_STREAM_WINDOW = 1
 SETTING_MAX_CONCURRENT_STREAMS = 2
+#: Value 1: the sender answers CONTROL requests.  An older relay does not send
+#: it, and would end the tunnel on a CONTROL frame (an unknown type to it).
+SETTING_CONTROL = 3
+
+#: Largest JSON body of a CONTROL request or reply, in bytes.
+MAX_CONTROL_BODY = 8 * 1024
+#: Control requests an add-on may have unanswered at once; the relay answers
+#: ``busy`` to more.
+MAX_PENDING_CONTROL = 4
+#: Error code of the reply the relay's connection gives a request it cannot read.
+CONTROL_MALFORMED = "malformed"
+CONTROL_BUSY = "busy"
 
 
 class Role(enum.Enum):
@@ -93,6 +109,8 @@ class Settings:
     #: While interactive traffic moves, a less urgent stream keeps at most this many
     #: bytes in flight (see TunnelConnection._in_flight_budget).
     bulk_in_flight: int = 512 * 1024
+    #: Answer CONTROL requests (the relay, when it has a handler): advertised in SETTINGS.
+    accept_control: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_FRAME_SIZE:
@@ -199,6 +217,12 @@ class TunnelConnection:
         self._goaway_sent = False
         self._goaway_received = False
         self.terminated = False
+        # CONTROL: whether the peer answers requests, the ids of ours it has not
+        # answered yet (add-on), and the ids of its that we have not (relay).
+        self._peer_accepts_control = False
+        self._next_control_id = 1
+        self._control_sent: set[int] = set()
+        self._control_received: set[int] = set()
         self._send_settings()
 
     # ------------------------------------------------------------------ state
@@ -217,6 +241,19 @@ class TunnelConnection:
 
     def has_stream(self, stream_id: int) -> bool:
         return stream_id in self._streams
+
+    @property
+    def peer_settings_received(self) -> bool:
+        return self._settings_received
+
+    @property
+    def peer_accepts_control(self) -> bool:
+        """The peer's SETTINGS said it answers CONTROL requests (False until they arrive)."""
+        return self._peer_accepts_control
+
+    @property
+    def control_requests_pending(self) -> int:
+        return len(self._control_sent)
 
     def buffered(self, stream_id: int) -> int:
         """Bytes queued on a stream but not yet framed: the I/O layer's backpressure signal."""
@@ -388,6 +425,35 @@ class TunnelConnection:
         if prepaid and stream.ws_unprepaid:
             self._prepay(stream)  # budget freed: let a stuck partial message go on
 
+    def send_control_request(self, body: dict[str, Any]) -> int:
+        """Ask the relay for an owner action (add-on only); returns the request id.
+
+        Raises :class:`RuntimeError` when the relay has not advertised CONTROL
+        (or too many requests are unanswered), :class:`ValueError` for a body
+        over :data:`MAX_CONTROL_BODY`.
+        """
+        if self.role is not Role.ADDON:
+            raise RuntimeError("only the add-on sends control requests")
+        if self.terminated or not self._peer_accepts_control:
+            raise RuntimeError("the relay does not accept control requests")
+        if len(self._control_sent) >= MAX_PENDING_CONTROL:
+            raise RuntimeError("too many control requests unanswered")
+        payload = _control_payload(self._next_control_id, body)
+        request_id = self._next_control_id
+        self._next_control_id = request_id % 0xFFFFFFFF + 1
+        self._control_sent.add(request_id)
+        self._control += encode_frame(FrameType.CONTROL, 0, payload)
+        return request_id
+
+    def send_control_reply(self, request_id: int, body: dict[str, Any]) -> None:
+        """Answer a :class:`ControlRequested` (relay only), exactly once."""
+        if request_id not in self._control_received:
+            raise RuntimeError(f"no control request {request_id} to answer")
+        payload = _control_payload(request_id, body)
+        self._control_received.discard(request_id)
+        if not self.terminated:
+            self._control += encode_frame(FrameType.CONTROL, 0, payload, Flags.ACK)
+
     def ping(self, payload: bytes) -> None:
         if len(payload) != 8:
             raise ValueError("ping payload is 8 bytes")
@@ -502,6 +568,10 @@ class TunnelConnection:
                     self._unblock_stream(stream)
             elif key == SETTING_MAX_CONCURRENT_STREAMS:
                 self._peer_max_streams = value
+            elif key == SETTING_CONTROL:
+                if value not in (0, 1):
+                    raise ProtocolViolation(ErrorCode.PROTOCOL, "bad CONTROL setting")
+                self._peer_accepts_control = value == 1
             # Unknown settings are ignored so that later versions can add some.
 
     def _on_open(self, frame: Frame, events: list[Event]) -> None:
@@ -676,12 +746,57 @@ class TunnelConnection:
         self._goaway_received = True
         events.append(GoAwayReceived(last, _error_code(raw_code), reason))
 
+    def _on_control(self, frame: Frame, events: list[Event]) -> None:
+        """An add-on's request (relay side) or the relay's reply (add-on side).
+
+        Threat this stops: a peer driving the relay beyond what it offered, or
+        holding it busy: requests are taken only by a relay that advertised
+        them, bodies are bounded and read as one JSON object, and at most
+        :data:`MAX_PENDING_CONTROL` are in progress (more get ``busy``).  Replies
+        must answer a request we made, once.
+        """
+        payload = frame.payload
+        if len(payload) < _U32.size:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed CONTROL")
+        if len(payload) - _U32.size > MAX_CONTROL_BODY:
+            raise ProtocolViolation(ErrorCode.FRAME_SIZE, "CONTROL body too large")
+        (request_id,) = _U32.unpack_from(payload)
+        body = _control_body(payload)
+        if frame.flags & Flags.ACK:
+            if request_id not in self._control_sent:
+                raise ProtocolViolation(ErrorCode.PROTOCOL, "reply to an unknown control request")
+            if body is None:
+                raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed control reply")
+            self._control_sent.discard(request_id)
+            events.append(ControlAnswered(request_id, body))
+            return
+        if self.role is not Role.RELAY or not self.settings.accept_control:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "control requests are not accepted here")
+        if request_id in self._control_received:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, "control request id in use")
+        if body is None or len(self._control_received) >= MAX_PENDING_CONTROL:
+            # A clean answer, not a tunnel error: the add-on's remote traffic goes on.
+            error, message = (
+                (CONTROL_MALFORMED, "the request is not one JSON object")
+                if body is None
+                else (CONTROL_BUSY, "too many requests at once")
+            )
+            reply = {"error": error, "message": message}
+            self._control += encode_frame(
+                FrameType.CONTROL, 0, _control_payload(request_id, reply), Flags.ACK
+            )
+            return
+        self._control_received.add(request_id)
+        events.append(ControlRequested(request_id, body))
+
     # ---------------------------------------------------------------- helpers
 
     def _send_settings(self) -> None:
         payload = _SETTING.pack(
             SETTING_INITIAL_STREAM_WINDOW, self.settings.initial_stream_window
         ) + _SETTING.pack(SETTING_MAX_CONCURRENT_STREAMS, self.settings.max_concurrent_streams)
+        if self.settings.accept_control:
+            payload += _SETTING.pack(SETTING_CONTROL, 1)
         self._control += encode_frame(FrameType.SETTINGS, 0, payload)
         # Grow the tunnel window from the protocol default to what we grant.
         extra = self.settings.connection_window - DEFAULT_WINDOW
@@ -921,6 +1036,27 @@ def _reset_frame(stream_id: int, code: ErrorCode, reason: str) -> bytes:
     return encode_frame(FrameType.RESET, stream_id, payload)
 
 
+def _control_payload(request_id: int, body: dict[str, Any]) -> bytes:
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    data = raw.encode("utf-8")
+    if len(data) > MAX_CONTROL_BODY:
+        raise ValueError(f"control body over {MAX_CONTROL_BODY} bytes")
+    return _U32.pack(request_id) + data
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _control_body(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object after the request id, or None if it is anything else."""
+    try:
+        body = json.loads(payload[_U32.size :].decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _error_code(raw: int) -> ErrorCode:
     try:
         return ErrorCode(raw)
@@ -939,4 +1075,5 @@ _HANDLERS = {
     FrameType.WINDOW_UPDATE: TunnelConnection._on_window_update,
     FrameType.PING: TunnelConnection._on_ping,
     FrameType.GOAWAY: TunnelConnection._on_goaway,
+    FrameType.CONTROL: TunnelConnection._on_control,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import RequestHead, ResponseHead
@@ -88,3 +89,19 @@ class ConnectionTerminated(Event):
     code: ErrorCode
     reason: str
     remote: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequested(Event):
+    """The add-on asks for an owner action (relay side); answer with ``send_control_reply``."""
+
+    request_id: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlAnswered(Event):
+    """The relay's reply to one of our control requests (add-on side)."""
+
+    request_id: int
+    body: dict[str, Any]

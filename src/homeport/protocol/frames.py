@@ -31,6 +31,7 @@ class FrameType(enum.IntEnum):
     WINDOW_UPDATE = 0x7
     PING = 0x8
     GOAWAY = 0x9
+    CONTROL = 0xA  # an add-on's owner action and the relay's answer (connection.py)
 
 
 class Flags(enum.IntFlag):
@@ -39,7 +40,7 @@ class Flags(enum.IntFlag):
     WEBSOCKET = 0x2  # OPEN: the request is a WebSocket upgrade
     TEXT = 0x4  # WS_MESSAGE: text (UTF-8) rather than binary
     FIN = 0x8  # WS_MESSAGE: last fragment of the message
-    ACK = 0x10  # PING: this is the answer (pong)
+    ACK = 0x10  # PING: this is the answer (pong); CONTROL: this is the reply
 
 
 #: Frame types that must name a stream, and those that must not.
@@ -53,7 +54,9 @@ STREAM_FRAMES = frozenset(
         FrameType.RESET,
     }
 )
-CONNECTION_FRAMES = frozenset({FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY})
+CONNECTION_FRAMES = frozenset(
+    {FrameType.SETTINGS, FrameType.PING, FrameType.GOAWAY, FrameType.CONTROL}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ _ALLOWED_FLAGS: dict[FrameType, Flags] = {
     FrameType.WINDOW_UPDATE: Flags.NONE,
     FrameType.PING: Flags.ACK,
     FrameType.GOAWAY: Flags.NONE,
+    FrameType.CONTROL: Flags.ACK,
 }
 
 

@@ -21,7 +21,9 @@ from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import is_app_link_label
 from homeport.keys import load_or_create_private_key
+from homeport.mail.messages import MailWriter
 from homeport.relay.account_site import AccountSite
+from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
@@ -92,6 +94,13 @@ class Relay:
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
         self.mail = MailFeatures(config, self.account_site)
+        self.addon_control = AddonControl(
+            config,
+            self.accounts,
+            outbox=self.mail.outbox,
+            writer=MailWriter(config.account_origin),
+        )
+        self.hub.control_handler = self.addon_control.handler_for
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
         InstancePages(self.account_site, self.app_links).register()
         self.housekeeping = Housekeeping(self.accounts, self.gate)

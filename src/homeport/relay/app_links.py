@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 
 from homeport.accounts.sharing import AppLinkAccess, Sharing
+from homeport.relay.config import RelayConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ CACHE_TTL = 5.0
 CACHE_SIZE = 20_000
 #: How often one link's "last used" is written at most (the database rule is the same).
 TOUCH_INTERVAL = 60.0
+
+
+def app_link_url(config: RelayConfig, label: str) -> str:
+    """The address a companion app is given for an app link's host label."""
+    return f"https://{label}.{config.tenant_domain}{config.port_suffix}"
 
 
 class AppLinkGate:

@@ -9,6 +9,10 @@ rate-limited per peer network (:data:`homeport.accounts.throttle.LINK_NETWORK`,
 10 an hour per IPv4 address or IPv6 /64): beyond that the hub answers
 ``error``/``rate_limited`` and closes, so a key generator cannot flood the
 code space or the database.
+
+A registered tunnel may also carry the add-on's owner actions (CONTROL
+frames, answered by :mod:`homeport.relay.addon_control`), always for the
+instance its handshake proved, never another.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
-from homeport.protocol.connection import Role, TunnelConnection
+from homeport.protocol.connection import Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
+from homeport.tunnel.control import ControlHandler
 from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,9 @@ class TunnelHub:
         self.tunnels: dict[str, TunnelSession] = {}
         self._sessions: set[TunnelSession] = set()
         self._closing = False
+        #: Owner actions from add-ons (relay/addon_control.py), given (instance id, peer);
+        #: with None the relay does not advertise CONTROL.
+        self.control_handler: Callable[[str, str], ControlHandler] | None = None
 
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
@@ -97,9 +105,12 @@ class TunnelHub:
         return ws
 
     async def _serve(self, ws: web.WebSocketResponse, instance_id: str, peer: str) -> None:
+        control = self.control_handler
+        on_control = control(instance_id, peer) if control is not None else None
         session = TunnelSession(
             ws,
-            TunnelConnection(Role.RELAY),
+            TunnelConnection(Role.RELAY, Settings(accept_control=on_control is not None)),
+            on_control=on_control,
             name=f"relay:{instance_id[:8]}",
             ping_interval=self.config.tunnel_ping_interval,
             ping_timeout=self.config.tunnel_ping_timeout,

@@ -29,9 +29,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
-import segno
 from aiohttp import web
-from markupsafe import Markup
 
 from homeport.accounts.audit import EventType
 from homeport.accounts.errors import (
@@ -45,6 +43,8 @@ from homeport.accounts.errors import (
 from homeport.accounts.service import SessionInfo
 from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
+from homeport.qr import qr_svg
+from homeport.relay.app_links import app_link_url
 from homeport.relay.live import Ending
 from homeport.relay.tenant import redirect
 
@@ -65,14 +65,6 @@ INVITE_DAYS: Final = (1, 7, 30, 0)
 
 def when(value: datetime | None) -> str:
     return "never" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def qr_svg(text: str) -> Markup:
-    """An inline SVG QR code (no script, no style attribute: fits the strict CSP)."""
-    svg = segno.make(text, error="m").svg_inline(
-        scale=4, dark="#000", light="#fff", title="QR code of the app link"
-    )
-    return Markup(svg)  # noqa: S704 - segno's own markup of a URL we built
 
 
 class InstancePages:
@@ -497,7 +489,7 @@ class InstancePages:
             return self._not_found(session)
         except ValueError as exc:
             return await self._page(session, instance_id, status=400, error=str(exc))
-        url = f"https://{label}.{self.config.tenant_domain}{self.config.port_suffix}"
+        url = app_link_url(self.config, label)
         log.info("account.app_link_created", extra={"user": session.user_id, "link": row.id})
         await self.site.audit(
             request,

@@ -22,6 +22,7 @@ from homeport.protocol import events as ev
 from homeport.protocol.connection import TunnelConnection
 from homeport.protocol.errors import ErrorCode, StreamViolation
 from homeport.protocol.heads import RequestHead
+from homeport.tunnel.control import ControlChannel, ControlHandler
 from homeport.tunnel.stream import _EOF, Stream, StreamClosed, WsClose, WsMessage
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class TunnelSession:
         *,
         on_stream: StreamHandler | None = None,
         on_goaway: Callable[[ev.GoAwayReceived], None] | None = None,
+        on_control: ControlHandler | None = None,
         ping_interval: float = 20.0,
         ping_timeout: float = 15.0,
         name: str = "tunnel",
@@ -85,6 +87,8 @@ class TunnelSession:
         #: Streams whose writers wait for the protocol to drain their queue: the
         #: only ones a flush needs to look at (see _prune_and_wake).
         self._blocked_writers: set[Stream] = set()
+        #: Owner actions over this tunnel (tunnel/control.py): ``await control.request(...)``.
+        self.control = ControlChannel(connection, self.kick, on_control, name=name)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,6 +118,7 @@ class TunnelSession:
             stream._fail(error)
         self.streams.clear()
         self._idle.set()
+        await self.control.close(self.close_reason or "tunnel closed")
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
@@ -300,6 +305,10 @@ class TunnelSession:
                 case ev.GoAwayReceived() as goaway:
                     if self._on_goaway is not None:
                         self._on_goaway(goaway)
+                case ev.ControlRequested() as request:
+                    self.control.requested(request)
+                case ev.ControlAnswered() as answer:
+                    self.control.answered(answer)
                 case ev.ConnectionTerminated(code=code, reason=reason):
                     self.close_reason = f"protocol error: {code.name}: {reason}"
                     log.warning(
