@@ -13,7 +13,10 @@ backend), with everything that is not transport removed:
 * no flow control, priorities or stream resets: a tiny multiplexing format
   (``stream id:u32 | kind:u8 | payload`` per WebSocket message, request and
   response heads as JSON) and TCP's own back-pressure;
-* a small complete response travels as one message, as in Homeport.
+* a small complete response travels as one message, and body bytes that are
+  already buffered travel together (up to 256 KiB), as in Homeport; a bounded
+  inbox per stream, so a slow reader holds the tunnel back (TCP back-pressure)
+  instead of growing memory.
 
 It is **not** a product and must never be deployed: it checks nothing.  It
 exists so the benchmark can print, in the same run, "floor" figures beside the
@@ -51,6 +54,10 @@ PREFIX = struct.Struct(">IB")
 OPEN, BODY, END, RESPONSE, COMPLETE, WS_TEXT, WS_BINARY, WS_CLOSE = range(1, 9)
 #: A response at most this big (by Content-Length) is read whole and sent as one message.
 SMALL = 64 * 1024
+#: Body bytes already buffered are sent together, up to this much per message
+#: (Homeport batches up to the same size); messages a stream may have waiting.
+BATCH = 256 * 1024
+INBOX = 64
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -72,6 +79,20 @@ HOP_BY_HOP = frozenset(
 
 def message(stream_id: int, kind: int, payload: bytes = b"") -> bytes:
     return PREFIX.pack(stream_id, kind) + payload
+
+
+def new_inbox() -> asyncio.Queue[tuple[int, bytes]]:
+    return asyncio.Queue(INBOX)
+
+
+async def batches(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body as it arrives, with whatever is already buffered joined on (<= BATCH)."""
+    async for chunk in content.iter_any():
+        parts, size = [chunk], len(chunk)
+        while size < BATCH and (more := content.read_nowait(BATCH - size)):
+            parts.append(more)
+            size += len(more)
+        yield chunk if len(parts) == 1 else b"".join(parts)
 
 
 def kept(headers: Any) -> list[tuple[str, str]]:
@@ -103,7 +124,7 @@ class FloorRelay:
         await self.ready.wait()
         assert self.tunnel is not None
         stream_id, self.next_id = self.next_id, self.next_id + 1
-        inbox: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        inbox = new_inbox()
         self.inboxes[stream_id] = inbox
         try:
             websocket = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -113,7 +134,7 @@ class FloorRelay:
             if websocket:
                 return await self.websocket(request, stream_id, inbox)
             if request.body_exists:
-                async for chunk in request.content.iter_any():
+                async for chunk in batches(request.content):
                     await self.tunnel.send_bytes(message(stream_id, BODY, chunk))
                 await self.tunnel.send_bytes(message(stream_id, END))
             kind, payload = await inbox.get()
@@ -177,7 +198,7 @@ class FloorRelay:
                 stream_id, kind = PREFIX.unpack_from(msg.data)
                 inbox = self.inboxes.get(stream_id)
                 if inbox is not None:
-                    inbox.put_nowait((kind, msg.data[PREFIX.size :]))
+                    await inbox.put((kind, msg.data[PREFIX.size :]))
         return ws
 
 
@@ -211,13 +232,13 @@ class FloorAddon:
             stream_id, kind = PREFIX.unpack_from(msg.data)
             payload = msg.data[PREFIX.size :]
             if kind == OPEN:
-                inbox: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+                inbox = new_inbox()
                 self.inboxes[stream_id] = inbox
                 task = asyncio.create_task(self.forward(tunnel, stream_id, payload, inbox))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif (found := self.inboxes.get(stream_id)) is not None:
-                found.put_nowait((kind, payload))
+                await found.put((kind, payload))
 
     async def forward(
         self,
@@ -260,7 +281,7 @@ class FloorAddon:
                     out.append(("Content-Length", str(length)))
                 head = json.dumps([response.status, out]).encode()
                 await tunnel.send_bytes(message(stream_id, RESPONSE, head))
-                async for chunk in response.content.iter_any():
+                async for chunk in batches(response.content):
                     await tunnel.send_bytes(message(stream_id, BODY, chunk))
                 await tunnel.send_bytes(message(stream_id, END))
         finally:
