@@ -5,7 +5,10 @@ server-side session bound to *that* instance (deny by default).  Checking the
 database on every request would dominate the relay's added latency, so valid
 answers are cached for a few seconds; revocations made in this process drop
 the cache at once, and the short TTL bounds how long a revocation made
-elsewhere can lag.
+elsewhere can lag.  Concurrent misses for one key share one lookup (a page
+load opens dozens of requests at once, and every one of them would otherwise
+query the database when the entry expires), and a lookup that raced a
+revocation answers its callers but is not cached.
 
 :meth:`SessionGate.end_sessions` and :meth:`SessionGate.end_user` are the one
 entry point for every revocation: they drop the cache entries *and* cut the
@@ -15,6 +18,7 @@ Redis fan-out between relay nodes calls the same methods on every node.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -35,6 +39,11 @@ class SessionGate:
         self.live = LiveTraffic()
         # sha256(token) + instance -> (user id, session id, valid until)
         self._cache: OrderedDict[tuple[bytes, str], tuple[int, int, float]] = OrderedDict()
+        #: Lookups under way, by cache key: concurrent misses wait for the same one.
+        self._lookups: dict[tuple[bytes, str], asyncio.Task[tuple[int, int] | None]] = {}
+        #: Bumped by every revocation (see _revoked): a lookup that started before
+        #: one is not cached.
+        self._generation = 0
 
     async def tenant_user(self, token: str | None, instance_id: str) -> tuple[int, int] | None:
         """(user id, session id) if ``token`` opens ``instance_id`` now, else None."""
@@ -42,28 +51,61 @@ class SessionGate:
             return None
         key = (hashlib.sha256(token.encode()).digest(), instance_id)
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[2] > now:
+        if hit is not None and hit[2] > time.monotonic():
             self._cache.move_to_end(key)
             return hit[0], hit[1]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(key, token, instance_id))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(key, done))
+        # Shielded: one caller going away (a closed tab) does not cancel the others' answer.
+        return await asyncio.shield(lookup)
+
+    async def _lookup(
+        self, key: tuple[bytes, str], token: str, instance_id: str
+    ) -> tuple[int, int] | None:
+        generation = self._generation
         info = await self._accounts.resolve_session(token, kind="tenant", instance_id=instance_id)
         if info is None:
             self._cache.pop(key, None)
             return None
-        self._cache[key] = (info.user_id, info.session_id, now + self._ttl)
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        if generation == self._generation:
+            self._cache[key] = (info.user_id, info.session_id, time.monotonic() + self._ttl)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
         return info.user_id, info.session_id
 
+    def _lookup_done(
+        self, key: tuple[bytes, str], done: asyncio.Future[tuple[int, int] | None]
+    ) -> None:
+        if self._lookups.get(key) is done:
+            del self._lookups[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure every caller abandoned is not logged twice
+
+    def _revoked(self) -> None:
+        """A revocation: lookups under way may have read the session before it.
+
+        They still answer the requests that were waiting (those were in before
+        the revocation), but their answer is not cached and no later request
+        joins them.
+        """
+        self._generation += 1
+        self._lookups.clear()
+
     def forget_session(self, session_id: int) -> None:
+        self._revoked()
         for key in [k for k, v in self._cache.items() if v[1] == session_id]:
             del self._cache[key]
 
     def forget_user(self, user_id: int) -> None:
+        self._revoked()
         for key in [k for k, v in self._cache.items() if v[0] == user_id]:
             del self._cache[key]
 
     def forget_instance(self, instance_id: str) -> None:
+        self._revoked()
         for key in [k for k in self._cache if k[1] == instance_id]:
             del self._cache[key]
 
@@ -83,6 +125,7 @@ class SessionGate:
         why: Ending = Ending.SESSION_ENDED,
     ) -> None:
         """An account's sessions (on one instance, or all but one) were revoked."""
+        self._revoked()
         for key in [
             k
             for k, v in self._cache.items()
