@@ -118,7 +118,7 @@ class FloorRelay:
         self.inboxes: dict[int, asyncio.Queue[tuple[int, bytes]]] = {}
         self.next_id = 1
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.path == TUNNEL_PATH:
             return await self.serve_tunnel(request)
         await self.ready.wait()
@@ -156,7 +156,7 @@ class FloorRelay:
             del self.inboxes[stream_id]
 
     async def websocket(
-        self, request: web.Request, stream_id: int, inbox: asyncio.Queue[tuple[int, bytes]]
+        self, request: web.BaseRequest, stream_id: int, inbox: asyncio.Queue[tuple[int, bytes]]
     ) -> web.StreamResponse:
         assert self.tunnel is not None
         tunnel = self.tunnel
@@ -188,7 +188,7 @@ class FloorRelay:
             await ws.close()
         return ws
 
-    async def serve_tunnel(self, request: web.Request) -> web.StreamResponse:
+    async def serve_tunnel(self, request: web.BaseRequest) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         self.tunnel = ws
@@ -204,15 +204,17 @@ class FloorRelay:
 
 async def run_relay(args: argparse.Namespace) -> None:
     relay = FloorRelay()
-    app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/{tail:.*}", relay.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    # aiohttp's low-level server: no application, router or middleware chain, the
+    # cheapest way aiohttp serves HTTP (docs: "Low Level Server").
+    server = web.Server(relay.handle, access_log=None, client_max_size=0)
     tls = server_context(Path(args.cert), Path(args.key))
-    await web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=tls).start()
+    listener = await asyncio.get_running_loop().create_server(
+        server, "127.0.0.1", args.port, ssl=tls
+    )
     print("floor relay ready", flush=True)
     await wait_for_signal()
-    await runner.cleanup()
+    listener.close()
+    await server.shutdown()
 
 
 # ------------------------------------------------------------------- add-on
