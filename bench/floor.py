@@ -95,6 +95,38 @@ async def batches(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield chunk if len(parts) == 1 else b"".join(parts)
 
 
+async def pipe_websocket(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    tunnel: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    stream_id: int,
+    inbox: asyncio.Queue[tuple[int, bytes]],
+) -> None:
+    """Messages both ways between ``ws`` and the tunnel stream ``stream_id``, until one ends."""
+
+    async def outgoing() -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await tunnel.send_bytes(message(stream_id, WS_TEXT, msg.data.encode()))
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await tunnel.send_bytes(message(stream_id, WS_BINARY, msg.data))
+        await tunnel.send_bytes(message(stream_id, WS_CLOSE))
+
+    task = asyncio.create_task(outgoing())
+    try:
+        while True:
+            kind, payload = await inbox.get()
+            if kind == WS_TEXT:
+                await ws.send_str(payload.decode())
+            elif kind == WS_BINARY:
+                await ws.send_bytes(payload)
+            else:
+                break
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def kept(headers: Any) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
 
@@ -162,29 +194,9 @@ class FloorRelay:
         tunnel = self.tunnel
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-
-        async def upstream() -> None:
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    await tunnel.send_bytes(message(stream_id, WS_TEXT, msg.data.encode()))
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    await tunnel.send_bytes(message(stream_id, WS_BINARY, msg.data))
-            await tunnel.send_bytes(message(stream_id, WS_CLOSE))
-
-        task = asyncio.create_task(upstream())
         try:
-            while True:
-                kind, payload = await inbox.get()
-                if kind == WS_TEXT:
-                    await ws.send_str(payload.decode())
-                elif kind == WS_BINARY:
-                    await ws.send_bytes(payload)
-                else:
-                    break
+            await pipe_websocket(ws, tunnel, stream_id, inbox)
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await ws.close()
         return ws
 
@@ -298,29 +310,7 @@ class FloorAddon:
     ) -> None:
         url = self.backend.replace("http", "ws", 1) + target
         async with self.client.ws_connect(url, compress=0) as ws:
-
-            async def downstream() -> None:
-                async for msg in ws:
-                    if msg.type is aiohttp.WSMsgType.TEXT:
-                        await tunnel.send_bytes(message(stream_id, WS_TEXT, msg.data.encode()))
-                    elif msg.type is aiohttp.WSMsgType.BINARY:
-                        await tunnel.send_bytes(message(stream_id, WS_BINARY, msg.data))
-                await tunnel.send_bytes(message(stream_id, WS_CLOSE))
-
-            task = asyncio.create_task(downstream())
-            try:
-                while True:
-                    kind, payload = await inbox.get()
-                    if kind == WS_TEXT:
-                        await ws.send_str(payload.decode())
-                    elif kind == WS_BINARY:
-                        await ws.send_bytes(payload)
-                    else:
-                        break
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await pipe_websocket(ws, tunnel, stream_id, inbox)
 
 
 async def run_addon(args: argparse.Namespace) -> None:

@@ -102,7 +102,9 @@ class TunnelSession:
             asyncio.create_task(self._watchdog(), name=f"{self.name}-watchdog"),
         ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                self._note_failure(task)
         finally:
             self.ended = True
             for task in tasks:
@@ -111,6 +113,27 @@ class TunnelSession:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self._shutdown()
+
+    def _note_failure(self, task: asyncio.Task[None]) -> None:
+        """A reader, writer, pinger or watchdog that died of a bug ends the tunnel loudly.
+
+        Without this the tunnel would just close: the peer would see "peer closed
+        the tunnel" and nobody would learn why.  Type and frames only, as everywhere.
+        """
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        if isinstance(error, ConnectionError):  # aiohttp's reset errors are ConnectionErrors too
+            self.close_reason = self.close_reason or f"transport error: {type(error).__name__}"
+            return
+        self.close_reason = self.close_reason or f"internal error in {task.get_name()}"
+        log.error(
+            "tunnel.task_failed",
+            exc_info=error,
+            extra={"tunnel": self.name, "task": task.get_name()},
+        )
 
     async def _shutdown(self) -> None:
         error = StreamClosed(ErrorCode.CANCEL, self.close_reason or "tunnel closed")
