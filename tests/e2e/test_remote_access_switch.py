@@ -43,6 +43,7 @@ async def test_switch_cuts_everything_at_once_and_keeps_the_tunnel(tmp_path: Pat
         assert gate.open_streams == 2
 
         gate.set_enabled(False)
+        gate.set_enabled(False)  # a second click before the cut streams have unwound
 
         closed = await ws.receive(timeout=10)
         assert closed.type is aiohttp.WSMsgType.CLOSE

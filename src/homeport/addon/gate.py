@@ -152,6 +152,8 @@ class RemoteAccessGate:
             log.info("addon.remote_access", extra={"enabled": enabled, "cut": len(self._open)})
         if not enabled:
             for stream, task in list(self._open.items()):
+                if stream in self._cutting:
+                    continue  # cut already: one cancellation each, or _run mistakes it
                 self._cutting.add(stream)
                 # The person's WebSocket closes now, before the forwarder unwinds
                 # (its upstream clean-up may take a few seconds).
