@@ -416,8 +416,10 @@ async def start_stack(
         listing = json.loads(await cli("admin", "instance", "list", "--json", *relay_opts))
         (instance,) = [row["id"] for row in listing if row["owner"] == EMAIL]
         floor_relay = floor_addon = None
-        floor_port = free_port()
+        floor_origin = ""
         if floor:
+            floor_port = free_port()
+            floor_origin = f"https://localhost:{floor_port}"
             floor_script = str(HERE / "floor.py")
             floor_relay = Proc(
                 "floor_relay",
@@ -454,7 +456,7 @@ async def start_stack(
     return Stack(
         floor_relay=floor_relay,
         floor_addon=floor_addon,
-        floor_origin=f"https://localhost:{floor_port}" if floor else "",
+        floor_origin=floor_origin,
         workdir=workdir,
         backend=backend,
         relay=relay,
