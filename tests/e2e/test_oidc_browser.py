@@ -132,7 +132,7 @@ async def test_apple_signin_completed_in_another_chromium_context_finishes_nowhe
                 await victim.page.goto(lure)
                 await victim.page.get_by_role("button", name="Continue").click()
                 await expect(
-                    victim.page.get_by_role("heading", name="Sign-in failed")
+                    victim.page.get_by_role("heading", name="Sign-in stopped")
                 ).to_be_visible()
                 # The attacker's browser, holding the binding cookie, gets nothing.
                 await attacker.page.goto(stack.account_origin + "/signin/oidc/finish")

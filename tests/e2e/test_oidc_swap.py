@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from oidc_idp import AppleTeam, StandInIdp, stand_in_idp, walk
+from oidc_idp import AppleTeam, StandInIdp, Walk, stand_in_idp, walk
 from sqlalchemy import select
 from stack import PASSWORD, Browser, Stack
 from test_oidc_providers import SERVICES_ID, apple_stack
@@ -72,6 +72,19 @@ async def _provider_url(browser: Browser, start: str, headers: dict[str, str]) -
     return stopped.url
 
 
+def _refused_where_expected(page: Walk, idp: StandInIdp, name: str) -> None:
+    """A GET callback carries the cookie: refused there, no code redeemed. Apple's
+    cross-site POST cannot: refused at the finishing GET, where the victim's browser
+    brings the ticket but not the cookie."""
+    if name == "apple":
+        assert page.url.path == "/signin/oidc/finish"
+        assert set(page.url.query) == {"ticket"}
+        assert len(idp.token_requests) == 1
+    else:
+        assert page.url.path == f"/signin/oidc/{name}/callback"
+        assert idp.token_requests == []
+
+
 async def _finish_attempts(stack: Stack, mallory: Browser) -> None:
     """Everything Mallory's browser can try after Alice's callback: nothing is released."""
     base = stack.account_origin
@@ -113,7 +126,8 @@ async def test_a_signin_finished_in_another_browser_signs_nobody_in(
             # Alice opens the link and signs in at the provider; her browser comes back.
             page = await walk(victim.session, str(lure))
             assert page.status == 400, page.text
-            assert "could not be completed" in page.text
+            assert "started in another browser" in page.text  # and Alice is told so
+            _refused_where_expected(page, idp, name)
             assert not _cookie(victim, ACCOUNT_COOKIE)
             await _finish_attempts(stack, mallory)
             assert not _cookie(mallory, ACCOUNT_COOKIE)
@@ -150,6 +164,7 @@ async def test_a_link_finished_in_another_browser_links_nothing(
             )
             page = await walk(victim.session, str(lure))
             assert page.status == 400, page.text
+            _refused_where_expected(page, idp, name)
             assert not _cookie(victim, ACCOUNT_COOKIE)
             await _finish_attempts(stack, mallory)
             async with mallory.request(

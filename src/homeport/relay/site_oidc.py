@@ -98,9 +98,10 @@ _PROVIDER_IN_PATH: Final = re.compile(r"/(?:signin|security)/oidc/([a-z][a-z0-9-
 class CallbackRefused(Exception):
     """A callback or finish step failed; ``reason`` is logged, the person sees one message."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, other_browser: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.other_browser = other_browser
 
 
 class OidcSite:
@@ -137,6 +138,19 @@ class OidcSite:
         return f"{self.site.config.account_origin}/signin/oidc/{provider.name}/callback"
 
     # ------------------------------------------------------------- helpers
+
+    def _other_browser(self) -> web.Response:
+        """Said to the browser that came back without the flow's cookie (the victim's)."""
+        return self.pages.message(
+            "Sign-in stopped",
+            "This sign-in was started in another browser, so it has been stopped and "
+            "nothing was signed in. If you did not start it yourself, someone may have "
+            "sent you the link to get into your account: start sign-ins only from this "
+            "site's own sign-in page.",
+            status=400,
+            link="/signin",
+            link_text="Back to sign in",
+        )
 
     def _refused(self, status: int = 400) -> web.Response:
         return self.pages.message(
@@ -244,7 +258,7 @@ class OidcSite:
                 "oidc.callback_failed",
                 extra={"provider": provider.name, "reason": exc.reason, "ip": request.remote},
             )
-            return self._refused()
+            return self._other_browser() if exc.other_browser else self._refused()
         await self.accounts.throttle.succeeded(clear=[], refund=[f"oidc:net:{net}"])
         response = redirect(FINISH_PATH + "?" + urlencode({"ticket": ticket}))
         self.pages.secure(response)
@@ -279,7 +293,9 @@ class OidcSite:
                 state, provider.name, self._callback_binding(request, provider)
             )
         except WrongBrowser as exc:
-            raise CallbackRefused("the flow came back in another browser") from exc
+            raise CallbackRefused(
+                "the flow came back in another browser", other_browser=True
+            ) from exc
         if flow is None:
             raise CallbackRefused("unknown, used or expired state")
         if "error" in params or not code or len(code) > 2048:
@@ -332,7 +348,7 @@ class OidcSite:
                 "oidc.finish_failed",
                 extra={"reason": "finished in another browser", "ip": request.remote},
             )
-            return self._refused()
+            return self._other_browser()
         if flow is None:
             log.warning(
                 "oidc.finish_failed",
