@@ -85,7 +85,7 @@ class PasskeyRoutes:
         if (request.content_length or 0) > MAX_RESPONSE:
             return _json({"error": "The request is too large."}, status=413)
         try:
-            raw = await request.content.read(MAX_RESPONSE + 1)
+            raw = await request.read()  # already read, within the deadline (account_limits)
             body = json.loads(raw) if len(raw) <= MAX_RESPONSE else None
         except (ValueError, UnicodeDecodeError):
             body = None
