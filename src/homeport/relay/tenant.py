@@ -212,12 +212,18 @@ class TenantProxy:
         return self.pages.message("Not found", "There is nothing here.", status=404, tenant=True)
 
     async def _handoff(self, request: web.Request, instance_id: str) -> web.StreamResponse:
-        """Finish the sign-in hand-off: exchange the one-time code for this host's session."""
+        """Finish the sign-in hand-off: exchange the one-time code for this host's session.
+
+        Any presentation of a code uses it up, also one without this host's state
+        cookie (a leaked link opened elsewhere, or a login-CSRF attempt): such a
+        code is in the wrong hands, and nobody may use it after that.
+        """
         code = request.query.get("code", "")
-        state = request.cookies.get(STATE_COOKIE, "")
+        state = request.cookies.get(STATE_COOKIE)
         user_id = None
-        if code and state and len(code) <= 128:
-            user_id = await self.accounts.consume_handoff(code, instance_id, binding_for(state))
+        if code and len(code) <= 128:
+            binding = binding_for(state) if state else None
+            user_id = await self.accounts.consume_handoff(code, instance_id, binding)
         if user_id is None:
             log.warning("tenant.handoff_refused", extra={"instance": instance_id})
             return self.pages.message(
