@@ -10,6 +10,7 @@ its deadline allows and well before the trickle would have finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -246,7 +247,7 @@ async def test_one_address_gets_429_beyond_its_share_and_others_carry_on(site: S
         reader, writer, site.signin_post(100), length=100, interval=0.3, give_up=10
     )
     assert refused.status == 429, refused
-    assert refused.after < 1.0
+    assert refused.after < 2.0, "at once, not at the deadline"
     assert refused.closed
     assert refused.header("Retry-After") == "5"
     # Someone else (another address) gets the sign-in page at once.
@@ -255,7 +256,7 @@ async def test_one_address_gets_429_beyond_its_share_and_others_carry_on(site: S
         async with visitor.request("GET", site.stack.account_origin + "/signin") as r:
             assert r.status == 200
             assert "Sign in" in await r.text()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 2.5
     results = await asyncio.gather(*held)
     assert [r.status for r in results] == [408] * 4, results
     # Slots come back when the requests end.
@@ -286,25 +287,34 @@ async def test_the_refusal_pages_carry_the_relay_headers(site: Site) -> None:
 async def test_the_tunnel_endpoint_is_not_counted_or_cut(site: Site) -> None:
     """Add-on tunnels are long-lived and many share one CGNAT address: never refused."""
     stack = site.stack
-    site.limit(account_body_seconds=0.5, account_max_requests=1)
+    site.limit(account_body_seconds=30.0, account_max_requests=1)
     # A trickling POST from the add-on's own address holds the only slot ...
     reader, writer = await site.connect(ACCOUNT)
     holder = asyncio.create_task(
-        trickle(reader, writer, site.signin_post(100), length=100, interval=0.1, give_up=10)
+        trickle(reader, writer, site.signin_post(1000), length=1000, interval=0.2, give_up=25)
     )
-    await asyncio.sleep(0.1)
-    # ... and the add-on dialling again still gets its tunnel.
+    await asyncio.sleep(0.3)
+    reader, writer = await site.connect(ACCOUNT)
+    refused = await trickle(reader, writer, site.signin_post(5), length=5, interval=0.2, give_up=5)
+    assert refused.status == 429, "the slot is taken"
+    # ... and the add-on dialling again from there still gets its tunnel.
     connects = stack.addon.status.connects
     assert await stack.relay.hub.close_instance(stack.instance_id, "test")
     async with asyncio.timeout(20):
         while stack.addon.status.connects <= connects:
             await asyncio.sleep(0.02)
     await stack.wait_connected()
-    assert (await holder).status == 408
-    # The tunnel outlives the body deadline many times over, and carries requests.
+    assert not holder.done(), "the slot was held all along"
+    async with stack.browser(source_ip="127.0.0.5") as browser:
+        assert (await browser.sign_in("/echo")).status == 200
+    holder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holder
+    # A short body deadline never touches the tunnel (no body), however long it lives.
+    site.limit(account_body_seconds=0.5, account_max_requests=1)
     await asyncio.sleep(1.5)
     assert stack.addon.status.connects == connects + 1
-    async with stack.browser() as browser:
+    async with stack.browser(source_ip="127.0.0.5") as browser:
         assert (await browser.sign_in("/echo")).status == 200
 
 

@@ -33,7 +33,7 @@ ACCOUNT = "homeport.localhost"
 SPARE = 40
 #: Trickling POSTs from the one address: well beyond SPARE.
 ATTACKERS = 3 * SPARE
-DEADLINE = 4.0
+DEADLINE = 6.0
 SHARE = 8
 
 
