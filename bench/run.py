@@ -1192,6 +1192,8 @@ def table(results: Results) -> str:
     rows: list[tuple[str, ...]] = []
 
     def row(label: str, cells: dict[str, str], *ratios: float | None) -> None:
+        if all(cell == "-" for cell in cells.values()):
+            return  # a workload or path that did not run
         padded = [*ratios, None, None, None][:3]
         rows.append(
             (
@@ -1415,12 +1417,19 @@ def notes(results: Results, plan: Plan, skipped: str | None) -> str:
         if r.get("errors")
     ]
     capped = [f"{r['figure']}/{r['path']}" for r in results.records if r.get("capped")]
+    measured = [r for r in results.records if "other_cpu_share" in r]
+    noisy = [r for r in measured if r["other_cpu_share"] > NOISY_SHARE]
     busy = [
         f"{r['figure']}/{r['path']}{'#' + str(r['round']) if 'round' in r else ''}"
         f" {r['other_cpu_share']:.0%}"
-        for r in results.records
-        if r.get("other_cpu_share", 0) > NOISY_SHARE and r.get("round") != "all"
+        for r in noisy
     ]
+    if len(noisy) > 6:  # a busy machine: the range says it, a list would not be read
+        shares = sorted(r["other_cpu_share"] for r in noisy)
+        busy = [
+            f"{len(noisy)} of {len(measured)} measurements, {shares[0]:.0%}-{shares[-1]:.0%}"
+            f" (median {shares[len(shares) // 2]:.0%})"
+        ]
     paragraphs = [
         "",
         "Direct: client -TLS 1.3-> backend.  Homeport: client -TLS 1.3-> relay -WSS tunnel->"
