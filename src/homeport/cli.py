@@ -340,7 +340,32 @@ def addon_config(args: argparse.Namespace) -> tuple[Any, bool, Any, str | None]:
         pinned_keys=pinned_keys,
         relay_ca=relay_ca,
     )
+    args.ha_setup = _ha_setup(opts)
     return config, bool(ha_url), panel, supervisor_token
+
+
+def _ha_setup(opts: Options) -> tuple[Path | None, str | None]:
+    """``--ha-config`` (the folder) and the token of ``--ha-token-file``, checked now."""
+    from homeport.keys import KeyFileError, read_secret_file
+
+    folder, token_file = opts.path("ha_config"), opts.path("ha_token_file")
+    if (folder is None) != (token_file is None) and not os.environ.get("SUPERVISOR_TOKEN"):
+        raise ConfigError("--ha-config and --ha-token-file go together")
+    config_file = None
+    if folder is not None:
+        config_file = folder / "configuration.yaml"
+        check_readable_file(config_file, "--ha-config")
+    token = None
+    if token_file is not None:
+        try:
+            token = read_secret_file(token_file).decode("utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"--ha-token-file {token_file}: no such file") from None
+        except (KeyFileError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--ha-token-file: {exc}") from None
+        if not token:
+            raise ConfigError(f"--ha-token-file {token_file} is empty")
+    return config_file, token
 
 
 def _check_ca_file(path: Path | None, option: str) -> None:
@@ -366,8 +391,14 @@ def cmd_addon(args: argparse.Namespace) -> int:
         return 2
     from homeport.addon.runtime import AddonRuntime, StartupError
 
+    ha_config, ha_token = args.ha_setup
     runtime = AddonRuntime(
-        config, supervisor_token=supervisor_token, panel=panel, ha_url_given=ha_url_given
+        config,
+        supervisor_token=supervisor_token,
+        panel=panel,
+        ha_url_given=ha_url_given,
+        ha_config=ha_config,
+        ha_token=ha_token,
     )
 
     async def main() -> None:
@@ -639,6 +670,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="ha_url",
         help="Home Assistant base URL, http(s)://host[:port] (default: asked from the "
         "Supervisor, or found on 127.0.0.1 / ::1 port 8123)",
+    )
+    addon.add_argument(
+        "--ha-config",
+        dest="ha_config",
+        help="Home Assistant's configuration folder, so the panel can add the proxy settings "
+        "to configuration.yaml when you ask (needs --ha-token-file; the Supervisor gives both)",
+    )
+    addon.add_argument(
+        "--ha-token-file",
+        dest="ha_token_file",
+        help="file (mode 0600) holding a Home Assistant long-lived access token, for checking "
+        "the configuration and restarting Home Assistant after that change",
     )
     addon.add_argument(
         "--state-dir",
