@@ -474,6 +474,115 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return _admin(args, action)
 
 
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    disable = args.user_command == "disable"
+
+    async def action(accounts: Any) -> int:
+        try:
+            user = await Operator(accounts).user(args.email)
+            await accounts.set_user_disabled(user.id, disable)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        done = "Disabled (every session ended)" if disable else "Enabled"
+        print(f"{done}: {user.email}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    async def action(accounts: Any) -> int:
+        operator = Operator(accounts)
+        try:
+            user = await operator.user(args.email)
+            if not args.yes:
+                owned = await operator.owned_homes(user)
+                print(
+                    f"error: this deletes {user.email} and unlinks the {len(owned)} home(s) it "
+                    "owns; run again with --yes",
+                    file=sys.stderr,
+                )
+                return 1
+            user, homes = await operator.delete_user(args.email)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        unlinked = f"; unlinked {', '.join(homes)}" if homes else ""
+        print(f"Deleted {user.email}{unlinked}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_reset_factor(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    config = relay_config(args)
+
+    async def action(accounts: Any) -> int:
+        try:
+            result = await Operator(accounts).reset_second_factor(args.email)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"Reset the second factor of {result.user.email}: authenticator app "
+            f"{'removed' if result.totp else 'none'}, {result.passkeys} passkey(s) removed, "
+            f"{result.sessions} session(s) ended"
+        )
+        print(await _mail_reset_notice(config, result.user.email))
+        return 0
+
+    return _admin(args, action)
+
+
+async def _mail_reset_notice(config: Any, email: str) -> str:
+    """Tell the owner by mail (when the relay sends mail); the line to print."""
+    import datetime as dt
+
+    from homeport.mail.mailer import SmtpMailer
+    from homeport.mail.messages import MailWriter
+
+    if config.smtp is None:
+        return "Not mailed: no --smtp-host (tell the owner yourself)"
+    mail = MailWriter(config.account_origin).security_change(
+        email,
+        what="the relay's operator removed your second factor (authenticator app, recovery "
+        "codes and passkeys) and ended every session; sign in and set up a new one under "
+        "Security",
+        moment=dt.datetime.now(dt.UTC),
+        ip=None,
+        user_agent="",
+    )
+    try:
+        await SmtpMailer(config.smtp).send(mail)
+    except Exception as exc:
+        return f"Not mailed: {type(exc).__name__} (tell the owner yourself)"
+    return f"Mailed {email}"
+
+
+def cmd_instance_unlink(args: argparse.Namespace) -> int:
+    async def action(accounts: Any) -> int:
+        if not await accounts.unlink_instance(args.instance):
+            print(f"error: no home {args.instance}", file=sys.stderr)
+            return 1
+        print(
+            f"Unlinked {args.instance}: its sessions and app links are gone; its add-on gets "
+            "a new link code when it next connects"
+        )
+        return 0
+
+    return _admin(args, action)
+
+
 def cmd_link(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
 
@@ -712,6 +821,29 @@ def build_parser() -> argparse.ArgumentParser:
     listing = user_sub.add_parser("list", help="list accounts")
     _relay_options(listing)
     listing.set_defaults(func=cmd_user_list)
+    for name, what in (
+        ("disable", "disable an account and end its sessions"),
+        ("enable", "enable a disabled account"),
+    ):
+        toggle = user_sub.add_parser(name, help=what)
+        toggle.add_argument("email")
+        _relay_options(toggle)
+        toggle.set_defaults(func=cmd_user_disable)
+    remove = user_sub.add_parser(
+        "delete", help="delete an account and unlink the homes it owns (audited)"
+    )
+    remove.add_argument("email")
+    remove.add_argument("--yes", action="store_true", help="really delete (no undo)")
+    _relay_options(remove)
+    remove.set_defaults(func=cmd_user_delete)
+    reset = user_sub.add_parser(
+        "reset-second-factor",
+        help="remove a lost authenticator app, recovery codes and passkeys; end every "
+        "session; audited, and mailed to the owner when mail is configured",
+    )
+    reset.add_argument("email")
+    _relay_options(reset)
+    reset.set_defaults(func=cmd_user_reset_factor)
     link = admin_sub.add_parser("link", help="link an add-on to an account by its code")
     link.add_argument("code")
     link.add_argument("email")
@@ -723,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     inst_list.add_argument("--json", action="store_true", help="a JSON list instead of text")
     _relay_options(inst_list)
     inst_list.set_defaults(func=cmd_instance_list)
+    unlink = instance_sub.add_parser(
+        "unlink", help="unlink a home from its account (its add-on needs a new link code)"
+    )
+    unlink.add_argument("instance", help="the home's id (admin instance list)")
+    _relay_options(unlink)
+    unlink.set_defaults(func=cmd_instance_unlink)
 
     keys = sub.add_parser("keys", help="the relay's signing key")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
