@@ -2,7 +2,7 @@
 
     python packaging/release.py set-version 0.2.0   # homeport.__version__ + the add-on manifest
     python packaging/release.py check [--tag v0.2.0] # the version agrees everywhere (CI)
-    python packaging/release.py addon-context        # the wheel of this checkout -> homeport_addon/wheels/
+    python packaging/release.py addon-context        # the wheel -> homeport_addon/wheels/
 
 The version lives in one place, ``homeport.__version__`` (pyproject.toml reads it).
 The add-on manifest must carry a literal copy (the Supervisor reads
@@ -89,11 +89,29 @@ def addon_context(python: str = sys.executable, wheels: Path = WHEELS) -> Path:
     """Build the wheel of this checkout into ``homeport_addon/wheels/`` (only that wheel)."""
     version = check()
     with tempfile.TemporaryDirectory() as tmp:
+        # A clean copy of what the package is made of: setuptools builds in the source
+        # tree and would otherwise reuse a stale build/ left by an earlier build.
+        source = Path(tmp) / "source"
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+        shutil.copytree(ROOT / "src", source / "src", ignore=skip)
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy2(ROOT / name, source / name)
+        out = Path(tmp) / "dist"
         subprocess.run(  # noqa: S603 - fixed argv: this Python's pip, this checkout
-            [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", tmp, str(ROOT)],
+            [
+                python,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--wheel-dir",
+                str(out),
+                str(source),
+            ],
             check=True,
         )
-        built = sorted(Path(tmp).glob("homeport-*.whl"))
+        built = sorted(out.glob("homeport-*.whl"))
         expected = f"homeport-{version}-py3-none-any.whl"
         if [w.name for w in built] != [expected]:
             raise ReleaseError(f"expected {expected}, pip built {[w.name for w in built]}")

@@ -89,7 +89,10 @@ async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> Non
 # ----------------------------------------------------------------------- relay
 
 
-def relay_config(args: argparse.Namespace) -> Any:
+def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
+    """The relay's settings; ``serving=False`` for commands that only read them (admin,
+    keys), which skip what only matters to a listening relay (``--http-listen`` may be on
+    the relay's command line, in its systemd unit, rather than in the shared file)."""
     from homeport.relay.config import SECURITY_CONTACT, SECURITY_POLICY, RelayConfig
     from homeport.tls.acme_settings import acme_settings
 
@@ -111,7 +114,7 @@ def relay_config(args: argparse.Namespace) -> Any:
         raise ConfigError(str(exc)) from None
     limits = _limit_options(opts)
     acme = acme_settings(opts.get)
-    if acme is not None and acme.challenge == "http-01" and http_listen is None:
+    if serving and acme is not None and acme.challenge == "http-01" and http_listen is None:
         raise ConfigError("--acme-challenge http-01 needs --http-listen (port 80)")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
@@ -451,7 +454,12 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.passwords import PasswordPolicyError
 
-    password = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():  # a person at a terminal: ask, without echoing it
+        import getpass
+
+        password = getpass.getpass("Password (at least 15 characters): ")
+    else:  # a pipe or a file: one line
+        password = sys.stdin.readline().rstrip("\r\n")
 
     async def action(accounts: Any) -> int:
         try:
@@ -525,7 +533,7 @@ def cmd_user_reset_factor(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.operator import Operator
 
-    config = relay_config(args)
+    config = relay_config(args, serving=False)
 
     async def action(accounts: Any) -> int:
         try:
@@ -601,7 +609,7 @@ def cmd_link(args: argparse.Namespace) -> int:
 def cmd_instance_list(args: argparse.Namespace) -> int:
     from homeport.relay.config import RelayConfig
 
-    config: RelayConfig = relay_config(args)
+    config: RelayConfig = relay_config(args, serving=False)
 
     async def action(accounts: Any) -> int:
         rows = [
@@ -631,7 +639,7 @@ def cmd_instance_list(args: argparse.Namespace) -> int:
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from homeport.keys import key_id, load_or_create_private_key, public_key_text
 
-    config = relay_config(args)
+    config = relay_config(args, serving=False)
     key = load_or_create_private_key(config.server_key_path)
     public = key.public_key()
     print(public_key_text(public))
@@ -814,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     user = admin_sub.add_parser("user", help="accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
-    create = user_sub.add_parser("create", help="create an account (password on stdin)")
+    create = user_sub.add_parser(
+        "create", help="create an account (asks for the password, or reads one line of stdin)"
+    )
     create.add_argument("email")
     _relay_options(create)
     create.set_defaults(func=cmd_user_create)

@@ -626,3 +626,21 @@ def test_systemd_unit() -> None:
     assert "StateDirectory=homeport-addon" in unit
     assert "DynamicUser=yes" in unit
     assert "Restart=always" in unit
+
+
+def test_the_wheel_carries_every_file_the_package_reads(tmp_path: Path) -> None:
+    """Templates, static files, mail texts, migrations: all of src/homeport is in the
+    wheel the images install (the mail templates once were not, and a relay installed
+    from the wheel could not start; found by tests/edge/test_deploy_guide.py)."""
+    import zipfile
+
+    wheel = load_release().addon_context(wheels=tmp_path / "wheels")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.startswith("homeport/")}
+    source = ROOT / "src"
+    expected = {
+        str(path.relative_to(source))
+        for path in (source / "homeport").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert expected - shipped == set()
