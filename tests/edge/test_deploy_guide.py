@@ -24,12 +24,8 @@ wildcard certificate the relay obtained by DNS-01, and reaches Home Assistant.
 from __future__ import annotations
 
 import asyncio
-import configparser
 import contextlib
-import importlib.util
 import os
-import re
-import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,6 +33,17 @@ from pathlib import Path
 
 import pytest
 from bind import Zone, named_available, start_named
+from guide_walk import (
+    Block,
+    Translation,
+    as_root_would,
+    blocks,
+    build_wheel,
+    commands,
+    section,
+    sh,
+    unit_command,
+)
 from pebble import pebble_available, start_pebble
 from stack import PASSWORD, Browser, free_port
 
@@ -64,24 +71,8 @@ ZONE = Zone(
 )
 
 
-@dataclass(frozen=True)
-class Block:
-    kind: str  # "sh" or "file"
-    text: str
-    path: str = ""
-
-
 def quick_start() -> list[Block]:
-    text = GUIDE.read_text(encoding="utf-8")
-    section = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
-    blocks = []
-    for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", section, re.MULTILINE | re.DOTALL):
-        first = body.splitlines()[0]
-        if lang == "sh":
-            blocks.append(Block("sh", body))
-        elif first.startswith("# /"):
-            blocks.append(Block("file", body, first[2:].strip()))
-    return blocks
+    return blocks(section(GUIDE, "## Quick start"))
 
 
 def test_the_quick_start_is_what_the_test_follows() -> None:
@@ -112,8 +103,8 @@ class Walk:
     link_code: str = ""
     listed: str = ""
 
-    def translate(self, text: str) -> str:
-        for old, new in (
+    def pairs(self) -> list[tuple[str, str]]:
+        return [
             ("https://acme-v02.api.letsencrypt.org/directory", self.directory),
             ("https://homeport.example.com/", f"https://{ACCOUNT_HOST}:{self.tls_port}/"),
             ("wss://homeport.example.com/", f"wss://{ACCOUNT_HOST}:{self.tls_port}/"),
@@ -130,9 +121,10 @@ class Walk:
             ("/var/lib/homeport", f"{self.root}/var/lib/homeport"),
             ("/opt/homeport", f"{self.root}/opt/homeport"),
             ("ABCDE-FGHJK", self.link_code or "ABCDE-FGHJK"),
-        ):
-            text = text.replace(old, new)
-        return text
+        ]
+
+    def translate(self, text: str) -> str:
+        return Translation(self.pairs()).apply(text)
 
     def env(self) -> dict[str, str]:
         env = {
@@ -144,49 +136,15 @@ class Walk:
         return env
 
 
-def _commands(block: Block) -> list[str]:
-    """The block's commands, continuation lines joined, comments dropped."""
-    joined = block.text.replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip()]
-
-
-def _as_root_would(command: str) -> str | None:
-    """Drop what needs root or systemd; None: skip the command (see the module doc)."""
-    command = command.replace("sudo -u homeport ", "").replace("sudo ", "")
-    command = command.replace(" -o homeport", "")
-    if command.startswith("useradd "):
-        return None
-    return command
-
-
 async def _sh(walk: Walk, command: str, *, stdin: str = "", timeout: float = 300) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", command,
-        cwd=walk.work, env=walk.env(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, f"{command}\nexit {proc.returncode}\n{err.decode()[-3000:]}"
-    return out.decode()
+    return await sh(command, cwd=walk.work, env=walk.env(), stdin=stdin, timeout=timeout)
 
 
 async def _start_unit(walk: Walk) -> None:
     """``systemctl enable --now homeport-relay``: the installed unit's ExecStart."""
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
     installed = walk.root / "etc" / "systemd" / "system" / "homeport-relay.service"
-    unit.read_string(installed.read_text().replace("\\\n", " "))
-    service = unit["Service"]
-    argv = shlex.split(walk.translate(service["ExecStart"]))
-    env = walk.env()
-    key, _, value = service["Environment"].partition("=")
-    env[key] = walk.translate(value)
+    argv, unit_env = unit_command(installed, Translation([(o, n) for o, n in walk.pairs()]))
+    env = {**walk.env(), **unit_env}
     # Test only: pebble's directory is served with a certificate from its own CA.
     env["HOMEPORT_ACME_CA_FILE"] = str(walk.ca_bundle)
     (walk.root / "var" / "lib" / "homeport").mkdir(parents=True, mode=0o700, exist_ok=True)
@@ -214,7 +172,7 @@ async def _until_ok(walk: Walk, command: str) -> str:
 
 
 async def _run_line(walk: Walk, line: str, addon: AddonHome) -> None:
-    command = _as_root_would(line)
+    command = as_root_would(line)
     if command is None:
         return
     if "systemctl" in command:
@@ -294,17 +252,6 @@ class GuideHome:
         return self.config.account_origin
 
 
-async def _build_wheel(target: Path) -> Path:
-    """The wheel a release would publish (packaging/release.py, from a clean copy)."""
-    spec = importlib.util.spec_from_file_location("release", REPO / "packaging" / "release.py")
-    assert spec is not None
-    assert spec.loader is not None
-    release = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(release)
-    wheel: Path = await asyncio.to_thread(release.addon_context, wheels=target)
-    return wheel
-
-
 async def test_deploy_guide_quick_start(tmp_path: Path) -> None:
     blocks = quick_start()
     tls_port, http_port = free_port(), free_port()
@@ -312,7 +259,7 @@ async def test_deploy_guide_quick_start(tmp_path: Path) -> None:
     # What a Debian server has before step 1.
     for directory in (root / "home", root / "tmp", root / "etc/systemd/system", work):
         directory.mkdir(parents=True)
-    wheel = await _build_wheel(tmp_path / "dist")
+    wheel = await build_wheel(tmp_path / "dist")
     standin, backend = await start_standin()
     addon = AddonHome(backend, tmp_path / "addon")
     with (
@@ -336,7 +283,7 @@ async def test_deploy_guide_quick_start(tmp_path: Path) -> None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(walk.translate(block.text))
                     continue
-                for line in _commands(block):
+                for line in commands(block):
                     await _run_line(walk, line, addon)
             # The guide's last word: the home is connected, at its address.
             assert addon.client is not None
