@@ -92,6 +92,12 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
             "no PEM certificate in it",
         ),
         (
+            "a Home Assistant folder without a token",
+            [*addon, "--relay", RELAY, "--server-pubkey", KEY, "--ha-config", str(tmp)],
+            {},
+            "--ha-config and --ha-token-file go together",
+        ),
+        (
             "missing relay and key",
             addon,
             {},

@@ -276,3 +276,44 @@ async def test_without_setup_the_panel_shows_the_yaml_to_paste(tmp_path: Path) -
                 assert r.status == 403  # CSRF first, then "not available"
     finally:
         await panel.stop()
+
+
+async def test_the_runtime_offers_the_button_with_a_folder_and_a_token(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    """``homeport addon --ha-config DIR --ha-token-file F`` wires the button into the panel."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from homeport.addon.client import AddonConfig
+    from homeport.addon.runtime import AddonRuntime, PanelSettings
+
+    port = free_port()
+    runtime = AddonRuntime(
+        AddonConfig(
+            relay_url="wss://127.0.0.1:9/v1/tunnel",  # nothing listens: the panel still runs
+            ha_url=standin.url,
+            state_dir=tmp_path / "state",
+            pinned_keys=(Ed25519PrivateKey.generate().public_key(),),
+        ),
+        supervisor_token=None,
+        panel=PanelSettings("127.0.0.1", port, ("127.0.0.1",)),
+        ha_url_given=True,
+        ha_config=standin.config,
+        ha_token=TOKEN,
+    )
+    async with runtime.running(), aiohttp.ClientSession() as session:
+        assert runtime.trust_setup is not None
+        assert runtime.trust_setup.api.base == standin.url + "/api"
+        async with asyncio.timeout(20):
+            while True:
+                async with session.get(f"http://127.0.0.1:{port}/") as r:
+                    if 'id="trust-setup"' in await r.text():
+                        break
+                await asyncio.sleep(0.1)
+    # Without a token (and no Supervisor) there is no button, only the YAML.
+    bare = AddonRuntime(
+        runtime.config, supervisor_token=None, panel=None, ha_url_given=True,
+        ha_config=standin.config,
+    )  # fmt: skip
+    async with bare.running():
+        assert bare.trust_setup is None
