@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -291,12 +292,22 @@ def _check_can_listen(option: str, host: str, port: int) -> None:
 # ----------------------------------------------------------------------- addon
 
 
-def addon_config(args: argparse.Namespace) -> tuple[Any, bool, Any, str | None]:
-    """``homeport addon``'s settings, every one checked before anything is dialled.
+@dataclass(frozen=True)
+class AddonSetup:
+    """``homeport addon``'s settings, checked (``addon_config``)."""
 
-    Returns (AddonConfig, whether the Home Assistant URL was given, panel
-    settings, Supervisor token); ``ConfigError`` or ``ValueError`` says what to fix.
-    """
+    config: Any  # homeport.addon.client.AddonConfig
+    ha_url_given: bool
+    panel: Any  # homeport.addon.runtime.PanelSettings | None
+    supervisor_token: str | None
+    #: configuration.yaml and an API token for the panel's "trust the add-on" button.
+    ha_config: Path | None = None
+    ha_token: str | None = field(default=None, repr=False)
+
+
+def addon_config(args: argparse.Namespace) -> AddonSetup:
+    """``homeport addon``'s settings, every one checked before anything is dialled;
+    ``ConfigError`` or ``ValueError`` says what to fix."""
     from homeport.addon.client import AddonConfig
     from homeport.addon.options import OptionsError, check_ha_url, check_relay_url, load_options
     from homeport.addon.runtime import parse_panel
@@ -343,8 +354,8 @@ def addon_config(args: argparse.Namespace) -> tuple[Any, bool, Any, str | None]:
         pinned_keys=pinned_keys,
         relay_ca=relay_ca,
     )
-    args.ha_setup = _ha_setup(opts)
-    return config, bool(ha_url), panel, supervisor_token
+    ha_config, ha_token = _ha_setup(opts)
+    return AddonSetup(config, bool(ha_url), panel, supervisor_token, ha_config, ha_token)
 
 
 def _ha_setup(opts: Options) -> tuple[Path | None, str | None]:
@@ -386,7 +397,7 @@ def _check_ca_file(path: Path | None, option: str) -> None:
 
 def cmd_addon(args: argparse.Namespace) -> int:
     try:
-        config, ha_url_given, panel, supervisor_token = addon_config(args)
+        setup = addon_config(args)
     except (ConfigError, ValueError) as exc:
         # The add-on's own contract: exit 2 with one line naming what to fix.
         message = str(exc) if isinstance(exc, ConfigError) else f"error: {exc}"
@@ -394,14 +405,13 @@ def cmd_addon(args: argparse.Namespace) -> int:
         return 2
     from homeport.addon.runtime import AddonRuntime, StartupError
 
-    ha_config, ha_token = args.ha_setup
     runtime = AddonRuntime(
-        config,
-        supervisor_token=supervisor_token,
-        panel=panel,
-        ha_url_given=ha_url_given,
-        ha_config=ha_config,
-        ha_token=ha_token,
+        setup.config,
+        supervisor_token=setup.supervisor_token,
+        panel=setup.panel,
+        ha_url_given=setup.ha_url_given,
+        ha_config=setup.ha_config,
+        ha_token=setup.ha_token,
     )
 
     async def main() -> None:
