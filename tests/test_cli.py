@@ -97,6 +97,8 @@ async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
         data,
         "--listen",
         f"127.0.0.1:{port}",
+        "--link-poll",  # the link below comes from another process: found by the poll
+        "0.2",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -164,6 +166,21 @@ async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
                 proc.terminate()
                 await proc.wait()
         await standin.cleanup()
+
+
+def test_link_poll_option(tmp_path: Path) -> None:
+    from homeport.cli import build_parser, relay_config
+
+    def config(*argv: str) -> object:
+        return relay_config(
+            build_parser().parse_args(["relay", "--data-dir", str(tmp_path), *argv])
+        )
+
+    assert config().link_poll_seconds == 2.0  # type: ignore[attr-defined]
+    assert config("--link-poll", "0.2").link_poll_seconds == 0.2  # type: ignore[attr-defined]
+    for bad in ("0", "-1", "61", "soon", "nan"):
+        with pytest.raises(SystemExit, match="--link-poll"):
+            config("--link-poll", bad)
 
 
 @pytest.mark.parametrize("missing", ["--relay", "--server-pubkey"])

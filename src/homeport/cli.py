@@ -129,7 +129,18 @@ def relay_config(args: argparse.Namespace) -> Any:
         tenant_burst=limits["tenant_burst"],
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
+        link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
     )
+
+
+def _link_poll(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise SystemExit(f"error: --link-poll must be seconds between 0 and 60: {value!r}")
+    return seconds
 
 
 def _metrics_listen(value: Any) -> tuple[str, int] | None:
@@ -427,6 +438,11 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="metrics_listen",
         help="address:port for Prometheus GET /metrics over plain HTTP (e.g. 127.0.0.1:9464); "
         "default off. Bind it to loopback or a private interface: it has no authentication",
+    )
+    parser.add_argument(
+        "--link-poll",
+        dest="link_poll_seconds",
+        help="seconds between checks for a home linked by `homeport admin link` (default 2)",
     )
     from homeport.relay.oidc_settings import add_oidc_arguments
 

@@ -220,12 +220,9 @@ async def test_paused_relay_is_declared_dead_then_reconnected(
                 assert page.status == 200
 
 
-async def test_stalled_relay_attempt_gives_up_and_backs_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_stalled_relay_attempt_gives_up_and_backs_off(tmp_path: Path) -> None:
     """A relay that accepts TCP and then says nothing (hung, or a black hole) must
     not hold the add-on: each attempt ends after the handshake timeout."""
-    monkeypatch.setattr(addon_client, "HANDSHAKE_TIMEOUT", 1.0)
     accepted: list[float] = []
     held: list[asyncio.StreamWriter] = []
 
@@ -241,6 +238,7 @@ async def test_stalled_relay_attempt_gives_up_and_backs_off(
         state_dir=tmp_path / "addon",
         pinned_keys=(),
         relay_ca=None,
+        handshake_timeout=1.0,
     )
     try:
         with RecordLogs("homeport.addon.client") as logs:
