@@ -11,6 +11,20 @@ import pytest_asyncio
 from ha_core import HomeAssistant, PythonNotFoundError, ensure_ha_venv
 from postgres import PostgresNotFoundError, PostgresServer
 
+from homeport.tls.devca import DevCA, ensure_dev_ca
+
+
+@pytest.fixture(scope="session")
+def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    """One development CA for the session (per xdist worker).
+
+    Relays seeded with it (``start_stack(ca=dev_ca)``, ``RelayProcess(ca=...)``, the
+    e2e ``stack`` fixture) issue their server certificates from it, so the one
+    Chromium of the session (tests/support/browser.py) trusts them all.  Each relay
+    still has a data dir, database and server certificate of its own.
+    """
+    return ensure_dev_ca(tmp_path_factory.mktemp("dev-ca"))
+
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def home_assistant(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stack import free_port
+from ports import reserve_port
 
 from homeport.standin import start_standin
 
@@ -81,7 +81,7 @@ async def _read_until(stream: asyncio.StreamReader, pattern: str, timeout: float
 async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
     """Relay and add-on as separate processes, linked by code, listed as connected."""
     data = str(tmp_path / "relay")
-    port = free_port()
+    port = reserve_port()
     assert (
         run(
             "admin", "user", "create", "ana@example.com", "--data-dir", data, stdin=PASSWORD

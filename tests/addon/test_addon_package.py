@@ -29,8 +29,9 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from ports import reserve_port
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, Browser, free_port
+from stack import PASSWORD, Browser
 
 from homeport import __version__
 from homeport.relay.config import RelayConfig
@@ -327,7 +328,7 @@ def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dic
         HOMEPORT_OPTIONS=str(options),
         HOMEPORT_STATE_DIR=str(tmp_path / "data"),
         # The panel's add-on default is 0.0.0.0:8099 (ingress_port); tests stay on loopback.
-        HOMEPORT_PANEL_LISTEN=f"127.0.0.1:{free_port()}",
+        HOMEPORT_PANEL_LISTEN=f"127.0.0.1:{reserve_port()}",
         HOME=str(tmp_path / "home"),
     )
     if relay is not None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from ports import reserve_port
 from reflect_backend import Seen, start_reflecting_backend
 from relay_process import RecordLogs, start_home
-from stack import free_port, start_stack
+from stack import start_stack
 
 from homeport.addon import client as addon_client
 from homeport.addon.client import (
@@ -282,7 +283,7 @@ def test_backoff_delay_is_full_jitter_doubling_to_the_cap() -> None:
 
 
 async def test_attempts_against_a_closed_port_follow_the_backoff(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens here: every dial is refused at once
+    port = reserve_port()  # nothing listens here: every dial is refused at once
     attempts: list[float] = []
     config = AddonConfig(
         relay_url=f"wss://homeport.localhost:{port}/v1/tunnel",

@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from stack import PASSWORD, free_port, make_addon
+from ports import listening_socket
+from stack import PASSWORD, make_addon
 
 from homeport.accounts import Accounts, Database
 from homeport.addon.client import AddonClient, AddonStatus, State
@@ -24,13 +25,14 @@ async def waiting_addon(
     tmp_path: Path, *, link_poll_seconds: float
 ) -> AsyncIterator[tuple[Relay, AddonClient]]:
     """A relay and an add-on that holds a link code, not yet linked."""
+    sock = listening_socket()
     config = RelayConfig(
         data_dir=tmp_path / "relay",
-        listen_port=free_port(),
+        listen_port=sock.getsockname()[1],
         link_poll_seconds=link_poll_seconds,
     )
     relay = Relay(config)
-    await relay.start()
+    await relay.start(sock=sock)
     statuses: list[AddonStatus] = []
     addon = make_addon(config, relay, "http://127.0.0.1:9", tmp_path / "addon", statuses)
     try:
