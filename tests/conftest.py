@@ -19,11 +19,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test of the real Home Assistant in one xdist group (``--dist loadgroup``).
 
     So one worker runs them all, one after another, against the session's one
-    instance (a minute to start, and shared: one test at a time)."""
-    for item in items:
+    instance (a minute to start, and shared: one test at a time).  That group and
+    the ``slow`` tests go first."""
+
+    def start_early(item: pytest.Item) -> int:
+        # The longest work first, so no worker is left with it while the others idle.
         uses_ha = "home_assistant" in getattr(item, "fixturenames", ())
         if uses_ha or item.get_closest_marker("homeassistant") is not None:
             item.add_marker(pytest.mark.xdist_group("home_assistant"))
+            return 0
+        return 1 if item.get_closest_marker("slow") is not None else 2
+
+    items.sort(key=start_early)  # stable: the order within each kind stays
 
 
 class _XdistGroupIds:
