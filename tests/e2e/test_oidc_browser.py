@@ -20,6 +20,7 @@ from test_oidc_providers import SERVICES_ID, apple_stack
 
 from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.tls.devca import DevCA
 
 if TYPE_CHECKING:
     from browser import Chromium
@@ -29,13 +30,14 @@ pytest_plugins = ("browser",)
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_sign_in_with_apple_in_chromium(tmp_path: Path, chromium: Chromium) -> None:
+async def test_sign_in_with_apple_in_chromium(
+    tmp_path: Path, chromium: Chromium, dev_ca: DevCA
+) -> None:
     team = AppleTeam()
     async with stand_in_idp(client_id=SERVICES_ID, apple=team, form_post=True) as idp:
         idp.user.email = "b8c2@privaterelay.appleid.com"
         idp.user.email_verified = "true"
-        async with apple_stack(tmp_path, idp, team) as stack:
-            await chromium.start(stack.ca_path)
+        async with apple_stack(tmp_path, idp, team, ca=dev_ca) as stack:
             async with chromium.person() as person:
                 page = person.page
                 callbacks: list[Request] = []
@@ -71,17 +73,16 @@ async def test_sign_in_with_apple_in_chromium(tmp_path: Path, chromium: Chromium
 
 
 async def test_link_apple_in_chromium_only_after_confirming(
-    tmp_path: Path, chromium: Chromium
+    tmp_path: Path, chromium: Chromium, dev_ca: DevCA
 ) -> None:
     team = AppleTeam()
     async with stand_in_idp(client_id=SERVICES_ID, apple=team, form_post=True) as idp:
         idp.user.sub = "001234.apple-subject"
         idp.user.email = "k3m9@privaterelay.appleid.com"
         idp.user.email_verified = "true"
-        async with apple_stack(tmp_path, idp, team) as stack:
+        async with apple_stack(tmp_path, idp, team, ca=dev_ca) as stack:
             owner = await stack.relay.accounts.get_user_by_email(stack.email)
             assert owner is not None
-            await chromium.start(stack.ca_path)
             async with chromium.person() as person:
                 page = person.page
                 await page.goto(stack.account_origin + "/signin")
@@ -113,15 +114,14 @@ async def test_link_apple_in_chromium_only_after_confirming(
 
 
 async def test_apple_signin_completed_in_another_chromium_context_finishes_nowhere(
-    tmp_path: Path, chromium: Chromium
+    tmp_path: Path, chromium: Chromium, dev_ca: DevCA
 ) -> None:
     """Issue #9 in a real browser: the attacker's flow, the victim's Apple sign-in."""
     team = AppleTeam()
     async with stand_in_idp(client_id=SERVICES_ID, apple=team, form_post=True) as idp:
         idp.user.email = "victim@example.com"
         idp.user.email_verified = "true"
-        async with apple_stack(tmp_path, idp, team) as stack:
-            await chromium.start(stack.ca_path)
+        async with apple_stack(tmp_path, idp, team, ca=dev_ca) as stack:
             async with chromium.person() as attacker, chromium.person() as victim:
                 await attacker.page.goto(stack.account_origin + "/signin")
                 await attacker.page.get_by_role("link", name="Sign in with Apple").click()

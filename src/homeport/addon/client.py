@@ -83,6 +83,11 @@ class AddonConfig:
     relay_ca: Path | None = None
     ping_interval: float = 15.0
     ping_timeout: float = 10.0
+    #: Reconnect back-off (full jitter, ``backoff_base`` doubling to ``backoff_cap``)
+    #: and the bound on one dial plus handshake, in seconds.
+    backoff_base: float = BACKOFF_BASE
+    backoff_cap: float = BACKOFF_CAP
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -200,7 +205,9 @@ class AddonClient:
                 continue
             if outcome == "reconnect":
                 continue
-            delay = backoff_delay(attempt)
+            delay = backoff_delay(
+                attempt, base=self.config.backoff_base, cap=self.config.backoff_cap
+            )
             attempt += 1
             log.info("addon.retry", extra={"seconds": round(delay, 2)})
             self._reconnect_now.clear()
@@ -213,7 +220,7 @@ class AddonClient:
         assert self._ha is not None
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
         # hole) must not hold the add-on for aiohttp's default five minutes.
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+        async with asyncio.timeout(self.config.handshake_timeout):
             ws = await self._relay.ws_connect(
                 self.config.relay_url,
                 max_msg_size=MAX_MESSAGE,
@@ -233,7 +240,7 @@ class AddonClient:
                 cert_sha256,
                 agent=f"homeport-addon/{__version__}",
             )
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.config.handshake_timeout):
                 await ws.send_str(handshake.hello())
                 await ws.send_str(handshake.receive_server_proof(await _text(ws)))
                 result = handshake.receive_result(await _text(ws))

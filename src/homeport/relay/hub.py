@@ -38,7 +38,6 @@ from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-LINK_POLL_SECONDS = 2.0
 #: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
@@ -66,6 +65,9 @@ class TunnelHub:
         #: Owner actions from add-ons (relay/addon_control.py), given (instance id, peer);
         #: with None the relay does not advertise CONTROL.
         self.control_handler: Callable[[str, str], ControlHandler] | None = None
+        #: Add-on key -> wake-ups of its connections waiting for a link code to be used.
+        self._link_waiters: dict[str, set[asyncio.Event]] = {}
+        accounts.on_linked(self._linked)
 
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
@@ -114,6 +116,7 @@ class TunnelHub:
             name=f"relay:{instance_id[:8]}",
             ping_interval=self.config.tunnel_ping_interval,
             ping_timeout=self.config.tunnel_ping_timeout,
+            control_grace=self.config.control_grace_seconds,
         )
         previous = self.tunnels.get(instance_id)
         self.tunnels[instance_id] = session
@@ -167,19 +170,36 @@ class TunnelHub:
         log.info("hub.awaiting_link", extra={"peer": peer})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires_in
-        while not ws.closed:
-            try:
-                msg = await ws.receive(timeout=LINK_POLL_SECONDS)
-            except TimeoutError:
-                msg = None
-            if msg is not None and msg.type in _CLOSED:
-                return
-            if await self.accounts.instance_for_key(key_text) is not None:
-                await ws.close(code=CLOSE_LINKED, message=b"linked")
-                return
-            if loop.time() >= deadline:
-                await ws.close(code=CLOSE_CODE_EXPIRED, message=b"link code expired")
-                return
+        # Woken at once by a link made in this process (or by the add-on leaving);
+        # the poll finds links made elsewhere (``homeport admin link``).
+        wake = asyncio.Event()
+        waiters = self._link_waiters.setdefault(key_text, set())
+        waiters.add(wake)
+        watcher = asyncio.create_task(_until_closed(ws, wake))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.link_poll_seconds)
+                wake.clear()
+                if watcher.done() or ws.closed:
+                    return
+                if await self.accounts.instance_for_key(key_text) is not None:
+                    close_code, reason = CLOSE_LINKED, b"linked"
+                    break
+                if loop.time() >= deadline:
+                    close_code, reason = CLOSE_CODE_EXPIRED, b"link code expired"
+                    break
+        finally:
+            watcher.cancel()
+            await asyncio.wait([watcher])
+            waiters.discard(wake)
+            if not waiters and self._link_waiters.get(key_text) is waiters:
+                del self._link_waiters[key_text]
+        await ws.close(code=close_code, message=reason)
+
+    def _linked(self, key_text: str) -> None:
+        for wake in self._link_waiters.get(key_text, ()):
+            wake.set()
 
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool:
         """Close an instance's live tunnel at once (its home was unlinked); whether one was up.
@@ -202,6 +222,15 @@ class TunnelHub:
         await asyncio.gather(
             *(s.drain(self.config.drain_seconds) for s in sessions), return_exceptions=True
         )
+
+
+async def _until_closed(ws: web.WebSocketResponse, wake: asyncio.Event) -> None:
+    """Read (and drop) what a waiting add-on sends; ``wake`` once it has gone."""
+    try:
+        while (await ws.receive()).type not in _CLOSED:
+            pass
+    finally:
+        wake.set()
 
 
 async def _text(ws: web.WebSocketResponse) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -160,20 +161,41 @@ class GatedTLSSite(web.TCPSite):
     their handshake and never reach aiohttp.
     """
 
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        sock: socket.socket | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``sock``: serve on this already bound socket instead of binding ``host:port``."""
+        super().__init__(runner, host, port, **kwargs)
+        self._sock = sock
+
     async def start(self) -> None:
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = server
-        self._server = await loop.create_server(
-            lambda: AlpnGate(factory),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: AlpnGate(factory),
+                sock=self._sock,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: AlpnGate(factory),
+                self._host,
+                self._port,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port,
+            )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

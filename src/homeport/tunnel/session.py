@@ -22,7 +22,7 @@ from homeport.protocol import events as ev
 from homeport.protocol.connection import TunnelConnection
 from homeport.protocol.errors import ErrorCode, StreamViolation
 from homeport.protocol.heads import RequestHead
-from homeport.tunnel.control import ControlChannel, ControlHandler
+from homeport.tunnel.control import HANDLER_GRACE, ControlChannel, ControlHandler
 from homeport.tunnel.stream import _EOF, Stream, StreamClosed, WsClose, WsMessage
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class TunnelSession:
         ping_interval: float = 20.0,
         ping_timeout: float = 15.0,
         name: str = "tunnel",
+        control_grace: float = HANDLER_GRACE,
     ) -> None:
         self.ws = ws
         self.connection = connection
@@ -88,7 +89,9 @@ class TunnelSession:
         #: only ones a flush needs to look at (see _prune_and_wake).
         self._blocked_writers: set[Stream] = set()
         #: Owner actions over this tunnel (tunnel/control.py): ``await control.request(...)``.
-        self.control = ControlChannel(connection, self.kick, on_control, name=name)
+        self.control = ControlChannel(
+            connection, self.kick, on_control, name=name, grace=control_grace
+        )
 
     # ------------------------------------------------------------ lifecycle
 
