@@ -18,8 +18,8 @@ from oidc_idp import AppleTeam, StandInIdp, mock_provider, stand_in_idp, walk
 from stack import Stack, free_port, start_stack
 from yarl import URL
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.oidc_settings import AppleKey, OidcProvider, apple_provider
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(180)
 

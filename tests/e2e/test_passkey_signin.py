@@ -16,8 +16,8 @@ import pytest
 from authenticator import SoftAuthenticator, b64url
 from stack import Browser, Stack, start_stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_passkeys import CEREMONY_COOKIE
+from homeport.relay.site.passkeys import CEREMONY_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 
 @pytest.fixture

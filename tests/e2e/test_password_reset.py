@@ -27,7 +27,7 @@ from relay_process import Home
 from smtp_sink import SmtpSink
 from stack import Browser
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -14,7 +14,7 @@ import pyotp
 import pytest
 from stack import Browser, Stack, start_stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE, PENDING_COOKIE
 
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 

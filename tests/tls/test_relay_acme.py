@@ -77,7 +77,7 @@ async def get_security_txt(reader: asyncio.StreamReader, writer: asyncio.StreamW
 async def test_relay_obtains_serves_and_renews_without_dropping(
     tmp_path: Path, challenge: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="homeport.tls.relay_tls")
+    caplog.set_level(logging.INFO, logger="homeport.relay.tls")
     port, http_port = free_port(), free_port()
     with (
         start_named(tmp_path / "named", [ZONE]) as named,
