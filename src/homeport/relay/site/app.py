@@ -121,18 +121,25 @@ def account_site(
     add("/static/homeport.css", _stylesheet, allow_head=False)
     add("/static/passkeys.js", _passkeys_script, allow_head=False)
     for routes in PAGE_ROUTES:
-        app.add_routes(routes)
+        _add_routes(app, routes)
     if mail.out is not None:
         # Without mail these pages do not exist (``mail.disabled`` names them at start-up).
         app[MAIL] = mail.out
         app[reset.JOBS] = mail.reset_jobs
-        app.add_routes(email_code.routes)
-        app.add_routes(reset.routes)
+        _add_routes(app, email_code.routes)
+        _add_routes(app, reset.routes)
         pages.set_global("password_reset", True)
         if config.signup:
-            app.add_routes(signup.routes)
+            _add_routes(app, signup.routes)
             pages.set_global("signup_open", True)
     return app
+
+
+def _add_routes(app: web.Application, routes: web.RouteTableDef) -> None:
+    """Each route for exactly its method: a page's GET does not answer HEAD (405, as ever)."""
+    for route in routes:
+        assert isinstance(route, web.RouteDef)
+        app.router.add_route(route.method, route.path, route.handler, **route.kwargs)
 
 
 async def _security_txt(request: web.Request) -> web.StreamResponse:
