@@ -62,7 +62,7 @@ async def test_a_crash_shows_a_generic_page(
         raise RuntimeError(SECRET_DETAIL)
 
     # The account site's guard looks the session cookie up before any page runs.
-    monkeypatch.setattr(relay.accounts, "resolve_session", crash)
+    monkeypatch.setattr(relay.accounts.sessions, "resolve", crash)
     status, headers, body = await _get(relay, "/", f"Cookie: {ACCOUNT_COOKIE}=x\r\n")
     assert status == 500
     assert b"Something went wrong" in body

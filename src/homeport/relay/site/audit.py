@@ -13,7 +13,7 @@ from aiohttp import web
 
 from homeport.accounts.audit import describe_event, to_csv
 from homeport.accounts.devices import describe_network
-from homeport.accounts.service import InstanceRow
+from homeport.accounts.instances import InstanceRow
 from homeport.relay.site.keys import ACCOUNTS, PAGES, current, sign_in_first
 
 __all__ = ["routes"]
@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 
 async def _homes(request: web.Request, user_id: int) -> list[InstanceRow]:
-    return await request.app[ACCOUNTS].list_instances(user_id=user_id)
+    return await request.app[ACCOUNTS].instances.find(user_id=user_id)
 
 
 @routes.get(PATH)

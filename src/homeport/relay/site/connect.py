@@ -41,7 +41,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "owned": inst.owner_id == session.user_id,
             "owner_email": inst.owner_email,
         }
-        for inst in await request.app[ACCOUNTS].list_instances(user_id=session.user_id)
+        for inst in await request.app[ACCOUNTS].instances.find(user_id=session.user_id)
     ]
     return request.app[PAGES].render(
         "home.html", title="Your homes", user_email=session.email, instances=instances
@@ -62,7 +62,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
         return sign_in_first(
             "/connect?" + urlencode({"instance": instance_id, "state": state, "next": next_path})
         )
-    if not await accounts.can_access(session.user_id, instance_id):
+    if not await accounts.instances.can_access(session.user_id, instance_id):
         # Same answer for "no such home" and "not yours": nothing to enumerate.
         return pages.message(
             "No access",
@@ -83,7 +83,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
             link="/security",
             link_text="Security settings",
         )
-    code = await accounts.create_handoff(
+    code = await accounts.sessions.create_handoff(
         session.user_id, instance_id, state, session_id=session.session_id
     )
     target = (

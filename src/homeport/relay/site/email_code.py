@@ -80,7 +80,7 @@ async def _mail_code(
     *,
     second_factor: bool,
 ) -> None:
-    user = await accounts.get_user(issued.user_id)
+    user = await accounts.users.get(issued.user_id)
     if user is None:
         return
     mail.outbox.post(
@@ -153,7 +153,7 @@ class EmailCodeStepUp:
         _drop_cookie(response, VERIFY_COOKIE)
 
     async def _mail_new_signin(self, request: web.Request, user_id: int) -> None:
-        user = await self.accounts.get_user(user_id)
+        user = await self.accounts.users.get(user_id)
         if user is None:
             return
         alert = await self.accounts.email_signins.new_alert(user_id)
@@ -179,7 +179,7 @@ async def _page(
     notice: str | None = None,
     status: int = 200,
 ) -> web.Response:
-    user = await request.app[ACCOUNTS].get_user(user_id)
+    user = await request.app[ACCOUNTS].users.get(user_id)
     return request.app[PAGES].render(
         "email_code.html",
         status=status,
@@ -311,10 +311,10 @@ async def not_me(request: web.Request) -> web.StreamResponse:
     user_id = await accounts.email_signins.deny(field(posted, "t", 64))
     if user_id is None:
         return _bad_link(pages)
-    ended = await accounts.revoke_user_sessions(user_id)
+    ended = await accounts.sessions.revoke_user(user_id)
     request.app[GATE].end_user(user_id)
     log.warning("account.signin_denied", extra={"user": user_id, "sessions": ended})
-    user = await accounts.get_user(user_id)
+    user = await accounts.users.get(user_id)
     if user is not None:
         mail.outbox.post(mail.writer.signin_denied(user.email, moment=datetime.now(UTC)))
     response = pages.message(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeport.accounts.audit import Audit, EventType
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 
 __all__ = ["AuditTrail"]
 

@@ -17,7 +17,7 @@ import logging
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.throttle import retry_after
 from homeport.accounts.totp import TotpError
 from homeport.relay.redirects import redirect
@@ -86,7 +86,7 @@ async def disable(request: web.Request) -> web.StreamResponse:
         return refused
     accounts = request.app[ACCOUNTS]
     await accounts.totp.disable(session.user_id)
-    await accounts.revoke_user_sessions(session.user_id, except_session_id=session.session_id)
+    await accounts.sessions.revoke_user(session.user_id, except_session_id=session.session_id)
     request.app[GATE].end_user(session.user_id, except_session_id=session.session_id)
     await request.app[AUDIT].record(request, EventType.TOTP_DISABLED, session, factor="totp")
     await notify(request, session.user_id, "two-step verification was turned off")

@@ -125,7 +125,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _refuse(request, name, 403)
     token = request.cookies.get(ACCOUNT_COOKIE)
     request[ACCOUNT] = (
-        await request.app[ACCOUNTS].resolve_session(token, kind="account")
+        await request.app[ACCOUNTS].sessions.resolve(token, kind="account")
         if token and len(token) <= MAX_TOKEN
         else None
     )

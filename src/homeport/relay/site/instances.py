@@ -40,7 +40,7 @@ from homeport.accounts.errors import (
     UnknownInstance,
     UnknownUser,
 )
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
 from homeport.qr import qr_svg
@@ -236,7 +236,7 @@ async def link(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = retry_after(wait)
         return response
     try:
-        instance = await accounts.link_instance(form.get("code", ""), session.email, name)
+        instance = await accounts.instances.link(form.get("code", ""), session.email, name)
     except LinkCodeInvalid as exc:
         log.warning("account.link_failed", extra={"user": session.user_id})
         return _link_page(request, session, status=400, name=name, error=str(exc))
@@ -362,7 +362,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     mailed = False
     mail = request.app[INVITATION_MAIL]
     if mail is not None:
-        home = await accounts.get_instance(instance_id)
+        home = await accounts.instances.get(instance_id)
         mailed = mail.invite(
             row.email,
             inviter=session.email,

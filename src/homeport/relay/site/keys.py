@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from homeport.accounts.service import Accounts, SessionInfo
+from homeport.accounts.service import Accounts
+from homeport.accounts.sessions import SessionInfo
 from homeport.mail.mailer import Outbox
 from homeport.mail.messages import MailWriter
 from homeport.relay.app_links import AppLinkGate

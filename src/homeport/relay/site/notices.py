@@ -39,7 +39,7 @@ class MailNotices:
         )
 
     async def changed(self, request: web.Request, user_id: int, what: str) -> None:
-        user = await self.accounts.get_user(user_id)
+        user = await self.accounts.users.get(user_id)
         if user is None:
             return
         self.mail.outbox.post(

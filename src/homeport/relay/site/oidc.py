@@ -72,7 +72,7 @@ from homeport.accounts.oidc_tokens import (
     unverified_kid,
     verify_id_token,
 )
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.throttle import Window, network_key, retry_after
 from homeport.relay.oidc_client import ProviderClient, ProviderError
 from homeport.relay.oidc_settings import OidcProvider
@@ -404,7 +404,7 @@ async def _resolve(request: web.Request, flow: FinishedFlow) -> tuple[web.Stream
         return await _link_from_settings(request, flow)
     known = await oidc.identity(identity.issuer, identity.subject)
     if known is not None:
-        user = await accounts.get_user(known.user_id)
+        user = await accounts.users.get(known.user_id)
         if user is None or user.disabled:
             log.warning("oidc.signin_refused", extra={"user": known.user_id})
             return _refused(pages, status=403), False
@@ -425,7 +425,7 @@ async def _resolve(request: web.Request, flow: FinishedFlow) -> tuple[web.Stream
             link_text="Back to sign in",
         )
         return no_email, False
-    existing = await accounts.get_user_by_email(identity.email)
+    existing = await accounts.users.by_email(identity.email)
     if existing is not None:
         # Never link by email alone: the owner must prove the account first.
         await oidc.hold_for_link(flow.id, existing.id)
@@ -500,7 +500,7 @@ async def _methods_page(
     status: int = 200,
 ) -> web.Response:
     accounts, providers = request.app[ACCOUNTS], request.app[OIDC]
-    account = await accounts.get_user(session.user_id)
+    account = await accounts.users.get(session.user_id)
     identities = await accounts.oidc.identities(session.user_id)
     linked_names = {i.provider for i in identities}
     labels = {p.name: p.label for p in providers.providers.values()}

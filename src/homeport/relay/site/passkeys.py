@@ -286,7 +286,7 @@ async def _signed_in(
     # Passwordless: the passkey with user verification is both factors, and it cannot
     # be phished or replayed, so the emailed new-network code (a guard against stolen
     # passwords) is not asked for.
-    token, row = await accounts.create_session(
+    token, row = await accounts.sessions.create(
         user_id,
         "account",
         user_agent=request.headers.get("User-Agent", ""),

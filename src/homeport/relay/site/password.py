@@ -20,7 +20,7 @@ from aiohttp import web
 
 from homeport.accounts.audit import EventType
 from homeport.accounts.errors import PasswordPolicyError
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.throttle import retry_after
 from homeport.relay.site.forms import read_form
 from homeport.relay.site.keys import ACCOUNTS, AUDIT, GATE, PAGES, current, notify, sign_in_first
@@ -90,7 +90,7 @@ async def change(request: web.Request) -> web.StreamResponse:
             status=400,
         )
     try:
-        await accounts.set_password(session.user_id, new, keep_session_id=session.session_id)
+        await accounts.users.set_password(session.user_id, new, keep_session_id=session.session_id)
     except (PasswordPolicyError, ValueError) as exc:
         return _form(request, session, error=str(exc), status=400)
     # Every other session was revoked with the change: cut what they have open.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from homeport.accounts.service import Accounts, SessionInfo
+from homeport.accounts.service import Accounts
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.throttle import account_key, network_key, signin_keys
 
 __all__ = ["password_again"]
@@ -21,7 +22,7 @@ async def password_again(
     wait = await accounts.throttle.attempt(signin_keys(current.email, request.remote))
     if wait > 0:
         return wait
-    user = await accounts.authenticate(current.email, password)
+    user = await accounts.users.authenticate(current.email, password)
     if user is None or user.id != current.user_id:
         return False
     net = network_key(request.remote)

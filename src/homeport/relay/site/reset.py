@@ -214,7 +214,7 @@ async def reset(request: web.Request) -> web.StreamResponse:
     password, confirm = field(form, "password", 4096), field(form, "confirm", 4096)
     resets = accounts.password_resets
     user_id, wait = await resets.check_token(token, ip=request.remote)
-    user = None if user_id is None else await accounts.get_user(user_id)
+    user = None if user_id is None else await accounts.users.get(user_id)
     if user is None:
         return _bad_link(pages, wait)
     if password != confirm:
@@ -226,7 +226,7 @@ async def reset(request: web.Request) -> web.StreamResponse:
     if await resets.consume(token) != user.id:
         return _bad_link(pages)
     try:
-        await accounts.set_password(user.id, password)
+        await accounts.users.set_password(user.id, password)
     except (UnknownUser, PasswordPolicyError):
         return _bad_link(pages)
     request.app[GATE].end_user(user.id)

@@ -18,7 +18,7 @@ import segno
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.totp import DIGITS, ISSUER, STEP_SECONDS, Enrolment, TotpError
 from homeport.relay.site.forms import read_form
 from homeport.relay.site.keys import ACCOUNTS, AUDIT, GATE, PAGES, current, notify, sign_in_first
@@ -120,7 +120,7 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
     log.info("account.totp_enabled", extra={"user": session.user_id})
     # A factor change ends every other session (R-SES-04): one opened by whoever
     # knew the password before the factor was added must not stay.
-    await accounts.revoke_user_sessions(session.user_id, except_session_id=session.session_id)
+    await accounts.sessions.revoke_user(session.user_id, except_session_id=session.session_id)
     request.app[GATE].end_user(session.user_id, except_session_id=session.session_id)
     await request.app[AUDIT].record(request, EventType.TOTP_ENABLED, session, factor="totp")
     await notify(request, session.user_id, "two-step verification was turned on")

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from homeport.accounts.audit import EventType
 from homeport.accounts.devices import describe_device, describe_network
-from homeport.accounts.service import SessionInfo
+from homeport.accounts.sessions import SessionInfo
 from homeport.relay.redirects import redirect
 from homeport.relay.site.forms import read_form
 from homeport.relay.site.keys import ACCOUNTS, AUDIT, GATE, PAGES, SIGNIN, current, sign_in_first
@@ -53,9 +53,9 @@ class SessionView:
 
 async def _views(request: web.Request, session: SessionInfo) -> list[SessionView]:
     accounts = request.app[ACCOUNTS]
-    homes = {i.id: i.name for i in await accounts.list_instances(user_id=session.user_id)}
+    homes = {i.id: i.name for i in await accounts.instances.find(user_id=session.user_id)}
     views = []
-    for row in await accounts.list_sessions(session.user_id):
+    for row in await accounts.sessions.of_user(session.user_id):
         if row.instance_id is None:
             where = "Account site"
         else:
@@ -101,15 +101,15 @@ async def end_one(request: web.Request) -> web.StreamResponse:
     form = await read_form(request)
     raw = str(form.get("session", ""))
     target = int(raw) if raw.isdecimal() and len(raw) < 19 else None
-    mine = {row.id: row for row in await accounts.list_sessions(session.user_id)}
+    mine = {row.id: row for row in await accounts.sessions.of_user(session.user_id)}
     row = mine.get(target) if target is not None else None
     if row is None:
         # Unknown, already ended, or not this account's: nothing to do, nothing to tell.
         return redirect(PATH + "?done=1")
     if row.kind == "account":
-        ended = await accounts.sign_out(row.id)  # and what it handed off
+        ended = await accounts.sessions.sign_out(row.id)  # and what it handed off
     else:
-        ended = [row.id] if await accounts.revoke_session(row.id, user_id=row.user_id) else []
+        ended = [row.id] if await accounts.sessions.revoke(row.id, user_id=row.user_id) else []
     request.app[GATE].end_sessions(ended)
     await request.app[AUDIT].record(
         request, EventType.SESSION_REVOKED, session, detail=f"{len(ended)} session(s)"
@@ -125,7 +125,7 @@ async def end_others(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first(PATH)
-    ended = await request.app[ACCOUNTS].revoke_other_sessions(session.user_id, session.session_id)
+    ended = await request.app[ACCOUNTS].sessions.revoke_others(session.user_id, session.session_id)
     request.app[GATE].end_sessions(ended)
     await request.app[AUDIT].record(
         request, EventType.SESSION_REVOKED, session, detail=f"{len(ended)} other session(s)"

@@ -75,7 +75,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
         return response
     user = None
     try:
-        user = await accounts.authenticate(email, password)
+        user = await accounts.users.authenticate(email, password)
     except (InvalidEmail, ValueError):
         user = None
     if user is None:
@@ -83,7 +83,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
         # Same work for known and unknown addresses (one lookup, one insert), so
         # the audit write cannot tell them apart by timing; unknown ones are
         # kept without an account, for the operator.
-        known = await accounts.get_user_by_email(email)
+        known = await accounts.users.by_email(email)
         await request.app[AUDIT].record(
             request,
             EventType.SIGNIN_FAILED,
@@ -175,7 +175,9 @@ async def signout(request: web.Request) -> web.StreamResponse:
     if info is not None:
         # Ends the handed-off tenant sessions too, and cuts their open streams and
         # WebSockets at once; the gate's cache must not keep them alive for its TTL.
-        request.app[GATE].end_sessions(await request.app[ACCOUNTS].sign_out(info.session_id))
+        request.app[GATE].end_sessions(
+            await request.app[ACCOUNTS].sessions.sign_out(info.session_id)
+        )
         await request.app[AUDIT].record(request, EventType.SIGNED_OUT, info)
         log.info("account.signout", extra={"user": info.user_id})
     return request.app[SIGNIN].signed_out()

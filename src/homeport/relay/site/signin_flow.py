@@ -92,7 +92,7 @@ class SignInFlow:
             )
             if challenge is not None:
                 return challenge
-        token, row = await self.accounts.create_session(
+        token, row = await self.accounts.sessions.create(
             user_id,
             "account",
             user_agent=request.headers.get("User-Agent", ""),
