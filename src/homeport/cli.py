@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from homeport import __version__
+from homeport.extras import relay_extra_error
 from homeport.logs import setup_logging
 from homeport.tls.acme_settings import add_acme_arguments
 
@@ -554,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (missing_extra := relay_extra_error(args.command)) is not None:
+        raise SystemExit(missing_extra)  # one line on stderr, exit status 1
     setup_logging(args.log_level)
     result: int = args.func(args)
     return result
