@@ -50,6 +50,7 @@ def test_the_base_install_has_none_of_the_relay_extra() -> None:
         "segno",
         "httptools",
         "websockets",
+        "pyyaml",
     }
     assert not names & {n.lower() for n in _extra("relay")}
 
