@@ -7,6 +7,7 @@ real ``homeport admin …`` with their one line of output and their exit status.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+from pwned_range import RangeService
 from smtp_sink import SmtpSink
 
 from homeport.accounts import Accounts, Database, default_sqlite_url
@@ -65,6 +67,27 @@ async def _link_home(accounts: Accounts, tmp_path: Path, email: str = EMAIL) -> 
     code, _ = await accounts.create_link_code(public_key_text(key.public_key()))
     instance = await accounts.link_instance(code, email)
     return instance.id
+
+
+async def test_create_refuses_a_breached_password_when_the_check_is_on(tmp_path: Path) -> None:
+    leaked = "correct horse battery staple leaked"
+    data = tmp_path / "relay"
+    async with RangeService(breached={leaked: 7}) as service:
+        check = ("--breached-passwords-url", service.url)
+        # In a thread: the stand-in answers on this test's event loop meanwhile.
+        refused = await asyncio.to_thread(
+            admin, data, "user", "create", EMAIL, *check, stdin=leaked + "\n"
+        )
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            "error: This password has appeared in a data breach, so attackers try it "
+            "first. Choose another one.\n"
+        )
+        assert len(service.requests) == 1
+        created = await asyncio.to_thread(
+            admin, data, "user", "create", EMAIL, *check, stdin=PASSWORD + "\n"
+        )
+        assert (created.returncode, created.stderr) == (0, "")
 
 
 async def test_disable_and_enable(data: Path) -> None:

@@ -122,6 +122,18 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
             "--listen must be host:port",
         ),
         (
+            "breached-password service over plain http",
+            ["relay", "--data-dir", data, "--breached-passwords-url", "http://pwned.example"],
+            {},
+            "--breached-passwords-url: plain http:// is only allowed for a loopback host",
+        ),
+        (
+            "breached-password timeout of zero",
+            ["relay", "--data-dir", data, "--breached-passwords-timeout", "0"],
+            {},
+            "--breached-passwords-timeout must be seconds between 0 and 60, not '0'",
+        ),
+        (
             "a port in use",
             ["relay", "--data-dir", data, "--listen", f"127.0.0.1:{busy}"],
             {},

@@ -149,7 +149,31 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
         link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
+        **_breached_passwords(opts),
     )
+
+
+def _breached_passwords(opts: Options) -> dict[str, Any]:
+    """``--breached-passwords-url`` and its timeout, checked (off without a URL)."""
+    from homeport.accounts.breached import DEFAULT_TIMEOUT, check_range_url
+
+    url = opts.get("breached_passwords_url")
+    raw_timeout = opts.get("breached_passwords_timeout", DEFAULT_TIMEOUT)
+    try:
+        timeout = float(raw_timeout)
+    except (TypeError, ValueError):
+        timeout = 0.0
+    if not 0 < timeout <= 60:
+        raise ConfigError(
+            f"--breached-passwords-timeout must be seconds between 0 and 60, not {raw_timeout!r}"
+        )
+    if not url:
+        return {"breached_passwords_timeout": timeout}
+    try:
+        checked = check_range_url(str(url))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {"breached_passwords_url": checked, "breached_passwords_timeout": timeout}
 
 
 def _host_name(opts: Options, name: str, default: str) -> str:
@@ -473,7 +497,13 @@ def _database(args: argparse.Namespace) -> Any:
     return Database(str(url))
 
 
-def _admin(args: argparse.Namespace, action: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+def _admin(
+    args: argparse.Namespace,
+    action: Callable[[Any], Coroutine[Any, Any, int]],
+    *,
+    breached: Any = None,
+) -> int:
+    """Run ``action`` on the relay's accounts; ``breached``: the breached-password check."""
     from homeport.accounts.service import Accounts
 
     async def main() -> int:
@@ -481,7 +511,7 @@ def _admin(args: argparse.Namespace, action: Callable[[Any], Coroutine[Any, Any,
         await database.connect()
         try:
             await database.migrate()
-            return await action(Accounts(database))
+            return await action(Accounts(database, breached_passwords=breached))
         finally:
             await database.close()
 
@@ -489,8 +519,16 @@ def _admin(args: argparse.Namespace, action: Callable[[Any], Coroutine[Any, Any,
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
+    from homeport.accounts.breached import BreachedPasswords
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.passwords import PasswordPolicyError
+
+    config = relay_config(args, serving=False)
+    breached = (
+        BreachedPasswords(config.breached_passwords_url, timeout=config.breached_passwords_timeout)
+        if config.breached_passwords_url
+        else None
+    )
 
     if sys.stdin.isatty():  # a person at a terminal: ask, without echoing it
         import getpass
@@ -508,7 +546,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
         print(f"Created user {user.email}")
         return 0
 
-    return _admin(args, action)
+    return _admin(args, action, breached=breached)
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
@@ -784,6 +822,18 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         "--link-poll",
         dest="link_poll_seconds",
         help="seconds between checks for a home linked by `homeport admin link` (default 2)",
+    )
+    parser.add_argument(
+        "--breached-passwords-url",
+        dest="breached_passwords_url",
+        help="check new passwords against a breached-password range API (k-anonymity: only "
+        "5 hex characters of the SHA-1 leave the relay), e.g. https://api.pwnedpasswords.com; "
+        "default off. If it does not answer, the password is let through (logged)",
+    )
+    parser.add_argument(
+        "--breached-passwords-timeout",
+        dest="breached_passwords_timeout",
+        help="seconds the breached-password check may take (default 3)",
     )
     from homeport.relay.oidc_settings import add_oidc_arguments
 

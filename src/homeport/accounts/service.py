@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Delete, delete, or_
 
 from homeport.accounts.audit import Audit
+from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
 from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.instances import InstanceRow, Instances
@@ -92,12 +93,14 @@ class Accounts:
         handoff_lifetime: timedelta = timedelta(seconds=60),
         link_code_lifetime: timedelta = timedelta(minutes=10),
         secret_box: SecretBox | None = None,
+        breached_passwords: BreachedPasswords | None = None,
     ) -> None:
         self._db = db
         self._clock = now
         #: Audit log (metadata only, 180 days); other stores record through it too.
         self.audit = Audit(db, now=self._now)
-        self.users = Users(db, self.audit, now=self._now)
+        #: ``breached_passwords``: the range check for new passwords (off when ``None``).
+        self.users = Users(db, self.audit, now=self._now, breached=breached_passwords)
         self.sessions = Sessions(
             db,
             now=self._now,
@@ -124,7 +127,7 @@ class Accounts:
         #: Emailed codes for sign-ins from new networks, and password reset links.
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
-        self.signups = Signups(db, self.throttle, now=self._now)
+        self.signups = Signups(db, self.throttle, now=self._now, breached=breached_passwords)
 
     def _now(self) -> datetime:
         value = self._clock()

@@ -31,6 +31,7 @@ from typing import Final, Literal
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
 from homeport.accounts.identifiers import new_token, normalise_email, sha256_hex
 from homeport.accounts.models import PendingSignup, User
@@ -60,15 +61,26 @@ class SignupOutcome:
 
 
 class Signups:
-    def __init__(self, db: Database, throttle: Throttle, *, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        throttle: Throttle,
+        *,
+        now: Callable[[], datetime],
+        breached: BreachedPasswords | None = None,
+    ) -> None:
         self._db = db
         self._throttle = throttle
         self._now = now
+        self._breached = breached
 
     async def sign_up(self, email: str, password: str, *, ip: str | None) -> SignupOutcome:
         """Record a sign-up; raises ``InvalidEmail`` / ``PasswordPolicyError`` for bad input."""
         normal = normalise_email(email)
         check_new_password(password, context=[normal])
+        if self._breached is not None:
+            # A policy answer like the others: it says nothing about existing accounts.
+            await self._breached.check(password)
         wait = await self._throttle.attempt([(f"signup:net:{network_key(ip)}", SIGNUP_NETWORK)])
         if wait > 0:
             _log.warning("sign-up throttled")

@@ -18,6 +18,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homeport.accounts.audit import Audit, EventType
+from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
 from homeport.accounts.errors import AccountExists, InvalidEmail, UnknownUser
 from homeport.accounts.identifiers import normalise_email
@@ -40,11 +41,32 @@ _log = logging.getLogger(__name__)
 class Users:
     """The accounts themselves, over one :class:`Database`."""
 
-    def __init__(self, db: Database, audit: Audit, *, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        audit: Audit,
+        *,
+        now: Callable[[], datetime],
+        breached: BreachedPasswords | None = None,
+    ) -> None:
         self._db = db
         self._audit = audit
         self._now = now
+        #: The breached-password check (R-PWD-03), when the relay has one configured.
+        self._breached = breached
         self._dummy_hash: str | None = None
+
+    async def screen(self, password: str, *, email: str) -> None:
+        """Check a password about to be set against the whole policy.
+
+        Stops weak and breached passwords: length, the common-password list and
+        context words (:func:`check_new_password`), then, when configured, the
+        breached-password range check (:mod:`.breached`; fails open). Raises
+        :class:`PasswordPolicyError` with the reason to show.
+        """
+        check_new_password(password, context=[email])
+        if self._breached is not None:
+            await self._breached.check(password)
 
     async def create(self, email: str, password: str) -> User:
         """Create an account.
@@ -53,7 +75,7 @@ class Users:
         password; the message says why) or :class:`AccountExists`.
         """
         normal = normalise_email(email)
-        check_new_password(password, context=[normal])
+        await self.screen(password, email=normal)
         async with self._db.session() as s:
             if await s.scalar(select(User.id).where(User.email == normal)) is not None:
                 raise AccountExists("An account with this email address already exists.")
@@ -110,19 +132,30 @@ class Users:
         )
 
     async def set_password(
-        self, user_id: int, new_password: str, *, keep_session_id: int | None = None
+        self,
+        user_id: int,
+        new_password: str,
+        *,
+        keep_session_id: int | None = None,
+        screened: bool = False,
     ) -> None:
         """Set a new password and revoke the account's other sessions.
 
         Stops a thief who knew the old password (or held a session) from
         staying logged in after the owner changes it (ASVS 7.4.3). The caller
         checks the current password first when the user asks for the change.
+        ``screened``: the caller has just passed this very password through
+        :meth:`screen` (the reset page does, before it uses up its link), so it
+        is not sent to the breached-password service twice.
         Raises :class:`PasswordPolicyError` or :class:`UnknownUser`.
         """
         user = await self.get(user_id)
         if user is None:
             raise UnknownUser("No such account.")
-        check_new_password(new_password, context=[user.email])
+        if screened:
+            check_new_password(new_password, context=[user.email])
+        else:
+            await self.screen(new_password, email=user.email)
         password_hash = await hash_password_async(new_password)
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():

@@ -19,6 +19,7 @@ from functools import partial
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
+from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database, default_sqlite_url
 from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
@@ -89,7 +90,18 @@ class Relay:
         self.database = Database(config.database_url or default_sqlite_url(config.data_dir))
         # Key for secrets at rest (TOTP seeds): a file in the data dir, never in the database.
         self.secret_box = SecretBox.load_or_create(config.data_dir / KEY_FILE_NAME)
-        self.accounts = Accounts(self.database, secret_box=self.secret_box)
+        self.breached_passwords = (
+            BreachedPasswords(
+                config.breached_passwords_url, timeout=config.breached_passwords_timeout
+            )
+            if config.breached_passwords_url
+            else None
+        )
+        self.accounts = Accounts(
+            self.database,
+            secret_box=self.secret_box,
+            breached_passwords=self.breached_passwords,
+        )
         self.server_key = load_or_create_private_key(config.server_key_path)
         # Listener context, certificate bot and renewal (homeport.relay.tls).
         self.tls = RelayTls(config, lambda: tls_files(config))
@@ -188,6 +200,11 @@ class Relay:
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
         self.housekeeping.start()
         self.mail.announce(self.config)
+        if self.breached_passwords is not None:
+            log.info(
+                "relay.breach_check_enabled",
+                extra={"service": self.breached_passwords.base_url},
+            )
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.housekeeping.stop()

@@ -86,6 +86,11 @@ class RelayConfig:
     dev_console_mail: bool = False
     #: Public sign-up (``--signup open``); needs mail. Off by default.
     signup: bool = False
+    #: Breached-password check of new passwords (``--breached-passwords-url``): the
+    #: base URL of a range API of Have I Been Pwned's shape; None (the default): off.
+    breached_passwords_url: str | None = None
+    #: Seconds the whole check may take before the password is let through (fail open).
+    breached_passwords_timeout: float = 3.0
 
     @property
     def port_suffix(self) -> str:

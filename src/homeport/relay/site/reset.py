@@ -35,7 +35,7 @@ from aiohttp import web
 from homeport.accounts.errors import InvalidEmail, UnknownUser
 from homeport.accounts.identifiers import normalise_email
 from homeport.accounts.password_reset import RESET_LIFETIME
-from homeport.accounts.passwords import PasswordPolicyError, check_new_password
+from homeport.accounts.passwords import PasswordPolicyError
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import retry_after
 from homeport.relay.pages import Pages
@@ -220,13 +220,14 @@ async def reset(request: web.Request) -> web.StreamResponse:
     if password != confirm:
         return _reset_page(pages, token, error="The two passwords differ.", status=400)
     try:
-        check_new_password(password, context=[user.email])
+        # The whole policy, breached passwords included, before the link is used up.
+        await accounts.users.screen(password, email=user.email)
     except PasswordPolicyError as exc:
         return _reset_page(pages, token, error=str(exc), status=400)
     if await resets.consume(token) != user.id:
         return _bad_link(pages)
     try:
-        await accounts.users.set_password(user.id, password)
+        await accounts.users.set_password(user.id, password, screened=True)
     except (UnknownUser, PasswordPolicyError):
         return _bad_link(pages)
     request.app[GATE].end_user(user.id)
