@@ -85,6 +85,9 @@ class EventType(StrEnum):
     INVITATION_REVOKED = "invitation.revoked"
     APP_LINK_CREATED = "app_link.created"
     APP_LINK_REVOKED = "app_link.revoked"
+    EMAIL_CHANGE_REQUESTED = "email.change_requested"
+    EMAIL_CHANGED = "email.changed"
+    EMAIL_CHANGE_UNDONE = "email.change_undone"
 
 
 _LABELS: dict[str, str] = {
@@ -112,6 +115,9 @@ _LABELS: dict[str, str] = {
     EventType.INVITATION_REVOKED: "Invitation withdrawn",
     EventType.APP_LINK_CREATED: "App link created",
     EventType.APP_LINK_REVOKED: "App link revoked",
+    EventType.EMAIL_CHANGE_REQUESTED: "Email change asked for (code mailed to the new address)",
+    EventType.EMAIL_CHANGED: "Email address changed",
+    EventType.EMAIL_CHANGE_UNDONE: "Email change undone from the old address",
 }
 
 

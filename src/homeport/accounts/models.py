@@ -704,3 +704,42 @@ class PendingSignup(Base):
     password_hash: Mapped[str] = mapped_column(String(PASSWORD_HASH_MAX))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# ------------------------------------------------------- email change (issue 16)
+
+
+class EmailChange(SingleUse, Base):
+    """A change of an account's address, waiting for the code mailed to the new address.
+
+    Bound to a browser cookie (only its SHA-256, ``token_hash``, is stored) and to
+    the account; ``code_hash`` is the SHA-256 of the cookie token *and* the code, so a
+    database reader (who lacks the token) cannot brute-force the code offline.
+    """
+
+    __tablename__ = "email_changes"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    new_email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    failures: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EmailChangeUndo(SingleUse, Base):
+    """The "this was not me" link mailed to the old address after a change (SHA-256 of it).
+
+    Using it puts ``old_email`` back and ends every session; it lives
+    :data:`homeport.accounts.email_change.UNDO_LIFETIME`.
+    """
+
+    __tablename__ = "email_change_undos"
+
+    token_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    old_email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    new_email: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -11,6 +11,7 @@ than re-implemented per handler:
 * :attr:`~Accounts.totp`, :attr:`~Accounts.passkeys`, :attr:`~Accounts.sharing`,
   :attr:`~Accounts.oidc`, :attr:`~Accounts.email_signins`,
   :attr:`~Accounts.password_resets`, :attr:`~Accounts.signups`,
+  :attr:`~Accounts.email_changes`,
   :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`.
 
 Design rules, for every store:
@@ -38,6 +39,7 @@ from sqlalchemy import Delete, delete, or_
 from homeport.accounts.audit import Audit
 from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
+from homeport.accounts.email_change import EmailChanges
 from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.instances import InstanceRow, Instances
 from homeport.accounts.models import (
@@ -128,6 +130,8 @@ class Accounts:
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
         self.signups = Signups(db, self.throttle, now=self._now, breached=breached_passwords)
+        #: Changing the account's address: a code to the new one, an undo link to the old.
+        self.email_changes = EmailChanges(db, self.throttle, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -324,5 +328,5 @@ class Accounts:
             for stmt in statements:
                 total += rowcount(await s.execute(stmt))
         total += await self.email_signins.purge() + await self.password_resets.purge()
-        total += await self.signups.purge()
+        total += await self.signups.purge() + await self.email_changes.purge()
         return total + await self.oidc.purge()

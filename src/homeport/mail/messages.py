@@ -218,3 +218,56 @@ class MailWriter:
             when=_when(moment),
             network=describe_network(ip),
         )
+
+    def email_change_code(
+        self,
+        to: str,
+        *,
+        code: str,
+        minutes: int,
+        moment: datetime,
+        ip: str | None,
+        user_agent: str,
+    ) -> Mail:
+        """The code that proves a new address (sent to the new address only)."""
+        return self._mail(
+            "email_change_code",
+            to,
+            f"Your Homeport code to confirm this address: {code}",
+            code=code,
+            minutes=minutes,
+            **self._where(moment, ip, user_agent),
+        )
+
+    def email_change_exists(
+        self, to: str, *, moment: datetime, ip: str | None, user_agent: str
+    ) -> Mail:
+        """To an address that has an account already: a note, no code."""
+        return self._mail(
+            "email_change_exists",
+            to,
+            "Someone tried to move a Homeport account to this address",
+            **self._where(moment, ip, user_agent),
+        )
+
+    def email_changed(
+        self,
+        to: str,
+        *,
+        new_email: str,
+        undo_url: str,
+        days: int,
+        moment: datetime,
+        ip: str | None,
+        user_agent: str,
+    ) -> Mail:
+        """To the old address after a change, with the "this was not me" link."""
+        return self._mail(
+            "email_changed",
+            to,
+            "The email address of your Homeport account was changed",
+            new_email=new_email,
+            undo_url=undo_url,
+            days=days,
+            **self._where(moment, ip, user_agent),
+        )

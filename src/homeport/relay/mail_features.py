@@ -26,6 +26,7 @@ MAIL_FEATURES: Final = (
     "password reset by email",
     "public sign-up",
     "security notices by email",
+    "changing an account's email address",
 )
 
 

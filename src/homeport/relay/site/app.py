@@ -26,6 +26,7 @@ from homeport.relay.pages import Pages
 from homeport.relay.site import (
     audit,
     connect,
+    email_change,
     email_code,
     factors,
     instances,
@@ -128,6 +129,8 @@ def account_site(
         app[reset.JOBS] = mail.reset_jobs
         _add_routes(app, email_code.routes)
         _add_routes(app, reset.routes)
+        _add_routes(app, email_change.routes)
+        pages.set_global("email_change", True)
         pages.set_global("password_reset", True)
         if config.signup:
             _add_routes(app, signup.routes)
