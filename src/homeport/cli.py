@@ -594,12 +594,17 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            user, homes = await operator.delete_user(args.email)
+            user, deleted = await operator.delete_user(args.email)
         except AccountsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        unlinked = f"; unlinked {', '.join(homes)}" if homes else ""
-        print(f"Deleted {user.email}{unlinked}")
+        unlinked = f"; unlinked {', '.join(deleted.homes)}" if deleted.homes else ""
+        left = (
+            f"; removed from {len(deleted.memberships)} shared home(s)"
+            if deleted.memberships
+            else ""
+        )
+        print(f"Deleted {user.email}{unlinked}{left}")
         return 0
 
     return _admin(args, action)

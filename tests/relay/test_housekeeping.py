@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -121,3 +122,53 @@ async def test_a_failing_chore_is_logged_and_retried(
             with pytest.raises(asyncio.CancelledError):
                 await task
     assert "relay.housekeeping_failed" in caplog.text
+
+
+class _Hub:
+    """The tunnel registry as the sweep sees it (the real hub is in the e2e tests)."""
+
+    def __init__(self, *homes: str) -> None:
+        self.tunnels: dict[str, object] = dict.fromkeys(homes, object())
+        self.closed: list[str] = []
+
+    async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool:
+        self.closed.append(instance_id)
+        return self.tunnels.pop(instance_id, None) is not None
+
+
+async def _home(service: Accounts, email: str, n: int) -> tuple[int, str]:
+    user = await service.create_user(email, PASSWORD)
+    key = "ed25519:" + base64.urlsafe_b64encode(n.to_bytes(32, "big")).decode().rstrip("=")
+    code, _ = await service.create_link_code(key)
+    return user.id, (await service.link_instance(code, email)).id
+
+
+async def test_the_sweep_cuts_app_links_and_closes_tunnels_of_homes_gone_elsewhere(
+    accounts: tuple[Accounts, Clock],
+) -> None:
+    service, _clock = accounts
+    alice, alices = await _home(service, "alice@example.com", 1)
+    bob, bobs = await _home(service, "bob@example.com", 2)
+    _, doomed = await service.sharing.create_app_link(alice, alices, "phone")
+    _, kept = await service.sharing.create_app_link(bob, bobs, "tablet")
+    gate = SessionGate(service)
+    hub = _Hub(alices, bobs)
+    chores = Housekeeping(service, gate, hub=hub)
+    cut: list[str] = []
+    with (
+        gate.live.track(
+            alices, "websocket", lambda _w: cut.append("doomed"), Principal(app_link_id=doomed.id)
+        ),
+        gate.live.track(
+            bobs, "websocket", lambda _w: cut.append("kept"), Principal(app_link_id=kept.id)
+        ),
+    ):
+        assert await chores.tick() == 0  # all valid: nothing cut
+        assert (cut, hub.closed) == ([], [])
+        await service.deletion.delete(alice)  # as `homeport admin user delete` would
+        assert await chores.sweep_app_links() == 1
+        assert cut == ["doomed"]
+        assert await chores.sweep_tunnels() == 1
+        assert hub.closed == [alices]
+        assert list(hub.tunnels) == [bobs]
+        assert await chores.tick() == 0

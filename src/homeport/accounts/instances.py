@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -267,6 +267,19 @@ class Instances:
             return None
         async with self._db.session() as s:
             return await s.get(Instance, instance_id)
+
+    async def existing(self, instance_ids: Iterable[str]) -> set[str]:
+        """Which of these homes still exist (the relay's sweep closes the others' tunnels)."""
+        wanted = sorted({i for i in instance_ids if is_instance_id(i)})
+        found: set[str] = set()
+        async with self._db.session() as s:
+            for first in range(0, len(wanted), 500):
+                found |= set(
+                    await s.scalars(
+                        select(Instance.id).where(Instance.id.in_(wanted[first : first + 500]))
+                    )
+                )
+        return found
 
     async def find(self, *, user_id: int | None = None) -> list[InstanceRow]:
         """All instances (admin), or those ``user_id`` owns or is a member of."""

@@ -14,9 +14,12 @@ Threats these handle:
   owner is told by mail, so a reset obtained by deceiving the operator does
   not go unnoticed.
 * A compromised or abusive account: ``set_user_disabled`` (in the service)
-  ends its sessions at once; ``delete_user`` unlinks its homes (retiring
-  their names, R-MT-13) and deletes everything stored about it except the
-  audit events, which outlive it until the 180-day purge.
+  ends its sessions at once; ``delete_user`` is the same deletion an owner
+  asks for on the account site (:mod:`homeport.accounts.deletion`): its homes
+  unlinked (names retired, R-MT-13), its memberships removed, everything
+  stored about it deleted except the audit events, which outlive it until the
+  180-day purge. A relay running beside the command cuts the deleted
+  account's live traffic and its homes' tunnels within its 5 s sweep.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 
 from homeport.accounts.audit import register_event_type
+from homeport.accounts.deletion import ACCOUNT_DELETED_BY_OPERATOR, OPERATOR_DEVICE, Deleted
 from homeport.accounts.errors import UnknownUser
 from homeport.accounts.models import (
-    Instance,
     PasskeyCredential,
     RecoveryCode,
     TotpCredential,
@@ -45,11 +48,10 @@ __all__ = ["ACCOUNT_DELETED", "FACTOR_RESET", "Operator", "ResetResult"]
 _log = logging.getLogger(__name__)
 
 FACTOR_RESET = "factor.reset_by_operator"
-ACCOUNT_DELETED = "account.deleted_by_operator"
+ACCOUNT_DELETED = ACCOUNT_DELETED_BY_OPERATOR
 register_event_type(FACTOR_RESET, "Second factor reset by the relay's operator")
-register_event_type(ACCOUNT_DELETED, "Account deleted by the relay's operator")
 #: The ``device`` column of the operator's audit events.
-DEVICE = "Relay operator (command line)"
+DEVICE = OPERATOR_DEVICE
 
 
 @dataclass(frozen=True)
@@ -98,21 +100,10 @@ class Operator:
         return ResetResult(user, bool(totp), int(codes or 0), int(passkeys or 0), sessions)
 
     async def owned_homes(self, user: User) -> list[str]:
-        async with self._db.session() as s:
-            return list(await s.scalars(select(Instance.id).where(Instance.owner_id == user.id)))
+        return await self.accounts.deletion.owned_homes(user.id)
 
-    async def delete_user(self, email: str) -> tuple[User, list[str]]:
-        """Unlink the account's homes, then delete it with everything that hangs off it."""
+    async def delete_user(self, email: str) -> tuple[User, Deleted]:
+        """The account deletion of :mod:`homeport.accounts.deletion`, audited as the operator's."""
         user = await self.user(email)
-        homes = await self.owned_homes(user)
-        for instance_id in homes:
-            await self.accounts.unlink_instance(instance_id)
-        async with self._db.session(write=True) as s, s.begin():
-            # Sessions first and explicitly: correct even without ON DELETE CASCADE.
-            await s.execute(delete(WebSession).where(WebSession.user_id == user.id))
-            await s.execute(delete(User).where(User.id == user.id))
-        _log.info("account deleted by the operator: user %d", user.id)
-        await self.accounts.audit.record(
-            ACCOUNT_DELETED, user_id=user.id, device=DEVICE, detail=f"{len(homes)} home(s)"
-        )
-        return user, homes
+        deleted = await self.accounts.deletion.delete(user.id, by_operator=True)
+        return user, deleted

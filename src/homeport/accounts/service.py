@@ -11,7 +11,7 @@ than re-implemented per handler:
 * :attr:`~Accounts.totp`, :attr:`~Accounts.passkeys`, :attr:`~Accounts.sharing`,
   :attr:`~Accounts.oidc`, :attr:`~Accounts.email_signins`,
   :attr:`~Accounts.password_resets`, :attr:`~Accounts.signups`,
-  :attr:`~Accounts.email_changes`,
+  :attr:`~Accounts.email_changes`, :attr:`~Accounts.exports`, :attr:`~Accounts.deletion`,
   :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`.
 
 Design rules, for every store:
@@ -39,8 +39,10 @@ from sqlalchemy import Delete, delete, or_
 from homeport.accounts.audit import Audit
 from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
+from homeport.accounts.deletion import AccountDeletion
 from homeport.accounts.email_change import EmailChanges
 from homeport.accounts.email_signin import EmailSignins
+from homeport.accounts.export import AccountExport
 from homeport.accounts.instances import InstanceRow, Instances
 from homeport.accounts.models import (
     HandoffCode,
@@ -132,6 +134,9 @@ class Accounts:
         self.signups = Signups(db, self.throttle, now=self._now, breached=breached_passwords)
         #: Changing the account's address: a code to the new one, an undo link to the old.
         self.email_changes = EmailChanges(db, self.throttle, now=self._now)
+        #: What a person may ask for under the GDPR: their data, and their account gone.
+        self.exports = AccountExport(db, self.audit, now=self._now)
+        self.deletion = AccountDeletion(db, self.instances, self.audit, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()

@@ -38,7 +38,7 @@ import logging
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
@@ -471,6 +471,29 @@ class Sharing:
         if found is None:
             return None
         return AppLinkAccess(link_id=found[0], instance_id=found[1])
+
+    async def live_app_link_ids(self, link_ids: Iterable[int]) -> set[int]:
+        """Which of these app links still work (the relay's sweep cuts the others' traffic).
+
+        A link revoked or deleted outside this process (an admin command, an
+        account deletion), or whose owner's account was disabled, is not live.
+        """
+        wanted = sorted(set(link_ids))
+        alive: set[int] = set()
+        async with self._db.session() as s:
+            for first in range(0, len(wanted), 500):
+                alive |= set(
+                    await s.scalars(
+                        select(AppLink.id)
+                        .join(Instance, Instance.id == AppLink.instance_id)
+                        .join(User, User.id == Instance.owner_id)
+                        .where(
+                            AppLink.id.in_(wanted[first : first + 500]),
+                            User.disabled.is_(False),
+                        )
+                    )
+                )
+        return alive
 
     async def touch_app_link(self, link_id: int) -> None:
         """Record a use of the link, writing at most once per :data:`LAST_USE_INTERVAL`."""

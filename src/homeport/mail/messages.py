@@ -271,3 +271,15 @@ class MailWriter:
             days=days,
             **self._where(moment, ip, user_agent),
         )
+
+    def account_deleted(
+        self, to: str, *, homes: int, moment: datetime, ip: str | None, user_agent: str
+    ) -> Mail:
+        """To the address of an account that was just deleted (it is told once, then gone)."""
+        return self._mail(
+            "account_deleted",
+            to,
+            "Your Homeport account was deleted",
+            homes=homes,
+            **self._where(moment, ip, user_agent),
+        )

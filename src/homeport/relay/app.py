@@ -122,7 +122,9 @@ class Relay:
         )
         self.hub.control_handler = self.addon_control.handler_for
         self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
-        self.housekeeping = Housekeeping(self.accounts, self.gate)
+        self.housekeeping = Housekeeping(
+            self.accounts, self.gate, app_links=self.app_links, hub=self.hub
+        )
         self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.

@@ -7,6 +7,12 @@
   withdrawn access thus cuts long-lived streams within seconds, not only
   revocations made here (which cut at once). Sessions still valid count as
   in use (:meth:`Accounts.live_session_ids`).
+* **App links and homes** (same interval): every app link with open traffic
+  is re-checked (:meth:`Sharing.live_app_link_ids`), and every live tunnel's
+  home (:meth:`Instances.existing`). An app link deleted, or a home unlinked,
+  outside this process (``homeport admin user delete`` / ``instance unlink``)
+  thus has its open traffic cut and its tunnel closed within seconds, as the
+  account site does at once for its own.
 * **Purge** (every :data:`PURGE_SECONDS`): expired codes, sessions, pending
   sign-ins and throttle rows (:meth:`Accounts.purge_expired`) and audit
   events older than 180 days (:meth:`Audit.purge`).
@@ -19,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from homeport.accounts.service import Accounts
+from homeport.relay.app_links import AppLinkGate
 from homeport.relay.gate import SessionGate
 
 log = logging.getLogger(__name__)
@@ -30,24 +38,37 @@ SWEEP_SECONDS = 5.0
 PURGE_SECONDS = 3600.0
 
 
+class Tunnels(Protocol):
+    """The tunnel hub as the sweep sees it: the live tunnels by home, and closing one."""
+
+    @property
+    def tunnels(self) -> Mapping[str, object]: ...
+
+    async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool: ...
+
+
 class Housekeeping:
     def __init__(
         self,
         accounts: Accounts,
         gate: SessionGate,
         *,
+        app_links: AppLinkGate | None = None,
+        hub: Tunnels | None = None,
         sweep_seconds: float = SWEEP_SECONDS,
         purge_seconds: float = PURGE_SECONDS,
     ) -> None:
         self.accounts = accounts
         self.gate = gate
+        self.app_links = app_links
+        self.hub = hub
         self.sweep_seconds = sweep_seconds
         self.purge_seconds = purge_seconds
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._every(self.sweep_seconds, self.sweep, "sweep")),
+            asyncio.create_task(self._every(self.sweep_seconds, self.tick, "sweep")),
             asyncio.create_task(self._every(self.purge_seconds, self.purge, "purge")),
         ]
 
@@ -69,6 +90,39 @@ class Housekeeping:
             log.info("relay.sweep_ended_sessions", extra={"sessions": len(dead)})
             self.gate.end_sessions(dead)
         return len(dead)
+
+    async def tick(self) -> int:
+        """Every sweep chore once; how many things were ended."""
+        return await self.sweep() + await self.sweep_app_links() + await self.sweep_tunnels()
+
+    async def sweep_app_links(self) -> int:
+        """Cut the open traffic of app links that no longer work; how many links."""
+        open_ids = self.gate.live.app_link_ids()
+        if not open_ids:
+            return 0
+        dead = open_ids - await self.accounts.sharing.live_app_link_ids(open_ids)
+        for link_id in dead:
+            if self.app_links is not None:
+                self.app_links.forget_link(link_id)
+            self.gate.live.end_app_link(link_id)
+        if dead:
+            log.info("relay.sweep_ended_app_links", extra={"app_links": len(dead)})
+        return len(dead)
+
+    async def sweep_tunnels(self) -> int:
+        """Close the tunnels of homes unlinked elsewhere (and cut their traffic); how many."""
+        if self.hub is None or not self.hub.tunnels:
+            return 0
+        live = set(self.hub.tunnels)
+        gone = live - await self.accounts.instances.existing(live)
+        for instance_id in gone:
+            if self.app_links is not None:
+                self.app_links.forget_instance(instance_id)
+            self.gate.end_instance(instance_id)
+            await self.hub.close_instance(instance_id)
+        if gone:
+            log.info("relay.sweep_closed_tunnels", extra={"tunnels": len(gone)})
+        return len(gone)
 
     async def purge(self) -> int:
         rows = await self.accounts.purge_expired()

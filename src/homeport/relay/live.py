@@ -116,6 +116,10 @@ class LiveTraffic:
         """Sessions that have something open right now."""
         return {e.session_id for e in self._entries.values() if e.session_id is not None}
 
+    def app_link_ids(self) -> set[int]:
+        """App links that have something open right now."""
+        return {e.app_link_id for e in self._entries.values() if e.app_link_id is not None}
+
     def count(self, session_id: int | None = None, *, instance_id: str | None = None) -> int:
         return sum(
             1

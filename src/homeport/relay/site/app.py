@@ -33,6 +33,7 @@ from homeport.relay.site import (
     oidc,
     passkeys,
     password,
+    privacy,
     reset,
     security,
     sessions,
@@ -77,6 +78,7 @@ PAGE_ROUTES = (
     audit.routes,
     password.routes,
     instances.routes,
+    privacy.routes,
 )
 
 
