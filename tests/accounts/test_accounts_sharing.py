@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from homeport.accounts import Accounts, Database, User
 from homeport.accounts import instances as instances_module
-from homeport.accounts.errors import AccessDenied, InvalidEmail, UnknownInstance
+from homeport.accounts.errors import AccessDenied, InvalidEmail, NotOwner, UnknownInstance
 from homeport.accounts.models import AppLink, RetiredInstance
 from homeport.accounts.secretbox import SecretBox
 from homeport.accounts.sharing import (
@@ -55,6 +55,13 @@ async def test_only_the_owner_manages(accounts: Accounts, alice: User, bob: User
         accounts.sharing.remove_member(bob.id, home, alice.id),
         accounts.sharing.create_app_link(bob.id, home, "phone"),
         accounts.sharing.invite(bob.id, home, "eve@example.com", lifetime=None),
+    ):
+        with pytest.raises(NotOwner):  # a member: may open it, not manage it
+            await action
+    stranger = await accounts.create_user("mallory@example.com", PASSWORD)
+    for action in (
+        accounts.sharing.rename(stranger.id, home, "Mine now"),
+        accounts.sharing.owned_instance(stranger.id, home),
         accounts.sharing.owned_instance(bob.id, "a" * 26),  # unknown: the same answer
     ):
         with pytest.raises(UnknownInstance):

@@ -88,6 +88,11 @@ class EventType(StrEnum):
     EMAIL_CHANGE_REQUESTED = "email.change_requested"
     EMAIL_CHANGED = "email.changed"
     EMAIL_CHANGE_UNDONE = "email.change_undone"
+    MEMBER_END_SET = "instance.member_end_set"
+    MEMBER_EXPIRED = "instance.member_expired"
+    OWNERSHIP_TRANSFERRED = "instance.ownership_transferred"
+    APP_LINK_EXPIRY_SET = "app_link.expiry_set"
+    APP_LINK_EXPIRED = "app_link.expired"
 
 
 _LABELS: dict[str, str] = {
@@ -118,6 +123,11 @@ _LABELS: dict[str, str] = {
     EventType.EMAIL_CHANGE_REQUESTED: "Email change asked for (code mailed to the new address)",
     EventType.EMAIL_CHANGED: "Email address changed",
     EventType.EMAIL_CHANGE_UNDONE: "Email change undone from the old address",
+    EventType.MEMBER_END_SET: "End date of a person's access set",
+    EventType.MEMBER_EXPIRED: "A person's access ended on its end date",
+    EventType.OWNERSHIP_TRANSFERRED: "Home handed over to a new owner",
+    EventType.APP_LINK_EXPIRY_SET: "App link expiry set",
+    EventType.APP_LINK_EXPIRED: "App link expired",
 }
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "AlreadyLinked",
     "InvalidEmail",
     "LinkCodeInvalid",
+    "NotOwner",
     "PasswordPolicyError",
     "UnknownInstance",
     "UnknownUser",
@@ -43,6 +44,17 @@ class UnknownInstance(AccountsError):
 
 class AccessDenied(AccountsError):
     """The account may not do this (disabled, or not allowed on the instance)."""
+
+
+class NotOwner(AccountsError):
+    """The account may open this home but not manage it (the *member* role).
+
+    Only said to an account that can open the home, which therefore knows it
+    exists; anyone else gets :class:`UnknownInstance`.
+    """
+
+    def __init__(self, message: str = "Only the owner of this home can do this.") -> None:
+        super().__init__(message)
 
 
 class LinkCodeInvalid(AccountsError):

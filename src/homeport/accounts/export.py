@@ -158,7 +158,7 @@ class AccountExport:
             select(Instance).where(Instance.owner_id == user_id).order_by(Instance.created_at)
         ):
             members = await s.execute(
-                select(User.email, InstanceMember.created_at)
+                select(User.email, InstanceMember.created_at, InstanceMember.expires_at)
                 .join(User, User.id == InstanceMember.user_id)
                 .where(InstanceMember.instance_id == home.id)
                 .order_by(InstanceMember.created_at, User.email)
@@ -181,7 +181,8 @@ class AccountExport:
                     "last_disconnected_at": _time(home.last_disconnected_at),
                     "require_second_factor": bool(policy and policy.require_second_factor),
                     "members": [
-                        {"email": email, "since": _time(since)} for email, since in members
+                        {"email": email, "since": _time(since), "until": _time(until)}
+                        for email, since, until in members
                     ],
                     "invitations": [
                         {
@@ -199,6 +200,7 @@ class AccountExport:
                             "name": link.name,
                             "created_at": _time(link.created_at),
                             "last_used_at": _time(link.last_used_at),
+                            "expires_at": _time(link.expires_at),
                         }
                         for link in links
                     ],
@@ -209,15 +211,28 @@ class AccountExport:
     @staticmethod
     async def _memberships(s: AsyncSession, user_id: int) -> list[dict[str, Any]]:
         rows = await s.execute(
-            select(Instance.id, Instance.name, User.email, InstanceMember.created_at)
+            select(
+                Instance.id,
+                Instance.name,
+                User.email,
+                InstanceMember.created_at,
+                InstanceMember.expires_at,
+            )
             .join(InstanceMember, InstanceMember.instance_id == Instance.id)
             .join(User, User.id == Instance.owner_id)
             .where(InstanceMember.user_id == user_id)
             .order_by(InstanceMember.created_at, Instance.id)
         )
         return [
-            {"home_id": home_id, "home_name": name, "owner_email": owner, "since": _time(since)}
-            for home_id, name, owner, since in rows
+            {
+                "home_id": home_id,
+                "home_name": name,
+                "owner_email": owner,
+                "role": "member",
+                "since": _time(since),
+                "until": _time(until),
+            }
+            for home_id, name, owner, since, until in rows
         ]
 
     @staticmethod

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import and_, delete, false, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from homeport.accounts.access import can_access_in
+from homeport.accounts.access import can_access_in, live_membership
 from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
 from homeport.accounts.errors import (
@@ -47,9 +47,8 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
-from homeport.accounts.sessions import revoke_stmt
-from homeport.accounts.sharing import Sharing
-from homeport.accounts.single_use import consume_once, rowcount
+from homeport.accounts.sharing import Sharing, withdraw_in
+from homeport.accounts.single_use import consume_once
 
 __all__ = ["InstanceRow", "Instances"]
 
@@ -68,6 +67,8 @@ class InstanceRow:
     created_at: datetime
     last_connected_at: datetime | None
     connected: bool = False
+    #: For a listing by member: when that account's access ends (``None``: no end).
+    member_until: datetime | None = None
 
 
 def _instance_name(name: str) -> str:
@@ -115,7 +116,7 @@ class Instances:
         if not is_instance_id(instance_id):
             return False
         async with self._db.session() as s:
-            return await can_access_in(s, user_id, instance_id)
+            return await can_access_in(s, user_id, instance_id, now=self._now())
 
     async def add_member(self, instance_id: str, user_id: int) -> None:
         """Allow an account on an instance (idempotent).
@@ -127,10 +128,15 @@ class Instances:
                 raise UnknownInstance("No such instance.")
             if await s.get(User, user_id) is None:
                 raise UnknownUser("No such account.")
-            if await s.get(InstanceMember, (user_id, instance_id)) is None:
-                s.add(
-                    InstanceMember(user_id=user_id, instance_id=instance_id, created_at=self._now())
-                )
+            now = self._now()
+            member = await s.get(InstanceMember, (user_id, instance_id))
+            if member is not None and member.expires_at is not None and member.expires_at <= now:
+                # Ended, not yet swept: its old sessions must not come back with this one.
+                await withdraw_in(s, user_id, instance_id, now)
+                s.expunge(member)
+                member = None
+            if member is None:
+                s.add(InstanceMember(user_id=user_id, instance_id=instance_id, created_at=now))
         _log.info("member added: user %d on instance %s", user_id, instance_id)
         await self._audit.record(EventType.MEMBER_ADDED, user_id=user_id, instance_id=instance_id)
 
@@ -138,23 +144,7 @@ class Instances:
         """Withdraw an account's access and end its sessions on the instance."""
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
-                delete(InstanceMember).where(
-                    InstanceMember.user_id == user_id, InstanceMember.instance_id == instance_id
-                )
-            )
-            await s.execute(
-                revoke_stmt(
-                    now,
-                    and_(WebSession.user_id == user_id, WebSession.instance_id == instance_id),
-                )
-            )
-            await s.execute(
-                delete(HandoffCode).where(
-                    HandoffCode.user_id == user_id, HandoffCode.instance_id == instance_id
-                )
-            )
-        removed = rowcount(result) == 1
+            removed = await withdraw_in(s, user_id, instance_id, now)
         if removed:
             _log.info("member removed: user %d from instance %s", user_id, instance_id)
             await self._audit.record(
@@ -283,12 +273,20 @@ class Instances:
 
     async def find(self, *, user_id: int | None = None) -> list[InstanceRow]:
         """All instances (admin), or those ``user_id`` owns or is a member of."""
-        stmt = select(Instance, User.email).join(User, User.id == Instance.owner_id)
-        if user_id is not None:
-            member = exists().where(
-                InstanceMember.user_id == user_id, InstanceMember.instance_id == Instance.id
-            )
-            stmt = stmt.where(or_(Instance.owner_id == user_id, member))
+        stmt = select(Instance, User.email, InstanceMember.expires_at).join(
+            User, User.id == Instance.owner_id
+        )
+        if user_id is None:
+            stmt = stmt.outerjoin(InstanceMember, false())
+        else:
+            stmt = stmt.outerjoin(
+                InstanceMember,
+                and_(
+                    InstanceMember.instance_id == Instance.id,
+                    InstanceMember.user_id == user_id,
+                    live_membership(self._now()),
+                ),
+            ).where(or_(Instance.owner_id == user_id, InstanceMember.user_id.is_not(None)))
         async with self._db.session() as s:
             rows = await s.execute(stmt.order_by(Instance.created_at, Instance.id))
             return [
@@ -301,8 +299,9 @@ class Instances:
                     created_at=inst.created_at,
                     last_connected_at=inst.last_connected_at,
                     connected=inst.connected,
+                    member_until=until,
                 )
-                for inst, email in rows
+                for inst, email, until in rows
             ]
 
     async def mark_connected(self, instance_id: str) -> None:

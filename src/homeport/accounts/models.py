@@ -206,7 +206,13 @@ class Instance(Base):
 
 
 class InstanceMember(Base):
-    """An account allowed on an instance besides its owner."""
+    """An account allowed on an instance besides its owner: the *member* role.
+
+    A member may open the home, nothing more (:mod:`homeport.accounts.sharing`).
+    ``expires_at``: when the membership ends by itself (a guest for a weekend);
+    ``None``: until removed. An ended membership opens nothing, at once; the
+    relay's sweep then deletes it and cuts what it had open.
+    """
 
     __tablename__ = "instance_members"
 
@@ -217,6 +223,7 @@ class InstanceMember(Base):
         ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
 class WebSession(Base):
@@ -418,6 +425,8 @@ class AppLink(Base):
     created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: When the link stops working by itself; ``None``: until revoked.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
 class InstancePolicy(Base):

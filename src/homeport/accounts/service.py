@@ -125,7 +125,7 @@ class Accounts:
         #: Passkeys (WebAuthn): second factor and passwordless sign-in.
         self.passkeys = Passkeys(db, self.throttle, now=self._now)
         #: Owner actions: invitations, app links, the second-factor policy.
-        self.sharing = Sharing(db, self.instances, now=self._now)
+        self.sharing = Sharing(db, self.instances, now=self._now, audit=self.audit)
         #: OpenID sign-in flows and linked (issuer, subject) identities.
         self.oidc = OidcStore(db, secret_box, now=self._now)
         #: Emailed codes for sign-ins from new networks, and password reset links.

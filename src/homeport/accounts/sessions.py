@@ -33,7 +33,7 @@ from typing import Final, Literal
 from sqlalchemy import ColumnElement, Update, and_, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from homeport.accounts.access import can_access_in
+from homeport.accounts.access import can_access_in, live_membership
 from homeport.accounts.db import Database
 from homeport.accounts.errors import AccessDenied
 from homeport.accounts.identifiers import new_token, sha256_hex
@@ -189,7 +189,9 @@ class Sessions:
             disabled = await s.scalar(select(User.disabled).where(User.id == user_id))
             if disabled is None or disabled:
                 raise AccessDenied("This account cannot sign in.")
-            if instance_id is not None and not await can_access_in(s, user_id, instance_id):
+            if instance_id is not None and not await can_access_in(
+                s, user_id, instance_id, now=now
+            ):
                 raise AccessDenied("This account may not use this instance.")
             if handoff_code and instance_id is not None and len(handoff_code) <= _MAX_TOKEN_CHARS:
                 row.parent_session_id = await s.scalar(
@@ -256,7 +258,7 @@ class Sessions:
             ):
                 return None
             if row.instance_id is not None and not await can_access_in(
-                s, row.user_id, row.instance_id
+                s, row.user_id, row.instance_id, now=now
             ):
                 return None
         last_seen, idle_expires = row.last_seen_at, row.idle_expires_at
@@ -385,6 +387,7 @@ class Sessions:
         member = exists().where(
             InstanceMember.user_id == WebSession.user_id,
             InstanceMember.instance_id == WebSession.instance_id,
+            live_membership(now),
         )
         async with self._db.session() as s:
             # One query per chunk, access included: the sweep asks every few seconds.
@@ -459,7 +462,7 @@ class Sessions:
         now = self._now()
         code = new_token()
         async with self._db.session(write=True) as s, s.begin():
-            if not await can_access_in(s, user_id, instance_id):
+            if not await can_access_in(s, user_id, instance_id, now=now):
                 raise AccessDenied("This account may not use this instance.")
             s.add(
                 HandoffCode(
@@ -511,7 +514,7 @@ class Sessions:
                 reason = "no browser state"
             elif not hmac.compare_digest(row.binding_hash, binding_hash):
                 reason = "browser binding mismatch"
-            elif not await can_access_in(s, row.user_id, row.instance_id):
+            elif not await can_access_in(s, row.user_id, row.instance_id, now=now):
                 reason = "access withdrawn"
             elif row.parent_session_id is not None and not await _live_session(
                 s, row.parent_session_id

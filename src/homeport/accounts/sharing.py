@@ -1,11 +1,32 @@
-"""Sharing a home: owner actions, invitations, app links and the second-factor policy.
+"""Sharing a home: owner actions, invitations, app links, end dates, hand-over, 2FA policy.
 
-Every method that changes an instance takes the acting account and checks that
-it *owns* the instance (members may open a home, never manage it); "not
-yours" and "no such home" raise the same :class:`UnknownInstance`, so ids
-cannot be probed through these pages.
+Every method that changes an instance takes the acting account and checks its
+role there against :data:`~homeport.accounts.access.PERMISSIONS`: the *owner*
+manages the home, a *member* may only open it. A member asking to manage gets
+:class:`NotOwner` (they know the home exists: they can open it); anyone else
+gets :class:`UnknownInstance`, the same as for a home that does not exist, so
+ids cannot be probed through these pages.
 
 Threats and rules:
+
+* **A member managing a home** (privilege escalation between the two roles):
+  the role is read in the same transaction as the change, from the database,
+  never from the page; an ended membership has no role at all.
+* **Access that outlives its end date.** A membership's ``expires_at`` and an
+  app link's are checked by every query that grants access
+  (:func:`~homeport.accounts.access.live_membership`, :func:`_link_live`), so
+  from that instant a new request, sign-in, hand-off or app-link lookup is
+  refused whatever the sweep did; :meth:`Sharing.end_expired` (the relay's
+  5 s sweep) then deletes them, ends the member's sessions there like a
+  removal, and reports them so the relay cuts their open traffic. Each row is
+  ended, and audited, by exactly one relay process (row-count checked delete).
+  An ended membership brought back by a new invitation starts from nothing:
+  its old sessions stay ended.
+* **Hand-over by anyone but the owner, or to the wrong person.** Only the
+  owner may transfer, only to a current (not ended) member with an enabled
+  account, in one transaction whose ``UPDATE … WHERE owner_id = <owner>`` makes
+  two concurrent hand-overs impossible (the second finds no row). The old
+  owner stays a member; sessions are unchanged.
 
 * **Invitations** (R-SHR). The accept token is 256 bits from :mod:`secrets`,
   shown to the owner once (in the accept link) and stored as SHA-256. It is
@@ -46,8 +67,10 @@ from typing import TYPE_CHECKING, Final, Literal
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from homeport.accounts.access import PERMISSIONS, Action, Role, live_membership, role_in
+from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
-from homeport.accounts.errors import AccessDenied, AccountsError, UnknownInstance
+from homeport.accounts.errors import AccessDenied, AccountsError, NotOwner, UnknownInstance
 from homeport.accounts.identifiers import is_instance_id, new_token, normalise_email, sha256_hex
 from homeport.accounts.models import (
     APP_LINK_NAME_MAX,
@@ -61,6 +84,7 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
+from homeport.accounts.sessions import revoke_stmt
 from homeport.accounts.single_use import consume_once, rowcount
 
 if TYPE_CHECKING:
@@ -71,6 +95,7 @@ __all__ = [
     "MAX_APP_LINKS",
     "MAX_PENDING_INVITATIONS",
     "AppLinkAccess",
+    "Expired",
     "InvitationInvalid",
     "InvitationRow",
     "InvitationView",
@@ -80,6 +105,7 @@ __all__ = [
     "display_name",
     "is_app_link_label",
     "new_app_link_label",
+    "withdraw_in",
 ]
 
 _log = logging.getLogger(__name__)
@@ -91,6 +117,10 @@ MAX_APP_LINKS: Final = 20
 MAX_PENDING_INVITATIONS: Final = 50
 MAX_INVITATION_LIFETIME: Final = timedelta(days=90)
 LAST_USE_INTERVAL: Final = timedelta(minutes=1)
+#: The furthest end date a membership or an app link may be given.
+MAX_END: Final = timedelta(days=3660)
+#: Most memberships (and, apart, app links) one :meth:`Sharing.end_expired` ends.
+END_BATCH: Final = 500
 _MAX_TOKEN_CHARS: Final = 64
 
 InvitationStatus = Literal["pending", "accepted", "expired", "revoked"]
@@ -137,6 +167,18 @@ class MemberRow:
     user_id: int
     email: str
     since: datetime
+    #: When the membership ends by itself; ``None``: until removed.
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """What reached its end date and was just ended (for the relay to cut)."""
+
+    #: ``(user id, instance id)`` of each membership that ended.
+    members: tuple[tuple[int, str], ...] = ()
+    #: ``(link id, instance id)`` of each app link that ended.
+    app_links: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,37 +213,67 @@ class AppLinkAccess:
 class Sharing:
     """Owner actions on instances, over the same database and clock as :class:`Instances`."""
 
-    def __init__(self, db: Database, instances: Instances, *, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        instances: Instances,
+        *,
+        now: Callable[[], datetime],
+        audit: Audit | None = None,
+    ) -> None:
         self._db = db
         self._instances = instances
         self._now = now
+        self._audit = audit
 
-    # ------------------------------------------------------------- ownership
+    # ------------------------------------------------------------- roles
 
-    @staticmethod
-    async def _owned(s: AsyncSession, owner_id: int, instance_id: str) -> Instance:
+    async def _allowed(
+        self, s: AsyncSession, user_id: int, instance_id: str, action: Action
+    ) -> Instance:
+        """The instance if the account's role there allows ``action`` (:data:`PERMISSIONS`).
+
+        A member asking for more than opening it: :class:`NotOwner`. No role (a
+        stranger, an ended membership, a disabled account) or no such home: the
+        same :class:`UnknownInstance`.
+        """
         instance = await s.get(Instance, instance_id) if is_instance_id(instance_id) else None
-        if instance is None or instance.owner_id != owner_id:
+        role = None if instance is None else await role_in(s, user_id, instance_id, now=self._now())
+        if instance is None or role is None:
             raise UnknownInstance("No such home.")
+        if action not in PERMISSIONS[role]:
+            raise NotOwner()
         return instance
 
-    async def owned_instance(self, owner_id: int, instance_id: str) -> Instance:
-        """The instance if ``owner_id`` owns it; else :class:`UnknownInstance`."""
+    async def owned_instance(
+        self, owner_id: int, instance_id: str, action: Action = "settings"
+    ) -> Instance:
+        """The instance if ``owner_id`` may do ``action`` there (the owner).
+
+        :class:`NotOwner` for a member, :class:`UnknownInstance` for anyone else.
+        """
         async with self._db.session() as s:
-            return await self._owned(s, owner_id, instance_id)
+            return await self._allowed(s, owner_id, instance_id, action)
+
+    async def role(self, user_id: int, instance_id: str) -> Role | None:
+        """The account's role on the instance: ``"owner"``, ``"member"`` or ``None``."""
+        if not is_instance_id(instance_id):
+            return None
+        async with self._db.session() as s:
+            return await role_in(s, user_id, instance_id, now=self._now())
 
     async def rename(self, owner_id: int, instance_id: str, name: str) -> str:
         """Rename an instance; the clean name. :class:`ValueError` for a bad one."""
         clean = display_name(name, 64)
         async with self._db.session(write=True) as s, s.begin():
-            instance = await self._owned(s, owner_id, instance_id)
+            instance = await self._allowed(s, owner_id, instance_id, "rename")
             instance.name = clean
         _log.info("instance %s renamed by user %d", instance_id, owner_id)
         return clean
 
     async def unlink(self, owner_id: int, instance_id: str) -> bool:
         """Unlink (delete) an instance its owner asks to; the relay closes its tunnel."""
-        await self.owned_instance(owner_id, instance_id)
+        await self.owned_instance(owner_id, instance_id, "unlink")
         return await self._instances.unlink(instance_id)
 
     @staticmethod
@@ -220,16 +292,21 @@ class Sharing:
         """The accounts allowed on an instance besides its owner, oldest first."""
         async with self._db.session() as s:
             rows = await s.execute(
-                select(InstanceMember.user_id, User.email, InstanceMember.created_at)
+                select(
+                    InstanceMember.user_id,
+                    User.email,
+                    InstanceMember.created_at,
+                    InstanceMember.expires_at,
+                )
                 .join(User, User.id == InstanceMember.user_id)
-                .where(InstanceMember.instance_id == instance_id)
+                .where(InstanceMember.instance_id == instance_id, live_membership(self._now()))
                 .order_by(InstanceMember.created_at, InstanceMember.user_id)
             )
-            return [MemberRow(uid, email, since) for uid, email, since in rows]
+            return [MemberRow(uid, email, since, until) for uid, email, since, until in rows]
 
     async def remove_member(self, owner_id: int, instance_id: str, user_id: int) -> bool:
         """Withdraw a member's access (and end their sessions there) at the owner's request."""
-        await self.owned_instance(owner_id, instance_id)
+        await self.owned_instance(owner_id, instance_id, "remove_member")
         return await self._instances.remove_member(instance_id, user_id)
 
     async def leave(self, user_id: int, instance_id: str) -> bool:
@@ -259,14 +336,18 @@ class Sharing:
         now = self._now()
         token = new_token()
         async with self._db.session(write=True) as s, s.begin():
-            instance = await self._owned(s, owner_id, instance_id)
+            instance = await self._allowed(s, owner_id, instance_id, "invite")
             owner_email = await s.scalar(select(User.email).where(User.id == instance.owner_id))
             if owner_email == normal:
                 raise ValueError("You own this home already.")
             member = await s.scalar(
                 select(InstanceMember.user_id)
                 .join(User, User.id == InstanceMember.user_id)
-                .where(InstanceMember.instance_id == instance_id, User.email == normal)
+                .where(
+                    InstanceMember.instance_id == instance_id,
+                    User.email == normal,
+                    live_membership(now),
+                )
             )
             if member is not None:
                 raise ValueError("This person can already open this home.")
@@ -332,7 +413,7 @@ class Sharing:
         """Withdraw a pending invitation; ``True`` if it was pending."""
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
-            await self._owned(s, owner_id, instance_id)
+            await self._allowed(s, owner_id, instance_id, "invite")
             result = await s.execute(
                 update(Invitation)
                 .where(
@@ -400,7 +481,14 @@ class Sharing:
             if not await consume_once(s, accepted):  # a concurrent accept or revoke won
                 raise InvitationInvalid()
             instance_id = inv.instance_id
-            if await s.get(InstanceMember, (user_id, instance_id)) is None:
+            member = await s.get(InstanceMember, (user_id, instance_id))
+            if member is not None and member.expires_at is not None and member.expires_at <= now:
+                # Ended, not yet swept: end it properly first, so that sessions from
+                # the old membership do not come back to life with the new one.
+                await withdraw_in(s, user_id, instance_id, now)
+                s.expunge(member)
+                member = None
+            if member is None:
                 s.add(InstanceMember(user_id=user_id, instance_id=instance_id, created_at=now))
         _log.info("invitation %d accepted by user %d", inv.id, user_id)
         return instance_id
@@ -408,14 +496,18 @@ class Sharing:
     # ------------------------------------------------------------- app links
 
     async def create_app_link(
-        self, owner_id: int, instance_id: str, name: str
+        self, owner_id: int, instance_id: str, name: str, *, expires_at: datetime | None = None
     ) -> tuple[str, AppLink]:
-        """A new app link: ``(host label, row)``; the label is returned once, never stored."""
+        """A new app link: ``(host label, row)``; the label is returned once, never stored.
+
+        ``expires_at``: when it stops working by itself (``None``: until revoked).
+        """
         clean = display_name(name, APP_LINK_NAME_MAX)
         now = self._now()
+        _check_end(expires_at, now)
         label = new_app_link_label()
         async with self._db.session(write=True) as s, s.begin():
-            await self._owned(s, owner_id, instance_id)
+            await self._allowed(s, owner_id, instance_id, "app_links")
             count = await s.scalar(
                 select(func.count()).select_from(AppLink).where(AppLink.instance_id == instance_id)
             )
@@ -428,6 +520,7 @@ class Sharing:
                 created_by=owner_id,
                 created_at=now,
                 last_used_at=None,
+                expires_at=expires_at,
             )
             s.add(row)
         _log.info("app link %d created on instance %s", row.id, instance_id)
@@ -446,7 +539,7 @@ class Sharing:
     async def revoke_app_link(self, owner_id: int, instance_id: str, link_id: int) -> bool:
         """Delete an app link; ``True`` if it existed. The relay closes its streams."""
         async with self._db.session(write=True) as s, s.begin():
-            await self._owned(s, owner_id, instance_id)
+            await self._allowed(s, owner_id, instance_id, "app_links")
             result = await s.execute(
                 delete(AppLink).where(AppLink.id == link_id, AppLink.instance_id == instance_id)
             )
@@ -465,7 +558,11 @@ class Sharing:
                     select(AppLink.id, AppLink.instance_id)
                     .join(Instance, Instance.id == AppLink.instance_id)
                     .join(User, User.id == Instance.owner_id)
-                    .where(AppLink.label_hash == sha256_hex(label), User.disabled.is_(False))
+                    .where(
+                        AppLink.label_hash == sha256_hex(label),
+                        User.disabled.is_(False),
+                        _link_live(self._now()),
+                    )
                 )
             ).one_or_none()
         if found is None:
@@ -476,9 +573,11 @@ class Sharing:
         """Which of these app links still work (the relay's sweep cuts the others' traffic).
 
         A link revoked or deleted outside this process (an admin command, an
-        account deletion), or whose owner's account was disabled, is not live.
+        account deletion), past its expiry, or whose owner's account was
+        disabled, is not live.
         """
         wanted = sorted(set(link_ids))
+        now = self._now()
         alive: set[int] = set()
         async with self._db.session() as s:
             for first in range(0, len(wanted), 500):
@@ -490,6 +589,7 @@ class Sharing:
                         .where(
                             AppLink.id.in_(wanted[first : first + 500]),
                             User.disabled.is_(False),
+                            _link_live(now),
                         )
                     )
                 )
@@ -510,6 +610,159 @@ class Sharing:
                 )
                 .values(last_used_at=now)
             )
+
+    # ------------------------------------------------- end dates and expiry
+
+    async def set_member_end(
+        self, owner_id: int, instance_id: str, user_id: int, until: datetime | None
+    ) -> bool:
+        """Give a membership an end date (``None``: none); ``True`` if the member exists.
+
+        :class:`ValueError` for an end that is not in the future (to end access now,
+        remove the member).
+        """
+        now = self._now()
+        _check_end(until, now)
+        async with self._db.session(write=True) as s, s.begin():
+            await self._allowed(s, owner_id, instance_id, "set_member_end")
+            result = await s.execute(
+                update(InstanceMember)
+                .where(
+                    InstanceMember.user_id == user_id,
+                    InstanceMember.instance_id == instance_id,
+                    live_membership(now),
+                )
+                .values(expires_at=until)
+            )
+        changed = rowcount(result) == 1
+        if changed:
+            _log.info("member end set: user %d on instance %s", user_id, instance_id)
+        return changed
+
+    async def set_app_link_expiry(
+        self, owner_id: int, instance_id: str, link_id: int, until: datetime | None
+    ) -> bool:
+        """Give an app link an expiry (``None``: none); ``True`` if the link exists."""
+        now = self._now()
+        _check_end(until, now)
+        async with self._db.session(write=True) as s, s.begin():
+            await self._allowed(s, owner_id, instance_id, "app_links")
+            result = await s.execute(
+                update(AppLink)
+                .where(AppLink.id == link_id, AppLink.instance_id == instance_id, _link_live(now))
+                .values(expires_at=until)
+            )
+        changed = rowcount(result) == 1
+        if changed:
+            _log.info("app link %d expiry set on instance %s", link_id, instance_id)
+        return changed
+
+    async def end_expired(self, *, limit: int = END_BATCH) -> Expired:
+        """Delete memberships and app links past their end (the relay's sweep runs this).
+
+        Each ended membership also loses its sessions and unused hand-off codes on
+        that home, like a removal; each end is audited. At most ``limit`` of each
+        per call (the rest next round). Every row is deleted with a row-count
+        check, so with several relay processes each end is reported and audited
+        once. The caller cuts the open traffic and drops its caches.
+        """
+        now = self._now()
+        members: list[tuple[int, str]] = []
+        links: list[tuple[int, str, int]] = []
+        async with self._db.session(write=True) as s, s.begin():
+            due_members = (
+                await s.execute(
+                    select(InstanceMember.user_id, InstanceMember.instance_id)
+                    .where(InstanceMember.expires_at <= now)
+                    .order_by(InstanceMember.expires_at)
+                    .limit(limit)
+                )
+            ).all()
+            for user_id, instance_id in due_members:
+                if await withdraw_in(
+                    s, user_id, instance_id, now, InstanceMember.expires_at <= now
+                ):
+                    members.append((user_id, instance_id))
+            due_links = (
+                await s.execute(
+                    select(AppLink.id, AppLink.instance_id, Instance.owner_id)
+                    .join(Instance, Instance.id == AppLink.instance_id)
+                    .where(AppLink.expires_at <= now)
+                    .order_by(AppLink.expires_at)
+                    .limit(limit)
+                )
+            ).all()
+            for link_id, instance_id, owner_id in due_links:
+                gone = await s.execute(
+                    delete(AppLink).where(AppLink.id == link_id, AppLink.expires_at <= now)
+                )
+                if rowcount(gone) == 1:
+                    links.append((link_id, instance_id, owner_id))
+        for user_id, instance_id in members:
+            _log.info("membership ended on time: user %d on instance %s", user_id, instance_id)
+            if self._audit is not None:
+                await self._audit.record(
+                    EventType.MEMBER_EXPIRED,
+                    user_id=user_id,
+                    instance_id=instance_id,
+                    device="Homeport (end date reached)",
+                )
+        for link_id, instance_id, owner_id in links:
+            _log.info("app link %d expired on instance %s", link_id, instance_id)
+            if self._audit is not None:
+                await self._audit.record(
+                    EventType.APP_LINK_EXPIRED,
+                    user_id=owner_id,
+                    instance_id=instance_id,
+                    device="Homeport (expiry reached)",
+                    detail=f"app link {link_id}",
+                )
+        return Expired(
+            tuple(members), tuple((link_id, instance_id) for link_id, instance_id, _ in links)
+        )
+
+    # ------------------------------------------------------------- ownership
+
+    async def transfer(self, owner_id: int, instance_id: str, new_owner_id: int) -> None:
+        """Hand the home over to one of its members; the old owner becomes a member.
+
+        Only the owner may (:data:`PERMISSIONS`: :class:`NotOwner` for a member,
+        :class:`UnknownInstance` for anyone else), only to a current member with
+        an enabled account (:class:`ValueError` otherwise). One transaction, and
+        the owner is changed by ``UPDATE … WHERE owner_id = <owner>`` first: of two
+        concurrent hand-overs the second finds no row and changes nothing, so the
+        home always has exactly one owner and no member is lost. The new owner's
+        end date, if any, goes (an owner has none); sessions stay valid.
+        """
+        now = self._now()
+        async with self._db.session(write=True) as s, s.begin():
+            await self._allowed(s, owner_id, instance_id, "transfer")
+            if new_owner_id == owner_id:
+                raise ValueError("You own this home already.")
+            if await role_in(s, new_owner_id, instance_id, now=now) != "member":
+                raise ValueError("Only a person who can open this home can become its owner.")
+            moved = await s.execute(
+                update(Instance)
+                .where(Instance.id == instance_id, Instance.owner_id == owner_id)
+                .values(owner_id=new_owner_id)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(moved) != 1:  # handed over meanwhile, by a concurrent request
+                raise NotOwner()
+            await s.execute(
+                delete(InstanceMember).where(
+                    InstanceMember.user_id.in_([new_owner_id, owner_id]),
+                    InstanceMember.instance_id == instance_id,
+                )
+            )
+            s.add(
+                InstanceMember(
+                    user_id=owner_id, instance_id=instance_id, created_at=now, expires_at=None
+                )
+            )
+        _log.info(
+            "instance %s handed over: user %d to user %d", instance_id, owner_id, new_owner_id
+        )
 
     # ---------------------------------------------------------- 2FA policy
 
@@ -532,7 +785,7 @@ class Sharing:
         """
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
-            await self._owned(s, owner_id, instance_id)
+            await self._allowed(s, owner_id, instance_id, "settings")
             ended: list[int] = []
             if required:
                 used = await s.scalar(
@@ -600,3 +853,49 @@ async def _has_totp(s: AsyncSession, user_id: int) -> bool:
         )
     )
     return found is not None
+
+
+async def withdraw_in(
+    s: AsyncSession,
+    user_id: int,
+    instance_id: str,
+    now: datetime,
+    *also: ColumnElement[bool],
+) -> bool:
+    """Delete a membership and end its sessions and hand-off codes on that home, in the
+    caller's transaction; ``True`` if this call deleted the row.
+
+    ``also``: further conditions on the membership row (e.g. that it has ended);
+    when it is not deleted, nothing else is touched.
+    """
+    gone = await s.execute(
+        delete(InstanceMember).where(
+            InstanceMember.user_id == user_id, InstanceMember.instance_id == instance_id, *also
+        )
+    )
+    if rowcount(gone) != 1:
+        return False
+    await s.execute(
+        revoke_stmt(now, and_(WebSession.user_id == user_id, WebSession.instance_id == instance_id))
+    )
+    await s.execute(
+        delete(HandoffCode).where(
+            HandoffCode.user_id == user_id, HandoffCode.instance_id == instance_id
+        )
+    )
+    return True
+
+
+def _check_end(until: datetime | None, now: datetime) -> None:
+    if until is None:
+        return
+    if until.tzinfo is None or until.utcoffset() is None:
+        raise ValueError("An end date needs a time zone.")
+    if until <= now:
+        raise ValueError("The end must be in the future.")
+    if until > now + MAX_END:
+        raise ValueError("The end can be at most ten years away.")
+
+
+def _link_live(now: datetime) -> ColumnElement[bool]:
+    return or_(AppLink.expires_at.is_(None), AppLink.expires_at > now)
