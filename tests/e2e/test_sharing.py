@@ -210,11 +210,11 @@ async def test_member_leaves_a_shared_home(stack: Stack) -> None:
         status, page = await get(guest, stack.account_origin + "/")
         assert "shared by owner@example.com" in page
         assert f"/instances/{stack.instance_id}/leave" in page
-        # A member cannot manage the home: the same 404 as for a home that does not exist.
+        # A member cannot manage the home: 403, only the owner can (issue 16's roles).
         status, _ = await get(guest, f"{stack.account_origin}/instances/{stack.instance_id}")
-        assert status == 404
+        assert status == 403
         status, _, _ = await post(guest, f"/instances/{stack.instance_id}/rename", {"name": "x"})
-        assert status == 404
+        assert status == 403
         status, _, _ = await post(
             guest, f"/instances/{stack.instance_id}/leave", origin=stack.tenant_origin
         )

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from homeport.accounts.audit import EventType
-from homeport.accounts.errors import UnknownInstance
+from homeport.accounts.errors import NotOwner, UnknownInstance
 from homeport.accounts.models import APP_LINK_NAME_MAX
 from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import display_name
@@ -121,6 +121,9 @@ class AddonControl:
         except UnknownInstance:
             await throttle.succeeded(clear=[], refund=[key])
             return error("unlinked", "This add-on is no longer linked to a home.")
+        except NotOwner:  # handed over to a new owner between the two reads: ask again
+            await throttle.succeeded(clear=[], refund=[key])
+            return error("owner_changed", "The home has just changed owner. Try again.")
         except ValueError as exc:  # the per-home cap
             await throttle.succeeded(clear=[], refund=[key])
             return error("limit", str(exc))

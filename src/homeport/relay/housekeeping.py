@@ -7,6 +7,10 @@
   withdrawn access thus cuts long-lived streams within seconds, not only
   revocations made here (which cut at once). Sessions still valid count as
   in use (:meth:`Accounts.live_session_ids`).
+* **End dates** (same interval): memberships and app links past their end
+  date (:meth:`Sharing.end_expired`) are deleted and their open traffic cut,
+  like a removal or a revocation. The database refuses them from the moment
+  they end; the sweep makes the cut within :data:`SWEEP_SECONDS`.
 * **App links and homes** (same interval): every app link with open traffic
   is re-checked (:meth:`Sharing.live_app_link_ids`), and every live tunnel's
   home (:meth:`Instances.existing`). An app link deleted, or a home unlinked,
@@ -31,6 +35,7 @@ from typing import Protocol
 from homeport.accounts.service import Accounts
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.gate import SessionGate
+from homeport.relay.live import Ending
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,26 @@ class Housekeeping:
 
     async def tick(self) -> int:
         """Every sweep chore once; how many things were ended."""
-        return await self.sweep() + await self.sweep_app_links() + await self.sweep_tunnels()
+        ended = await self.end_expired()
+        ended += await self.sweep() + await self.sweep_app_links()
+        return ended + await self.sweep_tunnels()
+
+    async def end_expired(self) -> int:
+        """End memberships and app links that reached their end date, with their traffic."""
+        expired = await self.accounts.sharing.end_expired()
+        for user_id, instance_id in expired.members:
+            self.gate.end_user(user_id, instance_id=instance_id, why=Ending.ACCESS_WITHDRAWN)
+        for link_id, _instance_id in expired.app_links:
+            if self.app_links is not None:
+                self.app_links.forget_link(link_id)
+            self.gate.live.end_app_link(link_id)
+        ended = len(expired.members) + len(expired.app_links)
+        if ended:
+            log.info(
+                "relay.sweep_ended_expired",
+                extra={"members": len(expired.members), "app_links": len(expired.app_links)},
+            )
+        return ended
 
     async def sweep_app_links(self) -> int:
         """Cut the open traffic of app links that no longer work; how many links."""

@@ -24,6 +24,7 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.pages import Pages
 from homeport.relay.site import (
+    access,
     audit,
     connect,
     email_change,
@@ -78,6 +79,7 @@ PAGE_ROUTES = (
     audit.routes,
     password.routes,
     instances.routes,
+    access.routes,
     privacy.routes,
 )
 

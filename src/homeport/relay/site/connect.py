@@ -40,6 +40,11 @@ async def home(request: web.Request) -> web.StreamResponse:
             "id": inst.id,
             "owned": inst.owner_id == session.user_id,
             "owner_email": inst.owner_email,
+            "until": (
+                None
+                if inst.member_until is None
+                else inst.member_until.strftime("%Y-%m-%d %H:%M UTC")
+            ),
         }
         for inst in await request.app[ACCOUNTS].instances.find(user_id=session.user_id)
     ]

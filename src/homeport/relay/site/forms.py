@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from aiohttp import web
 from multidict import MultiDictProxy
 
-__all__ = ["FormData", "field", "read_form", "text_fields"]
+__all__ = ["FormData", "field", "parse_until", "read_form", "text_fields"]
 
 FormData = MultiDictProxy[str | bytes | bytearray | web.FileField]
 
@@ -25,3 +27,22 @@ async def text_fields(request: web.Request) -> dict[str, str]:
     """Every text field of the posted form (files left out)."""
     form = await request.post()
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def parse_until(text: str) -> datetime | None:
+    """A form's ``YYYY-MM-DDTHH:MM[:SS]`` in UTC (what ``datetime-local`` sends); ``""``: none.
+
+    :class:`ValueError` with a message for the person for anything else.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if len(text) > 32 or "T" not in text:
+        raise ValueError("Give the end as a date and a time.")
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("Give the end as a date and a time.") from None
+    if value.tzinfo is not None:
+        raise ValueError("Give the end in UTC, without a time zone.")
+    return value.replace(tzinfo=UTC)

@@ -1,8 +1,11 @@
 """Account-site pages for one home: link by code, rename, unlink, sharing, app links, 2FA policy.
 
-Only the owner sees or changes a home here; for anyone else "no such home"
-and "not yours" are the same 404. Every change is a POST (origin and size
-checked by :mod:`.guard`, CSRF), from a signed-in account session.
+Only the owner sees or changes a home here (the roles:
+:mod:`homeport.accounts.access`, checked by the store): a member, who can
+open the home, gets a 403 saying only the owner manages it; for anyone else
+"no such home" and "not yours" are the same 404. Every change is a POST
+(origin and size checked by :mod:`.guard`, CSRF), from a signed-in account
+session.
 
 Threats this stops, beyond ownership and CSRF:
 
@@ -37,6 +40,7 @@ from homeport.accounts.errors import (
     AlreadyLinked,
     InvalidEmail,
     LinkCodeInvalid,
+    NotOwner,
     UnknownInstance,
     UnknownUser,
 )
@@ -47,7 +51,7 @@ from homeport.qr import qr_svg
 from homeport.relay.app_links import app_link_url
 from homeport.relay.live import Ending
 from homeport.relay.redirects import redirect
-from homeport.relay.site.forms import text_fields
+from homeport.relay.site.forms import parse_until, text_fields
 from homeport.relay.site.keys import (
     ACCOUNTS,
     APP_LINKS,
@@ -60,6 +64,7 @@ from homeport.relay.site.keys import (
     current,
     sign_in_first,
 )
+from homeport.relay.site.refusals import no_access, owner_only
 
 __all__ = ["routes"]
 
@@ -90,15 +95,6 @@ def _signed_in(request: web.Request) -> SessionInfo | web.Response:
     return session
 
 
-def _not_found(request: web.Request, session: SessionInfo) -> web.Response:
-    return request.app[PAGES].message(
-        "No access",
-        "This home does not exist, or your account has no access to it.",
-        status=404,
-        user_email=session.email,
-    )
-
-
 def _home(request: web.Request) -> str:
     return request.match_info.get("id", "")
 
@@ -127,13 +123,16 @@ async def _page(
     try:
         instance = await sharing.owned_instance(session.user_id, instance_id)
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     links = [
         {
             "id": link.id,
             "name": link.name,
             "created": when(link.created_at),
             "last_used": "not yet" if link.last_used_at is None else when(link.last_used_at),
+            "expires": when(link.expires_at),
         }
         for link in await sharing.app_links(instance_id)
     ]
@@ -149,7 +148,7 @@ async def _page(
         if inv.status == "pending"
     ]
     members = [
-        {"id": m.user_id, "email": m.email, "since": when(m.since)}
+        {"id": m.user_id, "email": m.email, "since": when(m.since), "until": when(m.until)}
         for m in await sharing.members(instance_id)
     ]
     extra.setdefault("invite_link", None)
@@ -283,7 +282,9 @@ async def rename(request: web.Request) -> web.StreamResponse:
             session.user_id, instance_id, form.get("name", "")[:200]
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     except ValueError as exc:
         return await _page(request, session, instance_id, status=400, error=str(exc))
     return _back(instance_id, "renamed")
@@ -307,7 +308,9 @@ async def unlink(request: web.Request) -> web.StreamResponse:
     try:
         await request.app[ACCOUNTS].sharing.unlink(session.user_id, instance_id)
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     await request.app[HOMES].close_instance(instance_id)
     request.app[APP_LINKS].forget_instance(instance_id)
     request.app[GATE].end_instance(instance_id)
@@ -347,7 +350,9 @@ async def invite(request: web.Request) -> web.StreamResponse:
             lifetime=timedelta(days=days) if days else None,
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     except (InvalidEmail, ValueError) as exc:
         return await _page(request, session, instance_id, status=400, error=str(exc))
     link = config.account_origin + "/invitations/accept?" + urlencode({"token": token})
@@ -390,7 +395,9 @@ async def revoke_invitation(request: web.Request) -> web.StreamResponse:
             session.user_id, instance_id, invitation_id
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     await request.app[AUDIT].record(
         request,
         EventType.INVITATION_REVOKED,
@@ -411,7 +418,9 @@ async def remove_member(request: web.Request) -> web.StreamResponse:
     try:
         await request.app[ACCOUNTS].sharing.remove_member(session.user_id, instance_id, user_id)
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     # Sessions are revoked in the database; the cache and open streams go now too.
     request.app[GATE].end_user(user_id, instance_id=instance_id, why=Ending.ACCESS_WITHDRAWN)
     log.info("account.member_removed", extra={"user": session.user_id, "member": user_id})
@@ -425,7 +434,7 @@ async def leave(request: web.Request) -> web.StreamResponse:
         return session
     instance_id = _home(request)
     if not await request.app[ACCOUNTS].sharing.leave(session.user_id, instance_id):
-        return _not_found(request, session)
+        return no_access(request, session)
     request.app[GATE].end_user(
         session.user_id, instance_id=instance_id, why=Ending.ACCESS_WITHDRAWN
     )
@@ -510,11 +519,14 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
     instance_id = _home(request)
     form = await text_fields(request)
     try:
+        until = parse_until(form.get("until", ""))
         label, row = await request.app[ACCOUNTS].sharing.create_app_link(
-            session.user_id, instance_id, form.get("name", "")[:200]
+            session.user_id, instance_id, form.get("name", "")[:200], expires_at=until
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     except ValueError as exc:
         return await _page(request, session, instance_id, status=400, error=str(exc))
     url = app_link_url(request.app[CONFIG], label)
@@ -524,13 +536,13 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
         EventType.APP_LINK_CREATED,
         session,
         instance_id=instance_id,
-        detail=f"app link {row.id}",
+        detail=f"app link {row.id}" + ("" if until is None else f" until {when(until)}"),
     )
     return await _page(
         request,
         session,
         instance_id,
-        app_link={"name": row.name, "url": url, "qr": qr_svg(url)},
+        app_link={"name": row.name, "url": url, "qr": qr_svg(url), "until": when(until)},
     )
 
 
@@ -546,7 +558,9 @@ async def revoke_app_link(request: web.Request) -> web.StreamResponse:
             session.user_id, instance_id, link_id
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     if revoked:
         await request.app[AUDIT].record(
             request,
@@ -579,7 +593,9 @@ async def second_factor(request: web.Request) -> web.StreamResponse:
             session_id=session.session_id,
         )
     except UnknownInstance:
-        return _not_found(request, session)
+        return no_access(request, session)
+    except NotOwner:
+        return owner_only(request, session)
     except AccessDenied as exc:
         return await _page(request, session, instance_id, status=409, error=str(exc))
     request.app[GATE].end_sessions(ended)
