@@ -146,9 +146,9 @@ class HomeAssistantForwarder:
             # ClientPayloadError: Home Assistant cut its response short (not a bug here).
             self._upstream_failed(stream, exc)
             return
-        if not stream.closed:
-            # Home Assistant answered before reading the whole body: stop the upload.
-            stream.reset(ErrorCode.NO_ERROR, "response complete")
+        # Home Assistant may have answered before reading the whole body: the
+        # session releases the stream after this handler, which sends the end of
+        # the response first and then stops the upload (RESET NO_ERROR).
         log.debug(
             "addon.request",
             extra={

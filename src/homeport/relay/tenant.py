@@ -288,65 +288,72 @@ class TenantProxy:
             return self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
-        cut.set(lambda why: _cut_http(request, stream, why))
-        upload = (
-            asyncio.create_task(_upload(request, stream, self.limits, bandwidth.up))
-            if request.body_exists
-            else None
-        )
+        with stream:  # released however this ends: no abandoned stream stays open
+            cut.set(lambda why: _cut_http(request, stream, why))
+            upload = (
+                asyncio.create_task(_upload(request, stream, self.limits, bandwidth.up))
+                if request.body_exists
+                else None
+            )
+            try:
+                return await self._respond(request, stream, upload, bandwidth.down)
+            finally:
+                if upload is not None and not upload.done():
+                    upload.cancel()
+                elif upload is not None and not upload.cancelled():
+                    upload.exception()  # retrieved: a too-large body was answered above
+                log.debug(
+                    "tenant.request",
+                    extra={
+                        "instance": instance_id,
+                        "method": request.method,
+                        "ms": round((time.monotonic() - started) * 1000, 1),
+                    },
+                )
+
+    async def _respond(
+        self,
+        request: web.Request,
+        stream: Stream,
+        upload: asyncio.Task[None] | None,
+        down: TokenBucket,
+    ) -> web.StreamResponse:
+        """Wait for the home's answer and pass it on to the browser."""
         try:
-            try:
-                async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
-                    head_in = await stream.response
-            except StreamClosed as exc:
-                if _body_refused(upload):
-                    return self._too_large()
-                return self._tunnel_error(exc)
-            except TimeoutError:
-                stream.reset(ErrorCode.CANCEL, "no response head in time")
-                return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
-            body = stream.complete_body() if request.method != "HEAD" else None
-            response = (
-                web.StreamResponse(status=head_in.status)
-                if body is None
-                else web.Response(status=head_in.status, body=body)
-            )
-            for name, value in hdr.response_headers(head_in.headers):
-                if body is None or name != "content-length":
-                    response.headers.add(name, value)
-            tenant_headers(response)
-            if body is not None:
-                await bandwidth.down.take(len(body))
-                return response  # small and complete: aiohttp writes it in one go
-            await response.prepare(request)
-            try:
-                async for chunk in stream.iter_body():
-                    await bandwidth.down.take(len(chunk))
-                    await response.write(chunk)
-            except StreamClosed:
-                # Mid-body failure: the status line is out; cut the connection so the
-                # browser sees a truncated response, not a complete wrong one.
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
+            async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
+                head_in = await stream.response_head()
+        except StreamClosed as exc:
+            if _body_refused(upload):
+                return self._too_large()
+            return self._tunnel_error(exc)
+        except TimeoutError:
+            return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
+        body = stream.complete_body() if request.method != "HEAD" else None
+        response = (
+            web.StreamResponse(status=head_in.status)
+            if body is None
+            else web.Response(status=head_in.status, body=body)
+        )
+        for name, value in hdr.response_headers(head_in.headers):
+            if body is None or name != "content-length":
+                response.headers.add(name, value)
+        tenant_headers(response)
+        if body is not None:
+            await down.take(len(body))
+            return response  # small and complete: aiohttp writes it in one go
+        await response.prepare(request)
+        try:
+            async for chunk in stream.iter_body():
+                await down.take(len(chunk))
+                await response.write(chunk)
+        except StreamClosed:
+            # Mid-body failure: the status line is out; cut the connection so the
+            # browser sees a truncated response, not a complete wrong one.
+            if request.transport is not None:
+                request.transport.close()
             return response
-        except (ConnectionResetError, asyncio.CancelledError):
-            stream.reset(ErrorCode.CANCEL, "browser went away")
-            raise
-        finally:
-            if upload is not None and not upload.done():
-                upload.cancel()
-            elif upload is not None and not upload.cancelled():
-                upload.exception()  # retrieved: a too-large body was answered above
-            log.debug(
-                "tenant.request",
-                extra={
-                    "instance": instance_id,
-                    "method": request.method,
-                    "ms": round((time.monotonic() - started) * 1000, 1),
-                },
-            )
+        await response.write_eof()
+        return response
 
     def _too_large(self) -> web.Response:
         response = self.pages.message(
@@ -403,47 +410,49 @@ class TenantProxy:
             stream = tunnel.open_stream(
                 self._head(request, host, websocket=True), websocket=True, end_stream=False
             )
-            cut.set(lambda why: _cut_http(request, stream, why))
-            async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
-                head_in = await stream.response
         except StreamClosed as exc:
             return self._tunnel_error(exc)
-        except TimeoutError:
-            return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
-        if head_in.status != 101:
-            response = web.StreamResponse(status=head_in.status)
-            for name, value in hdr.response_headers(head_in.headers):
-                response.headers.add(name, value)
-            tenant_headers(response)
-            await response.prepare(request)
-            with contextlib.suppress(StreamClosed):
-                async for chunk in stream.iter_body():
-                    await response.write(chunk)
-            await response.write_eof()
-            return response
-        protocol = next((v for n, v in head_in.headers if n == "sec-websocket-protocol"), None)
-        ws = web.WebSocketResponse(
-            protocols=(protocol,) if protocol else (),
-            max_msg_size=MAX_WS_MESSAGE,
-            autoclose=False,
-            autoping=True,
-        )
-        tenant_headers(ws)
-        await ws.prepare(request)
-        cut.set(lambda why: _end_websocket(request, ws, stream, why))
-        bandwidth = self.limits.bandwidth(instance_id)
-        downstream = asyncio.create_task(_tunnel_to_browser(stream, ws, bandwidth.down))
-        try:
-            await _browser_to_tunnel(ws, stream, bandwidth.up)
-        finally:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
-            downstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StreamClosed):
-                await downstream
-            if not stream.closed:
-                stream.reset(ErrorCode.CANCEL, "browser WebSocket ended")
-        return ws
+        with stream:  # released however this ends: a closed tab mid-upgrade included
+            cut.set(lambda why: _cut_http(request, stream, why))
+            try:
+                async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
+                    head_in = await stream.response_head()
+            except StreamClosed as exc:
+                return self._tunnel_error(exc)
+            except TimeoutError:
+                return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
+            if head_in.status != 101:
+                response = web.StreamResponse(status=head_in.status)
+                for name, value in hdr.response_headers(head_in.headers):
+                    response.headers.add(name, value)
+                tenant_headers(response)
+                await response.prepare(request)
+                with contextlib.suppress(StreamClosed):
+                    async for chunk in stream.iter_body():
+                        await response.write(chunk)
+                await response.write_eof()
+                return response
+            protocol = next((v for n, v in head_in.headers if n == "sec-websocket-protocol"), None)
+            ws = web.WebSocketResponse(
+                protocols=(protocol,) if protocol else (),
+                max_msg_size=MAX_WS_MESSAGE,
+                autoclose=False,
+                autoping=True,
+            )
+            tenant_headers(ws)
+            await ws.prepare(request)
+            cut.set(lambda why: _end_websocket(request, ws, stream, why))
+            bandwidth = self.limits.bandwidth(instance_id)
+            downstream = asyncio.create_task(_tunnel_to_browser(stream, ws, bandwidth.down))
+            try:
+                await _browser_to_tunnel(ws, stream, bandwidth.up)
+            finally:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
+                downstream.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StreamClosed):
+                    await downstream
+            return ws
 
 
 class _Cut:

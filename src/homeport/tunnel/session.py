@@ -18,12 +18,26 @@ from typing import Protocol
 
 from aiohttp import WSMessage, WSMsgType
 
-from homeport.protocol import events as ev
-from homeport.protocol.connection import TunnelConnection
-from homeport.protocol.errors import ErrorCode, StreamViolation
-from homeport.protocol.heads import RequestHead
+from homeport.protocol import (
+    ConnectionTerminated,
+    ControlAnswered,
+    ControlRequested,
+    DataReceived,
+    ErrorCode,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    RequestHead,
+    ResponseReceived,
+    StreamOpened,
+    StreamReset,
+    StreamViolation,
+    TunnelConnection,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
 from homeport.tunnel.control import ControlChannel, ControlHandler
-from homeport.tunnel.stream import _EOF, Stream, StreamClosed, WsClose, WsMessage
+from homeport.tunnel.stream import Stream, StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +53,22 @@ GOAWAY_REPLACED = "replaced"
 #: cannot freeze every other stream of the tunnel (see docs/protocol.md §5).
 STALL_GRACE = 3.0
 STALL_CHECK = 0.5
+#: The reader stops taking the peer's frames while this much of our own control
+#: output (answers, window updates, resets) waits to be sent: a peer that does
+#: not read cannot make us queue answers without bound (R-ADD-07) ...
+OUTPUT_BACKLOG_LIMIT = 64 * 1024
+#: ... and a peer that does not drain it within this many seconds is dropped.
+DRAIN_TIMEOUT = 30.0
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
+#: Events about one stream, handed to that stream's :meth:`Stream.received`.
+_STREAM_EVENTS = (
+    DataReceived,
+    ResponseReceived,
+    StreamReset,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
 
 
 class WebSocketLike(Protocol):
@@ -58,10 +86,11 @@ class TunnelSession:
         connection: TunnelConnection,
         *,
         on_stream: StreamHandler | None = None,
-        on_goaway: Callable[[ev.GoAwayReceived], None] | None = None,
+        on_goaway: Callable[[GoAwayReceived], None] | None = None,
         on_control: ControlHandler | None = None,
         ping_interval: float = 20.0,
         ping_timeout: float = 15.0,
+        drain_timeout: float = DRAIN_TIMEOUT,
         name: str = "tunnel",
     ) -> None:
         self.ws = ws
@@ -78,6 +107,8 @@ class TunnelSession:
         self._on_goaway = on_goaway
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._drain_timeout = drain_timeout
+        self._output_taken = asyncio.Event()  # the writer took the control backlog
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no stream is open
         self._handlers: set[asyncio.Task[None]] = set()
@@ -138,7 +169,7 @@ class TunnelSession:
     async def _shutdown(self) -> None:
         error = StreamClosed(ErrorCode.CANCEL, self.close_reason or "tunnel closed")
         for stream in list(self.streams.values()):
-            stream._fail(error)
+            stream.ended(error)
         self.streams.clear()
         self._idle.set()
         await self.control.close(self.close_reason or "tunnel closed")
@@ -176,7 +207,11 @@ class TunnelSession:
     # -------------------------------------------------------------- streams
 
     def open_stream(self, head: RequestHead, *, websocket: bool, end_stream: bool) -> Stream:
-        """Start a request (relay side); raises :class:`StreamClosed` when refused."""
+        """Start a request (relay side); raises :class:`StreamClosed` when refused.
+
+        The caller owns the stream: use it as ``with session.open_stream(...) as
+        stream:`` so that it is released however the exchange ends.
+        """
         if self.ended or self.closed.is_set():
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
@@ -198,8 +233,28 @@ class TunnelSession:
         self.connection.reset_stream(stream_id, code, reason)
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
-            stream._fail(StreamClosed(code, reason or "reset locally"))
+            stream.ended(StreamClosed(code, reason or "reset locally"))
         self.kick()
+
+    def release(self, stream_id: int, code: ErrorCode, reason: str) -> None:
+        """The stream's owner is done: end what is still open of it (see Stream.release).
+
+        Output this side has ended keeps its place and goes out first; the
+        peer is then told to stop sending (``code``), and the stream is gone.
+        """
+        stream = self.streams.pop(stream_id, None)
+        if not self.connection.has_stream(stream_id):
+            if stream is not None:
+                stream.finished()
+            return
+        self.connection.release_stream(stream_id, code, reason)
+        if stream is not None:
+            stream.ended(StreamClosed(code, reason or "released"))
+        self.kick()
+
+    def writer_blocked(self, stream: Stream) -> None:
+        """``stream``'s writer waits for the protocol to drain its queue (see _prune_and_wake)."""
+        self._blocked_writers.add(stream)
 
     def kick(self) -> None:
         self._wake.set()
@@ -222,6 +277,9 @@ class TunnelSession:
                 if self.connection.terminated:
                     await self._flush()
                     return
+                backlog = self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT
+                if backlog and not await self._backlog_drained():
+                    return
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 self.close_reason = self.close_reason or "peer closed the tunnel"
                 return
@@ -233,6 +291,20 @@ class TunnelSession:
                 log.warning("tunnel.protocol_error", extra={"tunnel": self.name})
                 return
 
+    async def _backlog_drained(self) -> bool:
+        """Wait until the writer takes our control backlog; False if the peer stopped reading."""
+        self.kick()
+        try:
+            async with asyncio.timeout(self._drain_timeout):
+                while self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT:
+                    self._output_taken.clear()
+                    await self._output_taken.wait()
+        except TimeoutError:
+            self.close_reason = "peer does not read"
+            log.warning("tunnel.peer_not_reading", extra={"tunnel": self.name})
+            return False
+        return True
+
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
@@ -241,6 +313,7 @@ class TunnelSession:
 
     async def _flush(self) -> None:
         while data := self.connection.data_to_send(SEND_BATCH):
+            self._output_taken.set()
             await self.ws.send_bytes(data)
             self._prune_and_wake()
         self._prune_and_wake()
@@ -290,54 +363,54 @@ class TunnelSession:
 
     # ------------------------------------------------------------- dispatch
 
-    def _dispatch(self, events: list[ev.Event]) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         for event in events:
-            match event:
-                case ev.DataReceived(stream_id=sid, data=data, end_stream=end):
-                    stream = self.streams.get(sid)
-                    if stream is None:
-                        continue
-                    if data:
-                        stream._deliver(data)
-                    if end:
-                        stream.closed = True
-                        stream._deliver(_EOF)
-                case ev.WebSocketMessageReceived(stream_id=sid, data=data, text=text):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream._deliver(WsMessage(data, text))
-                case ev.ResponseReceived(stream_id=sid, head=head, end_stream=end):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream.response.set_result(head)
-                        if end:
-                            stream.closed = True
-                            stream._deliver(_EOF)
-                case ev.StreamOpened(stream_id=sid, head=head, websocket=ws, end_stream=end):
-                    self._start_handler(sid, head, websocket=ws, end=end)
-                case ev.WebSocketClosed(stream_id=sid, code=code, reason=reason):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream.closed = True
-                        stream._deliver(WsClose(code, reason))
-                case ev.StreamReset(stream_id=sid, code=code, reason=reason):
-                    if (stream := self.streams.pop(sid, None)) is not None:
-                        stream._fail(StreamClosed(code, reason))
-                case ev.PongReceived(payload=payload):
+            try:
+                self._dispatch_one(event)
+            except Exception:
+                # Bulkhead (R-MT-15): one exchange's surprise must never end the
+                # tunnel every other person of this home is using.  The stream
+                # it concerns is reset; everything else carries on.
+                stream_id = getattr(event, "stream_id", 0)
+                log.exception(
+                    "tunnel.event_failed",
+                    extra={"tunnel": self.name, "event": type(event).__name__, "stream": stream_id},
+                )
+                if stream_id:
+                    self.reset(stream_id, ErrorCode.INTERNAL, "internal error")
+
+    def _dispatch_one(self, event: Event) -> None:
+        if isinstance(event, _STREAM_EVENTS):
+            if isinstance(event, StreamReset):
+                stream = self.streams.pop(event.stream_id, None)
+            else:
+                stream = self.streams.get(event.stream_id)
+            if stream is not None:  # else its owner released it: nothing waits for this
+                stream.received(event)
+            return
+        match event:
+            case StreamOpened(stream_id=sid, head=head, websocket=ws, end_stream=end):
+                self._start_handler(sid, head, websocket=ws, end=end)
+            case PongReceived(payload=payload):
+                # Only an answer to a ping we sent proves the peer reads what we
+                # send: unsolicited pongs must not keep a deaf peer alive (R-ADD-07).
+                sent = self._ping_sent.pop(payload, None)
+                if sent is not None:
                     self._last_pong = time.monotonic()
-                    sent = self._ping_sent.pop(payload, None)
-                    if sent is not None:
-                        self.rtt = self._last_pong - sent
-                case ev.GoAwayReceived() as goaway:
-                    if self._on_goaway is not None:
-                        self._on_goaway(goaway)
-                case ev.ControlRequested() as request:
-                    self.control.requested(request)
-                case ev.ControlAnswered() as answer:
-                    self.control.answered(answer)
-                case ev.ConnectionTerminated(code=code, reason=reason):
-                    self.close_reason = f"protocol error: {code.name}: {reason}"
-                    log.warning(
-                        "tunnel.terminated",
-                        extra={"tunnel": self.name, "code": code.name, "reason": reason},
-                    )
+                    self.rtt = self._last_pong - sent
+            case GoAwayReceived() as goaway:
+                if self._on_goaway is not None:
+                    self._on_goaway(goaway)
+            case ControlRequested() as request:
+                self.control.requested(request)
+            case ControlAnswered() as answer:
+                self.control.answered(answer)
+            case ConnectionTerminated(code=code, reason=reason):
+                self.close_reason = f"protocol error: {code.name}: {reason}"
+                log.warning(
+                    "tunnel.terminated",
+                    extra={"tunnel": self.name, "code": code.name, "reason": reason},
+                )
 
     def _start_handler(
         self, stream_id: int, head: RequestHead, *, websocket: bool, end: bool
@@ -345,8 +418,7 @@ class TunnelSession:
         stream = Stream(self, stream_id, head, websocket=websocket)
         stream.request_has_body = not end
         if end:
-            stream.closed = True
-            stream._deliver(_EOF)
+            stream.opened_complete()
         self.streams[stream_id] = stream
         if self._on_stream is None:
             self.reset(stream_id, ErrorCode.REFUSED, "no handler")
@@ -356,6 +428,7 @@ class TunnelSession:
         task.add_done_callback(self._handlers.discard)
 
     async def _run_handler(self, stream: Stream) -> None:
+        """The handler owns the stream; whatever it leaves open is released after it."""
         assert self._on_stream is not None
         try:
             await self._on_stream(stream)
@@ -363,7 +436,11 @@ class TunnelSession:
             pass
         except Exception:
             log.exception("tunnel.handler_failed", extra={"tunnel": self.name})
-            self.reset(stream.id, ErrorCode.INTERNAL, "handler failed")
+            stream.reset(ErrorCode.INTERNAL, "handler failed")
+        finally:
+            # A response sent in full still goes out; the rest of a request body
+            # Home Assistant did not read is refused (HTTP/2's RST_STREAM NO_ERROR).
+            stream.release(ErrorCode.NO_ERROR, "response complete")
 
     def _prune_and_wake(self) -> None:
         """After a flush: drop streams the protocol finished, wake writers with room.
@@ -382,10 +459,9 @@ class TunnelSession:
                 if not connection.has_stream(sid):
                     # Fully closed in the protocol: nothing more will be sent or received.
                     del self.streams[sid]
-                    stream.closed = True
-                    stream._writable.set()
+                    stream.finished()
                     self._blocked_writers.discard(stream)
         if self._blocked_writers:
             for stream in list(self._blocked_writers):
-                if stream._update_writable():
+                if stream.update_writable():
                     self._blocked_writers.discard(stream)
