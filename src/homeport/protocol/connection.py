@@ -462,14 +462,17 @@ class TunnelConnection:
         self._forget(stream)
         self._control += _reset_frame(stream_id, code, reason)
 
-    def release_stream(self, stream_id: int, code: ErrorCode, reason: str = "") -> None:
+    def release_stream(
+        self, stream_id: int, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = ""
+    ) -> None:
         """The application is done with a stream: end what is still open of it.
 
         If this side has ended its output (END_STREAM or a WebSocket close is
-        queued), that output still goes out in order and the RESET follows it
-        (HTTP/2's RST_STREAM after a complete response, for a request body the
-        server will not read); until then, whatever the peer sends on it is
-        paid back unread.  Otherwise the stream is reset at once.
+        queued), that output still goes out in order and a RESET with ``code``
+        follows it (HTTP/2's RST_STREAM NO_ERROR after a complete response, for
+        a request body the server will not read); until then, whatever the peer
+        sends on it is paid back unread.  Output this side never ended is cut
+        at once: the stream is reset with CANCEL.
         """
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -480,8 +483,10 @@ class TunnelConnection:
             return
         if stream.local_closed and stream.remote_closed:
             self._forget(stream)
-            return
-        self.reset_stream(stream_id, code, reason)
+        elif stream.local_ending:
+            self.reset_stream(stream_id, code, reason)
+        else:
+            self.reset_stream(stream_id, ErrorCode.CANCEL, "abandoned")
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """The application consumed ``size`` received bytes: return the credit.

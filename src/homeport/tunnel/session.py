@@ -249,7 +249,7 @@ class TunnelSession:
             return
         self.connection.release_stream(stream_id, code, reason)
         if stream is not None:
-            stream.ended(StreamClosed(code, reason or "released"))
+            stream.ended(StreamClosed(ErrorCode.CANCEL, "released"))
         self.kick()
 
     def writer_blocked(self, stream: Stream) -> None:

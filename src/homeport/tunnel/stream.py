@@ -133,12 +133,13 @@ class Stream:
     ) -> None:
         self.release(ErrorCode.CANCEL, "abandoned")
 
-    def release(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "abandoned") -> None:
+    def release(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """The owner is done with the stream: whatever is still open of it ends now.
 
         Idempotent and safe at any point.  Output this side already ended
-        (a response sent in full) still goes out; only what the peer would
-        still send is refused.
+        (a response sent in full) still goes out, then the peer is told
+        ``code`` for whatever it would still send; output never ended is
+        cut at once (CANCEL).
         """
         if self.error is None:
             self._host.release(self.id, code, reason)
