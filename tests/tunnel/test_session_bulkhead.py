@@ -46,6 +46,11 @@ async def test_an_abandoned_upgrade_answered_later_leaves_the_tunnel_up() -> Non
         assert (await other.response_head()).status == 101
 
 
+async def _read_all(stream: Stream) -> bytes:
+    await stream.response_head()
+    return b"".join([chunk async for chunk in stream.iter_body()])
+
+
 async def _settled(*sessions: TunnelSession) -> None:
     """Both sides forget every stream (bounded wait)."""
     async with asyncio.timeout(10):
@@ -116,9 +121,7 @@ async def test_a_handler_that_returns_early_releases_its_stream() -> None:
         ) as stream:
             # A reset overtakes what was queued: the head may or may not make it first.
             with pytest.raises(StreamClosed) as failure:
-                await stream.response_head()
-                async for _ in stream.iter_body():
-                    pass
+                await _read_all(stream)
             assert failure.value.code is ErrorCode.CANCEL
         await _settled(pair.relay, pair.addon)
 
