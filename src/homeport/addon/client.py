@@ -151,6 +151,11 @@ class AddonClient:
         if self._on_status is not None:
             self._on_status(self.status)
 
+    @property
+    def tunnel(self) -> TunnelSession | None:
+        """The tunnel new work goes over, while one is up."""
+        return self._live
+
     def app_links_supported(self) -> bool | None:
         """Whether the relay creates app links over the tunnel; None while not connected."""
         return app_links.supported(self._live)

@@ -98,6 +98,12 @@ PING_RATE = 4.0
 #: CONTROL requests an add-on may send: owner actions are clicks, not a stream.
 CONTROL_BURST = 16
 CONTROL_RATE = 1.0
+#: Frames that carry no data and ask for no answer (WINDOW_UPDATE, pongs, RESET,
+#: GOAWAY) cost CPU per frame, not per byte: a peer sending nothing else makes
+#: us work twenty times harder per byte than for a download.  A real peer sends
+#: a window update per quarter window consumed, far below this.
+SMALL_FRAME_BURST = 8192
+SMALL_FRAME_RATE = 8192.0
 
 
 class Role(enum.Enum):
@@ -252,6 +258,7 @@ class TunnelConnection:
         # Budgets for what the peer can make us answer (see PING_RATE, CONTROL_RATE).
         self._ping_budget = RateBudget(PING_BURST, PING_RATE, clock)
         self._control_budget = RateBudget(CONTROL_BURST, CONTROL_RATE, clock)
+        self._small_frame_budget = RateBudget(SMALL_FRAME_BURST, SMALL_FRAME_RATE, clock)
         #: Bytes of large WebSocket messages held or reserved for the peer, over every
         #: stream: prepaid and partial ones (see Settings.max_prepaid and _prepay).
         self._message_reserve = 0
@@ -640,6 +647,8 @@ class TunnelConnection:
     def _handle(self, frame: Frame, events: list[Event]) -> None:
         if not self._settings_received and frame.type is not FrameType.SETTINGS:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
+        if frame.type in _SMALL_FRAMES and not self._small_frame_budget.take():
+            raise ProtocolViolation(ErrorCode.FLOOD, f"too many {frame.type.name} frames")
         handler = _HANDLERS[frame.type]
         try:
             handler(self, frame, events)
@@ -849,6 +858,8 @@ class TunnelConnection:
         if len(frame.payload) != 8:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed PING")
         if frame.flags & Flags.ACK:
+            if not self._small_frame_budget.take():
+                raise ProtocolViolation(ErrorCode.FLOOD, "too many pongs")
             events.append(PongReceived(frame.payload))
             return
         if not self._ping_budget.take():
@@ -1149,6 +1160,10 @@ class TunnelConnection:
         if outstanding > 0:
             self._grant_connection(outstanding)
         stream.recv_window = self.settings.initial_stream_window
+
+
+#: Frames counted against SMALL_FRAME_RATE (PINGs have their own, stricter budget).
+_SMALL_FRAMES = frozenset({FrameType.WINDOW_UPDATE, FrameType.RESET, FrameType.GOAWAY})
 
 
 def _frame_boundary(buffer: bytearray, limit: int) -> int:

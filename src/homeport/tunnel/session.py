@@ -280,6 +280,10 @@ class TunnelSession:
                 backlog = self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT
                 if backlog and not await self._backlog_drained():
                     return
+                # Let every other task run between two messages: ws.receive() does not
+                # suspend while messages are waiting, so a peer sending without pause
+                # would otherwise keep the loop, and every other home, waiting.
+                await asyncio.sleep(0)
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 self.close_reason = self.close_reason or "peer closed the tunnel"
                 return
