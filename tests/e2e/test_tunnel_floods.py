@@ -40,7 +40,7 @@ ATTACKER = "attacker@example.com"
 #: How long each kind of flood goes on (reconnecting whenever the relay hangs up).
 FLOOD_SECONDS = 6.0
 #: What the relay may grow by while all of it goes on (issue #9.2 asks under 100 MB;
-#: before the budgets it grew 58–66 MiB in these 24 s, now under 10).
+#: before the budgets it grew 58 to 66 MiB in these 24 s, now under 10).
 RSS_BOUND = 48 * MiB
 #: Another home's request during the flood (issue #9.2: under a second).
 LATENCY_BOUND = 1.0
