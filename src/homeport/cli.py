@@ -127,6 +127,10 @@ def relay_config(args: argparse.Namespace) -> Any:
         client_max_requests=limits["client_max_requests"],
         tenant_bandwidth=limits["tenant_bandwidth"],
         tenant_burst=limits["tenant_burst"],
+        upload_min_bytes=limits["upload_min_bytes"],
+        upload_window=limits["upload_window"],
+        account_max_requests=limits["account_max_requests"],
+        account_body_seconds=limits["account_body_seconds"],
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
     )
@@ -151,19 +155,24 @@ def _oidc_providers(opts: Options) -> Any:
         raise SystemExit(f"error: {exc}") from exc
 
 
-def _limit_options(opts: Options) -> dict[str, int]:
+def _limit_options(opts: Options) -> dict[str, Any]:
     """The edge limits (``homeport.relay.limits``); a malformed value stops the relay."""
     from homeport.relay.config import RelayConfig
-    from homeport.relay.limits import parse_size
+    from homeport.relay.limits import parse_seconds, parse_size
 
     defaults = RelayConfig(data_dir=Path())
     try:
-        return {
+        sizes = {
             name: parse_size(opts.get(name, getattr(defaults, name)), option=f"--{flag}")
             for name, flag in LIMIT_FLAGS.items()
         }
+        seconds = {
+            name: parse_seconds(opts.get(name, getattr(defaults, name)), option=f"--{flag}")
+            for name, flag in SECONDS_FLAGS.items()
+        }
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    return sizes | seconds
 
 
 #: RelayConfig field -> flag; each takes a size (``16G``, ``512M``) or a count; 0 = no limit.
@@ -173,6 +182,13 @@ LIMIT_FLAGS = {
     "client_max_requests": "client-max-requests",
     "tenant_bandwidth": "tenant-bandwidth",
     "tenant_burst": "tenant-burst",
+    "upload_min_bytes": "upload-min-bytes",
+    "account_max_requests": "account-max-requests",
+}
+#: RelayConfig field -> flag; each takes seconds (``10``, ``2.5``); 0 = no limit.
+SECONDS_FLAGS = {
+    "upload_window": "upload-window",
+    "account_body_seconds": "account-body-timeout",
 }
 
 
@@ -446,6 +462,25 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         "--tenant-bandwidth", dest="tenant_bandwidth", help="bytes/s per home and direction (0)"
     )
     limits.add_argument("--tenant-burst", dest="tenant_burst", help="bandwidth burst (4M)")
+    limits.add_argument(
+        "--upload-min-bytes",
+        dest="upload_min_bytes",
+        help="a request body must move at least this much per --upload-window (16K)",
+    )
+    limits.add_argument(
+        "--upload-window", dest="upload_window", help="seconds for --upload-min-bytes (30)"
+    )
+    account = parser.add_argument_group("limits on the account site (0 = no limit)")
+    account.add_argument(
+        "--account-body-timeout",
+        dest="account_body_seconds",
+        help="seconds for a whole request body to arrive (10)",
+    )
+    account.add_argument(
+        "--account-max-requests",
+        dest="account_max_requests",
+        help="open requests per address, IPv6 per /64 (32)",
+    )
     add_acme_arguments(parser)
 
 

@@ -97,3 +97,13 @@ async def test_unknown_codes_rejected(accounts: Accounts, alice: User, code: str
     instance = await link(accounts, alice)
     await accounts.create_handoff(alice.id, instance, BINDING)
     assert await accounts.consume_handoff(code, instance, BINDING) is None
+
+
+async def test_a_code_shown_without_browser_state_is_used_up(
+    accounts: Accounts, alice: User
+) -> None:
+    """A code reaching a tenant host with no state cookie at all is in the wrong hands."""
+    instance = await link(accounts, alice)
+    code = await accounts.create_handoff(alice.id, instance, BINDING)
+    assert await accounts.consume_handoff(code, instance, None) is None
+    assert await accounts.consume_handoff(code, instance, BINDING) is None, "gone for everyone"

@@ -15,10 +15,14 @@ from accounts_support import Clock
 from authenticator import SoftAuthenticator, b64url, unb64url
 
 from homeport.accounts import Accounts, User
+from homeport.accounts.db import Database
+from homeport.accounts.models import ThrottleEntry
 from homeport.accounts.passkeys import (
     MAX_PASSKEYS,
+    OPTIONS_NETWORK,
     PASSKEY_NETWORK,
     PasskeyError,
+    PasskeyThrottled,
     RelyingParty,
 )
 
@@ -316,3 +320,45 @@ def test_names_are_cleaned() -> None:
     assert _clean_name("  My\tphone\n\x00 ") == "My phone"
     assert _clean_name("") == "Passkey"
     assert len(_clean_name("x" * 500)) == 64
+
+
+async def _failures(db: Database, key: str) -> int:
+    async with db.session() as s:
+        row = await s.get(ThrottleEntry, key)
+    return 0 if row is None else row.failures
+
+
+async def test_a_disabled_accounts_passkey_is_refused_like_any_other(
+    db: Database, accounts: Accounts, alice: User
+) -> None:
+    """Refused inside the check: no counter moved, no failure given back, nothing raised."""
+    auth = device()
+    await register(accounts, alice, auth)
+    await accounts.set_user_disabled(alice.id, True)
+    assert await sign_in(accounts, auth) is None
+    assert await sign_in(accounts, auth, user_id=alice.id) is None
+    [row] = await accounts.passkeys.list(alice.id)
+    assert (row.sign_count, row.last_used_at) == (0, None)
+    assert await _failures(db, f"passkey:net:{IP}") == 2
+    await accounts.set_user_disabled(alice.id, False)
+    assert await sign_in(accounts, auth) == alice.id  # the passkey itself is fine
+
+
+async def test_starting_sign_ins_is_limited_per_network(
+    db: Database, accounts: Accounts, alice: User
+) -> None:
+    """Each start stores a challenge: one network holds at most OPTIONS_NETWORK of them."""
+    auth = device()
+    await register(accounts, alice, auth)
+    for _ in range(OPTIONS_NETWORK.limit):
+        await accounts.passkeys.authentication_options(RP, ip="2001:db8:1:2::5")
+    with pytest.raises(PasskeyThrottled) as refused:
+        await accounts.passkeys.authentication_options(RP, ip="2001:db8:1:2::77")  # same /64
+    assert refused.value.wait > 0
+    # Another network starts (and signs in) as usual, and its success gives its unit back.
+    other = "2001:db8:9::1"
+    token, options = await accounts.passkeys.authentication_options(RP, ip=other)
+    assert await _failures(db, "passkey:options:2001:db8:9::/64") == 1
+    response = json.dumps(auth.get(json.loads(options)))
+    assert (await accounts.passkeys.authenticate(RP, token, response, ip=other)).user_id
+    assert await _failures(db, "passkey:options:2001:db8:9::/64") == 0

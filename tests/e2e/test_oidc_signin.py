@@ -153,15 +153,20 @@ async def test_state_tampered_and_callback_replayed_are_refused(
             assert r.status == 400
         async with browser.request("GET", str(good)) as r:
             assert r.status == 303
-            assert r.headers["Location"] == "/signin/oidc/finish"
+            finish = URL(r.headers["Location"])
+            assert finish.path == "/signin/oidc/finish"
+            assert set(finish.query) == {"ticket"}
         # The same callback again: the state is used up.
         async with browser.request("GET", str(good)) as r:
             assert r.status == 400
-        page = await walk(browser.session, stack.account_origin + "/signin/oidc/finish")
+        # The finish step needs the ticket.
+        async with browser.request("GET", stack.account_origin + "/signin/oidc/finish") as r:
+            assert r.status == 400
+        page = await walk(browser.session, stack.account_origin + str(finish))
         assert page.status == 200
         assert page.url.path == "/"
         # The finish step is single use too.
-        async with browser.request("GET", stack.account_origin + "/signin/oidc/finish") as r:
+        async with browser.request("GET", stack.account_origin + str(finish)) as r:
             assert r.status == 400
     assert len(idp.token_requests) == 1  # the replay never reached the provider
     # Failures and successes were logged, as metadata only: no state, code or token.
@@ -170,6 +175,7 @@ async def test_state_tampered_and_callback_replayed_are_refused(
     secrets_seen = [
         good.query["state"],
         good.query["code"],
+        finish.query["ticket"],
         idp.token_requests[0]["code_verifier"],
         *idp.issued,
     ]
@@ -179,7 +185,13 @@ async def test_state_tampered_and_callback_replayed_are_refused(
 
 
 async def test_callback_in_another_browser_cannot_finish(stack: Stack, idp: StandInIdp) -> None:
-    """Login CSRF / a leaked callback: the binding cookie is missing there."""
+    """Login CSRF / a leaked callback: the binding cookie is missing there.
+
+    The cookie is checked at the callback itself: the flow is used up, no code is
+    redeemed, and the browser that started it cannot finish it afterwards either.
+    (The two-browser swap, with separate networks and Apple's form_post, is in
+    ``test_oidc_swap.py``.)
+    """
     callback: list[URL] = []
 
     def at_callback(url: URL) -> bool:
@@ -193,8 +205,12 @@ async def test_callback_in_another_browser_cannot_finish(stack: Stack, idp: Stan
         assert _cookie(attacker, BINDING_COOKIE)
         page = await walk(victim.session, str(callback[-1]))
         assert page.status == 400
-        assert page.url.path == "/signin/oidc/finish"
+        assert page.url.path == "/signin/oidc/idp/callback"
         assert not _cookie(victim, ACCOUNT_COOKIE)
+        assert idp.token_requests == []
+        async with attacker.request("GET", str(callback[-1])) as r:
+            assert r.status == 400  # used up
+        assert not _cookie(attacker, ACCOUNT_COOKIE)
         # A made-up binding cookie does not help either.
         victim.session.cookie_jar.update_cookies(
             {BINDING_COOKIE: "y" * 43}, URL(stack.account_origin)
@@ -218,7 +234,10 @@ async def test_wrong_pkce_verifier_is_refused_by_the_provider(
         )
         state = stopped.url.query["state"]
         state_hash = hashlib.sha256(state.encode()).hexdigest()
-        aad = b"homeport-oidc-verifier:" + state_hash.encode()
+        binding = _cookie(browser, BINDING_COOKIE)
+        assert binding is not None
+        binding_hash = hashlib.sha256(binding.encode()).hexdigest()
+        aad = f"homeport-oidc-verifier:{state_hash}:{binding_hash}".encode()
         async with relay.database.session(write=True) as s, s.begin():
             await s.execute(
                 update(OidcFlow)
@@ -482,10 +501,40 @@ async def test_link_and_unlink_from_the_settings_page(stack: Stack, idp: StandIn
         async with browser.request("GET", link, headers={"Sec-Fetch-Site": "cross-site"}) as r:
             assert r.status == 403
         page = await walk(browser.session, link, headers=same_site)
-        assert page.status == 200
-        assert page.url.path == "/security/signin-methods"
-        assert "Test IdP is now linked" in page.text
+        # Nothing is linked before the person has seen which identity came back.
+        assert page.status == 200, page.text
+        assert page.url.path == "/security/oidc/confirm"
+        assert "Link Test IdP?" in page.text
         assert "work-address@example.org" in page.text
+        assert idp.user.sub in page.text
+        assert stack.email in page.text
+        assert await _identities(stack) == []
+        confirm = stack.account_origin + "/security/oidc/confirm"
+        # Cross-site, or from another browser of the same account: nothing.
+        async with browser.request(
+            "POST", confirm, headers={"Origin": "https://evil.example"}
+        ) as r:
+            assert r.status == 403
+        async with stack.browser() as other:
+            await other.sign_in_account_site()
+            async with other.request("GET", confirm) as r:
+                assert r.status == 400
+            async with other.request(
+                "POST", confirm, headers={"Origin": stack.account_origin}
+            ) as r:
+                assert r.status == 400
+        assert await _identities(stack) == []
+        async with browser.request("POST", confirm, headers={"Origin": stack.account_origin}) as r:
+            assert r.status == 303
+            assert r.headers["Location"].startswith("/security/signin-methods?")
+        assert not _cookie(browser, BINDING_COOKIE)  # spent
+        async with browser.request("GET", methods + "?linked=Test+IdP") as r:
+            text = await r.text()
+        assert "Test IdP is now linked" in text
+        assert "work-address@example.org" in text
+        # Once linked, the confirmation cannot be replayed.
+        async with browser.request("POST", confirm, headers={"Origin": stack.account_origin}) as r:
+            assert r.status == 400
         [identity] = await _identities(stack)
         # Unlink: cross-site refused, then done.
         form = {"identity": str(identity.id)}

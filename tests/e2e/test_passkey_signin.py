@@ -278,3 +278,44 @@ async def test_removing_a_passkey_stops_it(stack: Stack) -> None:
     async with stack.browser() as browser:
         status, _body = await _passkey_sign_in(browser, stack, auth)
         assert status == 401
+
+
+async def test_a_disabled_accounts_passkey_gets_the_ordinary_refusal(stack: Stack) -> None:
+    """Not a 500 with a traceback after the counter moved: the same 401 as any failure."""
+    auth = _device(stack)
+    async with stack.browser() as browser:
+        assert (await browser.sign_in("/")).status == 200
+        await _add_passkey(browser, stack, auth)
+    user = await stack.relay.accounts.get_user_by_email(stack.email)
+    assert user is not None
+    await stack.relay.accounts.set_user_disabled(user.id, True)
+    async with stack.browser() as browser:
+        status, body = await _passkey_sign_in(browser, stack, auth)
+        assert (status, body) == (401, {"error": "That passkey did not work here. Try again."})
+        assert not _cookie(browser, ACCOUNT_COOKIE)
+    [row] = await stack.relay.accounts.passkeys.list(user.id)
+    assert row.sign_count == 0, "the counter did not move"
+
+
+async def test_starting_passkey_sign_ins_is_limited_per_network(stack: Stack) -> None:
+    """Each start stores a challenge for 5 minutes and needs no account: bounded per network."""
+    async with stack.browser(source_ip="127.0.0.3") as flooder:
+        for _ in range(30):
+            status, _body = await _json(flooder, stack, "/signin/passkey/options", {"next": "/"})
+            assert status == 200
+        async with flooder.request(
+            "POST",
+            stack.account_origin + "/signin/passkey/options",
+            json={"next": "/"},
+            headers={"Origin": stack.account_origin},
+        ) as r:
+            assert r.status == 429
+            assert int(r.headers["Retry-After"]) > 0
+            assert "Too many" in (await r.json())["error"]
+    # Someone on another network starts, and signs in, as usual.
+    auth = _device(stack)
+    async with stack.browser() as browser:
+        assert (await browser.sign_in("/")).status == 200
+        await _add_passkey(browser, stack, auth)
+    async with stack.browser(source_ip="127.0.0.4") as other:
+        assert (await _passkey_sign_in(other, stack, auth))[0] == 200

@@ -105,7 +105,7 @@ def test_provider_urls_must_be_https_except_loopback() -> None:
     for issuer in ("http://idp.example", "ftp://idp.example", "idp.example", "https://"):
         with pytest.raises(OidcSettingsError):
             OidcProvider(name="x", label="X", issuer=issuer, client_id="c", client_secret="s")
-    for name in ("Bad Name", "finish", "link", ""):
+    for name in ("Bad Name", "finish", "link", "confirm", ""):
         with pytest.raises(OidcSettingsError):
             OidcProvider(name=name, label="X", issuer="https://a.example", client_id="c",
                          client_secret="s")  # fmt: skip

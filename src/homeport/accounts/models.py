@@ -526,23 +526,30 @@ class OidcFlow(Base):
     ``binding_hash`` is the SHA-256 of a random value in a ``__Host-`` cookie
     of the browser that started it, so only that browser can finish it.
     The nonce is kept as a hash, the PKCE verifier sealed (it must be sent).
+    ``ticket_hash``: the one-time handle the callback hands the browser that
+    delivered it, for the finishing GET (see ``accounts/oidc.py``).
     ``status``: ``started`` → ``claimed`` (the provider sent the browser back)
     → ``verified`` (ID token checked, identity below filled in) → ``done``;
-    or ``link`` when the identity's email belongs to an
-    existing account that must be signed in to before linking.
+    or ``link`` when the identity's email belongs to an existing account that
+    must be signed in to before linking; or ``confirm`` when a link started
+    from the settings page waits for the person's confirming POST.
     """
 
     __tablename__ = "oidc_flows"
     __table_args__ = (
         CheckConstraint("purpose IN ('signin', 'link')", name="purpose"),
         CheckConstraint(
-            "status IN ('started', 'claimed', 'verified', 'link', 'done')", name="status"
+            "status IN ('started', 'claimed', 'verified', 'link', 'confirm', 'done')",
+            name="status",
         ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     state_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
     binding_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), index=True)
+    ticket_hash: Mapped[str | None] = mapped_column(
+        String(SHA256_HEX_LEN), unique=True, nullable=True
+    )
     nonce_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     verifier_sealed: Mapped[bytes] = mapped_column(LargeBinary(SEALED_SECRET_MAX))
     provider: Mapped[str] = mapped_column(String(PROVIDER_NAME_MAX))

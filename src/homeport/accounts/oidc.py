@@ -6,22 +6,39 @@ Threats and rules (R-OIDC-01, R-OIDC-03, security checklist 6.5):
   the browser-binding value are 256-bit values from :mod:`secrets`, fresh per
   flow. Only hashes of state, nonce and binding are stored; the verifier (it
   must be sent to the provider) is sealed with the relay's
-  :class:`~homeport.accounts.secretbox.SecretBox`. A flow lives
-  :data:`FLOW_LIFETIME` and each step is an atomic ``UPDATE … WHERE status =``
-  the expected one, so a callback works once, and the finishing step once.
-* **Login CSRF and stolen codes.** The flow can be finished only by the
-  browser holding the binding cookie whose hash was stored when it started;
-  a callback delivered in another browser (a forged form post, a leaked
-  redirect) cannot sign that browser in.
+  :class:`~homeport.accounts.secretbox.SecretBox`, bound (as associated data)
+  to the flow's state *and* binding hashes, so it opens only for that flow of
+  that browser. A flow lives :data:`FLOW_LIFETIME` and each step is an atomic
+  ``UPDATE … WHERE status =`` the expected one, so every step works once.
+* **A flow finished in another browser** (login/session swap, issue #9): an
+  attacker starts a flow, has the victim complete it at the provider, and
+  finishes it in his own browser as the victim, or with her identity linked to
+  his account. So the identity is released only to a browser that both
+  *delivered the callback* and *holds the binding cookie* of the browser that
+  started the flow:
+
+  - :meth:`OidcStore.claim` checks the binding cookie at the callback itself
+    whenever the browser can send it (a top-level GET: Google). A missing or
+    wrong cookie uses the flow up (:class:`WrongBrowser`); no code is redeemed.
+  - Apple's ``form_post`` callback is a cross-site POST that carries no Lax
+    cookie. :meth:`OidcStore.verified` then hands the delivering browser a fresh
+    one-time *ticket* (hash stored), and only :meth:`OidcStore.finish` with that
+    ticket **and** the matching binding cookie releases the identity. The
+    browser that brought the ticket without the cookie (the victim's) uses the
+    flow up; the browser with the cookie but no ticket (the attacker's) never
+    learns it.
 * **Account takeover by email.** An identity is (issuer, subject). The email
   the provider reports is never used to find an account: an unknown identity
   whose verified email belongs to an existing account is *held*
   (:meth:`OidcStore.hold_for_link`) until that account is signed in to with
-  its own password and factors; only then is it linked.
+  its own password and factors; only then is it linked. A link started from
+  the settings page waits (:meth:`OidcStore.await_confirmation`) for the
+  person to confirm, on a page naming the identity, with a same-origin POST.
 """
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +65,7 @@ __all__ = [
     "LastSignInMethod",
     "OidcStore",
     "StartedFlow",
+    "WrongBrowser",
 ]
 
 FLOW_LIFETIME: Final = timedelta(minutes=10)
@@ -60,6 +78,10 @@ class IdentityTaken(AccountsError):
 
 class LastSignInMethod(AccountsError):
     """Unlinking would leave the account with no way to sign in."""
+
+
+class WrongBrowser(AccountsError):
+    """The flow came back in a browser without its binding cookie; it is used up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +113,21 @@ class FinishedFlow:
     identity: VerifiedIdentity
 
 
+def _finished(row: OidcFlow) -> FinishedFlow | None:
+    if row.issuer is None or row.subject is None:
+        return None
+    purpose: Purpose = "link" if row.purpose == "link" else "signin"
+    return FinishedFlow(
+        id=row.id,
+        provider=row.provider,
+        purpose=purpose,
+        user_id=row.user_id,
+        next_path=row.next_path,
+        created_at=row.created_at,
+        identity=VerifiedIdentity(row.issuer, row.subject, row.email, bool(row.email_verified)),
+    )
+
+
 def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -99,8 +136,15 @@ def _token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _aad(state_hash: str) -> bytes:
-    return b"homeport-oidc-verifier:" + state_hash.encode("ascii")
+def _aad(state_hash: str, binding_hash: str) -> bytes:
+    return f"homeport-oidc-verifier:{state_hash}:{binding_hash}".encode("ascii")
+
+
+def _same_binding(binding: str, binding_hash: str) -> bool:
+    """Does the browser's cookie value hash to the flow's binding? (constant time)"""
+    if not binding or len(binding) > 128:
+        return False
+    return hmac.compare_digest(sha256_hex(binding), binding_hash)
 
 
 class OidcStore:
@@ -129,16 +173,16 @@ class OidcStore:
             code_verifier=secrets.token_urlsafe(48),
             binding=_token(),
         )
-        state_hash = sha256_hex(started.state)
+        state_hash, binding_hash = sha256_hex(started.state), sha256_hex(started.binding)
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
             s.add(
                 OidcFlow(
                     state_hash=state_hash,
-                    binding_hash=sha256_hex(started.binding),
+                    binding_hash=binding_hash,
                     nonce_hash=sha256_hex(started.nonce),
                     verifier_sealed=self._require_box().seal(
-                        started.code_verifier.encode("ascii"), _aad(state_hash)
+                        started.code_verifier.encode("ascii"), _aad(state_hash, binding_hash)
                     ),
                     provider=provider,
                     purpose=purpose,
@@ -151,8 +195,14 @@ class OidcStore:
             )
         return started
 
-    async def claim(self, state: str, provider: str) -> ClaimedFlow | None:
-        """The flow this callback's ``state`` belongs to, used up at once; else ``None``."""
+    async def claim(self, state: str, provider: str, binding: str | None) -> ClaimedFlow | None:
+        """The flow this callback's ``state`` belongs to, used up at once; else ``None``.
+
+        ``binding`` is the browser's binding cookie (``""`` if it sent none);
+        ``None`` only where the browser *cannot* send it (Apple's cross-site
+        ``form_post``), which leaves the check to :meth:`finish`. A cookie that
+        does not match uses the flow up and raises :class:`WrongBrowser`.
+        """
         if not state or len(state) > 128:
             return None
         state_hash = sha256_hex(state)
@@ -161,6 +211,7 @@ class OidcStore:
             row = await s.scalar(select(OidcFlow).where(OidcFlow.state_hash == state_hash))
             if row is None or row.provider != provider:
                 return None
+            same = binding is None or _same_binding(binding, row.binding_hash)
             result = await s.execute(
                 update(OidcFlow)
                 .where(
@@ -168,35 +219,75 @@ class OidcStore:
                     OidcFlow.status == "started",
                     OidcFlow.expires_at > now,
                 )
-                .values(status="claimed")
+                .values(status="claimed" if same else "done")
             )
             if _rowcount(result) != 1:
                 return None
-            verifier = self._require_box().open(row.verifier_sealed, _aad(state_hash))
+        if not same:  # raised after the commit: the flow stays used up
+            raise WrongBrowser("the flow came back in another browser")
+        verifier = self._require_box().open(row.verifier_sealed, _aad(state_hash, row.binding_hash))
         return ClaimedFlow(row.id, row.provider, row.nonce_hash, verifier.decode("ascii"))
 
-    async def verified(self, flow_id: int, identity: VerifiedIdentity) -> None:
-        """Record who the ID token named; the browser must still come to finish."""
+    async def verified(self, flow_id: int, identity: VerifiedIdentity) -> str | None:
+        """Record who the ID token named; the one-time ticket for :meth:`finish`.
+
+        The ticket goes only to the browser that delivered the callback; the
+        identity is released only to it *and* the binding cookie together.
+        ``None`` if the flow was no longer claimed.
+        """
+        ticket = _token()
         async with self._db.session(write=True) as s, s.begin():
-            await s.execute(
+            result = await s.execute(
                 update(OidcFlow)
                 .where(OidcFlow.id == flow_id, OidcFlow.status == "claimed")
                 .values(
                     status="verified",
+                    ticket_hash=sha256_hex(ticket),
                     issuer=identity.issuer,
                     subject=identity.subject,
                     email=identity.email,
                     email_verified=identity.email_verified,
                 )
             )
+        return ticket if _rowcount(result) == 1 else None
 
     async def fail(self, flow_id: int) -> None:
         async with self._db.session(write=True) as s, s.begin():
             await s.execute(update(OidcFlow).where(OidcFlow.id == flow_id).values(status="done"))
 
+    async def finish(self, ticket: str, binding: str) -> FinishedFlow | None:
+        """The verified flow named by ``ticket``, used up; released only to its browser.
+
+        ``None`` for an unknown, used or expired ticket. A ticket brought by a
+        browser whose binding cookie is missing or wrong uses the flow up and
+        raises :class:`WrongBrowser`: nothing is released, to anyone, ever.
+        """
+        if not ticket or len(ticket) > 128:
+            return None
+        now = self._now()
+        async with self._db.session(write=True) as s, s.begin():
+            row = await s.scalar(select(OidcFlow).where(OidcFlow.ticket_hash == sha256_hex(ticket)))
+            if row is None:
+                return None
+            result = await s.execute(
+                update(OidcFlow)
+                .where(
+                    OidcFlow.id == row.id,
+                    OidcFlow.status == "verified",
+                    OidcFlow.expires_at > now,
+                )
+                .values(status="done")
+            )
+            if _rowcount(result) != 1:
+                return None
+        if not _same_binding(binding, row.binding_hash):
+            raise WrongBrowser("the flow was finished in another browser")
+        return _finished(row)
+
     async def _take(
-        self, binding: str, status: str, *, user_id: int | None = None
+        self, binding: str, status: str, user_id: int, *, use_up: bool = True
     ) -> FinishedFlow | None:
+        """This browser's flow in ``status`` for ``user_id`` (used up unless ``use_up=False``)."""
         if not binding or len(binding) > 128:
             return None
         now = self._now()
@@ -211,36 +302,28 @@ class OidcStore:
                 .order_by(OidcFlow.id.desc())
                 .limit(1)
             )
-            if row is None or (user_id is not None and row.user_id != user_id):
+            if row is None or row.user_id != user_id:
                 return None
-            result = await s.execute(
-                update(OidcFlow)
-                .where(OidcFlow.id == row.id, OidcFlow.status == status)
-                .values(status="done")
-            )
-            if _rowcount(result) != 1 or row.issuer is None or row.subject is None:
-                return None
-        purpose: Purpose = "link" if row.purpose == "link" else "signin"
-        return FinishedFlow(
-            id=row.id,
-            provider=row.provider,
-            purpose=purpose,
-            user_id=row.user_id,
-            next_path=row.next_path,
-            created_at=row.created_at,
-            identity=VerifiedIdentity(row.issuer, row.subject, row.email, bool(row.email_verified)),
-        )
-
-    async def finish(self, binding: str) -> FinishedFlow | None:
-        """The verified flow this browser (binding cookie) started, used up; else ``None``."""
-        return await self._take(binding, "verified")
+            if use_up:
+                result = await s.execute(
+                    update(OidcFlow)
+                    .where(OidcFlow.id == row.id, OidcFlow.status == status)
+                    .values(status="done")
+                )
+                if _rowcount(result) != 1:
+                    return None
+        return _finished(row)
 
     async def hold_for_link(self, flow_id: int, user_id: int) -> None:
         """Keep a finished flow until the owner of ``user_id`` signs in with its own factors."""
         async with self._db.session(write=True) as s, s.begin():
             await s.execute(
                 update(OidcFlow)
-                .where(OidcFlow.id == flow_id, OidcFlow.status == "done")
+                .where(
+                    OidcFlow.id == flow_id,
+                    OidcFlow.status == "done",
+                    OidcFlow.purpose == "signin",
+                )
                 .values(status="link", user_id=user_id)
             )
 
@@ -262,7 +345,28 @@ class OidcStore:
 
     async def take_held(self, binding: str, user_id: int) -> FinishedFlow | None:
         """The held identity for ``user_id``, used up; ``None`` if gone or for another account."""
-        return await self._take(binding, "link", user_id=user_id)
+        return await self._take(binding, "link", user_id)
+
+    async def await_confirmation(self, flow_id: int) -> None:
+        """Keep a finished settings-page link until the person confirms it (a POST)."""
+        async with self._db.session(write=True) as s, s.begin():
+            await s.execute(
+                update(OidcFlow)
+                .where(
+                    OidcFlow.id == flow_id,
+                    OidcFlow.status == "done",
+                    OidcFlow.purpose == "link",
+                )
+                .values(status="confirm")
+            )
+
+    async def to_confirm(self, binding: str, user_id: int) -> FinishedFlow | None:
+        """The identity this browser is asked to link to ``user_id`` (left in place)."""
+        return await self._take(binding, "confirm", user_id, use_up=False)
+
+    async def take_confirmed(self, binding: str, user_id: int) -> FinishedFlow | None:
+        """The identity to link to ``user_id`` now that it is confirmed, used up."""
+        return await self._take(binding, "confirm", user_id)
 
     async def purge(self) -> int:
         async with self._db.session(write=True) as s, s.begin():

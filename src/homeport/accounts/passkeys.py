@@ -25,7 +25,13 @@ this module keeps the state around them. Threats and rules (R-MFA-01):
   email, so nothing tells which accounts exist. The user handle handed to
   authenticators is 32 random bytes, not the email or account id.
 * **Floods.** Failed checks are throttled per client network (IPv6 per /64)
-  like other credential checks, answered with a wait.
+  like other credential checks, answered with a wait. Starting a sign-in
+  needs no account and stores a challenge row for 5 minutes, so it is limited
+  per client network too (:data:`OPTIONS_NETWORK`; see
+  :meth:`Passkeys.authentication_options` for why not a stateless challenge).
+* **Disabled accounts.** A passkey of a disabled account is refused inside
+  the check, before its signature counter moves or the network's failure
+  count is given back: the same refusal as any other failure.
 """
 
 from __future__ import annotations
@@ -69,14 +75,17 @@ from homeport.accounts.models import (
     PasskeyChallenge,
     PasskeyCredential,
     PasskeyUser,
+    User,
 )
 from homeport.accounts.throttle import Throttle, Window, network_key
 
 __all__ = [
     "CEREMONY_LIFETIME",
     "MAX_PASSKEYS",
+    "OPTIONS_NETWORK",
     "PASSKEY_NETWORK",
     "PasskeyError",
+    "PasskeyThrottled",
     "Passkeys",
     "RelyingParty",
     "SignIn",
@@ -89,6 +98,9 @@ CEREMONY_LIFETIME: Final = timedelta(minutes=5)
 MAX_PASSKEYS: Final = 20
 #: Failed passkey checks per client network.
 PASSKEY_NETWORK: Final = Window(limit=20, window=timedelta(minutes=10))
+#: Sign-in ceremonies started per client network (each stores a challenge for
+#: :data:`CEREMONY_LIFETIME`); a successful sign-in gives one back.
+OPTIONS_NETWORK: Final = Window(limit=30, window=timedelta(minutes=10))
 #: ES256 first (every platform authenticator), EdDSA, RS256 (Windows Hello).
 ALGORITHMS: Final = [
     COSEAlgorithmIdentifier.ECDSA_SHA_256,
@@ -101,6 +113,14 @@ MAX_RESPONSE = 64 * 1024
 
 class PasskeyError(Exception):
     """A passkey ceremony failed; the message is safe to show to the person."""
+
+
+class PasskeyThrottled(PasskeyError):
+    """Too many ceremonies started from this network; retry after ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("Too many attempts. Wait a moment.")
+        self.wait = wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +277,27 @@ class Passkeys:
     # ----------------------------------------------------------------- sign-in
 
     async def authentication_options(
-        self, rp: RelyingParty, *, user_id: int | None = None
+        self, rp: RelyingParty, *, user_id: int | None = None, ip: str | None = None
     ) -> tuple[str, str]:
-        """Start a sign-in: passwordless (``user_id`` None) or as the second factor."""
+        """Start a sign-in: passwordless (``user_id`` None) or as the second factor.
+
+        Anyone may call this, signed in or not, and each call stores a challenge
+        for 5 minutes, so calls are limited per client network (IPv6 per /64):
+        :data:`OPTIONS_NETWORK`, then :class:`PasskeyThrottled`. One network
+        can thus hold at most 30 live challenges. Decision: a per-network
+        limit rather than a stateless, signed challenge in the cookie. A signed
+        challenge would store nothing here, but "each challenge works once"
+        would then need a record of used challenges when responses are checked,
+        because synced passkeys (iCloud Keychain, Google Password Manager)
+        report a signature counter of 0 and the counter cannot stop a replayed
+        response; the state would only move, and a new table and key would come
+        with it. The limit keeps the single use server-side, with the same
+        throttle every other unauthenticated endpoint uses.
+        """
+        wait = await self._throttle.attempt([(_options_key(ip), OPTIONS_NETWORK)])
+        if wait > 0:
+            _log.warning("passkey.options_throttled", extra={"ip": ip})
+            raise PasskeyThrottled(wait)
         allow: list[PublicKeyCredentialDescriptor] = []
         if user_id is not None:
             allow = [
@@ -302,7 +340,7 @@ class Passkeys:
         if found is None or (user_id is not None and found != user_id):
             _log.warning("passkey.signin_failed", extra={"ip": ip})
             return SignIn(None)
-        await self._throttle.succeeded(clear=[], refund=[keys[0][0]])
+        await self._throttle.succeeded(clear=[], refund=[keys[0][0], _options_key(ip)])
         _log.info("passkey.signin", extra={"user": found})
         return SignIn(found)
 
@@ -318,11 +356,18 @@ class Passkeys:
                 select(PasskeyCredential).where(PasskeyCredential.credential_id == parsed.raw_id)
             )
             handle = None
+            disabled: bool | None = None
             if row is not None:
                 handle = await s.scalar(
                     select(PasskeyUser.handle).where(PasskeyUser.user_id == row.user_id)
                 )
+                disabled = await s.scalar(select(User.disabled).where(User.id == row.user_id))
         if row is None:
+            return None
+        if disabled is None or disabled:
+            # Refused before the counter moves or the failure is refunded: a disabled
+            # account's passkey is just another passkey that does not work here.
+            _log.warning("passkey.account_disabled", extra={"user": row.user_id})
             return None
         # A discoverable credential names its account; it must be the passkey's own.
         user_handle = parsed.response.user_handle
@@ -398,6 +443,10 @@ class Passkeys:
                 delete(PasskeyChallenge).where(PasskeyChallenge.expires_at <= now)
             )
         return _rowcount(result)
+
+
+def _options_key(ip: str | None) -> str:
+    return f"passkey:options:{network_key(ip)}"
 
 
 def credential_json(body: object) -> str:

@@ -3,8 +3,12 @@
 Threats and rules:
 
 * **Account enumeration**: asking for a reset gives the same answer, at the
-  same speed (the mail is sent in the background), whether or not an account
-  has the address; the counters are keyed by the address as typed.
+  same speed, whether or not an account has the address. Only the
+  per-network check (:meth:`PasswordResets.admit`) runs before the answer;
+  the work that differs between known and unknown addresses (looking the
+  address up, the per-address mail cap, the new link: two extra writes) is
+  :meth:`PasswordResets.issue`, which the relay runs in the background after
+  answering. The counters are keyed by the address as typed.
 * **Link theft and replay**: the link carries a 256-bit token, stored as its
   SHA-256, valid :data:`RESET_LIFETIME` (10 minutes, the checklist's bound),
   usable once; asking again or using one voids all earlier links of the
@@ -78,11 +82,27 @@ class PasswordResets:
     async def request(
         self, email: str, normal_email: str | None, *, ip: str | None
     ) -> ResetRequest:
-        """Issue a reset link for ``normal_email`` if it has an enabled account."""
+        """:meth:`admit` and :meth:`issue` in one go (the relay answers in between)."""
+        wait = await self.admit(ip)
+        if wait > 0:
+            return ResetRequest(wait=wait)
+        return await self.issue(email, normal_email)
+
+    async def admit(self, ip: str | None) -> float:
+        """Count a reset request against the client network; seconds to wait (0: go on).
+
+        The same work for every address, so it may run before the answer.
+        """
         wait = await self._throttle.attempt([(f"reset:net:{network_key(ip)}", REQUESTS_NETWORK)])
         if wait > 0:
             _log.warning("password reset request throttled")
-            return ResetRequest(wait=wait)
+        return wait
+
+    async def issue(self, email: str, normal_email: str | None) -> ResetRequest:
+        """Issue a reset link for ``normal_email`` if it has an enabled account.
+
+        Costs more for a known address than an unknown one: run it after answering.
+        """
         user: User | None = None
         if normal_email is not None:
             async with self._db.session() as s:

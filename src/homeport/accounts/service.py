@@ -812,7 +812,7 @@ class Accounts:
         _log.info("hand-off issued: user %d to instance %s", user_id, instance_id)
         return code
 
-    async def consume_handoff(self, code: str, instance_id: str, binding: str) -> int | None:
+    async def consume_handoff(self, code: str, instance_id: str, binding: str | None) -> int | None:
         """Redeem a hand-off code on a tenant host; the account id, or ``None``.
 
         Stops replay and transplanting of a leaked code: it works once
@@ -821,11 +821,15 @@ class Accounts:
         browser state it was bound to, and only while the account may still
         use the instance. Any presentation of a live code uses it up, even a
         failing one: a mismatch means the code is in the wrong hands.
+        ``binding`` is ``None`` when the browser brought no state at all (no
+        state cookie): the code is used up and refused all the same, so a code
+        shown to a browser that never started this sign-in (a leaked link, a
+        login-CSRF attempt) is gone for everyone.
         """
         if not code or len(code) > _MAX_TOKEN_CHARS:
             return None
         code_hash = sha256_hex(code)
-        binding_hash = sha256_hex(binding[: _MAX_BINDING_CHARS + 1])
+        binding_hash = None if binding is None else sha256_hex(binding[: _MAX_BINDING_CHARS + 1])
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
             result = await s.execute(
@@ -842,6 +846,8 @@ class Accounts:
                 reason = "expired"
             elif row.instance_id != instance_id:
                 reason = "wrong instance"
+            elif binding_hash is None:
+                reason = "no browser state"
             elif not hmac.compare_digest(row.binding_hash, binding_hash):
                 reason = "browser binding mismatch"
             elif not await self._can_access(s, row.user_id, row.instance_id):

@@ -181,12 +181,20 @@ class HomeAssistantForwarder:
         return out
 
     def _public_location(self, location: str) -> str:
-        """Make redirects to Home Assistant's internal address relative to the public host."""
-        if location.startswith(self._base_text + "/"):
-            return location[len(self._base_text) :]
-        if location == self._base_text:
-            return "/"
-        return location
+        """Make redirects to Home Assistant's internal address relative to the public host.
+
+        The result always starts with exactly one ``/`` followed by something
+        other than ``/`` or ``\\``: ``http://ha//evil.example`` must become
+        ``/evil.example``, never ``//evil.example``, which a browser reads as
+        another host (and treats ``/\\evil.example`` the same way, after
+        dropping tabs and newlines anywhere in a URL).  An open redirect
+        through the relay's own name is what this stops.
+        """
+        base = self._base_text
+        if not location.startswith(base) or location[len(base) : len(base) + 1] not in "/?#":
+            return location  # somewhere else: Home Assistant's own business
+        rest = "".join(c for c in location[len(base) :] if c not in "\t\n\r")
+        return "/" + rest.lstrip("/\\")
 
     # ------------------------------------------------------------ WebSocket
 

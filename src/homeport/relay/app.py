@@ -22,6 +22,7 @@ from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import is_app_link_label
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
+from homeport.relay.account_limits import AccountLimits
 from homeport.relay.account_site import AccountSite
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
@@ -92,6 +93,8 @@ class Relay:
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
         self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
+        #: Whole-body deadline and per-network request cap on the account host (R-MT-14).
+        self.account_limits = AccountLimits(config, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
         self.mail = MailFeatures(config, self.account_site)
         self.addon_control = AddonControl(
@@ -127,9 +130,7 @@ class Relay:
             # §7.4): no riding a connection for one site into another.
             return web.Response(status=421, text="Misdirected request.\n")
         if host == self.config.account_host:
-            if request.path == SECURITY_TXT_PATH and request.method in ("GET", "HEAD"):
-                return security_txt(self.config)
-            return await self.account_site.handle(request)
+            return await self.account_limits.handle(request, self._account_host)
         if host is not None and host.endswith(self._tenant_suffix):
             label = host[: -len(self._tenant_suffix)]
             if is_instance_id(label):
@@ -140,6 +141,11 @@ class Relay:
                 if access is not None:
                     return await self.tenants.handle_app_link(request, access, host)
         return web.Response(status=421, text="Misdirected request.\n")
+
+    async def _account_host(self, request: web.Request) -> web.StreamResponse:
+        if request.path == SECURITY_TXT_PATH and request.method in ("GET", "HEAD"):
+            return security_txt(self.config)
+        return await self.account_site.handle(request)
 
     @web.middleware
     async def _errors(

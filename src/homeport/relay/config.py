@@ -60,6 +60,16 @@ class RelayConfig:
     #: Bytes per second per home and direction (token bucket), and its burst.
     tenant_bandwidth: int = 0
     tenant_burst: int = 4 * 1024 * 1024
+    #: Slow bodies (R-MT-14, ``homeport.relay.limits``); 0 = off.  On tenant hosts a
+    #: request body must move at least ``upload_min_bytes`` per ``upload_window``
+    #: seconds spent waiting for the client (about 550 bytes/s by default).
+    upload_min_bytes: int = 16 * 1024
+    upload_window: float = 30.0
+    #: On the account site a whole request body must arrive within this many seconds
+    #: (its forms are a few KiB), and one client address (IPv6: /64) may have at most
+    #: ``account_max_requests`` requests open there at once.
+    account_body_seconds: float = 10.0
+    account_max_requests: int = 32
     #: The certificate bot (``--acme-*``, ``--dns-*``); None: no ACME, see
     #: ``homeport.tls.relay_tls``.
     acme: AcmeSettings | None = None

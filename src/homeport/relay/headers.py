@@ -13,6 +13,11 @@ Threats this stops:
   relay's cookie names or a ``Domain`` attribute is dropped, so a tenant page
   cannot plant or overwrite cookies outside its own host.
 * Hop-by-hop confusion: connection-level headers belong to one hop only.
+* Underscore aliases: a header name with ``_`` (``x_forwarded_for``) is
+  dropped, as nginx does by default.  Backends that map ``_`` and ``-`` to the
+  same name (CGI/WSGI environments, some frameworks) would otherwise read it
+  as the ``X-Forwarded-For`` the relay just cleaned, and a browser could still
+  claim any address; no header a browser or Home Assistant needs has one.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ def request_headers(
     for name, value in pairs:
         if name in HOP_BY_HOP or name in SPOOFABLE or name in tokens or name == "host":
             continue
+        if "_" in name:
+            continue  # could pass for a hyphenated one the relay sets or cleans
         if websocket and name in WEBSOCKET_HANDSHAKE:
             continue
         if name == "cookie":

@@ -14,6 +14,12 @@ Threats this stops:
   streaming flat out gets its share and leaves the rest to everyone else.
 * **Oversized uploads**: a request body over ``max_body_bytes`` is refused
   with ``413`` (announced length) or cut off when it gets there (chunked).
+* **Trickling uploads** (slow POST, CAPEC-469; R-MT-14): a body that moves
+  less than ``upload_min_bytes`` per ``upload_window`` seconds of waiting for
+  the client is cut (:class:`UploadPace`), so a client sending one byte now
+  and then cannot hold a request, its slot and a file descriptor for hours.
+  Time the relay itself is held up (the home reading slowly, the bandwidth
+  cap) is not the client's fault and does not count.
 
 All limits are in-memory and per relay process; the counters hold nothing but
 counts keyed by instance id or client address.
@@ -29,7 +35,16 @@ from dataclasses import dataclass
 
 from homeport.relay.config import RelayConfig
 
-__all__ = ["BodyTooLarge", "Slots", "TenantLimits", "TokenBucket"]
+__all__ = [
+    "BodyCut",
+    "BodyTooLarge",
+    "BodyTooSlow",
+    "MinimumRate",
+    "Slots",
+    "TenantLimits",
+    "TokenBucket",
+    "UploadPace",
+]
 
 #: How long a refused client is asked to wait before trying again.
 RETRY_AFTER_SECONDS = 5
@@ -37,6 +52,141 @@ RETRY_AFTER_SECONDS = 5
 
 class BodyTooLarge(Exception):
     """A request body went past ``max_body_bytes``."""
+
+
+class BodyCut(TimeoutError):
+    """The relay stopped reading a request body: it answered without the rest.
+
+    Set it on aiohttp's request stream (``request.content.set_exception``) before
+    answering.  It is a :class:`TimeoutError` on purpose: aiohttp reads what is
+    left of an unfinished body for up to 10 s after the answer ("lingering
+    close") and treats a timeout there as "stop and close", so the connection
+    (and its file descriptor) goes at once instead of after a trickler's 10 s.
+    """
+
+
+class BodyTooSlow(BodyCut):
+    """A request body fell below the minimum transfer rate, or missed its deadline."""
+
+
+class MinimumRate:
+    """The bookkeeping of a minimum transfer rate: ``min_bytes`` per ``window`` seconds.
+
+    Counted on *waiting time* only (the clock runs between :meth:`wait` and
+    :meth:`hold`): the client starts with one window of allowance, every
+    ``min_bytes`` it delivers buy another window, and at most one window can be
+    banked, so a burst early on does not pay for a long stall later.  A body
+    moving below the rate therefore runs out within one window of falling
+    behind; one moving at or above it never does.  ``min_bytes <= 0`` or
+    ``window <= 0``: no minimum.
+    """
+
+    def __init__(
+        self, min_bytes: int, window: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.min_bytes = min_bytes
+        self.window = window
+        self._clock = clock
+        self._allowance = window
+        self._since: float | None = None  # when the current wait began; None: not waiting
+
+    @property
+    def enabled(self) -> bool:
+        return self.min_bytes > 0 and self.window > 0
+
+    def wait(self) -> None:
+        """The relay waits for the client from now on: the clock runs."""
+        if self._since is None:
+            self._since = self._clock()
+
+    def hold(self) -> None:
+        """The relay is busy (not the client's fault): the clock stops."""
+        self._settle()
+        self._since = None
+
+    def received(self, amount: int) -> None:
+        """``amount`` bytes arrived: the time waited is spent, the bytes buy more."""
+        self._settle()
+        if self.enabled:
+            credit = self.window * amount / self.min_bytes
+            self._allowance = min(self.window, self._allowance + credit)
+
+    def remaining(self) -> float:
+        """Seconds of waiting left before the body counts as stalled."""
+        waited = 0.0 if self._since is None else self._clock() - self._since
+        return self._allowance - waited
+
+    def stalled(self) -> bool:
+        return self.enabled and self.remaining() <= 0
+
+    def _settle(self) -> None:
+        if self._since is not None:
+            now = self._clock()
+            self._allowance -= now - self._since
+            self._since = now
+
+
+class UploadPace:
+    """Enforces a :class:`MinimumRate` on one request body, with a timer.
+
+    The upload loop calls :meth:`received` for every chunk and wraps what is
+    not the client's doing (writing into the tunnel, the bandwidth bucket) in
+    :meth:`paused`; a timer runs while the loop waits for the client and calls
+    ``on_stall`` once when the allowance is spent, so a body that stops
+    altogether is cut as surely as one that trickles.  ``on_stall`` must make
+    the pending read fail (e.g. ``StreamReader.set_exception(BodyTooSlow())``)
+    so the loop ends and resets its stream.  Use as a context manager around
+    the loop; a disabled rate does nothing.
+    """
+
+    def __init__(self, rate: MinimumRate, on_stall: Callable[[], None]) -> None:
+        self.rate = rate
+        self._on_stall = on_stall
+        self._timer: asyncio.TimerHandle | None = None
+        self.stalled = False
+
+    def __enter__(self) -> UploadPace:
+        self.rate.wait()
+        self._arm()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._disarm()
+        self.rate.hold()
+
+    def received(self, amount: int) -> None:
+        self.rate.received(amount)
+        self._arm()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The relay, not the client, holds the body up meanwhile: no time is charged."""
+        self._disarm()
+        self.rate.hold()
+        try:
+            yield
+        finally:
+            self.rate.wait()
+            self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.rate.enabled and not self.stalled:
+            delay = max(0.0, self.rate.remaining())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self.rate.stalled():
+            self._arm()  # the loop's clock and the rate's differ by a hair: look again
+            return
+        self.stalled = True
+        self._on_stall()
 
 
 class TokenBucket:
@@ -129,6 +279,11 @@ class TenantLimits:
         limit = self.config.max_body_bytes
         return limit > 0 and length is not None and length > limit
 
+    def upload_pace(self, on_stall: Callable[[], None]) -> UploadPace:
+        """The minimum-rate guard of one body: ``upload_min_bytes`` per ``upload_window``."""
+        rate = MinimumRate(self.config.upload_min_bytes, self.config.upload_window)
+        return UploadPace(rate, on_stall)
+
     def count_body(self, so_far: int) -> None:
         """Raise :class:`BodyTooLarge` once a streamed body passes the limit."""
         limit = self.config.max_body_bytes
@@ -157,3 +312,16 @@ def parse_size(value: object, *, option: str) -> int:
     if number < 0:
         raise ValueError(f"{option}: must not be negative: {value!r}")
     return number * _UNITS[unit]
+
+
+def parse_seconds(value: object, *, option: str) -> float:
+    """``"10"``, ``"2.5"`` or a number -> seconds (0 = off); anything else stops the relay."""
+    try:
+        seconds = float(str(value).strip().lower().removesuffix("s"))
+    except ValueError:
+        raise ValueError(
+            f"{option}: not a number of seconds: {value!r} (use e.g. 10, 2.5, 0)"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{option}: must be a finite number of seconds >= 0: {value!r}")
+    return seconds

@@ -91,4 +91,5 @@ class MailFeatures:
 
     async def close(self) -> None:
         if self.outbox is not None:
+            await self.reset.jobs.drain()  # reset links still being made post into the outbox
             await self.outbox.drain()

@@ -44,8 +44,8 @@ GOOGLE_ISSUER: Final = "https://accounts.google.com"
 APPLE_ISSUER: Final = "https://appleid.apple.com"
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
-#: Paths under /signin/oidc/ that are not providers.
-_RESERVED_NAMES: Final = frozenset({"finish", "link", "unlink"})
+#: Paths under /signin/oidc/ and /security/oidc/ that are not providers.
+_RESERVED_NAMES: Final = frozenset({"finish", "link", "unlink", "confirm"})
 
 ResponseMode = Literal["query", "form_post"]
 

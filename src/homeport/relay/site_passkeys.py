@@ -18,6 +18,12 @@ what that module stops:
   only for the account whose password was proven (the pending cookie), and the
   pending sign-in is used up at once; a passwordless sign-in needs user
   verification on the device, so it is two factors by itself.
+* **Filling the database.** Starting a sign-in needs no account but stores a
+  challenge, so it is limited per client network (``429`` + ``Retry-After``;
+  :meth:`homeport.accounts.passkeys.Passkeys.authentication_options`).
+* **Disabled accounts.** Their passkeys get the same ``401`` as any passkey
+  that does not work here (checked inside the passkey check; an account
+  disabled in the instant after it is caught here too), never a ``500``.
 """
 
 from __future__ import annotations
@@ -30,15 +36,18 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
+from homeport.accounts.errors import AccessDenied
 from homeport.accounts.passkeys import (
     CEREMONY_LIFETIME,
     MAX_RESPONSE,
     PasskeyError,
     Passkeys,
+    PasskeyThrottled,
     RelyingParty,
     credential_json,
 )
 from homeport.accounts.throttle import retry_after
+from homeport.accounts.totp import Pending
 from homeport.relay.site_checks import password_again
 from homeport.relay.tenant import redirect, safe_next
 
@@ -48,10 +57,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CEREMONY_COOKIE = "__Host-homeport_webauthn"
+#: A password sign-in waiting for its second step: (cookie token, what it proved).
+PendingSignin = tuple[str, Pending]
 
 
 def _json(data: dict[str, Any], *, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
+
+
+def _too_many(wait: float) -> web.Response:
+    response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
+    response.headers["Retry-After"] = retry_after(wait)
+    return response
 
 
 class PasskeyRoutes:
@@ -85,7 +102,7 @@ class PasskeyRoutes:
         if (request.content_length or 0) > MAX_RESPONSE:
             return _json({"error": "The request is too large."}, status=413)
         try:
-            raw = await request.content.read(MAX_RESPONSE + 1)
+            raw = await request.read()  # already read, within the deadline (account_limits)
             body = json.loads(raw) if len(raw) <= MAX_RESPONSE else None
         except (ValueError, UnicodeDecodeError):
             body = None
@@ -97,6 +114,8 @@ class PasskeyRoutes:
         """Answer a ceremony's options and bind it to this browser with the cookie."""
         try:
             token, options = await started
+        except PasskeyThrottled as exc:
+            return _too_many(exc.wait)
         except PasskeyError as exc:
             return _json({"error": str(exc)}, status=409)
         response = _json({"options": json.loads(options)})
@@ -189,7 +208,9 @@ class PasskeyRoutes:
         pending = await self.site._pending(request)
         return await self._options(
             self.passkeys.authentication_options(
-                self.rp, user_id=None if pending is None else pending[1].user_id
+                self.rp,
+                user_id=None if pending is None else pending[1].user_id,
+                ip=request.remote,
             )
         )
 
@@ -210,21 +231,38 @@ class PasskeyRoutes:
             ip=request.remote,
         )
         if outcome.user_id is None:
-            await self.site.audit(
-                request,
-                EventType.SIGNIN_FAILED if pending is None else EventType.SECOND_FACTOR_FAILED,
-                user_id=None if pending is None else pending[1].user_id,
-                factor="passkey",
-            )
-            if outcome.wait > 0:
-                response = _json({"error": "Too many attempts. Wait a moment."}, status=429)
-                response.headers["Retry-After"] = retry_after(outcome.wait)
-            else:
-                response = _json(
-                    {"error": "That passkey did not work here. Try again."}, status=401
-                )
-            self._end_ceremony(response)
-            return response
+            return await self._refused(request, pending, outcome.wait)
+        try:
+            return await self._signed_in(request, body, pending, outcome.user_id)
+        except AccessDenied:
+            # Disabled in the instant since the passkey check (which refuses disabled
+            # accounts itself): the same answer as any passkey that does not work.
+            return await self._refused(request, pending, 0.0)
+
+    async def _refused(
+        self, request: web.Request, pending: PendingSignin | None, wait: float
+    ) -> web.Response:
+        await self.site.audit(
+            request,
+            EventType.SIGNIN_FAILED if pending is None else EventType.SECOND_FACTOR_FAILED,
+            user_id=None if pending is None else pending[1].user_id,
+            factor="passkey",
+        )
+        if wait > 0:
+            response = _too_many(wait)
+        else:
+            response = _json({"error": "That passkey did not work here. Try again."}, status=401)
+        self._end_ceremony(response)
+        return response
+
+    async def _signed_in(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        pending: PendingSignin | None,
+        user_id: int,
+    ) -> web.Response:
+        """The passkey proved ``user_id``: finish the sign-in."""
         if pending is not None:
             # The second step of a password sign-in: use the pending sign-in up, once,
             # and finish like every other sign-in (the new-network step-up included).
@@ -232,7 +270,7 @@ class PasskeyRoutes:
                 return _json({"error": "This sign-in has expired. Start again."}, status=401)
             finished = await self.site.finish_signin(
                 request,
-                outcome.user_id,
+                user_id,
                 pending[1].next_path,
                 second_factor=True,
                 factor="password+passkey",
@@ -242,7 +280,7 @@ class PasskeyRoutes:
         # be phished or replayed, so the emailed new-network code (a guard against stolen
         # passwords) is not asked for.
         token, row = await self.site.accounts.create_session(
-            outcome.user_id,
+            user_id,
             "account",
             user_agent=request.headers.get("User-Agent", ""),
             ip=request.remote or "",

@@ -31,7 +31,13 @@ from homeport.relay import headers as hdr
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
-from homeport.relay.limits import RETRY_AFTER_SECONDS, BodyTooLarge, TenantLimits, TokenBucket
+from homeport.relay.limits import (
+    RETRY_AFTER_SECONDS,
+    BodyTooLarge,
+    BodyTooSlow,
+    TenantLimits,
+    TokenBucket,
+)
 from homeport.relay.live import Ending, Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.security_headers import tenant_headers
@@ -206,12 +212,18 @@ class TenantProxy:
         return self.pages.message("Not found", "There is nothing here.", status=404, tenant=True)
 
     async def _handoff(self, request: web.Request, instance_id: str) -> web.StreamResponse:
-        """Finish the sign-in hand-off: exchange the one-time code for this host's session."""
+        """Finish the sign-in hand-off: exchange the one-time code for this host's session.
+
+        Any presentation of a code uses it up, also one without this host's state
+        cookie (a leaked link opened elsewhere, or a login-CSRF attempt): such a
+        code is in the wrong hands, and nobody may use it after that.
+        """
         code = request.query.get("code", "")
-        state = request.cookies.get(STATE_COOKIE, "")
+        state = request.cookies.get(STATE_COOKIE)
         user_id = None
-        if code and state and len(code) <= 128:
-            user_id = await self.accounts.consume_handoff(code, instance_id, binding_for(state))
+        if code and len(code) <= 128:
+            binding = binding_for(state) if state else None
+            user_id = await self.accounts.consume_handoff(code, instance_id, binding)
         if user_id is None:
             log.warning("tenant.handoff_refused", extra={"instance": instance_id})
             return self.pages.message(
@@ -323,8 +335,9 @@ class TenantProxy:
             async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
                 head_in = await stream.response_head()
         except StreamClosed as exc:
-            if _body_refused(upload):
-                return self._too_large()
+            refused = _body_refused(upload)
+            if refused is not None:
+                return self._body_refusal(refused)
             return self._tunnel_error(exc)
         except TimeoutError:
             return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
@@ -358,6 +371,15 @@ class TenantProxy:
     def _too_large(self) -> web.Response:
         response = self.pages.message(
             "Too large", "This upload is larger than the relay accepts.", status=413, tenant=True
+        )
+        response.force_close()  # the rest of the body is not read: the connection cannot go on
+        return response
+
+    def _body_refusal(self, refused: BodyTooLarge | BodyTooSlow) -> web.Response:
+        if isinstance(refused, BodyTooLarge):
+            return self._too_large()
+        response = self.pages.message(
+            "Too slow", "This upload was too slow and was stopped.", status=408, tenant=True
         )
         response.force_close()  # the rest of the body is not read: the connection cannot go on
         return response
@@ -505,18 +527,26 @@ _closing: set[asyncio.Task[None]] = set()
 async def _upload(
     request: web.Request, stream: Stream, limits: TenantLimits, bucket: TokenBucket
 ) -> None:
+    """Carry the request body into the tunnel, within the size cap and the minimum rate."""
+
+    def stalled() -> None:  # the pending read fails, so the loop below ends
+        request.content.set_exception(BodyTooSlow("request body below the minimum rate"))
+
     sent = 0
     with contextlib.suppress(StreamClosed):
-        async for chunk in request.content.iter_chunked(BODY_CHUNK):
-            sent += len(chunk)
-            try:
-                limits.count_body(sent)
-            except BodyTooLarge:
-                # Home Assistant must not act on a cut-off body: the stream is reset.
-                stream.reset(ErrorCode.CANCEL, "request body too large")
-                raise
-            await bucket.take(len(chunk))
-            await stream.write(chunk)
+        try:
+            with limits.upload_pace(stalled) as pace:
+                async for chunk in request.content.iter_chunked(BODY_CHUNK):
+                    pace.received(len(chunk))
+                    sent += len(chunk)
+                    limits.count_body(sent)
+                    with pace.paused():  # the home or the bandwidth cap holds us, not the client
+                        await bucket.take(len(chunk))
+                        await stream.write(chunk)
+        except (BodyTooLarge, BodyTooSlow) as exc:
+            # Home Assistant must not act on a cut-off body: the stream is reset.
+            stream.reset(ErrorCode.CANCEL, str(exc))
+            raise
         await stream.write(b"", end=True)
 
 
@@ -560,11 +590,12 @@ async def _tunnel_to_browser(
             await ws.close(code=1011, message=b"home connection lost")
 
 
-def _body_refused(upload: asyncio.Task[None] | None) -> bool:
-    """True if the upload stopped because the body went past ``max_body_bytes``."""
+def _body_refused(upload: asyncio.Task[None] | None) -> BodyTooLarge | BodyTooSlow | None:
+    """Why the upload stopped, if the body broke a limit (too large, or too slow)."""
     if upload is None or not upload.done() or upload.cancelled():
-        return False
-    return isinstance(upload.exception(), BodyTooLarge)
+        return None
+    refused = upload.exception()
+    return refused if isinstance(refused, BodyTooLarge | BodyTooSlow) else None
 
 
 def _is_websocket(request: web.Request) -> bool:
