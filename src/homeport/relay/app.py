@@ -16,10 +16,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from homeport.accounts.db import Database, default_sqlite_url
-from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
-from homeport.accounts.sharing import is_app_link_label
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
 from homeport.relay.account_limits import AccountLimits
@@ -104,10 +102,11 @@ class Relay:
             writer=MailWriter(config.account_origin),
         )
         self.hub.control_handler = self.addon_control.handler_for
-        self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        self.tenants = TenantProxy(
+            config, self.accounts, self.hub, self.gate, self.pages, self.app_links
+        )
         InstancePages(self.account_site, self.app_links).register()
         self.housekeeping = Housekeeping(self.accounts, self.gate)
-        self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
@@ -131,15 +130,8 @@ class Relay:
             return web.Response(status=421, text="Misdirected request.\n")
         if host == self.config.account_host:
             return await self.account_limits.handle(request, self._account_host)
-        if host is not None and host.endswith(self._tenant_suffix):
-            label = host[: -len(self._tenant_suffix)]
-            if is_instance_id(label):
-                return await self.tenants.handle(request, label)
-            if is_app_link_label(label):
-                # An unknown or revoked app link falls through to the unknown-host answer.
-                access = await self.app_links.resolve(label)
-                if access is not None:
-                    return await self.tenants.handle_app_link(request, access, host)
+        # Tenant and app-link hosts never get here: their connections are routed by
+        # SNI to the data plane (homeport.relay.proxy) before any HTTP is read.
         return web.Response(status=421, text="Misdirected request.\n")
 
     async def _account_host(self, request: web.Request) -> web.StreamResponse:
@@ -198,6 +190,7 @@ class Relay:
             self.config.listen_host,
             self.config.listen_port,
             ssl_context=self.ssl_context(),
+            route=self.tenants.route,  # tenant hosts: the data plane, below aiohttp
         )
         await site.start()
         if self.config.http_listen_port is not None:
@@ -237,6 +230,7 @@ class Relay:
             for site in list(self._runner.sites):
                 await site.stop()
             await self.hub.shutdown()
+            self.tenants.close_connections()
             await self._runner.cleanup()
             self._runner = None
         await self.mail.close()

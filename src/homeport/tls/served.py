@@ -157,8 +157,18 @@ class GatedTLSSite(web.TCPSite):
 
     Same as ``web.TCPSite`` (whose ``start`` this mirrors) except for the
     protocol factory: TLS-ALPN-01 validation connections are closed after
-    their handshake and never reach aiohttp.
+    their handshake and never reach aiohttp, and ``route`` may give a
+    connection another protocol by its TLS session (see ``AlpnGate``).
     """
+
+    def __init__(
+        self,
+        *args: Any,
+        route: Callable[[object], Callable[[], asyncio.BaseProtocol] | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._route = route
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -167,7 +177,7 @@ class GatedTLSSite(web.TCPSite):
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = server
         self._server = await loop.create_server(
-            lambda: AlpnGate(factory),
+            lambda: AlpnGate(factory, self._route),
             self._host,
             self._port,
             ssl=self._ssl_context,

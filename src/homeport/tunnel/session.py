@@ -37,7 +37,7 @@ from homeport.protocol import (
     WebSocketMessageReceived,
 )
 from homeport.tunnel.control import ControlChannel, ControlHandler
-from homeport.tunnel.stream import Stream, StreamClosed
+from homeport.tunnel.stream import Stream, StreamClosed, StreamConsumer
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,20 @@ class TunnelSession:
 
     # -------------------------------------------------------------- streams
 
-    def open_stream(self, head: RequestHead, *, websocket: bool, end_stream: bool) -> Stream:
+    def open_stream(
+        self,
+        head: RequestHead,
+        *,
+        websocket: bool,
+        end_stream: bool,
+        consumer: StreamConsumer | None = None,
+    ) -> Stream:
         """Start a request (relay side); raises :class:`StreamClosed` when refused.
 
         The caller owns the stream: use it as ``with session.open_stream(...) as
-        stream:`` so that it is released however the exchange ends.
+        stream:`` (or call ``release()`` when done) so that it is released
+        however the exchange ends.  With a ``consumer``, events go to its
+        callbacks instead of the stream's inbox.
         """
         if self.ended or self.closed.is_set():
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
@@ -220,14 +229,15 @@ class TunnelSession:
             )
         except StreamViolation as exc:
             raise StreamClosed(exc.code, exc.reason) from None
-        stream = Stream(self, stream_id, head, websocket=websocket)
+        stream = Stream(self, stream_id, head, websocket=websocket, consumer=consumer)
         self.streams[stream_id] = stream
         self.kick()
         return stream
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.connection.acknowledge(stream_id, size)
-        self.kick()
+        if self.connection.has_output:  # most acknowledgements only count, send nothing
+            self.kick()
 
     def reset(self, stream_id: int, code: ErrorCode, reason: str) -> None:
         self.connection.reset_stream(stream_id, code, reason)

@@ -85,6 +85,24 @@ class WsClose:
 _EOF = object()
 
 
+class StreamConsumer(Protocol):
+    """Takes a stream's events as callbacks instead of from the inbox (the relay's fast path).
+
+    A consumer must call :meth:`Stream.consumed` for every body or message
+    byte once it has passed it on (that returns the peer's credit), and is
+    told when the tunnel has room again for what it sends (``writable``).
+    None of these may raise; a consumer that fails is the stream's problem
+    only (the session resets the stream, see ``TunnelSession._dispatch``).
+    """
+
+    def head_received(self, head: ResponseHead, end: bool) -> None: ...
+    def data_received(self, data: bytes, end: bool) -> None: ...
+    def ws_message_received(self, data: bytes, text: bool) -> None: ...
+    def ws_closed(self, code: int, reason: str) -> None: ...
+    def stream_ended(self, error: StreamClosed | None) -> None: ...
+    def writable(self) -> None: ...
+
+
 class Stream:
     def __init__(
         self,
@@ -93,8 +111,11 @@ class Stream:
         request: RequestHead | None,
         *,
         websocket: bool = False,
+        consumer: StreamConsumer | None = None,
     ) -> None:
         self._host = host
+        #: Callbacks that take this stream's events; None: they wait in the inbox.
+        self.consumer = consumer
         self.id = stream_id
         self.request = request
         self.websocket = websocket
@@ -153,6 +174,9 @@ class Stream:
         (it raises a stream violation and resets the stream otherwise), so
         this only files it for the owner, whether or not anyone still waits.
         """
+        if self.consumer is not None:
+            self._hand_over(self.consumer, event)
+            return
         match event:
             case DataReceived(data=data, end_stream=end):
                 if data:
@@ -173,24 +197,63 @@ class Stream:
             case StreamReset(code=code, reason=reason):
                 self.ended(StreamClosed(code, reason))
 
+    def _hand_over(self, consumer: StreamConsumer, event: Event) -> None:
+        match event:
+            case DataReceived(data=data, end_stream=end):
+                if end:
+                    self.closed = True
+                self._holding(len(data))
+                consumer.data_received(data, end)
+            case WebSocketMessageReceived(data=data, text=text):
+                self._holding(len(data))
+                consumer.ws_message_received(data, text)
+            case ResponseReceived(head=head, end_stream=end):
+                self.head = head
+                if end:
+                    self.closed = True
+                consumer.head_received(head, end)
+            case WebSocketClosed(code=code, reason=reason):
+                self.closed = True
+                consumer.ws_closed(code, reason)
+            case StreamReset(code=code, reason=reason):
+                self.ended(StreamClosed(code, reason))
+
+    def _holding(self, size: int) -> None:
+        """``size`` more bytes wait for the consumer to pass them on (the stall watchdog's view)."""
+        if size:
+            if not self.held:
+                self.waiting_since = time.monotonic()
+            self.held += size
+
+    def consumed(self, size: int) -> None:
+        """A consumer passed ``size`` received bytes on: the peer may send that much more."""
+        self.held -= size
+        self.waiting_since = time.monotonic()
+        self._host.acknowledge(self.id, size)
+
     def opened_complete(self) -> None:
         """Add-on side: the request had no body (END_STREAM on its OPEN)."""
         self._deliver_end()
 
     def ended(self, error: StreamClosed) -> None:
         """The stream was reset (by either side) or its tunnel went away."""
-        if self.error is None:
-            self.error = error
+        if self.error is not None:
+            return
+        self.error = error
         self.closed = True
         self._head_arrived.set()
         self._readable.set()
         self._writable.set()
+        if self.consumer is not None:
+            self.consumer.stream_ended(error)
 
     def finished(self) -> None:
         """The protocol forgot the stream: both sides ended it; nothing more moves."""
         self.closed = True
         self._head_arrived.set()
         self._writable.set()
+        if self.consumer is not None and self.error is None:
+            self.consumer.stream_ended(None)
 
     def _deliver(self, item: bytes | WsMessage | WsClose) -> None:
         size = _size(item)
@@ -210,8 +273,37 @@ class Stream:
         """Wake a blocked writer if the protocol has room; True if it was woken."""
         if self._host.connection.buffered(self.id) <= HIGH_WATER:
             self._writable.set()
+            if self.consumer is not None:
+                self.consumer.writable()
             return True
         return False
+
+    # ------------------------------------------------- writing, without waiting
+
+    def send_data(self, data: bytes, *, end: bool = False) -> bool:
+        """Queue body bytes now (a consumer's path); False: wait for ``writable`` first.
+
+        Raises :class:`StreamClosed` if the stream is gone.
+        """
+        with self._sending() as connection:
+            connection.send_data(self.id, data, end_stream=end)
+            self.body_sent += len(data)
+            if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
+                self._sent_as_bulk = True
+                connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
+            room = connection.buffered(self.id) <= HIGH_WATER
+        if not room:
+            self._host.writer_blocked(self)
+        return room
+
+    def send_ws_now(self, data: bytes, *, text: bool) -> bool:
+        """Queue a WebSocket message now; False: wait for ``writable`` before the next."""
+        with self._sending() as connection:
+            connection.send_ws_message(self.id, data, text=text)
+            room = connection.buffered(self.id) <= HIGH_WATER
+        if not room:
+            self._host.writer_blocked(self)
+        return room
 
     # ---------------------------------------------------------------- reading
 
