@@ -1,9 +1,9 @@
-"""End-to-end benchmark: through the relay and the add-on versus straight to the backend.
+"""End-to-end benchmark: Homeport's relay path and its C reference, against direct.
 
-Run: ``.venv/bin/python bench/run.py`` (full run, 1-2 minutes on 2 cores) or
-``--quick`` (a smoke run of about a minute).  See ``bench/README.md``.
+Run: ``.venv/bin/python bench/run.py`` (full run, about 5 minutes on 2 cores)
+or ``--quick`` (a smoke run of about a minute).  See ``bench/README.md``.
 
-Everything runs on loopback, in separate processes, each on uvloop:
+Everything runs on loopback, in separate processes (the Python ones on uvloop):
 
 * the backend: ``bench/backend.py``, the stand-in (``homeport.standin``)
   served over TLS for the *direct* path and over plain HTTP on loopback for
@@ -11,15 +11,19 @@ Everything runs on loopback, in separate processes, each on uvloop:
 * the relay: ``homeport relay`` (TLS with its dev CA, SQLite in a temporary
   data dir);
 * the add-on: ``homeport addon``, linked with ``homeport admin``;
+* the C reference (``bench/nginx_ref.py``): two nginx processes in the relay's
+  and the add-on's places, TLS to the first, TLS again to the second, plain
+  HTTP to the same backend (skipped, with a message, if nginx is missing);
 * this process: the load generator (aiohttp client, keep-alive pool) and the
   sampler of CPU time (``/proc/<pid>/stat``) and RSS (``/proc/<pid>/status``
   every 100 ms).
 
-Both paths are TLS 1.3 from the client; the relay path adds the relay, the
-tunnel (one WSS connection) and the add-on's plain-HTTP hop.  Every loop is
-bounded by a count and a time cap.  Prints one JSON line per measurement,
-then a table with the targets (PASS/MISS; the exit code does not depend on
-them).
+Every path is TLS 1.3 from the client; the relay path adds the relay, the
+tunnel (one WSS connection) and the add-on's plain-HTTP hop, the nginx path
+the same three legs in C.  Every loop is bounded by a count and a time cap.
+Prints one JSON line per measurement, then a table of figures and ratios
+against direct and against nginx, and the targets of issue #10 (PASS/MISS;
+the exit code does not depend on them).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +54,7 @@ import aiohttp
 import uvloop
 from yarl import URL
 
+import nginx_ref
 from homeport.addon.client import LocalhostResolver
 from homeport.tls.devca import create_independent_ca
 
@@ -67,9 +73,14 @@ SMALL_PATH = "/status/204"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
 
-# Targets (printed beside the figures; they do not change the exit code).
-TARGET_ADDED_MS = 0.3
-TARGET_TRANSFER_RATIO = 0.60
+# Targets of issue #10 for Homeport, against direct and the two-nginx reference measured
+# in the same run (printed with PASS/MISS; they do not change the exit code).
+TARGET_GET_ADDED_MS = 0.3  # GET c=1: p50 added over direct
+TARGET_WS_ADDED_MS = 0.15  # WebSocket echo: p50 added over direct
+TARGET_CPU_PER_EXCHANGE_VS_NGINX = 2.5  # relay+add-on CPU per request / per WS round trip
+TARGET_GET_C32_VS_DIRECT = 0.6  # GET c=32 requests/s
+TARGET_CPU_PER_MB_VS_NGINX = 1.2  # download and upload (their MB/s ratio: >= nginx's)
+TARGET_WS_LOADED_OVER_IDLE = 2.0  # WS echo p50 under a saturating download / idle
 #: "Flat": the relay's RSS may rise by at most this much over a whole transfer...
 TARGET_RSS_GROWTH = 16 * MiB
 #: ...and by at most this much over its second half (no trend with bytes moved).
@@ -123,8 +134,14 @@ QUICK = Plan(
     ws_load_cap=5.0,
 )
 GROUPS = ("get", "ws", "transfer", "wsload")
-#: The relay-side and add-on-side processes of each proxied path.
-PAIRS = {"relay": ("relay", "addon"), "floor": ("floor_relay", "floor_addon")}
+#: The proxied paths (``--path``); direct always runs, every ratio is against it.
+PATHS = ("relay", "nginx")
+#: The processes in the relay's and in the add-on's place on each proxied path
+#: (nginx: master and worker of each; their CPU is summed per side).
+SIDES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "relay": (("relay",), ("addon",)),
+    "nginx": (("nginx_relay", "nginx_relay_worker"), ("nginx_addon", "nginx_addon_worker")),
+}
 #: Body of the saturating download under the WebSocket (it is cut off when the echoes end).
 ENDLESS = 1000 * 1000 * MiB
 
@@ -240,12 +257,20 @@ async def cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> st
     return out.decode()
 
 
-class Sampler(threading.Thread):
-    """Samples VmRSS of the watched processes every ``interval`` seconds."""
+def group_rss(pids: tuple[int, ...]) -> int:
+    return sum(proc_rss(pid) for pid in pids)
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+
+class Sampler(threading.Thread):
+    """Samples VmRSS of the watched groups of processes every ``interval`` seconds.
+
+    A group is one side of a path (the relay, or an nginx master with its worker):
+    its RSS is the sum of its processes'.
+    """
+
+    def __init__(self, groups: dict[str, tuple[int, ...]], interval: float = 0.1) -> None:
         super().__init__(name="rss-sampler", daemon=True)
-        self.pids = pids
+        self.groups = groups
         self.interval = interval
         self.samples: list[tuple[float, dict[str, int]]] = []
         self._stop_event = threading.Event()
@@ -253,7 +278,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             now = time.monotonic()
-            self.samples.append((now, {n: proc_rss(p) for n, p in self.pids.items()}))
+            self.samples.append((now, {n: group_rss(p) for n, p in self.groups.items()}))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
@@ -266,9 +291,10 @@ class Sampler(threading.Thread):
 
 @dataclass
 class Usage:
-    """CPU seconds and RSS of the watched processes over one measured phase."""
+    """CPU seconds of the watched processes and RSS of the sampled groups over one phase."""
 
     pids: dict[str, int]
+    groups: dict[str, tuple[int, ...]]
     cpu_start: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     rss_start: dict[str, int] = field(default_factory=dict)
@@ -281,7 +307,7 @@ class Usage:
     other_cpu: float = 0.0
 
     def begin(self) -> None:
-        self.rss_start = {n: proc_rss(p) for n, p in self.pids.items()}
+        self.rss_start = {n: group_rss(p) for n, p in self.groups.items()}
         self.cpu_start = {n: proc_cpu_seconds(p) for n, p in self.pids.items()}
         self.busy_start = system_busy_seconds()
         self.started = time.monotonic()
@@ -291,7 +317,7 @@ class Usage:
         self.cpu = {n: proc_cpu_seconds(p) - self.cpu_start[n] for n, p in self.pids.items()}
         busy = system_busy_seconds() - self.busy_start
         self.other_cpu = max(0.0, busy - sum(self.cpu.values()))
-        self.rss_end = {n: proc_rss(p) for n, p in self.pids.items()}
+        self.rss_end = {n: group_rss(p) for n, p in self.groups.items()}
 
     def rss_profile(self, sampler: Sampler, name: str) -> dict[str, float]:
         """Start, peak, end and growth (overall and over the second half), in MiB."""
@@ -319,22 +345,25 @@ class Usage:
 class Stack:
     workdir: Path
     backend: Proc
-    relay: Proc
-    addon: Proc
     direct_origin: str
-    tenant_origin: str
     direct_ca: Path
-    relay_ca: Path
     backend_plain_url: str
-    #: The minimal relay + add-on pair of ``bench/floor.py`` (None with ``--no-floor``).
-    floor_relay: Proc | None = None
-    floor_addon: Proc | None = None
-    floor_origin: str = ""
+    #: Homeport's relay and add-on (None when ``--path`` leaves the relay path out).
+    relay: Proc | None = None
+    addon: Proc | None = None
+    tenant_origin: str = ""
+    relay_ca: Path = Path()
+    #: The two-nginx reference (None when left out or when nginx is missing).
+    nginx_relay: Proc | None = None
+    nginx_addon: Proc | None = None
+    nginx_origin: str = ""
+    #: The nginx workers' pids by name (``nginx_relay_worker``, ``nginx_addon_worker``).
+    nginx_workers: dict[str, int] = field(default_factory=dict)
 
     @property
     def procs(self) -> list[Proc]:
-        floor = [p for p in (self.floor_addon, self.floor_relay) if p is not None]
-        return [*floor, self.addon, self.relay, self.backend]
+        parts = (self.nginx_relay, self.nginx_addon, self.addon, self.relay)
+        return [*(p for p in parts if p is not None), self.backend]
 
 
 async def start_stack(
@@ -342,12 +371,14 @@ async def start_stack(
     log_level: str = "info",
     relay_extra: tuple[str, ...] = (),
     *,
-    floor: bool = False,
+    homeport: bool = True,
+    nginx: str | None = None,
 ) -> Stack:
     """Backend, relay and add-on as separate processes; a user; the add-on linked.
 
     ``relay_extra``: more ``homeport relay`` flags (the flood workload sets limits);
-    ``floor``: also start ``bench/floor.py``'s minimal relay and add-on.
+    ``homeport=False`` leaves the relay and the add-on out; ``nginx``: the nginx
+    binary, to start the two-nginx reference too.
     """
     python = sys.executable
     ca = create_independent_ca(workdir / "bench-ca", common_name="Homeport bench CA")
@@ -365,7 +396,14 @@ async def start_stack(
         ],
         workdir,
     )
-    procs: list[Proc] = [backend]
+    plain_url = f"http://127.0.0.1:{plain_port}"
+    stack = Stack(
+        workdir=workdir,
+        backend=backend,
+        direct_origin=f"https://localhost:{tls_port}",
+        direct_ca=ca.cert_path,
+        backend_plain_url=plain_url,
+    )
     try:
         data_dir = workdir / "relay"
         relay_opts = [
@@ -373,28 +411,31 @@ async def start_stack(
             f"--account-host={ACCOUNT_HOST}",
             f"--tenant-domain={TENANT_DOMAIN}",
         ]
-        relay = Proc(
-            "relay",
-            [
-                python,
-                "-m",
-                "homeport.cli",
-                f"--log-level={log_level}",
+        if homeport:
+            stack.relay = Proc(
                 "relay",
-                f"--listen=127.0.0.1:{relay_port}",
-                *relay_opts,
-                *relay_extra,
-            ],
-            workdir,
-        )
-        procs.append(relay)
+                [
+                    python,
+                    "-m",
+                    "homeport.cli",
+                    f"--log-level={log_level}",
+                    "relay",
+                    f"--listen=127.0.0.1:{relay_port}",
+                    *relay_opts,
+                    *relay_extra,
+                ],
+                workdir,
+            )
         await wait_for_output(backend, r"ready", 30)
-        await wait_for_output(relay, r"Relay listening", 60)
+        if nginx is not None:
+            await start_nginx_pair(stack, nginx, plain_port, cert, key, ca.cert_path)
+        if stack.relay is None:
+            return stack
+        await wait_for_output(stack.relay, r"Relay listening", 60)
         await cli("admin", "user", "create", EMAIL, *relay_opts, stdin=PASSWORD.encode() + b"\n")
         pubkey = (await cli("keys", "show", *relay_opts)).strip()
-        relay_ca = data_dir / "tls" / "dev-ca.pem"
-        plain_url = f"http://127.0.0.1:{plain_port}"
-        addon = Proc(
+        stack.relay_ca = data_dir / "tls" / "dev-ca.pem"
+        stack.addon = Proc(
             "addon",
             [
                 python,
@@ -405,68 +446,63 @@ async def start_stack(
                 f"--relay=wss://{ACCOUNT_HOST}:{relay_port}/v1/tunnel",
                 f"--ha-url={plain_url}",
                 f"--state-dir={workdir / 'addon'}",
-                f"--relay-ca={relay_ca}",
+                f"--relay-ca={stack.relay_ca}",
                 f"--server-pubkey={pubkey}",
             ],
             workdir,
         )
-        procs.append(addon)
-        code = (await wait_for_output(addon, r"Link code: (\S+)", 60)).group(1)
+        code = (await wait_for_output(stack.addon, r"Link code: (\S+)", 60)).group(1)
         await cli("admin", "link", code, EMAIL, *relay_opts)
         listing = json.loads(await cli("admin", "instance", "list", "--json", *relay_opts))
         (instance,) = [row["id"] for row in listing if row["owner"] == EMAIL]
-        floor_relay = floor_addon = None
-        floor_origin = ""
-        if floor:
-            floor_port = free_port()
-            floor_origin = f"https://localhost:{floor_port}"
-            floor_script = str(HERE / "floor.py")
-            floor_relay = Proc(
-                "floor_relay",
-                [
-                    python,
-                    floor_script,
-                    "relay",
-                    f"--port={floor_port}",
-                    f"--cert={cert}",
-                    f"--key={key}",
-                ],
-                workdir,
-            )
-            procs.append(floor_relay)
-            await wait_for_output(floor_relay, r"floor relay ready", 30)
-            floor_addon = Proc(
-                "floor_addon",
-                [
-                    python,
-                    floor_script,
-                    "addon",
-                    f"--ca={ca.cert_path}",
-                    f"--backend={plain_url}",
-                    f"--relay=wss://localhost:{floor_port}/_floor/tunnel",
-                ],
-                workdir,
-            )
-            procs.append(floor_addon)
-            await wait_for_output(floor_addon, r"floor add-on connected", 30)
+        stack.tenant_origin = f"https://{instance}.{TENANT_DOMAIN}:{relay_port}"
     except BaseException:
-        for proc in reversed(procs):
+        for proc in stack.procs:
             proc.stop()
         raise
-    return Stack(
-        floor_relay=floor_relay,
-        floor_addon=floor_addon,
-        floor_origin=floor_origin,
-        workdir=workdir,
-        backend=backend,
-        relay=relay,
-        addon=addon,
-        direct_origin=f"https://localhost:{tls_port}",
-        tenant_origin=f"https://{instance}.{TENANT_DOMAIN}:{relay_port}",
-        direct_ca=ca.cert_path,
-        relay_ca=relay_ca,
-        backend_plain_url=plain_url,
+    return stack
+
+
+async def start_nginx_pair(
+    stack: Stack, binary: str, backend_port: int, cert: Path, key: Path, ca: Path
+) -> None:
+    """The C reference (``bench/nginx_ref.py``): add-on nginx first, then the relay nginx."""
+    relay_port, addon_port = free_port(), free_port()
+    relay_side, addon_side = nginx_ref.write_pair(
+        stack.workdir,
+        relay_port=relay_port,
+        addon_port=addon_port,
+        backend_port=backend_port,
+        cert=cert,
+        key=key,
+        ca=ca,
     )
+    for side, port in ((addon_side, addon_port), (relay_side, relay_port)):
+        proc = Proc(side.name, side.argv(binary), side.workdir)
+        if side is relay_side:
+            stack.nginx_relay = proc
+        else:
+            stack.nginx_addon = proc
+        stack.nginx_workers[f"{side.name}_worker"] = await nginx_ready(proc, side, port)
+    stack.nginx_origin = f"https://localhost:{relay_port}"
+
+
+async def nginx_ready(proc: Proc, side: nginx_ref.NginxSide, port: int) -> int:
+    """Wait until the master has its one worker and the port accepts; returns the worker's pid."""
+    async with asyncio.timeout(30):
+        while True:
+            if proc.popen.poll() is not None:
+                log = side.workdir / "error.log"
+                tail = (log.read_text(errors="replace") if log.exists() else "")[-3000:]
+                raise RuntimeError(f"{side.name} exited with {proc.popen.returncode}:\n{tail}")
+            workers = nginx_ref.children(proc.pid)
+            if len(workers) == 1:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    await writer.wait_closed()
+                    return workers[0]
+            await asyncio.sleep(0.05)
 
 
 def client_session(ca: Path, *, cookie: str | None = None) -> aiohttp.ClientSession:
@@ -598,6 +634,8 @@ async def ws_echo(
     latencies.sort()
     return {
         "round_trips": len(latencies),
+        # Every round trip inside the measured phase, warm-up included (for CPU per round trip).
+        "exchanges": warmup + len(latencies),
         "errors": errors,
         "capped": len(latencies) < count,
         "seconds": round(elapsed, 3),
@@ -740,17 +778,29 @@ class Results:
         return None
 
 
+#: The RSS groups sampled for the relay's and the add-on's place on each proxied path.
+RSS_GROUPS = {"relay": ("relay", "addon"), "nginx": ("nginx_relay", "nginx_addon")}
+
+
+@dataclass
+class Watch:
+    """What the run watches: CPU per process, RSS per side, and the RSS sampler."""
+
+    pids: dict[str, int]
+    groups: dict[str, tuple[int, ...]]
+    sampler: Sampler
+
+
 async def measure(
     results: Results,
     figure: str,
     path: str,
-    pids: dict[str, int],
-    sampler: Sampler,
+    watch: Watch,
     run: Callable[[], Any],
     *,
     round_number: int | None = None,
 ) -> dict[str, Any]:
-    usage = Usage(pids)
+    usage = Usage(watch.pids, watch.groups)
     usage.begin()
     record: dict[str, Any] = {"figure": figure, "path": path}
     if round_number is not None:
@@ -760,77 +810,106 @@ async def measure(
     record["cpu_s"] = {name: round(seconds, 3) for name, seconds in usage.cpu.items()}
     # Other load on the machine skews every figure: record it beside them.
     record["other_cpu_share"] = round(usage.other_cpu / (usage.ended - usage.started) / CPUS, 3)
-    pair = PAIRS.get(path)
-    if pair is not None:
-        relay_addon = sum(usage.cpu[name] for name in pair)
-        record["relay_addon_cpu_s"] = round(relay_addon, 3)
+    sides = SIDES.get(path)
+    relay_addon = 0.0
+    if sides is not None:
+        relay_cpu, addon_cpu = (sum(usage.cpu[name] for name in side) for side in sides)
+        relay_addon = relay_cpu + addon_cpu
+        record["relay_cpu_s"] = round(relay_cpu, 4)
+        record["addon_cpu_s"] = round(addon_cpu, 4)
+        record["relay_addon_cpu_s"] = round(relay_addon, 4)
     if "bytes" in record:
         megabytes = max(record["bytes"], 1) / MB
         # The processes of the *other* paths idle meanwhile: count the path's own.
-        own = [n for n in usage.cpu if n in ("client", "backend") or n in (pair or ())]
-        record["path_cpu_s"] = round(sum(usage.cpu[n] for n in own), 3)
+        own = ["client", "backend", *(name for side in sides or () for name in side)]
+        record["path_cpu_s"] = round(sum(usage.cpu[n] for n in own), 4)
         record["cpu_s_per_mb_all"] = round(record["path_cpu_s"] / megabytes, 6)
-        if pair is not None:
-            record["relay_addon_cpu_s_per_mb"] = round(record["relay_addon_cpu_s"] / megabytes, 6)
-        if path == "relay":
-            record["relay"] = usage.rss_profile(sampler, "relay")
-            record["addon"] = usage.rss_profile(sampler, "addon")
-    elif "requests" in record and pair is not None and record["requests"]:
-        record["relay_addon_cpu_us_per_request"] = round(
-            record["relay_addon_cpu_s"] / record["requests"] * 1e6, 1
-        )
+        if sides is not None:
+            record["relay_addon_cpu_s_per_mb"] = round(relay_addon / megabytes, 6)
+            relay_group, addon_group = RSS_GROUPS[path]
+            record["relay"] = usage.rss_profile(watch.sampler, relay_group)
+            record["addon"] = usage.rss_profile(watch.sampler, addon_group)
+    elif sides is not None:
+        for count_key, figure_key in (
+            ("requests", "relay_addon_cpu_us_per_request"),
+            ("exchanges", "relay_addon_cpu_us_per_round_trip"),
+        ):
+            if record.get(count_key):
+                record[figure_key] = round(relay_addon / record[count_key] * 1e6, 1)
     results.add(record)
     return record
 
 
 async def run_benchmark(
-    plan: Plan, groups: set[str], profile_dir: Path | None, log_level: str, *, floor: bool = True
+    plan: Plan,
+    groups: set[str],
+    paths: tuple[str, ...],
+    nginx: str | None,
+    profile_dir: Path | None,
+    log_level: str,
 ) -> Results:
+    """Direct plus the proxied ``paths`` (``nginx``: the binary, or None to leave it out)."""
     results = Results()
     with tempfile.TemporaryDirectory(prefix="homeport-bench-") as tmp:
         workdir = Path(tmp)
         setup_started = time.monotonic()
-        stack = await start_stack(workdir, log_level, floor=floor)
+        stack = await start_stack(
+            workdir,
+            log_level,
+            homeport="relay" in paths,
+            nginx=nginx if "nginx" in paths else None,
+        )
         profilers: list[subprocess.Popen[bytes]] = []
         sampler: Sampler | None = None
         try:
-            token = await sign_in(stack)
+            token = await sign_in(stack) if stack.relay is not None else ""
             emit(
                 {
                     "setup": "ready",
                     "seconds": round(time.monotonic() - setup_started, 2),
                     "python": platform.python_version(),
                     "aiohttp": aiohttp.__version__,
+                    "nginx": nginx_ref.nginx_version(nginx)
+                    if stack.nginx_relay and nginx
+                    else None,
                     "cpus": CPUS,
                     "loadavg": os.getloadavg(),
                     "direct": "client -TLS-> backend",
                     "relay": "client -TLS-> relay -WSS tunnel-> add-on -plain HTTP-> backend",
+                    "nginx_path": "client -TLS-> nginx -TLS-> nginx -plain HTTP-> backend",
+                    "paths": ["direct", *paths],
                     "backend_for_addon": stack.backend_plain_url,
                     "transfer_bytes": plan.transfer,
                     "relay_addon_log_level": log_level,
                 }
             )
-            pids = {
-                "relay": stack.relay.pid,
-                "addon": stack.addon.pid,
-                "backend": stack.backend.pid,
-                "client": os.getpid(),
-            }
-            if stack.floor_relay is not None and stack.floor_addon is not None:
-                pids["floor_relay"] = stack.floor_relay.pid
-                pids["floor_addon"] = stack.floor_addon.pid
-            sampler = Sampler({"relay": stack.relay.pid, "addon": stack.addon.pid})
+            pids = {"backend": stack.backend.pid, "client": os.getpid()}
+            rss_groups: dict[str, tuple[int, ...]] = {}
+            sessions = {"direct": (client_session(stack.direct_ca), stack.direct_origin)}
+            if stack.relay is not None and stack.addon is not None:
+                pids |= {"relay": stack.relay.pid, "addon": stack.addon.pid}
+                rss_groups |= {"relay": (stack.relay.pid,), "addon": (stack.addon.pid,)}
+                sessions["relay"] = (
+                    client_session(stack.relay_ca, cookie=token),
+                    stack.tenant_origin,
+                )
+            if stack.nginx_relay is not None and stack.nginx_addon is not None:
+                pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
+                pids |= stack.nginx_workers
+                for master in (stack.nginx_relay, stack.nginx_addon):
+                    rss_groups[master.name] = (
+                        master.pid,
+                        stack.nginx_workers[master.name + "_worker"],
+                    )
+                sessions["nginx"] = (client_session(stack.direct_ca), stack.nginx_origin)
+            sampler = Sampler(rss_groups)
             sampler.start()
             if profile_dir is not None:
                 profilers = start_profilers(profile_dir, stack)
-            sessions = {
-                "direct": (client_session(stack.direct_ca), stack.direct_origin),
-                "relay": (client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
-            }
-            if stack.floor_origin:
-                sessions["floor"] = (client_session(stack.direct_ca), stack.floor_origin)
             try:
-                await run_workloads(plan, groups, results, sessions, pids, sampler)
+                await run_workloads(
+                    plan, groups, results, sessions, Watch(pids, rss_groups, sampler)
+                )
             finally:
                 for session, _ in sessions.values():
                     await session.close()
@@ -844,9 +923,20 @@ async def run_benchmark(
                     profiler.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     profiler.kill()
-            leaked = [p for p in ("relay", "addon") if "Traceback" in getattr(stack, p).output()]
+            leaked = [p.name for p in (stack.relay, stack.addon) if p and "Traceback" in p.output()]
             if leaked:
                 emit({"warning": "tracebacks in the output of " + ", ".join(leaked)})
+            for nginx_proc in (stack.nginx_relay, stack.nginx_addon):
+                if nginx_proc is None:
+                    continue
+                log = workdir / nginx_proc.name / "error.log"
+                if log.exists() and "[error]" in log.read_text():
+                    emit(
+                        {
+                            "warning": f"errors in {nginx_proc.name}'s error log",
+                            "log": log.read_text()[-2000:],
+                        }
+                    )
     return results
 
 
@@ -855,8 +945,7 @@ async def run_workloads(
     groups: set[str],
     results: Results,
     sessions: dict[str, tuple[aiohttp.ClientSession, str]],
-    pids: dict[str, int],
-    sampler: Sampler,
+    watch: Watch,
 ) -> None:
     paths = tuple(sessions)
     if "get" in groups:
@@ -878,7 +967,7 @@ async def run_workloads(
                 ) -> Any:
                     return small_gets(s, u, c, n, limit)
 
-                await measure(results, f"get_c{concurrency}", path, pids, sampler, run)
+                await measure(results, f"get_c{concurrency}", path, watch, run)
     if "ws" in groups:
         for path in paths:
             session, origin = sessions[path]
@@ -887,7 +976,7 @@ async def run_workloads(
             def run_ws(s: aiohttp.ClientSession = session, u: str = url) -> Any:
                 return ws_echo(s, u, plan.ws, plan.ws_cap, plan.warmup)
 
-            await measure(results, "ws_echo", path, pids, sampler, run_ws)
+            await measure(results, "ws_echo", path, watch, run_ws)
     if "wsload" in groups:
         for path in paths:
             session, origin = sessions[path]
@@ -895,11 +984,12 @@ async def run_workloads(
             def run_wsload(s: aiohttp.ClientSession = session, o: str = origin) -> Any:
                 return ws_echo_under_download(s, o, plan.ws_load, plan.ws_load_cap, plan.warmup)
 
-            await measure(results, "ws_under_download", path, pids, sampler, run_wsload)
+            await measure(results, "ws_under_download", path, watch, run_wsload)
     if "transfer" in groups:
         for path in paths:
             session, origin = sessions[path]
             await download(session, origin, 4 * MiB, 30)  # warm-up
+        every: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
         for name, transfer in (("download", download), ("upload", upload)):
             rounds: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
             for number in range(1, plan.transfer_rounds + 1):
@@ -915,11 +1005,49 @@ async def run_workloads(
                         return t(s, o, plan.transfer, plan.transfer_cap)
 
                     record = await measure(
-                        results, name, path, pids, sampler, run_transfer, round_number=number
+                        results, name, path, watch, run_transfer, round_number=number
                     )
                     rounds[path].append(record)
+                    every[path].append(record)
             for path in paths:
                 results.add(summarise_transfers(name, path, rounds[path]))
+        for path in paths:
+            if path in SIDES:
+                results.add(summarise_memory(path, every[path]))
+
+
+def side_memory(mems: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's RSS over consecutive transfers: the worst one, and first start to last end."""
+    return {
+        "rss_start_mib": mems[0]["rss_start_mib"],
+        "rss_peak_mib": max(m["rss_peak_mib"] for m in mems),
+        "rss_end_mib": mems[-1]["rss_end_mib"],
+        "rss_growth_mib": max(m["rss_growth_mib"] for m in mems),
+        "rss_late_growth_mib": max(m["rss_late_growth_mib"] for m in mems),
+        "rss_growth_over_rounds_mib": round(mems[-1]["rss_end_mib"] - mems[0]["rss_start_mib"], 2),
+    }
+
+
+def is_flat(mem: dict[str, Any]) -> bool:
+    """Flat: bounded growth within every transfer, none in its second half, none across them."""
+    return bool(
+        mem["rss_growth_mib"] * MiB <= TARGET_RSS_GROWTH
+        and mem["rss_late_growth_mib"] * MiB <= TARGET_RSS_LATE_GROWTH
+        and mem["rss_growth_over_rounds_mib"] * MiB <= TARGET_RSS_GROWTH
+    )
+
+
+def summarise_memory(path: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """RSS of both sides over every transfer of the path, downloads then uploads (GBs in all)."""
+    return {
+        "figure": "transfers_memory",
+        "path": path,
+        "round": "all",
+        "transfers": len(rounds),
+        "bytes": sum(r["bytes"] for r in rounds),
+        "relay": side_memory([r["relay"] for r in rounds]),
+        "addon": side_memory([r["addon"] for r in rounds]),
+    }
 
 
 def summarise_transfers(figure: str, path: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -940,23 +1068,12 @@ def summarise_transfers(figure: str, path: str, rounds: list[dict[str, Any]]) ->
         "mb_per_s_max": rates[-1],
         "cpu_s_per_mb_all": round(sum(r["path_cpu_s"] for r in rounds) / megabytes, 6),
     }
-    if path in PAIRS:
+    if path in SIDES:
         summary["relay_addon_cpu_s_per_mb"] = round(
             sum(r["relay_addon_cpu_s"] for r in rounds) / megabytes, 6
         )
-    if path == "relay":
-        for proc in ("relay", "addon"):
-            mems = [r[proc] for r in rounds]
-            summary[proc] = {
-                "rss_start_mib": mems[0]["rss_start_mib"],
-                "rss_peak_mib": max(m["rss_peak_mib"] for m in mems),
-                "rss_end_mib": mems[-1]["rss_end_mib"],
-                "rss_growth_mib": max(m["rss_growth_mib"] for m in mems),
-                "rss_late_growth_mib": max(m["rss_late_growth_mib"] for m in mems),
-                "rss_growth_over_rounds_mib": round(
-                    mems[-1]["rss_end_mib"] - mems[0]["rss_start_mib"], 2
-                ),
-            }
+        for side in ("relay", "addon"):
+            summary[side] = side_memory([r[side] for r in rounds])
     return summary
 
 
@@ -972,6 +1089,8 @@ def start_profilers(profile_dir: Path, stack: Stack) -> list[subprocess.Popen[by
     profile_dir.mkdir(parents=True, exist_ok=True)
     profilers = []
     for proc in (stack.relay, stack.addon):
+        if proc is None:
+            continue
         out = profile_dir / f"{proc.name}.txt"
         profilers.append(
             subprocess.Popen(
@@ -1023,6 +1142,10 @@ def summarise_profile(path: Path, top: int = 20) -> str:
 
 # ------------------------------------------------------------------- report
 
+#: Column order of the table; "relay" is Homeport's path.
+COLUMNS = ("direct", "relay", "nginx")
+TITLES = {"direct": "direct", "relay": "homeport", "nginx": "nginx (C)"}
+
 
 def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -1030,201 +1153,310 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(results: Results) -> str:
-    """direct | floor | relay columns, the relay's ratio and added latency, and the targets.
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
 
-    The floor (``bench/floor.py``) gets its own ratio and added latency: a target
-    the floor misses is out of reach for any relay built on the same parts.
-    """
+
+class Report:
+    """Reads the summary records of one run: figures, ratios, added latency."""
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+
+    def value(self, figure: str, path: str, key: str, side: str | None = None) -> float | None:
+        record = self.results.get(figure, path)
+        if record is None:
+            return None
+        if side is not None:
+            record = record.get(side) or {}
+        found = record.get(key)
+        return float(found) if found is not None else None
+
+    def added(self, figure: str, path: str, key: str = "p50_ms") -> float | None:
+        """``path``'s figure minus direct's (latency added by the path)."""
+        own, direct = self.value(figure, path, key), self.value(figure, "direct", key)
+        return None if own is None or direct is None else own - direct
+
+    def vs_direct(self, figure: str, path: str, key: str) -> float | None:
+        return ratio(self.value(figure, path, key), self.value(figure, "direct", key))
+
+    def vs_nginx(self, figure: str, key: str) -> float | None:
+        return ratio(self.value(figure, "relay", key), self.value(figure, "nginx", key))
+
+
+def table(results: Results) -> str:
+    """Figures of direct | homeport | nginx, with the ratios against direct and against nginx."""
+    report = Report(results)
     rows: list[tuple[str, ...]] = []
 
-    def value(figure: str, path: str, key: str) -> float | None:
-        record = results.get(figure, path)
-        return record.get(key) if record else None
-
-    def ratio(d: float | None, r: float | None) -> float | None:
-        return r / d if d and r is not None else None
-
-    def added(d: float | None, r: float | None) -> str:
-        return f"{r - d:+.3f} ms" if d is not None and r is not None else "-"
-
-    def verdict(ok: bool | None) -> str:
-        return "-" if ok is None else ("PASS" if ok else "MISS")
-
-    def line(
-        label: str,
-        figure: str,
-        key: str,
-        digits: int = 2,
-        *,
-        latency: bool = False,
-        target: str = "",
-        check: Callable[[float | None, float | None], bool | None] | None = None,
-    ) -> None:
-        d, f, r = (value(figure, path, key) for path in ("direct", "floor", "relay"))
+    def row(label: str, cells: dict[str, str], *ratios: float | None) -> None:
+        if all(cell == "-" for cell in cells.values()):
+            return  # a workload or path that did not run
+        padded = [*ratios, None, None, None][:3]
         rows.append(
             (
                 label,
-                fmt(d, digits),
-                fmt(f, digits),
-                fmt(r, digits),
-                fmt(ratio(d, r)),
-                fmt(ratio(d, f)),
-                added(d, r) if latency else "",
-                added(d, f) if latency else "",
-                target,
-                verdict(check(d, f)) if check else "",
-                verdict(check(d, r)) if check else "",
+                *(cells.get(path, "-") for path in COLUMNS),
+                *(fmt(r) if r is not None else "" for r in padded),
             )
         )
 
-    def within_added(d: float | None, r: float | None) -> bool | None:
-        return None if d is None or r is None else r - d <= TARGET_ADDED_MS
+    def plain(label: str, figure: str, key: str, digits: int = 2, scale: float = 1.0) -> None:
+        cells = {}
+        for path in COLUMNS:
+            v = report.value(figure, path, key)
+            cells[path] = fmt(v * scale if v is not None else None, digits)
+        row(label, cells)
 
-    def within_ratio(d: float | None, r: float | None) -> bool | None:
-        rat = ratio(d, r)
-        return None if rat is None else rat >= TARGET_TRANSFER_RATIO
+    def latency(label: str, figure: str, key: str) -> None:
+        cells = {}
+        for path in COLUMNS:
+            v = report.value(figure, path, key)
+            extra = report.added(figure, path, key) if path != "direct" else None
+            cells[path] = fmt(v, 3) + (f" ({extra:+.3f})" if extra is not None else "")
+        row(label, cells)
 
-    def cpu_line(label: str, figure: str, key: str, digits: int) -> None:
-        f, r = value(figure, "floor", key), value(figure, "relay", key)
-        if f is not None or r is not None:
-            rows.append((label, "-", fmt(f, digits), fmt(r, digits), "", "", "", "", "", "", ""))
+    def rate(label: str, figure: str, key: str, digits: int = 0, spread: bool = False) -> None:
+        cells = {}
+        for path in COLUMNS:
+            record = results.get(figure, path)
+            if record is None or record.get(key) is None:
+                continue
+            cells[path] = fmt(record[key], digits)
+            if spread:
+                cells[path] += f" ({record['mb_per_s_min']:.0f}-{record['mb_per_s_max']:.0f})"
+        row(
+            label,
+            cells,
+            report.vs_direct(figure, "relay", key),
+            report.vs_direct(figure, "nginx", key),
+            report.vs_nginx(figure, key),
+        )
 
-    latency_target = f"added <= {TARGET_ADDED_MS} ms"
+    def cpu(label: str, figure: str, key: str, digits: int, scale: float) -> None:
+        cells = {}
+        for path in ("relay", "nginx"):
+            v = report.value(figure, path, key)
+            cells[path] = fmt(v * scale if v is not None else None, digits)
+        row(label, cells, None, None, report.vs_nginx(figure, key))
+
+    def memory(label: str, figure: str, side: str) -> None:
+        cells = {}
+        for path in ("relay", "nginx"):
+            record = results.get(figure, path)
+            if record is None:
+                continue
+            mem = record[side]
+            cells[path] = (
+                f"{mem['rss_start_mib']:.1f}->{mem['rss_end_mib']:.1f} "
+                f"peak {mem['rss_peak_mib']:.1f} (+{mem['rss_growth_mib']:.1f}"
+                f"/+{mem['rss_late_growth_mib']:.1f})"
+            )
+        row(label, cells)
+
     for figure, label in (("get_c1", "GET c=1"), ("get_c32", "GET c=32")):
-        line(f"{label} requests/s", figure, "rps", 0)
-        c1 = figure == "get_c1"
-        line(
-            f"{label} p50 ms",
-            figure,
-            "p50_ms",
-            3,
-            latency=True,
-            target=latency_target if c1 else "",
-            check=within_added if c1 else None,
-        )
-        line(f"{label} p99 ms", figure, "p99_ms", 3, latency=True)
-        cpu_line(f"{label} relay+add-on CPU us/req", figure, "relay_addon_cpu_us_per_request", 0)
-    line(
-        "WS echo 1 KiB p50 ms",
+        latency(f"{label} p50 ms (added)", figure, "p50_ms")
+        latency(f"{label} p99 ms (added)", figure, "p99_ms")
+        rate(f"{label} requests/s", figure, "rps")
+        cpu(f"{label} relay+add-on CPU us/request", figure, "relay_addon_cpu_us_per_request", 0, 1)
+    latency("WS echo p50 ms (added)", "ws_echo", "p50_ms")
+    latency("WS echo p99 ms (added)", "ws_echo", "p99_ms")
+    rate("WS echo round trips/s", "ws_echo", "per_second")
+    cpu(
+        "WS echo relay+add-on CPU us/round trip",
         "ws_echo",
-        "p50_ms",
-        3,
-        latency=True,
-        target=latency_target,
-        check=within_added,
+        "relay_addon_cpu_us_per_round_trip",
+        0,
+        1,
     )
-    line("WS echo 1 KiB p99 ms", "ws_echo", "p99_ms", 3, latency=True)
-    line("WS echo idle p50 ms", "ws_under_download", "idle_p50_ms", 3)
-    line("WS echo idle p99 ms", "ws_under_download", "idle_p99_ms", 3)
-    line("WS echo under download p50 ms", "ws_under_download", "p50_ms", 3)
-    line("WS echo under download p99 ms", "ws_under_download", "p99_ms", 3)
-    line("WS under download / idle p50", "ws_under_download", "p50_loaded_over_idle")
-    line("WS under download / idle p99", "ws_under_download", "p99_loaded_over_idle")
-    line("download beside the WS MB/s", "ws_under_download", "download_mb_per_s", 1)
+    plain("WS idle p50 ms", "ws_under_download", "idle_p50_ms", 3)
+    plain("WS under download p50 ms", "ws_under_download", "p50_ms", 3)
+    plain("WS under download / idle, p50", "ws_under_download", "p50_loaded_over_idle")
+    plain("WS under download / idle, p99", "ws_under_download", "p99_loaded_over_idle")
+    plain("download beside the WS MB/s", "ws_under_download", "download_mb_per_s", 1)
     for figure in ("download", "upload"):
-        d, f, r = (value(figure, path, "mb_per_s") for path in ("direct", "floor", "relay"))
-        spread = {
-            path: f"{fmt(rec['mb_per_s'], 1)} ({rec['mb_per_s_min']:.0f}-{rec['mb_per_s_max']:.0f})"
-            if (rec := results.get(figure, path))
-            else "-"
-            for path in ("direct", "floor", "relay")
-        }
-        rows.append(
-            (
-                f"{figure} MB/s (min-max)",
-                spread["direct"],
-                spread["floor"],
-                spread["relay"],
-                fmt(ratio(d, r)),
-                fmt(ratio(d, f)),
-                "",
-                "",
-                f">= {TARGET_TRANSFER_RATIO:.0%} of direct",
-                verdict(within_ratio(d, f)),
-                verdict(within_ratio(d, r)),
-            )
-        )
-        line(f"{figure} CPU s/MB, all processes", figure, "cpu_s_per_mb_all", 4)
-        cpu_line(f"{figure} relay+add-on CPU s/MB", figure, "relay_addon_cpu_s_per_mb", 4)
-        relay = results.get(figure, "relay")
-        if relay:
-            for proc in ("relay", "addon"):
-                mem = relay[proc]
-                flat = (
-                    mem["rss_growth_mib"] * MiB <= TARGET_RSS_GROWTH
-                    and mem["rss_late_growth_mib"] * MiB <= TARGET_RSS_LATE_GROWTH
-                    and mem["rss_growth_over_rounds_mib"] * MiB <= TARGET_RSS_GROWTH
-                )
-                rows.append(
-                    (
-                        f"{figure} {proc} RSS peak MiB (growth)",
-                        "-",
-                        "-",
-                        f"{fmt(mem['rss_peak_mib'], 1)} (+{fmt(mem['rss_growth_mib'], 1)})",
-                        "",
-                        "",
-                        f"late +{fmt(mem['rss_late_growth_mib'], 1)}, rounds "
-                        f"{mem['rss_growth_over_rounds_mib']:+.1f}",
-                        "",
-                        "flat" if proc == "relay" else "",
-                        "",
-                        verdict(flat) if proc == "relay" else "",
-                    )
-                )
+        rate(f"{figure} MB/s median (min-max)", figure, "mb_per_s", 1, spread=True)
+        cpu(f"{figure} relay+add-on CPU ms/MB", figure, "relay_addon_cpu_s_per_mb", 2, 1e3)
+        plain(f"{figure} CPU ms/MB, all processes", figure, "cpu_s_per_mb_all", 2, 1e3)
+        memory(f"{figure} relay-side RSS MiB", figure, "relay")
+        memory(f"{figure} add-on-side RSS MiB", figure, "addon")
+    moved = report.value("transfers_memory", "relay", "bytes") or report.value(
+        "transfers_memory", "nginx", "bytes"
+    )
+    if moved:
+        memory(f"all transfers ({moved / 1e9:.2f} GB) relay RSS", "transfers_memory", "relay")
+        memory(f"all transfers ({moved / 1e9:.2f} GB) add-on RSS", "transfers_memory", "addon")
     header = (
         "figure",
-        "direct",
-        "floor",
-        "relay",
-        "relay/direct",
-        "floor/direct",
-        "added",
-        "floor added",
-        "target",
-        "floor",
-        "relay",
+        *(TITLES[p] for p in COLUMNS),
+        "homeport/direct",
+        "nginx/direct",
+        "homeport/nginx",
     )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(header)),
         "  ".join("-" * w for w in widths),
     ]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for r in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
     return "\n".join(lines)
 
 
-def notes(results: Results, plan: Plan) -> str:
+def targets(results: Results) -> str:
+    """Issue #10's targets for Homeport, judged against direct and nginx of the same run.
+
+    A verdict needs every figure it compares; "-" when one is missing (a path or a
+    workload left out, or nginx not installed).
+    """
+    report = Report(results)
+    lines: list[tuple[bool | None, str, str]] = []
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.3f} ms"
+
+    def times(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    for figure, label, limit in (
+        ("get_c1", "GET c=1", TARGET_GET_ADDED_MS),
+        ("ws_echo", "WS echo", TARGET_WS_ADDED_MS),
+    ):
+        added = report.added(figure, "relay")
+        lines.append(
+            (
+                None if added is None else added <= limit,
+                f"{label}: p50 added over direct <= {limit} ms",
+                f"homeport {ms(added)} (nginx {ms(report.added(figure, 'nginx'))})",
+            )
+        )
+    for figure, label, key, unit in (
+        ("get_c32", "GET c=32", "relay_addon_cpu_us_per_request", "us/request"),
+        ("ws_echo", "WS echo", "relay_addon_cpu_us_per_round_trip", "us/round trip"),
+    ):
+        r = report.vs_nginx(figure, key)
+        home, ref = report.value(figure, "relay", key), report.value(figure, "nginx", key)
+        lines.append(
+            (
+                None if r is None else r <= TARGET_CPU_PER_EXCHANGE_VS_NGINX,
+                f"{label}: relay+add-on CPU <= {TARGET_CPU_PER_EXCHANGE_VS_NGINX}x nginx",
+                f"{fmt(home, 0)} vs {fmt(ref, 0)} {unit} = {times(r)}",
+            )
+        )
+    r = report.vs_direct("get_c32", "relay", "rps")
+    lines.append(
+        (
+            None if r is None else r >= TARGET_GET_C32_VS_DIRECT,
+            f"GET c=32: requests/s >= {TARGET_GET_C32_VS_DIRECT}x direct",
+            f"homeport {times(r)} (nginx {times(report.vs_direct('get_c32', 'nginx', 'rps'))})",
+        )
+    )
+    for figure in ("download", "upload"):
+        key = "relay_addon_cpu_s_per_mb"
+        r = report.vs_nginx(figure, key)
+        home, ref = report.value(figure, "relay", key), report.value(figure, "nginx", key)
+        lines.append(
+            (
+                None if r is None else r <= TARGET_CPU_PER_MB_VS_NGINX,
+                f"{figure}: relay+add-on CPU per MB <= {TARGET_CPU_PER_MB_VS_NGINX}x nginx",
+                f"{fmt(home and home * 1e3)} vs {fmt(ref and ref * 1e3)} ms/MB = {times(r)}",
+            )
+        )
+        home_r = report.vs_direct(figure, "relay", "mb_per_s")
+        ref_r = report.vs_direct(figure, "nginx", "mb_per_s")
+        lines.append(
+            (
+                None if home_r is None or ref_r is None else home_r >= ref_r,
+                f"{figure}: MB/s ratio to direct >= nginx's",
+                f"homeport {times(home_r)}, nginx {times(ref_r)}",
+            )
+        )
+    loaded = report.value("ws_under_download", "relay", "p50_loaded_over_idle")
+    lines.append(
+        (
+            None if loaded is None else loaded <= TARGET_WS_LOADED_OVER_IDLE,
+            f"WS echo p50 under a saturating download <= {TARGET_WS_LOADED_OVER_IDLE:g}x idle",
+            f"homeport {times(loaded)} (nginx "
+            f"{times(report.value('ws_under_download', 'nginx', 'p50_loaded_over_idle'))})",
+        )
+    )
+    memory = results.get("transfers_memory", "relay")
+    if memory is None:
+        lines.append((None, "relay RSS flat over all transfers", "- (no transfers)"))
+    else:
+        gigabytes = memory["bytes"] / 1e9
+        for side, name in (("relay", "relay"), ("addon", "add-on")):
+            mem = memory[side]
+            lines.append(
+                (
+                    is_flat(mem) if side == "relay" else None,
+                    f"{name} RSS over all transfers ({gigabytes:.2f} GB)"
+                    + (" flat" if side == "relay" else " (measured, no target)"),
+                    f"{mem['rss_growth_over_rounds_mib']:+.1f} MiB first start to last end,"
+                    f" worst transfer +{mem['rss_growth_mib']:.1f}"
+                    f" (second half +{mem['rss_late_growth_mib']:.1f}),"
+                    f" peak {mem['rss_peak_mib']:.1f} MiB",
+                )
+            )
+    width = max(len(text) for _, text, _ in lines)
+    out = ["Targets (issue #10): Homeport against direct and the two-nginx reference, same run"]
+    for ok, text, figures in lines:
+        verdict = "-   " if ok is None else ("PASS" if ok else "MISS")
+        if "no target" in text:
+            verdict = "    "
+        out.append(f"  {verdict}  {text.ljust(width)}  {figures}")
+    return "\n".join(out)
+
+
+def notes(results: Results, plan: Plan, skipped: str | None) -> str:
     errors = [
         f"{r['figure']}/{r['path']}: {r['errors']} errors"
         for r in results.records
         if r.get("errors")
     ]
     capped = [f"{r['figure']}/{r['path']}" for r in results.records if r.get("capped")]
+    measured = [r for r in results.records if "other_cpu_share" in r]
+    noisy = [r for r in measured if r["other_cpu_share"] > NOISY_SHARE]
     busy = [
         f"{r['figure']}/{r['path']}{'#' + str(r['round']) if 'round' in r else ''}"
         f" {r['other_cpu_share']:.0%}"
-        for r in results.records
-        if r.get("other_cpu_share", 0) > NOISY_SHARE and r.get("round") != "all"
+        for r in noisy
     ]
-    text = [
+    if len(noisy) > 6:  # a busy machine: the range says it, a list would not be read
+        shares = sorted(r["other_cpu_share"] for r in noisy)
+        busy = [
+            f"{len(noisy)} of {len(measured)} measurements, {shares[0]:.0%}-{shares[-1]:.0%}"
+            f" (median {shares[len(shares) // 2]:.0%})"
+        ]
+    paragraphs = [
         "",
-        "Direct: client -TLS 1.3-> backend.  Relay: client -TLS 1.3-> relay -WSS tunnel->",
-        "add-on -plain HTTP on loopback-> the same backend.  Floor: the same path through",
-        "bench/floor.py's minimal relay and add-on (same parts, no checks: not a product).",
-        f"All processes on uvloop, on {os.cpu_count()} CPUs shared by client, relay, add-on"
-        " and backend.",
+        "Direct: client -TLS 1.3-> backend.  Homeport: client -TLS 1.3-> relay -WSS tunnel->"
+        " add-on -plain HTTP on loopback-> the same backend.  nginx (C): the same three legs"
+        " through two nginx processes (worker_processes 1 each, bench/nginx_ref.py): client"
+        " -TLS 1.3-> 'relay' nginx -TLS 1.3, keep-alive pool-> 'add-on' nginx -plain HTTP,"
+        f" keep-alive-> backend.  All processes on {CPUS} CPUs shared by client, relay,"
+        " add-on, nginx and backend.",
+        "Added = the path's figure minus direct's.  Relay+add-on CPU = user+sys"
+        " (/proc/<pid>/stat) of the processes in the relay's and the add-on's places (nginx:"
+        " master and worker of each), per exchange (warm-up excluded for GETs, included in"
+        " both count and CPU for WS echo) or per MB moved.",
         f"Transfers: {plan.transfer // MiB} MiB each, {plan.transfer_rounds} round(s) per path"
-        " (MB/s: median; RSS: worst round; 'rounds' = RSS change from the first round's"
-        " start to the last round's end).  MB = 10**6 bytes.",
-        f"GET = {SMALL_PATH}; WS = 1 KiB text echo on /ws/echo, one message at a time.",
-        "WS under download: the same echo, idle and then beside an endless GET /bytes/…"
-        " read flat out on the same path (same tunnel on the relay path).",
-        "Latency targets apply at concurrency 1; 'flat' = relay RSS growth <= "
-        f"{TARGET_RSS_GROWTH // MiB} MiB over a transfer and <= "
-        f"{TARGET_RSS_LATE_GROWTH // MiB} MiB over its second half.",
+        " (MB/s: median; RSS: start->end, peak (+worst growth over a transfer/+over its"
+        " second half); 'all transfers' = from the first download's start to the last"
+        " upload's end).  MB = 10**6 bytes.",
+        f"GET = {SMALL_PATH}; WS = 1 KiB text echo on /ws/echo, one message at a time.  WS"
+        " under download: the same echo, idle and then beside an endless GET /bytes/… read"
+        " flat out on the same path (same tunnel on the relay path; its own connections on"
+        " the nginx path).",
+        f"'flat' = relay RSS growth <= {TARGET_RSS_GROWTH // MiB} MiB over each transfer and"
+        f" over all of them, <= {TARGET_RSS_LATE_GROWTH // MiB} MiB over a transfer's second"
+        " half.",
     ]
+    text = [""]
+    if skipped:
+        text.append(f"NO C REFERENCE in this run: {skipped}")
     if errors:
         text.append("ERRORS: " + "; ".join(errors))
     if busy:
@@ -1233,7 +1465,8 @@ def notes(results: Results, plan: Plan) -> str:
         )
     if capped:
         text.append("hit the time cap (fewer than planned): " + ", ".join(capped))
-    return "\n".join(text)
+    paragraphs += text
+    return "\n".join(textwrap.fill(p, width=100) if p else p for p in paragraphs)
 
 
 def main() -> int:
@@ -1241,6 +1474,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
     parser.add_argument(
         "--only", action="append", choices=GROUPS, help="run only these workloads (repeatable)"
+    )
+    parser.add_argument(
+        "--path",
+        action="append",
+        choices=PATHS,
+        help="measure only these proxied paths beside direct (repeatable; default: both;"
+        " relay = Homeport, nginx = the two-nginx C reference)",
     )
     parser.add_argument(
         "--profile",
@@ -1262,22 +1502,27 @@ def main() -> int:
         help="run only the flood workload (bench/flood.py): another home's latency while one"
         " home floods, without and with --tenant-bandwidth BANDWIDTH (default 8M)",
     )
-    parser.add_argument(
-        "--no-floor",
-        action="store_true",
-        help="skip the floor path (bench/floor.py: the minimal relay + add-on pair)",
-    )
     args = parser.parse_args()
     if args.flood is not None:
         return run_flood_main(args)
     plan = QUICK if args.quick else FULL
     groups = set(args.only or GROUPS)
-    results = uvloop.run(
-        run_benchmark(plan, groups, args.profile, args.log_level, floor=not args.no_floor)
-    )
+    paths = tuple(p for p in PATHS if p in (args.path or PATHS))
+    nginx = nginx_ref.find_nginx() if "nginx" in paths else None
+    skipped = None
+    if "nginx" in paths and nginx is None:
+        skipped = nginx_ref.INSTALL_HINT
+        if args.path:  # asked for by name: nothing to measure it against
+            print(f"bench/run.py: {skipped}", file=sys.stderr)
+            return 2
+        print(f"bench/run.py: skipping the nginx column: {skipped}", file=sys.stderr)
+        paths = tuple(p for p in paths if p != "nginx")
+    results = uvloop.run(run_benchmark(plan, groups, paths, nginx, args.profile, args.log_level))
     print()
     print(table(results))
-    print(notes(results, plan))
+    print()
+    print(targets(results))
+    print(notes(results, plan, skipped))
     if args.profile is not None:
         for name in ("relay", "addon"):
             path = args.profile / f"{name}.txt"

@@ -10,16 +10,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import re
 import signal
+import socket
 import sys
-import tomllib
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from homeport import __version__
+from homeport.config import (
+    ConfigError,
+    Options,
+    check_environment,
+    check_readable_file,
+)
 from homeport.logs import setup_logging
 from homeport.tls.acme_settings import add_acme_arguments
 
@@ -29,31 +38,34 @@ def default_data_dir() -> Path:
     return Path(base) / "homeport"
 
 
-class Options:
-    """Looks an option up in flag → environment → TOML section → default."""
+def options(args: argparse.Namespace, section: str) -> Options:
+    """The option lookup of ``homeport relay`` / ``homeport addon``, TOML keys checked."""
+    return Options(args, section, known_options(section))
 
-    def __init__(self, args: argparse.Namespace, section: str) -> None:
-        self._args = args
-        self._toml: dict[str, Any] = {}
-        if getattr(args, "config", None):
-            with open(args.config, "rb") as fh:
-                self._toml = tomllib.load(fh).get(section, {})
 
-    def get(self, name: str, default: Any = None) -> Any:
-        value = getattr(self._args, name, None)
-        if value is not None:
-            return value
-        env = os.environ.get("HOMEPORT_" + name.upper())
-        if env:
-            return env
-        toml_value = self._toml.get(name.replace("_", "-"), self._toml.get(name))
-        if toml_value is not None:
-            return toml_value
-        return default
+@functools.cache
+def known_options(command: str | None = None) -> frozenset[str]:
+    """Option names (argparse ``dest``) of one subcommand, or of all of them (``None``)."""
+    names = {"log_level"}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if command is None or name == command:
+                    names |= _dests(sub)
+    if command is not None:
+        names -= {"log_level", "config"}
+    return frozenset(names)
 
-    def path(self, name: str, default: Path | None = None) -> Path | None:
-        value = self.get(name)
-        return Path(value).expanduser() if value else default
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _dests(sub)
+        elif action.option_strings and action.dest != "help":
+            found.add(action.dest)
+    return found
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -78,18 +90,21 @@ async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> Non
 # ----------------------------------------------------------------------- relay
 
 
-def relay_config(args: argparse.Namespace) -> Any:
+def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
+    """The relay's settings; ``serving=False`` for commands that only read them (admin,
+    keys), which skip what only matters to a listening relay (``--http-listen`` may be on
+    the relay's command line, in its systemd unit, rather than in the shared file)."""
     from homeport.relay.config import SECURITY_CONTACT, SECURITY_POLICY, RelayConfig
     from homeport.tls.acme_settings import acme_settings
 
-    opts = Options(args, "relay")
-    listen = str(opts.get("listen", "127.0.0.1:8443"))
-    host, _, port = listen.rpartition(":")
-    public_port = opts.get("public_port")
+    opts = options(args, "relay")
+    listen = opts.host_port("listen", "127.0.0.1:8443")
+    assert listen is not None
     tls_profile = str(opts.get("tls_profile", "modern")).lower()
     if tls_profile not in ("modern", "intermediate"):
-        raise SystemExit(f"error: --tls-profile must be modern or intermediate: {tls_profile!r}")
-    http_listen = opts.get("http_listen")
+        raise ConfigError(f"--tls-profile must be modern or intermediate: {tls_profile!r}")
+    http_listen = opts.host_port("http_listen")
+    tls_cert, tls_key = _tls_files(opts)
     from homeport.mail.options import signup_open, smtp_settings
     from homeport.mail.settings import MailSettingsError
 
@@ -97,26 +112,25 @@ def relay_config(args: argparse.Namespace) -> Any:
         smtp = smtp_settings(opts)
         signup = signup_open(opts, smtp)
     except MailSettingsError as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    http_host, _, http_port = str(http_listen).rpartition(":") if http_listen else ("", "", "")
+        raise ConfigError(str(exc)) from None
     limits = _limit_options(opts)
     acme = acme_settings(opts.get)
-    if acme is not None and acme.challenge == "http-01" and not http_port:
-        raise SystemExit("error: --acme-challenge http-01 needs --http-listen (port 80)")
+    if serving and acme is not None and acme.challenge == "http-01" and http_listen is None:
+        raise ConfigError("--acme-challenge http-01 needs --http-listen (port 80)")
     return RelayConfig(
         data_dir=opts.path("data_dir", default_data_dir()) or default_data_dir(),
-        account_host=str(opts.get("account_host", "homeport.localhost")).lower(),
-        tenant_domain=str(opts.get("tenant_domain", "home.localhost")).lower(),
-        listen_host=host.strip("[]") or "127.0.0.1",
-        listen_port=int(port),
-        public_port=int(public_port) if public_port is not None else None,
+        account_host=_host_name(opts, "account_host", "homeport.localhost"),
+        tenant_domain=_host_name(opts, "tenant_domain", "home.localhost"),
+        listen_host=listen[0],
+        listen_port=listen[1],
+        public_port=opts.integer("public_port", low=1),
         database_url=opts.get("database_url"),
-        tls_cert=opts.path("tls_cert"),
-        tls_key=opts.path("tls_key"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         server_key=opts.path("server_key"),
         tls_profile=tls_profile,
-        http_listen_host=http_host.strip("[]") or "127.0.0.1",
-        http_listen_port=int(http_port) if http_port else None,
+        http_listen_host=http_listen[0] if http_listen else "127.0.0.1",
+        http_listen_port=http_listen[1] if http_listen else None,
         security_contact=str(opts.get("security_contact", SECURITY_CONTACT)),
         security_policy=str(opts.get("security_policy", SECURITY_POLICY)),
         oidc_providers=_oidc_providers(opts),
@@ -136,13 +150,40 @@ def relay_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _host_name(opts: Options, name: str, default: str) -> str:
+    """A DNS name as the relay serves it: lower case, no port, no trailing dot."""
+    value = str(opts.get(name, default)).strip().lower().rstrip(".")
+    labels = value.split(".")
+    if not all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label) for label in labels):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a DNS name, not {value!r}")
+    return value
+
+
+def _tls_files(opts: Options) -> tuple[Path | None, Path | None]:
+    """``--tls-cert`` and ``--tls-key``: both or neither, both readable."""
+    cert, key = opts.path("tls_cert"), opts.path("tls_key")
+    if (cert is None) != (key is None):
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise ConfigError(f"{given} needs {missing}: give the certificate and its key together")
+    return cert, key
+
+
+def _check_relay_files(config: Any) -> None:
+    """Files the relay reads later must be there now (one line, not a traceback at start)."""
+    check_readable_file(config.tls_cert, "--tls-cert")
+    check_readable_file(config.tls_key, "--tls-key")
+    if config.acme is not None:
+        check_readable_file(config.acme.ca_file, "--acme-ca-file")
+        check_readable_file(config.acme.dns_tsig_key_file, "--dns-tsig-key-file")
+
+
 def _metrics_listen(value: Any) -> tuple[str, int] | None:
     """``--metrics-listen host:port``; None when unset (no metrics listener)."""
     if not value:
         return None
     host, _, port = str(value).rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SystemExit(f"error: --metrics-listen must be host:port: {value!r}")
+        raise ConfigError(f"--metrics-listen must be host:port: {value!r}")
     return host.strip("[]"), int(port)
 
 
@@ -198,14 +239,27 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from homeport.tls.openssl_groups import reexec_with_groups
 
     config = relay_config(args)
+    _check_relay_files(config)
+    _require_real_certificate(config)
     reexec_with_groups(config.data_dir)  # R-TLS-05: groups need OPENSSL_CONF at process start
+    listeners = [("--listen", config.listen_host, config.listen_port)]
+    if config.http_listen_port is not None:
+        listeners.append(("--http-listen", config.http_listen_host, config.http_listen_port))
+    if config.metrics_listen is not None:
+        listeners.append(("--metrics-listen", *config.metrics_listen))
+    for option, host, port in listeners:
+        _check_can_listen(option, host, port)
 
     async def main() -> None:
         try:
             relay = Relay(config)
         except CertificateProblem as exc:
-            raise SystemExit(f"error: {exc}") from exc
-        await relay.start()
+            raise ConfigError(str(exc)) from None
+        try:
+            await relay.start()
+        except OSError as exc:  # lost a race for a port after the check above
+            await relay.stop()
+            raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
         print(f"Relay listening on {config.listen_host}:{config.listen_port}", flush=True)
         print(f"Account site: {config.account_origin}/", flush=True)
         print(relay.mail.summary(config), flush=True)
@@ -215,54 +269,165 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_real_certificate(config: Any) -> None:
+    """A public relay never falls back to the development CA without a word.
+
+    Without ``--tls-cert``/``--tls-key`` or ``--acme-directory`` the relay would
+    serve certificates from its own development CA, which no browser or
+    add-on trusts: fine on ``localhost`` names (``homeport dev``, tests), a
+    broken deployment anywhere else.
+    """
+    from homeport.relay.config import is_local_name
+
+    if config.acme is not None or config.tls_cert is not None:
+        return
+    if is_local_name(config.account_host) and is_local_name(config.tenant_domain):
+        return
+    raise ConfigError(
+        f"no certificate for {config.account_host} and *.{config.tenant_domain}: give "
+        "--acme-directory (Let's Encrypt) or --tls-cert and --tls-key (the development CA "
+        "serves only localhost names)"
+    )
+
+
+def _check_can_listen(option: str, host: str, port: int) -> None:
+    """Bind once before starting, so a taken port or a wrong address is one clear line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ConfigError(f"{option} {host}:{port}: no such address or host name") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"{option} {host}:{port}: {exc.strerror}") from None
+
+
 # ----------------------------------------------------------------------- addon
 
 
-def cmd_addon(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class AddonSetup:
+    """``homeport addon``'s settings, checked (``addon_config``)."""
+
+    config: Any  # homeport.addon.client.AddonConfig
+    ha_url_given: bool
+    panel: Any  # homeport.addon.runtime.PanelSettings | None
+    supervisor_token: str | None
+    #: configuration.yaml and an API token for the panel's "trust the add-on" button.
+    ha_config: Path | None = None
+    ha_token: str | None = field(default=None, repr=False)
+
+
+def addon_config(args: argparse.Namespace) -> AddonSetup:
+    """``homeport addon``'s settings, every one checked before anything is dialled;
+    ``ConfigError`` or ``ValueError`` says what to fix."""
     from homeport.addon.client import AddonConfig
+    from homeport.addon.options import OptionsError, check_ha_url, check_relay_url, load_options
+    from homeport.addon.runtime import parse_panel
     from homeport.keys import parse_pinned_keys
 
-    opts = Options(args, "addon")
+    opts = options(args, "addon")
     relay = opts.get("relay")
     pins = opts.get("server_pubkey")
     ha_url = opts.get("ha_url")
     pinned_keys = None
     options_file = opts.path("options")
-    if options_file is not None:
-        # The add-on's /data/options.json; flags and environment still win.
-        from homeport.addon.options import OptionsError, load_options
-
-        try:
-            addon_options = load_options(options_file)
-        except OptionsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        relay = relay or addon_options.relay_url
-        ha_url = ha_url or addon_options.ha_url
-        if not pins:
-            pinned_keys = addon_options.pinned_keys
-    if not relay or not (pins or pinned_keys):
-        print("error: --relay and --server-pubkey (or --options) are required", file=sys.stderr)
-        return 2
-    from homeport.addon.runtime import AddonRuntime, StartupError, parse_panel
-
-    supervisor_token = os.environ.get("SUPERVISOR_TOKEN") or None
     try:
-        panel = parse_panel(
-            opts.get("panel_listen"), opts.get("panel_allow"), supervised=bool(supervisor_token)
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if options_file is not None:
+            # The add-on's /data/options.json; flags and environment still win.
+            addon_options = load_options(options_file)
+            relay = relay or addon_options.relay_url
+            ha_url = ha_url or addon_options.ha_url
+            if not pins:
+                pinned_keys = addon_options.pinned_keys
+        if not relay or not (pins or pinned_keys):
+            raise ConfigError("--relay and --server-pubkey (or --options) are required")
+        check_relay_url(str(relay), "--relay")
+        if ha_url:
+            check_ha_url(str(ha_url), "--ha-url")
+    except OptionsError as exc:
+        raise ConfigError(str(exc)) from None
+    if pinned_keys is None:
+        try:
+            pinned_keys = tuple(parse_pinned_keys(str(pins)))
+        except ValueError as exc:
+            raise ConfigError(
+                f"--server-pubkey: {exc} (copy it from `homeport keys show` on the relay)"
+            ) from None
+    relay_ca = opts.path("relay_ca")
+    _check_ca_file(relay_ca, "--relay-ca")
+    supervisor_token = os.environ.get("SUPERVISOR_TOKEN") or None
+    panel = parse_panel(
+        opts.get("panel_listen"), opts.get("panel_allow"), supervised=bool(supervisor_token)
+    )
     config = AddonConfig(
         relay_url=str(relay),
         ha_url=str(ha_url or "http://127.0.0.1:8123"),
         state_dir=opts.path("state_dir", default_data_dir() / "addon") or Path("."),
-        pinned_keys=pinned_keys or tuple(parse_pinned_keys(str(pins))),
-        relay_ca=opts.path("relay_ca"),
+        pinned_keys=pinned_keys,
+        relay_ca=relay_ca,
     )
+    ha_config, ha_token = _ha_setup(opts)
+    return AddonSetup(config, bool(ha_url), panel, supervisor_token, ha_config, ha_token)
+
+
+def _ha_setup(opts: Options) -> tuple[Path | None, str | None]:
+    """``--ha-config`` (the folder) and the token of ``--ha-token-file``, checked now."""
+    from homeport.keys import KeyFileError, read_secret_file
+
+    folder, token_file = opts.path("ha_config"), opts.path("ha_token_file")
+    if (folder is None) != (token_file is None) and not os.environ.get("SUPERVISOR_TOKEN"):
+        raise ConfigError("--ha-config and --ha-token-file go together")
+    config_file = None
+    if folder is not None:
+        config_file = folder / "configuration.yaml"
+        check_readable_file(config_file, "--ha-config")
+    token = None
+    if token_file is not None:
+        try:
+            token = read_secret_file(token_file).decode("utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"--ha-token-file {token_file}: no such file") from None
+        except (KeyFileError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--ha-token-file: {exc}") from None
+        if not token:
+            raise ConfigError(f"--ha-token-file {token_file} is empty")
+    return config_file, token
+
+
+def _check_ca_file(path: Path | None, option: str) -> None:
+    """A CA file must exist and hold at least one PEM certificate."""
+    import ssl
+
+    check_readable_file(path, option)
+    if path is None:
+        return
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        raise ConfigError(f"{option} {path}: no PEM certificate in it") from None
+
+
+def cmd_addon(args: argparse.Namespace) -> int:
+    try:
+        setup = addon_config(args)
+    except (ConfigError, ValueError) as exc:
+        # The add-on's own contract: exit 2 with one line naming what to fix.
+        message = str(exc) if isinstance(exc, ConfigError) else f"error: {exc}"
+        print(message, file=sys.stderr)
+        return 2
+    from homeport.addon.runtime import AddonRuntime, StartupError
+
     runtime = AddonRuntime(
-        config, supervisor_token=supervisor_token, panel=panel, ha_url_given=bool(ha_url)
+        setup.config,
+        supervisor_token=setup.supervisor_token,
+        panel=setup.panel,
+        ha_url_given=setup.ha_url_given,
+        ha_config=setup.ha_config,
+        ha_token=setup.ha_token,
     )
 
     async def main() -> None:
@@ -287,7 +452,7 @@ async def _nothing() -> None:
 def _database(args: argparse.Namespace) -> Any:
     from homeport.accounts.db import Database, default_sqlite_url
 
-    opts = Options(args, "relay")
+    opts = options(args, "relay")
     url = opts.get("database_url")
     if not url:
         data_dir = opts.path("data_dir", default_data_dir()) or default_data_dir()
@@ -315,7 +480,12 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.passwords import PasswordPolicyError
 
-    password = sys.stdin.readline().rstrip("\r\n")
+    if sys.stdin.isatty():  # a person at a terminal: ask, without echoing it
+        import getpass
+
+        password = getpass.getpass("Password (at least 15 characters): ")
+    else:  # a pipe or a file: one line
+        password = sys.stdin.readline().rstrip("\r\n")
 
     async def action(accounts: Any) -> int:
         try:
@@ -333,6 +503,115 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     async def action(accounts: Any) -> int:
         for user in await accounts.list_users():
             print(user.email)
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    disable = args.user_command == "disable"
+
+    async def action(accounts: Any) -> int:
+        try:
+            user = await Operator(accounts).user(args.email)
+            await accounts.set_user_disabled(user.id, disable)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        done = "Disabled (every session ended)" if disable else "Enabled"
+        print(f"{done}: {user.email}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    async def action(accounts: Any) -> int:
+        operator = Operator(accounts)
+        try:
+            user = await operator.user(args.email)
+            if not args.yes:
+                owned = await operator.owned_homes(user)
+                print(
+                    f"error: this deletes {user.email} and unlinks the {len(owned)} home(s) it "
+                    "owns; run again with --yes",
+                    file=sys.stderr,
+                )
+                return 1
+            user, homes = await operator.delete_user(args.email)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        unlinked = f"; unlinked {', '.join(homes)}" if homes else ""
+        print(f"Deleted {user.email}{unlinked}")
+        return 0
+
+    return _admin(args, action)
+
+
+def cmd_user_reset_factor(args: argparse.Namespace) -> int:
+    from homeport.accounts.errors import AccountsError
+    from homeport.accounts.operator import Operator
+
+    config = relay_config(args, serving=False)
+
+    async def action(accounts: Any) -> int:
+        try:
+            result = await Operator(accounts).reset_second_factor(args.email)
+        except AccountsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"Reset the second factor of {result.user.email}: authenticator app "
+            f"{'removed' if result.totp else 'none'}, {result.passkeys} passkey(s) removed, "
+            f"{result.sessions} session(s) ended"
+        )
+        print(await _mail_reset_notice(config, result.user.email))
+        return 0
+
+    return _admin(args, action)
+
+
+async def _mail_reset_notice(config: Any, email: str) -> str:
+    """Tell the owner by mail (when the relay sends mail); the line to print."""
+    import datetime as dt
+
+    from homeport.mail.mailer import SmtpMailer
+    from homeport.mail.messages import MailWriter
+
+    if config.smtp is None:
+        return "Not mailed: no --smtp-host (tell the owner yourself)"
+    mail = MailWriter(config.account_origin).security_change(
+        email,
+        what="the relay's operator removed your second factor (authenticator app, recovery "
+        "codes and passkeys) and ended every session; sign in and set up a new one under "
+        "Security",
+        moment=dt.datetime.now(dt.UTC),
+        ip=None,
+        user_agent="",
+    )
+    try:
+        await SmtpMailer(config.smtp).send(mail)
+    except Exception as exc:
+        return f"Not mailed: {type(exc).__name__} (tell the owner yourself)"
+    return f"Mailed {email}"
+
+
+def cmd_instance_unlink(args: argparse.Namespace) -> int:
+    async def action(accounts: Any) -> int:
+        if not await accounts.unlink_instance(args.instance):
+            print(f"error: no home {args.instance}", file=sys.stderr)
+            return 1
+        print(
+            f"Unlinked {args.instance}: its sessions and app links are gone; its add-on gets "
+            "a new link code when it next connects"
+        )
         return 0
 
     return _admin(args, action)
@@ -356,7 +635,7 @@ def cmd_link(args: argparse.Namespace) -> int:
 def cmd_instance_list(args: argparse.Namespace) -> int:
     from homeport.relay.config import RelayConfig
 
-    config: RelayConfig = relay_config(args)
+    config: RelayConfig = relay_config(args, serving=False)
 
     async def action(accounts: Any) -> int:
         rows = [
@@ -386,7 +665,7 @@ def cmd_instance_list(args: argparse.Namespace) -> int:
 def cmd_keys_show(args: argparse.Namespace) -> int:
     from homeport.keys import key_id, load_or_create_private_key, public_key_text
 
-    config = relay_config(args)
+    config = relay_config(args, serving=False)
     key = load_or_create_private_key(config.server_key_path)
     public = key.public_key()
     print(public_key_text(public))
@@ -403,7 +682,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from homeport.mail.settings import MailSettingsError
 
     try:
-        opts = Options(args, "relay")
+        opts = options(args, "relay")
         args.smtp = smtp_settings(opts)
         args.signup_open = signup_open(opts, args.smtp, dev=True)
     except MailSettingsError as exc:
@@ -416,16 +695,61 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _relay_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML config file ([relay] section)")
+    parser.add_argument(
+        "--config", help="TOML file with a [relay] section; unknown keys in it are errors"
+    )
     parser.add_argument("--listen", help="address:port to listen on (default 127.0.0.1:8443)")
-    parser.add_argument("--account-host", dest="account_host")
-    parser.add_argument("--tenant-domain", dest="tenant_domain")
-    parser.add_argument("--public-port", dest="public_port", type=int)
-    parser.add_argument("--data-dir", dest="data_dir")
-    parser.add_argument("--database-url", dest="database_url")
-    parser.add_argument("--tls-cert", dest="tls_cert")
-    parser.add_argument("--tls-key", dest="tls_key")
-    parser.add_argument("--server-key", dest="server_key", help="Ed25519 signing key (PEM)")
+    parser.add_argument(
+        "--account-host",
+        dest="account_host",
+        help="host of the account site and of /v1/tunnel (default homeport.localhost)",
+    )
+    parser.add_argument(
+        "--tenant-domain",
+        dest="tenant_domain",
+        help="homes are <instance-id>.<tenant-domain>; a registrable domain of its own "
+        "(default home.localhost)",
+    )
+    parser.add_argument(
+        "--public-port",
+        dest="public_port",
+        type=int,
+        help="port in the URLs people and add-ons use, when a port mapping sits in front "
+        "(default: the listening port)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        help="database, keys and certificates (default $XDG_DATA_HOME/homeport)",
+    )
+    parser.add_argument(
+        "--database-url",
+        dest="database_url",
+        help="e.g. postgresql+asyncpg://homeport@db/homeport (default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        dest="tls_cert",
+        help="PEM chain, leaf first, no root; with --tls-key. Without it and without "
+        "--acme-directory only localhost names are served (development CA)",
+    )
+    parser.add_argument("--tls-key", dest="tls_key", help="the private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--server-key",
+        dest="server_key",
+        help="the relay's Ed25519 signing key, pinned by add-ons (default "
+        "<data-dir>/server-key.pem, created if missing)",
+    )
+    parser.add_argument(
+        "--security-contact",
+        dest="security_contact",
+        help="Contact: of /.well-known/security.txt, e.g. mailto:security@example.com",
+    )
+    parser.add_argument(
+        "--security-policy",
+        dest="security_policy",
+        help="Policy: of /.well-known/security.txt (a URL)",
+    )
     parser.add_argument(
         "--tls-profile",
         dest="tls_profile",
@@ -487,7 +811,13 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="homeport", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"homeport {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("HOMEPORT_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="debug, info, warning or error (default: info; warning for admin and keys, "
+        "so their output is not mixed with log lines); or HOMEPORT_LOG_LEVEL",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     relay = sub.add_parser("relay", help="run the relay")
@@ -497,8 +827,29 @@ def build_parser() -> argparse.ArgumentParser:
     addon = sub.add_parser("addon", help="run the add-on beside Home Assistant")
     addon.add_argument("--config", help="TOML config file ([addon] section)")
     addon.add_argument("--relay", help="wss://relay-host/v1/tunnel")
-    addon.add_argument("--ha-url", dest="ha_url")
-    addon.add_argument("--state-dir", dest="state_dir")
+    addon.add_argument(
+        "--ha-url",
+        dest="ha_url",
+        help="Home Assistant base URL, http(s)://host[:port] (default: asked from the "
+        "Supervisor, or found on 127.0.0.1 / ::1 port 8123)",
+    )
+    addon.add_argument(
+        "--ha-config",
+        dest="ha_config",
+        help="Home Assistant's configuration folder, so the panel can add the proxy settings "
+        "to configuration.yaml when you ask (needs --ha-token-file; the Supervisor gives both)",
+    )
+    addon.add_argument(
+        "--ha-token-file",
+        dest="ha_token_file",
+        help="file (mode 0600) holding a Home Assistant long-lived access token, for checking "
+        "the configuration and restarting Home Assistant after that change",
+    )
+    addon.add_argument(
+        "--state-dir",
+        dest="state_dir",
+        help="holds the add-on's identity key (default $XDG_DATA_HOME/homeport/addon)",
+    )
     addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
     addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
     addon.add_argument(
@@ -516,13 +867,38 @@ def build_parser() -> argparse.ArgumentParser:
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)
     user = admin_sub.add_parser("user", help="accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
-    create = user_sub.add_parser("create", help="create an account (password on stdin)")
+    create = user_sub.add_parser(
+        "create", help="create an account (asks for the password, or reads one line of stdin)"
+    )
     create.add_argument("email")
     _relay_options(create)
     create.set_defaults(func=cmd_user_create)
     listing = user_sub.add_parser("list", help="list accounts")
     _relay_options(listing)
     listing.set_defaults(func=cmd_user_list)
+    for name, what in (
+        ("disable", "disable an account and end its sessions"),
+        ("enable", "enable a disabled account"),
+    ):
+        toggle = user_sub.add_parser(name, help=what)
+        toggle.add_argument("email")
+        _relay_options(toggle)
+        toggle.set_defaults(func=cmd_user_disable)
+    remove = user_sub.add_parser(
+        "delete", help="delete an account and unlink the homes it owns (audited)"
+    )
+    remove.add_argument("email")
+    remove.add_argument("--yes", action="store_true", help="really delete (no undo)")
+    _relay_options(remove)
+    remove.set_defaults(func=cmd_user_delete)
+    reset = user_sub.add_parser(
+        "reset-second-factor",
+        help="remove a lost authenticator app, recovery codes and passkeys; end every "
+        "session; audited, and mailed to the owner when mail is configured",
+    )
+    reset.add_argument("email")
+    _relay_options(reset)
+    reset.set_defaults(func=cmd_user_reset_factor)
     link = admin_sub.add_parser("link", help="link an add-on to an account by its code")
     link.add_argument("code")
     link.add_argument("email")
@@ -531,9 +907,15 @@ def build_parser() -> argparse.ArgumentParser:
     instance = admin_sub.add_parser("instance", help="instances")
     instance_sub = instance.add_subparsers(dest="instance_command", required=True)
     inst_list = instance_sub.add_parser("list", help="list instances")
-    inst_list.add_argument("--json", action="store_true")
+    inst_list.add_argument("--json", action="store_true", help="a JSON list instead of text")
     _relay_options(inst_list)
     inst_list.set_defaults(func=cmd_instance_list)
+    unlink = instance_sub.add_parser(
+        "unlink", help="unlink a home from its account (its add-on needs a new link code)"
+    )
+    unlink.add_argument("instance", help="the home's id (admin instance list)")
+    _relay_options(unlink)
+    unlink.set_defaults(func=cmd_instance_unlink)
 
     keys = sub.add_parser("keys", help="the relay's signing key")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -542,9 +924,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_keys_show)
 
     dev = sub.add_parser("dev", help="relay + add-on + Home Assistant (or a stand-in) locally")
-    dev.add_argument("--ha-url", dest="ha_url", default="http://127.0.0.1:8123")
-    dev.add_argument("--data-dir", dest="data_dir", default=".homeport/dev")
-    dev.add_argument("--port", type=int, default=8443)
+    dev.add_argument(
+        "--ha-url",
+        dest="ha_url",
+        default="http://127.0.0.1:8123",
+        help="Home Assistant to use if it answers (default http://127.0.0.1:8123; "
+        "otherwise a built-in stand-in)",
+    )
+    dev.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        default=".homeport/dev",
+        help="development state (default .homeport/dev)",
+    )
+    dev.add_argument(
+        "--port", type=int, default=8443, help="loopback port of the relay (default 8443)"
+    )
     from homeport.mail.options import add_mail_arguments
 
     add_mail_arguments(dev)
@@ -552,9 +947,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Commands whose output is for a person or a script: logs only when something is wrong.
+QUIET_COMMANDS = ("admin", "keys")
+
+
+def log_level(args: argparse.Namespace) -> str:
+    """``--log-level``, else ``HOMEPORT_LOG_LEVEL``, else the command's default."""
+    level = args.log_level or os.environ.get("HOMEPORT_LOG_LEVEL", "").strip().lower()
+    if not level:
+        return "warning" if args.command in QUIET_COMMANDS else "info"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"HOMEPORT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}: {level!r}")
+    return level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    check_environment(known_options())
+    setup_logging(log_level(args))
     result: int = args.func(args)
     return result
 

@@ -80,6 +80,8 @@ def setup_logging(level: str = "info") -> None:
     # Database drivers log statements with their parameters (hashes, emails) at debug.
     for name in ("aiosqlite", "sqlalchemy.engine", "asyncpg"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Alembic announces each of its plugins at info whenever it is imported: noise.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # The OpenID client's HTTP stack traces headers at debug (IdP cookies and the like).
     for name in ("httpx2", "httpcore2", "authlib"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -15,13 +15,17 @@ Docker cannot run here, so the Dockerfile is checked by reading it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import struct
+import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from dockerfile_env import Image, follow, parse_dockerfile, sh
 from relay_process import EMAIL, RelayProcess
 from stack import PASSWORD, Browser, free_port
 
@@ -43,6 +48,8 @@ VENV_BIN = Path(sys.executable).parent
 
 # The Supervisor's vocabulary (supervisor/const.py, supervisor/addons/options.py).
 ARCH_ALL = {"armhf", "armv7", "aarch64", "amd64", "i386"}
+# What Home Assistant's builder actions and base images still build (2026): 64-bit only.
+ARCH_BUILT = {"aarch64", "amd64"}
 RE_SLUG = re.compile(r"^[-_.A-Za-z0-9]+$")
 RE_SCHEMA_ELEMENT = re.compile(
     r"^(?:"
@@ -117,6 +124,7 @@ def test_config_required_keys_and_formats() -> None:
     assert config["url"].startswith("https://")
     assert config["arch"]
     assert set(config["arch"]) <= ARCH_ALL
+    assert set(config["arch"]) <= ARCH_BUILT, "the builder makes no image for other arches"
     assert len(set(config["arch"])) == len(config["arch"])
     # s6-overlay is the init in the base images; Docker's init must be off.
     assert config["init"] is False
@@ -134,6 +142,26 @@ def test_config_required_keys_and_formats() -> None:
     for risky in ("host_network", "privileged", "full_access", "docker_api", "hassio_role"):
         assert risky not in config, risky
     assert config.get("apparmor", True) is True
+    # Only Home Assistant's configuration folder, for the panel's "trust the add-on".
+    assert config["map"] == ["homeassistant_config:rw"]
+    # Prebuilt images, as the official example add-ons ship them (one multi-arch name).
+    assert RE_BUILD_IMAGE.match(config["image"])
+    assert "{arch}" not in config["image"], "one multi-arch manifest, not an image per arch"
+
+
+def test_urls_are_in_step_and_marked_for_the_publisher() -> None:
+    """The repository's URL is written in three places; they must name one repository."""
+    config = load_yaml("config.yaml")
+    repo = yaml.safe_load((ROOT / "repository.yaml").read_text(encoding="utf-8"))
+    url = repo["url"]
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)", url)
+    assert match, url
+    assert config["url"] == url
+    assert config["image"] == f"ghcr.io/{match[1].lower()}/homeport-addon"
+    for path in (ROOT / "repository.yaml", ADDON / "config.yaml"):
+        assert "PUBLISHER:" in path.read_text(encoding="utf-8"), path
+    for dockerfile in ("packaging/container/Dockerfile", "packaging/relay/Dockerfile"):
+        assert f'org.opencontainers.image.source="{url}"' in (ROOT / dockerfile).read_text()
 
 
 def test_ingress_is_coherent() -> None:
@@ -181,51 +209,141 @@ def test_options_match_schema_and_translations() -> None:
         assert text["description"].strip(), key
 
 
-def test_build_yaml_uses_official_python_base_images() -> None:
-    config = load_yaml("config.yaml")
-    build = load_yaml("build.yaml")
-    assert set(build["build_from"]) == set(config["arch"])
-    for arch, image in build["build_from"].items():
-        assert RE_BUILD_IMAGE.match(image), image
-        assert re.fullmatch(
-            rf"ghcr\.io/home-assistant/{arch}-base-python:3\.1[2-9]-alpine3\.\d+", image
-        ), image
-    assert build["args"]["HOMEPORT_VERSION"] == __version__
-    assert all(isinstance(v, str) for v in build["args"].values())
+def test_dockerfile_base_image_and_no_build_yaml() -> None:
+    """The official multi-arch Python base image; build.yaml is gone (the builder
+    actions take BUILD_FROM from the Dockerfile, as the official example does)."""
+    assert not (ADDON / "build.yaml").exists()
+    recipe = parse_dockerfile((ADDON / "Dockerfile").read_text(encoding="utf-8"))
+    arg = recipe[0]
+    assert arg.keyword == "ARG"
+    name, _, default = arg.args.partition("=")
+    assert name == "BUILD_FROM"
+    assert re.fullmatch(r"ghcr\.io/home-assistant/base-python:3\.1[2-9]-alpine3\.\d+", default)
+    assert recipe[1].keyword == "FROM"
+    assert recipe[1].args in ("${BUILD_FROM}", "$BUILD_FROM")
 
 
 def test_dockerfile_recipe() -> None:
+    recipe = parse_dockerfile((ADDON / "Dockerfile").read_text(encoding="utf-8"))
     text = (ADDON / "Dockerfile").read_text(encoding="utf-8")
-    # Join continuation lines into instructions, drop comments.
-    logical = re.sub(r"\\\n", " ", text)
-    instructions = [
-        line.strip() for line in logical.splitlines() if line.strip() and not line.startswith("#")
+    words = [i.keyword for i in recipe]
+    copies = [i.args for i in recipe if i.keyword == "COPY"]
+    assert copies == ["wheels /tmp/wheels", "rootfs /"]
+    runs = [i.args for i in recipe if i.keyword == "RUN"]
+    # The wheel of this checkout, never a release from a package index.
+    install = shlex.split(runs[0].split("&&")[0])
+    assert install[:2] == ["pip", "install"]
+    assert [a for a in install if not a.startswith("-") and "://" not in a][2:] == [
+        "/tmp/wheels/homeport-*-py3-none-any.whl"
     ]
-    words = [shlex.split(line)[0].upper() for line in instructions]
-    assert words[0] == "ARG"
-    assert instructions[0].split()[1] == "BUILD_FROM"
-    assert instructions[1] in ("FROM ${BUILD_FROM}", "FROM $BUILD_FROM")
-    assert "ARG HOMEPORT_VERSION" in instructions
-    runs = [line for line in instructions if line.upper().startswith("RUN ")]
-    assert any(
-        re.search(r"pip install .*\"?homeport==\$\{HOMEPORT_VERSION\}\"?", r) for r in runs
-    ), runs
-    assert any(line.startswith("COPY rootfs /") for line in instructions)
-    assert any("chmod a+x /etc/services.d/homeport/run" in r for r in runs)
+    assert "homeport==" not in text
+    assert "chmod a+x /etc/services.d/homeport/run /etc/services.d/homeport/finish" in runs
     # No credentials baked into the image, no ENTRYPOINT/CMD overriding s6's /init.
     assert not re.search(r"(?i)(token|password|secret|private)[\w-]*\s*=", text)
     assert "ENTRYPOINT" not in words
     assert "CMD" not in words
-    assert RUN_SCRIPT.exists()
-    assert os.access(RUN_SCRIPT, os.X_OK)
+    assert "ADD" not in words
+    for script in (RUN_SCRIPT, RUN_SCRIPT.with_name("finish")):
+        assert os.access(script, os.X_OK), script
+    # The release step puts the wheel there; it never lands in git.
+    assert "homeport_addon/wheels/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
-def test_apparmor_profile_is_named_after_the_slug() -> None:
+def test_finish_script_halts_on_a_configuration_error() -> None:
+    """As in the official example: a failing add-on stops, instead of s6 looping it."""
+    text = RUN_SCRIPT.with_name("finish").read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env bashio\n")
+    assert "/run/s6-linux-init-container-results/exitcode" in text
+    assert "exec /run/s6/basedir/bin/halt" in text
+
+
+APPARMOR_PARSER = shutil.which("apparmor_parser") or "/sbin/apparmor_parser"
+
+
+def _compile_profile(path: Path) -> subprocess.CompletedProcess[str]:
+    """Compile a profile as the Supervisor's host would, without loading it (no kernel)."""
+    return subprocess.run(
+        [APPARMOR_PARSER, "--skip-kernel-load", "--skip-cache", "-Q", "-I", "/etc/apparmor.d",
+         str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_apparmor_profile_follows_the_official_example(tmp_path: Path) -> None:
     text = (ADDON / "apparmor.txt").read_text(encoding="utf-8")
+    assert text.startswith("#include <tunables/global>\n")
     header = r"^profile homeport flags=\(attach_disconnected,mediate_deleted\) \{"
-    assert re.search(header, text, re.MULTILINE)
-    assert text.count("{") == text.count("}")
+    assert re.search(header, text, re.MULTILINE), "the outer profile is named after the slug"
+    # The add-on process runs in a child profile that receives s6's signals.
+    assert "/usr/local/bin/homeport cx -> homeport_addon," in text
+    assert re.search(
+        r"^  profile homeport_addon flags=\(attach_disconnected,mediate_deleted\)", text, re.M
+    )
+    assert "signal (receive) peer=*_homeport," in text
     assert "/data/** rw" in text
+    # Of Home Assistant's configuration, only configuration.yaml and our backups.
+    config_rules = re.findall(r"^\s*(/homeassistant/\S*) (\w+),$", text, re.M)
+    assert config_rules == [
+        ("/homeassistant/", "r"),
+        ("/homeassistant/configuration.yaml", "rw"),
+        ("/homeassistant/configuration.yaml.homeport-*", "rw"),
+    ]
+    compiled = _compile_profile(ADDON / "apparmor.txt")
+    assert compiled.returncode == 0, compiled.stderr
+    # The check can fail: a broken rule does not compile.
+    broken = tmp_path / "apparmor.txt"
+    broken.write_text(text.replace("/data/** rw,", "/data/** rw"))
+    assert _compile_profile(broken).returncode != 0
+
+
+def test_store_readme_and_licence() -> None:
+    readme = (ADDON / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# Home Assistant add-on: Homeport\n")
+    for arch in load_yaml("config.yaml")["arch"]:
+        assert f"Supports {arch} Architecture" in readme
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "Apache-2.0"
+    assert "Apache License\n                           Version 2.0, January 2004" in licence
+    assert "END OF TERMS AND CONDITIONS" in licence
+    assert "APPENDIX: How to apply the Apache License to your work." in licence
+    assert len(licence) > 11_000, "the full text, not a pointer to it"
+
+
+def load_release() -> Any:
+    """``packaging/release.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("release", ROOT / "packaging" / "release.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["release"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_version_has_one_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = load_release()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "version" not in project
+    assert project["dynamic"] == ["version"]
+    assert release.check() == __version__
+    # set-version changes both copies; check refuses a mismatch, a wrong tag, a missing
+    # CHANGELOG section.
+    for name in ("INIT", "MANIFEST", "CHANGELOG"):
+        original: Path = getattr(release, name)
+        copy = tmp_path / original.name
+        shutil.copy(original, copy)
+        monkeypatch.setattr(release, name, copy)
+    with pytest.raises(release.ReleaseError, match=r"tag v9\.9\.9 does not name"):
+        release.check("v9.9.9")
+    release.set_version("9.9.9")
+    with pytest.raises(release.ReleaseError, match=r"no '## 9\.9\.9' section"):
+        release.check()
+    release.CHANGELOG.write_text("# Changelog\n\n## 9.9.9\n\n- x\n")
+    assert release.check("v9.9.9") == "9.9.9"
+    release.MANIFEST.write_text(release.MANIFEST.read_text().replace("9.9.9", "9.9.8"))
+    with pytest.raises(release.ReleaseError, match=r"config\.yaml says 9\.9\.8"):
+        release.check()
 
 
 @pytest.mark.parametrize(("name", "size"), [("icon.png", (128, 128)), ("logo.png", (250, 100))])
@@ -319,10 +437,17 @@ async def link_and_fetch(relay: RelayProcess, seen: str, *, timeout: float) -> N
             assert len(await r.read()) == 12345
 
 
-def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOMEPORT_", "SUPERVISOR"))}
+def script_env(
+    tmp_path: Path, options: Path, relay: RelayProcess | None, bin_dir: Path = VENV_BIN
+) -> dict[str, str]:
+    # No PYTHONPATH: the image's Python must find the package it installed, nothing else.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HOMEPORT_", "SUPERVISOR", "PYTHON", "VIRTUAL_ENV"))
+    }
     env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
         SUPERVISOR_TOKEN="simulated-supervisor-token",
         HOMEPORT_OPTIONS=str(options),
         HOMEPORT_STATE_DIR=str(tmp_path / "data"),
@@ -334,6 +459,62 @@ def script_env(tmp_path: Path, options: Path, relay: RelayProcess | None) -> dic
         # The dev relay's certificate comes from its own CA; a real relay's does not.
         env["HOMEPORT_RELAY_CA"] = str(relay.ca_path)
     return env
+
+
+# ---------------------------------------------------- the image, built and run
+
+#: Home Assistant's musllinux wheel index is on the internet; here PyPI (through the
+#: machine's pip configuration) serves the same packages as manylinux wheels.
+_OUTSIDE_INDEX = re.compile(r"--extra-index-url\s+\S+")
+
+
+@dataclass
+class AddonImage:
+    """What the add-on image holds, built here by following its Dockerfile."""
+
+    image: Image
+    venv: Path  # the image's /usr/local (its Python and everything pip installed)
+
+    @property
+    def bin(self) -> Path:
+        return self.venv / "bin"
+
+    @property
+    def run_script(self) -> Path:
+        return self.image.root / "etc" / "services.d" / "homeport" / "run"
+
+
+async def build_addon_image(root: Path) -> AddonImage:
+    """The wheel (the release step), then every instruction of homeport_addon/Dockerfile.
+
+    The RUN line's ``pip install`` installs exactly what the image installs (the
+    wheel, with the dependency set it declares) into a fresh venv standing for the
+    base image's ``/usr/local``.
+    """
+    context = root / "context"
+    shutil.copytree(ADDON, context, ignore=shutil.ignore_patterns("wheels"))
+    load_release().addon_context(wheels=context / "wheels")
+    venv = root / "usr-local"
+    await sh(f"{sys.executable} -m venv {venv}", cwd=root, env=dict(os.environ), timeout=120)
+    image = Image(
+        root / "fs",
+        {"/tmp/wheels": root / "fs" / "tmp" / "wheels", "/etc": root / "fs" / "etc"},
+    )
+    image.root.mkdir()
+    recipe = parse_dockerfile((ADDON / "Dockerfile").read_text(encoding="utf-8"))
+    await follow(
+        recipe,
+        image,
+        context,
+        run_path=str(venv / "bin"),
+        rewrite=lambda command: _OUTSIDE_INDEX.sub("", command),
+    )
+    return AddonImage(image, venv)
+
+
+@pytest.fixture(scope="module")
+def addon_image(tmp_path_factory: pytest.TempPathFactory) -> AddonImage:
+    return asyncio.run(build_addon_image(tmp_path_factory.mktemp("addon-image")))
 
 
 def bashio_double(tmp_path: Path) -> Path:
@@ -349,7 +530,14 @@ def test_run_script_shebang() -> None:
     assert first == "#!/usr/bin/with-contenv bashio"
 
 
-async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)
+async def test_run_script_starts_addon_that_links_and_serves(
+    tmp_path: Path, addon_image: AddonImage
+) -> None:
+    """The image as the Supervisor runs it: its run script, its Python environment,
+    a Supervisor-style options.json, a real relay, a link, a request through it."""
+    installed = addon_image.bin / "homeport"
+    assert installed.exists(), "the RUN line installed the wheel's entry point"
     relay = RelayProcess(tmp_path / "relay")
     standin, backend = await start_standin()
     script: asyncio.subprocess.Process | None = None
@@ -370,11 +558,11 @@ async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> 
             ),
             encoding="utf-8",
         )
-        env = script_env(tmp_path, options, relay)
+        env = script_env(tmp_path, options, relay, addon_image.bin)
         script = await asyncio.create_subprocess_exec(
             "bash",
             str(bashio_double(tmp_path)),
-            str(RUN_SCRIPT),
+            str(addon_image.run_script),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
@@ -403,17 +591,17 @@ async def test_run_script_starts_addon_that_links_and_serves(tmp_path: Path) -> 
         await standin.cleanup()
 
 
-async def test_run_script_reports_bad_options(tmp_path: Path) -> None:
+async def test_run_script_reports_bad_options(tmp_path: Path, addon_image: AddonImage) -> None:
     (tmp_path / "data").mkdir()
     options = tmp_path / "data" / "options.json"
     options.write_text(json.dumps({"relay_url": "https://relay.example/v1/tunnel"}), "utf-8")
     proc = await asyncio.create_subprocess_exec(
         "bash",
         str(bashio_double(tmp_path)),
-        str(RUN_SCRIPT),
+        str(addon_image.run_script),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=script_env(tmp_path, options, None),
+        env=script_env(tmp_path, options, None, addon_image.bin),
         cwd=tmp_path,
     )
     _out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -438,3 +626,21 @@ def test_systemd_unit() -> None:
     assert "StateDirectory=homeport-addon" in unit
     assert "DynamicUser=yes" in unit
     assert "Restart=always" in unit
+
+
+def test_the_wheel_carries_every_file_the_package_reads(tmp_path: Path) -> None:
+    """Templates, static files, mail texts, migrations: all of src/homeport is in the
+    wheel the images install (the mail templates once were not, and a relay installed
+    from the wheel could not start; found by tests/edge/test_deploy_guide.py)."""
+    import zipfile
+
+    wheel = load_release().addon_context(wheels=tmp_path / "wheels")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.startswith("homeport/")}
+    source = ROOT / "src"
+    expected = {
+        str(path.relative_to(source))
+        for path in (source / "homeport").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert expected - shipped == set()

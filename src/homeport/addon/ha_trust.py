@@ -20,7 +20,9 @@ means "not trusted"; the same answer both times means "trusted".  It never
 touches an endpoint that needs a login: Home Assistant counts every 401 as a
 failed login attempt.  Home Assistant has no API to change ``http:`` (it is
 YAML-only, and the Supervisor's ``/core/options`` only knows port and ssl
-for its own health checks), so the add-on shows the YAML to paste.
+for its own health checks), so the add-on shows the YAML to paste, and, when
+the owner asks on the panel, adds it to ``configuration.yaml`` itself
+(:mod:`homeport.addon.trust_setup`).
 """
 
 from __future__ import annotations

@@ -56,27 +56,33 @@ def _string(data: dict[str, Any], key: str) -> str:
     return value
 
 
-def _relay_url(value: str) -> str:
+def check_relay_url(value: str, what: str = "option 'relay_url'") -> str:
+    """``wss://host[:port]/path``: the only way the add-on reaches a relay."""
     try:
         url = URL(value)
     except ValueError as exc:
-        raise OptionsError(f"option 'relay_url' is not a URL: {exc}") from None
+        raise OptionsError(f"{what} is not a URL: {exc}") from None
     if url.scheme != "wss" or not url.host:
-        raise OptionsError(f"option 'relay_url' must be wss://host[:port]/v1/tunnel, got {value!r}")
+        raise OptionsError(f"{what} must be wss://host[:port]/v1/tunnel, got {value!r}")
     if url.user or url.password or url.query_string or url.fragment:
-        raise OptionsError("option 'relay_url' must not carry credentials, a query or a fragment")
+        raise OptionsError(f"{what} must not carry credentials, a query or a fragment")
     return value
 
 
-def _ha_url(value: str) -> str:
+def check_ha_url(value: str, what: str = "option 'ha_url'") -> str:
+    """``http(s)://host[:port]``: a URL the forwarder can dial, checked before any dial."""
     try:
         url = URL(value)
     except ValueError as exc:
-        raise OptionsError(f"option 'ha_url' is not a URL: {exc}") from None
+        raise OptionsError(f"{what} is not a URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise OptionsError(f"option 'ha_url' must be http(s)://host[:port], got {value!r}")
+        raise OptionsError(f"{what} must be http(s)://host[:port], got {value!r}")
     if url.user or url.password or url.query_string or url.fragment:
-        raise OptionsError("option 'ha_url' must not carry credentials, a query or a fragment")
+        raise OptionsError(f"{what} must not carry credentials, a query or a fragment")
+    try:
+        url.port  # noqa: B018 - a port out of range raises here, not at the first dial
+    except ValueError:
+        raise OptionsError(f"{what} has an invalid port: {value!r}") from None
     return value
 
 
@@ -92,7 +98,7 @@ def parse_options(data: object) -> AddonOptions:
     for key in REQUIRED_KEYS:
         if data.get(key) is None:
             raise OptionsError(f"option {key!r} is required; set it in the add-on's configuration")
-    relay_url = _relay_url(_string(data, "relay_url"))
+    relay_url = check_relay_url(_string(data, "relay_url"))
     try:
         pinned = tuple(parse_pinned_keys(_string(data, "relay_keys")))
     except ValueError as exc:
@@ -106,7 +112,7 @@ def parse_options(data: object) -> AddonOptions:
             raise OptionsError(
                 f"option 'log_level' must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
             )
-    ha_url = _ha_url(_string(data, "ha_url")) if data.get("ha_url") is not None else None
+    ha_url = check_ha_url(_string(data, "ha_url")) if data.get("ha_url") is not None else None
     return AddonOptions(relay_url=relay_url, pinned_keys=pinned, log_level=log_level, ha_url=ha_url)
 
 

@@ -18,6 +18,9 @@ Threats this stops:
   cross-site when sent, and a per-process random token from the page.
 * App links made by someone else: creating one (``panel_app_links.py``) is
   a POST behind the same peer and CSRF checks.
+* ``configuration.yaml`` changed behind the owner's back: the "trust the
+  add-on" button (``trust_setup.py``) is a POST behind the same checks, with
+  an explicit ``confirm=yes``.
 * Script injection and framing by others: no script at all, a strict CSP,
   ``frame-ancestors 'self'`` (Home Assistant shows the panel in a
   same-origin iframe).
@@ -51,6 +54,7 @@ from homeport.addon.client import AddonStatus, State
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import Trust, TrustMonitor
 from homeport.addon.panel_app_links import AppLinkPages
+from homeport.addon.trust_setup import TrustSetup
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,9 @@ class PanelSources:
     account_origin: str
     #: Creates companion-app links over the tunnel (the add-on client); None: no such card.
     app_links: AppLinkMaker | None = None
+    #: Adds the proxy settings to configuration.yaml when the owner asks; None: the
+    #: add-on cannot (no configuration folder or no API token), so the panel shows the YAML.
+    trust_setup: TrustSetup | None = None
 
 
 class Panel:
@@ -94,6 +101,7 @@ class Panel:
         self.app = web.Application(middlewares=[self._only_ingress, self._headers])
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/remote-access", self.switch)
+        self.app.router.add_post("/trust-setup", self.start_trust_setup)
         self.app.router.add_get("/static/panel.css", self.stylesheet)
         self.app_link_pages: AppLinkPages | None = None
         if sources.app_links is not None:
@@ -168,6 +176,8 @@ class Panel:
             total=sources.gate.access_log.total,
             trust=trust,
             trusted=trust is not None and trust.trust is Trust.TRUSTED,
+            setup=sources.trust_setup,
+            setup_status=sources.trust_setup.status if sources.trust_setup is not None else None,
             ha_how=sources.ha_how,
             app_links=self.app_link_pages.card() if self.app_link_pages is not None else None,
             csrf=self.csrf_token,
@@ -200,6 +210,19 @@ class Panel:
             return web.Response(status=400, text="enabled must be on or off.\n")
         self.sources.gate.set_enabled(enabled == "on")
         # Relative: resolves under the ingress path the browser used.
+        raise web.HTTPSeeOther(location="./")
+
+    async def start_trust_setup(self, request: web.Request) -> web.Response:
+        """The owner's consent: add the proxy settings, check, restart (``trust_setup``)."""
+        form = await self.checked_form(request)
+        if form is None:
+            return web.Response(status=403, text="Cross-site request refused.\n")
+        setup = self.sources.trust_setup
+        if setup is None:
+            return web.Response(status=404, text="The add-on cannot change configuration.yaml.\n")
+        if form.get("confirm") != "yes":
+            return web.Response(status=400, text="confirm must be yes.\n")
+        setup.start()  # already running: the page shows that run's progress
         raise web.HTTPSeeOther(location="./")
 
     async def stylesheet(self, request: web.Request) -> web.Response:

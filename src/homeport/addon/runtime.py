@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from yarl import URL
@@ -21,6 +22,8 @@ from homeport.addon.discovery import DiscoveryError, discover
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
 from homeport.addon.panel import INGRESS_PROXY, Panel, PanelSources
+from homeport.addon.trust_setup import SUPERVISED_CONFIG, CoreApi, TrustSetup
+from homeport.addon.trust_setup import available as trust_setup_available
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,8 @@ class AddonRuntime:
         ha_url_given: bool,
         supervisor_url: str = "http://supervisor",
         trust_interval: float = 60.0,
+        ha_config: Path | None = None,
+        ha_token: str | None = None,
     ) -> None:
         self.config = config
         self.supervisor_token = supervisor_token
@@ -101,6 +106,12 @@ class AddonRuntime:
         self.ha_url_given = ha_url_given
         self.supervisor_url = supervisor_url
         self.trust_interval = trust_interval
+        #: Home Assistant's configuration.yaml and an API token, for the panel's
+        #: "trust the add-on" button (homeport.addon.trust_setup); under the
+        #: Supervisor both come from it (/homeassistant, SUPERVISOR_TOKEN).
+        self.ha_config = ha_config or (SUPERVISED_CONFIG if self.supervised else None)
+        self.ha_token = ha_token or supervisor_token
+        self.trust_setup: TrustSetup | None = None
         self.gate = RemoteAccessGate(config.state_dir)
         self.client: AddonClient | None = None
         self.trust: TrustMonitor | None = None
@@ -135,6 +146,16 @@ class AddonRuntime:
                 config.ha_url, supervised=self.supervised, interval=self.trust_interval
             )
             self.client = client = AddonClient(config, gate=self.gate, trust=self.trust)
+            if self.ha_config is not None and trust_setup_available(self.ha_config, self.ha_token):
+                assert self.ha_token is not None
+                base = (
+                    self.supervisor_url + "/core/api"
+                    if self.supervised and self.ha_token == self.supervisor_token
+                    else config.ha_url.rstrip("/") + "/api"
+                )
+                self.trust_setup = TrustSetup(
+                    self.ha_config, CoreApi(base, self.ha_token), self.trust, probes
+                )
             if self.panel_settings is not None:
                 account = URL(config.relay_url)
                 origin = str(URL.build(scheme="https", host=account.host or "", port=account.port))
@@ -146,6 +167,7 @@ class AddonRuntime:
                         ha_how=self.ha_how,
                         account_origin=origin.rstrip("/"),
                         app_links=client,
+                        trust_setup=self.trust_setup,
                     ),
                     allowed_peers=self.panel_settings.allowed_peers,
                 )
@@ -180,5 +202,7 @@ class AddonRuntime:
                             with contextlib.suppress(asyncio.CancelledError):
                                 await task
             finally:
+                if self.trust_setup is not None:
+                    await self.trust_setup.close()
                 if self.panel is not None:
                     await self.panel.stop()

@@ -99,3 +99,10 @@ class RelayConfig:
     @property
     def server_key_path(self) -> Path:
         return self.server_key or self.data_dir / "server-key.pem"
+
+
+def is_local_name(name: str) -> bool:
+    """``localhost`` and ``*.localhost``: names every resolver keeps on this machine
+    (RFC 6761 §6.3), the only ones the development CA may serve."""
+    name = name.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")

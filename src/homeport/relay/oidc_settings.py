@@ -195,14 +195,31 @@ def add_oidc_arguments(parser: Any) -> None:
     """The relay's sign-in provider flags (see docs/operations.md)."""
     add = parser.add_argument
     add("--google-client-id", dest="google_client_id", help="Google OAuth client id")
-    add("--google-client-secret-file", dest="google_client_secret_file")
+    add(
+        "--google-client-secret-file",
+        dest="google_client_secret_file",
+        help="file holding the Google client secret (mode 0600)",
+    )
     add("--apple-client-id", dest="apple_client_id", help="Apple Services ID")
-    add("--apple-team-id", dest="apple_team_id")
-    add("--apple-key-id", dest="apple_key_id")
+    add("--apple-team-id", dest="apple_team_id", help="your 10-character Apple team id")
+    add("--apple-key-id", dest="apple_key_id", help="id of the Sign in with Apple key")
     add("--apple-private-key-file", dest="apple_private_key_file", help="Apple .p8 key (ES256)")
     add("--oidc-issuer", dest="oidc_issuer", help="generic OpenID provider's issuer (pinned)")
-    add("--oidc-client-id", dest="oidc_client_id")
-    add("--oidc-client-secret-file", dest="oidc_client_secret_file")
+    add("--oidc-client-id", dest="oidc_client_id", help="the generic provider's client id")
+    add(
+        "--oidc-client-secret-file",
+        dest="oidc_client_secret_file",
+        help="file holding its client secret (mode 0600)",
+    )
     add("--oidc-label", dest="oidc_label", help='button text: "Sign in with <label>"')
-    add("--oidc-discovery-url", dest="oidc_discovery_url")
-    add("--oidc-response-mode", dest="oidc_response_mode", choices=["query", "form_post"])
+    add(
+        "--oidc-discovery-url",
+        dest="oidc_discovery_url",
+        help="default <issuer>/.well-known/openid-configuration",
+    )
+    add(
+        "--oidc-response-mode",
+        dest="oidc_response_mode",
+        choices=["query", "form_post"],
+        help="how the provider answers: query (default) or form_post",
+    )
