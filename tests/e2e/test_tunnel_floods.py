@@ -31,7 +31,7 @@ from homeport.protocol.frames import Flags, FrameType, encode_frame
 from homeport.protocol.handshake import AddonHandshake, Unlinked, Welcome
 from homeport.standin import start_standin
 from homeport.tls.context import client_context, peer_certificate_sha256
-from homeport.tunnel.session import MAX_MESSAGE
+from homeport.tunnel.pipes import MAX_MESSAGE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from homeport.protocol.connection import Role, Settings, TunnelConnection
 from homeport.tunnel.control import ControlHandler
-from homeport.tunnel.session import MAX_MESSAGE, StreamHandler, TunnelSession
+from homeport.tunnel.pipes import MAX_MESSAGE
+from homeport.tunnel.session import StreamHandler, TunnelSession
 
 
 @dataclass

@@ -34,7 +34,7 @@ from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
 from homeport.relay.site_instances import InstancePages
 from homeport.relay.tenant import TenantProxy
-from homeport.tls.context import requested_server_name
+from homeport.tls.context import TUNNEL_ALPN, requested_server_name
 from homeport.tls.devca import ensure_dev_ca
 from homeport.tls.relay_tls import RelayTls
 from homeport.tls.served import CertPair, GatedTLSSite
@@ -139,6 +139,21 @@ class Relay:
             return security_txt(self.config)
         return await self.account_site.handle(request)
 
+    def _route(self, ssl_object: object) -> Callable[[], asyncio.BaseProtocol] | None:
+        """Pick a new TLS connection's protocol from its session, before any byte is read.
+
+        * ALPN ``homeport-tunnel/1`` on the account host: an add-on's tunnel on TLS
+          itself (the hub's raw pipe); on any other host it is refused (closed).
+        * SNI on the tenant domain: the data plane (``homeport.relay.proxy``).
+        * anything else: aiohttp (the account site, ``/v1/tunnel`` over WebSocket).
+        """
+        alpn = getattr(ssl_object, "selected_alpn_protocol", lambda: None)()
+        if alpn == TUNNEL_ALPN:
+            if requested_server_name(ssl_object) != self.config.account_host:
+                return _Refused
+            return self.hub.raw_protocol
+        return self.tenants.route(ssl_object)
+
     @web.middleware
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -190,7 +205,7 @@ class Relay:
             self.config.listen_host,
             self.config.listen_port,
             ssl_context=self.ssl_context(),
-            route=self.tenants.route,  # tenant hosts: the data plane, below aiohttp
+            route=self._route,  # tunnels and tenant hosts: below aiohttp
         )
         await site.start()
         if self.config.http_listen_port is not None:
@@ -262,3 +277,10 @@ def _sni(request: web.Request) -> str | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     return requested_server_name(ssl_object)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection the relay will not serve at all: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

@@ -1,9 +1,11 @@
-"""Drive a sans-I/O :class:`TunnelConnection` over an aiohttp WebSocket.
+"""Drive a sans-I/O :class:`TunnelConnection` over a pipe, with callbacks.
 
-One reader task feeds received binary messages to the protocol and hands the
-events to :class:`Stream` objects; one writer task sends whatever the protocol
-has to say, so all output leaves in the scheduler's order; one pinger task
-measures the round trip and declares the link dead when pongs stop coming.
+The pipe (``tunnel/pipes.py``: raw frames on TLS, or binary WebSocket
+messages) hands received bytes to the protocol, whose events go to their
+:class:`Stream` (each stream has one owner; see ``stream.py``).  Whatever the
+protocol has to say leaves in one batch per turn of the event loop, in the
+scheduler's order; a timer pings and declares the link dead when pongs stop
+coming; another resets readers that stall while holding the tunnel window.
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
-
-from aiohttp import WSMessage, WSMsgType
 
 from homeport.protocol import (
     ConnectionTerminated,
@@ -37,14 +36,13 @@ from homeport.protocol import (
     WebSocketMessageReceived,
 )
 from homeport.tunnel.control import ControlChannel, ControlHandler
+from homeport.tunnel.pipes import Pipe, WebSocketLike, WebSocketPipe
 from homeport.tunnel.stream import Stream, StreamClosed, StreamConsumer
 
 log = logging.getLogger(__name__)
 
 #: Largest binary message the writer produces (the receiver's limit is above it).
 SEND_BATCH = 256 * 1024
-#: Receivers accept messages up to this size: one batch plus a maximal frame.
-MAX_MESSAGE = 1024 * 1024
 #: GOAWAY reason the relay gives a tunnel that a newer connection of the same
 #: add-on replaced; the add-on must not dial straight back (it would take over again).
 GOAWAY_REPLACED = "replaced"
@@ -71,18 +69,20 @@ _STREAM_EVENTS = (
 )
 
 
-class WebSocketLike(Protocol):
-    """What both aiohttp's client and server WebSockets offer."""
-
-    async def send_bytes(self, data: bytes) -> None: ...
-    async def receive(self, timeout: float | None = None) -> WSMessage: ...
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
-
-
 class TunnelSession:
+    """One tunnel: a :class:`TunnelConnection` driven over a pipe, by callbacks.
+
+    The pipe (``tunnel/pipes.py``) feeds :meth:`data_received`; what the
+    protocol has to send goes out in one batch per turn of the event loop
+    (:meth:`kick` schedules it), so a burst of small answers costs one write.
+    Keepalive and the stalled-reader watchdog are timers.  ``run()`` returns
+    when the tunnel is over, after every stream has been failed and every
+    handler has had its chance to finish.
+    """
+
     def __init__(
         self,
-        ws: WebSocketLike,
+        pipe: Pipe | WebSocketLike,
         connection: TunnelConnection,
         *,
         on_stream: StreamHandler | None = None,
@@ -93,28 +93,34 @@ class TunnelSession:
         drain_timeout: float = DRAIN_TIMEOUT,
         name: str = "tunnel",
     ) -> None:
-        self.ws = ws
+        # An aiohttp WebSocket is wrapped; anything else already is a pipe.
+        self.pipe: Pipe = WebSocketPipe(pipe) if hasattr(pipe, "send_bytes") else pipe  # type: ignore[arg-type]
         self.connection = connection
         self.name = name
+        self.loop = asyncio.get_running_loop()
         self.streams: dict[int, Stream] = {}
         self.rtt: float | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
-        #: Set as soon as the tunnel stops serving (before the WebSocket close
-        #: handshake, which a dead peer never answers): no new streams from then on.
+        #: Set as soon as the tunnel stops serving (before the pipe is closed,
+        #: which a dead peer never acknowledges): no new streams from then on.
         self.ended = False
         self._on_stream = on_stream
         self._on_goaway = on_goaway
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._drain_timeout = drain_timeout
-        self._output_taken = asyncio.Event()  # the writer took the control backlog
-        self._wake = asyncio.Event()
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._read_paused = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._pipe_gone = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no stream is open
         self._handlers: set[asyncio.Task[None]] = set()
         self._last_pong = time.monotonic()
         self._ping_sent: dict[bytes, float] = {}
-        self._received = asyncio.Event()  # the peer sent something: wake the watchdog
         #: Streams whose writers wait for the protocol to drain their queue: the
         #: only ones a flush needs to look at (see _prune_and_wake).
         self._blocked_writers: set[Stream] = set()
@@ -124,47 +130,44 @@ class TunnelSession:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Serve the tunnel until the WebSocket closes, then fail leftover streams."""
+        """Serve the tunnel until its pipe closes, then fail leftover streams."""
+        self.pipe.start(self)
         self.kick()
-        tasks = [
-            asyncio.create_task(self._reader(), name=f"{self.name}-reader"),
-            asyncio.create_task(self._writer(), name=f"{self.name}-writer"),
-            asyncio.create_task(self._pinger(), name=f"{self.name}-pinger"),
-            asyncio.create_task(self._watchdog(), name=f"{self.name}-watchdog"),
-        ]
+        self._ping_timer = self.loop.call_later(0, self._guarded, "pinger", self._ping)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                self._note_failure(task)
+            await self._pipe_gone.wait()
         finally:
             self.ended = True
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            for timer in (self._ping_timer, self._watch_timer, self._drain_timer):
+                if timer is not None:
+                    timer.cancel()
+            if not self._pipe_gone.is_set():
+                self.pipe.abort()  # run() was cancelled: the tunnel goes with it
             await self._shutdown()
 
-    def _note_failure(self, task: asyncio.Task[None]) -> None:
-        """A reader, writer, pinger or watchdog that died of a bug ends the tunnel loudly.
+    def _guarded(self, part: str, call: Callable[[], None]) -> None:
+        """Run one of the session's own callbacks; a bug there ends the tunnel loudly.
 
         Without this the tunnel would just close: the peer would see "peer closed
         the tunnel" and nobody would learn why.  Type and frames only, as everywhere.
         """
-        if task.cancelled():
+        try:
+            call()
+        except Exception as error:
+            self.close_reason = self.close_reason or f"internal error in {self.name}-{part}"
+            log.error(
+                "tunnel.task_failed",
+                exc_info=error,
+                extra={"tunnel": self.name, "task": f"{self.name}-{part}"},
+            )
+            self._end()
+
+    def _end(self) -> None:
+        """Stop serving now and close the pipe after what is already written."""
+        if self.ended:
             return
-        error = task.exception()
-        if error is None:
-            return
-        if isinstance(error, ConnectionError):  # aiohttp's reset errors are ConnectionErrors too
-            self.close_reason = self.close_reason or f"transport error: {type(error).__name__}"
-            return
-        self.close_reason = self.close_reason or f"internal error in {task.get_name()}"
-        log.error(
-            "tunnel.task_failed",
-            exc_info=error,
-            extra={"tunnel": self.name, "task": task.get_name()},
-        )
+        self.ended = True
+        self.pipe.close()
 
     async def _shutdown(self) -> None:
         error = StreamClosed(ErrorCode.CANCEL, self.close_reason or "tunnel closed")
@@ -177,14 +180,17 @@ class TunnelSession:
             task.cancel()
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
-        with contextlib.suppress(Exception):
-            await self.ws.close()
         self.closed.set()
 
     async def close(self, reason: str = "closing") -> None:
         self.close_reason = self.close_reason or reason
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+        self._flush()
+        self._end()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._pipe_gone.wait()
+        if not self._pipe_gone.is_set():
+            self.pipe.abort()
 
     def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         self.connection.goaway(code, reason)
@@ -193,16 +199,61 @@ class TunnelSession:
     async def drain(self, grace: float, reason: str = "draining") -> None:
         """Announce GOAWAY, let open streams finish (up to ``grace`` seconds), then close."""
         self.goaway(ErrorCode.NO_ERROR, reason)
+        self._flush()  # the GOAWAY goes now: with no stream open we close at once
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                # Send the GOAWAY now: with no stream open we close at once, before
-                # the writer task has run, and the peer would never learn why.
-                with contextlib.suppress(Exception):
-                    await self._flush()
-                while self.connection.open_streams and not self.closed.is_set():
+                while self.connection.open_streams and not self._pipe_gone.is_set():
                     self._idle.clear()
                     await self._idle.wait()
         await self.close("drained")
+
+    # ------------------------------------------------------- pipe callbacks
+
+    def data_received(self, data: bytes) -> None:
+        self._guarded("reader", lambda: self._receive(data))
+
+    def _receive(self, data: bytes) -> None:
+        if self.ended:
+            return
+        events = self.connection.receive_data(data)
+        self._dispatch(events)
+        if self._watch_timer is None and self.streams:
+            self._watch_timer = self.loop.call_later(
+                STALL_CHECK, self._guarded, "watchdog", self._watch
+            )
+        if self.connection.terminated:
+            self._flush()
+            self._end()
+            return
+        if self.connection.has_output:
+            self.kick()
+        else:
+            # Streams the peer just finished are pruned now, not at the next write.
+            self._prune_and_wake()
+        if self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
+            # A peer that does not read cannot make us queue answers without bound
+            # (R-ADD-07): stop reading it until they are out, and not for ever.
+            self._read_paused = True
+            self.pipe.pause_reading()
+            self._drain_timer = self.loop.call_later(self._drain_timeout, self._not_reading)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.kick()
+
+    def pipe_closed(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.ended = True
+        self._pipe_gone.set()
+
+    def _not_reading(self) -> None:
+        self._drain_timer = None
+        self.close_reason = self.close_reason or "peer does not read"
+        log.warning("tunnel.peer_not_reading", extra={"tunnel": self.name})
+        self.pipe.abort()
 
     # -------------------------------------------------------------- streams
 
@@ -267,113 +318,77 @@ class TunnelSession:
         self._blocked_writers.add(stream)
 
     def kick(self) -> None:
-        self._wake.set()
+        """There is output: send it at the end of this turn of the loop (one batch)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._guarded, "writer", self._flush)
 
-    # ---------------------------------------------------------------- tasks
+    # ---------------------------------------------------------------- writing
 
-    async def _reader(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg.type is WSMsgType.BINARY:
-                events = self.connection.receive_data(msg.data)
-                self._dispatch(events)
-                self._received.set()
-                # Wake the writer only for output (window updates, pongs, resets);
-                # streams the peer just finished are pruned here, without a task switch.
-                if self.connection.has_output:
-                    self.kick()
-                else:
-                    self._prune_and_wake()
-                if self.connection.terminated:
-                    await self._flush()
-                    return
-                backlog = self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT
-                if backlog and not await self._backlog_drained():
-                    return
-                # Let every other task run between two messages: ws.receive() does not
-                # suspend while messages are waiting, so a peer sending without pause
-                # would otherwise keep the loop, and every other home, waiting.
-                await asyncio.sleep(0)
-            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                self.close_reason = self.close_reason or "peer closed the tunnel"
-                return
-            elif msg.type is WSMsgType.ERROR:
-                self.close_reason = self.close_reason or f"transport error: {msg.data}"
-                return
-            else:
-                self.close_reason = "unexpected text message on the tunnel"
-                log.warning("tunnel.protocol_error", extra={"tunnel": self.name})
-                return
-
-    async def _backlog_drained(self) -> bool:
-        """Wait until the writer takes our control backlog; False if the peer stopped reading."""
-        self.kick()
-        try:
-            async with asyncio.timeout(self._drain_timeout):
-                while self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT:
-                    self._output_taken.clear()
-                    await self._output_taken.wait()
-        except TimeoutError:
-            self.close_reason = "peer does not read"
-            log.warning("tunnel.peer_not_reading", extra={"tunnel": self.name})
-            return False
-        return True
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        while data := self.connection.data_to_send(SEND_BATCH):
-            self._output_taken.set()
-            await self.ws.send_bytes(data)
-            self._prune_and_wake()
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pipe_gone.is_set():
+            return
+        pipe = self.pipe
+        while not self._write_paused:
+            data = self.connection.data_to_send(SEND_BATCH)
+            if not data:
+                break
+            pipe.write(data)
+        if self._read_paused and self.connection.output_backlog <= OUTPUT_BACKLOG_LIMIT:
+            self._read_paused = False
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            pipe.resume_reading()
         self._prune_and_wake()
 
-    async def _pinger(self) -> None:
-        while True:
-            payload = struct.pack(">Q", time.monotonic_ns())
-            self._ping_sent[payload] = time.monotonic()
-            self.connection.ping(payload)
-            self.kick()
-            await asyncio.sleep(self._ping_interval)
-            if time.monotonic() - self._last_pong > self._ping_interval + self._ping_timeout:
-                self.close_reason = "keepalive timeout"
-                log.warning("tunnel.keepalive_timeout", extra={"tunnel": self.name})
-                return
-            # Forget pings that were never answered so the map stays bounded.
-            horizon = time.monotonic() - self._ping_interval - self._ping_timeout
-            for key in [k for k, sent in self._ping_sent.items() if sent < horizon]:
-                del self._ping_sent[key]
+    # ----------------------------------------------------------------- timers
 
-    async def _watchdog(self) -> None:
+    def _ping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_pong > self._ping_interval + self._ping_timeout:
+            self.close_reason = self.close_reason or "keepalive timeout"
+            log.warning("tunnel.keepalive_timeout", extra={"tunnel": self.name})
+            self.pipe.abort()
+            return
+        # Forget pings that were never answered so the map stays bounded.
+        horizon = now - self._ping_interval - self._ping_timeout
+        for key in [k for k, sent in self._ping_sent.items() if sent < horizon]:
+            del self._ping_sent[key]
+        payload = struct.pack(">Q", time.monotonic_ns())
+        self._ping_sent[payload] = now
+        self.connection.ping(payload)
+        self.kick()
+        self._ping_timer = self.loop.call_later(
+            self._ping_interval, self._guarded, "pinger", self._ping
+        )
+
+    def _watch(self) -> None:
         """Reset the longest-stalled streams while unread bytes hold half the tunnel window.
 
-        Unread bytes only grow when the peer sends, so an idle tunnel never wakes
-        this; under pressure it looks again every STALL_CHECK seconds.
+        Runs STALL_CHECK after bytes arrived, and again while under pressure; an
+        idle tunnel never wakes it.
         """
+        self._watch_timer = None
         window = self.connection.settings.connection_window
-        while True:
-            await self._received.wait()
-            self._received.clear()
-            await asyncio.sleep(STALL_CHECK)
-            held = sum(stream.held for stream in self.streams.values())
-            if held * 2 < window:
-                continue
-            self._received.set()  # still under pressure: look again after the next pause
-            now = time.monotonic()
-            for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
-                if held * 2 < window or now - stream.waiting_since < STALL_GRACE:
-                    break
-                if stream.held:
-                    held -= stream.held
-                    log.warning(
-                        "tunnel.stalled_reader_reset",
-                        extra={"tunnel": self.name, "stream": stream.id, "held": stream.held},
-                    )
-                    self.reset(stream.id, ErrorCode.CANCEL, "reader stalled")
+        held = sum(stream.held for stream in self.streams.values())
+        if held * 2 < window:
+            return
+        self._watch_timer = self.loop.call_later(
+            STALL_CHECK, self._guarded, "watchdog", self._watch
+        )
+        now = time.monotonic()
+        for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
+            if held * 2 < window or now - stream.waiting_since < STALL_GRACE:
+                break
+            if stream.held:
+                held -= stream.held
+                log.warning(
+                    "tunnel.stalled_reader_reset",
+                    extra={"tunnel": self.name, "stream": stream.id, "held": stream.held},
+                )
+                self.reset(stream.id, ErrorCode.CANCEL, "reader stalled")
 
     # ------------------------------------------------------------- dispatch
 
