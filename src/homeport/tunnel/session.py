@@ -86,6 +86,7 @@ class TunnelSession:
         connection: TunnelConnection,
         *,
         on_stream: StreamHandler | None = None,
+        on_open: Callable[[Stream], None] | None = None,
         on_goaway: Callable[[GoAwayReceived], None] | None = None,
         on_control: ControlHandler | None = None,
         ping_interval: float = 20.0,
@@ -106,6 +107,9 @@ class TunnelSession:
         #: which a dead peer never acknowledges): no new streams from then on.
         self.ended = False
         self._on_stream = on_stream
+        #: Add-on side, instead of ``on_stream``: takes each new stream at once, without a
+        #: task (it sets ``stream.consumer`` and must release the stream when done).
+        self._on_open = on_open
         self._on_goaway = on_goaway
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -446,9 +450,12 @@ class TunnelSession:
     ) -> None:
         stream = Stream(self, stream_id, head, websocket=websocket)
         stream.request_has_body = not end
+        self.streams[stream_id] = stream
+        if self._on_open is not None:
+            self._on_open(stream)  # a failure here resets this stream only (_dispatch)
+            return
         if end:
             stream.opened_complete()
-        self.streams[stream_id] = stream
         if self._on_stream is None:
             self.reset(stream_id, ErrorCode.REFUSED, "no handler")
             return
