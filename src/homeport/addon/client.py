@@ -346,7 +346,13 @@ class AddonClient:
             last_error=None,
             connects=self.status.connects + 1,
         )
-        log.info("addon.connected", extra={"instance": welcome.instance_id})
+        log.info(
+            "addon.connected",
+            extra={
+                "instance": welcome.instance_id,
+                "transport": "websocket" if isinstance(pipe, WebSocketPipe) else "raw",
+            },
+        )
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _t: self._retire(session))
         reconnect = asyncio.create_task(self._reconnect_now.wait())

@@ -35,8 +35,12 @@ SPOOFABLE = frozenset(
 WEBSOCKET_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
 )
+#: Request fields never carried into the tunnel (plus what ``Connection`` lists).
+_DROPPED = HOP_BY_HOP | SPOOFABLE | {"host"}
+_DROPPED_WS = _DROPPED | WEBSOCKET_HANDSHAKE
 # Banners and headers the relay sets itself on the way out.
 RESPONSE_OWNED = frozenset({"server", "x-powered-by", "strict-transport-security", "date"})
+_RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_OWNED
 
 
 def request_headers(
@@ -48,14 +52,14 @@ def request_headers(
 ) -> Headers:
     """Headers for the tunnel: cleaned, then the relay's own forwarding view added."""
     pairs = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
-    tokens = connection_tokens(v for n, v in pairs if n == "connection")
+    dropped = _DROPPED_WS if websocket else _DROPPED
+    listed = [v for n, v in pairs if n == "connection"]
+    if listed:  # rare: most browsers send no Connection header over HTTP/1.1 keep-alive
+        dropped = dropped | connection_tokens(listed)
     out: Headers = []
     for name, value in pairs:
-        if name in HOP_BY_HOP or name in SPOOFABLE or name in tokens or name == "host":
-            continue
-        if "_" in name:
-            continue  # could pass for a hyphenated one the relay sets or cleans
-        if websocket and name in WEBSOCKET_HANDSHAKE:
+        if name in dropped or "_" in name:
+            # A name with "_" could pass for a hyphenated one the relay sets or cleans.
             continue
         if name == "cookie":
             value = strip_relay_cookies(value)
@@ -81,10 +85,13 @@ def strip_relay_cookies(header: str) -> str:
 
 def response_headers(headers: Headers) -> Headers:
     """Headers from the tunnel that may reach the browser."""
-    tokens = connection_tokens(v for n, v in headers if n == "connection")
+    dropped = _RESPONSE_DROPPED
+    listed = [v for n, v in headers if n == "connection"]
+    if listed:
+        dropped = dropped | connection_tokens(listed)
     out: Headers = []
     for name, value in headers:
-        if name in HOP_BY_HOP or name in tokens or name in RESPONSE_OWNED:
+        if name in dropped:
             continue
         if not valid_field(name.encode("latin-1"), value.encode("latin-1")):
             continue  # the head decoder already refuses these; never trust one layer

@@ -532,14 +532,15 @@ class HttpExchange:
             self.proxy.gate.live.unregister(self._live)
         if self.forward is not None:
             self.forward.release()
-        log.debug(
-            "tenant.request",
-            extra={
-                "instance": self._instance,
-                "method": self.request.method,
-                "ms": round((time.monotonic() - self._started) * 1000, 1),
-            },
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "tenant.request",
+                extra={
+                    "instance": self._instance,
+                    "method": self.request.method,
+                    "ms": round((time.monotonic() - self._started) * 1000, 1),
+                },
+            )
         if not close:
             return
         if not keep_alive or not self._body_read:
