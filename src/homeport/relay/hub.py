@@ -73,6 +73,10 @@ class TunnelHub:
         #: with None the relay does not advertise CONTROL.
         self.control_handler: Callable[[str, str], ControlHandler] | None = None
 
+    def open_streams(self) -> int:
+        """Streams open in the protocol over every tunnel (draining ones included)."""
+        return sum(session.connection.open_streams for session in self._sessions)
+
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
         if session is None or session.ended or not session.connection.accepting_streams:

@@ -268,6 +268,7 @@ class TunnelSession:
         websocket: bool,
         end_stream: bool,
         consumer: StreamConsumer | None = None,
+        encoded: bytes | None = None,
     ) -> Stream:
         """Start a request (relay side); raises :class:`StreamClosed` when refused.
 
@@ -280,7 +281,7 @@ class TunnelSession:
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(
-                head, websocket=websocket, end_stream=end_stream
+                head, websocket=websocket, end_stream=end_stream, encoded=encoded
             )
         except StreamViolation as exc:
             raise StreamClosed(exc.code, exc.reason) from None

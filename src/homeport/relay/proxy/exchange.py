@@ -34,6 +34,7 @@ from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
 
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
+from homeport.protocol.heads import encode_fields, encode_request_fields
 from homeport.relay import headers as hdr
 from homeport.relay.limits import UploadPace
 from homeport.relay.live import Ending
@@ -161,7 +162,7 @@ class HttpExchange:
         request = self.request
         websocket = isinstance(self, WebSocketExchange)
         try:
-            headers = hdr.request_headers(
+            names, values = hdr.request_fields(
                 request.headers,
                 client_ip=self.conn.remote,
                 public_host=forward.public_host,
@@ -170,12 +171,20 @@ class HttpExchange:
             priority = request_priority(
                 request.path, websocket=websocket, content_length=request.content_length
             )
-            head = RequestHead(request.method, request.target, headers, priority)
+            # Encoded from the bytes as parsed (and cleaned): the stream's own head
+            # keeps method, target and priority only, which is all the relay reads.
+            encoded = encode_request_fields(
+                priority,
+                request.method.encode("ascii"),
+                request.target.encode("latin-1"),
+                encode_fields(names, values),
+            )
             self.stream = forward.tunnel.open_stream(
-                head,
+                RequestHead(request.method, request.target, [], priority),
                 websocket=websocket,
                 end_stream=not websocket and self._body_read and not self._buffered_size,
                 consumer=self,
+                encoded=encoded,
             )
         except StreamClosed as exc:
             self._answer(self.proxy.tunnel_error(exc))
