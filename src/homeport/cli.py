@@ -147,6 +147,7 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         account_body_seconds=limits["account_body_seconds"],
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
+        link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
     )
 
 
@@ -175,6 +176,16 @@ def _check_relay_files(config: Any) -> None:
     if config.acme is not None:
         check_readable_file(config.acme.ca_file, "--acme-ca-file")
         check_readable_file(config.acme.dns_tsig_key_file, "--dns-tsig-key-file")
+
+
+def _link_poll(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise ConfigError(f"--link-poll must be seconds between 0 and 60, not {value!r}")
+    return seconds
 
 
 def _metrics_listen(value: Any) -> tuple[str, int] | None:
@@ -776,6 +787,11 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="metrics_listen",
         help="address:port for Prometheus GET /metrics over plain HTTP (e.g. 127.0.0.1:9464); "
         "default off. Bind it to loopback or a private interface: it has no authentication",
+    )
+    parser.add_argument(
+        "--link-poll",
+        dest="link_poll_seconds",
+        help="seconds between checks for a home linked by `homeport admin link` (default 2)",
     )
     from homeport.relay.oidc_settings import add_oidc_arguments
 

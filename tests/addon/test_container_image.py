@@ -38,8 +38,9 @@ from dockerfile_env import (
     parse_dockerfile,
     which,
 )
+from ports import reserve_port
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, free_port
+from stack import PASSWORD
 from test_addon_package import _read_until, link_and_fetch
 
 from homeport import __version__
@@ -248,7 +249,7 @@ def test_healthcheck_probe_address(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_healthcheck_fails_when_nothing_answers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", f"127.0.0.1:{reserve_port()}")
     assert healthcheck.main() == 1
     assert capsys.readouterr().out.startswith("unhealthy: http://127.0.0.1:")
     monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "off")
@@ -303,7 +304,7 @@ async def test_image_environment_links_and_serves_through_relay(
         await relay.start()
         await relay.admin("admin", "user", "create", EMAIL, stdin=PASSWORD + "\n")
         pubkey = (await relay.admin("keys", "show")).strip()
-        panel_listen = f"127.0.0.1:{free_port()}"
+        panel_listen = f"127.0.0.1:{reserve_port()}"
         env = image.process_env(
             HOMEPORT_RELAY=relay.relay_url,
             HOMEPORT_SERVER_PUBKEY=pubkey,

@@ -25,7 +25,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from stack import PASSWORD, free_port
+from ports import listening_socket
+from stack import PASSWORD
 from tls_interceptor import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, TlsInterceptor
 
 from homeport.addon.client import AddonClient, AddonConfig, LocalhostResolver, State
@@ -110,9 +111,12 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    config = RelayConfig(data_dir=tmp_path / "relay", listen_port=free_port(), drain_seconds=1.0)
+    sock = listening_socket()
+    config = RelayConfig(
+        data_dir=tmp_path / "relay", listen_port=sock.getsockname()[1], drain_seconds=1.0
+    )
     relay = Relay(config)
-    await relay.start()
+    await relay.start(sock=sock)
     standin, backend_url = await start_standin()
     try:
         await relay.accounts.create_user(EMAIL, PASSWORD)

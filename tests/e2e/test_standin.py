@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
-from stack import Stack, start_stack
+from stack import Stack
 
 from homeport.standin import CHUNK, pattern_chunk
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
 
 
 async def test_sign_in_then_page_is_proxied(stack: Stack) -> None:

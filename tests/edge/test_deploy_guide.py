@@ -45,7 +45,8 @@ from guide_walk import (
     unit_command,
 )
 from pebble import pebble_available, start_pebble
-from stack import PASSWORD, Browser, free_port
+from ports import reserve_port
+from stack import PASSWORD, Browser
 
 from homeport.addon.client import AddonClient, AddonConfig, State
 from homeport.keys import parse_pinned_keys
@@ -254,7 +255,7 @@ class GuideHome:
 
 async def test_deploy_guide_quick_start(tmp_path: Path) -> None:
     blocks = quick_start()
-    tls_port, http_port = free_port(), free_port()
+    tls_port, http_port = reserve_port(), reserve_port()
     root, work = tmp_path / "server", tmp_path / "work"
     # What a Debian server has before step 1.
     for directory in (root / "home", root / "tmp", root / "etc/systemd/system", work):

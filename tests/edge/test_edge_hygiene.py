@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from edge_checks import assert_relay_page
+from ports import listening_socket
 from rawhttp import connect, exchange
-from stack import free_port
 
 from homeport.relay import app as relay_app
 from homeport.relay.app import Relay
@@ -36,8 +36,9 @@ SECRET_DETAIL = "boom: /srv/homeport/secret.db password=hunter2"
 @pytest_asyncio.fixture
 async def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Relay]:
     monkeypatch.setattr(relay_app, "IDLE_TIMEOUT", 3.0)  # the real one is 75 s
-    relay = Relay(RelayConfig(data_dir=tmp_path / "relay", listen_port=free_port()))
-    await relay.start()
+    sock = listening_socket()
+    relay = Relay(RelayConfig(data_dir=tmp_path / "relay", listen_port=sock.getsockname()[1]))
+    await relay.start(sock=sock)
     try:
         yield relay
     finally:

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from dockerfile_env import Image, Instruction, follow, image_env, labels, only, parse_dockerfile
 from dockerfile_env import which as _which
-from stack import PASSWORD, free_port
+from ports import reserve_port
+from stack import PASSWORD
 
 from homeport import __version__
 from homeport.tls.devca import ensure_dev_ca
@@ -116,7 +117,7 @@ async def test_image_environment_serves_and_stops(
     cert, key = ca.issue_server_certificate(
         ["homeport.localhost", "*.home.localhost"], tmp_path / "certs"
     )
-    port = free_port()
+    port = reserve_port()
     (etc / "relay.toml").write_text(
         "[relay]\n"
         f'listen = "127.0.0.1:{port}"\n'

@@ -224,6 +224,17 @@ class Accounts:
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
         self.signups = Signups(db, self.throttle, now=self._now)
+        #: Told the add-on key of each home this object links (see :meth:`on_linked`).
+        self._link_listeners: list[Callable[[str], None]] = []
+
+    def on_linked(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(addon_public_key)`` after each link made through this object.
+
+        The tunnel hub uses it to answer an add-on waiting for its link at once;
+        a link made by another process (``homeport admin link``) reaches the hub
+        through its database poll instead.  Listeners must not block or raise.
+        """
+        self._link_listeners.append(listener)
 
     def _now(self) -> datetime:
         value = self._clock()
@@ -957,6 +968,8 @@ class Accounts:
         await self.audit.record(
             EventType.INSTANCE_LINKED, user_id=owner.id, instance_id=instance.id
         )
+        for listener in self._link_listeners:
+            listener(instance.addon_public_key)
         return instance
 
     async def instance_for_key(self, public_key_text: str) -> Instance | None:

@@ -88,6 +88,11 @@ class AddonConfig:
     #: "auto": the tunnel on TLS itself (ALPN), falling back to a WebSocket for a relay
     #: that does not offer it; "raw" or "websocket" to insist on one.
     transport: str = "auto"
+    #: Reconnect back-off (full jitter, ``backoff_base`` doubling to ``backoff_cap``)
+    #: and the bound on one dial plus handshake, in seconds.
+    backoff_base: float = BACKOFF_BASE
+    backoff_cap: float = BACKOFF_CAP
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -211,7 +216,9 @@ class AddonClient:
                 continue
             if outcome == "reconnect":
                 continue
-            delay = backoff_delay(attempt)
+            delay = backoff_delay(
+                attempt, base=self.config.backoff_base, cap=self.config.backoff_cap
+            )
             attempt += 1
             log.info("addon.retry", extra={"seconds": round(delay, 2)})
             self._reconnect_now.clear()
@@ -224,7 +231,7 @@ class AddonClient:
         assert self._ha is not None
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
         # hole) must not hold the add-on for aiohttp's default five minutes.
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+        async with asyncio.timeout(self.config.handshake_timeout):
             channel = await self._dial()
         try:
             ssl_object = channel.ssl_object()
@@ -238,7 +245,7 @@ class AddonClient:
                 cert_sha256,
                 agent=f"homeport-addon/{__version__}",
             )
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.config.handshake_timeout):
                 await channel.send_text(handshake.hello())
                 await channel.send_text(
                     handshake.receive_server_proof(await channel.receive_text())

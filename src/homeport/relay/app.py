@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -188,8 +189,15 @@ class Relay:
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.database.close()
 
-    async def start(self) -> None:
-        """Listen on the configured address (TLS); returns once serving."""
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Listen on the configured address (TLS); returns once serving.
+
+        ``sock``: serve on this bound socket instead (its port must be the
+        configured one, which the relay's URLs carry), so a caller can bind port
+        0 and hand it over without racing anyone for the port in between.
+        """
+        if sock is not None and sock.getsockname()[1] != self.config.listen_port:
+            raise ValueError("the socket's port is not the configured listen_port")
         self._runner = web.AppRunner(
             self.application(),
             auto_decompress=False,  # bodies pass through untouched
@@ -206,6 +214,7 @@ class Relay:
             self.config.listen_port,
             ssl_context=self.ssl_context(),
             route=self._route,  # tunnels and tenant hosts: below aiohttp
+            sock=sock,
         )
         await site.start()
         if self.config.http_listen_port is not None:
