@@ -34,6 +34,7 @@ from homeport.addon.forward import HomeAssistantForwarder
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
 from homeport.keys import load_or_create_private_key
+from homeport.memory import MemoryTrimmer
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.events import GoAwayReceived
 from homeport.protocol.handshake import (
@@ -155,6 +156,9 @@ class AddonClient:
         self._live: TunnelSession | None = None
         self._stopping = False
         self._raw_unsupported = False
+        #: The connection waiting for its link code to be used, if any.
+        self._waiting: _Channel | None = None
+        self._memory = MemoryTrimmer()
 
     def _set(self, **changes: Any) -> None:
         for name, value in changes.items():
@@ -188,10 +192,14 @@ class AddonClient:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
         )
+        self._memory.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True
+        await self._memory.stop()
+        if self._waiting is not None:  # waiting for a link: the relay must see us go
+            await self._waiting.close()
         for session in list(self._sessions):
             await session.close("add-on stopping")
         if self._relay is not None:
@@ -255,7 +263,12 @@ class AddonClient:
             await channel.close()
             raise
         if isinstance(result, Unlinked):
-            return await self._await_link(channel, result)
+            self._waiting = channel
+            try:
+                return await self._await_link(channel, result)
+            finally:
+                self._waiting = None
+                await channel.close()
         if isinstance(result, RelayRefused):
             await channel.close()
             self._set(state=State.DISCONNECTED, last_error=f"relay refused: {result.message}")

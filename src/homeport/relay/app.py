@@ -21,6 +21,7 @@ from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
+from homeport.memory import MemoryTrimmer
 from homeport.relay.account_limits import AccountLimits
 from homeport.relay.account_site import AccountSite
 from homeport.relay.addon_control import AddonControl
@@ -111,6 +112,7 @@ class Relay:
         self._runner: web.AppRunner | None = None
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
+        self.memory = MemoryTrimmer()
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
@@ -228,6 +230,7 @@ class Relay:
             )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
+        self.memory.start()
         log.info(
             "relay.listening",
             extra={"host": self.config.listen_host, "port": self.config.listen_port},
@@ -241,6 +244,7 @@ class Relay:
         raise RuntimeError("relay is not listening")
 
     async def stop(self) -> None:
+        await self.memory.stop()
         await self.tls.stop()
         if self.metrics is not None:
             await self.metrics.stop()
