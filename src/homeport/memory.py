@@ -1,14 +1,23 @@
-"""Give freed heap memory back to the system, now and then (glibc only).
+"""Keep glibc's heap from growing with memory the process has already freed.
 
 A relay under churn (connections, WebSockets and bodies coming and going)
-frees everything it allocates, yet glibc's allocator keeps the freed pages of
-its heap unless the very top of the heap is free: measured on the soak
-(``bench/soak.py``), a relay serving thousands of short WebSockets grew by
-~40 KB each of memory it had already freed, and one ``malloc_trim(0)`` gave
-back all of it.  So the relay and the add-on call it every
-:data:`TRIM_INTERVAL` seconds: an operator reading RSS sees what the process
-really holds, and a leak (which this cannot hide) stands out.  Elsewhere
-(musl, macOS) there is nothing to call and nothing is done.
+frees everything it allocates, yet its RSS grew on the soak
+(``bench/soak.py``): about 40 KB per short WebSocket, all of it memory
+already freed (one ``malloc_trim(0)`` gave it back).  Two glibc behaviours:
+
+* the *dynamic mmap threshold*: once a block above 128 KiB (a TLS
+  connection's 256 KiB read buffer) is freed, glibc raises the threshold and
+  puts later such blocks on the heap, where a single live block above them
+  keeps every freed page below from ever going back.
+  :func:`configure_allocator` fixes the threshold at 128 KiB, so large
+  buffers stay mmap'ed and are returned when freed;
+* freed pages in the middle of the heap are only returned by
+  ``malloc_trim``: :class:`MemoryTrimmer` calls it every
+  :data:`TRIM_INTERVAL` seconds.
+
+So an operator reading RSS sees what the process really holds, and a leak
+(which neither can hide) stands out.  Elsewhere (musl, macOS) there is
+nothing to call and nothing is done.
 """
 
 from __future__ import annotations
@@ -42,6 +51,24 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 malloc_trim = _find_malloc_trim()
 
+#: mallopt's M_MMAP_THRESHOLD, and the value glibc starts with.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def configure_allocator() -> bool:
+    """Fix glibc's mmap threshold (see the module docstring); False where there is none."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
 
 def trim() -> bool:
     """Return free heap pages to the system now; False where there is no such call."""
@@ -59,6 +86,7 @@ class MemoryTrimmer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        configure_allocator()
         if malloc_trim is not None and self._task is None and self.interval > 0:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="memory-trim")
 
