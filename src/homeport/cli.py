@@ -29,6 +29,7 @@ from homeport.config import (
     check_environment,
     check_readable_file,
 )
+from homeport.extras import relay_extra_error
 from homeport.logs import setup_logging
 from homeport.tls.acme_settings import add_acme_arguments
 
@@ -997,6 +998,8 @@ def log_level(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (missing_extra := relay_extra_error(args.command)) is not None:
+        raise SystemExit(missing_extra)  # one line on stderr, exit status 1
     check_environment(known_options())
     setup_logging(log_level(args))
     result: int = args.func(args)

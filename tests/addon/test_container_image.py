@@ -378,6 +378,36 @@ async def test_image_environment_links_and_serves_through_relay(
         _out, err = await asyncio.wait_for(bare.communicate(), 30)
         assert bare.returncode == 2
         assert b"--relay and --server-pubkey (or --options) are required" in err
+
+        # The image has the base install only (`pip install homeport`): everything the
+        # add-on needed above, none of the relay's dependencies, and a relay command
+        # that says in one line what to install instead of a traceback.
+        lean = await asyncio.create_subprocess_exec(
+            str(venv / "bin" / "python"),
+            "-c",
+            "from homeport.extras import RELAY_MODULES, missing_relay_modules\n"
+            "assert missing_relay_modules() == list(RELAY_MODULES), missing_relay_modules()",
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        _out, err = await asyncio.wait_for(lean.communicate(), 30)
+        assert lean.returncode == 0, err.decode()
+        for command, *rest in (["relay"], ["admin", "user", "list"]):
+            relay_cmd = await asyncio.create_subprocess_exec(
+                str(venv / "bin" / "homeport"),
+                command,
+                *rest,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+            )
+            out, err = await asyncio.wait_for(relay_cmd.communicate(), 30)
+            assert relay_cmd.returncode == 1
+            assert (out, err.count(b"\n")) == (b"", 1), err.decode()
+            assert err.startswith(f"homeport {command} needs the relay's dependencies".encode())
+            assert err.endswith(b"pip install 'homeport[relay]'\n")
     finally:
         if addon is not None and addon.returncode is None:
             addon.kill()

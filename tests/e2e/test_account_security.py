@@ -21,9 +21,9 @@ from yarl import URL
 
 from homeport.accounts.models import AuditEvent
 from homeport.accounts.totp import ISSUER
-from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.live import SESSION_ENDED_CODE
-from homeport.relay.site_factors import qr_data_uri
+from homeport.relay.site.security import qr_data_uri
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 from homeport.relay.tenant import SESSION_COOKIE
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.stack(housekeeping=False)]

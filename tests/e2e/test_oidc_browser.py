@@ -3,7 +3,7 @@
 The provider is the loopback stand-in in ``form_post`` mode, so the callback is a
 real cross-site POST from the provider's page: Chromium does not send the
 SameSite=Lax binding cookie on it, and the sign-in must still finish, in that
-browser and only there (see ``homeport.relay.site_oidc``): a flow started in one
+browser and only there (see ``homeport.relay.site.oidc``): a flow started in one
 browser context and completed in another finishes in neither (issue #9).
 """
 
@@ -18,8 +18,8 @@ from oidc_idp import AppleTeam, stand_in_idp
 from playwright.async_api import expect
 from test_oidc_providers import SERVICES_ID, apple_stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.relay.site.oidc import BINDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 from homeport.tls.devca import DevCA
 
 if TYPE_CHECKING:

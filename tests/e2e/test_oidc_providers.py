@@ -19,8 +19,8 @@ from ports import listening_socket
 from stack import Stack, start_stack
 from yarl import URL
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.oidc_settings import AppleKey, OidcProvider, apple_provider
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 from homeport.tls.devca import DevCA
 
 pytestmark = pytest.mark.timeout(180)

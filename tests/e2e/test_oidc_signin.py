@@ -28,10 +28,10 @@ from yarl import URL
 from homeport.accounts.models import OidcFlow, OidcIdentity, User
 from homeport.accounts.oidc_tokens import VerifiedIdentity
 from homeport.mail.settings import SmtpSettings
-from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
 from homeport.relay.app import Relay
 from homeport.relay.oidc_settings import OidcProvider
-from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.relay.site.oidc import BINDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE, PENDING_COOKIE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -600,7 +600,7 @@ async def test_signin_page_shows_only_configured_providers(stack: Stack) -> None
 async def test_key_rotation_refetches_the_jwks_but_not_for_every_unknown_kid(
     stack: Stack, idp: StandInIdp
 ) -> None:
-    client = stack.relay.account_site.oidc.clients["idp"]
+    client = stack.relay.oidc.clients["idp"]
     async with stack.browser() as browser:
         assert (await _signin(browser)).status == 200
     assert idp.jwks_hits == 1

@@ -26,8 +26,8 @@ from yarl import URL
 
 from homeport.accounts.models import OidcFlow, OidcIdentity
 from homeport.accounts.oidc_tokens import VerifiedIdentity
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.relay.site.oidc import BINDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(180)
 

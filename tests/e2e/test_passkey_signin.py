@@ -14,8 +14,8 @@ import pyotp
 from authenticator import SoftAuthenticator, b64url
 from stack import Browser, Stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_passkeys import CEREMONY_COOKIE
+from homeport.relay.site.passkeys import CEREMONY_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 
 def _cookie(browser: Browser, name: str) -> str | None:

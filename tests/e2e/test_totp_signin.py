@@ -12,7 +12,7 @@ import time
 import pyotp
 from stack import Browser, Stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE, PENDING_COOKIE
 
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 

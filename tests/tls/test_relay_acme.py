@@ -78,7 +78,7 @@ async def get_security_txt(reader: asyncio.StreamReader, writer: asyncio.StreamW
 async def test_relay_obtains_serves_and_renews_without_dropping(
     tmp_path: Path, challenge: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="homeport.tls.relay_tls")
+    caplog.set_level(logging.INFO, logger="homeport.relay.tls")
     sock, http_port = listening_socket(), reserve_port()
     port = sock.getsockname()[1]
     with (

@@ -77,7 +77,7 @@ class RelayConfig:
     account_body_seconds: float = 10.0
     account_max_requests: int = 32
     #: The certificate bot (``--acme-*``, ``--dns-*``); None: no ACME, see
-    #: ``homeport.tls.relay_tls``.
+    #: ``homeport.relay.tls``.
     acme: AcmeSettings | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.
