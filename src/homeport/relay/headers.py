@@ -35,8 +35,9 @@ SPOOFABLE = frozenset(
 WEBSOCKET_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
 )
-#: Request fields never carried into the tunnel (plus what ``Connection`` lists).
-_DROPPED = HOP_BY_HOP | SPOOFABLE | {"host"}
+#: Request fields never carried into the tunnel (plus what ``Connection`` lists);
+#: ``Expect: 100-continue`` is answered by the relay itself.
+_DROPPED = HOP_BY_HOP | SPOOFABLE | {"host", "expect"}
 _DROPPED_WS = _DROPPED | WEBSOCKET_HANDSHAKE
 _DROPPED_BYTES = frozenset(name.encode() for name in _DROPPED)
 _DROPPED_WS_BYTES = frozenset(name.encode() for name in _DROPPED_WS)

@@ -202,6 +202,11 @@ class HttpExchange:
             forward.principal,
         )
         self._head_timer = self.conn.loop.call_later(RESPONSE_HEAD_TIMEOUT, self._head_late)
+        if not self._body_read and (request.header(b"expect") or "").lower() == "100-continue":
+            # The client waits for this before sending its body (RFC 9110 §10.1.1): the
+            # relay answers it itself once the request is admitted (the expectation
+            # is not passed on; the home gets the body as it comes).
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         buffered, self._buffered = self._buffered, []
         self._buffered_size = 0
         self.conn.resume("buffered")
