@@ -11,7 +11,7 @@ the relay's background work (and the mail) between requests so no request
 pays for the previous one, and compares the two samples with the
 Mann-Whitney statistic: the share of (known, unknown) pairs in which the known
 one was slower.  Equal speed gives about 0.5 (standard error about 0.08 for
-24 + 24 samples); the old code gave 1.0.
+24 + 24 samples); the old code gave 1.0, and the test asks for 0.25 to 0.75.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ async def test_known_and_unknown_addresses_are_answered_equally_fast(
     medians = statistics.median(times["known"]), statistics.median(times["unknown"])
     detail = f"share {share:.2f}, medians {medians[0] * 1000:.1f} / {medians[1] * 1000:.1f} ms"
     print(detail)  # shown with -s: how close the two were on this machine
-    assert 0.2 <= share <= 0.8, detail
-    assert max(medians) <= 1.5 * min(medians), detail
+    # The share is the robust test (the old code gave 1.0; equal speed about 0.5, with a
+    # standard error of 0.08): the medians are printed, not asserted, because another
+    # test on the other CPU (the suite runs in parallel) can shift a few samples.
+    assert 0.25 <= share <= 0.75, detail
     # The positive control: the known addresses really were sent their links.
     assert sorted({m.rcpt_tos[0] for m in sink.received}) == sorted(KNOWN)
