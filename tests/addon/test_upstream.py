@@ -344,3 +344,17 @@ def test_origin(url: str, host: str, dial: str, tls: bool) -> None:
 def test_origin_refuses_what_is_not_an_http_base(url: str) -> None:
     with pytest.raises(ValueError, match="http"):
         Origin.parse(url)
+
+
+def test_the_pool_dials_and_reuses_on_uvloop() -> None:
+    """The add-on runs on uvloop (whose create_connection has no happy-eyeballs options)."""
+    import uvloop
+
+    async def round_trips() -> tuple[int, int]:
+        async with scripted_ha(keep_alive) as ha, pool_for(ha.url) as pool:
+            for _ in range(3):
+                assert (await fetch(pool)).complete
+            return ha.connections, len(ha.seen)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(round_trips()) == (1, 3)

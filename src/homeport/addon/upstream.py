@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
+import aiohappyeyeballs
 import httptools
 from yarl import URL
 
@@ -243,8 +245,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are Transports in all but name (not subclasses).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._raw is not None:
@@ -501,22 +503,16 @@ class UpstreamPool:
         task.add_done_callback(self._dialling.discard)
 
     async def _connect(self, user: UpstreamUser, pooled: bool) -> None:
-        origin = self.origin
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self if pooled else None),
-                    origin.dial_host,
-                    origin.port,
-                    ssl=origin.tls,
-                    server_hostname=origin.host if origin.tls is not None else None,
-                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
-                )
+                connection = await self._open(pooled)
         except asyncio.CancelledError:
             if pooled:
                 self.total -= 1
             raise
-        except (OSError, TimeoutError, ValueError) as error:  # ssl errors are OSErrors
+        except Exception as error:  # OSError, ssl errors, TimeoutError: unreachable
+            if not isinstance(error, OSError | TimeoutError | ValueError):
+                log.error("addon.upstream_dial_failed", exc_info=error)
             if pooled:
                 self._slot_freed()
             user.upstream_unavailable(error)
@@ -526,6 +522,26 @@ class UpstreamPool:
             user.upstream_unavailable(ConnectionError("add-on stopping"))
             return
         user.upstream_ready(connection)
+
+    async def _open(self, pooled: bool) -> UpstreamConnection:
+        """Resolve, dial every address RFC 8305's way (as aiohttp does: uvloop's own
+        ``create_connection`` has no happy eyeballs), then TLS if configured."""
+        origin = self.origin
+        infos = await self.loop.getaddrinfo(origin.dial_host, origin.port, type=socket.SOCK_STREAM)
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, loop=self.loop
+        )
+        try:
+            _, connection = await self.loop.create_connection(
+                lambda: UpstreamConnection(self if pooled else None),
+                sock=sock,
+                ssl=origin.tls,
+                server_hostname=origin.host if origin.tls is not None else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return connection
 
     def _slot_freed(self) -> None:
         """A connection closed or a dial failed: the next waiter may dial."""
