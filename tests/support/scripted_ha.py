@@ -94,6 +94,8 @@ class ScriptedHA:
             await self.script(Conn(reader, writer, self.seen))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is being torn down: this connection ends with it
         finally:
             self.open_connections.discard(writer)
             writer.close()
