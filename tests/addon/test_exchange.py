@@ -305,6 +305,33 @@ async def test_a_dead_kept_alive_connection_is_retried_once_for_a_safe_request()
         assert ha.connections == 2
 
 
+async def test_a_request_waiting_for_its_body_moves_off_a_connection_that_died() -> None:
+    """Its head waits for the body's first bytes, so Home Assistant never saw it: it goes
+    again on a fresh connection, whatever its method."""
+    hang_up = asyncio.Event()
+
+    async def first_dies_idle(conn: Conn) -> None:
+        if ha.connections == 1:
+            await conn.request()
+            await conn.send(response(200, b"ok"))
+            await hang_up.wait()
+            return
+        await keep_alive(conn, response(201, b"made"))
+
+    async with scripted_ha(first_dies_idle) as ha, served(ha) as (pair, pool):
+        assert await get(pair) == (200, b"ok")
+        stream = open_request(pair, "POST", headers=[("content-length", "2")], body=True)
+        await wait_until(lambda: pool.idle == 0)  # the POST holds the kept-alive connection
+        hang_up.set()
+        await asyncio.sleep(0.1)
+        await stream.write(b"go", end=True)
+        with stream:
+            async with asyncio.timeout(10):
+                assert (await stream.response_head()).status == 201
+        assert [r.line for r in ha.seen].count(b"POST /x HTTP/1.1") == 1
+        assert ha.connections == 2
+
+
 async def test_an_unsafe_request_is_never_sent_twice() -> None:
     async def dies_after_first(conn: Conn) -> None:
         await conn.request()

@@ -172,16 +172,18 @@ class HttpExchange:
         if self.done:
             return
         self.connection = None
-        assert self.stream.request is not None
-        if (
+        request = self.stream.request
+        assert request is not None
+        unsent = not self._head_written  # Home Assistant never saw a byte of it
+        safe = (
             self._reused
             and self._status is None
-            and not self._retried
             and not self.stream.request_has_body
-            and self.stream.request.method in IDEMPOTENT
-        ):
+            and request.method in IDEMPOTENT
+        )
+        if not self._retried and (unsent or safe):
             # A kept-alive connection Home Assistant had closed (its keep-alive
-            # timer, a restart): the request can safely go again, once, fresh.
+            # timer, a restart): the request can go again, once, on a fresh one.
             self._retried = True
             self.request_sent = self._head_written = False
             self._forwarder.pool.acquire(self, fresh=True)
