@@ -141,7 +141,10 @@ class HttpExchange:
         try:
             relayed = response_headers(headers, self._forwarder.origin)
             # A camera stream or a backup must not crowd out the home's API answers.
-            stream.set_priority(response_priority(stream.priority, relayed))
+            current = stream.priority
+            priority = response_priority(current, relayed)
+            if priority != current:
+                stream.set_priority(priority)
             stream.respond(ResponseHead(status, relayed), end=complete and not body)
         except (HeadError, RuntimeError):
             # A head we must not relay (an interim or 101 status, a field with

@@ -24,9 +24,8 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from homeport.protocol import ErrorCode, Headers, ResponseHead
 from homeport.tunnel.stream import Stream, StreamClosed
@@ -44,6 +43,8 @@ CLOSE_WAIT = 5.0
 
 #: Route families shown as they are; everything else is cut to its first segment.
 _KNOWN = ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow", "/api/webhook")
+_KNOWN_BELOW = tuple((known, known + "/") for known in _KNOWN)
+_KNOWN_ROOTS = ("/api/", "/auth/")
 
 _OFF_PAGE = (
     b"<!doctype html>\n"
@@ -63,22 +64,25 @@ def route_family(target: str) -> str:
     ``/api/webhook/<id>`` carries a credential in its path and
     ``/api/states/<entity>`` says what someone looked at; neither belongs in
     an access list.  So only a few well-known routes are named, and anything
-    else is reduced to its first path segment.
+    else is reduced to its first path segment.  (Once per request: string
+    methods only, no lists.)
     """
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    for known in _KNOWN:
-        if path == known or path.startswith(known + "/"):
-            return known if path == known else known + "/…"
-    segments = [s for s in path.split("/") if s]
-    if not segments:
+    path = target.partition("?")[0].partition("#")[0]
+    if path.startswith(_KNOWN_ROOTS):
+        for known, below in _KNOWN_BELOW:
+            if path == known:
+                return known
+            if path.startswith(below):
+                return below + "…"
+    first, _, rest = path.lstrip("/").partition("/")
+    if not first:
         return "/"
-    first = segments[0][:40]
-    return f"/{first}" if len(segments) == 1 else f"/{first}/…"
+    first = first[:40]
+    return f"/{first}/…" if rest.strip("/") else f"/{first}"
 
 
-@dataclass(frozen=True)
-class Access:
-    """One remote access, metadata only."""
+class Access(NamedTuple):
+    """One remote access, metadata only (immutable; a tuple: cheap once per request)."""
 
     at: float
     method: str
@@ -187,12 +191,12 @@ class RemoteAccessGate:
         assert head is not None
         self.access_log.add(
             Access(
-                at=time.time(),
-                method=head.method,
-                route=route_family(head.target),
-                status=status,
-                remote=_client_address(head.headers),
-                websocket=stream.websocket,
+                time.time(),
+                head.method,
+                route_family(head.target),
+                status,
+                _client_address(head.headers),
+                stream.websocket,
             )
         )
 

@@ -454,7 +454,8 @@ class WebSocketExchange:
         gate = self._forwarder.gate
         if gate is not None:
             gate.closed(self, status)
-        log.debug("addon.websocket_closed", extra={"stream": self.stream.id, "status": status})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("addon.websocket_closed", extra={"stream": self.stream.id, "status": status})
 
 
 def valid_close_code(code: int) -> int:
