@@ -262,6 +262,12 @@ async def test_a_response_cut_mid_body_resets_the_stream(answer: bytes) -> None:
         b"HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"x" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 300 + b"Content-Length: 0\r\n\r\n",
+        # Each field fits, the head does not (more than one tunnel frame).
+        b"HTTP/1.1 200 OK\r\n"
+        + b"".join(b"X-%d: " % i + b"x" * 30_000 + b"\r\n" for i in range(3))
+        + b"Content-Length: 0\r\n\r\n",
     ],
 )
 async def test_a_malformed_response_resets_the_stream_not_the_addon(answer: bytes) -> None:

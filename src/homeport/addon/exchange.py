@@ -153,7 +153,8 @@ class HttpExchange:
             self._fail(ErrorCode.UPSTREAM_UNAVAILABLE, "unusable response head")
             return
         except StreamClosed:
-            self.stream_ended(None)
+            # Gone meanwhile (then this is a no-op), or refused by the tunnel (too large).
+            self._fail(ErrorCode.UPSTREAM_UNAVAILABLE, "response head not carried")
             return
         self._status = status
         if body:
@@ -292,7 +293,7 @@ class HttpExchange:
         try:
             room = self.stream.send_data(body, end=complete)
         except StreamClosed:
-            self.stream_ended(None)
+            self._fail(ErrorCode.CANCEL, "response not carried")
             return
         self._sent += len(body)
         if complete:
@@ -319,6 +320,9 @@ class HttpExchange:
         self._fail(ErrorCode.UPSTREAM_UNAVAILABLE, "Home Assistant is not answering")
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
+        """End here: the connection dropped, the stream reset (a no-op if it is gone)."""
+        if self.done:
+            return
         self._drop_connection()
         self._end(self._status)
         self.stream.reset(code, reason)

@@ -48,6 +48,9 @@ CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 15.0
 #: RFC 8305's connection attempt delay (aiohttp's default too).
 HAPPY_EYEBALLS_DELAY = 0.25
+#: Most bytes of fields in one response head: what the tunnel carries in one frame
+#: (protocol MAX_FRAME_SIZE).  llhttp sets no bound of its own.
+MAX_HEAD_BYTES = 64 * 1024
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -133,6 +136,10 @@ class _Unsolicited(Exception):
     """A response began that no request asked for."""
 
 
+class HeadTooLarge(Exception):
+    """Home Assistant's response head is larger than the tunnel carries."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to Home Assistant, serving one exchange at a time."""
 
@@ -156,6 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The response being parsed.
         self._status = 0
         self._headers: RawHeaders = []
+        self._head_bytes = 0
         self._body: list[bytes] = []
         self._interim = False
         self._head_ready = False  # a head to deliver after this read
@@ -313,8 +321,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._complete:
             raise _Unsolicited
         self._headers = []
+        self._head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge  # memory stays bounded whatever Home Assistant sends
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -144,6 +144,7 @@ class WebSocketExchange:
             self.stream.reset(ErrorCode.UPSTREAM_UNAVAILABLE, "unusable response head")
             return
         except StreamClosed:
+            self.stream.reset(ErrorCode.UPSTREAM_UNAVAILABLE, "response head not carried")
             return
         self.stream.release(ErrorCode.NO_ERROR, "upgrade refused")
 
@@ -165,7 +166,7 @@ class WebSocketExchange:
         try:
             self.stream.respond(ResponseHead(101, answer))
         except StreamClosed:
-            self.stream_ended(None)
+            self._fail(ErrorCode.UPSTREAM_UNAVAILABLE, "response head not carried")
             return
         self.ws = Protocol(Side.CLIENT, state=State.OPEN, max_size=MAX_WS_MESSAGE, logger=_WS_LOG)
         if rest:
@@ -255,7 +256,8 @@ class WebSocketExchange:
         try:
             room = self.stream.send_ws_now(data, text=self._message_text)
         except StreamClosed:
-            return  # stream_ended has run (or will): it cleans up
+            self._stream_failed()
+            return
         if not room and self.connection is not None:
             self.connection.pause_reading()  # until writable()
 
@@ -375,6 +377,7 @@ class WebSocketExchange:
         try:
             self.stream.close_ws(code, "")
         except StreamClosed:
+            self._stream_failed()
             return
         if self._tunnel_closed:
             self._finish()
@@ -391,6 +394,14 @@ class WebSocketExchange:
         self._end(101)
         self.stream.release(ErrorCode.NO_ERROR, "websocket closed")
         self._let_go_of_home_assistant(1001, "going away")
+
+    def _stream_failed(self) -> None:
+        """The tunnel refused what we sent (or the stream is gone): end both sides."""
+        if self.done:
+            return
+        self._end(101)
+        self.stream.reset(ErrorCode.CANCEL, "not carried")
+        self._let_go_of_home_assistant(1011, "")
 
     def _tunnel_close_late(self) -> None:
         """The relay did not answer our close in time."""
@@ -440,6 +451,9 @@ class WebSocketExchange:
         self._fail(ErrorCode.UPSTREAM_UNAVAILABLE, "Home Assistant is not answering")
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
+        """End here: the connection dropped, the stream reset (a no-op if it is gone)."""
+        if self.done:
+            return
         self._drop_connection()
         self._end(None)
         self.stream.reset(code, reason)
