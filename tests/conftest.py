@@ -11,6 +11,60 @@ import pytest_asyncio
 from ha_core import HomeAssistant, PythonNotFoundError, ensure_ha_venv
 from postgres import PostgresNotFoundError, PostgresServer
 
+from homeport.tls.devca import DevCA, ensure_dev_ca
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of the real Home Assistant in one xdist group (``--dist loadgroup``).
+
+    So one worker runs them all, one after another, against the session's one
+    instance (a minute to start, and shared: one test at a time).  That group and
+    the ``slow`` tests go first."""
+
+    def start_early(item: pytest.Item) -> int:
+        # The longest work first, so no worker is left with it while the others idle.
+        uses_ha = "home_assistant" in getattr(item, "fixturenames", ())
+        if uses_ha or item.get_closest_marker("homeassistant") is not None:
+            item.add_marker(pytest.mark.xdist_group("home_assistant"))
+            return 0
+        return 1 if item.get_closest_marker("slow") is not None else 2
+
+    items.sort(key=start_early)  # stable: the order within each kind stays
+
+
+class _XdistGroupIds:
+    """pytest-xdist (3.8) tells its scheduler a test's group by appending ``@group`` to
+    ``item._nodeid``, which pytest 9.2 no longer reads: its node ids are structured
+    (pytest-xdist issue #1386).  Carry the suffix over, so the groups hold."""
+
+    @pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        try:
+            from _pytest.nodeid import coerce_node_id
+        except ImportError:  # an older pytest reads _nodeid itself
+            return
+        for item in items:
+            legacy = item.__dict__.get("_nodeid")
+            if isinstance(legacy, str) and legacy != item.nodeid and hasattr(item, "_id"):
+                item._id = coerce_node_id(legacy)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_XdistGroupIds(), "homeport-xdist-group-ids")
+
+
+@pytest.fixture(scope="session")
+def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    """One development CA for the session (per xdist worker).
+
+    Relays seeded with it (``start_stack(ca=dev_ca)``, ``RelayProcess(ca=...)``, the
+    e2e ``stack`` fixture) issue their server certificates from it, so the one
+    Chromium of the session (tests/support/browser.py) trusts them all.  Each relay
+    still has a data dir, database and server certificate of its own.
+    """
+    return ensure_dev_ca(tmp_path_factory.mktemp("dev-ca"))
+
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def home_assistant(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stack import free_port
+from ports import reserve_port
 
 from homeport.standin import start_standin
 
@@ -81,7 +81,7 @@ async def _read_until(stream: asyncio.StreamReader, pattern: str, timeout: float
 async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
     """Relay and add-on as separate processes, linked by code, listed as connected."""
     data = str(tmp_path / "relay")
-    port = free_port()
+    port = reserve_port()
     assert (
         run(
             "admin", "user", "create", "ana@example.com", "--data-dir", data, stdin=PASSWORD
@@ -97,6 +97,8 @@ async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
         data,
         "--listen",
         f"127.0.0.1:{port}",
+        "--link-poll",  # the link below comes from another process: found by the poll
+        "0.2",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -164,6 +166,21 @@ async def test_relay_addon_link_and_list(tmp_path: Path) -> None:
                 proc.terminate()
                 await proc.wait()
         await standin.cleanup()
+
+
+def test_link_poll_option(tmp_path: Path) -> None:
+    from homeport.cli import build_parser, relay_config
+
+    def config(*argv: str) -> object:
+        return relay_config(
+            build_parser().parse_args(["relay", "--data-dir", str(tmp_path), *argv])
+        )
+
+    assert config().link_poll_seconds == 2.0  # type: ignore[attr-defined]
+    assert config("--link-poll", "0.2").link_poll_seconds == 0.2  # type: ignore[attr-defined]
+    for bad in ("0", "-1", "61", "soon", "nan"):
+        with pytest.raises(SystemExit, match="--link-poll"):
+            config("--link-poll", bad)
 
 
 @pytest.mark.parametrize("missing", ["--relay", "--server-pubkey"])

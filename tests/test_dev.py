@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from stack import free_port
+from ports import reserve_port
 
 from homeport.addon.client import LocalhostResolver
 
@@ -24,8 +24,8 @@ async def _read_until(stream: asyncio.StreamReader, marker: str, seen: list[str]
 
 
 async def test_dev_prints_a_working_url(tmp_path: Path) -> None:
-    port = free_port()
-    dead_ha = f"http://127.0.0.1:{free_port()}"
+    port = reserve_port()
+    dead_ha = f"http://127.0.0.1:{reserve_port()}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "homeport.cli", "dev",
         "--data-dir", str(tmp_path / "dev"), "--port", str(port), "--ha-url", dead_ha,

@@ -29,6 +29,7 @@ from homeport.config import (
     check_environment,
     check_readable_file,
 )
+from homeport.extras import relay_extra_error
 from homeport.logs import setup_logging
 from homeport.tls.acme_settings import add_acme_arguments
 
@@ -147,6 +148,7 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         account_body_seconds=limits["account_body_seconds"],
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
+        link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
     )
 
 
@@ -175,6 +177,16 @@ def _check_relay_files(config: Any) -> None:
     if config.acme is not None:
         check_readable_file(config.acme.ca_file, "--acme-ca-file")
         check_readable_file(config.acme.dns_tsig_key_file, "--dns-tsig-key-file")
+
+
+def _link_poll(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise ConfigError(f"--link-poll must be seconds between 0 and 60, not {value!r}")
+    return seconds
 
 
 def _metrics_listen(value: Any) -> tuple[str, int] | None:
@@ -321,6 +333,9 @@ class AddonSetup:
     ha_token: str | None = field(default=None, repr=False)
 
 
+TUNNEL_TRANSPORTS = ("auto", "raw", "websocket")
+
+
 def addon_config(args: argparse.Namespace) -> AddonSetup:
     """``homeport addon``'s settings, every one checked before anything is dialled;
     ``ConfigError`` or ``ValueError`` says what to fix."""
@@ -359,6 +374,11 @@ def addon_config(args: argparse.Namespace) -> AddonSetup:
             ) from None
     relay_ca = opts.path("relay_ca")
     _check_ca_file(relay_ca, "--relay-ca")
+    transport = str(opts.get("tunnel_transport") or "auto")
+    if transport not in TUNNEL_TRANSPORTS:
+        raise ConfigError(
+            f"--tunnel-transport: {transport!r} is not one of {', '.join(TUNNEL_TRANSPORTS)}"
+        )
     supervisor_token = os.environ.get("SUPERVISOR_TOKEN") or None
     panel = parse_panel(
         opts.get("panel_listen"), opts.get("panel_allow"), supervised=bool(supervisor_token)
@@ -369,6 +389,7 @@ def addon_config(args: argparse.Namespace) -> AddonSetup:
         state_dir=opts.path("state_dir", default_data_dir() / "addon") or Path("."),
         pinned_keys=pinned_keys,
         relay_ca=relay_ca,
+        transport=transport,
     )
     ha_config, ha_token = _ha_setup(opts)
     return AddonSetup(config, bool(ha_url), panel, supervisor_token, ha_config, ha_token)
@@ -768,6 +789,11 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         help="address:port for Prometheus GET /metrics over plain HTTP (e.g. 127.0.0.1:9464); "
         "default off. Bind it to loopback or a private interface: it has no authentication",
     )
+    parser.add_argument(
+        "--link-poll",
+        dest="link_poll_seconds",
+        help="seconds between checks for a home linked by `homeport admin link` (default 2)",
+    )
     from homeport.relay.oidc_settings import add_oidc_arguments
 
     add_oidc_arguments(parser)
@@ -852,6 +878,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
     addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
+    addon.add_argument(
+        "--tunnel-transport",
+        dest="tunnel_transport",
+        choices=TUNNEL_TRANSPORTS,
+        help="auto (default): the tunnel on TLS itself, or inside a WebSocket if the relay "
+        "does not offer that; raw or websocket: only that one (e.g. behind a proxy that "
+        "passes HTTP only)",
+    )
     addon.add_argument(
         "--panel-listen", dest="panel_listen", help="host:port of the ingress panel, or off"
     )
@@ -964,6 +998,8 @@ def log_level(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (missing_extra := relay_extra_error(args.command)) is not None:
+        raise SystemExit(missing_extra)  # one line on stderr, exit status 1
     check_environment(known_options())
     setup_logging(log_level(args))
     result: int = args.func(args)

@@ -13,7 +13,7 @@ from accounts_support import PASSWORD, Clock, addon_key, link
 from sqlalchemy import select
 
 from homeport.accounts import Accounts, Database, User
-from homeport.accounts import service as service_module
+from homeport.accounts import instances as instances_module
 from homeport.accounts.errors import AccessDenied, InvalidEmail, UnknownInstance
 from homeport.accounts.models import AppLink, RetiredInstance
 from homeport.accounts.secretbox import SecretBox
@@ -82,7 +82,7 @@ async def test_unlink_retires_the_name(
     # Even if the random generator produced the old id again, it is never reissued.
     fresh = "b" * 26
     ids = iter([home, fresh])
-    monkeypatch.setattr(service_module, "new_instance_id", lambda: next(ids))
+    monkeypatch.setattr(instances_module, "new_instance_id", lambda: next(ids))
     again = await link(accounts, alice, 1)
     assert again == fresh
 

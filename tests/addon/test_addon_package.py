@@ -34,8 +34,9 @@ import aiohttp
 import pytest
 import yaml
 from dockerfile_env import Image, follow, parse_dockerfile, sh
+from ports import reserve_port
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, Browser, free_port
+from stack import PASSWORD, Browser
 
 from homeport import __version__
 from homeport.relay.config import RelayConfig
@@ -452,7 +453,7 @@ def script_env(
         HOMEPORT_OPTIONS=str(options),
         HOMEPORT_STATE_DIR=str(tmp_path / "data"),
         # The panel's add-on default is 0.0.0.0:8099 (ingress_port); tests stay on loopback.
-        HOMEPORT_PANEL_LISTEN=f"127.0.0.1:{free_port()}",
+        HOMEPORT_PANEL_LISTEN=f"127.0.0.1:{reserve_port()}",
         HOME=str(tmp_path / "home"),
     )
     if relay is not None:

@@ -38,8 +38,9 @@ from dockerfile_env import (
     parse_dockerfile,
     which,
 )
+from ports import reserve_port
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, free_port
+from stack import PASSWORD
 from test_addon_package import _read_until, link_and_fetch
 
 from homeport import __version__
@@ -248,7 +249,7 @@ def test_healthcheck_probe_address(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_healthcheck_fails_when_nothing_answers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", f"127.0.0.1:{reserve_port()}")
     assert healthcheck.main() == 1
     assert capsys.readouterr().out.startswith("unhealthy: http://127.0.0.1:")
     monkeypatch.setenv("HOMEPORT_PANEL_LISTEN", "off")
@@ -303,7 +304,7 @@ async def test_image_environment_links_and_serves_through_relay(
         await relay.start()
         await relay.admin("admin", "user", "create", EMAIL, stdin=PASSWORD + "\n")
         pubkey = (await relay.admin("keys", "show")).strip()
-        panel_listen = f"127.0.0.1:{free_port()}"
+        panel_listen = f"127.0.0.1:{reserve_port()}"
         env = image.process_env(
             HOMEPORT_RELAY=relay.relay_url,
             HOMEPORT_SERVER_PUBKEY=pubkey,
@@ -377,6 +378,36 @@ async def test_image_environment_links_and_serves_through_relay(
         _out, err = await asyncio.wait_for(bare.communicate(), 30)
         assert bare.returncode == 2
         assert b"--relay and --server-pubkey (or --options) are required" in err
+
+        # The image has the base install only (`pip install homeport`): everything the
+        # add-on needed above, none of the relay's dependencies, and a relay command
+        # that says in one line what to install instead of a traceback.
+        lean = await asyncio.create_subprocess_exec(
+            str(venv / "bin" / "python"),
+            "-c",
+            "from homeport.extras import RELAY_MODULES, missing_relay_modules\n"
+            "assert missing_relay_modules() == list(RELAY_MODULES), missing_relay_modules()",
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
+        _out, err = await asyncio.wait_for(lean.communicate(), 30)
+        assert lean.returncode == 0, err.decode()
+        for command, *rest in (["relay"], ["admin", "user", "list"]):
+            relay_cmd = await asyncio.create_subprocess_exec(
+                str(venv / "bin" / "homeport"),
+                command,
+                *rest,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+            )
+            out, err = await asyncio.wait_for(relay_cmd.communicate(), 30)
+            assert relay_cmd.returncode == 1
+            assert (out, err.count(b"\n")) == (b"", 1), err.decode()
+            assert err.startswith(f"homeport {command} needs the relay's dependencies".encode())
+            assert err.endswith(b"pip install 'homeport[relay]'\n")
     finally:
         if addon is not None and addon.returncode is None:
             addon.kill()

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from stack import free_port
+from ports import reserve_port
 
 from homeport.addon.ha_trust import PROBE_CLIENT, Trust, TrustMonitor, proxies_for
 
@@ -40,7 +40,7 @@ async def _serve(mode: str, port: int, seen: list[str]) -> web.AppRunner:
 
 
 async def test_verdicts_follow_home_assistant_and_survive_its_restarts() -> None:
-    port = free_port()
+    port = reserve_port()
     url = f"http://127.0.0.1:{port}"
     monitor = TrustMonitor(url, supervised=False)
     seen: list[str] = []

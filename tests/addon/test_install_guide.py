@@ -30,8 +30,9 @@ from guide_walk import (
     sh,
     unit_command,
 )
+from ports import reserve_port
 from relay_process import EMAIL, RelayProcess
-from stack import PASSWORD, free_port
+from stack import PASSWORD
 from test_addon_package import _read_until, link_and_fetch
 
 from homeport.standin import start_standin
@@ -102,7 +103,7 @@ async def test_install_guide_core_section(tmp_path: Path) -> None:
                             **unit_env,
                             # Test only: the test relay's certificate is from its dev CA.
                             "HOMEPORT_RELAY_CA": str(relay.ca_path),
-                            "HOMEPORT_PANEL_LISTEN": f"127.0.0.1:{free_port()}",
+                            "HOMEPORT_PANEL_LISTEN": f"127.0.0.1:{reserve_port()}",
                             "HOME": str(root / "addon-home"),
                         },
                         cwd=work,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stack import free_port
+from ports import reserve_port
 
 from homeport.addon.runtime import (
     INGRESS_PORT,
@@ -87,7 +87,7 @@ async def _addon(*args: str, tmp_path: Path) -> tuple[int, str]:
 
 
 async def test_cli_refuses_to_forward_to_its_own_panel(tmp_path: Path) -> None:
-    port = free_port()
+    port = reserve_port()
     code, err = await _addon(
         "--ha-url",
         f"http://127.0.0.1:{port}",

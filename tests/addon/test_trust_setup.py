@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from stack import free_port
+from ports import reserve_port
 
 from homeport.addon.client import AddonStatus
 from homeport.addon.gate import RemoteAccessGate
@@ -93,7 +93,7 @@ async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
     app.router.add_post("/api/services/homeassistant/restart", ha.restart)
     runner = web.AppRunner(app)
     await runner.setup()
-    ha.port = free_port()
+    ha.port = reserve_port()
     await web.TCPSite(runner, "127.0.0.1", ha.port).start()
     try:
         yield ha
@@ -287,7 +287,7 @@ async def test_the_runtime_offers_the_button_with_a_folder_and_a_token(
     from homeport.addon.client import AddonConfig
     from homeport.addon.runtime import AddonRuntime, PanelSettings
 
-    port = free_port()
+    port = reserve_port()
     runtime = AddonRuntime(
         AddonConfig(
             relay_url="wss://127.0.0.1:9/v1/tunnel",  # nothing listens: the panel still runs

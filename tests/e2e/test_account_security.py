@@ -10,33 +10,25 @@ import csv
 import io
 import logging
 import re
-from pathlib import Path
 
 import aiohttp
 import pyotp
 import pytest
 from sqlalchemy import select
-from stack import Browser, Stack, start_stack
+from stack import Browser, Stack
 from traffic import OpenTraffic
 from yarl import URL
 
 from homeport.accounts.models import AuditEvent
 from homeport.accounts.totp import ISSUER
-from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.live import SESSION_ENDED_CODE
-from homeport.relay.site_factors import qr_data_uri
+from homeport.relay.site.security import qr_data_uri
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 from homeport.relay.tenant import SESSION_COOKIE
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.stack(housekeeping=False)]
 
 NEW_PASSWORD = "seven purple otters under a bridge"
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        await running.relay.housekeeping.stop()  # only the revocation itself may cut
-        yield running
 
 
 async def _post(

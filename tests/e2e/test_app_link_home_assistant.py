@@ -10,26 +10,18 @@ the app's WebSocket and the address stops resolving.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from ha_core import HomeAssistant
-from stack import Stack, start_stack
+from stack import Stack
 
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(120)]
 
 #: What the iOS app sends: Home Assistant allows this pair without fetching the client page.
 CLIENT_ID = "https://home-assistant.io/iOS"
 REDIRECT_URI = "homeassistant://auth-callback"
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, home_assistant: HomeAssistant) -> AsyncIterator[Stack]:
-    async with start_stack(tmp_path, ha_url=home_assistant.url) as running:
-        yield running
 
 
 def companion_app(stack: Stack) -> aiohttp.ClientSession:

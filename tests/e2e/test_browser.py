@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from ha_core import HomeAssistant
 from playwright.async_api import Response, expect
-from stack import Stack, start_stack
+from stack import Stack
 
 if TYPE_CHECKING:  # loaded by pytest_plugins below, so that pytest rewrites its asserts
     from browser import Chromium, Person
@@ -43,12 +43,6 @@ OPEN_WEBSOCKET_JS = """() => new Promise(resolve => {
     ws.onerror = () => resolve('error');
     setTimeout(() => resolve('timeout'), 5000);
 })"""
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, home_assistant: HomeAssistant):
-    async with start_stack(tmp_path, ha_url=home_assistant.url) as running:
-        yield running
 
 
 async def _ha_rest(ha: HomeAssistant, method: str, path: str, body: object = None) -> object:
@@ -100,7 +94,6 @@ async def test_person_uses_home_assistant_through_the_relay(
 ) -> None:
     began = time.monotonic()
     await _set_entity(home_assistant, False)
-    await chromium.start(stack.ca_path)
     async with chromium.person() as person:
         page = person.page
         await _sign_in_to_homeport(person, stack)
@@ -167,7 +160,6 @@ async def test_without_signing_in_nothing_of_home_assistant_is_seen(
     stack: Stack, chromium: Chromium, tmp_path: Path
 ) -> None:
     """A fresh browser context never gets past the relay, even beside a signed-in one."""
-    await chromium.start(stack.ca_path)
     async with chromium.person() as owner:
         await _sign_in_to_homeport(owner, stack)  # Home Assistant's login page is up for them
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from ha_core import HomeAssistant
 from playwright.async_api import Page, expect
-from stack import Stack, start_stack
+from stack import Stack
 from test_browser import ENTITY_NAME, STATE_JS, _set_entity, _sign_in_to_homeport
 
 if TYPE_CHECKING:
@@ -29,12 +28,6 @@ pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(280)]
 
 #: The frontend's own view of its WebSocket connection.
 CONNECTED_JS = "document.querySelector('home-assistant')?.hass?.connected === true"
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, home_assistant: HomeAssistant):
-    async with start_stack(tmp_path, ha_url=home_assistant.url) as running:
-        yield running
 
 
 async def _wait_for(page: Page, script: str, expected: object, timeout: float) -> float:
@@ -50,7 +43,6 @@ async def test_frontend_reconnects_by_itself_after_a_restart(
     stack: Stack, home_assistant: HomeAssistant, chromium: Chromium
 ) -> None:
     await _set_entity(home_assistant, False)
-    await chromium.start(stack.ca_path)
     async with chromium.person() as person:
         page = person.page
         await _sign_in_to_homeport(person, stack)

@@ -9,18 +9,17 @@ mouse; the phone's WebSocket closes at once with code 4001.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
-from stack import Stack, start_stack
+from stack import Stack
 
 if TYPE_CHECKING:
     from browser import Chromium, Person
 
 pytest_plugins = ("browser",)
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.stack(housekeeping=False)]
 
 OPEN_WEBSOCKET_JS = """() => new Promise(resolve => {
     window.homeportClosed = null;
@@ -30,13 +29,6 @@ OPEN_WEBSOCKET_JS = """() => new Promise(resolve => {
     ws.onerror = () => resolve('error');
     setTimeout(() => resolve('timeout'), 15000);
 })"""
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        await running.relay.housekeeping.stop()  # only the revocation may close things
-        yield running
 
 
 async def _sign_in(person: Person, stack: Stack, start: str) -> None:
@@ -49,7 +41,6 @@ async def _sign_in(person: Person, stack: Stack, start: str) -> None:
 
 
 async def test_sessions_page_signs_the_other_browser_out(stack: Stack, chromium: Chromium) -> None:
-    await chromium.start(stack.ca_path)
     async with chromium.person() as phone, chromium.person() as laptop:
         await _sign_in(phone, stack, stack.tenant_origin + "/")
         await expect(phone.page).to_have_url(re.compile(re.escape(stack.tenant_origin) + "/"))
@@ -91,7 +82,6 @@ async def test_sessions_page_signs_the_other_browser_out(stack: Stack, chromium:
 
 async def test_security_pages_in_chromium(stack: Stack, chromium: Chromium) -> None:
     """QR code under the strict CSP, activity table, password change with the keyboard."""
-    await chromium.start(stack.ca_path)
     async with chromium.person() as person:
         page = person.page
         await _sign_in(person, stack, stack.account_origin + "/security")

@@ -18,6 +18,8 @@ from playwright.async_api import expect
 from relay_process import Home
 from smtp_sink import SmtpSink
 
+from homeport.tls.devca import DevCA
+
 if TYPE_CHECKING:  # loaded by pytest_plugins below, so that pytest rewrites its asserts
     from browser import Chromium
 
@@ -26,8 +28,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest_asyncio.fixture
-async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Home, SmtpSink]]:
-    async with mail_standin(tmp_path) as running:
+async def mailed(tmp_path: Path, dev_ca: DevCA) -> AsyncIterator[tuple[Home, SmtpSink]]:
+    async with mail_standin(tmp_path, ca=dev_ca) as running:
         yield running
 
 
@@ -35,7 +37,6 @@ async def test_new_browser_types_the_emailed_code(
     mailed: tuple[Home, SmtpSink], chromium: Chromium, tmp_path: Path
 ) -> None:
     home, sink = mailed
-    await chromium.start(home.ca_path)
     async with chromium.person() as person:
         page = person.page
         await page.set_viewport_size({"width": 390, "height": 844})  # a phone screen
@@ -72,7 +73,6 @@ async def test_forgot_password_in_chromium(
 ) -> None:
     home, sink = mailed
     new_password = "eleven quiet owls above the marsh"
-    await chromium.start(home.ca_path)
     async with chromium.person() as person:
         page = person.page
         await page.goto(home.account_origin + "/signin")

@@ -27,8 +27,8 @@ from relay_process import Home
 from smtp_sink import SmtpSink
 from yarl import URL
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_email_code import DEVICE_COOKIE, VERIFY_COOKIE
+from homeport.relay.site.email_code import DEVICE_COOKIE, VERIFY_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(240)
 

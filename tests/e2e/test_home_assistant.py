@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 from ha_core import HomeAssistant
-from stack import Stack, start_stack
+from stack import Stack
 
 pytestmark = pytest.mark.homeassistant
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, home_assistant: HomeAssistant):
-    async with start_stack(tmp_path, ha_url=home_assistant.url) as running:
-        yield running
 
 
 async def _ha_login(browser, stack: Stack, ha: HomeAssistant) -> str:

@@ -23,18 +23,12 @@ import aiohttp
 import companion_app
 import pytest
 from ha_core import CAMERA_ENTITY, CAMERA_FILE, HomeAssistant, camera_picture
-from stack import Browser, Stack, start_stack
+from stack import Browser, Stack
 
 pytestmark = pytest.mark.homeassistant
 
 BURST = 3000
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, home_assistant: HomeAssistant):
-    async with start_stack(tmp_path, ha_url=home_assistant.url) as running:
-        yield running
 
 
 def wss(stack: Stack) -> str:

@@ -9,12 +9,11 @@ must work without any script or inline style.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
-from stack import Stack, start_stack
+from stack import Stack
 
 if TYPE_CHECKING:
     from browser import Chromium
@@ -23,16 +22,9 @@ pytest_plugins = ("browser",)
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
-
-
 async def test_owner_renames_the_home_and_creates_an_app_link(
     stack: Stack, chromium: Chromium
 ) -> None:
-    await chromium.start(stack.ca_path)
     async with chromium.person() as owner:
         page = owner.page
         await page.goto(stack.account_origin + "/signin")

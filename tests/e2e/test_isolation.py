@@ -22,12 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
 from observed import Witness, start_observed_standin
 from rawhttp import connect, read_head, tls_context
-from stack import Browser, Stack, start_stack
+from stack import Browser, Stack
 from tenants import extra_tenant
 
 from homeport.addon.client import LocalhostResolver
@@ -73,15 +74,26 @@ class Home:
 
 
 @pytest.fixture
-async def home(tmp_path: Path) -> AsyncIterator[Home]:
+async def observed() -> AsyncIterator[tuple[str, Witness]]:
+    """The stand-in for Home Assistant that records what reaches it: (URL, witness)."""
     runner, url, witness = await start_observed_standin()
     try:
-        async with start_stack(tmp_path, ha_url=url) as stack, stack.browser() as browser:
-            await browser.sign_in("/")
-            jar = {c.key: c.value for c in browser.session.cookie_jar}
-            yield Home(stack, witness, browser, jar[SESSION_COOKIE])
+        yield url, witness
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def stack_options(observed: tuple[str, Witness]) -> dict[str, Any]:
+    return {"ha_url": observed[0]}
+
+
+@pytest.fixture
+async def home(stack: Stack, observed: tuple[str, Witness]) -> AsyncIterator[Home]:
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        jar = {c.key: c.value for c in browser.session.cookie_jar}
+        yield Home(stack, observed[1], browser, jar[SESSION_COOKIE])
 
 
 def relay_stream(session: TunnelSession, target: str) -> Stream | None:

@@ -15,11 +15,13 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from oidc_idp import AppleTeam, StandInIdp, mock_provider, stand_in_idp, walk
-from stack import Stack, free_port, start_stack
+from ports import listening_socket
+from stack import Stack, start_stack
 from yarl import URL
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
 from homeport.relay.oidc_settings import AppleKey, OidcProvider, apple_provider
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
+from homeport.tls.devca import DevCA
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,15 +30,21 @@ SERVICES_ID = "com.example.homeport.web"
 
 @contextlib.asynccontextmanager
 async def apple_stack(
-    tmp_path: Path, idp: StandInIdp, team: AppleTeam, *, signing_key: ECKey | None = None
+    tmp_path: Path,
+    idp: StandInIdp,
+    team: AppleTeam,
+    *,
+    signing_key: ECKey | None = None,
+    ca: DevCA | None = None,
 ) -> AsyncIterator[Stack]:
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     idp.redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/apple/callback"
     pem = (signing_key or team.key).as_pem(private=True).decode()
     provider = apple_provider(
         SERVICES_ID, AppleKey(team.team_id, team.key_id, pem), issuer=idp.issuer
     )
-    async with start_stack(tmp_path, listen_port=port, oidc_providers=(provider,)) as stack:
+    async with start_stack(tmp_path, sock=sock, ca=ca, oidc_providers=(provider,)) as stack:
         yield stack
 
 
@@ -117,7 +125,8 @@ def _set_user(issuer: str, sub: str, email: str) -> None:
 
 
 async def test_signin_with_oidc_provider_mock(tmp_path: Path) -> None:
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/mock/callback"
     with mock_provider(require_client_registration=True, require_nonce=True) as issuer:
         client = await asyncio.to_thread(_register, issuer, redirect_uri)
@@ -130,7 +139,7 @@ async def test_signin_with_oidc_provider_mock(tmp_path: Path) -> None:
             client_secret=client["client_secret"],
         )
         async with (
-            start_stack(tmp_path, listen_port=port, oidc_providers=(provider,)) as stack,
+            start_stack(tmp_path, sock=sock, oidc_providers=(provider,)) as stack,
             stack.browser() as browser,
         ):
             start = stack.account_origin + "/signin/oidc/mock"

@@ -7,7 +7,6 @@ is an aiohttp client with its own cookies (``Stack.browser``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,23 +22,22 @@ from joserfc.jwk import RSAKey
 from oidc_idp import StandInIdp, Walk, stand_in_idp, walk
 from smtp_sink import SmtpSink
 from sqlalchemy import select, update
-from stack import PASSWORD, Browser, Stack, free_port, start_stack
+from stack import PASSWORD, Browser, Stack, start_stack
 from yarl import URL
 
 from homeport.accounts.models import OidcFlow, OidcIdentity, User
 from homeport.accounts.oidc_tokens import VerifiedIdentity
 from homeport.mail.settings import SmtpSettings
-from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
+from homeport.relay.app import Relay
 from homeport.relay.oidc_settings import OidcProvider
-from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.relay.site.oidc import BINDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE, PENDING_COOKIE
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@contextlib.asynccontextmanager
-async def oidc_stack(tmp_path: Path, idp: StandInIdp, **relay_options: Any) -> AsyncIterator[Stack]:
-    port = free_port()
-    idp.redirect_uri = f"https://homeport.localhost:{port}/signin/oidc/idp/callback"
+def oidc_options(idp: StandInIdp) -> dict[str, Any]:
+    """``start_stack`` options for a relay that offers ``idp`` (named "idp")."""
     provider = OidcProvider(
         name="idp",
         label="Test IdP",
@@ -47,10 +45,11 @@ async def oidc_stack(tmp_path: Path, idp: StandInIdp, **relay_options: Any) -> A
         client_id=idp.client_id,
         client_secret=idp.client_secret,
     )
-    async with start_stack(
-        tmp_path, listen_port=port, oidc_providers=(provider,), **relay_options
-    ) as stack:
-        yield stack
+
+    async def register_callback(relay: Relay) -> None:
+        idp.redirect_uri = relay.config.account_origin + "/signin/oidc/idp/callback"
+
+    return {"oidc_providers": (provider,), "before_addon": register_callback}
 
 
 @pytest.fixture
@@ -60,9 +59,8 @@ async def idp() -> AsyncIterator[StandInIdp]:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, idp: StandInIdp) -> AsyncIterator[Stack]:
-    async with oidc_stack(tmp_path, idp) as running:
-        yield running
+def stack_options(idp: StandInIdp) -> dict[str, Any]:
+    return oidc_options(idp)
 
 
 def _cookie(browser: Browser, name: str) -> str | None:
@@ -317,7 +315,7 @@ async def test_every_id_token_check_holds_through_the_relay(stack: Stack, idp: S
 async def test_discovery_naming_another_issuer_is_refused(tmp_path: Path, idp: StandInIdp) -> None:
     idp.discovery_issuer = idp.issuer + "/other"
     async with (
-        oidc_stack(tmp_path, idp) as stack,
+        start_stack(tmp_path, **oidc_options(idp)) as stack,
         stack.browser() as browser,
         browser.request("GET", stack.account_origin + "/signin/oidc/idp") as r,
     ):
@@ -602,7 +600,7 @@ async def test_signin_page_shows_only_configured_providers(stack: Stack) -> None
 async def test_key_rotation_refetches_the_jwks_but_not_for_every_unknown_kid(
     stack: Stack, idp: StandInIdp
 ) -> None:
-    client = stack.relay.account_site.oidc.clients["idp"]
+    client = stack.relay.oidc.clients["idp"]
     async with stack.browser() as browser:
         assert (await _signin(browser)).status == 200
     assert idp.jwks_hits == 1
@@ -691,7 +689,7 @@ async def test_provider_signin_from_a_new_network_still_asks_for_the_mailed_code
         smtp = SmtpSettings(
             host="127.0.0.1", port=sink.port, security="none", mail_from="relay@example.com"
         )
-        async with oidc_stack(tmp_path, idp, smtp=smtp) as stack:
+        async with start_stack(tmp_path, **oidc_options(idp), smtp=smtp) as stack:
             await _link_owner(stack, idp)
             async with stack.browser() as browser:
                 page = await _signin(browser)

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from oidc_idp import AppleTeam, StandInIdp, Walk, stand_in_idp, walk
 from sqlalchemy import select
-from stack import PASSWORD, Browser, Stack
+from stack import PASSWORD, Browser, Stack, start_stack
 from test_oidc_providers import SERVICES_ID, apple_stack
-from test_oidc_signin import oidc_stack
+from test_oidc_signin import oidc_options
 from yarl import URL
 
 from homeport.accounts.models import OidcFlow, OidcIdentity
 from homeport.accounts.oidc_tokens import VerifiedIdentity
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_oidc import BINDING_COOKIE
+from homeport.relay.site.oidc import BINDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,7 +41,7 @@ Launch = Callable[[Path], contextlib.AbstractAsyncContextManager[tuple[Stack, St
 
 @contextlib.asynccontextmanager
 async def _query_mode(tmp_path: Path) -> AsyncIterator[tuple[Stack, StandInIdp, str]]:
-    async with stand_in_idp() as idp, oidc_stack(tmp_path, idp) as stack:
+    async with stand_in_idp() as idp, start_stack(tmp_path, **oidc_options(idp)) as stack:
         yield stack, idp, "idp"
 
 

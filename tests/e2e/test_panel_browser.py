@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from panel_stack import panel_for, until_capability_known
-from stack import start_stack
+from stack import Stack
 
 from homeport.addon.client import AddonStatus, State
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.panel import Panel, PanelSources
-from homeport.tls.devca import create_independent_ca
 
 if TYPE_CHECKING:  # loaded by pytest_plugins below, so that pytest rewrites its asserts
     from browser import Chromium
@@ -34,7 +33,6 @@ async def test_panel_in_chromium(chromium: Chromium, tmp_path: Path) -> None:
     )
     await panel.start("127.0.0.1", 0)
     try:
-        await chromium.start(create_independent_ca(tmp_path / "ca").cert_path)
         async with chromium.person() as person:
             page = person.page
             await page.goto(f"http://127.0.0.1:{panel.port}/")
@@ -66,11 +64,12 @@ async def test_panel_in_chromium(chromium: Chromium, tmp_path: Path) -> None:
         await panel.stop()
 
 
-async def test_panel_creates_an_app_link_in_chromium(chromium: Chromium, tmp_path: Path) -> None:
+async def test_panel_creates_an_app_link_in_chromium(
+    stack: Stack, chromium: Chromium, tmp_path: Path
+) -> None:
     """Keyboard only: the card, the form, the answer; the QR code and the link work."""
-    async with start_stack(tmp_path) as stack, panel_for(stack, tmp_path) as panel:
+    async with panel_for(stack, tmp_path) as panel:
         await until_capability_known(stack, True)
-        await chromium.start(stack.ca_path)
         async with chromium.person() as person:
             page = person.page
             await page.goto(panel + "/")

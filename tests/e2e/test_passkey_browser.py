@@ -8,12 +8,11 @@ they do for a person. The home behind the relay is the stand-in.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
-from stack import Stack, start_stack
+from stack import Stack
 
 if TYPE_CHECKING:
     from browser import Chromium
@@ -22,14 +21,7 @@ pytest_plugins = ("browser",)
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
-
-
 async def test_add_a_passkey_then_sign_in_with_it(stack: Stack, chromium: Chromium) -> None:
-    await chromium.start(stack.ca_path)
     async with chromium.person() as person:
         page = person.page
         cdp = await page.context.new_cdp_session(page)

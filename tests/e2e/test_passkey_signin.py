@@ -8,22 +8,14 @@ for real with the relay's relying-party id (the account host) and origin.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pyotp
-import pytest
 from authenticator import SoftAuthenticator, b64url
-from stack import Browser, Stack, start_stack
+from stack import Browser, Stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
-from homeport.relay.site_passkeys import CEREMONY_COOKIE
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
+from homeport.relay.site.passkeys import CEREMONY_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 
 def _cookie(browser: Browser, name: str) -> str | None:

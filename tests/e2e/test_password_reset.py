@@ -27,7 +27,7 @@ from relay_process import Home
 from smtp_sink import SmtpSink
 from stack import Browser
 
-from homeport.relay.account_site import ACCOUNT_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -197,3 +197,29 @@ async def test_reset_requests_are_throttled_per_network(mailed: tuple[Home, Smtp
         assert statuses == [200] * 10 + [429]
     async with browser_from(home, "127.0.0.26") as other:  # another network is not affected
         assert (await _forgot(other, home, home.email))[0] == 200
+
+
+async def test_a_password_change_on_the_page_is_mailed_to_the_owner(
+    mailed: tuple[Home, SmtpSink],
+) -> None:
+    """R-OPS-05: a change made in a (perhaps stolen) session is told to the owner by mail."""
+    home, sink = mailed
+    async with browser_from(home, "127.0.0.24") as browser:
+        await sign_in(browser, home, sink)
+        before = len(sink.to(home.email))
+        status, body, _ = await post(
+            browser,
+            home,
+            "/security/password",
+            {
+                "current_password": home.password,
+                "new_password": NEW_PASSWORD,
+                "new_password_again": NEW_PASSWORD,
+            },
+        )
+        assert status == 200, body
+        told = await sink.wait_for(home.email, before + 1)
+        assert told.message["Subject"] == "Security change on your Homeport account"
+        assert "your password was changed" in told.text
+        assert "127.0.0.24" in told.text
+        assert NEW_PASSWORD not in told.text

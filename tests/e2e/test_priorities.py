@@ -14,22 +14,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-from stack import Stack, start_stack
+from stack import Stack
 
 from homeport.protocol.heads import PRIORITY_BULK, PRIORITY_DEFAULT, PRIORITY_INTERACTIVE
 from homeport.tunnel.session import TunnelSession
 
 MiB = 1024 * 1024
 ENDLESS = 1000 * 1000 * MiB
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
 
 
 def addon_priorities(stack: Stack) -> dict[str, int]:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from ports import reserve_port
 from reflect_backend import Seen, start_reflecting_backend
 from relay_process import RecordLogs, start_home
-from stack import free_port, start_stack
+from stack import start_stack
 
 from homeport.addon import client as addon_client
 from homeport.addon.client import (
@@ -220,12 +221,9 @@ async def test_paused_relay_is_declared_dead_then_reconnected(
                 assert page.status == 200
 
 
-async def test_stalled_relay_attempt_gives_up_and_backs_off(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_stalled_relay_attempt_gives_up_and_backs_off(tmp_path: Path) -> None:
     """A relay that accepts TCP and then says nothing (hung, or a black hole) must
     not hold the add-on: each attempt ends after the handshake timeout."""
-    monkeypatch.setattr(addon_client, "HANDSHAKE_TIMEOUT", 1.0)
     accepted: list[float] = []
     held: list[asyncio.StreamWriter] = []
 
@@ -241,6 +239,7 @@ async def test_stalled_relay_attempt_gives_up_and_backs_off(
         state_dir=tmp_path / "addon",
         pinned_keys=(),
         relay_ca=None,
+        handshake_timeout=1.0,
     )
     try:
         with RecordLogs("homeport.addon.client") as logs:
@@ -284,7 +283,7 @@ def test_backoff_delay_is_full_jitter_doubling_to_the_cap() -> None:
 
 
 async def test_attempts_against_a_closed_port_follow_the_backoff(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens here: every dial is refused at once
+    port = reserve_port()  # nothing listens here: every dial is refused at once
     attempts: list[float] = []
     config = AddonConfig(
         relay_url=f"wss://homeport.localhost:{port}/v1/tunnel",

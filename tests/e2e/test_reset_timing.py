@@ -52,7 +52,7 @@ async def mailed(tmp_path: Path) -> AsyncIterator[tuple[Stack, SmtpSink]]:
 
 async def _settled(stack: Stack) -> None:
     """Until the relay's background reset work is done."""
-    jobs = stack.relay.mail.reset.jobs
+    jobs = stack.relay.mail.reset_jobs
     async with asyncio.timeout(10):
         while jobs.running:
             await asyncio.sleep(0.002)

@@ -10,26 +10,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
-from stack import PASSWORD, Browser, Stack, start_stack
+from stack import PASSWORD, Browser, Stack
 from traffic import OpenTraffic
 
 from homeport.relay.live import SESSION_ENDED_CODE
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.stack(housekeeping=False)]
 
 FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
 ENDS_WITHIN = 5.0  # generous for a loaded machine; the gate cache alone is 5 s, sweep stopped
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        await running.relay.housekeeping.stop()
-        yield running
 
 
 async def _sessions_page(browser: Browser) -> str:

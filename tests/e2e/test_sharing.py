@@ -14,14 +14,13 @@ import html
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pyotp
 import pytest
-from stack import PASSWORD, Browser, Stack, make_addon, start_stack
+from stack import PASSWORD, Browser, Stack, make_addon
 from tenants import extra_tenant
 
 from homeport.addon.client import AddonStatus, State
@@ -30,12 +29,6 @@ from homeport.relay.tenant import SESSION_COOKIE
 BOB = "bob@example.com"
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 MISDIRECTED = (421, "Misdirected request.\n")
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async with start_stack(tmp_path) as running:
-        yield running
 
 
 def as_person(stack: Stack, email: str) -> Browser:

@@ -21,7 +21,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from ha_core import HomeAssistant
-from stack import PASSWORD, Browser, free_port, start_stack
+from ports import listening_socket, reserve_port
+from stack import PASSWORD, Browser, start_stack
 
 from homeport.addon.client import (
     BACKOFF_BASE,
@@ -86,15 +87,16 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def short_keepalive_relay(tmp_path: Path) -> AsyncIterator[Site]:
+    sock = listening_socket()
     config = RelayConfig(
         data_dir=tmp_path / "relay",
-        listen_port=free_port(),
+        listen_port=sock.getsockname()[1],
         drain_seconds=1.0,
         tunnel_ping_interval=PING,
         tunnel_ping_timeout=PONG_TIMEOUT,
     )
     relay = Relay(config)
-    await relay.start()
+    await relay.start(sock=sock)
     try:
         await relay.accounts.create_user(EMAIL, PASSWORD)
         yield Site(relay)
@@ -137,7 +139,7 @@ async def test_paused_addon_is_declared_dead_and_comes_back(tmp_path: Path) -> N
     proc: asyncio.subprocess.Process | None = None
     try:
         async with short_keepalive_relay(tmp_path) as site:
-            panel_port = free_port()
+            panel_port = reserve_port()
             config = site.config
             proc = await asyncio.create_subprocess_exec(
                 str(HOMEPORT),

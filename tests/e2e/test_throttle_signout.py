@@ -11,18 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from stack import Stack, make_addon, start_stack
+from stack import Stack, make_addon
 
 from homeport.accounts.throttle import LINK_NETWORK
 from homeport.addon.client import AddonStatus, State
 
 SIGNIN_HEADERS = {"Accept": "text/html"}
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
 
 
 async def _sign_in(stack: Stack, email: str, password: str) -> tuple[int, str, str | None]:

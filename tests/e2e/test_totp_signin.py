@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pyotp
-import pytest
-from stack import Browser, Stack, start_stack
+from stack import Browser, Stack
 
-from homeport.relay.account_site import ACCOUNT_COOKIE, PENDING_COOKIE
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE, PENDING_COOKIE
 
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
-
-
-@pytest.fixture
-async def stack(tmp_path: Path):
-    async with start_stack(tmp_path) as running:
-        yield running
 
 
 def _cookie(browser: Browser, name: str) -> str | None:

@@ -9,8 +9,9 @@ line by line and writes every file block (a fenced block whose first line is
   server by a real BIND on loopback holding the records of section 2 and a TSIG
   key allowed to write only ``_acme-challenge``, Let's Encrypt by pebble;
 * ``/opt``, ``/etc`` and ``/var/lib`` paths by directories under the test's,
-  ports 443 and 80 by free loopback ports, ``pip install homeport`` by the
-  wheel of this checkout (the release does not exist on PyPI yet);
+  ports 443 and 80 by free loopback ports, ``pip install 'homeport[relay]'`` by
+  the wheel of this checkout with the same extra (the release does not exist on
+  PyPI yet);
 * what needs root and systemd: ``sudo`` and ``-u``/``-o homeport`` are dropped,
   ``useradd`` is skipped, and ``systemctl enable --now homeport-relay`` starts
   the unit's own ``ExecStart`` with its ``Environment``;
@@ -45,7 +46,8 @@ from guide_walk import (
     unit_command,
 )
 from pebble import pebble_available, start_pebble
-from stack import PASSWORD, Browser, free_port
+from ports import reserve_port
+from stack import PASSWORD, Browser
 
 from homeport.addon.client import AddonClient, AddonConfig, State
 from homeport.keys import parse_pinned_keys
@@ -114,7 +116,7 @@ class Walk:
             ("0.0.0.0:443", f"127.0.0.1:{self.tls_port}"),
             ("0.0.0.0:80", f"127.0.0.1:{self.http_port}"),
             ("public-port = 443", f"public-port = {self.tls_port}"),
-            ("pip install homeport", f"pip install {self.wheel}"),
+            ("pip install 'homeport[relay]'", f"pip install '{self.wheel}[relay]'"),
             ("packaging/", f"{REPO}/packaging/"),
             ("/etc/systemd/system/", f"{self.root}/etc/systemd/system/"),
             ("/etc/homeport", f"{self.root}/etc/homeport"),
@@ -254,7 +256,7 @@ class GuideHome:
 
 async def test_deploy_guide_quick_start(tmp_path: Path) -> None:
     blocks = quick_start()
-    tls_port, http_port = free_port(), free_port()
+    tls_port, http_port = reserve_port(), reserve_port()
     root, work = tmp_path / "server", tmp_path / "work"
     # What a Debian server has before step 1.
     for directory in (root / "home", root / "tmp", root / "etc/systemd/system", work):

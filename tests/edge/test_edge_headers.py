@@ -29,8 +29,9 @@ from edge_checks import (
     values,
 )
 from header_backend import start_header_backend
+from ports import reserve_port
 from rawhttp import RawResponse, exchange
-from stack import Browser, Stack, free_port, start_stack
+from stack import Browser, Stack, start_stack
 from tenants import extra_tenant, linked_key
 
 from homeport.relay.security_headers import TENANT_FRAMING, TENANT_REFERRER
@@ -274,7 +275,7 @@ async def test_offline_and_unreachable_homes_get_pages_with_the_page_set(
     assert b"offline" in answer.body
     assert_relay_page(answer.headers, edge.csp, what="offline 503")
     # A connected add-on whose Home Assistant does not answer: 502.
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{reserve_port()}"
     async with (
         extra_tenant(stack, tmp_path, email="down@example.com", ha_url=dead) as other,
         other.browser() as browser,

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from edge_checks import assert_relay_page
+from ports import listening_socket
 from rawhttp import connect, exchange
-from stack import free_port
 
 from homeport.relay import app as relay_app
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
+from homeport.relay.site.signin_flow import ACCOUNT_COOKIE
 
 ACCOUNT = "homeport.localhost"
 REPO = Path(__file__).resolve().parents[2]
@@ -36,17 +37,20 @@ SECRET_DETAIL = "boom: /srv/homeport/secret.db password=hunter2"
 @pytest_asyncio.fixture
 async def relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Relay]:
     monkeypatch.setattr(relay_app, "IDLE_TIMEOUT", 3.0)  # the real one is 75 s
-    relay = Relay(RelayConfig(data_dir=tmp_path / "relay", listen_port=free_port()))
-    await relay.start()
+    sock = listening_socket()
+    relay = Relay(RelayConfig(data_dir=tmp_path / "relay", listen_port=sock.getsockname()[1]))
+    await relay.start(sock=sock)
     try:
         yield relay
     finally:
         await relay.stop()
 
 
-async def _get(relay: Relay, target: str) -> tuple[int, list[tuple[str, str]], bytes]:
+async def _get(
+    relay: Relay, target: str, extra: str = ""
+) -> tuple[int, list[tuple[str, str]], bytes]:
     port = relay.config.listen_port
-    request = f"GET {target} HTTP/1.1\r\nHost: {ACCOUNT}:{port}\r\n\r\n".encode()
+    request = f"GET {target} HTTP/1.1\r\nHost: {ACCOUNT}:{port}\r\n{extra}\r\n".encode()
     ca = relay.config.data_dir / "tls" / "dev-ca.pem"
     answer = await exchange(port, ACCOUNT, ca, request)
     return answer.status, answer.headers, answer.body
@@ -58,11 +62,12 @@ async def test_a_crash_shows_a_generic_page(
     async def crash(request: object) -> None:
         raise RuntimeError(SECRET_DETAIL)
 
-    monkeypatch.setattr(relay.account_site, "handle", crash)
-    status, headers, body = await _get(relay, "/")
+    # The account site's guard looks the session cookie up before any page runs.
+    monkeypatch.setattr(relay.accounts.sessions, "resolve", crash)
+    status, headers, body = await _get(relay, "/", f"Cookie: {ACCOUNT_COOKIE}=x\r\n")
     assert status == 500
     assert b"Something went wrong" in body
-    for leak in (b"Traceback", b"RuntimeError", b"hunter2", b"secret.db", b"account_site"):
+    for leak in (b"Traceback", b"RuntimeError", b"hunter2", b"secret.db", b"relay.site"):
         assert leak not in body, leak
     assert_relay_page(headers, relay.pages.csp, what="500")
     assert any(r.message == "relay.unhandled_error" for r in caplog.records)

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from dockerfile_env import Image, Instruction, follow, image_env, labels, only, parse_dockerfile
 from dockerfile_env import which as _which
-from stack import PASSWORD, free_port
+from ports import reserve_port
+from stack import PASSWORD
 
 from homeport import __version__
 from homeport.tls.devca import ensure_dev_ca
@@ -31,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging" / "relay"
 DOCKERFILE = PACKAGING / "Dockerfile"
 UID = 10001
+
+
+ADDON_WHEEL = "/tmp/wheels/homeport-*.whl "
+RELAY_WHEEL = '"$(echo /tmp/wheels/homeport-*.whl)[relay]" '
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,10 @@ def test_recipe_matches_the_addon_container(recipe: list[Instruction]) -> None:
         i.args for i in container if i.keyword == "FROM"
     ]
     for keyword in ("COPY", "RUN"):
+        # The one difference: the relay installs the wheel with its `relay` extra
+        # (the add-on's image installs the package alone).
         assert [i.args for i in recipe if i.keyword == keyword] == [
-            i.args for i in container if i.keyword == keyword
+            i.args.replace(ADDON_WHEEL, RELAY_WHEEL) for i in container if i.keyword == keyword
         ], keyword
     assert only(recipe, "USER").args == f"{UID}:{UID}"
     assert only(recipe, "VOLUME").exec_form() == ["/data"]
@@ -116,7 +123,7 @@ async def test_image_environment_serves_and_stops(
     cert, key = ca.issue_server_certificate(
         ["homeport.localhost", "*.home.localhost"], tmp_path / "certs"
     )
-    port = free_port()
+    port = reserve_port()
     (etc / "relay.toml").write_text(
         "[relay]\n"
         f'listen = "127.0.0.1:{port}"\n'

@@ -24,7 +24,6 @@ from stack import Stack, start_stack
 from trickle import open_tls, post_head, trickle
 
 from homeport.cli import build_parser, relay_config
-from homeport.relay.account_limits import AccountLimits
 from homeport.relay.config import RelayConfig
 from homeport.relay.limits import MinimumRate, TenantLimits, UploadPace, parse_seconds
 from homeport.relay.tenant import SESSION_COOKIE
@@ -167,7 +166,7 @@ class Site:
         """New limits for the account site and the tenant proxy (fresh counters)."""
         config = dataclasses.replace(self.stack.config, **changes)
         relay = self.stack.relay
-        relay.account_limits = AccountLimits(config, relay.pages)
+        relay.account_limits.apply(config)
         relay.tenants.limits = TenantLimits(config)
 
     async def connect(self, host: str, source_ip: str = "127.0.0.1") -> Any:

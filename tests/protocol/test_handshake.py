@@ -507,9 +507,10 @@ def test_version_negotiation(p: Parties) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("nonce", b64url_encode(os.urandom(31))),
-        ("signature", b64url_encode(os.urandom(63))),
-        ("signature", b64url_encode(os.urandom(65))),
+        # Random values get fixed ids: every pytest-xdist worker must collect the same names.
+        pytest.param("nonce", b64url_encode(os.urandom(31)), id="nonce-31-bytes"),
+        pytest.param("signature", b64url_encode(os.urandom(63)), id="signature-63-bytes"),
+        pytest.param("signature", b64url_encode(os.urandom(65)), id="signature-65-bytes"),
         ("key_id", "ABCDEF0123456789"),
         ("key_id", "0123"),
         ("version", "1"),
@@ -529,8 +530,12 @@ def test_addon_rejects_malformed_server_proof(p: Parties, field: str, value: obj
     ("field", "value"),
     [
         ("public_key", "ed25519:short"),
-        ("public_key", public_key_text(Ed25519PrivateKey.generate().public_key()) + "="),
-        ("signature", b64url_encode(os.urandom(63))),
+        pytest.param(
+            "public_key",
+            public_key_text(Ed25519PrivateKey.generate().public_key()) + "=",
+            id="public_key-padded",
+        ),
+        pytest.param("signature", b64url_encode(os.urandom(63)), id="signature-63-bytes"),
         ("agent", ""),
         ("agent", "x" * 129),
         ("agent", "evil\nlog line"),

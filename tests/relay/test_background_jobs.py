@@ -1,10 +1,10 @@
-"""The bounded background jobs behind "Forgot password?" (``relay/site_reset.py``)."""
+"""The bounded background jobs behind "Forgot password?" (``relay/site/reset.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from homeport.relay.site_reset import BackgroundJobs
+from homeport.relay.site.reset import BackgroundJobs
 
 
 async def test_at_most_limit_jobs_run_and_the_rest_are_dropped_cleanly() -> None:

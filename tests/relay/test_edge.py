@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from ports import listening_socket
 from rawhttp import RawResponse, exchange, read_head
-from stack import free_port
 
 from homeport.accounts.identifiers import new_instance_id
 from homeport.cli import build_parser, relay_config
@@ -31,14 +31,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay]:
+    sock = listening_socket()
     config = RelayConfig(
         data_dir=tmp_path_factory.mktemp("edge") / "relay",
-        listen_port=free_port(),
+        listen_port=sock.getsockname()[1],
         http_listen_port=0,
         drain_seconds=1.0,
     )
     relay = Relay(config)
-    await relay.start()
+    await relay.start(sock=sock)
     try:
         yield relay
     finally:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from stack import free_port
+from ports import listening_socket
 
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
@@ -152,11 +152,12 @@ def test_unknown_profile_is_an_error(tmp_path: Path, ca: DevCA) -> None:
 async def test_relay_serves_the_configured_profile(tmp_path: Path) -> None:
     """The profile reaches the relay's real listener through RelayConfig."""
     for profile, tls12_accepted in (("modern", False), ("intermediate", True)):
+        sock = listening_socket()
         config = RelayConfig(
-            data_dir=tmp_path / profile, listen_port=free_port(), tls_profile=profile
+            data_dir=tmp_path / profile, listen_port=sock.getsockname()[1], tls_profile=profile
         )
         relay = Relay(config)
-        await relay.start()
+        await relay.start(sock=sock)
         try:
             ca = ensure_dev_ca(config.data_dir)
             context = client(ca, version=ssl.TLSVersion.TLSv1_2)

@@ -11,10 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography import x509
+from ports import reserve_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from relay_process import RelayProcess
-from stack import Stack, free_port, start_stack
+from stack import Stack, start_stack
 
 from homeport.cli import build_parser, relay_config
 from homeport.relay.config import RelayConfig
@@ -177,9 +178,9 @@ async def _served_not_after(stack: Stack) -> dt.datetime:
 
 
 async def test_scrape_through_the_metrics_listener(tmp_path: Path) -> None:
-    port = free_port()
-    async with start_stack(tmp_path, metrics_listen=("127.0.0.1", port)) as stack:
-        url = f"http://127.0.0.1:{port}"
+    async with start_stack(tmp_path, metrics_listen=("127.0.0.1", 0)) as stack:
+        assert stack.relay.metrics is not None
+        url = f"http://127.0.0.1:{stack.relay.metrics.bound_port}"
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             async with session.get(f"{url}/metrics") as response:
                 assert response.status == 200
@@ -219,7 +220,12 @@ async def test_scrape_through_the_metrics_listener(tmp_path: Path) -> None:
                 await ws.send_str("ping")
                 assert await ws.receive_str() == "ping"
                 assert await _scrape(url, "homeport_live_exchanges") == 1
+                assert await _scrape(url, "homeport_tunnel_streams") == 1
+                assert await _scrape(url, "homeport_tenant_connections") >= 1
             await _wait_for(url, "homeport_live_exchanges", 0)
+            # Leak gauges: the stream is gone with its WebSocket; the loop has tasks.
+            await _wait_for(url, "homeport_tunnel_streams", 0)
+            assert await _scrape(url, "homeport_asyncio_tasks") > 0
 
         # The gauge follows the tunnel: the add-on gone, it reads 0.
         stack.addon_task.cancel()
@@ -272,7 +278,7 @@ async def test_no_metrics_listener_unless_configured(tmp_path: Path) -> None:
     finally:
         await relay.stop()
 
-    metrics_port = free_port()
+    metrics_port = reserve_port()
     relay = RelayProcess(
         tmp_path / "metrics", extra_args=["--metrics-listen", f"127.0.0.1:{metrics_port}"]
     )

@@ -17,7 +17,6 @@ import base64
 import contextlib
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rdatatype
+from ports import reserve_port
 
 NAMED = "/usr/sbin/named"
 KEY_NAME = "homeport-acme"
@@ -54,19 +54,6 @@ class Named:
     workdir: Path
 
 
-def _free_port_udp_tcp() -> int:
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for both UDP and TCP")
-
-
 def _zone_file(zone: Zone) -> str:
     return (
         f"$ORIGIN {zone.name}.\n$TTL 60\n"
@@ -83,7 +70,7 @@ def start_named(workdir: Path, zones: list[Zone]) -> Iterator[Named]:
     key_file = workdir / "tsig.key"
     key_file.write_text(key_block)
     key_file.chmod(0o600)
-    port = _free_port_udp_tcp()
+    port = reserve_port(udp=True)
     zone_blocks = []
     for zone in zones:
         (workdir / f"{zone.name}.db").write_text(_zone_file(zone))

@@ -18,6 +18,7 @@ from smtp_sink import Received, SmtpSink
 from stack import Browser
 
 from homeport.standin import start_standin
+from homeport.tls.devca import DevCA
 
 MAIL_FROM = "relay@homeport.example"
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
@@ -25,23 +26,25 @@ NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
 
 @contextlib.asynccontextmanager
 async def mail_home(
-    root: Path, backend_url: str, *relay_args: str
+    root: Path, backend_url: str, *relay_args: str, ca: DevCA | None = None
 ) -> AsyncIterator[tuple[Home, SmtpSink]]:
     with SmtpSink() as sink:
         args = [
             "--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port),
             "--smtp-security", "none", "--mail-from", MAIL_FROM, *relay_args,
         ]  # fmt: skip
-        async with start_home(root, backend_url, relay_args=args) as home:
+        async with start_home(root, backend_url, relay_args=args, ca=ca) as home:
             yield home, sink
 
 
 @contextlib.asynccontextmanager
-async def mail_standin(root: Path, *relay_args: str) -> AsyncIterator[tuple[Home, SmtpSink]]:
+async def mail_standin(
+    root: Path, *relay_args: str, ca: DevCA | None = None
+) -> AsyncIterator[tuple[Home, SmtpSink]]:
     """``mail_home`` in front of the aiohttp stand-in for Home Assistant."""
     standin, url = await start_standin()
     try:
-        async with mail_home(root, url, *relay_args) as running:
+        async with mail_home(root, url, *relay_args, ca=ca) as running:
             yield running
     finally:
         await standin.cleanup()

@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,8 @@ import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+
+from ports import reserve_port
 
 if TYPE_CHECKING:
     import aiohttp
@@ -336,13 +337,6 @@ def _kill_leftovers() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def camera_picture() -> bytes:
     """A JPEG-framed, 48 KiB incompressible picture for the camera (HA serves it as is)."""
     body = random.Random(5).randbytes(48 * 1024)
@@ -465,7 +459,7 @@ class HomeAssistant:
         if venv is None:
             venv = await asyncio.to_thread(ensure_ha_venv)
         base_dir.mkdir(parents=True, exist_ok=True)
-        ha = cls(base_dir, venv, port or free_port())
+        ha = cls(base_dir, venv, port or reserve_port())
         if ha.config_dir.exists() and any(ha.config_dir.iterdir()):
             raise HomeAssistantError(f"{ha.config_dir} is not empty: start needs a fresh dir")
         ha.config_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import reserve_port
+
 from homeport.tls.devca import create_independent_ca
 
 PEBBLE = "/usr/bin/pebble"
@@ -38,12 +40,6 @@ CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 
 def pebble_available() -> bool:
     return shutil.which(PEBBLE) is not None and shutil.which(CHALLTESTSRV) is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -92,9 +88,9 @@ def start_pebble(
     ca = create_independent_ca(workdir / "ca", common_name="pebble listener test CA")
     cert_path, key_path = ca.issue_server_certificate(["localhost"], workdir / "listener")
     external_dns = dns_port is not None
-    port, mgmt, dns_mgmt = free_port(), free_port(), free_port()
-    dns_port = dns_port if dns_port is not None else free_port()
-    tls_port = tls_port if tls_port is not None else free_port()
+    port, mgmt, dns_mgmt = reserve_port(), reserve_port(), reserve_port()
+    dns_port = dns_port if dns_port is not None else reserve_port(udp=True)
+    tls_port = tls_port if tls_port is not None else reserve_port()
     config: dict[str, object] = {
         "listenAddress": f"127.0.0.1:{port}",
         "managementListenAddress": f"127.0.0.1:{mgmt}",

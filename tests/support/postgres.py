@@ -17,7 +17,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+from ports import reserve_port
 from sqlalchemy.engine import URL, make_url
 
 ENV_URL = "HOMEPORT_TEST_POSTGRES_URL"
@@ -46,13 +46,6 @@ def _bin_dir() -> Path:
             "Run scripts/system-deps as root, or set " + ENV_URL
         )
     return Path(candidates[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -94,7 +87,7 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        port = _free_port()
+        port = reserve_port()
         options = " ".join(
             [
                 "-c listen_addresses=127.0.0.1",

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from stack import PASSWORD, free_port
+from ports import reserve_port
+from stack import PASSWORD, seed_dev_ca
 
 from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.keys import parse_public_key
 from homeport.relay.config import RelayConfig
+from homeport.tls.devca import DevCA
 
 HOMEPORT = Path(sys.executable).with_name("homeport")
 EMAIL = "owner@example.com"
@@ -64,10 +66,9 @@ class RelayProcess:
     """One relay data dir and port, run as a child process (possibly several times)."""
 
     root: Path
-    port: int = field(default_factory=free_port)
+    #: Told to the child, and kept over its restarts (tests/support/ports.py).
+    port: int = field(default_factory=reserve_port)
     log_level: str = "debug"
-    #: more ``homeport relay`` options, e.g. ``("--acme-directory", url)``
-    extra_args: tuple[str, ...] = ()
     proc: asyncio.subprocess.Process | None = None
     runs: int = 0
     paused: bool = False
@@ -75,10 +76,18 @@ class RelayProcess:
     database_url: str | None = None
     #: More ``homeport relay`` options (e.g. ``--smtp-host``), after the defaults.
     extra_args: list[str] = field(default_factory=list)
+    #: ``--link-poll``: links come from ``homeport admin link``, another process, so
+    #: the relay finds them by polling; quicker than the production 2 s.
+    link_poll: float = 0.2
+    #: The development CA to seed the data dir with (the session's ``dev_ca``, which
+    #: the session's Chromium trusts); None: the relay makes its own.
+    ca: DevCA | None = None
 
     def __post_init__(self) -> None:
         for path in (self.data_dir, self.tmp_dir, self.home_dir, self.cwd, self.log_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.ca is not None:
+            seed_dev_ca(self.data_dir, self.ca)
 
     # Every place the relay process could write to.
     @property
@@ -140,6 +149,8 @@ class RelayProcess:
                 str(self.data_dir),
                 "--listen",
                 f"127.0.0.1:{self.port}",
+                "--link-poll",
+                str(self.link_poll),
                 *self._database_args(),
                 *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -332,9 +343,13 @@ async def start_home(
     ping_timeout: float = 3.0,
     database_url: str | None = None,
     relay_args: Sequence[str] = (),
+    ca: DevCA | None = None,
 ) -> AsyncIterator[Home]:
-    """Relay subprocess + user (admin CLI) + in-process add-on linked by its code."""
-    relay = RelayProcess(root / "relay", database_url=database_url, extra_args=list(relay_args))
+    """Relay subprocess + user (admin CLI) + in-process add-on linked by its code
+    (``ca``: see :attr:`RelayProcess.ca`)."""
+    relay = RelayProcess(
+        root / "relay", database_url=database_url, extra_args=list(relay_args), ca=ca
+    )
     statuses: list[tuple[float, AddonStatus]] = []
     addon: AddonClient | None = None
     task: asyncio.Task[None] | None = None

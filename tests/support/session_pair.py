@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from homeport.protocol.connection import Role, Settings, TunnelConnection
-from homeport.tunnel.control import ControlHandler
+from homeport.tunnel.control import HANDLER_GRACE, ControlHandler
 from homeport.tunnel.pipes import MAX_MESSAGE
 from homeport.tunnel.session import StreamHandler, TunnelSession
 from homeport.tunnel.stream import Stream
@@ -30,9 +30,11 @@ async def session_pair(
     on_open: Callable[[Stream], None] | None = None,
     on_control: ControlHandler | None = None,
     relay_settings: Settings | None = None,
+    control_grace: float = HANDLER_GRACE,
 ) -> AsyncIterator[SessionPair]:
     """``on_stream`` (a task per stream) or ``on_open`` (callbacks) serves the add-on
-    side; ``on_control`` answers on the relay side."""
+    side; ``on_control`` answers on the relay side (its handlers may run on
+    ``control_grace`` seconds after the tunnel closed)."""
     relay_side: asyncio.Future[TunnelSession] = asyncio.get_running_loop().create_future()
     served = asyncio.Event()
 
@@ -40,7 +42,9 @@ async def session_pair(
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, compress=False)
         await ws.prepare(request)
         connection = TunnelConnection(Role.RELAY, relay_settings)
-        session = TunnelSession(ws, connection, on_control=on_control, name="pair-relay")
+        session = TunnelSession(
+            ws, connection, on_control=on_control, name="pair-relay", control_grace=control_grace
+        )
         relay_side.set_result(session)
         try:
             await session.run()

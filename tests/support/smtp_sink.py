@@ -1,8 +1,9 @@
 """A real SMTP server on loopback (aiosmtpd) that keeps what it receives, for mail tests.
 
 ``SmtpSink`` runs aiosmtpd's ``Controller`` (its own thread and event loop)
-on 127.0.0.1 and a free port. Optional STARTTLS with a certificate from the
-development CA, and optional AUTH with one login. ``wait_for`` polls from
+on 127.0.0.1, on a port the kernel picks (``port``, once entered). Optional
+STARTTLS with a certificate from the development CA, and optional AUTH with
+one login. ``wait_for`` polls from
 the test's event loop until a mail to an address arrives.
 """
 
@@ -14,6 +15,7 @@ import email.policy
 import re
 import ssl
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -21,7 +23,6 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from stack import free_port
 
 from homeport.tls.devca import ensure_dev_ca
 
@@ -49,6 +50,20 @@ class Received:
         return found.group(0)
 
 
+class _Controller(Controller):
+    """aiosmtpd's threaded controller on a port the kernel picks, which it then reports."""
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        creating = super()._create_server()
+
+        async def create() -> asyncio.AbstractServer:
+            server = await creating
+            self.port = server.sockets[0].getsockname()[1]
+            return server
+
+        return create()
+
+
 @dataclass
 class _Handler:
     received: list[Received] = field(default_factory=list)
@@ -69,7 +84,7 @@ class SmtpSink:
         tls_dir: Path | None = None,
         login: tuple[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = 0  # the kernel picks; known once started (see _Controller)
         self.handler = _Handler()
         kwargs: dict[str, Any] = {}
         self.ca_path: Path | None = None
@@ -94,16 +109,17 @@ class SmtpSink:
                 return AuthResult(success=ok, handled=False)
 
             kwargs.update(authenticator=check, auth_required=True)
-        self.controller = Controller(
+        self.controller = _Controller(
             self.handler,
             hostname="127.0.0.1",
-            port=self.port,
+            port=0,
             server_hostname="localhost",
             **kwargs,
         )
 
     def __enter__(self) -> SmtpSink:
         self.controller.start()
+        self.port = self.controller.port
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,20 +21,29 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from ports import listening_socket
 from yarl import URL
 
 from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, LocalhostResolver, State
+from homeport.keys import write_secret_file
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
 from homeport.standin import start_standin
+from homeport.tls.devca import CA_CERT_FILE, CA_KEY_FILE, DevCA
 
 PASSWORD = "correct horse battery staple 42"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def seed_dev_ca(data_dir: Path, ca: DevCA) -> None:
+    """Make ``ca`` the development CA of the relay about to run on ``data_dir``.
+
+    The relay issues its server certificate from whatever CA it finds there, so
+    relays seeded with the test session's CA (the ``dev_ca`` fixture) are all
+    trusted by the session's one Chromium."""
+    tls_dir = data_dir / "tls"
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(ca.cert_path, tls_dir / CA_CERT_FILE)
+    write_secret_file(tls_dir / CA_KEY_FILE, ca.key_path.read_bytes(), replace=True)
 
 
 @dataclass
@@ -122,25 +132,40 @@ async def start_stack(
     email: str = "owner@example.com",
     config: RelayConfig | None = None,
     relay_ca: Path | None = None,
+    ca: DevCA | None = None,
+    sock: socket.socket | None = None,
     before_addon: Callable[[Relay], Awaitable[None]] | None = None,
     addon_kwargs: dict[str, Any] | None = None,
     **relay_options: Any,
 ) -> AsyncIterator[Stack]:
-    """``config``: relay settings (default: dev CA, a free port, plus ``relay_options``
-    such as ``oidc_providers``); ``relay_ca``: the CA the add-on trusts (default: the
-    dev CA); ``before_addon``: awaited once the relay listens, before the add-on dials
-    (e.g. until the certificate bot has issued); ``addon_kwargs`` go to
-    :class:`AddonClient` (e.g. ``gate=``, ``trust=``)."""
+    """``config``: relay settings (default: dev CA, a port of the kernel's choosing,
+    plus ``relay_options`` such as ``oidc_providers``); ``relay_ca``: the CA the
+    add-on trusts (default: the dev CA); ``ca``: the dev CA to seed the relay's
+    data dir with (the e2e ``stack`` fixture passes the session's, see
+    :func:`seed_dev_ca`; default: a fresh one); ``sock``: a bound socket to serve
+    on (:func:`ports.listening_socket`; default: one made here, or, with
+    ``config``, the relay binds ``config.listen_port``); ``before_addon``: awaited
+    once the relay listens, before the add-on dials (e.g. until the certificate
+    bot has issued); ``addon_kwargs`` go to :class:`AddonClient` (e.g. ``gate=``,
+    ``trust=``)."""
     data_dir = config.data_dir if config is not None else tmp_path / "relay"
     if config is None:
+        sock = sock or listening_socket()
         options: dict[str, Any] = {
-            "listen_port": free_port(),
+            "listen_port": sock.getsockname()[1],
             "drain_seconds": 2.0,
             **relay_options,
         }
         config = RelayConfig(data_dir=data_dir, **options)
+    if ca is not None:
+        seed_dev_ca(data_dir, ca)
     relay = Relay(config)
-    await relay.start()
+    try:
+        await relay.start(sock=sock)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     if before_addon is not None:
         try:
             await before_addon(relay)

@@ -137,8 +137,11 @@ class TlsInterceptor:
         upstream_port: int,
         upstream_name: str,
         upstream_ca: Path,
+        alpn: list[str] | None = None,
     ) -> None:
         self._server_ssl = server_context(cert, key)
+        if alpn is not None:  # e.g. a proxy that speaks HTTP/1.1 only
+            self._server_ssl.set_alpn_protocols(alpn)
         self._upstream_ca = upstream_ca
         self._upstream_port = upstream_port
         self._upstream_name = upstream_name

@@ -9,7 +9,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from stack import free_port
+from ports import reserve_port
 
 from homeport.cli import build_parser, relay_config
 from homeport.tls.acme_bot import AcmeBot, AcmeBotError, Http01Responder, RetryPolicy
@@ -29,7 +29,7 @@ def setup(tmp_path: Path) -> tuple[CertificateKeeper, Managed, list[dt.datetime]
         CertPair(cert, key), account_names=[NAME], tenant_domain="home.relay.test"
     )
     bot = AcmeBot(
-        f"https://127.0.0.1:{free_port()}/dir",
+        f"https://127.0.0.1:{reserve_port()}/dir",
         tmp_path / "acme" / "account.key",
         tmp_path / "acme" / "account-host",
         [NAME],
@@ -149,7 +149,7 @@ def test_relay_command_line_reaches_the_config(
 async def test_cancelled_bot_stops_without_waiting(tmp_path: Path) -> None:
     """Relay shutdown: a run in its worker thread stops instead of sleeping out its back-off."""
     bot = AcmeBot(
-        f"https://127.0.0.1:{free_port()}/dir",
+        f"https://127.0.0.1:{reserve_port()}/dir",
         tmp_path / "acme" / "account.key",
         tmp_path / "certs",
         [NAME],

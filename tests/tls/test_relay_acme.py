@@ -23,8 +23,9 @@ from bind import Zone, named_available, start_named
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pebble import pebble_available, start_pebble
+from ports import listening_socket, reserve_port
 from relay_process import RelayProcess
-from stack import free_port, start_stack
+from stack import start_stack
 
 from homeport.addon.client import State
 from homeport.relay.app import Relay
@@ -77,8 +78,9 @@ async def get_security_txt(reader: asyncio.StreamReader, writer: asyncio.StreamW
 async def test_relay_obtains_serves_and_renews_without_dropping(
     tmp_path: Path, challenge: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="homeport.tls.relay_tls")
-    port, http_port = free_port(), free_port()
+    caplog.set_level(logging.INFO, logger="homeport.relay.tls")
+    sock, http_port = listening_socket(), reserve_port()
+    port = sock.getsockname()[1]
     with (
         start_named(tmp_path / "named", [ZONE]) as named,
         start_pebble(
@@ -116,7 +118,7 @@ async def test_relay_obtains_serves_and_renews_without_dropping(
                     await asyncio.sleep(0.2)
 
         async with start_stack(
-            tmp_path, config=config, relay_ca=root, before_addon=issued
+            tmp_path, config=config, sock=sock, relay_ca=root, before_addon=issued
         ) as stack:
             keeper = stack.relay.tls.keeper
             assert keeper is not None
@@ -179,7 +181,7 @@ async def test_relay_obtains_serves_and_renews_without_dropping(
 
 async def test_homeport_relay_command_gets_its_certificates(tmp_path: Path) -> None:
     """The deployed command: ``homeport relay --acme-* --dns-*``, as its own process."""
-    port = free_port()
+    port = reserve_port()
     with (
         start_named(tmp_path / "named", [ZONE]) as named,
         start_pebble(tmp_path / "pebble", http_port=1, tls_port=port, dns_port=named.port) as p,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from stack import free_port, start_stack
+from ports import listening_socket
+from stack import start_stack
 
 from homeport.addon.client import State
 from homeport.relay.config import RelayConfig
@@ -39,7 +40,8 @@ async def test_replaced_files_are_served_and_bad_ones_refused(
     live_cert, live_key = live / "fullchain.pem", live / "key.pem"
     shutil.copy(cert, live_cert)
     shutil.copy(key, live_key)
-    port = free_port()
+    sock = listening_socket()
+    port = sock.getsockname()[1]
     config = RelayConfig(
         data_dir=tmp_path / "relay",
         listen_port=port,
@@ -47,7 +49,7 @@ async def test_replaced_files_are_served_and_bad_ones_refused(
         tls_cert=live_cert,
         tls_key=live_key,
     )
-    async with start_stack(tmp_path, config=config, relay_ca=ca.cert_path) as stack:
+    async with start_stack(tmp_path, config=config, sock=sock, relay_ca=ca.cert_path) as stack:
         stack.relay.tls.watch_interval = 0.2
         await stack.relay.tls.stop()
         await stack.relay.tls.start()  # the watcher, at the short interval

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -97,12 +98,19 @@ async def test_a_dropped_tunnel_fails_the_waiter_at_once() -> None:
         await asyncio.sleep(60)
         return {}
 
-    async with session_pair(on_control=handler, relay_settings=ANSWERING) as pair:
+    grace = 0.5
+    async with session_pair(
+        on_control=handler, relay_settings=ANSWERING, control_grace=grace
+    ) as pair:
         assert await supported(pair)
         waiter = asyncio.create_task(pair.addon.control.request({"op": "x"}, timeout=60))
         await asyncio.wait_for(started.wait(), 10)
+        began = time.monotonic()
         await pair.relay.close("relay went away")
         with pytest.raises(ControlFailed, match="tunnel closed"):
             await asyncio.wait_for(waiter, 15)
         with pytest.raises(ControlFailed, match="closed"):
             await pair.addon.control.request({"op": "after"}, timeout=10)
+        # The stuck handler had its grace to finish, then was cancelled.
+        await asyncio.wait_for(pair.relay.closed.wait(), 15)
+        assert grace <= time.monotonic() - began < grace + 5

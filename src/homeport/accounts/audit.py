@@ -26,9 +26,9 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final, cast
+from typing import Final
 
-from sqlalchemy import ColumnElement, CursorResult, delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 
 from homeport.accounts.db import Database
 from homeport.accounts.devices import describe_device, describe_network
@@ -41,6 +41,7 @@ from homeport.accounts.models import (
     AuditEvent,
     Instance,
 )
+from homeport.accounts.single_use import rowcount
 
 __all__ = [
     "RETENTION",
@@ -249,7 +250,7 @@ class Audit:
         """Delete events older than ``keep``; how many."""
         async with self._db.session(write=True) as s, s.begin():
             result = await s.execute(delete(AuditEvent).where(AuditEvent.at < self._now() - keep))
-        return cast(CursorResult[object], result).rowcount
+        return rowcount(result)
 
 
 #: Spreadsheets run a cell that starts with one of these as a formula

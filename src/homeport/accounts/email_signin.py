@@ -53,6 +53,7 @@ from homeport.accounts.models import (
     PendingLogin,
     SigninAlert,
 )
+from homeport.accounts.single_use import consume_once, rowcount
 from homeport.accounts.throttle import Backoff, Rule, Throttle, Window, network_key
 
 __all__ = [
@@ -97,11 +98,6 @@ def _code_hash(token: str, code: str) -> str:
 def _normal_code(code: str) -> str:
     digits = "".join(code.split())[:16]
     return digits if len(digits) == CODE_DIGITS and digits.isascii() and digits.isdigit() else ""
-
-
-def _rowcount(result: object) -> int:
-    count: int = getattr(result, "rowcount", 0)
-    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +297,7 @@ class EmailSignins:
             return Issued("", "", "", row.user_id, wait)
         code = new_code()
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
+            resent = (
                 update(EmailSignin)
                 .where(
                     EmailSignin.token_hash == row.token_hash,
@@ -315,7 +311,7 @@ class EmailSignins:
                     code_expires_at=min(now + CODE_LIFETIME, row.expires_at),
                 )
             )
-            if _rowcount(result) != 1:  # a concurrent resend or use won
+            if not await consume_once(s, resent):  # a concurrent resend or use won
                 return None
             alert = self._new_alert(s, row.user_id, now)
         _log.info("email sign-in code re-sent: user %d", row.user_id)
@@ -340,18 +336,16 @@ class EmailSignins:
         right = hmac.compare_digest(row.code_hash, _code_hash(token, candidate or "x"))
         async with self._db.session(write=True) as s, s.begin():
             if right and candidate and now < row.code_expires_at:
-                result = await s.execute(
-                    update(EmailSignin)
-                    .where(
+                accepted = await consume_once(
+                    s,
+                    EmailSignin.use(
                         EmailSignin.token_hash == row.token_hash,
                         EmailSignin.code_hash == row.code_hash,
-                        EmailSignin.used_at.is_(None),
                         EmailSignin.failures < MAX_FAILURES,
                         EmailSignin.code_expires_at > now,
-                    )
-                    .values(used_at=now)
+                        at=now,
+                    ),
                 )
-                accepted = _rowcount(result) == 1
             else:
                 accepted = False
                 await s.execute(
@@ -398,16 +392,10 @@ class EmailSignins:
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
             digest = sha256_hex(alert_token)
-            result = await s.execute(
-                update(SigninAlert)
-                .where(
-                    SigninAlert.token_hash == digest,
-                    SigninAlert.used_at.is_(None),
-                    SigninAlert.expires_at > now,
-                )
-                .values(used_at=now)
+            used = SigninAlert.use(
+                SigninAlert.token_hash == digest, SigninAlert.expires_at > now, at=now
             )
-            if _rowcount(result) != 1:
+            if not await consume_once(s, used):
                 return None
             user_id = await s.scalar(
                 select(SigninAlert.user_id).where(SigninAlert.token_hash == digest)
@@ -444,5 +432,5 @@ class EmailSignins:
                 delete(KnownDevice).where(KnownDevice.last_seen_at <= now - DEVICE_LIFETIME),
                 delete(KnownNetwork).where(KnownNetwork.last_seen_at <= now - NETWORK_LIFETIME),
             ):
-                total += _rowcount(await s.execute(stmt))
+                total += rowcount(await s.execute(stmt))
         return total

@@ -37,10 +37,13 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    Update,
     false,
     true,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -61,6 +64,7 @@ __all__ = [
     "PendingLogin",
     "RecoveryCode",
     "RetiredInstance",
+    "SingleUse",
     "ThrottleEntry",
     "TotpCredential",
     "UTCDateTime",
@@ -131,6 +135,21 @@ class Base(DeclarativeBase):
     """Declarative base carrying the shared :class:`MetaData`."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SingleUse:
+    """Mixin of a row that may be used once: a code, a token, a pending step.
+
+    ``used_at`` is set by the one caller whose :meth:`use` statement, run with
+    :func:`homeport.accounts.single_use.consume_once`, matches the unused row.
+    """
+
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    @classmethod
+    def use(cls, *where: ColumnElement[bool], at: datetime) -> Update:
+        """The update that uses the row up: it matches only while the row is unused."""
+        return update(cls).where(cls.used_at.is_(None), *where).values(used_at=at)
 
 
 class User(Base):
@@ -246,7 +265,7 @@ class WebSession(Base):
         )
 
 
-class LinkCode(Base):
+class LinkCode(SingleUse, Base):
     """A short-lived, single-use code that links an add-on key to an account."""
 
     __tablename__ = "link_codes"
@@ -255,10 +274,9 @@ class LinkCode(Base):
     addon_public_key: Mapped[str] = mapped_column(String(PUBLIC_KEY_MAX), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class HandoffCode(Base):
+class HandoffCode(SingleUse, Base):
     """A one-time code carrying a login from the account site to a tenant host.
 
     Bound to the user, the instance, and a hash of a browser state value so
@@ -276,7 +294,6 @@ class HandoffCode(Base):
     binding_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: The account session that asked for the hand-off (``None`` for codes
     #: issued without one); becomes the tenant session's ``parent_session_id``.
     parent_session_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
@@ -323,7 +340,7 @@ class TotpCredential(Base):
     last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
-class RecoveryCode(Base):
+class RecoveryCode(SingleUse, Base):
     """A single-use recovery code (SHA-256 hex of a 120-bit random code)."""
 
     __tablename__ = "recovery_codes"
@@ -332,10 +349,9 @@ class RecoveryCode(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     code_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class PendingLogin(Base):
+class PendingLogin(SingleUse, Base):
     """A sign-in that passed the password and waits for its second factor.
 
     Bound to a random cookie (only its SHA-256 is stored), short-lived and
@@ -349,7 +365,6 @@ class PendingLogin(Base):
     next_path: Mapped[str] = mapped_column(String(NEXT_PATH_MAX))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # ------------------------------------------------------------- sharing (issue 3)
@@ -602,7 +617,7 @@ class AuditEvent(Base):
 # --------------------------------------------------------------- email (issue 3, R-EML/R-PWD-05)
 
 
-class EmailSignin(Base):
+class EmailSignin(SingleUse, Base):
     """A sign-in that passed every factor and waits for the code mailed for a new network.
 
     The cookie token is stored only as its SHA-256; ``code_hash`` is the
@@ -623,10 +638,9 @@ class EmailSignin(Base):
     last_sent_at: Mapped[datetime] = mapped_column(UTCDateTime())
     code_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class SigninAlert(Base):
+class SigninAlert(SingleUse, Base):
     """The single-use "this wasn't me" link of one sign-in mail (SHA-256 of its token)."""
 
     __tablename__ = "signin_alerts"
@@ -635,7 +649,6 @@ class SigninAlert(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class KnownDevice(Base):
@@ -664,7 +677,7 @@ class KnownNetwork(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class PasswordReset(Base):
+class PasswordReset(SingleUse, Base):
     """A single-use, short-lived password reset link (SHA-256 of its token)."""
 
     __tablename__ = "password_resets"
@@ -673,7 +686,6 @@ class PasswordReset(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class PendingSignup(Base):

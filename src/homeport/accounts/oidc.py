@@ -56,6 +56,7 @@ from homeport.accounts.models import NEXT_PATH_MAX, OidcFlow, OidcIdentity, User
 from homeport.accounts.oidc_tokens import VerifiedIdentity
 from homeport.accounts.passwords import hash_password_async
 from homeport.accounts.secretbox import SecretBox
+from homeport.accounts.single_use import consume_once, rowcount
 
 __all__ = [
     "FLOW_LIFETIME",
@@ -126,10 +127,6 @@ def _finished(row: OidcFlow) -> FinishedFlow | None:
         created_at=row.created_at,
         identity=VerifiedIdentity(row.issuer, row.subject, row.email, bool(row.email_verified)),
     )
-
-
-def _rowcount(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _token() -> str:
@@ -212,7 +209,7 @@ class OidcStore:
             if row is None or row.provider != provider:
                 return None
             same = binding is None or _same_binding(binding, row.binding_hash)
-            result = await s.execute(
+            claimed = (
                 update(OidcFlow)
                 .where(
                     OidcFlow.id == row.id,
@@ -221,7 +218,7 @@ class OidcStore:
                 )
                 .values(status="claimed" if same else "done")
             )
-            if _rowcount(result) != 1:
+            if not await consume_once(s, claimed):
                 return None
         if not same:  # raised after the commit: the flow stays used up
             raise WrongBrowser("the flow came back in another browser")
@@ -237,7 +234,8 @@ class OidcStore:
         """
         ticket = _token()
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
+            recorded = await consume_once(
+                s,
                 update(OidcFlow)
                 .where(OidcFlow.id == flow_id, OidcFlow.status == "claimed")
                 .values(
@@ -247,9 +245,9 @@ class OidcStore:
                     subject=identity.subject,
                     email=identity.email,
                     email_verified=identity.email_verified,
-                )
+                ),
             )
-        return ticket if _rowcount(result) == 1 else None
+        return ticket if recorded else None
 
     async def fail(self, flow_id: int) -> None:
         async with self._db.session(write=True) as s, s.begin():
@@ -269,7 +267,7 @@ class OidcStore:
             row = await s.scalar(select(OidcFlow).where(OidcFlow.ticket_hash == sha256_hex(ticket)))
             if row is None:
                 return None
-            result = await s.execute(
+            finished = (
                 update(OidcFlow)
                 .where(
                     OidcFlow.id == row.id,
@@ -278,7 +276,7 @@ class OidcStore:
                 )
                 .values(status="done")
             )
-            if _rowcount(result) != 1:
+            if not await consume_once(s, finished):
                 return None
         if not _same_binding(binding, row.binding_hash):
             raise WrongBrowser("the flow was finished in another browser")
@@ -305,12 +303,12 @@ class OidcStore:
             if row is None or row.user_id != user_id:
                 return None
             if use_up:
-                result = await s.execute(
+                taken = (
                     update(OidcFlow)
                     .where(OidcFlow.id == row.id, OidcFlow.status == status)
                     .values(status="done")
                 )
-                if _rowcount(result) != 1:
+                if not await consume_once(s, taken):
                     return None
         return _finished(row)
 
@@ -371,7 +369,7 @@ class OidcStore:
     async def purge(self) -> int:
         async with self._db.session(write=True) as s, s.begin():
             result = await s.execute(delete(OidcFlow).where(OidcFlow.expires_at <= self._now()))
-        return _rowcount(result)
+        return rowcount(result)
 
     # ------------------------------------------------------------ identities
 
@@ -445,7 +443,7 @@ class OidcStore:
                     OidcIdentity.id == identity_id, OidcIdentity.user_id == user_id
                 )
             )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     async def create_account(self, email: str, provider: str, identity: VerifiedIdentity) -> User:
         """A new account for a first sign-in: no password, the identity linked.

@@ -37,6 +37,8 @@ from homeport.accounts.models import (
     WebSession,
 )
 from homeport.accounts.service import Accounts
+from homeport.accounts.sessions import revoke_stmt
+from homeport.accounts.single_use import rowcount
 
 __all__ = ["ACCOUNT_DELETED", "FACTOR_RESET", "Operator", "ResetResult"]
 
@@ -83,8 +85,8 @@ class Operator:
             await s.execute(delete(TotpCredential).where(TotpCredential.user_id == user.id))
             await s.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
             await s.execute(delete(PasskeyCredential).where(PasskeyCredential.user_id == user.id))
-            ended = await s.execute(Accounts._revoke_stmt(now, WebSession.user_id == user.id))
-        sessions = int(getattr(ended, "rowcount", 0) or 0)
+            ended = await s.execute(revoke_stmt(now, WebSession.user_id == user.id))
+        sessions = rowcount(ended)
         _log.info("second factor reset by the operator: user %d", user.id)
         await self.accounts.audit.record(
             FACTOR_RESET,

@@ -77,6 +77,7 @@ from homeport.accounts.models import (
     PasskeyUser,
     User,
 )
+from homeport.accounts.single_use import consume_once, rowcount
 from homeport.accounts.throttle import Throttle, Window, network_key
 
 __all__ = [
@@ -140,11 +141,6 @@ class SignIn:
     wait: float = 0.0
 
 
-def _rowcount(result: object) -> int:
-    rowcount: int = getattr(result, "rowcount", 0)
-    return rowcount
-
-
 def _clean_name(name: str) -> str:
     cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in name).split())
     return cleaned[:PASSKEY_NAME_MAX] or "Passkey"
@@ -186,7 +182,7 @@ class Passkeys:
                     PasskeyCredential.id == passkey_id, PasskeyCredential.user_id == user_id
                 )
             )
-        return _rowcount(result) == 1
+        return rowcount(result) == 1
 
     # ---------------------------------------------------------- registration
 
@@ -390,16 +386,17 @@ class Passkeys:
             )
             return None
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
+            # Two responses racing with one counter value: only one may win.
+            counted = await consume_once(
+                s,
                 update(PasskeyCredential)
                 .where(
                     PasskeyCredential.id == row.id,
                     PasskeyCredential.sign_count == row.sign_count,
                 )
-                .values(sign_count=verified.new_sign_count, last_used_at=self._now())
+                .values(sign_count=verified.new_sign_count, last_used_at=self._now()),
             )
-        # Two responses racing with one counter value: only one may win.
-        return row.user_id if _rowcount(result) == 1 else None
+        return row.user_id if counted else None
 
     # ------------------------------------------------------------- ceremonies
 
@@ -429,9 +426,9 @@ class Passkeys:
             row = await s.get(PasskeyChallenge, sha256_hex(token))
             if row is None:
                 return None
-            await s.execute(
-                delete(PasskeyChallenge).where(PasskeyChallenge.token_hash == row.token_hash)
-            )
+            taken = delete(PasskeyChallenge).where(PasskeyChallenge.token_hash == row.token_hash)
+            if not await consume_once(s, taken):  # a concurrent response took it first
+                return None
         if row.purpose != purpose or now >= row.expires_at:
             return None
         return row
@@ -442,7 +439,7 @@ class Passkeys:
             result = await s.execute(
                 delete(PasskeyChallenge).where(PasskeyChallenge.expires_at <= now)
             )
-        return _rowcount(result)
+        return rowcount(result)
 
 
 def _options_key(ip: str | None) -> str:

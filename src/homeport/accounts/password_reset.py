@@ -39,6 +39,7 @@ from sqlalchemy import delete, or_, select, update
 from homeport.accounts.db import Database
 from homeport.accounts.identifiers import new_token, sha256_hex
 from homeport.accounts.models import EmailSignin, PasswordReset, PendingLogin, User
+from homeport.accounts.single_use import consume_once, rowcount
 from homeport.accounts.throttle import Throttle, Window, account_key, network_key
 
 __all__ = [
@@ -165,16 +166,10 @@ class PasswordResets:
         now = self._now()
         digest = sha256_hex(token)
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
-                update(PasswordReset)
-                .where(
-                    PasswordReset.token_hash == digest,
-                    PasswordReset.used_at.is_(None),
-                    PasswordReset.expires_at > now,
-                )
-                .values(used_at=now)
+            used = PasswordReset.use(
+                PasswordReset.token_hash == digest, PasswordReset.expires_at > now, at=now
             )
-            if getattr(result, "rowcount", 0) != 1:
+            if not await consume_once(s, used):
                 return None
             user_id = await s.scalar(
                 select(PasswordReset.user_id).where(PasswordReset.token_hash == digest)
@@ -197,4 +192,4 @@ class PasswordResets:
                     or_(PasswordReset.expires_at <= now, PasswordReset.used_at.is_not(None))
                 )
             )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return rowcount(result)

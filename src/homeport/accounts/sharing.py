@@ -16,7 +16,7 @@ Threats and rules:
   does not use it up. The owner's members list names the account that
   accepted.
 * **Removing a member** ends their tenant sessions on that instance in the
-  same transaction (:meth:`Accounts.remove_member`); the relay also drops its
+  same transaction (:meth:`Instances.remove_member`); the relay also drops its
   gate cache and closes their open streams.
 * **App links** open one instance for a companion app, which cannot pass a
   browser sign-in. The host label is 160 bits from :mod:`secrets` (32
@@ -61,9 +61,10 @@ from homeport.accounts.models import (
     User,
     WebSession,
 )
+from homeport.accounts.single_use import consume_once, rowcount
 
 if TYPE_CHECKING:
-    from homeport.accounts.service import Accounts
+    from homeport.accounts.instances import Instances
 
 __all__ = [
     "APP_LINK_LABEL_LENGTH",
@@ -168,11 +169,11 @@ class AppLinkAccess:
 
 
 class Sharing:
-    """Owner actions on instances, over the same database and clock as :class:`Accounts`."""
+    """Owner actions on instances, over the same database and clock as :class:`Instances`."""
 
-    def __init__(self, db: Database, accounts: Accounts, *, now: Callable[[], datetime]) -> None:
+    def __init__(self, db: Database, instances: Instances, *, now: Callable[[], datetime]) -> None:
         self._db = db
-        self._accounts = accounts
+        self._instances = instances
         self._now = now
 
     # ------------------------------------------------------------- ownership
@@ -201,7 +202,7 @@ class Sharing:
     async def unlink(self, owner_id: int, instance_id: str) -> bool:
         """Unlink (delete) an instance its owner asks to; the relay closes its tunnel."""
         await self.owned_instance(owner_id, instance_id)
-        return await self._accounts.unlink_instance(instance_id)
+        return await self._instances.unlink(instance_id)
 
     @staticmethod
     async def delete_instance_rows(s: AsyncSession, instance_id: str) -> None:
@@ -229,7 +230,7 @@ class Sharing:
     async def remove_member(self, owner_id: int, instance_id: str, user_id: int) -> bool:
         """Withdraw a member's access (and end their sessions there) at the owner's request."""
         await self.owned_instance(owner_id, instance_id)
-        return await self._accounts.remove_member(instance_id, user_id)
+        return await self._instances.remove_member(instance_id, user_id)
 
     async def leave(self, user_id: int, instance_id: str) -> bool:
         """A member gives up their access (and sessions) to a home shared with them."""
@@ -238,7 +239,7 @@ class Sharing:
         async with self._db.session() as s:
             if await s.get(InstanceMember, (user_id, instance_id)) is None:
                 return False  # the owner, or no access: nothing to leave, nothing ended
-        return await self._accounts.remove_member(instance_id, user_id)
+        return await self._instances.remove_member(instance_id, user_id)
 
     # ----------------------------------------------------------- invitations
 
@@ -342,7 +343,7 @@ class Sharing:
                 )
                 .values(revoked_at=now)
             )
-        revoked = _rowcount(result) == 1
+        revoked = rowcount(result) == 1
         if revoked:
             _log.info("invitation %d revoked by user %d", invitation_id, owner_id)
         return revoked
@@ -391,12 +392,12 @@ class Sharing:
                     f"This invitation was sent to {inv.email}. Sign in with that account "
                     "to accept it."
                 )
-            result = await s.execute(
+            accepted = (
                 update(Invitation)
                 .where(Invitation.id == inv.id, self._pending(now))
                 .values(accepted_at=now, accepted_by=user_id)
             )
-            if _rowcount(result) != 1:  # a concurrent accept or revoke won
+            if not await consume_once(s, accepted):  # a concurrent accept or revoke won
                 raise InvitationInvalid()
             instance_id = inv.instance_id
             if await s.get(InstanceMember, (user_id, instance_id)) is None:
@@ -449,7 +450,7 @@ class Sharing:
             result = await s.execute(
                 delete(AppLink).where(AppLink.id == link_id, AppLink.instance_id == instance_id)
             )
-        revoked = _rowcount(result) == 1
+        revoked = rowcount(result) == 1
         if revoked:
             _log.info("app link %d revoked on instance %s", link_id, instance_id)
         return revoked
@@ -576,7 +577,3 @@ async def _has_totp(s: AsyncSession, user_id: int) -> bool:
         )
     )
     return found is not None
-
-
-def _rowcount(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

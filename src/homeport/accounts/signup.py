@@ -35,6 +35,7 @@ from homeport.accounts.db import Database
 from homeport.accounts.identifiers import new_token, normalise_email, sha256_hex
 from homeport.accounts.models import PendingSignup, User
 from homeport.accounts.passwords import check_new_password, hash_password_async
+from homeport.accounts.single_use import consume_once, rowcount
 from homeport.accounts.throttle import Throttle, Window, account_key, network_key
 
 __all__ = ["MAILS_ADDRESS", "SIGNUP_NETWORK", "VERIFY_LIFETIME", "SignupOutcome", "Signups"]
@@ -127,10 +128,8 @@ class Signups:
         now = self._now()
         try:
             async with self._db.session(write=True) as s, s.begin():
-                result = await s.execute(
-                    delete(PendingSignup).where(PendingSignup.token_hash == row.token_hash)
-                )
-                if getattr(result, "rowcount", 0) != 1:  # a concurrent use won
+                used = delete(PendingSignup).where(PendingSignup.token_hash == row.token_hash)
+                if not await consume_once(s, used):  # a concurrent use won
                     return None
                 await s.execute(delete(PendingSignup).where(PendingSignup.email == row.email))
                 if await s.scalar(select(User.id).where(User.email == row.email)) is not None:
@@ -152,4 +151,4 @@ class Signups:
             result = await s.execute(
                 delete(PendingSignup).where(PendingSignup.expires_at <= self._now())
             )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return rowcount(result)

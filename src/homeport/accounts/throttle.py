@@ -65,6 +65,7 @@ from sqlalchemy.exc import IntegrityError
 
 from homeport.accounts.db import Database
 from homeport.accounts.models import THROTTLE_KEY_MAX, ThrottleEntry
+from homeport.accounts.single_use import rowcount
 
 __all__ = [
     "LINK_NETWORK",
@@ -232,7 +233,7 @@ class Throttle:
                     )
                 )
             )
-        return int(getattr(result, "rowcount", 0) or 0)
+        return rowcount(result)
 
 
 def retry_after(seconds: float) -> str:

@@ -55,6 +55,7 @@ from homeport.accounts.models import (
     TotpCredential,
 )
 from homeport.accounts.secretbox import SecretBox
+from homeport.accounts.single_use import consume_once, rowcount
 from homeport.accounts.throttle import Backoff, Rule, Throttle, Window, network_key
 
 __all__ = [
@@ -149,11 +150,6 @@ def new_recovery_code() -> str:
 
 def normalise_recovery_code(code: str) -> str:
     return "".join(ch for ch in code.lower() if ch.isalnum())[:64]
-
-
-def _rowcount(result: object) -> int:
-    rowcount: int = getattr(result, "rowcount", 0)
-    return rowcount
 
 
 def _keys(user_id: int, ip: str | None) -> list[tuple[str, Rule]]:
@@ -324,7 +320,7 @@ class Totp:
                 stmt = stmt.where(TotpCredential.enabled_at.is_(None)).values(enabled_at=now)
             else:
                 stmt = stmt.where(TotpCredential.enabled_at.is_not(None))
-            accepted = _rowcount(await s.execute(stmt)) == 1
+            accepted = await consume_once(s, stmt)  # a code's time step counts once
         if not accepted:
             _log.warning("totp check refused: user %d replayed or stale code", user_id)
             return Outcome(False)
@@ -343,20 +339,13 @@ class Totp:
             enabled = await s.scalar(
                 select(TotpCredential.enabled_at).where(TotpCredential.user_id == user_id)
             )
-            spent = 0
-            if enabled is not None:
-                spent = _rowcount(
-                    await s.execute(
-                        update(RecoveryCode)
-                        .where(
-                            RecoveryCode.user_id == user_id,
-                            RecoveryCode.code_hash == digest,
-                            RecoveryCode.used_at.is_(None),
-                        )
-                        .values(used_at=now)
-                    )
-                )
-        if spent != 1:
+            spent = enabled is not None and await consume_once(
+                s,
+                RecoveryCode.use(
+                    RecoveryCode.user_id == user_id, RecoveryCode.code_hash == digest, at=now
+                ),
+            )
+        if not spent:
             _log.warning("recovery code refused: user %d", user_id)
             return Outcome(False)
         _log.info("recovery code used: user %d", user_id)
@@ -415,16 +404,14 @@ class Totp:
             return False
         now = self._now()
         async with self._db.session(write=True) as s, s.begin():
-            result = await s.execute(
-                update(PendingLogin)
-                .where(
+            return await consume_once(
+                s,
+                PendingLogin.use(
                     PendingLogin.token_hash == sha256_hex(token),
-                    PendingLogin.used_at.is_(None),
                     PendingLogin.expires_at > now,
-                )
-                .values(used_at=now)
+                    at=now,
+                ),
             )
-        return _rowcount(result) == 1
 
     async def purge(self) -> int:
         now = self._now()
@@ -434,4 +421,4 @@ class Totp:
                     or_(PendingLogin.expires_at <= now, PendingLogin.used_at.is_not(None))
                 )
             )
-        return _rowcount(result)
+        return rowcount(result)

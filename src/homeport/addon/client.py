@@ -35,6 +35,7 @@ from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
 from homeport.addon.upstream import Origin, UpstreamPool
 from homeport.keys import load_or_create_private_key
+from homeport.memory import MemoryTrimmer
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.events import GoAwayReceived
 from homeport.protocol.handshake import (
@@ -89,6 +90,11 @@ class AddonConfig:
     #: "auto": the tunnel on TLS itself (ALPN), falling back to a WebSocket for a relay
     #: that does not offer it; "raw" or "websocket" to insist on one.
     transport: str = "auto"
+    #: Reconnect back-off (full jitter, ``backoff_base`` doubling to ``backoff_cap``)
+    #: and the bound on one dial plus handshake, in seconds.
+    backoff_base: float = BACKOFF_BASE
+    backoff_cap: float = BACKOFF_CAP
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,6 +158,9 @@ class AddonClient:
         self._live: TunnelSession | None = None
         self._stopping = False
         self._raw_unsupported = False
+        #: The connection waiting for its link code to be used, if any.
+        self._waiting: _Channel | None = None
+        self._memory = MemoryTrimmer()
 
     def _set(self, **changes: Any) -> None:
         for name, value in changes.items():
@@ -187,10 +196,14 @@ class AddonClient:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
         )
+        self._memory.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True
+        await self._memory.stop()
+        if self._waiting is not None:  # waiting for a link: the relay must see us go
+            await self._waiting.close()
         for session in list(self._sessions):
             await session.close("add-on stopping")
         if self._relay is not None:
@@ -217,7 +230,9 @@ class AddonClient:
                 continue
             if outcome == "reconnect":
                 continue
-            delay = backoff_delay(attempt)
+            delay = backoff_delay(
+                attempt, base=self.config.backoff_base, cap=self.config.backoff_cap
+            )
             attempt += 1
             log.info("addon.retry", extra={"seconds": round(delay, 2)})
             self._reconnect_now.clear()
@@ -230,7 +245,7 @@ class AddonClient:
         assert self._ha is not None
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
         # hole) must not hold the add-on for aiohttp's default five minutes.
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+        async with asyncio.timeout(self.config.handshake_timeout):
             channel = await self._dial()
         try:
             ssl_object = channel.ssl_object()
@@ -244,7 +259,7 @@ class AddonClient:
                 cert_sha256,
                 agent=f"homeport-addon/{__version__}",
             )
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.config.handshake_timeout):
                 await channel.send_text(handshake.hello())
                 await channel.send_text(
                     handshake.receive_server_proof(await channel.receive_text())
@@ -254,7 +269,12 @@ class AddonClient:
             await channel.close()
             raise
         if isinstance(result, Unlinked):
-            return await self._await_link(channel, result)
+            self._waiting = channel
+            try:
+                return await self._await_link(channel, result)
+            finally:
+                self._waiting = None
+                await channel.close()
         if isinstance(result, RelayRefused):
             await channel.close()
             self._set(state=State.DISCONNECTED, last_error=f"relay refused: {result.message}")
@@ -352,7 +372,13 @@ class AddonClient:
             last_error=None,
             connects=self.status.connects + 1,
         )
-        log.info("addon.connected", extra={"instance": welcome.instance_id})
+        log.info(
+            "addon.connected",
+            extra={
+                "instance": welcome.instance_id,
+                "transport": "websocket" if isinstance(pipe, WebSocketPipe) else "raw",
+            },
+        )
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _t: self._retire(session))
         reconnect = asyncio.create_task(self._reconnect_now.wait())

@@ -342,8 +342,20 @@ class TunnelConnection:
 
     # ---------------------------------------------------------------- sending
 
-    def open_stream(self, head: heads.RequestHead, *, websocket: bool, end_stream: bool) -> int:
-        """Start a request (relay only).  Raises :class:`StreamViolation` when refused."""
+    def open_stream(
+        self,
+        head: heads.RequestHead,
+        *,
+        websocket: bool,
+        end_stream: bool,
+        encoded: bytes | None = None,
+    ) -> int:
+        """Start a request (relay only).  Raises :class:`StreamViolation` when refused.
+
+        ``encoded``: the head already encoded (``heads.encode_request_fields``), whose
+        method, target and priority ``head`` repeats; the data plane passes it to
+        skip a decode and an encode of every field.
+        """
         if self.role is not Role.RELAY:
             raise RuntimeError("only the relay opens streams")
         if not self.accepting_streams:
@@ -352,7 +364,7 @@ class TunnelConnection:
             raise StreamViolation(0, ErrorCode.TOO_MANY_STREAMS, "too many concurrent streams")
         if self._next_stream_id > MAX_STREAM_ID:
             raise StreamViolation(0, ErrorCode.REFUSED, "stream ids exhausted")
-        payload = heads.encode_request_head(head)
+        payload = encoded if encoded is not None else heads.encode_request_head(head)
         if len(payload) > MAX_FRAME_SIZE:
             raise StreamViolation(0, ErrorCode.HEAD_TOO_LARGE, "request head too large")
         stream_id = self._next_stream_id

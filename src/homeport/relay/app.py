@@ -1,6 +1,7 @@
 """The relay process: one aiohttp application that routes by Host.
 
-* the account host serves the account site and the tunnel hub;
+* the account host is the account site (``homeport.relay.site``), a
+  sub-application mounted by host name, which also serves the tunnel hub;
 * ``<instance-id>.<tenant-domain>`` hosts go through the tenant gate and proxy;
 * any other Host gets one generic answer, so probing names reveals nothing.
 """
@@ -10,33 +11,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
 from homeport.accounts.db import Database, default_sqlite_url
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
-from homeport.relay.account_limits import AccountLimits
-from homeport.relay.account_site import AccountSite
+from homeport.memory import MemoryTrimmer
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
-from homeport.relay.edge import SECURITY_TXT_PATH, PlainHttpListener, harden_runner, security_txt
+from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
-from homeport.relay.site_instances import InstancePages
+from homeport.relay.site.app import account_site
+from homeport.relay.site.limits import AccountLimits
+from homeport.relay.site.oidc import OidcProviders
 from homeport.relay.tenant import TenantProxy
+from homeport.relay.tls import RelayTls
 from homeport.tls.context import TUNNEL_ALPN, requested_server_name
 from homeport.tls.devca import ensure_dev_ca
-from homeport.tls.relay_tls import RelayTls
 from homeport.tls.served import CertPair, GatedTLSSite
 
 log = logging.getLogger(__name__)
@@ -85,16 +90,17 @@ class Relay:
         self.secret_box = SecretBox.load_or_create(config.data_dir / KEY_FILE_NAME)
         self.accounts = Accounts(self.database, secret_box=self.secret_box)
         self.server_key = load_or_create_private_key(config.server_key_path)
-        # Listener context, certificate bot and renewal (homeport.tls.relay_tls).
+        # Listener context, certificate bot and renewal (homeport.relay.tls).
         self.tls = RelayTls(config, lambda: tls_files(config))
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
-        self.account_site = AccountSite(config, self.accounts, self.hub, self.gate, self.pages)
         #: Whole-body deadline and per-network request cap on the account host (R-MT-14).
         self.account_limits = AccountLimits(config, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
-        self.mail = MailFeatures(config, self.account_site)
+        self.mail = MailFeatures(config)
+        #: Google / Apple / generic OpenID providers of the account site.
+        self.oidc = OidcProviders(config.oidc_providers)
         self.addon_control = AddonControl(
             config,
             self.accounts,
@@ -105,17 +111,35 @@ class Relay:
         self.tenants = TenantProxy(
             config, self.accounts, self.hub, self.gate, self.pages, self.app_links
         )
-        InstancePages(self.account_site, self.app_links).register()
         self.housekeeping = Housekeeping(self.accounts, self.gate)
         self._runner: web.AppRunner | None = None
+        #: The account site's sub-application, once :meth:`application` has built it.
+        self.site: web.Application | None = None
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
+        self.memory = MemoryTrimmer()
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
+        self.site = site = account_site(
+            self.config,
+            accounts=self.accounts,
+            pages=self.pages,
+            gate=self.gate,
+            homes=self.hub,
+            app_links=self.app_links,
+            limits=self.account_limits,
+            mail=self.mail,
+            providers=self.oidc,
+            tunnel=self.hub.handle,
+        )
+        # ``Application.add_domain`` with our own rule: the Host header as
+        # request_host() reads it, and the TLS session's SNI naming the same host.
+        rule = _SiteHost(self.config.account_host)
+        app._add_subapp(partial(MatchedSubAppResource, rule, site), site)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
@@ -128,16 +152,9 @@ class Relay:
             # Host must name the site this TLS session was opened for (RFC 9110
             # §7.4): no riding a connection for one site into another.
             return web.Response(status=421, text="Misdirected request.\n")
-        if host == self.config.account_host:
-            return await self.account_limits.handle(request, self._account_host)
         # Tenant and app-link hosts never get here: their connections are routed by
         # SNI to the data plane (homeport.relay.proxy) before any HTTP is read.
         return web.Response(status=421, text="Misdirected request.\n")
-
-    async def _account_host(self, request: web.Request) -> web.StreamResponse:
-        if request.path == SECURITY_TXT_PATH and request.method in ("GET", "HEAD"):
-            return security_txt(self.config)
-        return await self.account_site.handle(request)
 
     def _route(self, ssl_object: object) -> Callable[[], asyncio.BaseProtocol] | None:
         """Pick a new TLS connection's protocol from its session, before any byte is read.
@@ -188,8 +205,15 @@ class Relay:
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.database.close()
 
-    async def start(self) -> None:
-        """Listen on the configured address (TLS); returns once serving."""
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Listen on the configured address (TLS); returns once serving.
+
+        ``sock``: serve on this bound socket instead (its port must be the
+        configured one, which the relay's URLs carry), so a caller can bind port
+        0 and hand it over without racing anyone for the port in between.
+        """
+        if sock is not None and sock.getsockname()[1] != self.config.listen_port:
+            raise ValueError("the socket's port is not the configured listen_port")
         self._runner = web.AppRunner(
             self.application(),
             auto_decompress=False,  # bodies pass through untouched
@@ -206,6 +230,7 @@ class Relay:
             self.config.listen_port,
             ssl_context=self.ssl_context(),
             route=self._route,  # tunnels and tenant hosts: below aiohttp
+            sock=sock,
         )
         await site.start()
         if self.config.http_listen_port is not None:
@@ -214,9 +239,12 @@ class Relay:
             )
             await self.http_listener.start()
         if self.config.metrics_listen is not None:
-            self.metrics = relay_metrics(self.config, self.tls.served, self.hub, self.gate.live)
+            self.metrics = relay_metrics(
+                self.config, self.tls.served, self.hub, self.gate.live, self.tenants.connections
+            )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
+        self.memory.start()
         log.info(
             "relay.listening",
             extra={"host": self.config.listen_host, "port": self.config.listen_port},
@@ -230,6 +258,7 @@ class Relay:
         raise RuntimeError("relay is not listening")
 
     async def stop(self) -> None:
+        await self.memory.stop()
         await self.tls.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -271,6 +300,24 @@ def _refuse_at_edge(request: web.Request) -> web.Response | None:
         return None
     response.force_close()  # whatever follows the head is not read, so it is not trusted
     return response
+
+
+class _SiteHost(AbstractRuleMatching):
+    """Matches requests for one site: its name in Host, and the same name in SNI."""
+
+    def __init__(self, host: str) -> None:
+        self._host = host
+
+    async def match(self, request: web.Request) -> bool:
+        host = request_host(request)
+        return host == self._host and host == _sni(request)
+
+    def get_info(self) -> dict[str, str]:  # type: ignore[override]
+        return {"host": self._host}
+
+    @property
+    def canonical(self) -> str:
+        return self._host
 
 
 def _sni(request: web.Request) -> str | None:

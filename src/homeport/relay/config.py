@@ -51,6 +51,12 @@ class RelayConfig:
     #: interval + timeout declares the link dead (tests shorten both).
     tunnel_ping_interval: float = 30.0
     tunnel_ping_timeout: float = 15.0
+    #: How often an add-on waiting for its link is checked against the database.
+    #: A link made in this process wakes it at once; the poll finds links made by
+    #: another process (``homeport admin link``).
+    link_poll_seconds: float = 2.0
+    #: How long an owner action (CONTROL) may run on after its tunnel closed.
+    control_grace_seconds: float = 5.0
     #: Edge limits on tenant hosts (``homeport.relay.limits``, R-MT-11); 0 = no limit.
     #: Request bodies: large enough for Home Assistant backups.
     max_body_bytes: int = DEFAULT_MAX_BODY
@@ -71,7 +77,7 @@ class RelayConfig:
     account_body_seconds: float = 10.0
     account_max_requests: int = 32
     #: The certificate bot (``--acme-*``, ``--dns-*``); None: no ACME, see
-    #: ``homeport.tls.relay_tls``.
+    #: ``homeport.relay.tls``.
     acme: AcmeSettings | None = None
     extra: dict[str, str] = field(default_factory=dict)
     #: Outgoing mail (``--smtp-*``); None: no SMTP, so the mail features are off.

@@ -41,7 +41,6 @@ from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-LINK_POLL_SECONDS = 2.0
 #: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
@@ -72,6 +71,13 @@ class TunnelHub:
         #: Owner actions from add-ons (relay/addon_control.py), given (instance id, peer);
         #: with None the relay does not advertise CONTROL.
         self.control_handler: Callable[[str, str], ControlHandler] | None = None
+        #: Add-on key -> wake-ups of its connections waiting for a link code to be used.
+        self._link_waiters: dict[str, set[asyncio.Event]] = {}
+        accounts.on_linked(self._linked)
+
+    def open_streams(self) -> int:
+        """Streams open in the protocol over every tunnel (draining ones included)."""
+        return sum(session.connection.open_streams for session in self._sessions)
 
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
@@ -142,6 +148,7 @@ class TunnelHub:
             name=f"relay:{instance_id[:8]}",
             ping_interval=self.config.tunnel_ping_interval,
             ping_timeout=self.config.tunnel_ping_timeout,
+            control_grace=self.config.control_grace_seconds,
         )
         previous = self.tunnels.get(instance_id)
         self.tunnels[instance_id] = session
@@ -195,15 +202,36 @@ class TunnelHub:
         log.info("hub.awaiting_link", extra={"peer": peer})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires_in
-        while not channel.closed:
-            if await channel.wait_closed(LINK_POLL_SECONDS):
-                return
-            if await self.accounts.instance_for_key(key_text) is not None:
-                await channel.close_with(CLOSE_LINKED, "linked")
-                return
-            if loop.time() >= deadline:
-                await channel.close_with(CLOSE_CODE_EXPIRED, "link code expired")
-                return
+        # Woken at once by a link made in this process (or by the add-on leaving);
+        # the poll finds links made elsewhere (``homeport admin link``).
+        wake = asyncio.Event()
+        waiters = self._link_waiters.setdefault(key_text, set())
+        waiters.add(wake)
+        watcher = asyncio.create_task(_until_closed(channel, wake))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.link_poll_seconds)
+                wake.clear()
+                if watcher.done() or channel.closed:
+                    return
+                if await self.accounts.instance_for_key(key_text) is not None:
+                    close_code, reason = CLOSE_LINKED, "linked"
+                    break
+                if loop.time() >= deadline:
+                    close_code, reason = CLOSE_CODE_EXPIRED, "link code expired"
+                    break
+        finally:
+            watcher.cancel()
+            await asyncio.wait([watcher])
+            waiters.discard(wake)
+            if not waiters and self._link_waiters.get(key_text) is waiters:
+                del self._link_waiters[key_text]
+        await channel.close_with(close_code, reason)
+
+    def _linked(self, key_text: str) -> None:
+        for wake in self._link_waiters.get(key_text, ()):
+            wake.set()
 
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool:
         """Close an instance's live tunnel at once (its home was unlinked); whether one was up.
@@ -304,3 +332,12 @@ class _RawChannel:
 
     def pipe(self) -> Pipe:
         return self._raw
+
+
+async def _until_closed(channel: HandshakeChannel, wake: asyncio.Event) -> None:
+    """Read (and drop) what a waiting add-on sends; ``wake`` once it has gone."""
+    try:
+        while not await channel.wait_closed(3600):
+            pass
+    finally:
+        wake.set()

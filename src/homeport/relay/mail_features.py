@@ -13,12 +13,9 @@ from typing import Final
 
 from homeport.mail.mailer import ConsoleMailer, Mailer, Outbox, SmtpMailer
 from homeport.mail.messages import MailWriter
-from homeport.relay.account_site import AccountSite
 from homeport.relay.config import RelayConfig
-from homeport.relay.site_email_code import EmailCodeSite
-from homeport.relay.site_notices import MailNotices
-from homeport.relay.site_reset import ResetSite
-from homeport.relay.site_signup import SignupSite
+from homeport.relay.site.keys import MailOut
+from homeport.relay.site.reset import RESET_JOBS, BackgroundJobs
 
 __all__ = ["MAIL_FEATURES", "MailFeatures"]
 
@@ -41,22 +38,25 @@ def _mailer(config: RelayConfig) -> Mailer | None:
 
 
 class MailFeatures:
-    """The relay's mail-backed pages on the account site, and the outbox they share."""
+    """The relay's outbox, and what the account site's mail-backed pages need of it.
 
-    def __init__(self, config: RelayConfig, site: AccountSite) -> None:
+    The account site (:func:`homeport.relay.site.app.account_site`) adds those
+    pages only when :attr:`out` is set.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
         mailer = _mailer(config)
         self.outbox: Outbox | None = None
+        #: Outbox and message writer for the account site's pages; ``None``: mail is off.
+        self.out: MailOut | None = None
+        #: Password-reset links being made after their answer (drained on close).
+        self.reset_jobs = BackgroundJobs(RESET_JOBS)
         if mailer is None:
             if config.signup:
                 raise ValueError("public sign-up needs mail: configure SMTP (--smtp-host)")
             return
         self.outbox = Outbox(mailer)
-        writer = MailWriter(config.account_origin)
-        self.email_code = EmailCodeSite(site, self.outbox, writer)
-        self.reset = ResetSite(site, self.outbox, writer)
-        self.notices = MailNotices(site, self.outbox, writer)
-        if config.signup:
-            self.signup = SignupSite(site, self.outbox, writer)
+        self.out = MailOut(self.outbox, MailWriter(config.account_origin))
 
     @property
     def enabled(self) -> bool:
@@ -91,5 +91,5 @@ class MailFeatures:
 
     async def close(self) -> None:
         if self.outbox is not None:
-            await self.reset.jobs.drain()  # reset links still being made post into the outbox
+            await self.reset_jobs.drain()  # reset links still being made post into the outbox
             await self.outbox.drain()

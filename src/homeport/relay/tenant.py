@@ -19,7 +19,6 @@ database (:meth:`TenantProxy.admit`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from homeport.relay.live import Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.proxy.connection import TenantConnection
 from homeport.relay.proxy.http1 import Request
+from homeport.relay.redirects import binding_for, redirect, safe_next
 from homeport.tls.context import requested_server_name
 from homeport.tunnel.session import TunnelSession
 from homeport.tunnel.stream import StreamClosed
@@ -56,24 +56,6 @@ STATE_MAX_AGE = 300
 MAX_WS_MESSAGE = 16 * 1024 * 1024
 RESPONSE_HEAD_TIMEOUT = 300.0
 STYLESHEET = "/.homeport/static/homeport.css"
-
-
-def redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
-
-
-def binding_for(state: str) -> str:
-    """What the account site sees of the state cookie: a hash, never the value."""
-    return hashlib.sha256(state.encode()).hexdigest()
-
-
-def safe_next(value: str | None) -> str:
-    """A local path to return to; anything else (other hosts, schemes) becomes ``/``."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
-        return "/"
-    if len(value) > 2048 or any(ord(c) < 0x21 or ord(c) > 0x7E for c in value):
-        return "/"
-    return value
 
 
 def cookie(request: Request, name: str) -> str | None:

@@ -1,7 +1,7 @@
 """The relay's certificate-bot options (``--acme-*``, ``--dns-*``), parsed and checked.
 
 Kept apart from ``homeport.cli`` so the options, their checks and their help
-live next to the code that uses them (``homeport.tls.relay_tls``).
+live next to the code that uses them (``homeport.relay.tls``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -163,11 +164,18 @@ class GatedTLSSite(web.TCPSite):
 
     def __init__(
         self,
-        *args: Any,
+        runner: web.BaseRunner,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        sock: socket.socket | None = None,
         route: Callable[[object], Callable[[], asyncio.BaseProtocol] | None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        """``sock``: serve on this already bound socket instead of binding ``host:port``;
+        ``route``: another protocol for some connections (see ``AlpnGate``)."""
+        super().__init__(runner, host, port, **kwargs)
+        self._sock = sock
         self._route = route
 
     async def start(self) -> None:
@@ -176,14 +184,22 @@ class GatedTLSSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = server
-        self._server = await loop.create_server(
-            lambda: AlpnGate(factory, self._route),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: AlpnGate(factory, self._route),
+                sock=self._sock,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: AlpnGate(factory, self._route),
+                self._host,
+                self._port,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port,
+            )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -39,8 +39,10 @@ class ControlChannel:
         handler: ControlHandler | None = None,
         *,
         name: str = "tunnel",
+        grace: float = HANDLER_GRACE,
     ) -> None:
         self._connection = connection
+        self._grace = grace
         self._kick = kick
         self._handler = handler
         self._name = name
@@ -114,7 +116,7 @@ class ControlChannel:
             if not future.done():
                 future.set_exception(ControlFailed(f"the tunnel closed ({self._closed})"))
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=HANDLER_GRACE)
+            await asyncio.wait(list(self._tasks), timeout=self._grace)
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

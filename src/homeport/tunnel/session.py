@@ -35,7 +35,7 @@ from homeport.protocol import (
     WebSocketClosed,
     WebSocketMessageReceived,
 )
-from homeport.tunnel.control import ControlChannel, ControlHandler
+from homeport.tunnel.control import HANDLER_GRACE, ControlChannel, ControlHandler
 from homeport.tunnel.pipes import Pipe, WebSocketLike, WebSocketPipe
 from homeport.tunnel.stream import Stream, StreamClosed, StreamConsumer
 
@@ -93,6 +93,7 @@ class TunnelSession:
         ping_timeout: float = 15.0,
         drain_timeout: float = DRAIN_TIMEOUT,
         name: str = "tunnel",
+        control_grace: float = HANDLER_GRACE,
     ) -> None:
         # An aiohttp WebSocket is wrapped; anything else already is a pipe.
         self.pipe: Pipe = WebSocketPipe(pipe) if hasattr(pipe, "send_bytes") else pipe  # type: ignore[arg-type]
@@ -129,7 +130,9 @@ class TunnelSession:
         #: only ones a flush needs to look at (see _prune_and_wake).
         self._blocked_writers: set[Stream] = set()
         #: Owner actions over this tunnel (tunnel/control.py): ``await control.request(...)``.
-        self.control = ControlChannel(connection, self.kick, on_control, name=name)
+        self.control = ControlChannel(
+            connection, self.kick, on_control, name=name, grace=control_grace
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -268,6 +271,7 @@ class TunnelSession:
         websocket: bool,
         end_stream: bool,
         consumer: StreamConsumer | None = None,
+        encoded: bytes | None = None,
     ) -> Stream:
         """Start a request (relay side); raises :class:`StreamClosed` when refused.
 
@@ -280,7 +284,7 @@ class TunnelSession:
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(
-                head, websocket=websocket, end_stream=end_stream
+                head, websocket=websocket, end_stream=end_stream, encoded=encoded
             )
         except StreamViolation as exc:
             raise StreamClosed(exc.code, exc.reason) from None

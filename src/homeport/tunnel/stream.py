@@ -121,11 +121,11 @@ class Stream:
         self.websocket = websocket
         #: Relay side: the response head, once it arrived (see :meth:`response_head`).
         self.head: ResponseHead | None = None
-        self._head_arrived = asyncio.Event()
         self._inbox: deque[bytes | WsMessage | WsClose | object] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        #: Set whenever something a waiter may wait for changed (a head, an item, an
+        #: end, room to write); created by the first waiter only, so a stream whose
+        #: events go to a consumer never pays for it.
+        self._changed: asyncio.Event | None = None
         self.error: StreamClosed | None = None
         self.closed = False  # nothing more will arrive
         self.ws_close_sent = False
@@ -188,7 +188,7 @@ class Stream:
             case ResponseReceived(head=head, end_stream=end):
                 if self.head is None:
                     self.head = head
-                    self._head_arrived.set()
+                    self._notify()
                 if end:
                     self._deliver_end()
             case WebSocketClosed(code=code, reason=reason):
@@ -241,19 +241,27 @@ class Stream:
             return
         self.error = error
         self.closed = True
-        self._head_arrived.set()
-        self._readable.set()
-        self._writable.set()
+        self._notify()
         if self.consumer is not None:
             self.consumer.stream_ended(error)
 
     def finished(self) -> None:
         """The protocol forgot the stream: both sides ended it; nothing more moves."""
         self.closed = True
-        self._head_arrived.set()
-        self._writable.set()
+        self._notify()
         if self.consumer is not None and self.error is None:
             self.consumer.stream_ended(None)
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait(self) -> None:
+        """Until the next change (callers re-check their condition after it)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        self._changed.clear()
+        await self._changed.wait()
 
     def _deliver(self, item: bytes | WsMessage | WsClose) -> None:
         size = _size(item)
@@ -262,17 +270,17 @@ class Stream:
                 self.waiting_since = time.monotonic()
             self.held += size
         self._inbox.append(item)
-        self._readable.set()
+        self._notify()
 
     def _deliver_end(self) -> None:
         self.closed = True
         self._inbox.append(_EOF)
-        self._readable.set()
+        self._notify()
 
     def update_writable(self) -> bool:
         """Wake a blocked writer if the protocol has room; True if it was woken."""
         if self._host.connection.buffered(self.id) <= HIGH_WATER:
-            self._writable.set()
+            self._notify()
             if self.consumer is not None:
                 self.consumer.writable()
             return True
@@ -316,7 +324,7 @@ class Stream:
         while self.head is None:
             if self.error is not None:
                 raise self.error
-            await self._head_arrived.wait()
+            await self._wait()
             if self.head is None and self.error is None:
                 # Finished without a head (cannot happen on a well-formed tunnel).
                 raise StreamClosed(ErrorCode.PROTOCOL, "stream ended without a response")
@@ -326,8 +334,7 @@ class Stream:
         while not self._inbox:
             if self.error is not None:
                 raise self.error
-            self._readable.clear()
-            await self._readable.wait()
+            await self._wait()
         return self._take()
 
     def _take(self) -> bytes | WsMessage | WsClose | object:
@@ -395,9 +402,8 @@ class Stream:
                 raise self.error
             if self._host.connection.buffered(self.id) <= HIGH_WATER:
                 return
-            self._writable.clear()
             self._host.writer_blocked(self)
-            await self._writable.wait()
+            await self._wait()
 
     @contextlib.contextmanager
     def _sending(self) -> Iterator[TunnelConnection]:

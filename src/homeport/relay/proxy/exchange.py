@@ -34,6 +34,7 @@ from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
 
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
+from homeport.protocol.heads import encode_fields, encode_request_fields
 from homeport.relay import headers as hdr
 from homeport.relay.limits import UploadPace
 from homeport.relay.live import Ending
@@ -161,7 +162,7 @@ class HttpExchange:
         request = self.request
         websocket = isinstance(self, WebSocketExchange)
         try:
-            headers = hdr.request_headers(
+            names, values = hdr.request_fields(
                 request.headers,
                 client_ip=self.conn.remote,
                 public_host=forward.public_host,
@@ -170,12 +171,20 @@ class HttpExchange:
             priority = request_priority(
                 request.path, websocket=websocket, content_length=request.content_length
             )
-            head = RequestHead(request.method, request.target, headers, priority)
+            # Encoded from the bytes as parsed (and cleaned): the stream's own head
+            # keeps method, target and priority only, which is all the relay reads.
+            encoded = encode_request_fields(
+                priority,
+                request.method.encode("ascii"),
+                request.target.encode("latin-1"),
+                encode_fields(names, values),
+            )
             self.stream = forward.tunnel.open_stream(
-                head,
+                RequestHead(request.method, request.target, [], priority),
                 websocket=websocket,
                 end_stream=not websocket and self._body_read and not self._buffered_size,
                 consumer=self,
+                encoded=encoded,
             )
         except StreamClosed as exc:
             self._answer(self.proxy.tunnel_error(exc))
@@ -193,6 +202,11 @@ class HttpExchange:
             forward.principal,
         )
         self._head_timer = self.conn.loop.call_later(RESPONSE_HEAD_TIMEOUT, self._head_late)
+        if not self._body_read and (request.header(b"expect") or "").lower() == "100-continue":
+            # The client waits for this before sending its body (RFC 9110 §10.1.1): the
+            # relay answers it itself once the request is admitted (the expectation
+            # is not passed on; the home gets the body as it comes).
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         buffered, self._buffered = self._buffered, []
         self._buffered_size = 0
         self.conn.resume("buffered")
@@ -532,14 +546,15 @@ class HttpExchange:
             self.proxy.gate.live.unregister(self._live)
         if self.forward is not None:
             self.forward.release()
-        log.debug(
-            "tenant.request",
-            extra={
-                "instance": self._instance,
-                "method": self.request.method,
-                "ms": round((time.monotonic() - self._started) * 1000, 1),
-            },
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "tenant.request",
+                extra={
+                    "instance": self._instance,
+                    "method": self.request.method,
+                    "ms": round((time.monotonic() - self._started) * 1000, 1),
+                },
+            )
         if not close:
             return
         if not keep_alive or not self._body_read:

@@ -12,40 +12,38 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from homeport.mail.mailer import Outbox
-from homeport.mail.messages import MailWriter
-from homeport.relay.account_site import AccountSite
-from homeport.relay.site_mail import MailPages
+from homeport.accounts.service import Accounts
+from homeport.relay.site.keys import MailOut
 
 __all__ = ["MailNotices"]
 
 log = logging.getLogger(__name__)
 
 
-class MailNotices(MailPages):
-    """The account site's :class:`~homeport.relay.account_site.Notices`, by mail."""
+class MailNotices:
+    """The account site's :class:`~homeport.relay.site.hooks.Notices` and
+    :class:`~homeport.relay.site.hooks.InvitationMail`, by mail."""
 
-    def __init__(self, site: AccountSite, outbox: Outbox, writer: MailWriter) -> None:
-        super().__init__(site, outbox, writer)
-        site.notices = self
-        site.invitation_mail = self
+    def __init__(self, accounts: Accounts, mail: MailOut) -> None:
+        self.accounts = accounts
+        self.mail = mail
 
     def invite(
         self, to: str, *, inviter: str, home: str, accept_url: str, expires: datetime | None
     ) -> bool:
         """Mail an owner's invitation; the accept link works only for that address."""
-        return self.outbox.post(
-            self.writer.invitation(
+        return self.mail.outbox.post(
+            self.mail.writer.invitation(
                 to, inviter=inviter, home=home, accept_url=accept_url, expires=expires
             )
         )
 
     async def changed(self, request: web.Request, user_id: int, what: str) -> None:
-        user = await self.accounts.get_user(user_id)
+        user = await self.accounts.users.get(user_id)
         if user is None:
             return
-        self.outbox.post(
-            self.writer.security_change(
+        self.mail.outbox.post(
+            self.mail.writer.security_change(
                 user.email,
                 what=what,
                 moment=datetime.now(UTC),

@@ -7,10 +7,11 @@ Threats this stops:
   handler for as long as the sender likes; the idle deadline (75 s) covers
   request heads only.  Here the whole body must arrive within
   ``account_body_seconds`` (forms are a few KiB: seconds, not minutes), or the
-  request gets ``408`` and the connection closes.  The body is read *before*
-  routing, so every route (and every route added later) is covered, and the
-  handlers find it already read (``request.read()``, ``post()`` and ``json()``
-  answer from aiohttp's cache).
+  request gets ``408`` and the connection closes.  The body is read by the
+  site's outermost middleware, before any other check or handler, so every
+  route (and every route added later, unknown paths included) is covered, and
+  the handlers find it already read (``request.read()``, ``post()`` and
+  ``json()`` answer from aiohttp's cache).
 * **Many requests from one client**: at most ``account_max_requests`` requests
   per client network (IPv4 address, IPv6 /64: the keying of
   :func:`homeport.accounts.throttle.network_key`, so rotating through one's own
@@ -50,10 +51,16 @@ class AccountLimits:
 
     def __init__(self, config: RelayConfig, pages: Pages) -> None:
         self.pages = pages
+        self.apply(config)
+
+    def apply(self, config: RelayConfig) -> None:
+        """Take the limits from ``config``, with fresh counters."""
         self.body_seconds = config.account_body_seconds
         self.clients = Slots(config.account_max_requests)
 
-    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The site's outermost middleware: nothing runs before these limits."""
         if request.method == "GET" and request.path == TUNNEL_PATH and not request.body_exists:
             return await handler(request)
         with self.clients.hold(network_key(request.remote)) as admitted:
