@@ -33,6 +33,7 @@ from homeport.addon import app_links
 from homeport.addon.forward import HomeAssistantForwarder
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
+from homeport.addon.upstream import Origin, UpstreamPool
 from homeport.keys import load_or_create_private_key
 from homeport.memory import MemoryTrimmer
 from homeport.protocol.connection import Role, TunnelConnection
@@ -150,6 +151,7 @@ class AddonClient:
         self._ssl: ssl.SSLContext = client_context(config.relay_ca)
         self._relay: aiohttp.ClientSession | None = None
         self._ha: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._reconnect_now = asyncio.Event()
         self._sessions: set[TunnelSession] = set()
         #: The tunnel new work goes over (a replaced one may still be draining).
@@ -184,10 +186,12 @@ class AddonClient:
             connector=aiohttp.TCPConnector(ssl=self._ssl, resolver=LocalhostResolver()),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # One pooled client for Home Assistant.  No cookie jar: a cookie set for
-        # one person's request must never ride along on another's.
+        # The data path: raw keep-alive connections to Home Assistant (addon/upstream.py).
+        self._upstream = UpstreamPool(Origin.parse(self.config.ha_url))
+        # The add-on's own questions to Home Assistant (the trust probe).  No cookie
+        # jar: nothing one answer sets may ride along on another request.
         self._ha = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, resolver=LocalhostResolver()),
+            connector=aiohttp.TCPConnector(limit=4, resolver=LocalhostResolver()),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
@@ -206,6 +210,8 @@ class AddonClient:
             await self._relay.close()
         if self._ha is not None:
             await self._ha.close()
+        if self._upstream is not None:
+            await self._upstream.close()
 
     async def run_forever(self) -> None:
         attempt = 0
@@ -326,6 +332,7 @@ class AddonClient:
 
     async def _serve(self, pipe: Pipe, welcome: Welcome) -> str:
         assert self._ha is not None
+        assert self._upstream is not None
         send_forwarded: Callable[[], bool] = _always
         checking: asyncio.Task[Any] | None = None
         if self._trust is not None:
@@ -334,9 +341,8 @@ class AddonClient:
             checking = asyncio.create_task(self._trust.check(self._ha))
             send_forwarded = self._trust.send_forwarded
         forwarder = HomeAssistantForwarder(
-            self.config.ha_url, self._ha, send_forwarded=send_forwarded
+            self._upstream, send_forwarded=send_forwarded, gate=self._gate
         )
-        handler = forwarder.handle if self._gate is None else self._gate.wrap(forwarder.handle)
         replaced: list[GoAwayReceived] = []
 
         def on_goaway(event: GoAwayReceived) -> None:
@@ -350,7 +356,7 @@ class AddonClient:
         session = TunnelSession(
             pipe,
             TunnelConnection(Role.ADDON),
-            on_stream=handler,
+            on_open=forwarder.open,
             on_goaway=on_goaway,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
