@@ -357,6 +357,9 @@ class AddonSetup:
     ha_token: str | None = field(default=None, repr=False)
 
 
+TUNNEL_TRANSPORTS = ("auto", "raw", "websocket")
+
+
 def addon_config(args: argparse.Namespace) -> AddonSetup:
     """``homeport addon``'s settings, every one checked before anything is dialled;
     ``ConfigError`` or ``ValueError`` says what to fix."""
@@ -395,6 +398,11 @@ def addon_config(args: argparse.Namespace) -> AddonSetup:
             ) from None
     relay_ca = opts.path("relay_ca")
     _check_ca_file(relay_ca, "--relay-ca")
+    transport = str(opts.get("tunnel_transport") or "auto")
+    if transport not in TUNNEL_TRANSPORTS:
+        raise ConfigError(
+            f"--tunnel-transport: {transport!r} is not one of {', '.join(TUNNEL_TRANSPORTS)}"
+        )
     supervisor_token = os.environ.get("SUPERVISOR_TOKEN") or None
     panel = parse_panel(
         opts.get("panel_listen"), opts.get("panel_allow"), supervised=bool(supervisor_token)
@@ -405,6 +413,7 @@ def addon_config(args: argparse.Namespace) -> AddonSetup:
         state_dir=opts.path("state_dir", default_data_dir() / "addon") or Path("."),
         pinned_keys=pinned_keys,
         relay_ca=relay_ca,
+        transport=transport,
     )
     ha_config, ha_token = _ha_setup(opts)
     return AddonSetup(config, bool(ha_url), panel, supervisor_token, ha_config, ha_token)
@@ -924,6 +933,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     addon.add_argument("--relay-ca", dest="relay_ca", help="extra CA file to trust")
     addon.add_argument("--server-pubkey", dest="server_pubkey", help="pinned relay key(s)")
+    addon.add_argument(
+        "--tunnel-transport",
+        dest="tunnel_transport",
+        choices=TUNNEL_TRANSPORTS,
+        help="auto (default): the tunnel on TLS itself, or inside a WebSocket if the relay "
+        "does not offer that; raw or websocket: only that one (e.g. behind a proxy that "
+        "passes HTTP only)",
+    )
     addon.add_argument(
         "--panel-listen", dest="panel_listen", help="host:port of the ingress panel, or off"
     )

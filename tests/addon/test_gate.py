@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homeport.addon.gate import STATE_FILE, Access, AccessLog, RemoteAccessGate, route_family
 
@@ -56,3 +58,30 @@ async def test_switch_is_on_by_default_and_persisted(tmp_path: Path) -> None:
 async def test_unreadable_state_fails_closed(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text("{not json")
     assert not RemoteAccessGate(tmp_path).enabled
+
+
+def _route_family_by_segments(target: str) -> str:
+    """The rule as first written (lists of segments), kept as the reference."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    for known in ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow"):
+        if path == known or path.startswith(known + "/"):
+            return known if path == known else known + "/…"
+    if path == "/api/webhook" or path.startswith("/api/webhook/"):
+        return "/api/webhook" if path == "/api/webhook" else "/api/webhook/…"
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        return "/"
+    first = segments[0][:40]
+    return f"/{first}" if len(segments) == 1 else f"/{first}/…"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["", "api", "auth", "websocket", "webhook", "token", "x", "a?b", "#f"]),
+        max_size=6,
+    ).map(lambda parts: "/" + "/".join(parts))
+    | st.text(alphabet="/?#ab", max_size=12)
+)
+def test_route_family_is_the_same_rule_without_lists(target: str) -> None:
+    assert route_family(target) == _route_family_by_segments(target)

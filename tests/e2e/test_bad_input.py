@@ -358,12 +358,12 @@ async def test_idle_and_trickling_connections_have_a_deadline(edge: Edge) -> Non
         await writer.drain()
         trickling.append((reader, writer))
     try:
-        runner = edge.stack.relay._runner
-        assert runner is not None
-        assert runner.server is not None
-        handlers = runner.server.connections
-        assert len(handlers) >= 20
-        assert all(h.keepalive_timeout == IDLE_TIMEOUT for h in handlers)
+        # Tenant hosts are served by the data plane (homeport.relay.proxy), one
+        # TenantConnection per browser connection, each with its idle deadline armed.
+        connections = edge.stack.relay.tenants.connections
+        assert len(connections) >= 20
+        assert all(c.idle_deadline_armed for c in connections)
+        assert all(c.idle_timeout == IDLE_TIMEOUT for c in connections)
         before = len(edge.witness.requests)
         await edge.assert_still_serving()
         for _reader, writer in trickling:

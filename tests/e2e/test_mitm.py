@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ from homeport.protocol.handshake import (
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
 from homeport.standin import start_standin
-from homeport.tls.context import client_context, peer_certificate_sha256
+from homeport.tls.context import TUNNEL_ALPN, client_context, peer_certificate_sha256
 from homeport.tls.devca import create_independent_ca, ensure_dev_ca
+from homeport.tunnel.pipes import WebSocketPipe
+from homeport.tunnel.raw import record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,6 +77,7 @@ class Setup:
         ca: Path | None = None,
         pins: tuple[object, ...] | None = None,
         state_dir: Path | None = None,
+        transport: str = "auto",
     ) -> AddonClient:
         config = AddonConfig(
             relay_url=url,
@@ -83,16 +87,20 @@ class Setup:
             relay_ca=ca or self.dev_ca,
             ping_interval=2.0,
             ping_timeout=3.0,
+            transport=transport,
         )
         return AddonClient(config)
 
-    def interceptor(self, cert: Path, key: Path) -> TlsInterceptor:
+    def interceptor(
+        self, cert: Path, key: Path, *, alpn: list[str] | None = None
+    ) -> TlsInterceptor:
         return TlsInterceptor(
             cert,
             key,
             upstream_port=self.config.listen_port,
             upstream_name=self.config.account_host,
             upstream_ca=self.dev_ca,
+            alpn=alpn,
         )
 
     def assert_no_tunnel(self) -> None:
@@ -177,6 +185,93 @@ async def test_interceptor_with_the_relays_own_certificate_is_transparent(
         assert seen.client_json_types() == ["hello", "client_proof"]
         assert seen.server_json_types() == ["server_proof", "welcome"]
         assert any(op == OP_BINARY for op, _ in seen.client_messages())  # tunnel frames
+        assert seen.alpn == TUNNEL_ALPN  # the tunnel straight on TLS, by default
+
+
+# ------------------------------------------------------------------ transports
+
+
+async def test_an_addon_behind_an_http_only_path_falls_back_to_a_websocket(
+    setup: Setup,
+) -> None:
+    """A relay (or a proxy on the way) that does not choose the tunnel's ALPN: the add-on
+    dials again over a WebSocket, and keeps to it (no second dial every time)."""
+    async with setup.interceptor(
+        setup.relay.tls.cert, setup.relay.tls.key, alpn=["http/1.1"]
+    ) as mitm:
+        addon = setup.addon(setup.url(mitm.port))
+        pipes: list[object] = []
+        await run_until(addon, lambda: _pipe_of(setup, pipes))
+        assert isinstance(pipes[0], WebSocketPipe)
+        # First the raw dial (no protocol in common), then the WebSocket (HTTP/1.1).
+        assert [c.alpn for c in mitm.connections] == [None, "http/1.1"]
+        assert mitm.connections[1].client_json_types() == ["hello", "client_proof"]
+
+
+async def test_an_addon_told_to_use_the_raw_tunnel_does_not_fall_back(setup: Setup) -> None:
+    async with setup.interceptor(
+        setup.relay.tls.cert, setup.relay.tls.key, alpn=["http/1.1"]
+    ) as mitm:
+        addon = setup.addon(setup.url(mitm.port), transport="raw")
+        await run_until(addon, lambda: addon.status.last_error is not None)
+        assert "does not offer the raw tunnel" in str(addon.status.last_error)
+        assert all(not c.from_client for c in mitm.connections)  # not a byte sent
+        setup.assert_no_tunnel()
+
+
+async def test_an_addon_told_to_use_a_websocket_uses_one(setup: Setup) -> None:
+    addon = setup.addon(setup.url(setup.config.listen_port), transport="websocket")
+    pipes: list[object] = []
+    await run_until(addon, lambda: _pipe_of(setup, pipes))
+    assert isinstance(pipes[0], WebSocketPipe)
+
+
+def _pipe_of(setup: Setup, found: list[object]) -> bool:
+    """True once the relay has a tunnel for the home; its pipe goes into ``found``."""
+    session = setup.relay.hub.tunnel_for(setup.instance_id)
+    if session is not None:
+        found.append(session.pipe)
+    return session is not None
+
+
+async def _raw_connection(
+    setup: Setup, server_name: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    context = client_context(setup.dev_ca, alpn=[TUNNEL_ALPN])
+    return await asyncio.open_connection(
+        "127.0.0.1", setup.config.listen_port, ssl=context, server_hostname=server_name
+    )
+
+
+async def test_the_raw_tunnel_is_refused_on_any_other_host(setup: Setup) -> None:
+    """ALPN homeport-tunnel/1 is served on the account host only: elsewhere, closed unread."""
+    host = setup.config.tenant_host(setup.instance_id)
+    reader, writer = await _raw_connection(setup, host)
+    writer.write(record(json.dumps({"type": "hello"})))
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
+    setup.assert_no_tunnel()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff\xff\xff\xff" + b"x" * 64,  # a record longer than any handshake message
+        record("not json at all"),
+        record(json.dumps({"type": "close", "code": 4001, "reason": "linked"})),
+    ],
+    ids=["oversized-record", "not-json", "close-record-first"],
+)
+async def test_a_raw_handshake_that_makes_no_sense_is_closed(setup: Setup, garbage: bytes) -> None:
+    reader, writer = await _raw_connection(setup, setup.config.account_host)
+    writer.write(garbage)
+    async with asyncio.timeout(15):
+        rest = await reader.read()
+    writer.close()
+    # At most a close record (and an error) came back, never a server proof.
+    assert b"server_proof" not in rest
+    setup.assert_no_tunnel()
 
 
 # ------------------------------------------------------- the man in the middle

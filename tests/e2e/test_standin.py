@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import time
 
 import aiohttp
 import pytest
+from rawhttp import connect, read_head
 from stack import Stack
 
+from homeport.relay.tenant import SESSION_COOKIE
 from homeport.standin import CHUNK, pattern_chunk
 
 
@@ -213,3 +217,28 @@ async def test_unknown_hosts_get_one_answer(stack: Stack) -> None:
         ) as r:
             assert r.status == 421
             assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_expect_100_continue_is_answered_before_the_body(stack: Stack) -> None:
+    """A client that waits for "100 Continue" (curl does, for uploads) gets it at once."""
+    async with stack.browser() as browser:
+        await browser.sign_in("/")
+        token = next(c.value for c in browser.session.cookie_jar if c.key == SESSION_COOKIE)
+    host = stack.tenant_origin.removeprefix("https://")
+    reader, writer = await connect(stack.config.listen_port, host.rsplit(":", 1)[0], stack.ca_path)
+    writer.write(
+        f"POST /echo HTTP/1.1\r\nHost: {host}\r\nCookie: {SESSION_COOKIE}={token}\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(5):
+        interim = await reader.readuntil(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    async with asyncio.timeout(10):
+        status, _, headers = await read_head(reader)
+        body = await reader.readexactly(int(dict(headers)["content-length"]))
+    assert status == 200
+    echoed = json.loads(body)
+    assert echoed["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert "expect" not in {name.lower() for name, _ in echoed["headers"]}
+    writer.close()

@@ -220,7 +220,12 @@ async def test_scrape_through_the_metrics_listener(tmp_path: Path) -> None:
                 await ws.send_str("ping")
                 assert await ws.receive_str() == "ping"
                 assert await _scrape(url, "homeport_live_exchanges") == 1
+                assert await _scrape(url, "homeport_tunnel_streams") == 1
+                assert await _scrape(url, "homeport_tenant_connections") >= 1
             await _wait_for(url, "homeport_live_exchanges", 0)
+            # Leak gauges: the stream is gone with its WebSocket; the loop has tasks.
+            await _wait_for(url, "homeport_tunnel_streams", 0)
+            assert await _scrape(url, "homeport_asyncio_tasks") > 0
 
         # The gauge follows the tunnel: the add-on gone, it reads 0.
         stack.addon_task.cancel()

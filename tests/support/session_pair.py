@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -12,7 +12,9 @@ from aiohttp import web
 
 from homeport.protocol.connection import Role, Settings, TunnelConnection
 from homeport.tunnel.control import HANDLER_GRACE, ControlHandler
-from homeport.tunnel.session import MAX_MESSAGE, StreamHandler, TunnelSession
+from homeport.tunnel.pipes import MAX_MESSAGE
+from homeport.tunnel.session import StreamHandler, TunnelSession
+from homeport.tunnel.stream import Stream
 
 
 @dataclass
@@ -25,12 +27,14 @@ class SessionPair:
 async def session_pair(
     *,
     on_stream: StreamHandler | None = None,
+    on_open: Callable[[Stream], None] | None = None,
     on_control: ControlHandler | None = None,
     relay_settings: Settings | None = None,
     control_grace: float = HANDLER_GRACE,
 ) -> AsyncIterator[SessionPair]:
-    """``on_stream`` serves the add-on side; ``on_control`` answers on the relay side
-    (its handlers may run on ``control_grace`` seconds after the tunnel closed)."""
+    """``on_stream`` (a task per stream) or ``on_open`` (callbacks) serves the add-on
+    side; ``on_control`` answers on the relay side (its handlers may run on
+    ``control_grace`` seconds after the tunnel closed)."""
     relay_side: asyncio.Future[TunnelSession] = asyncio.get_running_loop().create_future()
     served = asyncio.Event()
 
@@ -59,7 +63,11 @@ async def session_pair(
         async with aiohttp.ClientSession() as client:
             ws = await client.ws_connect(f"http://127.0.0.1:{port}/t", max_msg_size=MAX_MESSAGE)
             addon = TunnelSession(
-                ws, TunnelConnection(Role.ADDON), on_stream=on_stream, name="pair-addon"
+                ws,
+                TunnelConnection(Role.ADDON),
+                on_stream=on_stream,
+                on_open=on_open,
+                name="pair-addon",
             )
             addon_task = asyncio.create_task(addon.run())
             relay = await asyncio.wait_for(relay_side, 10)

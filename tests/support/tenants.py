@@ -25,7 +25,7 @@ from homeport.keys import public_key_text
 from homeport.protocol.handshake import AddonHandshake, Welcome
 from homeport.standin import start_standin
 from homeport.tls.context import client_context, peer_certificate_sha256
-from homeport.tunnel.session import MAX_MESSAGE
+from homeport.tunnel.pipes import MAX_MESSAGE
 
 
 @contextlib.asynccontextmanager

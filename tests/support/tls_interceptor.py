@@ -4,9 +4,11 @@
 choosing (another valid one from an independent CA, a wrong-name one, or
 even the relay's own), opens a verified TLS connection to the real relay for
 each client, and relays the plaintext byte for byte in both directions while
-keeping a copy of what the client sent.  ``client_messages`` decodes that
-copy (an HTTP upgrade request, then masked RFC 6455 frames) so a test can say
-exactly which WebSocket messages the add-on sent.
+keeping a copy of what the client sent.  It is transparent to ALPN: the
+relay is asked for the protocol the client chose.  ``client_messages``
+decodes the copy (for the raw tunnel, handshake records then tunnel frames;
+for the WebSocket transport, an HTTP upgrade request then masked RFC 6455
+frames) so a test can say exactly which handshake messages the add-on sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homeport.tls.context import client_context, server_context
+from homeport.tls.context import TUNNEL_ALPN, client_context, server_context
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -29,11 +31,17 @@ class Intercepted:
 
     from_client: bytearray = field(default_factory=bytearray)
     from_server: bytearray = field(default_factory=bytearray)
+    #: The ALPN protocol the client negotiated (and the relay was asked for).
+    alpn: str | None = None
 
     def client_messages(self) -> list[tuple[int, bytes]]:
+        if self.alpn == TUNNEL_ALPN:
+            return parse_records(self.from_client)
         return parse_frames(self.from_client, masked=True)
 
     def server_messages(self) -> list[tuple[int, bytes]]:
+        if self.alpn == TUNNEL_ALPN:
+            return parse_records(self.from_server)
         return parse_frames(self.from_server, masked=False)
 
     def client_json_types(self) -> list[str]:
@@ -50,6 +58,29 @@ class Intercepted:
             for opcode, payload in self.server_messages()
             if opcode == OP_TEXT
         ]
+
+
+def parse_records(data: bytes) -> list[tuple[int, bytes]]:
+    """The raw tunnel: (OP_TEXT, JSON) per handshake record, then (OP_BINARY, the rest).
+
+    Close records count as OP_CLOSE, so both transports read the same way.
+    """
+    messages: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        payload = bytes(data[pos + 4 : pos + 4 + size])
+        try:
+            kind = json.loads(payload)["type"] if size <= 16 * 1024 else None
+        except (ValueError, KeyError, TypeError):
+            kind = None
+        if kind is None or pos + 4 + size > len(data):
+            break  # tunnel frames from here on
+        messages.append((OP_CLOSE if kind == "close" else OP_TEXT, payload))
+        pos += 4 + size
+    if pos < len(data):
+        messages.append((OP_BINARY, bytes(data[pos:])))
+    return messages
 
 
 def parse_frames(data: bytes, *, masked: bool) -> list[tuple[int, bytes]]:
@@ -106,9 +137,12 @@ class TlsInterceptor:
         upstream_port: int,
         upstream_name: str,
         upstream_ca: Path,
+        alpn: list[str] | None = None,
     ) -> None:
         self._server_ssl = server_context(cert, key)
-        self._upstream_ssl: ssl.SSLContext = client_context(upstream_ca)
+        if alpn is not None:  # e.g. a proxy that speaks HTTP/1.1 only
+            self._server_ssl.set_alpn_protocols(alpn)
+        self._upstream_ca = upstream_ca
         self._upstream_port = upstream_port
         self._upstream_name = upstream_name
         self._server: asyncio.Server | None = None
@@ -139,12 +173,15 @@ class TlsInterceptor:
         assert task is not None
         self._tasks.add(task)
         record = Intercepted()
+        ssl_object = writer.get_extra_info("ssl_object")
+        record.alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self.connections.append(record)
+        upstream = client_context(self._upstream_ca, alpn=[record.alpn] if record.alpn else None)
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 "127.0.0.1",
                 self._upstream_port,
-                ssl=self._upstream_ssl,
+                ssl=upstream,
                 server_hostname=self._upstream_name,
             )
         except (OSError, ssl.SSLError):

@@ -27,7 +27,7 @@ async def _handler(stream: Stream) -> None:
         for _ in range(BIG // PIECE):
             await stream.write(piece)
             # Backpressure holds: a writer never gets far past the high-water mark.
-            assert stream._session.connection.buffered(stream.id) <= HIGH_WATER + PIECE
+            assert stream._host.connection.buffered(stream.id) <= HIGH_WATER + PIECE
         await stream.write(b"", end=True)
     else:
         stream.respond(ResponseHead(200))
@@ -36,7 +36,7 @@ async def _handler(stream: Stream) -> None:
 
 async def _get(session: TunnelSession, path: str) -> bytes:
     stream = session.open_stream(RequestHead("GET", path), websocket=False, end_stream=True)
-    head = await stream.response
+    head = await stream.response_head()
     assert head.status == 200
     body = bytearray()
     async for chunk in stream.iter_body():

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -33,7 +33,9 @@ from homeport.addon import app_links
 from homeport.addon.forward import HomeAssistantForwarder
 from homeport.addon.gate import RemoteAccessGate
 from homeport.addon.ha_trust import TrustMonitor
+from homeport.addon.upstream import Origin, UpstreamPool
 from homeport.keys import load_or_create_private_key
+from homeport.memory import MemoryTrimmer
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.events import GoAwayReceived
 from homeport.protocol.handshake import (
@@ -45,7 +47,9 @@ from homeport.protocol.handshake import (
     Welcome,
 )
 from homeport.tls.context import client_context, peer_certificate_sha256
-from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
+from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
+from homeport.tunnel.raw import TUNNEL_ALPN, ChannelClosed, RawPipe
+from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,9 @@ class AddonConfig:
     relay_ca: Path | None = None
     ping_interval: float = 15.0
     ping_timeout: float = 10.0
+    #: "auto": the tunnel on TLS itself (ALPN), falling back to a WebSocket for a relay
+    #: that does not offer it; "raw" or "websocket" to insist on one.
+    transport: str = "auto"
     #: Reconnect back-off (full jitter, ``backoff_base`` doubling to ``backoff_cap``)
     #: and the bound on one dial plus handshake, in seconds.
     backoff_base: float = BACKOFF_BASE
@@ -144,17 +151,27 @@ class AddonClient:
         self._ssl: ssl.SSLContext = client_context(config.relay_ca)
         self._relay: aiohttp.ClientSession | None = None
         self._ha: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._reconnect_now = asyncio.Event()
         self._sessions: set[TunnelSession] = set()
         #: The tunnel new work goes over (a replaced one may still be draining).
         self._live: TunnelSession | None = None
         self._stopping = False
+        self._raw_unsupported = False
+        #: The connection waiting for its link code to be used, if any.
+        self._waiting: _Channel | None = None
+        self._memory = MemoryTrimmer()
 
     def _set(self, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(self.status, name, value)
         if self._on_status is not None:
             self._on_status(self.status)
+
+    @property
+    def tunnel(self) -> TunnelSession | None:
+        """The tunnel new work goes over, while one is up."""
+        return self._live
 
     def app_links_supported(self) -> bool | None:
         """Whether the relay creates app links over the tunnel; None while not connected."""
@@ -169,24 +186,32 @@ class AddonClient:
             connector=aiohttp.TCPConnector(ssl=self._ssl, resolver=LocalhostResolver()),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        # One pooled client for Home Assistant.  No cookie jar: a cookie set for
-        # one person's request must never ride along on another's.
+        # The data path: raw keep-alive connections to Home Assistant (addon/upstream.py).
+        self._upstream = UpstreamPool(Origin.parse(self.config.ha_url))
+        # The add-on's own questions to Home Assistant (the trust probe).  No cookie
+        # jar: nothing one answer sets may ride along on another request.
         self._ha = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, resolver=LocalhostResolver()),
+            connector=aiohttp.TCPConnector(limit=4, resolver=LocalhostResolver()),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
         )
+        self._memory.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True
+        await self._memory.stop()
+        if self._waiting is not None:  # waiting for a link: the relay must see us go
+            await self._waiting.close()
         for session in list(self._sessions):
             await session.close("add-on stopping")
         if self._relay is not None:
             await self._relay.close()
         if self._ha is not None:
             await self._ha.close()
+        if self._upstream is not None:
+            await self._upstream.close()
 
     async def run_forever(self) -> None:
         attempt = 0
@@ -221,15 +246,9 @@ class AddonClient:
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
         # hole) must not hold the add-on for aiohttp's default five minutes.
         async with asyncio.timeout(self.config.handshake_timeout):
-            ws = await self._relay.ws_connect(
-                self.config.relay_url,
-                max_msg_size=MAX_MESSAGE,
-                compress=0,
-                autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
-            )
+            channel = await self._dial()
         try:
-            ssl_object = ws.get_extra_info("ssl_object")
+            ssl_object = channel.ssl_object()
             if ssl_object is None:
                 raise HandshakeError(HandshakeErrorCode.MALFORMED, "no TLS session")
             cert_sha256 = peer_certificate_sha256(ssl_object)
@@ -241,34 +260,79 @@ class AddonClient:
                 agent=f"homeport-addon/{__version__}",
             )
             async with asyncio.timeout(self.config.handshake_timeout):
-                await ws.send_str(handshake.hello())
-                await ws.send_str(handshake.receive_server_proof(await _text(ws)))
-                result = handshake.receive_result(await _text(ws))
+                await channel.send_text(handshake.hello())
+                await channel.send_text(
+                    handshake.receive_server_proof(await channel.receive_text())
+                )
+                result = handshake.receive_result(await channel.receive_text())
         except BaseException:
-            await ws.close()
+            await channel.close()
             raise
         if isinstance(result, Unlinked):
-            return await self._await_link(ws, result)
+            self._waiting = channel
+            try:
+                return await self._await_link(channel, result)
+            finally:
+                self._waiting = None
+                await channel.close()
         if isinstance(result, RelayRefused):
-            await ws.close()
+            await channel.close()
             self._set(state=State.DISCONNECTED, last_error=f"relay refused: {result.message}")
             log.error("addon.refused", extra={"code": result.code, "reason": result.message})
             return "refused"
-        return await self._serve(ws, result)
+        return await self._serve(channel.pipe(), result)
 
-    async def _await_link(self, ws: aiohttp.ClientWebSocketResponse, result: Unlinked) -> str:
+    async def _dial(self) -> _Channel:
+        """The tunnel on TLS itself if the relay offers it, else inside a WebSocket."""
+        transport = self.config.transport
+        if transport != "websocket" and not self._raw_unsupported:
+            raw = await self._dial_raw()
+            if raw is not None:
+                return raw
+            if transport == "raw":
+                raise ConnectionError("the relay does not offer the raw tunnel (ALPN)")
+            # An older relay: remember it until the add-on restarts (no double dial).
+            self._raw_unsupported = True
+            log.info("addon.raw_tunnel_unsupported")
+        assert self._relay is not None
+        ws = await self._relay.ws_connect(
+            self.config.relay_url,
+            max_msg_size=MAX_MESSAGE,
+            compress=0,
+            autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+        )
+        return _WebSocketChannel(ws)
+
+    async def _dial_raw(self) -> _RawChannel | None:
+        """A raw tunnel connection, or None if the relay did not choose our ALPN."""
+        url = URL(self.config.relay_url)
+        assert url.host is not None
+        address = url.host
+        if address == "localhost" or address.endswith(".localhost"):
+            address = "127.0.0.1"  # RFC 6761 §6.3 (see LocalhostResolver)
+        context = client_context(self.config.relay_ca, alpn=[TUNNEL_ALPN])
+        transport, pipe = await asyncio.get_running_loop().create_connection(
+            RawPipe, address, url.port or 443, ssl=context, server_hostname=url.host
+        )
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != TUNNEL_ALPN:
+            transport.abort()
+            return None
+        return _RawChannel(pipe)
+
+    async def _await_link(self, channel: _Channel, result: Unlinked) -> str:
         self._set(
             state=State.UNLINKED, link_code=result.link_code, link_expires_in=result.expires_in
         )
         print(f"Link code: {result.link_code}", flush=True)
         log.info("addon.unlinked", extra={"expires_in": result.expires_in})
-        async for _msg in ws:
-            pass  # the relay sends nothing more; it closes when linked or expired
-        code = ws.close_code or 0
+        code = await channel.closed_code()  # the relay closes when linked or expired
         return "reconnect" if code in RECONNECT_NOW else "error"
 
-    async def _serve(self, ws: aiohttp.ClientWebSocketResponse, welcome: Welcome) -> str:
+    async def _serve(self, pipe: Pipe, welcome: Welcome) -> str:
         assert self._ha is not None
+        assert self._upstream is not None
         send_forwarded: Callable[[], bool] = _always
         checking: asyncio.Task[Any] | None = None
         if self._trust is not None:
@@ -277,9 +341,8 @@ class AddonClient:
             checking = asyncio.create_task(self._trust.check(self._ha))
             send_forwarded = self._trust.send_forwarded
         forwarder = HomeAssistantForwarder(
-            self.config.ha_url, self._ha, send_forwarded=send_forwarded
+            self._upstream, send_forwarded=send_forwarded, gate=self._gate
         )
-        handler = forwarder.handle if self._gate is None else self._gate.wrap(forwarder.handle)
         replaced: list[GoAwayReceived] = []
 
         def on_goaway(event: GoAwayReceived) -> None:
@@ -291,9 +354,9 @@ class AddonClient:
                 self._reconnect_now.set()
 
         session = TunnelSession(
-            ws,
+            pipe,
             TunnelConnection(Role.ADDON),
-            on_stream=handler,
+            on_open=forwarder.open,
             on_goaway=on_goaway,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
@@ -309,7 +372,13 @@ class AddonClient:
             last_error=None,
             connects=self.status.connects + 1,
         )
-        log.info("addon.connected", extra={"instance": welcome.instance_id})
+        log.info(
+            "addon.connected",
+            extra={
+                "instance": welcome.instance_id,
+                "transport": "websocket" if isinstance(pipe, WebSocketPipe) else "raw",
+            },
+        )
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _t: self._retire(session))
         reconnect = asyncio.create_task(self._reconnect_now.wait())
@@ -343,17 +412,89 @@ def _always() -> bool:
     return True
 
 
-async def _text(ws: aiohttp.ClientWebSocketResponse) -> str:
-    msg = await ws.receive()
-    if msg.type is aiohttp.WSMsgType.TEXT:
-        return str(msg.data)
-    raise ConnectionError(f"relay closed the connection during the handshake ({ws.close_code})")
+class _Channel(Protocol):
+    """The handshake over either transport, then the tunnel's pipe."""
+
+    def ssl_object(self) -> ssl.SSLObject | None: ...
+    async def send_text(self, text: str) -> None: ...
+    async def receive_text(self) -> str: ...
+    async def closed_code(self) -> int: ...
+    async def close(self) -> None: ...
+    def pipe(self) -> Pipe: ...
+
+
+class _WebSocketChannel:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        found = self._ws.get_extra_info("ssl_object")
+        return found if isinstance(found, ssl.SSLObject) else None
+
+    async def send_text(self, text: str) -> None:
+        await self._ws.send_str(text)
+
+    async def receive_text(self) -> str:
+        msg = await self._ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            return str(msg.data)
+        raise ConnectionError(
+            f"relay closed the connection during the handshake ({self._ws.close_code})"
+        )
+
+    async def closed_code(self) -> int:
+        async for _msg in self._ws:
+            pass  # the relay sends nothing more
+        return self._ws.close_code or 0
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+    def pipe(self) -> Pipe:
+        return WebSocketPipe(self._ws)
+
+
+class _RawChannel:
+    def __init__(self, raw: RawPipe) -> None:
+        self._raw = raw
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        found = self._raw.get_extra_info("ssl_object")
+        return found if isinstance(found, ssl.SSLObject) else None
+
+    async def send_text(self, text: str) -> None:
+        self._raw.send_text(text)
+
+    async def receive_text(self) -> str:
+        try:
+            return await self._raw.receive_text()
+        except ChannelClosed as closed:
+            raise ConnectionError(
+                f"relay closed the connection during the handshake ({closed.code})"
+            ) from None
+
+    async def closed_code(self) -> int:
+        try:
+            await self._raw.receive_text()
+        except ChannelClosed as closed:
+            return closed.code
+        self._raw.abort()
+        return 0  # anything but a close: not what a waiting relay sends
+
+    async def close(self) -> None:
+        self._raw.close()
+
+    def pipe(self) -> Pipe:
+        return self._raw
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, HandshakeError):
         return f"handshake failed: {exc.code}: {exc.message}"
-    if isinstance(exc, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # The same words over both transports: the verifier's reason and OpenSSL's code.
+        return f"relay certificate not trusted: {exc.verify_message} ({exc.reason})"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         reason = getattr(exc, "verify_message", None) or str(exc)
         return f"relay certificate not trusted: {reason}"
     return f"{type(exc).__name__}: {exc}"

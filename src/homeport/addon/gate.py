@@ -18,25 +18,19 @@ Threats this stops:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple, Protocol
 
-from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import ResponseHead
-from homeport.tunnel.stream import Stream, StreamClosed, WsClose
+from homeport.protocol import ErrorCode, Headers, ResponseHead
+from homeport.tunnel.stream import Stream, StreamClosed
 
 log = logging.getLogger(__name__)
-
-StreamHandler = Callable[[Stream], Coroutine[Any, Any, None]]
 
 #: How many recent accesses the panel shows.
 ACCESS_LOG_SIZE = 50
@@ -49,6 +43,8 @@ CLOSE_WAIT = 5.0
 
 #: Route families shown as they are; everything else is cut to its first segment.
 _KNOWN = ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow", "/api/webhook")
+_KNOWN_BELOW = tuple((known, known + "/") for known in _KNOWN)
+_KNOWN_ROOTS = ("/api/", "/auth/")
 
 _OFF_PAGE = (
     b"<!doctype html>\n"
@@ -68,22 +64,25 @@ def route_family(target: str) -> str:
     ``/api/webhook/<id>`` carries a credential in its path and
     ``/api/states/<entity>`` says what someone looked at; neither belongs in
     an access list.  So only a few well-known routes are named, and anything
-    else is reduced to its first path segment.
+    else is reduced to its first path segment.  (Once per request: string
+    methods only, no lists.)
     """
-    path = target.split("?", 1)[0].split("#", 1)[0]
-    for known in _KNOWN:
-        if path == known or path.startswith(known + "/"):
-            return known if path == known else known + "/…"
-    segments = [s for s in path.split("/") if s]
-    if not segments:
+    path = target.partition("?")[0].partition("#")[0]
+    if path.startswith(_KNOWN_ROOTS):
+        for known, below in _KNOWN_BELOW:
+            if path == known:
+                return known
+            if path.startswith(below):
+                return below + "…"
+    first, _, rest = path.lstrip("/").partition("/")
+    if not first:
         return "/"
-    first = segments[0][:40]
-    return f"/{first}" if len(segments) == 1 else f"/{first}/…"
+    first = first[:40]
+    return f"/{first}/…" if rest.strip("/") else f"/{first}"
 
 
-@dataclass(frozen=True)
-class Access:
-    """One remote access, metadata only."""
+class Access(NamedTuple):
+    """One remote access, metadata only (immutable; a tuple: cheap once per request)."""
 
     at: float
     method: str
@@ -109,17 +108,31 @@ class AccessLog:
         return list(reversed(self._entries))
 
 
+class GatedExchange(Protocol):
+    """What the gate needs from an open exchange (``addon/exchange.py``, ``websocket.py``)."""
+
+    stream: Stream
+
+    def cut(self) -> None:
+        """Remote access was switched off: end now (idempotent; see :func:`answer_off`)."""
+
+
 class RemoteAccessGate:
-    """Wraps the add-on's stream handler with the switch and the access list."""
+    """The switch and the access list, for the add-on's callback exchanges.
+
+    :meth:`admit` answers every new stream with the 503 page while the switch
+    is off; an admitted exchange registers with :meth:`opened` and reports
+    its end with :meth:`closed`, so that switching off can cut every open one
+    at once (no task or watcher per stream: a registry of exchanges that each
+    know how to stop).
+    """
 
     def __init__(self, state_dir: Path, access_log: AccessLog | None = None) -> None:
         self._path = state_dir / STATE_FILE
         self.access_log = access_log or AccessLog()
         self._enabled = self._load()
-        #: The task serving each open stream, so the switch can cancel it at once.
-        self._open: dict[Stream, asyncio.Task[Any]] = {}
-        #: Streams the switch is cutting (their task's cancellation is ours).
-        self._cutting: set[Stream] = set()
+        #: Every exchange serving a stream now, so the switch can cut it at once.
+        self._open: dict[GatedExchange, None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -151,70 +164,51 @@ class RemoteAccessGate:
         if changed:
             log.info("addon.remote_access", extra={"enabled": enabled, "cut": len(self._open)})
         if not enabled:
-            for stream, task in list(self._open.items()):
-                if stream in self._cutting:
-                    continue  # cut already: one cancellation each, or _run mistakes it
-                self._cutting.add(stream)
-                # The person's WebSocket closes now, before the forwarder unwinds
-                # (its upstream clean-up may take a few seconds).
-                _close_websocket(stream)
-                task.cancel()
+            for exchange in list(self._open):
+                exchange.cut()  # idempotent: a second click cuts nothing twice
 
-    def wrap(self, handler: StreamHandler) -> StreamHandler:
-        async def gated(stream: Stream) -> None:
-            await self._handle(handler, stream)
+    def admit(self, stream: Stream) -> bool:
+        """True: serve the stream.  False: switched off, answered here (Home Assistant is
+        never asked), released and recorded."""
+        if self._enabled:
+            return True
+        refuse(stream)
+        self.record(stream, 503)
+        return False
 
-        return gated
+    def opened(self, exchange: GatedExchange) -> None:
+        self._open[exchange] = None
 
-    async def _handle(self, handler: StreamHandler, stream: Stream) -> None:
+    def closed(self, exchange: GatedExchange, status: int | None) -> None:
+        """``exchange`` is over; ``status``: the answer the person got (None: none, cut)."""
+        if exchange in self._open:
+            del self._open[exchange]
+            self.record(exchange.stream, status)
+
+    def record(self, stream: Stream, status: int | None) -> None:
+        """One entry in the access list (metadata only, see the module docstring)."""
         head = stream.request
         assert head is not None
-        status: int | None = None
-        try:
-            if not self._enabled:
-                await _refuse(stream)
-                status = 503
-                return
-            status = await self._run(handler, stream)
-        finally:
-            self.access_log.add(
-                Access(
-                    at=time.time(),
-                    method=head.method,
-                    route=route_family(head.target),
-                    status=status,
-                    remote=_client_address(stream),
-                    websocket=stream.websocket,
-                )
+        self.access_log.add(
+            Access(
+                time.time(),
+                head.method,
+                route_family(head.target),
+                status,
+                _client_address(head.headers),
+                stream.websocket,
             )
-
-    async def _run(self, handler: StreamHandler, stream: Stream) -> int | None:
-        """Serve ``stream`` in this task; the switch cancels it (no watcher task per stream)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._open[stream] = task
-        try:
-            await handler(stream)
-        except asyncio.CancelledError:
-            if stream not in self._cutting or task.uncancel() > 0:
-                self._cutting.discard(stream)
-                raise  # not (only) the switch: the session is ending this stream
-        finally:
-            del self._open[stream]
-        if stream in self._cutting:
-            self._cutting.discard(stream)
-            return await _cut_off(stream)
-        return stream.sent_status
+        )
 
 
-def _close_websocket(stream: Stream) -> None:
-    if stream.websocket and stream.sent_status == 101 and stream.error is None:
-        with contextlib.suppress(StreamClosed, RuntimeError):  # already closing
-            stream.close_ws(SWITCHED_OFF_CLOSE, SWITCHED_OFF_TEXT)
+def refuse(stream: Stream) -> None:
+    """Answer the 503 page, written by us (Home Assistant is never asked); release the stream."""
+    with contextlib.suppress(StreamClosed):
+        _answer_off(stream)
+    stream.release(ErrorCode.NO_ERROR, "switched off")
 
 
-async def _refuse(stream: Stream) -> None:
-    """The 503 page, written by us: Home Assistant is never asked."""
+def _answer_off(stream: Stream) -> None:
     stream.respond(
         ResponseHead(
             503,
@@ -226,34 +220,12 @@ async def _refuse(stream: Stream) -> None:
             ],
         )
     )
-    await stream.write(_OFF_PAGE, end=True)
+    stream.send_data(_OFF_PAGE, end=True)
 
 
-async def _cut_off(stream: Stream) -> int | None:
-    """Answer a stream the switch interrupted: a 503 if nothing went out yet, else cut it."""
-    if stream.error is not None:
-        return stream.sent_status
-    if stream.sent_status is None:
-        await _refuse(stream)
-        return 503
-    if stream.websocket and stream.sent_status == 101:
-        # Our close went out already; wait (bounded) for the peer's, which ends
-        # the stream cleanly.  A reset now would drop the close still queued.
-        with contextlib.suppress(StreamClosed, TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT):
-                while not isinstance(await stream.receive_ws(), WsClose):
-                    pass
-                return 101
-        stream.reset(ErrorCode.CANCEL, SWITCHED_OFF_TEXT)
-        return 101
-    stream.reset(ErrorCode.CANCEL, SWITCHED_OFF_TEXT)
-    return stream.sent_status
-
-
-def _client_address(stream: Stream) -> str:
+def _client_address(headers: Headers) -> str:
     """The address the relay saw (it strips any the browser sent and writes its own)."""
-    assert stream.request is not None
-    for name, value in stream.request.headers:
+    for name, value in headers:
         if name == "x-forwarded-for":
             return value.split(",")[-1].strip()[:64]
     return "unknown"

@@ -25,7 +25,9 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,21 @@ MAX_PENDING_CONTROL = 4
 CONTROL_MALFORMED = "malformed"
 CONTROL_BUSY = "busy"
 
+#: PINGs a peer may send: a burst, then this many a second.  Each one makes us
+#: queue an answer, so an unbounded rate is an amplifier (HTTP/2's ping flood,
+#: CVE-2019-9512).  Keepalives need one every few seconds at most.
+PING_BURST = 32
+PING_RATE = 4.0
+#: CONTROL requests an add-on may send: owner actions are clicks, not a stream.
+CONTROL_BURST = 16
+CONTROL_RATE = 1.0
+#: Frames that carry no data and ask for no answer (WINDOW_UPDATE, pongs, RESET,
+#: GOAWAY) cost CPU per frame, not per byte: a peer sending nothing else makes
+#: us work twenty times harder per byte than for a download.  A real peer sends
+#: a window update per quarter window consumed, far below this.
+SMALL_FRAME_BURST = 8192
+SMALL_FRAME_RATE = 8192.0
+
 
 class Role(enum.Enum):
     """The relay opens streams (browser requests); the add-on answers them."""
@@ -111,6 +128,11 @@ class Settings:
     bulk_in_flight: int = 512 * 1024
     #: Answer CONTROL requests (the relay, when it has a handler): advertised in SETTINGS.
     accept_control: bool = False
+    #: Received bytes whose credit went back before the application consumed
+    #: them (WebSocket messages larger than the window, see _prepay), summed over
+    #: every stream: with the connection window, the most a peer can make this
+    #: side hold.  Must hold one whole maximal message.
+    max_prepaid: int = 32 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_FRAME_SIZE:
@@ -120,6 +142,36 @@ class Settings:
         for window in (self.initial_stream_window, self.connection_window):
             if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
                 raise ValueError("windows must be within [DEFAULT_WINDOW, 2**31-1]")
+        if self.max_prepaid < self.max_ws_message:
+            raise ValueError("max_prepaid must hold one whole maximal message")
+
+
+class RateBudget:
+    """A token bucket: ``burst`` at once, then ``rate`` a second (clock injected)."""
+
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
+
+    def __init__(self, burst: int, rate: float, clock: Callable[[], float]) -> None:
+        self._burst = float(burst)
+        self._rate = rate
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def empty(self) -> None:
+        """Spend every token now (a penalty: the next one comes at the rate)."""
+        self._tokens = 0.0
+        self._last = self._clock()
+
+    def take(self) -> bool:
+        """Spend one token; False when the bucket is empty."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class _Kind(enum.Enum):
@@ -141,6 +193,7 @@ class _Item:
 
 class _Stream:
     __slots__ = (
+        "discarding",
         "id",
         "local_closed",
         "local_ending",
@@ -149,6 +202,7 @@ class _Stream:
         "queue",
         "queued_bytes",
         "recv_window",
+        "release",
         "remote_closed",
         "response_seen",
         "scheduled",
@@ -180,6 +234,10 @@ class _Stream:
         self.local_ending = False  # an end (END_STREAM / WS close) is queued
         self.local_closed = False  # ... and has been framed
         self.remote_closed = False
+        # Released by its owner while output was still queued: the RESET to send
+        # once that output is out, and received bytes are paid back unread.
+        self.release: tuple[ErrorCode, str] | None = None
+        self.discarding = False
         # One growing buffer, not a list of fragments: a flood of tiny (or empty)
         # fragments must cost no more memory than the bytes they carry.
         self.ws_buffer = bytearray()
@@ -193,9 +251,22 @@ class _Stream:
 class TunnelConnection:
     """One tunnel, seen from one side.  See the module docstring."""
 
-    def __init__(self, role: Role, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        settings: Settings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.role = role
         self.settings = settings or Settings()
+        # Budgets for what the peer can make us answer (see PING_RATE, CONTROL_RATE).
+        self._ping_budget = RateBudget(PING_BURST, PING_RATE, clock)
+        self._control_budget = RateBudget(CONTROL_BURST, CONTROL_RATE, clock)
+        self._small_frame_budget = RateBudget(SMALL_FRAME_BURST, SMALL_FRAME_RATE, clock)
+        #: Bytes of large WebSocket messages held or reserved for the peer, over every
+        #: stream: prepaid and partial ones (see Settings.max_prepaid and _prepay).
+        self._message_reserve = 0
         self._decoder = FrameDecoder(MAX_FRAME_SIZE)
         self._streams: dict[int, _Stream] = {}
         self._highest_stream_id = 0
@@ -255,6 +326,20 @@ class TunnelConnection:
     def control_requests_pending(self) -> int:
         return len(self._control_sent)
 
+    @property
+    def output_backlog(self) -> int:
+        """Bytes of control output (answers, updates, resets) not yet taken by the I/O layer.
+
+        The I/O layer stops reading while this is large: what a peer makes us
+        answer can then only grow as fast as the peer reads (R-ADD-07).
+        """
+        return len(self._control)
+
+    @property
+    def message_reserve(self) -> int:
+        """Bytes of large WebSocket messages the peer makes us hold (see Settings.max_prepaid)."""
+        return self._message_reserve
+
     def buffered(self, stream_id: int) -> int:
         """Bytes queued on a stream but not yet framed: the I/O layer's backpressure signal."""
         stream = self._streams.get(stream_id)
@@ -262,8 +347,20 @@ class TunnelConnection:
 
     # ---------------------------------------------------------------- sending
 
-    def open_stream(self, head: heads.RequestHead, *, websocket: bool, end_stream: bool) -> int:
-        """Start a request (relay only).  Raises :class:`StreamViolation` when refused."""
+    def open_stream(
+        self,
+        head: heads.RequestHead,
+        *,
+        websocket: bool,
+        end_stream: bool,
+        encoded: bytes | None = None,
+    ) -> int:
+        """Start a request (relay only).  Raises :class:`StreamViolation` when refused.
+
+        ``encoded``: the head already encoded (``heads.encode_request_fields``), whose
+        method, target and priority ``head`` repeats; the data plane passes it to
+        skip a decode and an encode of every field.
+        """
         if self.role is not Role.RELAY:
             raise RuntimeError("only the relay opens streams")
         if not self.accepting_streams:
@@ -272,7 +369,7 @@ class TunnelConnection:
             raise StreamViolation(0, ErrorCode.TOO_MANY_STREAMS, "too many concurrent streams")
         if self._next_stream_id > MAX_STREAM_ID:
             raise StreamViolation(0, ErrorCode.REFUSED, "stream ids exhausted")
-        payload = heads.encode_request_head(head)
+        payload = encoded if encoded is not None else heads.encode_request_head(head)
         if len(payload) > MAX_FRAME_SIZE:
             raise StreamViolation(0, ErrorCode.HEAD_TOO_LARGE, "request head too large")
         stream_id = self._next_stream_id
@@ -389,6 +486,32 @@ class TunnelConnection:
         self._forget(stream)
         self._control += _reset_frame(stream_id, code, reason)
 
+    def release_stream(
+        self, stream_id: int, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = ""
+    ) -> None:
+        """The application is done with a stream: end what is still open of it.
+
+        If this side has ended its output (END_STREAM or a WebSocket close is
+        queued), that output still goes out in order and a RESET with ``code``
+        follows it (HTTP/2's RST_STREAM NO_ERROR after a complete response, for
+        a request body the server will not read); until then, whatever the peer
+        sends on it is paid back unread.  Output this side never ended is cut
+        at once: the stream is reset with CANCEL.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.local_ending and stream.queue:
+            stream.release = (code, reason)
+            stream.discarding = True
+            return
+        if stream.local_closed and stream.remote_closed:
+            self._forget(stream)
+        elif stream.local_ending:
+            self.reset_stream(stream_id, code, reason)
+        else:
+            self.reset_stream(stream_id, ErrorCode.CANCEL, "abandoned")
+
     def acknowledge(self, stream_id: int, size: int) -> None:
         """The application consumed ``size`` received bytes: return the credit.
 
@@ -402,6 +525,7 @@ class TunnelConnection:
             return  # _forget paid back everything outstanding already
         prepaid = min(size, stream.prepaid)
         stream.prepaid -= prepaid
+        self._message_reserve -= prepaid
         size -= prepaid
         # Never return more than the peer used: a double acknowledgement must
         # not let the peer exceed the windows we configured.
@@ -540,6 +664,8 @@ class TunnelConnection:
     def _handle(self, frame: Frame, events: list[Event]) -> None:
         if not self._settings_received and frame.type is not FrameType.SETTINGS:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
+        if frame.type in _SMALL_FRAMES and not self._small_frame_budget.take():
+            raise ProtocolViolation(ErrorCode.FLOOD, f"too many {frame.type.name} frames")
         handler = _HANDLERS[frame.type]
         try:
             handler(self, frame, events)
@@ -664,6 +790,12 @@ class TunnelConnection:
             stream.ws_buffer += frame.payload
             stream.ws_partial = True
             stream.ws_unprepaid += size
+            self._message_reserve += size
+            if self._message_reserve > self.settings.max_prepaid:
+                # Threat: a peer holding a partial message open on every stream to
+                # make us buffer max_ws_message each (256 x 16 MiB).  The stream that
+                # crosses the tunnel's budget is reset; the others carry on.
+                raise StreamViolation(stream.id, ErrorCode.FLOOD, "message budget exceeded")
             self._prepay(stream)
             return
         if stream.ws_partial:
@@ -677,6 +809,8 @@ class TunnelConnection:
         # Delivered now: what was paid ahead is settled by the acknowledgement
         # (in acknowledge); the rest is charged until then, like body bytes.
         stream.prepaid += stream.ws_prepaid
+        # What was still unpaid is charged to the windows like body bytes from now on.
+        self._message_reserve -= stream.ws_unprepaid
         stream.ws_prepaid = stream.ws_unprepaid = 0
         events.append(WebSocketMessageReceived(stream.id, message, text))
 
@@ -731,12 +865,23 @@ class TunnelConnection:
         self._unblock_stream(stream)
 
     def _on_ping(self, frame: Frame, events: list[Event]) -> None:
+        """Answer a PING, within the peer's budget; hand a pong to the I/O layer.
+
+        Threat this stops: a ping flood (CVE-2019-9512): every PING costs an
+        answer, so past :data:`PING_BURST` (then :data:`PING_RATE` a second)
+        the tunnel ends.  Whether a pong answers one of *our* pings is the I/O
+        layer's check (it chose the payloads).
+        """
         if len(frame.payload) != 8:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed PING")
         if frame.flags & Flags.ACK:
+            if not self._small_frame_budget.take():
+                raise ProtocolViolation(ErrorCode.FLOOD, "too many pongs")
             events.append(PongReceived(frame.payload))
-        else:
-            self._control += encode_frame(FrameType.PING, 0, frame.payload, Flags.ACK)
+            return
+        if not self._ping_budget.take():
+            raise ProtocolViolation(ErrorCode.FLOOD, "too many PINGs")
+        self._control += encode_frame(FrameType.PING, 0, frame.payload, Flags.ACK)
 
     def _on_goaway(self, frame: Frame, events: list[Event]) -> None:
         if len(frame.payload) < _GOAWAY.size:
@@ -751,9 +896,11 @@ class TunnelConnection:
 
         Threat this stops: a peer driving the relay beyond what it offered, or
         holding it busy: requests are taken only by a relay that advertised
-        them, bodies are bounded and read as one JSON object, and at most
-        :data:`MAX_PENDING_CONTROL` are in progress (more get ``busy``).  Replies
-        must answer a request we made, once.
+        them, bodies are bounded and read as one JSON object, at most
+        :data:`MAX_PENDING_CONTROL` are in progress (more get ``busy``), and a
+        peer sending more than :data:`CONTROL_BURST` at once (then
+        :data:`CONTROL_RATE` a second) ends its tunnel.  Replies must answer a
+        request we made, once.
         """
         payload = frame.payload
         if len(payload) < _U32.size:
@@ -772,6 +919,10 @@ class TunnelConnection:
             return
         if self.role is not Role.RELAY or not self.settings.accept_control:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "control requests are not accepted here")
+        if not self._control_budget.take():
+            # Each request costs an answer, even a "busy" one: past the budget the
+            # peer is flooding, not clicking (R-ADD-07).
+            raise ProtocolViolation(ErrorCode.FLOOD, "too many CONTROL requests")
         if request_id in self._control_received:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "control request id in use")
         if body is None or len(self._control_received) >= MAX_PENDING_CONTROL:
@@ -839,7 +990,7 @@ class TunnelConnection:
         except StreamViolation:
             self._grant_connection(size)
             raise
-        if stream is None:
+        if stream is None or stream.discarding:
             self._grant_connection(size)
             return None
         self._consume_stream_credit(stream, size)
@@ -999,11 +1150,19 @@ class TunnelConnection:
         return min(window, cap - in_flight)
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        if stream.local_closed and stream.remote_closed and not stream.queue:
+        if stream.queue or not stream.local_closed:
+            return
+        if stream.remote_closed:
             self._forget(stream)
+        elif stream.release is not None:  # released: its last output is out, now the RESET
+            code, reason = stream.release
+            self._forget(stream)
+            self._control += _reset_frame(stream.id, code, reason)
 
     def _forget(self, stream: _Stream) -> None:
         self._streams.pop(stream.id, None)
+        self._message_reserve -= stream.prepaid + stream.ws_prepaid + stream.ws_unprepaid
+        stream.prepaid = stream.ws_prepaid = stream.ws_unprepaid = 0
         self._blocked_on_stream.discard(stream.id)
         if stream.scheduled:
             stream.queue.clear()
@@ -1018,6 +1177,10 @@ class TunnelConnection:
         if outstanding > 0:
             self._grant_connection(outstanding)
         stream.recv_window = self.settings.initial_stream_window
+
+
+#: Frames counted against SMALL_FRAME_RATE (PINGs have their own, stricter budget).
+_SMALL_FRAMES = frozenset({FrameType.WINDOW_UPDATE, FrameType.RESET, FrameType.GOAWAY})
 
 
 def _frame_boundary(buffer: bytearray, limit: int) -> int:

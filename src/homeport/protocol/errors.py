@@ -20,6 +20,7 @@ class ErrorCode(enum.IntEnum):
     UPSTREAM_TIMEOUT = 11  # Home Assistant did not answer in time
     SESSION_REVOKED = 12  # the person's access ended while the stream was open
     TOO_MANY_STREAMS = 13  # concurrent-stream limit reached
+    FLOOD = 14  # more control frames, or more held bytes, than the budget allows
 
 
 class ProtocolViolation(Exception):

@@ -88,19 +88,22 @@ def encode_request_head(head: RequestHead) -> bytes:
         target = head.target.encode("ascii")
     except UnicodeEncodeError:
         raise HeadError("method and target must be ASCII") from None
+    return encode_request_fields(head.priority, method, target, _encode_headers(head.headers))
+
+
+def encode_request_fields(priority: int, method: bytes, target: bytes, fields: bytes) -> bytes:
+    """A request head from its parts as bytes; ``fields`` from :func:`encode_fields`.
+
+    The relay's data plane builds heads this way straight from the bytes it
+    parsed, with exactly the checks :func:`encode_request_head` makes.
+    """
     if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
-        raise HeadError(f"invalid method {head.method!r}")
+        raise HeadError(f"invalid method {method!r}")
     if not _TARGET.fullmatch(target) or len(target) > MAX_TARGET or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
-    if not 0 <= head.priority <= PRIORITY_BULK:
+    if not 0 <= priority <= PRIORITY_BULK:
         raise HeadError("priority out of range")
-    return (
-        bytes([head.priority, len(method)])
-        + method
-        + _U16.pack(len(target))
-        + target
-        + _encode_headers(head.headers)
-    )
+    return bytes([priority, len(method)]) + method + _U16.pack(len(target)) + target + fields
 
 
 def decode_request_head(payload: bytes) -> RequestHead:
@@ -138,6 +141,22 @@ def decode_response_head(payload: bytes) -> ResponseHead:
 def valid_field(name: bytes, value: bytes) -> bool:
     """True if ``name: value`` is safe to put on the wire (RFC 9110 §5.1, §5.5)."""
     return bool(_TOKEN.fullmatch(name)) and bool(_FIELD_VALUE.fullmatch(value))
+
+
+def encode_fields(names: list[bytes], values: list[bytes]) -> bytes:
+    """A headers block from names and values as bytes, validated as a whole."""
+    if len(names) > MAX_HEADERS:
+        raise HeadError(f"more than {MAX_HEADERS} headers")
+    if not _all_valid(names, values):
+        bad = next(n for n, v in zip(names, values, strict=True) if not valid_field(n, v))
+        raise HeadError(f"invalid header field {bad!r}")
+    pack = _U16.pack
+    parts = [pack(len(names))]
+    for raw_name, raw_value in zip(names, values, strict=True):
+        if len(raw_name) > 0xFFFF or len(raw_value) > 0xFFFF:
+            raise HeadError("header field too long")
+        parts += (pack(len(raw_name)), raw_name, pack(len(raw_value)), raw_value)
+    return b"".join(parts)
 
 
 def _encode_headers(headers: Headers) -> bytes:

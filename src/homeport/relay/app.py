@@ -21,12 +21,11 @@ from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResourc
 
 from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database, default_sqlite_url
-from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
-from homeport.accounts.sharing import is_app_link_label
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
+from homeport.memory import MemoryTrimmer
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
@@ -42,7 +41,7 @@ from homeport.relay.site.limits import AccountLimits
 from homeport.relay.site.oidc import OidcProviders
 from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
-from homeport.tls.context import requested_server_name
+from homeport.tls.context import TUNNEL_ALPN, requested_server_name
 from homeport.tls.devca import ensure_dev_ca
 from homeport.tls.served import CertPair, GatedTLSSite
 
@@ -121,16 +120,18 @@ class Relay:
             writer=MailWriter(config.account_origin),
         )
         self.hub.control_handler = self.addon_control.handler_for
-        self.tenants = TenantProxy(config, self.accounts, self.hub, self.gate, self.pages)
+        self.tenants = TenantProxy(
+            config, self.accounts, self.hub, self.gate, self.pages, self.app_links
+        )
         self.housekeeping = Housekeeping(
             self.accounts, self.gate, app_links=self.app_links, hub=self.hub
         )
-        self._tenant_suffix = "." + config.tenant_domain
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
+        self.memory = MemoryTrimmer()
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
@@ -165,16 +166,24 @@ class Relay:
             # Host must name the site this TLS session was opened for (RFC 9110
             # §7.4): no riding a connection for one site into another.
             return web.Response(status=421, text="Misdirected request.\n")
-        if host is not None and host.endswith(self._tenant_suffix):
-            label = host[: -len(self._tenant_suffix)]
-            if is_instance_id(label):
-                return await self.tenants.handle(request, label)
-            if is_app_link_label(label):
-                # An unknown or revoked app link falls through to the unknown-host answer.
-                access = await self.app_links.resolve(label)
-                if access is not None:
-                    return await self.tenants.handle_app_link(request, access, host)
+        # Tenant and app-link hosts never get here: their connections are routed by
+        # SNI to the data plane (homeport.relay.proxy) before any HTTP is read.
         return web.Response(status=421, text="Misdirected request.\n")
+
+    def _route(self, ssl_object: object) -> Callable[[], asyncio.BaseProtocol] | None:
+        """Pick a new TLS connection's protocol from its session, before any byte is read.
+
+        * ALPN ``homeport-tunnel/1`` on the account host: an add-on's tunnel on TLS
+          itself (the hub's raw pipe); on any other host it is refused (closed).
+        * SNI on the tenant domain: the data plane (``homeport.relay.proxy``).
+        * anything else: aiohttp (the account site, ``/v1/tunnel`` over WebSocket).
+        """
+        alpn = getattr(ssl_object, "selected_alpn_protocol", lambda: None)()
+        if alpn == TUNNEL_ALPN:
+            if requested_server_name(ssl_object) != self.config.account_host:
+                return _Refused
+            return self.hub.raw_protocol
+        return self.tenants.route(ssl_object)
 
     @web.middleware
     async def _errors(
@@ -239,6 +248,7 @@ class Relay:
             self.config.listen_host,
             self.config.listen_port,
             ssl_context=self.ssl_context(),
+            route=self._route,  # tunnels and tenant hosts: below aiohttp
             sock=sock,
         )
         await site.start()
@@ -248,9 +258,12 @@ class Relay:
             )
             await self.http_listener.start()
         if self.config.metrics_listen is not None:
-            self.metrics = relay_metrics(self.config, self.tls.served, self.hub, self.gate.live)
+            self.metrics = relay_metrics(
+                self.config, self.tls.served, self.hub, self.gate.live, self.tenants.connections
+            )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
+        self.memory.start()
         log.info(
             "relay.listening",
             extra={"host": self.config.listen_host, "port": self.config.listen_port},
@@ -264,6 +277,7 @@ class Relay:
         raise RuntimeError("relay is not listening")
 
     async def stop(self) -> None:
+        await self.memory.stop()
         await self.tls.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -279,6 +293,7 @@ class Relay:
             for site in list(self._runner.sites):
                 await site.stop()
             await self.hub.shutdown()
+            self.tenants.close_connections()
             await self._runner.cleanup()
             self._runner = None
         await self.mail.close()
@@ -328,3 +343,10 @@ def _sni(request: web.Request) -> str | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     return requested_server_name(ssl_object)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection the relay will not serve at all: closed at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

@@ -39,6 +39,17 @@ class AppLinkGate:
         self._cache: OrderedDict[bytes, tuple[AppLinkAccess, float]] = OrderedDict()
         self._touched: dict[int, float] = {}
 
+    def cached(self, label: str) -> AppLinkAccess | None:
+        """The live link from the cache alone, when no "last used" write is due; else None."""
+        hit = self._cache.get(hashlib.sha256(label.encode()).digest())
+        now = time.monotonic()
+        if hit is None or hit[1] <= now:
+            return None
+        access = hit[0]
+        if now - self._touched.get(access.link_id, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
+            return None  # resolve() records the use
+        return access
+
     async def resolve(self, label: str) -> AppLinkAccess | None:
         """The live link for a host label, or ``None``; records its use (rarely written)."""
         key = hashlib.sha256(label.encode()).digest()

@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,11 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
-from homeport.protocol.connection import Role, Settings, TunnelConnection
+from homeport.protocol.connection import RateBudget, Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
 from homeport.tunnel.control import ControlHandler
-from homeport.tunnel.session import GOAWAY_REPLACED, MAX_MESSAGE, TunnelSession
+from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
+from homeport.tunnel.raw import RawPipe
+from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,14 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
 CLOSE_HANDSHAKE_FAILED = 4400
+#: Tunnels a home may open at once, then one a minute; a tunnel ended for flooding
+#: empties its budget (see TunnelHub._tunnel_budget).
+TUNNEL_BURST = 10
+TUNNEL_RATE = 1 / 60
+TUNNEL_BUDGETS = 100_000
+#: The close reason a session gives when its peer went past a protocol budget.
+FLOODED = "protocol error: FLOOD"
+CLOSE_TRY_LATER = 1013  # the relay is restarting: dial again after the usual back-off
 CLOSE_RATE_LIMITED = 4429
 RATE_LIMITED = "rate_limited"  # handshake ``error`` code: too many link codes
 _CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
@@ -61,6 +74,10 @@ class TunnelHub:
         self.cert_sha256 = cert_sha256
         self.tunnels: dict[str, TunnelSession] = {}
         self._sessions: set[TunnelSession] = set()
+        #: Tunnels each home may still open (see _tunnel_budget), least recent first.
+        self._tunnel_budgets: OrderedDict[str, RateBudget] = OrderedDict()
+        #: Raw tunnel connections being served (handshake, link wait, tunnel).
+        self._raw_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         #: Owner actions from add-ons (relay/addon_control.py), given (instance id, peer);
         #: with None the relay does not advertise CONTROL.
@@ -69,6 +86,28 @@ class TunnelHub:
         self._link_waiters: dict[str, set[asyncio.Event]] = {}
         accounts.on_linked(self._linked)
 
+    def _tunnel_budget(self, instance_id: str) -> RateBudget:
+        """How many tunnels a home may open: :data:`TUNNEL_BURST`, then one a minute.
+
+        Threat this stops: a linked add-on that dials, floods until the relay drops
+        it, and dials again at once, so that the relay spends its time on its
+        handshakes and floods instead of on other homes.  A real add-on reconnects
+        a few times a day.
+        """
+        budget = self._tunnel_budgets.get(instance_id)
+        if budget is None:
+            budget = RateBudget(TUNNEL_BURST, TUNNEL_RATE, time.monotonic)
+            self._tunnel_budgets[instance_id] = budget
+            if len(self._tunnel_budgets) > TUNNEL_BUDGETS:
+                self._tunnel_budgets.popitem(last=False)
+        else:
+            self._tunnel_budgets.move_to_end(instance_id)
+        return budget
+
+    def open_streams(self) -> int:
+        """Streams open in the protocol over every tunnel (draining ones included)."""
+        return sum(session.connection.open_streams for session in self._sessions)
+
     def tunnel_for(self, instance_id: str) -> TunnelSession | None:
         session = self.tunnels.get(instance_id)
         if session is None or session.ended or not session.connection.accepting_streams:
@@ -76,41 +115,71 @@ class TunnelHub:
         return session
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/tunnel``: the tunnel inside a WebSocket (the first transport)."""
         if self._closing:
             raise web.HTTPServiceUnavailable(text="relay is restarting")
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, compress=False, autoping=True)
         if not ws.can_prepare(request).ok:
             raise web.HTTPBadRequest(text="this endpoint speaks WebSocket only")
         await ws.prepare(request)
-        peer = request.remote or "?"
+        await self._run(_WebSocketChannel(ws), request.remote or "?")
+        return ws
+
+    def raw_protocol(self) -> RawPipe:
+        """A connection that negotiated ALPN ``homeport-tunnel/1``: the tunnel on TLS itself."""
+        pipe = RawPipe()
+
+        async def serve() -> None:
+            await pipe.connected
+            peer = pipe.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) else "?"
+            if self._closing:
+                pipe.close_with(CLOSE_TRY_LATER, "relay is restarting")
+                return
+            await self._run(_RawChannel(pipe), address)
+
+        task = asyncio.ensure_future(serve())
+        self._raw_tasks.add(task)
+        task.add_done_callback(self._raw_tasks.discard)
+        return pipe
+
+    async def _run(self, channel: HandshakeChannel, peer: str) -> None:
+        """Handshake (the relay proves itself first), then serve or wait for a link."""
         handshake = RelayHandshake(self.config.account_host, self.server_key, self.cert_sha256())
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                await ws.send_str(handshake.receive_hello(await _text(ws)))
-                addon_key = handshake.receive_client_proof(await _text(ws))
+                await channel.send_text(handshake.receive_hello(await channel.receive_text()))
+                addon_key = handshake.receive_client_proof(await channel.receive_text())
         except (HandshakeError, TimeoutError, ConnectionError) as exc:
             code = exc.code if isinstance(exc, HandshakeError) else "timeout"
             log.warning("hub.handshake_failed", extra={"peer": peer, "code": str(code)})
-            if isinstance(exc, HandshakeError) and not ws.closed:
+            if isinstance(exc, HandshakeError) and not channel.closed:
                 with contextlib.suppress(Exception):
-                    await ws.send_str(handshake.error(exc.code, exc.message))
-            await ws.close(code=CLOSE_HANDSHAKE_FAILED, message=b"handshake failed")
-            return ws
+                    await channel.send_text(handshake.error(exc.code, exc.message))
+            await channel.close_with(CLOSE_HANDSHAKE_FAILED, "handshake failed")
+            return
         key_text = public_key_text(addon_key)
         instance = await self.accounts.instance_for_key(key_text)
         if instance is None:
-            await self._wait_for_link(ws, handshake, key_text, peer)
-            return ws
+            await self._wait_for_link(channel, handshake, key_text, peer)
+            return
+        if not self._tunnel_budget(instance.id).take():
+            log.warning("hub.tunnel_rate_limited", extra={"instance": instance.id, "peer": peer})
+            with contextlib.suppress(Exception):
+                await channel.send_text(
+                    handshake.error(RATE_LIMITED, "too many tunnels; retry in a minute")
+                )
+            await channel.close_with(CLOSE_RATE_LIMITED, "rate limited")
+            return
         url = self.config.tenant_origin(instance.id)
-        await ws.send_str(handshake.welcome(instance.id, url))
-        await self._serve(ws, instance.id, peer)
-        return ws
+        await channel.send_text(handshake.welcome(instance.id, url))
+        await self._serve(channel.pipe(), instance.id, peer)
 
-    async def _serve(self, ws: web.WebSocketResponse, instance_id: str, peer: str) -> None:
+    async def _serve(self, pipe: Pipe, instance_id: str, peer: str) -> None:
         control = self.control_handler
         on_control = control(instance_id, peer) if control is not None else None
         session = TunnelSession(
-            ws,
+            pipe,
             TunnelConnection(Role.RELAY, Settings(accept_control=on_control is not None)),
             on_control=on_control,
             name=f"relay:{instance_id[:8]}",
@@ -137,6 +206,10 @@ class TunnelHub:
                 "hub.tunnel_down",
                 extra={"instance": instance_id, "reason": session.close_reason},
             )
+            if session.close_reason.startswith(FLOODED):
+                # An add-on ended for flooding does not dial straight back in to flood
+                # again: its next tunnel waits a whole refill (R-ADD-07).
+                self._tunnel_budget(instance_id).empty()
             if self.tunnels.get(instance_id) is session:
                 del self.tunnels[instance_id]
                 # Shielded: the record is written even when aiohttp cancels this handler.
@@ -149,7 +222,7 @@ class TunnelHub:
             log.exception("hub.record_disconnect_failed", extra={"instance": instance_id})
 
     async def _wait_for_link(
-        self, ws: web.WebSocketResponse, handshake: RelayHandshake, key_text: str, peer: str
+        self, channel: HandshakeChannel, handshake: RelayHandshake, key_text: str, peer: str
     ) -> None:
         wait = await self.accounts.throttle.attempt(
             [(f"link:net:{network_key(peer)}", LINK_NETWORK)]
@@ -157,16 +230,16 @@ class TunnelHub:
         if wait > 0:
             log.warning("hub.link_code_rate_limited", extra={"peer": peer})
             with contextlib.suppress(Exception):
-                await ws.send_str(
+                await channel.send_text(
                     handshake.error(
                         RATE_LIMITED, f"too many link codes; retry in {int(wait) + 1} s"
                     )
                 )
-            await ws.close(code=CLOSE_RATE_LIMITED, message=b"rate limited")
+            await channel.close_with(CLOSE_RATE_LIMITED, "rate limited")
             return
         code, expires_at = await self.accounts.create_link_code(key_text)
         expires_in = max(1, int((expires_at - datetime.now(UTC)).total_seconds()))
-        await ws.send_str(handshake.unlinked(code, expires_in))
+        await channel.send_text(handshake.unlinked(code, expires_in))
         log.info("hub.awaiting_link", extra={"peer": peer})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires_in
@@ -175,19 +248,19 @@ class TunnelHub:
         wake = asyncio.Event()
         waiters = self._link_waiters.setdefault(key_text, set())
         waiters.add(wake)
-        watcher = asyncio.create_task(_until_closed(ws, wake))
+        watcher = asyncio.create_task(_until_closed(channel, wake))
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self.config.link_poll_seconds)
                 wake.clear()
-                if watcher.done() or ws.closed:
+                if watcher.done() or channel.closed:
                     return
                 if await self.accounts.instance_for_key(key_text) is not None:
-                    close_code, reason = CLOSE_LINKED, b"linked"
+                    close_code, reason = CLOSE_LINKED, "linked"
                     break
                 if loop.time() >= deadline:
-                    close_code, reason = CLOSE_CODE_EXPIRED, b"link code expired"
+                    close_code, reason = CLOSE_CODE_EXPIRED, "link code expired"
                     break
         finally:
             watcher.cancel()
@@ -195,7 +268,7 @@ class TunnelHub:
             waiters.discard(wake)
             if not waiters and self._link_waiters.get(key_text) is waiters:
                 del self._link_waiters[key_text]
-        await ws.close(code=close_code, message=reason)
+        await channel.close_with(close_code, reason)
 
     def _linked(self, key_text: str) -> None:
         for wake in self._link_waiters.get(key_text, ()):
@@ -222,21 +295,90 @@ class TunnelHub:
         await asyncio.gather(
             *(s.drain(self.config.drain_seconds) for s in sessions), return_exceptions=True
         )
+        # Raw connections still in their handshake or waiting for a link go too.
+        for task in list(self._raw_tasks):
+            task.cancel()
+        if self._raw_tasks:
+            await asyncio.wait(self._raw_tasks, timeout=5)
 
 
-async def _until_closed(ws: web.WebSocketResponse, wake: asyncio.Event) -> None:
+class HandshakeChannel(Protocol):
+    """The handshake's messages and closes, over either transport."""
+
+    @property
+    def closed(self) -> bool: ...
+    async def receive_text(self) -> str: ...
+    async def send_text(self, text: str) -> None: ...
+    async def close_with(self, code: int, reason: str) -> None: ...
+    async def wait_closed(self, timeout: float) -> bool: ...
+    def pipe(self) -> Pipe: ...
+
+
+class _WebSocketChannel:
+    """The handshake as WebSocket text messages; closes are WebSocket close codes."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    async def receive_text(self) -> str:
+        msg = await self._ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            return str(msg.data)
+        if msg.type is WSMsgType.BINARY:
+            raise HandshakeError(HandshakeErrorCode.MALFORMED, "handshake messages are text")
+        raise ConnectionError("tunnel closed during handshake")
+
+    async def send_text(self, text: str) -> None:
+        await self._ws.send_str(text)
+
+    async def close_with(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=reason.encode())
+
+    async def wait_closed(self, timeout: float) -> bool:
+        try:
+            msg = await self._ws.receive(timeout=timeout)
+        except TimeoutError:
+            return False
+        return msg.type in _CLOSED
+
+    def pipe(self) -> Pipe:
+        return WebSocketPipe(self._ws)
+
+
+class _RawChannel:
+    """The handshake as records on the raw TLS pipe; closes are close records."""
+
+    def __init__(self, raw: RawPipe) -> None:
+        self._raw = raw
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    async def receive_text(self) -> str:
+        return await self._raw.receive_text()
+
+    async def send_text(self, text: str) -> None:
+        self._raw.send_text(text)
+
+    async def close_with(self, code: int, reason: str) -> None:
+        self._raw.close_with(code, reason)
+
+    async def wait_closed(self, timeout: float) -> bool:
+        return await self._raw.wait_closed(timeout)
+
+    def pipe(self) -> Pipe:
+        return self._raw
+
+
+async def _until_closed(channel: HandshakeChannel, wake: asyncio.Event) -> None:
     """Read (and drop) what a waiting add-on sends; ``wake`` once it has gone."""
     try:
-        while (await ws.receive()).type not in _CLOSED:
+        while not await channel.wait_closed(3600):
             pass
     finally:
         wake.set()
-
-
-async def _text(ws: web.WebSocketResponse) -> str:
-    msg = await ws.receive()
-    if msg.type is WSMsgType.TEXT:
-        return str(msg.data)
-    if msg.type is WSMsgType.BINARY:
-        raise HandshakeError(HandshakeErrorCode.MALFORMED, "handshake messages are text")
-    raise ConnectionError("tunnel closed during handshake")

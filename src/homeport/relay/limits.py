@@ -161,13 +161,21 @@ class UploadPace:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         """The relay, not the client, holds the body up meanwhile: no time is charged."""
-        self._disarm()
-        self.rate.hold()
+        self.hold()
         try:
             yield
         finally:
-            self.rate.wait()
-            self._arm()
+            self.resume()
+
+    def hold(self) -> None:
+        """From now on the relay holds the body up: the clock stops (see :meth:`paused`)."""
+        self._disarm()
+        self.rate.hold()
+
+    def resume(self) -> None:
+        """The relay waits for the client again: the clock runs."""
+        self.rate.wait()
+        self._arm()
 
     def _arm(self) -> None:
         self._disarm()
@@ -231,6 +239,21 @@ class Slots:
 
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
+
+    def acquire(self, key: str) -> bool:
+        """Take a slot if one is free; the holder must :meth:`release` it."""
+        count = self._held.get(key, 0)
+        if self.limit > 0 and count >= self.limit:
+            return False
+        self._held[key] = count + 1
+        return True
+
+    def release(self, key: str) -> None:
+        left = self._held[key] - 1
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
 
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[bool]:

@@ -96,6 +96,17 @@ class LiveTraffic:
         self._entries: dict[int, Live] = {}
         self._ids = itertools.count()
 
+    def register(
+        self, instance_id: str, kind: str, end: Callable[[Ending], None], who: Principal
+    ) -> int:
+        """Register an open exchange; the key to :meth:`unregister` it with when it ends."""
+        key = next(self._ids)
+        self._entries[key] = Live(instance_id, kind, end, who)
+        return key
+
+    def unregister(self, key: int) -> None:
+        self._entries.pop(key, None)
+
     @contextlib.contextmanager
     def track(
         self,

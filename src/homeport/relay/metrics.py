@@ -19,10 +19,11 @@ interface; a public address is logged as a warning.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,12 +71,15 @@ class RelayCollector(Collector):
         tunnels: Callable[[], int],
         live_exchanges: Callable[[], int],
         *,
+        gauges: Sequence[tuple[str, str, Callable[[], int]]] = (),
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         alert_below: dt.timedelta = ALERT_BELOW,
     ) -> None:
         self._certificates = certificates
         self._tunnels = tunnels
         self._live = live_exchanges
+        #: More gauges, read at each scrape: (name, help, read).
+        self._gauges = gauges
         self._now = now
         self._alert_below = alert_below
 
@@ -106,6 +110,8 @@ class RelayCollector(Collector):
             "Proxied requests and WebSockets open now (tenant hosts and app links).",
             value=self._live(),
         )
+        for name, text, read in self._gauges:
+            yield GaugeMetricFamily(name, text, value=read())
 
 
 def served_expiry(served: ServedCertificates, config: RelayConfig) -> list[ServedExpiry]:
@@ -121,7 +127,11 @@ def served_expiry(served: ServedCertificates, config: RelayConfig) -> list[Serve
 
 
 def relay_metrics(
-    config: RelayConfig, served: ServedCertificates, hub: TunnelHub, live: LiveTraffic
+    config: RelayConfig,
+    served: ServedCertificates,
+    hub: TunnelHub,
+    live: LiveTraffic,
+    connections: Collection[object] = (),
 ) -> MetricsListener:
     """The listener for ``config.metrics_listen`` (which must be set)."""
     assert config.metrics_listen is not None
@@ -129,6 +139,24 @@ def relay_metrics(
         lambda: served_expiry(served, config),
         lambda: sum(1 for session in hub.tunnels.values() if not session.ended),
         live.count,
+        gauges=(
+            (
+                "homeport_tunnel_streams",
+                "Streams open in the protocol, over every tunnel (a number that only grows "
+                "is a leak).",
+                hub.open_streams,
+            ),
+            (
+                "homeport_tenant_connections",
+                "Browser connections open on tenant and app-link hosts.",
+                lambda: len(connections),
+            ),
+            (
+                "homeport_asyncio_tasks",
+                "asyncio tasks alive in the relay process (a number that only grows is a leak).",
+                lambda: len(asyncio.all_tasks()),
+            ),
+        ),
     )
     host, port = config.metrics_listen
     return MetricsListener(metrics_registry(collector), host, port)

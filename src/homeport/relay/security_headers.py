@@ -8,12 +8,13 @@ Two kinds of response leave the relay:
   else gets :data:`BASELINE` so that no answer of ours can be cached, framed,
   sniffed, or run script (a 421 body is text, but a browser that is told
   nothing may still try);
-* **proxied** (Home Assistant's answers, marked with :data:`PROXIED` by
-  :func:`tenant_headers`): only what cannot break Home Assistant is added,
-  and a header HA sent is never weakened.
+* **proxied** (Home Assistant's answers, written by :mod:`homeport.relay.proxy`
+  with :func:`tenant_response_headers`): only what cannot break Home
+  Assistant is added, and a header HA sent is never weakened.
 
-:func:`finish` runs as every response is prepared (``EdgeRequest``), routed
-or not, so no code path can forget it: it removes version banners (stops
+:func:`finish` runs as every relay-owned response is prepared (``EdgeRequest``
+on the account site, :mod:`homeport.relay.proxy.responses` on tenant hosts),
+routed or not, so no code path can forget it: it removes version banners (stops
 fingerprinting, R-HDR-07), puts exactly one HSTS header on every HTTPS
 response (stops SSL stripping on the next visit, R-HSTS-01) and ``nosniff``
 (stops content-type confusion, R-HDR-03).
@@ -23,10 +24,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from homeport.protocol import Headers
 from homeport.relay.pages import HSTS
-
-#: Set on a response whose headers came from Home Assistant through a tunnel.
-PROXIED = web.ResponseKey("homeport_proxied", bool)
 
 BANNERS = ("Server", "X-Powered-By")
 
@@ -54,17 +53,18 @@ def finish(response: web.StreamResponse, *, secure: bool) -> None:
         return  # RFC 6797 §7.2: no HSTS over plain HTTP
     response.headers["Strict-Transport-Security"] = HSTS  # replaces any other, so exactly one
     response.headers["X-Content-Type-Options"] = "nosniff"
-    if response.get(PROXIED):
-        return
     for name, value in BASELINE.items():
         response.headers.setdefault(name, value)
 
 
-def tenant_headers(response: web.StreamResponse) -> None:
+def tenant_response_headers(headers: Headers) -> Headers:
     """Headers for a response proxied from Home Assistant; never weakens one HA sent.
 
-    * HSTS and ``nosniff``: always (``finish``); HA's own HSTS never reaches the
-      browser (``headers.RESPONSE_OWNED``), so there is exactly one.
+    ``headers`` are what :func:`homeport.relay.headers.response_headers` let
+    through (lower-case names); the result is what the browser gets:
+
+    * HSTS and ``nosniff``: always; HA's own HSTS never reaches the browser
+      (``headers.RESPONSE_OWNED``), so there is exactly one.
     * ``Referrer-Policy``: only if HA sent none (keeps tenant URLs, which name the
       home, out of other sites' logs).
     * ``frame-ancestors 'self'``: only if HA sent neither ``X-Frame-Options`` nor a
@@ -78,20 +78,25 @@ def tenant_headers(response: web.StreamResponse) -> None:
       and companion apps load its resources cross-origin), ``Cache-Control`` (HA
       caches its static assets on purpose).
     """
-    response[PROXIED] = True
-    response.headers["Strict-Transport-Security"] = HSTS
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", TENANT_REFERRER)
-    if not has_framing_policy(response):
-        response.headers.add("Content-Security-Policy", TENANT_FRAMING)
+    out = list(headers)
+    out.append(("strict-transport-security", HSTS))
+    names = {name for name, _ in headers}
+    if "x-content-type-options" not in names:
+        out.append(("x-content-type-options", "nosniff"))
+    if "referrer-policy" not in names:
+        out.append(("referrer-policy", TENANT_REFERRER))
+    if not has_framing_policy(headers):
+        out.append(("content-security-policy", TENANT_FRAMING))
+    return out
 
 
-def has_framing_policy(response: web.StreamResponse) -> bool:
+def has_framing_policy(headers: Headers) -> bool:
     """True if the response already says who may frame it."""
-    if "X-Frame-Options" in response.headers:
-        return True
-    for policy in response.headers.getall("Content-Security-Policy", []):
-        for directive in policy.split(";"):
-            if directive.strip().lower().split(" ", 1)[0] == "frame-ancestors":
-                return True
+    for name, value in headers:
+        if name == "x-frame-options":
+            return True
+        if name == "content-security-policy":
+            for directive in value.split(";"):
+                if directive.strip().lower().split(" ", 1)[0] == "frame-ancestors":
+                    return True
     return False

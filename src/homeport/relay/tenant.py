@@ -1,49 +1,51 @@
-"""Tenant hosts: the access gate, the session hand-off, and the proxy itself.
+"""Tenant hosts: the access gate, the session hand-off, and what each request may do.
 
 Every request on ``<instance-id>.<tenant-domain>`` needs this host's own
 ``__Host-`` session cookie, held by an account allowed on the instance; the
 instance comes from the Host header only (deny by default).  Without one, a
 browser navigation is sent to sign in on the account site, which hands a
 session over with a single-use code bound to a state cookie set here (so a
-code cannot log someone else's browser into the attacker's session).
+code cannot log someone else's browser into the attacker's session).  An
+app-link host ``<label>.<tenant-domain>`` is its own credential instead.
+
+This module decides; :mod:`homeport.relay.proxy` moves the bytes.  A request
+is *admitted* (:class:`Forward`: which home, for whom, holding which slots) or
+*answered* here (:class:`Answer`: a sign-in redirect, a 401, a busy or
+offline page, the hand-off).  The common case, a signed-in request whose
+session is in the gate's cache, is decided without waiting
+(:meth:`TenantProxy.admit_now`); only a cache miss or the hand-off go to the
+database (:meth:`TenantProxy.admit`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import logging
 import secrets
-import time
 from collections.abc import Callable
-from urllib.parse import urlencode
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlencode
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from homeport.accounts.audit import EventType
+from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.service import Accounts
-from homeport.accounts.sharing import AppLinkAccess
+from homeport.accounts.sharing import AppLinkAccess, is_app_link_label
 from homeport.accounts.throttle import network_key
-from homeport.protocol.errors import ErrorCode
-from homeport.protocol.heads import RequestHead
-from homeport.relay import headers as hdr
+from homeport.protocol import ErrorCode
+from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
-from homeport.relay.limits import (
-    RETRY_AFTER_SECONDS,
-    BodyTooLarge,
-    BodyTooSlow,
-    TenantLimits,
-    TokenBucket,
-)
-from homeport.relay.live import Ending, Principal
+from homeport.relay.limits import RETRY_AFTER_SECONDS, TenantLimits
+from homeport.relay.live import Principal
 from homeport.relay.pages import HSTS, Pages
-from homeport.relay.security_headers import tenant_headers
-from homeport.tunnel.priorities import request_priority
+from homeport.relay.proxy.connection import TenantConnection
+from homeport.relay.proxy.http1 import Request
+from homeport.relay.redirects import binding_for, redirect, safe_next
+from homeport.tls.context import requested_server_name
 from homeport.tunnel.session import TunnelSession
-from homeport.tunnel.stream import Stream, StreamClosed, WsClose
+from homeport.tunnel.stream import StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +55,65 @@ RESERVED_PREFIX = "/.homeport/"
 STATE_MAX_AGE = 300
 MAX_WS_MESSAGE = 16 * 1024 * 1024
 RESPONSE_HEAD_TIMEOUT = 300.0
-BODY_CHUNK = 64 * 1024
+STYLESHEET = "/.homeport/static/homeport.css"
 
 
-def redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
+def cookie(request: Request, name: str) -> str | None:
+    """One cookie's value from the request's ``Cookie`` header (the first one named so)."""
+    raw = request.lookup.get(b"cookie")
+    if raw is None:
+        return None
+    wanted = name + "="
+    for part in raw.decode("latin-1").split(";"):
+        part = part.strip()
+        if part.startswith(wanted):
+            return part[len(wanted) :]
+    return None
 
 
-def binding_for(state: str) -> str:
-    """What the account site sees of the state cookie: a hash, never the value."""
-    return hashlib.sha256(state.encode()).hexdigest()
+def host_name(raw: str) -> str | None:
+    """The Host header's name part, lower-cased; None if malformed or an IP literal."""
+    name = raw.lower()
+    if name.startswith("["):
+        return None
+    name = name.rsplit(":", 1)[0] if ":" in name else name
+    name = name.rstrip(".")
+    if not name or len(name) > 253 or name.strip("abcdefghijklmnopqrstuvwxyz0123456789.-"):
+        return None
+    return name
 
 
-def safe_next(value: str | None) -> str:
-    """A local path to return to; anything else (other hosts, schemes) becomes ``/``."""
-    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
-        return "/"
-    if len(value) > 2048 or any(ord(c) < 0x21 or ord(c) > 0x7E for c in value):
-        return "/"
-    return value
+@dataclass(slots=True)
+class Answer:
+    """The relay answers the request itself; ``close``: the connection ends after it."""
+
+    response: web.Response
+    close: bool = False
+
+
+@dataclass(slots=True)
+class Forward:
+    """The request goes to a home: which one, for whom, and the slots it holds."""
+
+    instance_id: str
+    principal: Principal
+    #: The public host (with port), for ``X-Forwarded-Host`` and the WebSocket Origin check.
+    public_host: str
+    tunnel: TunnelSession
+    _release: list[Callable[[], None]] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Give back the slots (idempotent)."""
+        while self._release:
+            self._release.pop()()
+
+
+Admission = Answer | Forward
 
 
 class TenantProxy:
+    """The policy of tenant and app-link hosts (see the module docstring)."""
+
     def __init__(
         self,
         config: RelayConfig,
@@ -82,34 +121,95 @@ class TenantProxy:
         hub: TunnelHub,
         gate: SessionGate,
         pages: Pages,
+        app_links: AppLinkGate,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.hub = hub
         self.gate = gate
         self.pages = pages
+        self.app_links = app_links
         self.limits = TenantLimits(config)
+        self._suffix = "." + config.tenant_domain
+        #: Open browser connections on tenant hosts (closed when the relay stops).
+        self.connections: set[TenantConnection] = set()
 
-    async def handle(self, request: web.Request, instance_id: str) -> web.StreamResponse:
-        if request.raw_path.startswith(RESERVED_PREFIX):
-            return await self._own_paths(request, instance_id)
-        # Counted per network like the sign-in throttle (IPv6 per /64): one client
-        # cannot dodge the cap by rotating through the addresses it owns.
-        with self.limits.clients.hold(network_key(request.remote)) as admitted:
-            if not admitted:
-                log.warning("tenant.client_limit", extra={"instance": instance_id})
-                return self._busy(429, "Too many requests from your address; try again shortly.")
-            access = await self.gate.tenant_user(request.cookies.get(SESSION_COOKIE), instance_id)
+    def route(self, ssl_object: object) -> Callable[[], TenantConnection] | None:
+        """The protocol for a new TLS connection: ours for tenant hosts, else None (aiohttp).
+
+        Decided by the SNI as soon as the handshake is done, before a byte of
+        HTTP is read; the Host header must then name the same host (``_label``).
+        """
+        name = requested_server_name(ssl_object)
+        if name is not None and name.lower().rstrip(".").endswith(self._suffix):
+            return lambda: TenantConnection(self)
+        return None
+
+    def close_connections(self) -> None:
+        """The relay is stopping: close every browser connection on tenant hosts."""
+        for connection in list(self.connections):
+            connection.close()
+
+    # ------------------------------------------------------------- admission
+
+    def admit_now(self, request: Request, sni: str, remote: str) -> Admission | None:
+        """Decide without waiting, or None when the database must be asked (:meth:`admit`)."""
+        label = self._label(request, sni)
+        if isinstance(label, Answer):
+            return label
+        if is_instance_id(label):
+            if request.path.startswith(RESERVED_PREFIX):
+                return self._own_path_now(request)
+            token = cookie(request, SESSION_COOKIE)
+            access = self.gate.cached(token, label)
             if access is None:
-                return self._challenge(request, instance_id)
-            principal = Principal(user_id=access[0], session_id=access[1])
-            return await self._admitted(
-                request, instance_id, principal, self.config.tenant_host(instance_id)
+                return None
+            return self._admitted(
+                request, label, Principal(user_id=access[0], session_id=access[1]), remote
             )
+        access_link = self.app_links.cached(label)
+        if access_link is None:
+            return None
+        return self._app_link(request, access_link, remote)
 
-    async def handle_app_link(
-        self, request: web.Request, access: AppLinkAccess, host: str
-    ) -> web.StreamResponse:
+    async def admit(self, request: Request, sni: str, remote: str) -> Admission:
+        """Decide, asking the database if need be (a cache miss, the hand-off)."""
+        label = self._label(request, sni)
+        if isinstance(label, Answer):
+            return label
+        if is_instance_id(label):
+            if request.path.startswith(RESERVED_PREFIX):
+                own = self._own_path_now(request)
+                if own is not None:
+                    return own
+                return await self._handoff(request, label, remote)
+            access = await self.gate.tenant_user(cookie(request, SESSION_COOKIE), label)
+            if access is None:
+                return self._challenge(request, label)
+            return self._admitted(
+                request, label, Principal(user_id=access[0], session_id=access[1]), remote
+            )
+        access_link = await self.app_links.resolve(label)
+        if access_link is None:
+            return Answer(misdirected())
+        return self._app_link(request, access_link, remote)
+
+    def _label(self, request: Request, sni: str) -> str | Answer:
+        """The host's label (instance id or app-link label), or the answer to a wrong host.
+
+        Host must name the site this TLS session was opened for (RFC 9110 §7.4):
+        no riding a connection for one site into another; and unknown names get
+        one answer whether or not something exists (R-MT-04).
+        """
+        host = host_name(request.host)
+        if host is None or host != sni or not host.endswith(self._suffix):
+            return Answer(misdirected())
+        label = host[: -len(self._suffix)]
+        if not (is_instance_id(label) or is_app_link_label(label)):
+            return Answer(misdirected())
+        return label
+
+    def _app_link(self, request: Request, access: AppLinkAccess, remote: str) -> Admission:
         """An app-link host: no session gate (the link is the credential), no relay paths.
 
         Everything else is as on the tenant host: header hygiene and relay
@@ -118,76 +218,74 @@ class TenantProxy:
         same stream, request and bandwidth limits, and Home Assistant's own login
         in front.
         """
-        if request.raw_path.startswith(RESERVED_PREFIX):
-            if request.path == "/.homeport/static/homeport.css":
-                return self.pages.stylesheet()
-            return self.pages.message(
-                "Not found", "There is nothing here.", status=404, tenant=True
-            )
-        with self.limits.clients.hold(network_key(request.remote)) as admitted:
-            if not admitted:
-                log.warning("tenant.client_limit", extra={"instance": access.instance_id})
-                return self._busy(429, "Too many requests from your address; try again shortly.")
-            principal = Principal(app_link_id=access.link_id)
-            return await self._admitted(request, access.instance_id, principal, host)
+        if request.path.startswith(RESERVED_PREFIX):
+            if request.path == STYLESHEET:
+                return Answer(self.pages.stylesheet())
+            return Answer(self.pages.message("Not found", "There is nothing here.", status=404))
+        principal = Principal(app_link_id=access.link_id)
+        return self._admitted(request, access.instance_id, principal, remote)
 
-    async def _admitted(
-        self, request: web.Request, instance_id: str, principal: Principal, host: str
-    ) -> web.StreamResponse:
-        with self.limits.tenants.hold(instance_id) as admitted:
-            if not admitted:
-                log.warning("tenant.home_limit", extra={"instance": instance_id})
-                return self._busy(503, "This home has too many open requests; try again.")
-            return await self._forward(request, instance_id, principal, host)
-
-    def _busy(self, status: int, text: str) -> web.Response:
-        response = self.pages.message("Busy", text, status=status, tenant=True)
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
-
-    async def _forward(
-        self, request: web.Request, instance_id: str, principal: Principal, host: str
-    ) -> web.StreamResponse:
+    def _admitted(
+        self, request: Request, instance_id: str, principal: Principal, remote: str
+    ) -> Admission:
+        """Past the gate: the per-address and per-home slots, then the home's tunnel."""
+        # Counted per network like the sign-in throttle (IPv6 per /64): one client
+        # cannot dodge the cap by rotating through the addresses it owns.
+        client = network_key(remote)
+        if not self.limits.clients.acquire(client):
+            log.warning("tenant.client_limit", extra={"instance": instance_id})
+            return self._busy(429, "Too many requests from your address; try again shortly.")
+        if not self.limits.tenants.acquire(instance_id):
+            self.limits.clients.release(client)
+            log.warning("tenant.home_limit", extra={"instance": instance_id})
+            return self._busy(503, "This home has too many open requests; try again.")
         tunnel = self.hub.tunnel_for(instance_id)
         if tunnel is None:
-            return self.pages.message(
-                "This home is offline",
-                "The Homeport add-on of this home is not connected to the relay right now. "
-                "Check that Home Assistant and the add-on are running and online.",
-                status=503,
-                tenant=True,
+            self.limits.tenants.release(instance_id)
+            self.limits.clients.release(client)
+            return Answer(
+                self.pages.message(
+                    "This home is offline",
+                    "The Homeport add-on of this home is not connected to the relay right now. "
+                    "Check that Home Assistant and the add-on are running and online.",
+                    status=503,
+                    tenant=True,
+                )
             )
-        # Registered with who opened it, so withdrawn access cuts it at once.
-        cut = _Cut()
-        websocket = _is_websocket(request)
-        with self.gate.live.track(
-            instance_id, "websocket" if websocket else "http", cut, principal
-        ):
-            if websocket:
-                return await self._websocket(request, instance_id, tunnel, cut, host)
-            return await self._http(request, instance_id, tunnel, cut, host)
+        host = host_name(request.host) or ""
+        forward = Forward(instance_id, principal, host + self.config.port_suffix, tunnel)
+        forward._release += [
+            lambda: self.limits.clients.release(client),
+            lambda: self.limits.tenants.release(instance_id),
+        ]
+        return forward
 
-    # ------------------------------------------------------------ the gate
+    def _busy(self, status: int, text: str) -> Answer:
+        response = self.pages.message("Busy", text, status=status, tenant=True)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return Answer(response)
 
-    def _challenge(self, request: web.Request, instance_id: str) -> web.StreamResponse:
+    # --------------------------------------------------------------- the gate
+
+    def _challenge(self, request: Request, instance_id: str) -> Answer:
+        accept = request.header(b"accept") or ""
         navigating = request.method in ("GET", "HEAD") and (
-            request.headers.get("Sec-Fetch-Mode") == "navigate"
-            or "text/html" in request.headers.get("Accept", "")
+            request.header(b"sec-fetch-mode") == "navigate" or "text/html" in accept
         )
-        if not navigating or _is_websocket(request):
+        if not navigating or request.upgrade:
             response = web.Response(
                 status=401,
                 text="Sign in to Homeport first.\n",
                 headers={"WWW-Authenticate": 'Homeport realm="homeport"'},
             )
             response.headers["Strict-Transport-Security"] = HSTS
-            return response
+            return Answer(response)
         state = secrets.token_urlsafe(32)
         query = urlencode(
             {
                 "instance": instance_id,
                 "state": binding_for(state),
-                "next": safe_next(request.raw_path),
+                "next": safe_next(request.target),
             }
         )
         response = redirect(f"{self.config.account_origin}/connect?{query}")
@@ -201,393 +299,145 @@ class TenantProxy:
             samesite="Lax",
         )
         self.pages.secure(response)
-        return response
+        return Answer(response)
 
-    async def _own_paths(self, request: web.Request, instance_id: str) -> web.StreamResponse:
+    def _own_path_now(self, request: Request) -> Answer | None:
+        """The relay's own paths on a tenant host; None for the hand-off (it needs the database)."""
         path = request.path
         if path == "/.homeport/handoff" and request.method == "GET":
-            return await self._handoff(request, instance_id)
-        if path == "/.homeport/static/homeport.css":
-            return self.pages.stylesheet()
-        return self.pages.message("Not found", "There is nothing here.", status=404, tenant=True)
+            return None
+        if path == STYLESHEET:
+            return Answer(self.pages.stylesheet())
+        return Answer(
+            self.pages.message("Not found", "There is nothing here.", status=404, tenant=True)
+        )
 
-    async def _handoff(self, request: web.Request, instance_id: str) -> web.StreamResponse:
+    async def _handoff(self, request: Request, instance_id: str, remote: str) -> Answer:
         """Finish the sign-in hand-off: exchange the one-time code for this host's session.
 
         Any presentation of a code uses it up, also one without this host's state
         cookie (a leaked link opened elsewhere, or a login-CSRF attempt): such a
         code is in the wrong hands, and nobody may use it after that.
         """
-        code = request.query.get("code", "")
-        state = request.cookies.get(STATE_COOKIE)
+        query = parse_qs(request.target.partition("?")[2], max_num_fields=16)
+        code = query.get("code", [""])[0]
+        state = cookie(request, STATE_COOKIE)
+        user_agent = request.header(b"user-agent") or ""
         user_id = None
         if code and len(code) <= 128:
             binding = binding_for(state) if state else None
             user_id = await self.accounts.consume_handoff(code, instance_id, binding)
         if user_id is None:
             log.warning("tenant.handoff_refused", extra={"instance": instance_id})
-            return self.pages.message(
-                "This sign-in link cannot be used",
-                "It has expired, was already used, or was opened in another browser.",
-                status=400,
-                tenant=True,
-                link="/",
-                link_text="Try again",
+            return Answer(
+                self.pages.message(
+                    "This sign-in link cannot be used",
+                    "It has expired, was already used, or was opened in another browser.",
+                    status=400,
+                    tenant=True,
+                    link="/",
+                    link_text="Try again",
+                )
             )
         user = await self.accounts.get_user(user_id)
         if user is None:
-            return self.pages.message(
-                "Not allowed", "This account cannot open this home.", status=403, tenant=True
+            return Answer(
+                self.pages.message(
+                    "Not allowed", "This account cannot open this home.", status=403, tenant=True
+                )
             )
         token, row = await self.accounts.create_session(
             user,
             "tenant",
             instance_id=instance_id,
-            user_agent=request.headers.get("User-Agent", ""),
-            ip=request.remote or "",
+            user_agent=user_agent,
+            ip=remote,
             handoff_code=code,  # links the session to the account session, for sign-out
         )
         await self.accounts.audit.record(
             EventType.SESSION_CREATED,
             user_id=user_id,
             instance_id=instance_id,
-            ip=request.remote or "",
-            user_agent=request.headers.get("User-Agent", ""),
+            ip=remote,
+            user_agent=user_agent,
             session_id=row.id,
         )
         # The code leaves the address bar with this redirect (no token stays in a URL).
-        response = redirect(safe_next(request.query.get("next")))
+        response = redirect(safe_next(query.get("next", [None])[0]))
         response.set_cookie(
             SESSION_COOKIE, token, path="/", secure=True, httponly=True, samesite="Lax"
         )
         response.del_cookie(STATE_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
         self.pages.secure(response)
         log.info("tenant.session_started", extra={"instance": instance_id, "user": user_id})
-        return response
+        return Answer(response)
 
-    # ----------------------------------------------------------- proxy: HTTP
+    # --------------------------------------------------------- failure pages
 
-    def _head(self, request: web.Request, host: str, *, websocket: bool) -> RequestHead:
-        headers = hdr.request_headers(
-            request.raw_headers,
-            client_ip=request.remote or "",
-            public_host=host + self.config.port_suffix,
-            websocket=websocket,
-        )
-        priority = request_priority(
-            request.path, websocket=websocket, content_length=request.content_length
-        )
-        return RequestHead(request.method, request.raw_path, headers, priority)
-
-    async def _http(
-        self,
-        request: web.Request,
-        instance_id: str,
-        tunnel: TunnelSession,
-        cut: _Cut,
-        host: str,
-    ) -> web.StreamResponse:
-        started = time.monotonic()
-        if self.limits.body_too_large(request.content_length):
-            return self._too_large()
-        bandwidth = self.limits.bandwidth(instance_id)
-        try:
-            head = self._head(request, host, websocket=False)
-            stream = tunnel.open_stream(head, websocket=False, end_stream=not request.body_exists)
-        except StreamClosed as exc:
-            return self._tunnel_error(exc)
-        except ValueError:
-            return self.pages.message(
-                "Bad request", "The request cannot be forwarded.", status=400, tenant=True
-            )
-        cut.set(lambda why: _cut_http(request, stream, why))
-        upload = (
-            asyncio.create_task(_upload(request, stream, self.limits, bandwidth.up))
-            if request.body_exists
-            else None
-        )
-        try:
-            try:
-                async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
-                    head_in = await stream.response
-            except StreamClosed as exc:
-                refused = _body_refused(upload)
-                if refused is not None:
-                    return self._body_refusal(refused)
-                return self._tunnel_error(exc)
-            except TimeoutError:
-                stream.reset(ErrorCode.CANCEL, "no response head in time")
-                return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
-            body = stream.complete_body() if request.method != "HEAD" else None
-            response = (
-                web.StreamResponse(status=head_in.status)
-                if body is None
-                else web.Response(status=head_in.status, body=body)
-            )
-            for name, value in hdr.response_headers(head_in.headers):
-                if body is None or name != "content-length":
-                    response.headers.add(name, value)
-            tenant_headers(response)
-            if body is not None:
-                await bandwidth.down.take(len(body))
-                return response  # small and complete: aiohttp writes it in one go
-            await response.prepare(request)
-            try:
-                async for chunk in stream.iter_body():
-                    await bandwidth.down.take(len(chunk))
-                    await response.write(chunk)
-            except StreamClosed:
-                # Mid-body failure: the status line is out; cut the connection so the
-                # browser sees a truncated response, not a complete wrong one.
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
-            return response
-        except (ConnectionResetError, asyncio.CancelledError):
-            stream.reset(ErrorCode.CANCEL, "browser went away")
-            raise
-        finally:
-            if upload is not None and not upload.done():
-                upload.cancel()
-            elif upload is not None and not upload.cancelled():
-                upload.exception()  # retrieved: a too-large body was answered above
-            log.debug(
-                "tenant.request",
-                extra={
-                    "instance": instance_id,
-                    "method": request.method,
-                    "ms": round((time.monotonic() - started) * 1000, 1),
-                },
-            )
-
-    def _too_large(self) -> web.Response:
-        response = self.pages.message(
-            "Too large", "This upload is larger than the relay accepts.", status=413, tenant=True
-        )
-        response.force_close()  # the rest of the body is not read: the connection cannot go on
-        return response
-
-    def _body_refusal(self, refused: BodyTooLarge | BodyTooSlow) -> web.Response:
-        if isinstance(refused, BodyTooLarge):
-            return self._too_large()
-        response = self.pages.message(
-            "Too slow", "This upload was too slow and was stopped.", status=408, tenant=True
-        )
-        response.force_close()  # the rest of the body is not read: the connection cannot go on
-        return response
-
-    def _tunnel_error(self, exc: StreamClosed) -> web.Response:
-        if exc.code in (ErrorCode.UPSTREAM_UNAVAILABLE,):
-            return self.pages.message(
-                "Home Assistant is not answering",
-                "The add-on is connected, but Home Assistant did not answer it. "
-                "It may be starting or restarting; try again in a moment.",
-                status=502,
+    def too_large(self) -> Answer:
+        return Answer(
+            self.pages.message(
+                "Too large",
+                "This upload is larger than the relay accepts.",
+                status=413,
                 tenant=True,
+            ),
+            close=True,  # the rest of the body is not read: the connection cannot go on
+        )
+
+    def too_slow(self) -> Answer:
+        return Answer(
+            self.pages.message(
+                "Too slow", "This upload was too slow and was stopped.", status=408, tenant=True
+            ),
+            close=True,
+        )
+
+    def tunnel_error(self, exc: StreamClosed) -> Answer:
+        """The page for a request the home did not answer."""
+        if exc.code is ErrorCode.UPSTREAM_UNAVAILABLE:
+            return Answer(
+                self.pages.message(
+                    "Home Assistant is not answering",
+                    "The add-on is connected, but Home Assistant did not answer it. "
+                    "It may be starting or restarting; try again in a moment.",
+                    status=502,
+                    tenant=True,
+                )
             )
         if exc.code is ErrorCode.UPSTREAM_TIMEOUT:
-            return self.pages.message(
-                "Home Assistant took too long",
-                "Home Assistant did not answer in time.",
-                status=504,
-                tenant=True,
+            return Answer(
+                self.pages.message(
+                    "Home Assistant took too long",
+                    "Home Assistant did not answer in time.",
+                    status=504,
+                    tenant=True,
+                )
             )
         if exc.code in (ErrorCode.TOO_MANY_STREAMS, ErrorCode.REFUSED):
             return self._busy(503, "This home has too many open requests; try again.")
         if exc.code in (ErrorCode.BAD_REQUEST, ErrorCode.HEAD_TOO_LARGE):
-            return self.pages.message(
+            return Answer(
+                self.pages.message(
+                    "Bad request", "The request cannot be forwarded.", status=400, tenant=True
+                )
+            )
+        return Answer(
+            self.pages.message(
+                "Connection to the home lost",
+                "The connection to this home dropped while answering. Try again.",
+                status=502,
+                tenant=True,
+            )
+        )
+
+    def bad_request(self) -> Answer:
+        return Answer(
+            self.pages.message(
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
-        return self.pages.message(
-            "Connection to the home lost",
-            "The connection to this home dropped while answering. Try again.",
-            status=502,
-            tenant=True,
         )
 
-    # ------------------------------------------------------ proxy: WebSocket
 
-    async def _websocket(
-        self,
-        request: web.Request,
-        instance_id: str,
-        tunnel: TunnelSession,
-        cut: _Cut,
-        host: str,
-    ) -> web.StreamResponse:
-        """Proxy a WebSocket; a foreign ``Origin`` is refused (cross-site WebSocket hijacking)."""
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"https://{host}{self.config.port_suffix}":
-            log.warning("tenant.ws_bad_origin", extra={"instance": instance_id})
-            return web.Response(status=403, text="Cross-origin WebSocket refused.\n")
-        try:
-            stream = tunnel.open_stream(
-                self._head(request, host, websocket=True), websocket=True, end_stream=False
-            )
-            cut.set(lambda why: _cut_http(request, stream, why))
-            async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT):
-                head_in = await stream.response
-        except StreamClosed as exc:
-            return self._tunnel_error(exc)
-        except TimeoutError:
-            return self._tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout"))
-        if head_in.status != 101:
-            response = web.StreamResponse(status=head_in.status)
-            for name, value in hdr.response_headers(head_in.headers):
-                response.headers.add(name, value)
-            tenant_headers(response)
-            await response.prepare(request)
-            with contextlib.suppress(StreamClosed):
-                async for chunk in stream.iter_body():
-                    await response.write(chunk)
-            await response.write_eof()
-            return response
-        protocol = next((v for n, v in head_in.headers if n == "sec-websocket-protocol"), None)
-        ws = web.WebSocketResponse(
-            protocols=(protocol,) if protocol else (),
-            max_msg_size=MAX_WS_MESSAGE,
-            autoclose=False,
-            autoping=True,
-        )
-        tenant_headers(ws)
-        await ws.prepare(request)
-        cut.set(lambda why: _end_websocket(request, ws, stream, why))
-        bandwidth = self.limits.bandwidth(instance_id)
-        downstream = asyncio.create_task(_tunnel_to_browser(stream, ws, bandwidth.down))
-        try:
-            await _browser_to_tunnel(ws, stream, bandwidth.up)
-        finally:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(downstream), timeout=5)
-            downstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StreamClosed):
-                await downstream
-            if not stream.closed:
-                stream.reset(ErrorCode.CANCEL, "browser WebSocket ended")
-        return ws
-
-
-class _Cut:
-    """How to end one exchange *now*; what that means changes as it progresses."""
-
-    def __init__(self) -> None:
-        self.ended: Ending | None = None
-        self._action: Callable[[Ending], None] | None = None
-
-    def set(self, action: Callable[[Ending], None]) -> None:
-        self._action = action
-        if self.ended is not None:  # access ended while this exchange was being set up
-            action(self.ended)
-
-    def __call__(self, why: Ending) -> None:
-        self.ended = why
-        if self._action is not None:
-            self._action(why)
-
-
-def _cut_http(request: web.Request, stream: Stream, why: Ending) -> None:
-    """Access ended mid-exchange: stop the home's side and drop the browser's."""
-    stream.reset(ErrorCode.CANCEL, why.reason)
-    if request.transport is not None:
-        request.transport.close()
-
-
-def _end_websocket(
-    request: web.Request, ws: web.WebSocketResponse, stream: Stream, why: Ending
-) -> None:
-    """Access ended: close the browser's WebSocket (4001 or 1008) and reset the tunnel side."""
-
-    async def close() -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2):
-                await ws.close(code=why.code, message=why.reason.encode())
-        stream.reset(ErrorCode.CANCEL, why.reason)
-        if request.transport is not None:
-            request.transport.close()
-
-    task = asyncio.get_running_loop().create_task(close())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
-
-#: Close tasks in flight (held so they are not garbage-collected mid-way).
-_closing: set[asyncio.Task[None]] = set()
-
-
-async def _upload(
-    request: web.Request, stream: Stream, limits: TenantLimits, bucket: TokenBucket
-) -> None:
-    """Carry the request body into the tunnel, within the size cap and the minimum rate."""
-
-    def stalled() -> None:  # the pending read fails, so the loop below ends
-        request.content.set_exception(BodyTooSlow("request body below the minimum rate"))
-
-    sent = 0
-    with contextlib.suppress(StreamClosed):
-        try:
-            with limits.upload_pace(stalled) as pace:
-                async for chunk in request.content.iter_chunked(BODY_CHUNK):
-                    pace.received(len(chunk))
-                    sent += len(chunk)
-                    limits.count_body(sent)
-                    with pace.paused():  # the home or the bandwidth cap holds us, not the client
-                        await bucket.take(len(chunk))
-                        await stream.write(chunk)
-        except (BodyTooLarge, BodyTooSlow) as exc:
-            # Home Assistant must not act on a cut-off body: the stream is reset.
-            stream.reset(ErrorCode.CANCEL, str(exc))
-            raise
-        await stream.write(b"", end=True)
-
-
-async def _browser_to_tunnel(
-    ws: web.WebSocketResponse, stream: Stream, bucket: TokenBucket
-) -> None:
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                data = msg.data.encode("utf-8")
-                await bucket.take(len(data))
-                await stream.send_ws(data, text=True)
-            elif msg.type is WSMsgType.BINARY:
-                await bucket.take(len(msg.data))
-                await stream.send_ws(msg.data, text=False)
-        code = ws.close_code or 1000
-        stream.close_ws(code if code not in (1005, 1006) else 1000, "")
-    except StreamClosed:
-        if not ws.closed:
-            await ws.close(code=1011, message=b"home connection lost")
-
-
-async def _tunnel_to_browser(
-    stream: Stream, ws: web.WebSocketResponse, bucket: TokenBucket
-) -> None:
-    try:
-        while True:
-            item = await stream.receive_ws()
-            if isinstance(item, WsClose):
-                await ws.close(code=item.code, message=item.reason.encode()[:123])
-                return
-            if ws.closed:
-                return
-            await bucket.take(len(item.data))
-            if item.text:
-                await ws.send_str(item.data.decode("utf-8", "replace"))
-            else:
-                await ws.send_bytes(item.data)
-    except StreamClosed:
-        if not ws.closed:  # a revocation already closed it with its own code
-            await ws.close(code=1011, message=b"home connection lost")
-
-
-def _body_refused(upload: asyncio.Task[None] | None) -> BodyTooLarge | BodyTooSlow | None:
-    """Why the upload stopped, if the body broke a limit (too large, or too slow)."""
-    if upload is None or not upload.done() or upload.cancelled():
-        return None
-    refused = upload.exception()
-    return refused if isinstance(refused, BodyTooLarge | BodyTooSlow) else None
-
-
-def _is_websocket(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+def misdirected() -> web.Response:
+    return web.Response(status=421, text="Misdirected request.\n")

@@ -196,8 +196,15 @@ class AlpnGate(asyncio.Protocol):
     connection is handed to the real protocol, which then owns the transport.
     """
 
-    def __init__(self, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        route: Callable[[object], Callable[[], asyncio.BaseProtocol] | None] | None = None,
+    ) -> None:
         self._factory = protocol_factory
+        #: Picks another protocol for a connection from its TLS session (its SNI):
+        #: the relay serves tenant hosts below aiohttp (homeport.relay.proxy).
+        self._route = route
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -207,7 +214,8 @@ class AlpnGate(asyncio.Protocol):
         ):
             transport.close()
             return
-        protocol = self._factory()
+        factory = self._route(ssl_object) if self._route is not None else None
+        protocol = (factory or self._factory)()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 

@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives import serialization
 
 __all__ = [
     "ALPN_PROTOCOLS",
+    "SERVER_ALPN",
     "TLS12_CIPHERS",
     "TLS_PROFILES",
+    "TUNNEL_ALPN",
     "NoPeerCertificateError",
     "client_context",
     "local_certificate_sha256",
@@ -29,6 +31,11 @@ __all__ = [
 
 # WebSockets (RFC 6455) and the account site speak HTTP/1.1.
 ALPN_PROTOCOLS = ["http/1.1"]
+#: The add-on's tunnel straight on TLS (homeport.tunnel.raw); private-use ALPN id.
+TUNNEL_ALPN = "homeport-tunnel/1"
+#: What the relay's listener offers, in its order of preference (the server picks):
+#: an add-on offers only the tunnel, browsers only HTTP/1.1 (and h2, not served).
+SERVER_ALPN = [TUNNEL_ALPN, "http/1.1"]
 
 
 class NoPeerCertificateError(ssl.SSLError):
@@ -70,7 +77,8 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
       it so if the minimum is ever lowered.
     - ``OP_NO_TICKET``: no stateless session tickets, whose long-lived
       ticket key would undo forward secrecy (R-TLS-10).
-    - ALPN ``http/1.1``: the only protocol served. No 0-RTT: Python's
+    - ALPN ``homeport-tunnel/1`` (add-ons' tunnels, on the account host
+      only) and ``http/1.1``: nothing else is served. No 0-RTT: Python's
       ``ssl`` never accepts early data (R-TLS-09).
 
     ``cert`` should hold leaf + intermediates, never the root (R-TLS-07).
@@ -84,7 +92,7 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(TLS12_CIPHERS)  # TLS 1.2 only; TLS 1.3 suites are all AEAD
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(SERVER_ALPN)
     context.load_cert_chain(certfile=cert, keyfile=key)
     context.sni_callback = _remember_server_name
     return context
@@ -107,7 +115,9 @@ def requested_server_name(ssl_object: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def client_context(extra_ca: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    extra_ca: Path | None = None, *, alpn: list[str] | None = None
+) -> ssl.SSLContext:
     """Verifying client context: system trust, plus ``extra_ca`` if given.
 
     Certificate chain and host name are always checked (R-TLS-14, R-ADD-01):
@@ -118,7 +128,7 @@ def client_context(extra_ca: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.options |= ssl.OP_NO_COMPRESSION
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(alpn or ALPN_PROTOCOLS)
     if extra_ca is not None:
         context.load_verify_locations(cafile=extra_ca)
     # Belt and braces: create_default_context promises these; never ship without.

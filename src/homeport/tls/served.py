@@ -158,7 +158,8 @@ class GatedTLSSite(web.TCPSite):
 
     Same as ``web.TCPSite`` (whose ``start`` this mirrors) except for the
     protocol factory: TLS-ALPN-01 validation connections are closed after
-    their handshake and never reach aiohttp.
+    their handshake and never reach aiohttp, and ``route`` may give a
+    connection another protocol by its TLS session (see ``AlpnGate``).
     """
 
     def __init__(
@@ -168,11 +169,14 @@ class GatedTLSSite(web.TCPSite):
         port: int | None = None,
         *,
         sock: socket.socket | None = None,
+        route: Callable[[object], Callable[[], asyncio.BaseProtocol] | None] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``sock``: serve on this already bound socket instead of binding ``host:port``."""
+        """``sock``: serve on this already bound socket instead of binding ``host:port``;
+        ``route``: another protocol for some connections (see ``AlpnGate``)."""
         super().__init__(runner, host, port, **kwargs)
         self._sock = sock
+        self._route = route
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -182,14 +186,14 @@ class GatedTLSSite(web.TCPSite):
         factory: Callable[[], asyncio.BaseProtocol] = server
         if self._sock is not None:
             self._server = await loop.create_server(
-                lambda: AlpnGate(factory),
+                lambda: AlpnGate(factory, self._route),
                 sock=self._sock,
                 ssl=self._ssl_context,
                 backlog=self._backlog,
             )
         else:
             self._server = await loop.create_server(
-                lambda: AlpnGate(factory),
+                lambda: AlpnGate(factory, self._route),
                 self._host,
                 self._port,
                 ssl=self._ssl_context,

@@ -1,9 +1,11 @@
-"""Drive a sans-I/O :class:`TunnelConnection` over an aiohttp WebSocket.
+"""Drive a sans-I/O :class:`TunnelConnection` over a pipe, with callbacks.
 
-One reader task feeds received binary messages to the protocol and hands the
-events to :class:`Stream` objects; one writer task sends whatever the protocol
-has to say, so all output leaves in the scheduler's order; one pinger task
-measures the round trip and declares the link dead when pongs stop coming.
+The pipe (``tunnel/pipes.py``: raw frames on TLS, or binary WebSocket
+messages) hands received bytes to the protocol, whose events go to their
+:class:`Stream` (each stream has one owner; see ``stream.py``).  Whatever the
+protocol has to say leaves in one batch per turn of the event loop, in the
+scheduler's order; a timer pings and declares the link dead when pongs stop
+coming; another resets readers that stall while holding the tunnel window.
 """
 
 from __future__ import annotations
@@ -14,23 +16,33 @@ import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
-from aiohttp import WSMessage, WSMsgType
-
-from homeport.protocol import events as ev
-from homeport.protocol.connection import TunnelConnection
-from homeport.protocol.errors import ErrorCode, StreamViolation
-from homeport.protocol.heads import RequestHead
+from homeport.protocol import (
+    ConnectionTerminated,
+    ControlAnswered,
+    ControlRequested,
+    DataReceived,
+    ErrorCode,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    RequestHead,
+    ResponseReceived,
+    StreamOpened,
+    StreamReset,
+    StreamViolation,
+    TunnelConnection,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
 from homeport.tunnel.control import HANDLER_GRACE, ControlChannel, ControlHandler
-from homeport.tunnel.stream import _EOF, Stream, StreamClosed, WsClose, WsMessage
+from homeport.tunnel.pipes import Pipe, WebSocketLike, WebSocketPipe
+from homeport.tunnel.stream import Stream, StreamClosed, StreamConsumer
 
 log = logging.getLogger(__name__)
 
 #: Largest binary message the writer produces (the receiver's limit is above it).
 SEND_BATCH = 256 * 1024
-#: Receivers accept messages up to this size: one batch plus a maximal frame.
-MAX_MESSAGE = 1024 * 1024
 #: GOAWAY reason the relay gives a tunnel that a newer connection of the same
 #: add-on replaced; the add-on must not dial straight back (it would take over again).
 GOAWAY_REPLACED = "replaced"
@@ -39,52 +51,81 @@ GOAWAY_REPLACED = "replaced"
 #: cannot freeze every other stream of the tunnel (see docs/protocol.md §5).
 STALL_GRACE = 3.0
 STALL_CHECK = 0.5
+#: The reader stops taking the peer's frames while this much of our own control
+#: output (answers, window updates, resets) waits to be sent: a peer that does
+#: not read cannot make us queue answers without bound (R-ADD-07) ...
+OUTPUT_BACKLOG_LIMIT = 64 * 1024
+#: ... and a peer that does not drain it within this many seconds is dropped.
+DRAIN_TIMEOUT = 30.0
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
-
-
-class WebSocketLike(Protocol):
-    """What both aiohttp's client and server WebSockets offer."""
-
-    async def send_bytes(self, data: bytes) -> None: ...
-    async def receive(self, timeout: float | None = None) -> WSMessage: ...
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+#: Events about one stream, handed to that stream's :meth:`Stream.received`.
+_STREAM_EVENTS = (
+    DataReceived,
+    ResponseReceived,
+    StreamReset,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
 
 
 class TunnelSession:
+    """One tunnel: a :class:`TunnelConnection` driven over a pipe, by callbacks.
+
+    The pipe (``tunnel/pipes.py``) feeds :meth:`data_received`; what the
+    protocol has to send goes out in one batch per turn of the event loop
+    (:meth:`kick` schedules it), so a burst of small answers costs one write.
+    Keepalive and the stalled-reader watchdog are timers.  ``run()`` returns
+    when the tunnel is over, after every stream has been failed and every
+    handler has had its chance to finish.
+    """
+
     def __init__(
         self,
-        ws: WebSocketLike,
+        pipe: Pipe | WebSocketLike,
         connection: TunnelConnection,
         *,
         on_stream: StreamHandler | None = None,
-        on_goaway: Callable[[ev.GoAwayReceived], None] | None = None,
+        on_open: Callable[[Stream], None] | None = None,
+        on_goaway: Callable[[GoAwayReceived], None] | None = None,
         on_control: ControlHandler | None = None,
         ping_interval: float = 20.0,
         ping_timeout: float = 15.0,
+        drain_timeout: float = DRAIN_TIMEOUT,
         name: str = "tunnel",
         control_grace: float = HANDLER_GRACE,
     ) -> None:
-        self.ws = ws
+        # An aiohttp WebSocket is wrapped; anything else already is a pipe.
+        self.pipe: Pipe = WebSocketPipe(pipe) if hasattr(pipe, "send_bytes") else pipe  # type: ignore[arg-type]
         self.connection = connection
         self.name = name
+        self.loop = asyncio.get_running_loop()
         self.streams: dict[int, Stream] = {}
         self.rtt: float | None = None
         self.closed = asyncio.Event()
         self.close_reason = ""
-        #: Set as soon as the tunnel stops serving (before the WebSocket close
-        #: handshake, which a dead peer never answers): no new streams from then on.
+        #: Set as soon as the tunnel stops serving (before the pipe is closed,
+        #: which a dead peer never acknowledges): no new streams from then on.
         self.ended = False
         self._on_stream = on_stream
+        #: Add-on side, instead of ``on_stream``: takes each new stream at once, without a
+        #: task (it sets ``stream.consumer`` and must release the stream when done).
+        self._on_open = on_open
         self._on_goaway = on_goaway
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        self._wake = asyncio.Event()
+        self._drain_timeout = drain_timeout
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._read_paused = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._pipe_gone = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no stream is open
         self._handlers: set[asyncio.Task[None]] = set()
         self._last_pong = time.monotonic()
         self._ping_sent: dict[bytes, float] = {}
-        self._received = asyncio.Event()  # the peer sent something: wake the watchdog
         #: Streams whose writers wait for the protocol to drain their queue: the
         #: only ones a flush needs to look at (see _prune_and_wake).
         self._blocked_writers: set[Stream] = set()
@@ -96,52 +137,49 @@ class TunnelSession:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Serve the tunnel until the WebSocket closes, then fail leftover streams."""
+        """Serve the tunnel until its pipe closes, then fail leftover streams."""
+        self.pipe.start(self)
         self.kick()
-        tasks = [
-            asyncio.create_task(self._reader(), name=f"{self.name}-reader"),
-            asyncio.create_task(self._writer(), name=f"{self.name}-writer"),
-            asyncio.create_task(self._pinger(), name=f"{self.name}-pinger"),
-            asyncio.create_task(self._watchdog(), name=f"{self.name}-watchdog"),
-        ]
+        self._ping_timer = self.loop.call_later(0, self._guarded, "pinger", self._ping)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                self._note_failure(task)
+            await self._pipe_gone.wait()
         finally:
             self.ended = True
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            for timer in (self._ping_timer, self._watch_timer, self._drain_timer):
+                if timer is not None:
+                    timer.cancel()
+            if not self._pipe_gone.is_set():
+                self.pipe.abort()  # run() was cancelled: the tunnel goes with it
             await self._shutdown()
 
-    def _note_failure(self, task: asyncio.Task[None]) -> None:
-        """A reader, writer, pinger or watchdog that died of a bug ends the tunnel loudly.
+    def _guarded(self, part: str, call: Callable[[], None]) -> None:
+        """Run one of the session's own callbacks; a bug there ends the tunnel loudly.
 
         Without this the tunnel would just close: the peer would see "peer closed
         the tunnel" and nobody would learn why.  Type and frames only, as everywhere.
         """
-        if task.cancelled():
+        try:
+            call()
+        except Exception as error:
+            self.close_reason = self.close_reason or f"internal error in {self.name}-{part}"
+            log.error(
+                "tunnel.task_failed",
+                exc_info=error,
+                extra={"tunnel": self.name, "task": f"{self.name}-{part}"},
+            )
+            self._end()
+
+    def _end(self) -> None:
+        """Stop serving now and close the pipe after what is already written."""
+        if self.ended:
             return
-        error = task.exception()
-        if error is None:
-            return
-        if isinstance(error, ConnectionError):  # aiohttp's reset errors are ConnectionErrors too
-            self.close_reason = self.close_reason or f"transport error: {type(error).__name__}"
-            return
-        self.close_reason = self.close_reason or f"internal error in {task.get_name()}"
-        log.error(
-            "tunnel.task_failed",
-            exc_info=error,
-            extra={"tunnel": self.name, "task": task.get_name()},
-        )
+        self.ended = True
+        self.pipe.close()
 
     async def _shutdown(self) -> None:
         error = StreamClosed(ErrorCode.CANCEL, self.close_reason or "tunnel closed")
         for stream in list(self.streams.values()):
-            stream._fail(error)
+            stream.ended(error)
         self.streams.clear()
         self._idle.set()
         await self.control.close(self.close_reason or "tunnel closed")
@@ -149,14 +187,17 @@ class TunnelSession:
             task.cancel()
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=5)
-        with contextlib.suppress(Exception):
-            await self.ws.close()
         self.closed.set()
 
     async def close(self, reason: str = "closing") -> None:
         self.close_reason = self.close_reason or reason
-        with contextlib.suppress(Exception):
-            await self.ws.close()
+        self._flush()
+        self._end()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._pipe_gone.wait()
+        if not self._pipe_gone.is_set():
+            self.pipe.abort()
 
     def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         self.connection.goaway(code, reason)
@@ -165,192 +206,260 @@ class TunnelSession:
     async def drain(self, grace: float, reason: str = "draining") -> None:
         """Announce GOAWAY, let open streams finish (up to ``grace`` seconds), then close."""
         self.goaway(ErrorCode.NO_ERROR, reason)
+        self._flush()  # the GOAWAY goes now: with no stream open we close at once
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                # Send the GOAWAY now: with no stream open we close at once, before
-                # the writer task has run, and the peer would never learn why.
-                with contextlib.suppress(Exception):
-                    await self._flush()
-                while self.connection.open_streams and not self.closed.is_set():
+                while self.connection.open_streams and not self._pipe_gone.is_set():
                     self._idle.clear()
                     await self._idle.wait()
         await self.close("drained")
 
+    # ------------------------------------------------------- pipe callbacks
+
+    def data_received(self, data: bytes) -> None:
+        self._guarded("reader", lambda: self._receive(data))
+
+    def _receive(self, data: bytes) -> None:
+        if self.ended:
+            return
+        events = self.connection.receive_data(data)
+        self._dispatch(events)
+        if self._watch_timer is None and self.streams:
+            self._watch_timer = self.loop.call_later(
+                STALL_CHECK, self._guarded, "watchdog", self._watch
+            )
+        if self.connection.terminated:
+            self._flush()
+            self._end()
+            return
+        if self.connection.has_output:
+            self.kick()
+        else:
+            # Streams the peer just finished are pruned now, not at the next write.
+            self._prune_and_wake()
+        if self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
+            # A peer that does not read cannot make us queue answers without bound
+            # (R-ADD-07): stop reading it until they are out, and not for ever.
+            self._read_paused = True
+            self.pipe.pause_reading()
+            self._drain_timer = self.loop.call_later(self._drain_timeout, self._not_reading)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.kick()
+
+    def pipe_closed(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        self.ended = True
+        self._pipe_gone.set()
+
+    def _not_reading(self) -> None:
+        self._drain_timer = None
+        self.close_reason = self.close_reason or "peer does not read"
+        log.warning("tunnel.peer_not_reading", extra={"tunnel": self.name})
+        self.pipe.abort()
+
     # -------------------------------------------------------------- streams
 
-    def open_stream(self, head: RequestHead, *, websocket: bool, end_stream: bool) -> Stream:
-        """Start a request (relay side); raises :class:`StreamClosed` when refused."""
+    def open_stream(
+        self,
+        head: RequestHead,
+        *,
+        websocket: bool,
+        end_stream: bool,
+        consumer: StreamConsumer | None = None,
+        encoded: bytes | None = None,
+    ) -> Stream:
+        """Start a request (relay side); raises :class:`StreamClosed` when refused.
+
+        The caller owns the stream: use it as ``with session.open_stream(...) as
+        stream:`` (or call ``release()`` when done) so that it is released
+        however the exchange ends.  With a ``consumer``, events go to its
+        callbacks instead of the stream's inbox.
+        """
         if self.ended or self.closed.is_set():
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(
-                head, websocket=websocket, end_stream=end_stream
+                head, websocket=websocket, end_stream=end_stream, encoded=encoded
             )
         except StreamViolation as exc:
             raise StreamClosed(exc.code, exc.reason) from None
-        stream = Stream(self, stream_id, head, websocket=websocket)
+        stream = Stream(self, stream_id, head, websocket=websocket, consumer=consumer)
         self.streams[stream_id] = stream
         self.kick()
         return stream
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.connection.acknowledge(stream_id, size)
-        self.kick()
+        if self.connection.has_output:  # most acknowledgements only count, send nothing
+            self.kick()
 
     def reset(self, stream_id: int, code: ErrorCode, reason: str) -> None:
         self.connection.reset_stream(stream_id, code, reason)
         stream = self.streams.pop(stream_id, None)
         if stream is not None:
-            stream._fail(StreamClosed(code, reason or "reset locally"))
+            stream.ended(StreamClosed(code, reason or "reset locally"))
         self.kick()
 
+    def release(self, stream_id: int, code: ErrorCode, reason: str) -> None:
+        """The stream's owner is done: end what is still open of it (see Stream.release).
+
+        Output this side has ended keeps its place and goes out first; the
+        peer is then told to stop sending (``code``), and the stream is gone.
+        """
+        stream = self.streams.pop(stream_id, None)
+        if not self.connection.has_stream(stream_id):
+            if stream is not None:
+                stream.finished()
+            return
+        self.connection.release_stream(stream_id, code, reason)
+        if stream is not None:
+            stream.ended(StreamClosed(ErrorCode.CANCEL, "released"))
+        self.kick()
+
+    def writer_blocked(self, stream: Stream) -> None:
+        """``stream``'s writer waits for the protocol to drain its queue (see _prune_and_wake)."""
+        self._blocked_writers.add(stream)
+
     def kick(self) -> None:
-        self._wake.set()
+        """There is output: send it at the end of this turn of the loop (one batch)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._guarded, "writer", self._flush)
 
-    # ---------------------------------------------------------------- tasks
+    # ---------------------------------------------------------------- writing
 
-    async def _reader(self) -> None:
-        while True:
-            msg = await self.ws.receive()
-            if msg.type is WSMsgType.BINARY:
-                events = self.connection.receive_data(msg.data)
-                self._dispatch(events)
-                self._received.set()
-                # Wake the writer only for output (window updates, pongs, resets);
-                # streams the peer just finished are pruned here, without a task switch.
-                if self.connection.has_output:
-                    self.kick()
-                else:
-                    self._prune_and_wake()
-                if self.connection.terminated:
-                    await self._flush()
-                    return
-            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                self.close_reason = self.close_reason or "peer closed the tunnel"
-                return
-            elif msg.type is WSMsgType.ERROR:
-                self.close_reason = self.close_reason or f"transport error: {msg.data}"
-                return
-            else:
-                self.close_reason = "unexpected text message on the tunnel"
-                log.warning("tunnel.protocol_error", extra={"tunnel": self.name})
-                return
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        while data := self.connection.data_to_send(SEND_BATCH):
-            await self.ws.send_bytes(data)
-            self._prune_and_wake()
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pipe_gone.is_set():
+            return
+        pipe = self.pipe
+        while not self._write_paused:
+            data = self.connection.data_to_send(SEND_BATCH)
+            if not data:
+                break
+            pipe.write(data)
+        if self._read_paused and self.connection.output_backlog <= OUTPUT_BACKLOG_LIMIT:
+            self._read_paused = False
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            pipe.resume_reading()
         self._prune_and_wake()
 
-    async def _pinger(self) -> None:
-        while True:
-            payload = struct.pack(">Q", time.monotonic_ns())
-            self._ping_sent[payload] = time.monotonic()
-            self.connection.ping(payload)
-            self.kick()
-            await asyncio.sleep(self._ping_interval)
-            if time.monotonic() - self._last_pong > self._ping_interval + self._ping_timeout:
-                self.close_reason = "keepalive timeout"
-                log.warning("tunnel.keepalive_timeout", extra={"tunnel": self.name})
-                return
-            # Forget pings that were never answered so the map stays bounded.
-            horizon = time.monotonic() - self._ping_interval - self._ping_timeout
-            for key in [k for k, sent in self._ping_sent.items() if sent < horizon]:
-                del self._ping_sent[key]
+    # ----------------------------------------------------------------- timers
 
-    async def _watchdog(self) -> None:
+    def _ping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_pong > self._ping_interval + self._ping_timeout:
+            self.close_reason = self.close_reason or "keepalive timeout"
+            log.warning("tunnel.keepalive_timeout", extra={"tunnel": self.name})
+            self.pipe.abort()
+            return
+        # Forget pings that were never answered so the map stays bounded.
+        horizon = now - self._ping_interval - self._ping_timeout
+        for key in [k for k, sent in self._ping_sent.items() if sent < horizon]:
+            del self._ping_sent[key]
+        payload = struct.pack(">Q", time.monotonic_ns())
+        self._ping_sent[payload] = now
+        self.connection.ping(payload)
+        self.kick()
+        self._ping_timer = self.loop.call_later(
+            self._ping_interval, self._guarded, "pinger", self._ping
+        )
+
+    def _watch(self) -> None:
         """Reset the longest-stalled streams while unread bytes hold half the tunnel window.
 
-        Unread bytes only grow when the peer sends, so an idle tunnel never wakes
-        this; under pressure it looks again every STALL_CHECK seconds.
+        Runs STALL_CHECK after bytes arrived, and again while under pressure; an
+        idle tunnel never wakes it.
         """
+        self._watch_timer = None
         window = self.connection.settings.connection_window
-        while True:
-            await self._received.wait()
-            self._received.clear()
-            await asyncio.sleep(STALL_CHECK)
-            held = sum(stream.held for stream in self.streams.values())
-            if held * 2 < window:
-                continue
-            self._received.set()  # still under pressure: look again after the next pause
-            now = time.monotonic()
-            for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
-                if held * 2 < window or now - stream.waiting_since < STALL_GRACE:
-                    break
-                if stream.held:
-                    held -= stream.held
-                    log.warning(
-                        "tunnel.stalled_reader_reset",
-                        extra={"tunnel": self.name, "stream": stream.id, "held": stream.held},
-                    )
-                    self.reset(stream.id, ErrorCode.CANCEL, "reader stalled")
+        held = sum(stream.held for stream in self.streams.values())
+        if held * 2 < window:
+            return
+        self._watch_timer = self.loop.call_later(
+            STALL_CHECK, self._guarded, "watchdog", self._watch
+        )
+        now = time.monotonic()
+        for stream in sorted(self.streams.values(), key=lambda s: s.waiting_since):
+            if held * 2 < window or now - stream.waiting_since < STALL_GRACE:
+                break
+            if stream.held:
+                held -= stream.held
+                log.warning(
+                    "tunnel.stalled_reader_reset",
+                    extra={"tunnel": self.name, "stream": stream.id, "held": stream.held},
+                )
+                self.reset(stream.id, ErrorCode.CANCEL, "reader stalled")
 
     # ------------------------------------------------------------- dispatch
 
-    def _dispatch(self, events: list[ev.Event]) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         for event in events:
-            match event:
-                case ev.DataReceived(stream_id=sid, data=data, end_stream=end):
-                    stream = self.streams.get(sid)
-                    if stream is None:
-                        continue
-                    if data:
-                        stream._deliver(data)
-                    if end:
-                        stream.closed = True
-                        stream._deliver(_EOF)
-                case ev.WebSocketMessageReceived(stream_id=sid, data=data, text=text):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream._deliver(WsMessage(data, text))
-                case ev.ResponseReceived(stream_id=sid, head=head, end_stream=end):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream.response.set_result(head)
-                        if end:
-                            stream.closed = True
-                            stream._deliver(_EOF)
-                case ev.StreamOpened(stream_id=sid, head=head, websocket=ws, end_stream=end):
-                    self._start_handler(sid, head, websocket=ws, end=end)
-                case ev.WebSocketClosed(stream_id=sid, code=code, reason=reason):
-                    if (stream := self.streams.get(sid)) is not None:
-                        stream.closed = True
-                        stream._deliver(WsClose(code, reason))
-                case ev.StreamReset(stream_id=sid, code=code, reason=reason):
-                    if (stream := self.streams.pop(sid, None)) is not None:
-                        stream._fail(StreamClosed(code, reason))
-                case ev.PongReceived(payload=payload):
+            try:
+                self._dispatch_one(event)
+            except Exception:
+                # Bulkhead (R-MT-15): one exchange's surprise must never end the
+                # tunnel every other person of this home is using.  The stream
+                # it concerns is reset; everything else carries on.
+                stream_id = getattr(event, "stream_id", 0)
+                log.exception(
+                    "tunnel.event_failed",
+                    extra={"tunnel": self.name, "event": type(event).__name__, "stream": stream_id},
+                )
+                if stream_id:
+                    self.reset(stream_id, ErrorCode.INTERNAL, "internal error")
+
+    def _dispatch_one(self, event: Event) -> None:
+        if isinstance(event, _STREAM_EVENTS):
+            if isinstance(event, StreamReset):
+                stream = self.streams.pop(event.stream_id, None)
+            else:
+                stream = self.streams.get(event.stream_id)
+            if stream is not None:  # else its owner released it: nothing waits for this
+                stream.received(event)
+            return
+        match event:
+            case StreamOpened(stream_id=sid, head=head, websocket=ws, end_stream=end):
+                self._start_handler(sid, head, websocket=ws, end=end)
+            case PongReceived(payload=payload):
+                # Only an answer to a ping we sent proves the peer reads what we
+                # send: unsolicited pongs must not keep a deaf peer alive (R-ADD-07).
+                sent = self._ping_sent.pop(payload, None)
+                if sent is not None:
                     self._last_pong = time.monotonic()
-                    sent = self._ping_sent.pop(payload, None)
-                    if sent is not None:
-                        self.rtt = self._last_pong - sent
-                case ev.GoAwayReceived() as goaway:
-                    if self._on_goaway is not None:
-                        self._on_goaway(goaway)
-                case ev.ControlRequested() as request:
-                    self.control.requested(request)
-                case ev.ControlAnswered() as answer:
-                    self.control.answered(answer)
-                case ev.ConnectionTerminated(code=code, reason=reason):
-                    self.close_reason = f"protocol error: {code.name}: {reason}"
-                    log.warning(
-                        "tunnel.terminated",
-                        extra={"tunnel": self.name, "code": code.name, "reason": reason},
-                    )
+                    self.rtt = self._last_pong - sent
+            case GoAwayReceived() as goaway:
+                if self._on_goaway is not None:
+                    self._on_goaway(goaway)
+            case ControlRequested() as request:
+                self.control.requested(request)
+            case ControlAnswered() as answer:
+                self.control.answered(answer)
+            case ConnectionTerminated(code=code, reason=reason):
+                self.close_reason = f"protocol error: {code.name}: {reason}"
+                log.warning(
+                    "tunnel.terminated",
+                    extra={"tunnel": self.name, "code": code.name, "reason": reason},
+                )
 
     def _start_handler(
         self, stream_id: int, head: RequestHead, *, websocket: bool, end: bool
     ) -> None:
         stream = Stream(self, stream_id, head, websocket=websocket)
         stream.request_has_body = not end
-        if end:
-            stream.closed = True
-            stream._deliver(_EOF)
         self.streams[stream_id] = stream
+        if self._on_open is not None:
+            self._on_open(stream)  # a failure here resets this stream only (_dispatch)
+            return
+        if end:
+            stream.opened_complete()
         if self._on_stream is None:
             self.reset(stream_id, ErrorCode.REFUSED, "no handler")
             return
@@ -359,6 +468,7 @@ class TunnelSession:
         task.add_done_callback(self._handlers.discard)
 
     async def _run_handler(self, stream: Stream) -> None:
+        """The handler owns the stream; whatever it leaves open is released after it."""
         assert self._on_stream is not None
         try:
             await self._on_stream(stream)
@@ -366,7 +476,11 @@ class TunnelSession:
             pass
         except Exception:
             log.exception("tunnel.handler_failed", extra={"tunnel": self.name})
-            self.reset(stream.id, ErrorCode.INTERNAL, "handler failed")
+            stream.reset(ErrorCode.INTERNAL, "handler failed")
+        finally:
+            # A response sent in full still goes out; the rest of a request body
+            # Home Assistant did not read is refused (HTTP/2's RST_STREAM NO_ERROR).
+            stream.release(ErrorCode.NO_ERROR, "response complete")
 
     def _prune_and_wake(self) -> None:
         """After a flush: drop streams the protocol finished, wake writers with room.
@@ -385,10 +499,9 @@ class TunnelSession:
                 if not connection.has_stream(sid):
                     # Fully closed in the protocol: nothing more will be sent or received.
                     del self.streams[sid]
-                    stream.closed = True
-                    stream._writable.set()
+                    stream.finished()
                     self._blocked_writers.discard(stream)
         if self._blocked_writers:
             for stream in list(self._blocked_writers):
-                if stream._update_writable():
+                if stream.update_writable():
                     self._blocked_writers.discard(stream)

@@ -1,5 +1,15 @@
 """One stream of a tunnel as the asyncio side sees it.
 
+A stream has one owner: the code that opened it (relay side, ``with
+session.open_stream(...) as stream``) or the handler the session started for
+it (add-on side).  When the owner is done, for whatever reason (finished,
+cancelled, timed out, failed), the stream is *released*: if the protocol
+still holds it, it is reset, so nothing an owner abandons stays open.  Events
+from the peer only ever fill this stream's inbox or record its state; none of
+them can raise, whatever the owner did meanwhile (R-MT-15: an answer that
+arrives for a request nobody waits for any more is simply dropped with the
+stream, it never ends the tunnel).
+
 Received items wait in a small inbox.  The inbox cannot grow past the
 stream's credit window, because the peer may not send more than we granted,
 and credit is only returned (``acknowledge``) when a reader takes an item out.
@@ -15,15 +25,36 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import Protocol
 
-from homeport.protocol.connection import TunnelConnection
-from homeport.protocol.errors import ErrorCode, StreamViolation
-from homeport.protocol.heads import RequestHead, ResponseHead
+from homeport.protocol import (
+    DataReceived,
+    ErrorCode,
+    Event,
+    RequestHead,
+    ResponseHead,
+    ResponseReceived,
+    StreamReset,
+    StreamViolation,
+    TunnelConnection,
+    WebSocketClosed,
+    WebSocketMessageReceived,
+)
 from homeport.tunnel.priorities import BULK_SIZE, sent_priority
 
-if TYPE_CHECKING:
-    from homeport.tunnel.session import TunnelSession
+
+class StreamHost(Protocol):
+    """What a stream needs from the session that carries it."""
+
+    @property
+    def connection(self) -> TunnelConnection: ...
+    def kick(self) -> None: ...
+    def acknowledge(self, stream_id: int, size: int) -> None: ...
+    def reset(self, stream_id: int, code: ErrorCode, reason: str) -> None: ...
+    def release(self, stream_id: int, code: ErrorCode, reason: str) -> None: ...
+    def writer_blocked(self, stream: Stream) -> None: ...
+
 
 HIGH_WATER = 256 * 1024
 #: Most body bytes handed to a consumer at once when several chunks are waiting.
@@ -54,24 +85,47 @@ class WsClose:
 _EOF = object()
 
 
+class StreamConsumer(Protocol):
+    """Takes a stream's events as callbacks instead of from the inbox (the relay's fast path).
+
+    A consumer must call :meth:`Stream.consumed` for every body or message
+    byte once it has passed it on (that returns the peer's credit), and is
+    told when the tunnel has room again for what it sends (``writable``).
+    None of these may raise; a consumer that fails is the stream's problem
+    only (the session resets the stream, see ``TunnelSession._dispatch``).
+    """
+
+    def head_received(self, head: ResponseHead, end: bool) -> None: ...
+    def data_received(self, data: bytes, end: bool) -> None: ...
+    def ws_message_received(self, data: bytes, text: bool) -> None: ...
+    def ws_closed(self, code: int, reason: str) -> None: ...
+    def stream_ended(self, error: StreamClosed | None) -> None: ...
+    def writable(self) -> None: ...
+
+
 class Stream:
     def __init__(
         self,
-        session: TunnelSession,
+        host: StreamHost,
         stream_id: int,
         request: RequestHead | None,
         *,
         websocket: bool = False,
+        consumer: StreamConsumer | None = None,
     ) -> None:
-        self._session = session
+        self._host = host
+        #: Callbacks that take this stream's events; None: they wait in the inbox.
+        self.consumer = consumer
         self.id = stream_id
         self.request = request
         self.websocket = websocket
-        self.response: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        #: Relay side: the response head, once it arrived (see :meth:`response_head`).
+        self.head: ResponseHead | None = None
         self._inbox: deque[bytes | WsMessage | WsClose | object] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        #: Set whenever something a waiter may wait for changed (a head, an item, an
+        #: end, room to write); created by the first waiter only, so a stream whose
+        #: events go to a consumer never pays for it.
+        self._changed: asyncio.Event | None = None
         self.error: StreamClosed | None = None
         self.closed = False  # nothing more will arrive
         self.ws_close_sent = False
@@ -87,42 +141,200 @@ class Stream:
         self.body_sent = 0
         self._sent_as_bulk = False
 
-    # --------------------------------------------------------- fed by session
+    # ------------------------------------------------------------- ownership
 
-    def _deliver(self, item: bytes | WsMessage | WsClose | object) -> None:
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release(ErrorCode.CANCEL, "abandoned")
+
+    def release(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """The owner is done with the stream: whatever is still open of it ends now.
+
+        Idempotent and safe at any point.  Output this side already ended
+        (a response sent in full) still goes out, then the peer is told
+        ``code`` for whatever it would still send; output never ended is
+        cut at once (CANCEL).
+        """
+        if self.error is None:
+            self._host.release(self.id, code, reason)
+
+    # --------------------------------------------------- events from the peer
+
+    def received(self, event: Event) -> None:
+        """Record what the peer said about this stream.  Never raises.
+
+        The protocol has already checked the event against the stream's state
+        (it raises a stream violation and resets the stream otherwise), so
+        this only files it for the owner, whether or not anyone still waits.
+        """
+        if self.consumer is not None:
+            self._hand_over(self.consumer, event)
+            return
+        match event:
+            case DataReceived(data=data, end_stream=end):
+                if data:
+                    self._deliver(data)
+                if end:
+                    self._deliver_end()
+            case WebSocketMessageReceived(data=data, text=text):
+                self._deliver(WsMessage(data, text))
+            case ResponseReceived(head=head, end_stream=end):
+                if self.head is None:
+                    self.head = head
+                    self._notify()
+                if end:
+                    self._deliver_end()
+            case WebSocketClosed(code=code, reason=reason):
+                self.closed = True
+                self._deliver(WsClose(code, reason))
+            case StreamReset(code=code, reason=reason):
+                self.ended(StreamClosed(code, reason))
+
+    def _hand_over(self, consumer: StreamConsumer, event: Event) -> None:
+        match event:
+            case DataReceived(data=data, end_stream=end):
+                if end:
+                    self.closed = True
+                self._holding(len(data))
+                consumer.data_received(data, end)
+            case WebSocketMessageReceived(data=data, text=text):
+                self._holding(len(data))
+                consumer.ws_message_received(data, text)
+            case ResponseReceived(head=head, end_stream=end):
+                self.head = head
+                if end:
+                    self.closed = True
+                consumer.head_received(head, end)
+            case WebSocketClosed(code=code, reason=reason):
+                self.closed = True
+                consumer.ws_closed(code, reason)
+            case StreamReset(code=code, reason=reason):
+                self.ended(StreamClosed(code, reason))
+
+    def _holding(self, size: int) -> None:
+        """``size`` more bytes wait for the consumer to pass them on (the stall watchdog's view)."""
+        if size:
+            if not self.held:
+                self.waiting_since = time.monotonic()
+            self.held += size
+
+    def consumed(self, size: int) -> None:
+        """A consumer passed ``size`` received bytes on: the peer may send that much more."""
+        self.held -= size
+        self.waiting_since = time.monotonic()
+        self._host.acknowledge(self.id, size)
+
+    def opened_complete(self) -> None:
+        """Add-on side: the request had no body (END_STREAM on its OPEN)."""
+        self._deliver_end()
+
+    def ended(self, error: StreamClosed) -> None:
+        """The stream was reset (by either side) or its tunnel went away."""
+        if self.error is not None:
+            return
+        self.error = error
+        self.closed = True
+        self._notify()
+        if self.consumer is not None:
+            self.consumer.stream_ended(error)
+
+    def finished(self) -> None:
+        """The protocol forgot the stream: both sides ended it; nothing more moves."""
+        self.closed = True
+        self._notify()
+        if self.consumer is not None and self.error is None:
+            self.consumer.stream_ended(None)
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait(self) -> None:
+        """Until the next change (callers re-check their condition after it)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _deliver(self, item: bytes | WsMessage | WsClose) -> None:
         size = _size(item)
         if size:
             if not self.held:
                 self.waiting_since = time.monotonic()
             self.held += size
         self._inbox.append(item)
-        self._readable.set()
+        self._notify()
 
-    def _fail(self, error: StreamClosed) -> None:
-        if self.error is None:
-            self.error = error
-        if not self.response.done():
-            self.response.set_exception(error)
-            self.response.exception()  # mark retrieved: not every caller awaits it
+    def _deliver_end(self) -> None:
         self.closed = True
-        self._readable.set()
-        self._writable.set()
+        self._inbox.append(_EOF)
+        self._notify()
 
-    def _update_writable(self) -> bool:
+    def update_writable(self) -> bool:
         """Wake a blocked writer if the protocol has room; True if it was woken."""
-        if self._session.connection.buffered(self.id) <= HIGH_WATER:
-            self._writable.set()
+        if self._host.connection.buffered(self.id) <= HIGH_WATER:
+            self._notify()
+            if self.consumer is not None:
+                self.consumer.writable()
             return True
         return False
 
+    # ------------------------------------------------- writing, without waiting
+
+    def send_data(self, data: bytes, *, end: bool = False) -> bool:
+        """Queue body bytes now (a consumer's path); False: wait for ``writable`` first.
+
+        Raises :class:`StreamClosed` if the stream is gone.
+        """
+        with self._sending() as connection:
+            connection.send_data(self.id, data, end_stream=end)
+            self.body_sent += len(data)
+            if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
+                self._sent_as_bulk = True
+                connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
+            room = connection.buffered(self.id) <= HIGH_WATER
+        if not room:
+            self._host.writer_blocked(self)
+        return room
+
+    def send_ws_now(self, data: bytes, *, text: bool) -> bool:
+        """Queue a WebSocket message now; False: wait for ``writable`` before the next."""
+        with self._sending() as connection:
+            connection.send_ws_message(self.id, data, text=text)
+            room = connection.buffered(self.id) <= HIGH_WATER
+        if not room:
+            self._host.writer_blocked(self)
+        return room
+
     # ---------------------------------------------------------------- reading
+
+    async def response_head(self) -> ResponseHead:
+        """Relay side: wait for the response head; :class:`StreamClosed` if none comes.
+
+        Giving up (cancellation, a timeout around this call) leaves the head,
+        when it comes, to be dropped with the stream when its owner releases it.
+        """
+        while self.head is None:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+            if self.head is None and self.error is None:
+                # Finished without a head (cannot happen on a well-formed tunnel).
+                raise StreamClosed(ErrorCode.PROTOCOL, "stream ended without a response")
+        return self.head
 
     async def _next(self) -> bytes | WsMessage | WsClose | object:
         while not self._inbox:
             if self.error is not None:
                 raise self.error
-            self._readable.clear()
-            await self._readable.wait()
+            await self._wait()
         return self._take()
 
     def _take(self) -> bytes | WsMessage | WsClose | object:
@@ -130,10 +342,7 @@ class Stream:
         if size := _size(item):
             self.held -= size
             self.waiting_since = time.monotonic()
-        if isinstance(item, bytes):
-            self._session.acknowledge(self.id, len(item))
-        elif isinstance(item, WsMessage):
-            self._session.acknowledge(self.id, len(item.data))
+            self._host.acknowledge(self.id, size)
         return item
 
     async def read(self) -> bytes:
@@ -191,21 +400,20 @@ class Stream:
         while True:
             if self.error is not None:
                 raise self.error
-            if self._session.connection.buffered(self.id) <= HIGH_WATER:
+            if self._host.connection.buffered(self.id) <= HIGH_WATER:
                 return
-            self._writable.clear()
-            self._session._blocked_writers.add(self)
-            await self._writable.wait()
+            self._host.writer_blocked(self)
+            await self._wait()
 
     @contextlib.contextmanager
     def _sending(self) -> Iterator[TunnelConnection]:
         if self.error is not None:
             raise self.error
         try:
-            yield self._session.connection
+            yield self._host.connection
         except StreamViolation as exc:
             raise StreamClosed(exc.code, exc.reason) from None
-        self._session.kick()
+        self._host.kick()
 
     async def write(self, data: bytes, *, end: bool = False) -> None:
         """Send body bytes; returns once the tunnel has room for more."""
@@ -241,17 +449,17 @@ class Stream:
     @property
     def priority(self) -> int:
         """The class this side sends the stream's output in (see protocol/scheduler.py)."""
-        current = self._session.connection.priority(self.id)
+        current = self._host.connection.priority(self.id)
         return current if current is not None else self.request.priority if self.request else 0
 
     def set_priority(self, priority: int) -> None:
         """Move what this side sends on the stream to another class (local only)."""
-        self._session.connection.set_priority(self.id, priority)
+        self._host.connection.set_priority(self.id, priority)
 
     def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
         """Abort the stream (idempotent)."""
         if self.error is None:
-            self._session.reset(self.id, code, reason)
+            self._host.reset(self.id, code, reason)
 
 
 def _size(item: object) -> int:

@@ -1,0 +1,98 @@
+"""Response heads and relay-owned answers as bytes, for the tenant data plane.
+
+Proxied heads are written canonically from the parsed head the tunnel
+carried (never the home's raw bytes: no response splitting, R-MT-10), with
+the relay's own framing (length, chunked or close-delimited) and the tenant
+security headers.  The relay's own answers on tenant hosts (sign-in
+redirects, busy and offline pages) are built as aiohttp ``Response`` objects
+by :mod:`homeport.relay.tenant`, exactly like the account site's, and
+serialised here after :func:`homeport.relay.security_headers.finish`: no
+code path can leave one without HSTS and the baseline headers.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+from aiohttp import web
+
+from homeport.protocol import Headers
+from homeport.relay import security_headers
+from homeport.relay.proxy.http1 import bodiless, reason
+
+#: How a response body is delimited on the browser's connection.
+LENGTH = "length"
+CHUNKED = "chunked"
+CLOSE = "close"
+NONE = "none"
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The ``Date`` header's value, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+def status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode("ascii"))
+
+
+def encode_head(status: int, headers: Headers, *, close: bool) -> bytes:
+    """A response head from validated fields (the tunnel's decoder checked every byte)."""
+    parts = [status_line(status), b"date: ", http_date(), b"\r\n"]
+    for name, value in headers:
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def framing(method: str, status: int, headers: Headers, *, http11: bool) -> tuple[str, int]:
+    """How to delimit a proxied body: (kind, announced length or -1).
+
+    The home's ``content-length`` is kept when it is a plain number; otherwise
+    (none, or chunked upstream) an HTTP/1.1 browser gets chunked encoding and an
+    HTTP/1.0 one a body delimited by closing the connection.
+    """
+    if bodiless(method, status):
+        return NONE, -1
+    for name, value in headers:
+        if name == "content-length":
+            if value.isdigit():
+                return LENGTH, int(value)
+            break
+    return (CHUNKED, -1) if http11 else (CLOSE, -1)
+
+
+def relay_answer(response: web.Response, *, method: str, close: bool) -> bytes:
+    """A relay-owned answer (page, redirect, 401) as bytes, with every security header."""
+    security_headers.finish(response, secure=True)
+    body = response.body if isinstance(response.body, bytes) else b""
+    parts = [status_line(response.status), b"date: ", http_date(), b"\r\n"]
+    for name, value in response.headers.items():
+        if name.lower() in ("content-length", "connection", "transfer-encoding", "date"):
+            continue
+        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    for morsel in response.cookies.values():
+        parts.append(f"Set-Cookie: {morsel.OutputString()}\r\n".encode("latin-1"))
+    if not bodiless("GET", response.status):
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if method != "HEAD" and not bodiless("GET", response.status):
+        parts.append(body)
+    return b"".join(parts)
+
+
+def error_answer(status: int, text: str) -> bytes:
+    """A bare error for a request that could not be read (the connection closes after it)."""
+    response = web.Response(status=status, text=text + "\n")
+    return relay_answer(response, method="GET", close=True)
