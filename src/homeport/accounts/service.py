@@ -11,7 +11,7 @@ than re-implemented per handler:
 * :attr:`~Accounts.totp`, :attr:`~Accounts.passkeys`, :attr:`~Accounts.sharing`,
   :attr:`~Accounts.oidc`, :attr:`~Accounts.email_signins`,
   :attr:`~Accounts.password_resets`, :attr:`~Accounts.signups`,
-  :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`.
+  :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`, :attr:`~Accounts.integrations`.
 
 Design rules, for every store:
 
@@ -39,6 +39,7 @@ from homeport.accounts.audit import Audit
 from homeport.accounts.db import Database
 from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.instances import InstanceRow, Instances
+from homeport.accounts.integrations import IntegrationSettings
 from homeport.accounts.models import (
     HandoffCode,
     Instance,
@@ -125,6 +126,8 @@ class Accounts:
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
         self.signups = Signups(db, self.throttle, now=self._now)
+        #: Per home: may webhooks and voice assistants pass the gate (owner switches).
+        self.integrations = IntegrationSettings(db, self.audit, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
