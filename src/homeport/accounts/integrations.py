@@ -117,11 +117,10 @@ class IntegrationSettings:
             )
         return before
 
-    async def record_call(self, instance_id: str, path_kind: str, ip: str, calls: int) -> None:
-        """One audit event for ``calls`` calls of one kind from one address (metadata only)."""
-        detail = path_kind if calls == 1 else f"{path_kind} ({calls} calls)"
+    async def record_call(self, instance_id: str, path_kind: str, ip: str) -> None:
+        """An audit event for a call through an integration: its kind, time and address only."""
         await self._audit.record(
-            CALL_EVENT, instance_id=instance_id, ip=ip, device="integration", detail=detail
+            CALL_EVENT, instance_id=instance_id, ip=ip, device="integration", detail=path_kind
         )
 
     @staticmethod
