@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from homeport.accounts import Accounts, Database, User, default_sqlite_url
 from homeport.accounts.integrations import CALL_EVENT, Switches
+from homeport.cli import build_parser, relay_config
 from homeport.keys import public_key_text
 from homeport.relay import integrations as integrations_module
 from homeport.relay.config import RelayConfig
@@ -113,3 +114,22 @@ async def test_the_audit_backlog_is_bounded(
     events = [e for e in await accounts.audit.for_instance(instance) if e.kind == CALL_EVENT]
     assert len(events) == integrations_module.AUDIT_BACKLOG
     assert "integration.audit_dropped" in caplog.text
+
+
+def test_the_limits_come_from_flags_environment_and_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["relay", "--data-dir", str(tmp_path)]
+    config = relay_config(build_parser().parse_args(base))
+    assert (config.integration_rate, config.integration_burst) == (2.0, 60)
+    assert (config.integration_max_requests, config.integration_max_body) == (16, 1024 * 1024)
+    monkeypatch.setenv("HOMEPORT_INTEGRATION_RATE", "0.5")
+    args = [*base, "--integration-burst", "5", "--integration-max-body", "64K"]
+    config = relay_config(build_parser().parse_args(args))
+    assert (config.integration_rate, config.integration_burst) == (0.5, 5)
+    assert config.integration_max_body == 64 * 1024
+    for flag, value in (("--integration-rate", "fast"), ("--integration-rate", "-1")):
+        with pytest.raises(SystemExit, match="--integration-rate"):
+            relay_config(build_parser().parse_args([*base, flag, value]))
+    with pytest.raises(SystemExit, match="--integration-max-requests"):
+        relay_config(build_parser().parse_args([*base, "--integration-max-requests", "lots"]))
