@@ -213,6 +213,7 @@ class Relay:
         await self.hub.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        await self.integrations.drain()  # the last calls' audit events, before the database goes
         await self.database.close()
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
