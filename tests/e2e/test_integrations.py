@@ -209,6 +209,19 @@ async def test_voice_switch_lets_exactly_the_three_voice_paths_through(tmp_path:
                 assert r.status == GATED, path
         assert backend.paths() == ["/api/alexa/smart_home", "/api/google_assistant", "/auth/token"]
 
+        # The owner's page shows what to paste into the Alexa skill and the Google project.
+        async with stack.browser() as owner:
+            await owner.sign_in_account_site()
+            page_url = f"{stack.account_origin}/instances/{stack.instance_id}"
+            async with owner.request("GET", page_url) as r:
+                page = await r.text()
+        origin = stack.tenant_origin
+        assert f'value="{origin}/api/google_assistant"' in page
+        assert f'value="{origin}/auth/authorize"' in page
+        assert f'value="{origin}/auth/token"' in page
+        assert f'value="{origin}"' in page
+        assert "/api/webhook/" not in page  # webhooks are off
+
 
 async def test_a_member_cannot_switch_integrations_and_nothing_changes(tmp_path: Path) -> None:
     async with (
