@@ -146,6 +146,10 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         upload_window=limits["upload_window"],
         account_max_requests=limits["account_max_requests"],
         account_body_seconds=limits["account_body_seconds"],
+        integration_rate=limits["integration_rate"],
+        integration_burst=limits["integration_burst"],
+        integration_max_requests=limits["integration_max_requests"],
+        integration_max_body=limits["integration_max_body"],
         acme=acme,
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
         link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
@@ -247,9 +251,23 @@ def _limit_options(opts: Options) -> dict[str, Any]:
             name: parse_seconds(opts.get(name, getattr(defaults, name)), option=f"--{flag}")
             for name, flag in SECONDS_FLAGS.items()
         }
+        rate = _calls_per_second(opts.get("integration_rate", defaults.integration_rate))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    return sizes | seconds
+    return sizes | seconds | {"integration_rate": rate}
+
+
+def _calls_per_second(value: object) -> float:
+    """``--integration-rate``: calls per second per home (``2``, ``0.5``; 0 = no limit)."""
+    try:
+        rate = float(str(value).strip())
+    except ValueError:
+        raise ValueError(
+            f"--integration-rate: not a number of calls per second: {value!r} (e.g. 2, 0.5, 0)"
+        ) from None
+    if not rate >= 0 or rate == float("inf"):
+        raise ValueError(f"--integration-rate: must be a finite number >= 0: {value!r}")
+    return rate
 
 
 #: RelayConfig field -> flag; each takes a size (``16G``, ``512M``) or a count; 0 = no limit.
@@ -261,6 +279,9 @@ LIMIT_FLAGS = {
     "tenant_burst": "tenant-burst",
     "upload_min_bytes": "upload-min-bytes",
     "account_max_requests": "account-max-requests",
+    "integration_burst": "integration-burst",
+    "integration_max_requests": "integration-max-requests",
+    "integration_max_body": "integration-max-body",
 }
 #: RelayConfig field -> flag; each takes seconds (``10``, ``2.5``); 0 = no limit.
 SECONDS_FLAGS = {
@@ -874,6 +895,17 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--upload-window", dest="upload_window", help="seconds for --upload-min-bytes (30)"
+    )
+    calls = parser.add_argument_group(
+        "limits on integrations' calls past the gate, per home (0 = no limit)"
+    )
+    calls.add_argument("--integration-rate", dest="integration_rate", help="calls per second (2)")
+    calls.add_argument("--integration-burst", dest="integration_burst", help="call burst (60)")
+    calls.add_argument(
+        "--integration-max-requests", dest="integration_max_requests", help="calls open (16)"
+    )
+    calls.add_argument(
+        "--integration-max-body", dest="integration_max_body", help="request body cap (1M)"
     )
     account = parser.add_argument_group("limits on the account site (0 = no limit)")
     account.add_argument(

@@ -91,3 +91,20 @@ def test_one_failing_cut_does_not_stop_the_others(caplog: pytest.LogCaptureFixtu
         assert live.end_sessions([1]) == 2
     assert cut == [("ws", Ending.SESSION_ENDED)]
     assert "relay.live_traffic_end_failed" in caplog.text
+
+
+def test_end_integrations_cuts_only_those_kinds_on_that_home() -> None:
+    live = LiveTraffic()
+    cut: list[tuple[str, Ending]] = []
+    with (
+        live.track("home-a", "http", note(cut, "hook-a"), Principal(integration="webhook")),
+        live.track("home-a", "http", note(cut, "token-a"), Principal(integration="auth_token")),
+        live.track("home-b", "http", note(cut, "hook-b"), Principal(integration="webhook")),
+        live.track("home-a", "http", note(cut, "person"), session(1, 10)),
+        live.track("home-a", "http", note(cut, "phone"), Principal(app_link_id=5)),
+    ):
+        assert live.end_integrations("home-a", ["webhook"]) == 1
+        assert cut == [("hook-a", Ending.ACCESS_WITHDRAWN)]
+        assert live.end_integrations("home-a", []) == 0
+        assert live.end_instance("home-a") == 3  # unlinking: everything, calls included
+        assert live.count(instance_id="home-b") == 1

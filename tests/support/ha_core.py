@@ -344,12 +344,13 @@ def camera_picture() -> bytes:
 
 
 def configuration_yaml(
-    port: int, config_dir: Path | None = None, *, trust_proxies: bool = True
+    port: int, config_dir: Path | None = None, *, trust_proxies: bool = True, extra: str = ""
 ) -> str:
     """The minimal configuration (no ``default_config``) that the tests run against.
 
     ``trust_proxies=False`` leaves out ``use_x_forwarded_for``/``trusted_proxies``:
     Home Assistant as installed, before its owner has configured a reverse proxy.
+    ``extra``: more top-level YAML (other integrations, automations), appended.
     """
     camera_path = (config_dir or Path(".")) / CAMERA_FILE
     proxies = (
@@ -414,7 +415,7 @@ camera:
   - platform: local_file
     name: Homeport camera
     file_path: {camera_path}
-"""
+{extra}"""
 
 
 class HomeAssistant:
@@ -454,8 +455,12 @@ class HomeAssistant:
         venv: Path | None = None,
         timeout: float = STARTUP_TIMEOUT,
         trust_proxies: bool = True,
+        extra_config: str = "",
     ) -> HomeAssistant:
-        """Install if needed, write a fresh config in ``base_dir``, start, and onboard."""
+        """Install if needed, write a fresh config in ``base_dir``, start, and onboard.
+
+        ``extra_config``: YAML appended to the configuration (see :func:`configuration_yaml`).
+        """
         if venv is None:
             venv = await asyncio.to_thread(ensure_ha_venv)
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -467,7 +472,9 @@ class HomeAssistant:
         # HA serves /local/ from www/ only if it exists at start; tests put big files there.
         (ha.config_dir / "www").mkdir()
         (ha.config_dir / "configuration.yaml").write_text(
-            configuration_yaml(ha.port, ha.config_dir, trust_proxies=trust_proxies)
+            configuration_yaml(
+                ha.port, ha.config_dir, trust_proxies=trust_proxies, extra=extra_config
+            )
         )
         began = time.monotonic()
         try:
@@ -715,10 +722,15 @@ async def start_home_assistant(
     port: int | None = None,
     timeout: float = STARTUP_TIMEOUT,
     trust_proxies: bool = True,
+    extra_config: str = "",
 ) -> AsyncIterator[HomeAssistant]:
     """Start (installing if needed) and onboard HA in ``base_dir``; stop it on exit."""
     ha = await HomeAssistant.start(
-        base_dir, port=port, timeout=timeout, trust_proxies=trust_proxies
+        base_dir,
+        port=port,
+        timeout=timeout,
+        trust_proxies=trust_proxies,
+        extra_config=extra_config,
     )
     try:
         yield ha

@@ -37,6 +37,7 @@ from homeport.accounts.identifiers import (
     normalise_link_code,
     sha256_hex,
 )
+from homeport.accounts.integrations import IntegrationSettings
 from homeport.accounts.models import (
     INSTANCE_NAME_MAX,
     HandoffCode,
@@ -347,6 +348,7 @@ class Instances:
             await s.execute(delete(HandoffCode).where(HandoffCode.instance_id == instance_id))
             await s.execute(delete(InstanceMember).where(InstanceMember.instance_id == instance_id))
             await Sharing.delete_instance_rows(s, instance_id)
+            await IntegrationSettings.delete_instance_rows(s, instance_id)
             s.add(RetiredInstance(id=instance_id, retired_at=self._now()))
             owner_id = instance.owner_id
             await s.delete(instance)

@@ -52,6 +52,7 @@ __all__ = [
     "Base",
     "HandoffCode",
     "Instance",
+    "InstanceIntegrations",
     "InstanceMember",
     "InstancePolicy",
     "Invitation",
@@ -752,3 +753,20 @@ class EmailChangeUndo(SingleUse, Base):
     new_email: Mapped[str] = mapped_column(String(EMAIL_MAX))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class InstanceIntegrations(Base):
+    """Which integrations on the internet may reach an instance without a Homeport session.
+
+    No row, or both switches off, is the default: nothing but signed-in people
+    and app links get in (:mod:`homeport.accounts.integrations`).
+    """
+
+    __tablename__ = "instance_integrations"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    webhooks: Mapped[bool] = mapped_column(Boolean, default=False)
+    voice: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -12,7 +12,7 @@ than re-implemented per handler:
   :attr:`~Accounts.oidc`, :attr:`~Accounts.email_signins`,
   :attr:`~Accounts.password_resets`, :attr:`~Accounts.signups`,
   :attr:`~Accounts.email_changes`, :attr:`~Accounts.exports`, :attr:`~Accounts.deletion`,
-  :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`.
+  :attr:`~Accounts.throttle`, :attr:`~Accounts.audit`, :attr:`~Accounts.integrations`.
 
 Design rules, for every store:
 
@@ -44,6 +44,7 @@ from homeport.accounts.email_change import EmailChanges
 from homeport.accounts.email_signin import EmailSignins
 from homeport.accounts.export import AccountExport
 from homeport.accounts.instances import InstanceRow, Instances
+from homeport.accounts.integrations import IntegrationSettings
 from homeport.accounts.models import (
     HandoffCode,
     Instance,
@@ -137,6 +138,8 @@ class Accounts:
         #: What a person may ask for under the GDPR: their data, and their account gone.
         self.exports = AccountExport(db, self.audit, now=self._now)
         self.deletion = AccountDeletion(db, self.instances, self.audit, now=self._now)
+        #: Per home: may webhooks and voice assistants pass the gate (owner switches).
+        self.integrations = IntegrationSettings(db, self.audit, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()

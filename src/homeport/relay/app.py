@@ -33,6 +33,7 @@ from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
+from homeport.relay.integrations import IntegrationGate
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
@@ -120,8 +121,16 @@ class Relay:
             writer=MailWriter(config.account_origin),
         )
         self.hub.control_handler = self.addon_control.handler_for
+        #: Webhooks and voice assistants a home's owner let past the gate.
+        self.integrations = IntegrationGate(config, self.accounts.integrations)
         self.tenants = TenantProxy(
-            config, self.accounts, self.hub, self.gate, self.pages, self.app_links
+            config,
+            self.accounts,
+            self.hub,
+            self.gate,
+            self.pages,
+            self.app_links,
+            self.integrations,
         )
         self.housekeeping = Housekeeping(
             self.accounts, self.gate, app_links=self.app_links, hub=self.hub
@@ -149,6 +158,7 @@ class Relay:
             mail=self.mail,
             providers=self.oidc,
             tunnel=self.hub.handle,
+            integration_gate=self.integrations,
         )
         # ``Application.add_domain`` with our own rule: the Host header as
         # request_host() reads it, and the TLS session's SNI naming the same host.
@@ -222,6 +232,7 @@ class Relay:
         await self.hub.shutdown()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        await self.integrations.drain()  # the last calls' audit events, before the database goes
         await self.database.close()
 
     async def start(self, *, sock: socket.socket | None = None) -> None:

@@ -66,6 +66,13 @@ class RelayConfig:
     #: Bytes per second per home and direction (token bucket), and its burst.
     tenant_bandwidth: int = 0
     tenant_burst: int = 4 * 1024 * 1024
+    #: Integrations a home's owner let past the gate (webhooks, voice assistants;
+    #: ``homeport.relay.integrations``), per home: calls per second (token bucket)
+    #: and the burst, open calls at once, and the request-body cap.  0 = no limit.
+    integration_rate: float = 2.0
+    integration_burst: int = 60
+    integration_max_requests: int = 16
+    integration_max_body: int = 1024 * 1024
     #: Slow bodies (R-MT-14, ``homeport.relay.limits``); 0 = off.  On tenant hosts a
     #: request body must move at least ``upload_min_bytes`` per ``upload_window``
     #: seconds spent waiting for the client (about 550 bytes/s by default).

@@ -224,6 +224,21 @@ class TokenBucket:
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def try_take(self, amount: int) -> bool:
+        """Book ``amount`` now if the balance covers it; False (nothing booked) if not.
+
+        For things that are refused rather than delayed (e.g. calls per second).
+        """
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True
+
     async def take(self, amount: int) -> None:
         delay = self.charge(amount)
         if delay > 0:

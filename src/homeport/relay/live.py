@@ -11,7 +11,8 @@ an app link — and every withdrawal cuts what that access has open at once:
   :meth:`LiveTraffic.end_user`; the browser's WebSocket closes with 4001
   "session ended";
 * a revoked app link or an unlinked home: :meth:`LiveTraffic.end_app_link`,
-  :meth:`LiveTraffic.end_instance`; WebSockets close with 1008 "access withdrawn".
+  :meth:`LiveTraffic.end_instance`; WebSockets close with 1008 "access withdrawn";
+* integrations switched off by the home's owner: :meth:`LiveTraffic.end_integrations`.
 
 Each cut resets the tunnel stream (so the home stops sending too) and closes
 the browser's connection.
@@ -60,11 +61,13 @@ class Ending(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who opened an exchange: an account's tenant session, or an app link."""
+    """Who opened an exchange: an account's tenant session, an app link, or an
+    integration the home's owner let through (its path kind, e.g. ``"webhook"``)."""
 
     user_id: int | None = None
     session_id: int | None = None
     app_link_id: int | None = None
+    integration: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,14 @@ class LiveTraffic:
     def end_app_link(self, app_link_id: int) -> int:
         """An app link was revoked: cut what it has open."""
         return self._end(lambda e: e.app_link_id == app_link_id, Ending.ACCESS_WITHDRAWN)
+
+    def end_integrations(self, instance_id: str, kinds: Iterable[str]) -> int:
+        """The owner switched integrations off: cut the calls of these kinds still open."""
+        wanted = set(kinds)
+        return self._end(
+            lambda e: e.instance_id == instance_id and e.who.integration in wanted,
+            Ending.ACCESS_WITHDRAWN,
+        )
 
     def end_instance(self, instance_id: str) -> int:
         """A home was unlinked: cut everything open on it."""

@@ -6,7 +6,10 @@ instance comes from the Host header only (deny by default).  Without one, a
 browser navigation is sent to sign in on the account site, which hands a
 session over with a single-use code bound to a state cookie set here (so a
 code cannot log someone else's browser into the attacker's session).  An
-app-link host ``<label>.<tenant-domain>`` is its own credential instead.
+app-link host ``<label>.<tenant-domain>`` is its own credential instead.  A
+request without a session that is exactly one of the integration paths its
+owner switched on (webhooks, voice assistants) goes to Home Assistant, which
+authenticates it itself (:mod:`homeport.relay.integrations`).
 
 This module decides; :mod:`homeport.relay.proxy` moves the bytes.  A request
 is *admitted* (:class:`Forward`: which home, for whom, holding which slots) or
@@ -37,7 +40,9 @@ from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.gate import SessionGate
 from homeport.relay.hub import TunnelHub
-from homeport.relay.limits import RETRY_AFTER_SECONDS, TenantLimits
+from homeport.relay.integration_paths import IntegrationPath, match
+from homeport.relay.integrations import IntegrationGate
+from homeport.relay.limits import RETRY_AFTER_SECONDS, Slots, TenantLimits
 from homeport.relay.live import Principal
 from homeport.relay.pages import HSTS, Pages
 from homeport.relay.proxy.connection import TenantConnection
@@ -100,6 +105,8 @@ class Forward:
     #: The public host (with port), for ``X-Forwarded-Host`` and the WebSocket Origin check.
     public_host: str
     tunnel: TunnelSession
+    #: A tighter request-body cap than the relay's own (integrations), or None.
+    max_body: int | None = None
     _release: list[Callable[[], None]] = field(default_factory=list)
 
     def release(self) -> None:
@@ -122,6 +129,7 @@ class TenantProxy:
         gate: SessionGate,
         pages: Pages,
         app_links: AppLinkGate,
+        integrations: IntegrationGate,
     ) -> None:
         self.config = config
         self.accounts = accounts
@@ -129,6 +137,7 @@ class TenantProxy:
         self.gate = gate
         self.pages = pages
         self.app_links = app_links
+        self.integrations = integrations
         self.limits = TenantLimits(config)
         self._suffix = "." + config.tenant_domain
         #: Open browser connections on tenant hosts (closed when the relay stops).
@@ -163,6 +172,8 @@ class TenantProxy:
             token = cookie(request, SESSION_COOKIE)
             access = self.gate.cached(token, label)
             if access is None:
+                if token is None:
+                    return self._integration_now(request, label, remote)
                 return None
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
@@ -185,6 +196,11 @@ class TenantProxy:
                 return await self._handoff(request, label, remote)
             access = await self.gate.tenant_user(cookie(request, SESSION_COOKIE), label)
             if access is None:
+                path = integration_path(request)
+                if path is not None:
+                    switches = await self.integrations.switches(label)
+                    if self.integrations.allows(switches, path):
+                        return self._integration(request, label, path, remote)
                 return self._challenge(request, label)
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
@@ -225,23 +241,81 @@ class TenantProxy:
         principal = Principal(app_link_id=access.link_id)
         return self._admitted(request, access.instance_id, principal, remote)
 
-    def _admitted(
-        self, request: Request, instance_id: str, principal: Principal, remote: str
+    def _integration_now(self, request: Request, instance_id: str, remote: str) -> Admission | None:
+        """A request without a session cookie: an integration call decided from the cache,
+        or None (the database must be asked: :meth:`admit`)."""
+        path = integration_path(request)
+        if path is None:
+            return None
+        switches = self.integrations.cached(instance_id)
+        if switches is None:
+            return None
+        if not self.integrations.allows(switches, path):
+            return self._challenge(request, instance_id)
+        return self._integration(request, instance_id, path, remote)
+
+    def _integration(
+        self, request: Request, instance_id: str, path: IntegrationPath, remote: str
     ) -> Admission:
-        """Past the gate: the per-address and per-home slots, then the home's tunnel."""
+        """A call the home's owner let past the gate (:mod:`homeport.relay.integrations`).
+
+        Home Assistant authenticates it (the webhook id, its own tokens); the
+        relay adds the home's call rate, its own slots and body cap, and the
+        audit event.  Header hygiene is as for everyone: the caller's own
+        forwarding headers are dropped and ``X-Forwarded-For`` carries the
+        address the relay saw, so Home Assistant's ``local_only`` webhooks and
+        its login bans judge the real caller, and relay cookies never pass.
+        """
+        gate = self.integrations
+        if not gate.take_call(instance_id):
+            log.warning("tenant.integration_rate", extra={"instance": instance_id})
+            return self._busy(429, "Too many calls to this home; try again shortly.")
+        if not gate.slots.acquire(instance_id):
+            log.warning("tenant.integration_limit", extra={"instance": instance_id})
+            return self._busy(429, "Too many calls to this home; try again shortly.")
+        principal = Principal(integration=path.value)
+        decision = self._admitted(
+            request, instance_id, principal, remote, slots=gate.slots, max_body=gate.max_body
+        )
+        if isinstance(decision, Forward):
+            gate.audit(instance_id, path, remote)
+            log.info("tenant.integration_call", extra={"instance": instance_id, "path": path.value})
+        return decision
+
+    def _admitted(
+        self,
+        request: Request,
+        instance_id: str,
+        principal: Principal,
+        remote: str,
+        *,
+        slots: Slots | None = None,
+        max_body: int | None = None,
+    ) -> Admission:
+        """Past the gate: the per-address and per-home slots, then the home's tunnel.
+
+        ``slots``: an integration's call already holds one of the home's
+        integration slots (given back with the others); it does not take one of
+        the slots the home's people use.
+        """
+        home = self.limits.tenants
+        if slots is not None:
+            home = slots
         # Counted per network like the sign-in throttle (IPv6 per /64): one client
         # cannot dodge the cap by rotating through the addresses it owns.
         client = network_key(remote)
         if not self.limits.clients.acquire(client):
+            if slots is not None:
+                slots.release(instance_id)
             log.warning("tenant.client_limit", extra={"instance": instance_id})
             return self._busy(429, "Too many requests from your address; try again shortly.")
-        if not self.limits.tenants.acquire(instance_id):
+        if slots is None and not home.acquire(instance_id):
             self.limits.clients.release(client)
             log.warning("tenant.home_limit", extra={"instance": instance_id})
             return self._busy(503, "This home has too many open requests; try again.")
         tunnel = self.hub.tunnel_for(instance_id)
         if tunnel is None:
-            self.limits.tenants.release(instance_id)
+            home.release(instance_id)
             self.limits.clients.release(client)
             return Answer(
                 self.pages.message(
@@ -253,10 +327,12 @@ class TenantProxy:
                 )
             )
         host = host_name(request.host) or ""
-        forward = Forward(instance_id, principal, host + self.config.port_suffix, tunnel)
+        forward = Forward(
+            instance_id, principal, host + self.config.port_suffix, tunnel, max_body=max_body
+        )
         forward._release += [
             lambda: self.limits.clients.release(client),
-            lambda: self.limits.tenants.release(instance_id),
+            lambda: home.release(instance_id),
         ]
         return forward
 
@@ -437,6 +513,12 @@ class TenantProxy:
                 "Bad request", "The request cannot be forwarded.", status=400, tenant=True
             )
         )
+
+
+def integration_path(request: Request) -> IntegrationPath | None:
+    """The integration path this request exactly is, or None (see ``integration_paths``)."""
+    upgrade = request.upgrade or b"upgrade" in request.lookup
+    return match(request.method, request.target, upgrade=upgrade)
 
 
 def misdirected() -> web.Response:

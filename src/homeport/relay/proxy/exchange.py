@@ -7,8 +7,9 @@ the exchange ends, R-MT-15) and its slots, registers itself with the live
 traffic registry (so withdrawn access cuts it at once), and keeps every
 limit the relay promises:
 
-* request bodies: the size cap (413) and the minimum rate (408), with the
-  stream reset so Home Assistant never acts on a cut-off body;
+* request bodies: the size cap (413; an admission may bring a tighter one,
+  e.g. an integration's call) and the minimum rate (408), with the stream
+  reset so Home Assistant never acts on a cut-off body;
 * backpressure both ways: a full tunnel stream pauses reading from the
   browser; a browser that does not read holds back the tunnel's credit;
 * the per-home bandwidth bucket, by pausing reads (up) and credit (down);
@@ -155,6 +156,14 @@ class HttpExchange:
         if isinstance(decision, Answer):
             self._answer(decision)
             return
+        cap = decision.max_body
+        if cap is not None and (self._received > cap or (self.request.content_length or 0) > cap):
+            # A tighter cap than the relay's (an integration's call): refused before a
+            # byte reaches the home, and the connection closes (the rest is not read).
+            decision.release()
+            self._refused = self.proxy.too_large()
+            self._answer(self._refused)
+            return
         self.forward = decision
         self._open(decision)
 
@@ -223,6 +232,8 @@ class HttpExchange:
             return
         self._received += len(data)
         limit = self.proxy.limits.config.max_body_bytes
+        if self.forward is not None and self.forward.max_body is not None:
+            limit = self.forward.max_body
         if limit > 0 and self._received > limit:
             # Home Assistant must not act on a cut-off body: the stream is reset.
             self._refuse_body(self.proxy.too_large(), "request body too large")

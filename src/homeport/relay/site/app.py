@@ -21,6 +21,7 @@ from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import SECURITY_TXT_PATH, security_txt
 from homeport.relay.gate import SessionGate
+from homeport.relay.integrations import IntegrationGate
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.pages import Pages
 from homeport.relay.site import (
@@ -31,6 +32,7 @@ from homeport.relay.site import (
     email_code,
     factors,
     instances,
+    integrations,
     oidc,
     passkeys,
     password,
@@ -81,6 +83,7 @@ PAGE_ROUTES = (
     instances.routes,
     access.routes,
     privacy.routes,
+    integrations.routes,
 )
 
 
@@ -96,6 +99,7 @@ def account_site(
     mail: MailFeatures,
     providers: OidcProviders,
     tunnel: Handler,
+    integration_gate: IntegrationGate,
 ) -> web.Application:
     """The account site; ``tunnel`` serves ``GET /v1/tunnel`` (the add-ons' WebSockets)."""
     app = web.Application(middlewares=[limits.middleware, guard])
@@ -117,6 +121,7 @@ def account_site(
     app[NOTICES] = notices
     app[INVITATION_MAIL] = notices
     app[OIDC] = providers
+    app[integrations.INTEGRATIONS] = integration_gate
     pages.set_global("oidc_buttons", providers.buttons)  # the sign-in page shows them
 
     add = app.router.add_get

@@ -51,6 +51,7 @@ from homeport.qr import qr_svg
 from homeport.relay.app_links import app_link_url
 from homeport.relay.live import Ending
 from homeport.relay.redirects import redirect
+from homeport.relay.site import integrations
 from homeport.relay.site.forms import parse_until, text_fields
 from homeport.relay.site.keys import (
     ACCOUNTS,
@@ -170,6 +171,7 @@ async def _page(
         links=links,
         invite_days=INVITE_DAYS,
         require_second_factor=await sharing.requires_second_factor(instance_id),
+        integrations=await integrations.card(request, instance_id),
         error=error,
         note=note,
         **extra,
@@ -313,6 +315,7 @@ async def unlink(request: web.Request) -> web.StreamResponse:
         return owner_only(request, session)
     await request.app[HOMES].close_instance(instance_id)
     request.app[APP_LINKS].forget_instance(instance_id)
+    request.app[integrations.INTEGRATIONS].forget(instance_id)
     request.app[GATE].end_instance(instance_id)
     log.info("account.unlinked", extra={"user": session.user_id, "instance": instance_id})
     return request.app[PAGES].message(
