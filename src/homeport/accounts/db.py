@@ -37,6 +37,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,6 +52,9 @@ _log = logging.getLogger(__name__)
 
 DB_FILENAME: Final = "homeport.db"
 SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+#: What a database that is down, restarting or overloaded raises through the stores
+#: (SQLAlchemy wraps driver errors; a refused or reset connection may surface as OSError).
+DATABASE_ERRORS: Final = (SQLAlchemyError, OSError)
 _MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 _BEGIN_OPTION: Final = "homeport_sqlite_begin"
 

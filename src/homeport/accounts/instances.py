@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, false, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -307,12 +308,37 @@ class Instances:
 
     async def mark_connected(self, instance_id: str) -> None:
         """Record that the instance's add-on has just connected."""
+        await self.record_presence({instance_id: self._now()}, {})
+
+    async def record_presence(
+        self, connected: Mapping[str, datetime], disconnected: Mapping[str, datetime]
+    ) -> None:
+        """Write many homes' connect and disconnect times in one transaction.
+
+        The relay gathers them (relay/presence.py) so that every add-on
+        dialling back at once costs a few transactions, not one each.  A home
+        deleted meanwhile is skipped.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for instance_id, at in connected.items():
+            rows.setdefault(instance_id, {"id": instance_id})["last_connected_at"] = at
+        for instance_id, at in disconnected.items():
+            rows.setdefault(instance_id, {"id": instance_id})["last_disconnected_at"] = at
+        if not rows:
+            return
         async with self._db.session(write=True) as s, s.begin():
-            await s.execute(
-                update(Instance)
-                .where(Instance.id == instance_id)
-                .values(last_connected_at=self._now())
-            )
+            ids = list(rows)
+            known: set[str] = set()
+            for start in range(0, len(ids), 1000):  # well under any engine's bound-parameter cap
+                chunk = select(Instance.id).where(Instance.id.in_(ids[start : start + 1000]))
+                known.update((await s.scalars(chunk)).all())
+            # Grouped by the columns they set: one executemany per shape.
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for instance_id, row in rows.items():
+                if instance_id in known:
+                    shapes.setdefault(tuple(sorted(row)), []).append(row)
+            for batch in shapes.values():
+                await s.execute(update(Instance), batch)
 
     async def mark_disconnected(self, instance_id: str | None = None) -> None:
         """Record that an add-on's tunnel dropped; ``None``: all of them.

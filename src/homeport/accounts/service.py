@@ -31,7 +31,7 @@ Design rules, for every store:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Delete, delete, or_
@@ -292,6 +292,12 @@ class Accounts:
     async def mark_connected(self, instance_id: str) -> None:
         """:meth:`Instances.mark_connected`."""
         return await self.instances.mark_connected(instance_id)
+
+    async def record_presence(
+        self, connected: Mapping[str, datetime], disconnected: Mapping[str, datetime]
+    ) -> None:
+        """:meth:`Instances.record_presence`."""
+        return await self.instances.record_presence(connected, disconnected)
 
     async def mark_disconnected(self, instance_id: str | None = None) -> None:
         """:meth:`Instances.mark_disconnected`."""

@@ -29,12 +29,14 @@ from typing import Protocol
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from homeport.accounts.db import DATABASE_ERRORS
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
 from homeport.protocol.connection import RateBudget, Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
+from homeport.relay.presence import PresenceRecorder
 from homeport.tunnel.control import ControlHandler
 from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
 from homeport.tunnel.raw import RawPipe
@@ -84,6 +86,8 @@ class TunnelHub:
         self.control_handler: Callable[[str, str], ControlHandler] | None = None
         #: Add-on key -> wake-ups of its connections waiting for a link code to be used.
         self._link_waiters: dict[str, set[asyncio.Event]] = {}
+        #: Connect and disconnect times, written in batches (relay/presence.py).
+        self.presence = PresenceRecorder(accounts.record_presence)
         accounts.on_linked(self._linked)
 
     def _tunnel_budget(self, instance_id: str) -> RateBudget:
@@ -136,7 +140,12 @@ class TunnelHub:
             if self._closing:
                 pipe.close_with(CLOSE_TRY_LATER, "relay is restarting")
                 return
-            await self._run(_RawChannel(pipe), address)
+            try:
+                await self._run(_RawChannel(pipe), address)
+            except Exception:
+                # Nothing one connection meets may leave it open and unserved.
+                log.exception("hub.connection_failed", extra={"peer": address})
+                pipe.abort()
 
         task = asyncio.ensure_future(serve())
         self._raw_tasks.add(task)
@@ -159,9 +168,19 @@ class TunnelHub:
             await channel.close_with(CLOSE_HANDSHAKE_FAILED, "handshake failed")
             return
         key_text = public_key_text(addon_key)
-        instance = await self.accounts.instance_for_key(key_text)
-        if instance is None:
-            await self._wait_for_link(channel, handshake, key_text, peer)
+        try:
+            instance = await self.accounts.instance_for_key(key_text)
+            if instance is None:
+                await self._wait_for_link(channel, handshake, key_text, peer)
+                return
+        except DATABASE_ERRORS as exc:
+            # The database is down or overloaded: the add-on dials again after its
+            # back-off instead of waiting out a handshake timeout on a silent relay.
+            log.warning(
+                "hub.accounts_unavailable", extra={"peer": peer, "error": type(exc).__name__}
+            )
+            with contextlib.suppress(Exception):
+                await channel.close_with(CLOSE_TRY_LATER, "relay busy; try again")
             return
         if not self._tunnel_budget(instance.id).take():
             log.warning("hub.tunnel_rate_limited", extra={"instance": instance.id, "peer": peer})
@@ -196,7 +215,7 @@ class TunnelHub:
             asyncio.create_task(  # noqa: RUF006
                 previous.drain(self.config.drain_seconds, reason=GOAWAY_REPLACED)
             )
-        await self.accounts.mark_connected(instance_id)
+        self.presence.connected(instance_id)
         log.info("hub.tunnel_up", extra={"instance": instance_id, "peer": peer})
         try:
             await session.run()
@@ -212,14 +231,7 @@ class TunnelHub:
                 self._tunnel_budget(instance_id).empty()
             if self.tunnels.get(instance_id) is session:
                 del self.tunnels[instance_id]
-                # Shielded: the record is written even when aiohttp cancels this handler.
-                await asyncio.shield(self._record_disconnect(instance_id))
-
-    async def _record_disconnect(self, instance_id: str) -> None:
-        try:
-            await self.accounts.mark_disconnected(instance_id)
-        except Exception:
-            log.exception("hub.record_disconnect_failed", extra={"instance": instance_id})
+                self.presence.disconnected(instance_id)
 
     async def _wait_for_link(
         self, channel: HandshakeChannel, handshake: RelayHandshake, key_text: str, peer: str
@@ -300,6 +312,7 @@ class TunnelHub:
             task.cancel()
         if self._raw_tasks:
             await asyncio.wait(self._raw_tasks, timeout=5)
+        await self.presence.close()
 
 
 class HandshakeChannel(Protocol):
