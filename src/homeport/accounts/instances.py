@@ -18,6 +18,7 @@ from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homeport.accounts.access import can_access_in
+from homeport.accounts.alerts import OfflineAlerts
 from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
 from homeport.accounts.errors import (
@@ -68,6 +69,8 @@ class InstanceRow:
     created_at: datetime
     last_connected_at: datetime | None
     connected: bool = False
+    #: When the add-on's tunnel last dropped (the start of an outage while offline).
+    last_disconnected_at: datetime | None = None
 
 
 def _instance_name(name: str) -> str:
@@ -288,6 +291,7 @@ class Instances:
                     created_at=inst.created_at,
                     last_connected_at=inst.last_connected_at,
                     connected=inst.connected,
+                    last_disconnected_at=inst.last_disconnected_at,
                 )
                 for inst, email in rows
             ]
@@ -335,6 +339,7 @@ class Instances:
             await s.execute(delete(HandoffCode).where(HandoffCode.instance_id == instance_id))
             await s.execute(delete(InstanceMember).where(InstanceMember.instance_id == instance_id))
             await Sharing.delete_instance_rows(s, instance_id)
+            await s.execute(OfflineAlerts.delete_for(instance_id))
             s.add(RetiredInstance(id=instance_id, retired_at=self._now()))
             owner_id = instance.owner_id
             await s.delete(instance)

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Delete, delete, or_
 
+from homeport.accounts.alerts import OfflineAlerts
 from homeport.accounts.audit import Audit
 from homeport.accounts.db import Database
 from homeport.accounts.email_signin import EmailSignins
@@ -125,6 +126,7 @@ class Accounts:
         self.email_signins = EmailSignins(db, self.throttle, now=self._now)
         self.password_resets = PasswordResets(db, self.throttle, now=self._now)
         self.signups = Signups(db, self.throttle, now=self._now)
+        self.offline_alerts = OfflineAlerts(db, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()
