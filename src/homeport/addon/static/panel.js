@@ -1,0 +1,32 @@
+// The panel keeps its connection state current without reloading the page: every 10 s
+// it asks the panel for the state (same origin, CSP script-src/connect-src 'self') and
+// updates the status line and the link code; only a change of state, which changes
+// what the page offers, reloads it. Without script the page is still complete.
+"use strict";
+(() => {
+  const main = document.querySelector("main[data-state]");
+  if (!main) return;
+  const line = document.getElementById("state");
+  const code = document.getElementById("link-code");
+  const button = document.getElementById("link-button");
+  const poll = async () => {
+    let now;
+    try {
+      const answer = await fetch("state", { cache: "no-store", credentials: "same-origin" });
+      if (!answer.ok) return;
+      now = await answer.json();
+    } catch (_) {
+      return; // the add-on restarting: try again next time
+    }
+    if (now.state !== main.dataset.state) {
+      window.location.reload();
+      return;
+    }
+    if (line && line.textContent !== now.label) line.textContent = now.label;
+    if (code && now.link_code && code.textContent !== now.link_code) {
+      code.textContent = now.link_code;
+      if (button && now.link_url) button.href = now.link_url;
+    }
+  };
+  setInterval(poll, 10000);
+})();
