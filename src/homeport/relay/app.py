@@ -25,6 +25,7 @@ from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
 from homeport.memory import MemoryTrimmer
+from homeport.pairing import make_pairing
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
@@ -36,7 +37,7 @@ from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
 from homeport.relay.site.app import account_site
-from homeport.relay.site.limits import AccountLimits
+from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.oidc import OidcProviders
 from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
@@ -111,7 +112,13 @@ class Relay:
         self.tenants = TenantProxy(
             config, self.accounts, self.hub, self.gate, self.pages, self.app_links
         )
-        self.housekeeping = Housekeeping(self.accounts, self.gate)
+        out = self.mail.out
+        self.housekeeping = Housekeeping(
+            self.accounts,
+            self.gate,
+            mail=(out.outbox, out.writer) if out is not None else None,
+            manage_url=lambda instance_id: f"{config.account_origin}/instances/{instance_id}",
+        )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -135,6 +142,10 @@ class Relay:
             mail=self.mail,
             providers=self.oidc,
             tunnel=self.hub.handle,
+            pairing_string=make_pairing(
+                f"wss://{self.config.account_host}{self.config.port_suffix}{TUNNEL_PATH}",
+                [self.server_key.public_key()],
+            ),
         )
         # ``Application.add_domain`` with our own rule: the Host header as
         # request_host() reads it, and the TLS session's SNI naming the same host.
