@@ -168,6 +168,9 @@ async def test_owner_pages_two_step_audit_link_and_invite(
         async with chromium.person() as guest:
             page = guest.page
             await page.goto(accept.group(0))
+            # Signed out: the invitation's own page, then sign in, keeping the invitation.
+            await page.get_by_role("link", name="Sign in to accept").click()
+            await expect(page.get_by_text("invited guest@example.com")).to_be_visible()
             before = len(sink.to(GUEST))
             await _password_sign_in(page, GUEST, GUEST_PASSWORD)
             await _type_mailed_code(page, sink, GUEST, before)
