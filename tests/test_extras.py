@@ -51,6 +51,7 @@ def test_the_base_install_has_none_of_the_relay_extra() -> None:
         "httptools",
         "websockets",
         "pyyaml",
+        "aiohappyeyeballs",
     }
     assert not names & {n.lower() for n in _extra("relay")}
 

@@ -1,37 +1,71 @@
-"""Freed heap memory goes back to the system (homeport.memory)."""
+"""Freed heap memory goes back to the system (homeport.memory).
+
+The allocator's behaviour depends on everything the process did before, so each
+measurement runs in a fresh interpreter of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from homeport import memory
 
+_MEASURE = textwrap.dedent(
+    """
+    import ctypes
+    from homeport import memory
 
-def _rss_kib() -> int:
-    """RSS in KiB (from /proc)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    def rss_kib():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+
+    {setup}
+    blocks, keepers = [], []
+    for _ in range({count}):  # each block with a small live one after it
+        blocks.append(ctypes.create_string_buffer({size}))
+        keepers.append(ctypes.create_string_buffer(2048))
+    before = rss_kib()
+    del blocks
+    {after_free}
+    print(before - rss_kib())
+    """
+)
+
+
+def _returned_kib(*, size: int, count: int, setup: str = "", after_free: str = "") -> int:
+    code = _MEASURE.format(size=size, count=count, setup=setup, after_free=after_free)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(result.stdout.strip())
 
 
 @pytest.mark.skipif(memory.malloc_trim is None, reason="not glibc")
 def test_trim_gives_freed_heap_pages_back() -> None:
-    """Many mid-size blocks freed but one kept at the top: without a trim the heap stays."""
-    blocks, keepers = [], []
-    for _ in range(2000):  # ~128 MiB, each block with a small live one after it
-        blocks.append(ctypes.create_string_buffer(64 * 1024 - 64))
-        keepers.append(ctypes.create_string_buffer(2048))
-    del blocks
-    before = _rss_kib()
-    assert memory.trim()
-    after = _rss_kib()
-    assert before - after > 64 * 1024, (before, after)  # more than half of it came back
-    del keepers
+    """Mid-size blocks freed between live ones: only a trim gives their pages back."""
+    kept = _returned_kib(size=64 * 1024 - 64, count=2000)
+    trimmed = _returned_kib(size=64 * 1024 - 64, count=2000, after_free="memory.trim()")
+    assert kept < 16 * 1024, kept  # ~128 MiB freed, (almost) none of it returned ...
+    assert trimmed > 96 * 1024, trimmed  # ... until the trim
+
+
+@pytest.mark.skipif(memory.malloc_trim is None, reason="not glibc")
+def test_large_blocks_stay_mmapped_after_one_was_freed() -> None:
+    """glibc raises its mmap threshold after a large block is freed, unless it is fixed."""
+    first_freed = "first = ctypes.create_string_buffer(256 * 1024); del first"
+    dynamic = _returned_kib(size=256 * 1024, count=256, setup=first_freed)
+    fixed = _returned_kib(
+        size=256 * 1024, count=256, setup="memory.configure_allocator(); " + first_freed
+    )
+    assert dynamic < 16 * 1024, dynamic  # 64 MiB on the heap after the first free
+    assert fixed > 48 * 1024, fixed  # mmap'ed, unmapped at once
 
 
 async def test_the_trimmer_runs_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,20 +89,3 @@ async def test_nothing_runs_where_there_is_no_malloc_trim(monkeypatch: pytest.Mo
     trimmer.start()
     assert trimmer._task is None
     await trimmer.stop()
-
-
-@pytest.mark.skipif(memory.malloc_trim is None, reason="not glibc")
-def test_large_blocks_stay_mmapped_after_one_was_freed() -> None:
-    """glibc raises its mmap threshold after a large block is freed, unless it is fixed."""
-    assert memory.configure_allocator()
-    first = ctypes.create_string_buffer(256 * 1024)
-    del first  # without a fixed threshold, glibc would now heap-allocate 256 KiB blocks
-    blocks, keepers = [], []
-    for _ in range(256):  # 64 MiB, each block with a small live one after it
-        blocks.append(ctypes.create_string_buffer(256 * 1024))
-        keepers.append(ctypes.create_string_buffer(2048))
-    before = _rss_kib()
-    del blocks  # mmap'ed: unmapped at once, whatever lives around them (0 KiB otherwise)
-    after = _rss_kib()
-    assert before - after > 48 * 1024, (before, after)
-    del keepers

@@ -395,7 +395,10 @@ async def test_second_connection_of_the_same_addon_replaces_the_first(tmp_path: 
                         turns += assert_backed_off_after_replacement(logs, task)
                         total = stack.addon.status.connects + second.status.connects
                         print(f"{total} connections, {turns} replacements in about 4.5 s")
-                        assert total == turns + 1, (total, turns)
+                        # Every connection but the first replaced one, and each replaced
+                        # one says so once its tunnel has drained: the latest may still be
+                        # draining (up to drain_seconds) when we count.
+                        assert turns + 1 <= total <= turns + 2, (total, turns)
                         assert total <= 8
                         assert hub.tunnel_for(stack.instance_id) is not None
                         assert (await fetch(browser, origin + "/echo"))[0] == 200

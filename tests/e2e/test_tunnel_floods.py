@@ -28,7 +28,7 @@ from test_memory import status_kib
 from homeport.addon.client import LocalhostResolver
 from homeport.protocol.connection import Role, TunnelConnection
 from homeport.protocol.frames import Flags, FrameType, encode_frame
-from homeport.protocol.handshake import AddonHandshake, Unlinked, Welcome
+from homeport.protocol.handshake import AddonHandshake, RelayRefused, Unlinked, Welcome
 from homeport.standin import start_standin
 from homeport.tls.context import client_context, peer_certificate_sha256
 from homeport.tunnel.pipes import MAX_MESSAGE
@@ -73,6 +73,8 @@ def _window_updates(n: int) -> bytes:
     )
 
 
+#: Floods the relay ends with FLOOD: the home's next tunnels are refused for a while.
+PENALISED = {"ping", "control", "window update"}
 #: Frames in one batch: one WebSocket message just under the tunnel's limit.
 BATCH = MAX_MESSAGE // 20
 FLOODS: dict[str, Callable[[], bytes]] = {
@@ -86,7 +88,7 @@ FLOODS: dict[str, Callable[[], bytes]] = {
 @contextlib.asynccontextmanager
 async def dial(
     relay: RelayProcess, key: Ed25519PrivateKey
-) -> AsyncIterator[tuple[aiohttp.ClientWebSocketResponse, Welcome | Unlinked]]:
+) -> AsyncIterator[tuple[aiohttp.ClientWebSocketResponse, Welcome | Unlinked | RelayRefused]]:
     """The real handshake with ``key``; then the bare WebSocket."""
     pinned = await relay.pinned_key()
     async with aiohttp.ClientSession(
@@ -103,32 +105,39 @@ async def dial(
             await ws.send_str(handshake.hello())
             await ws.send_str(handshake.receive_server_proof(await ws.receive_str()))
             result = handshake.receive_result(await ws.receive_str())
-        assert isinstance(result, Welcome | Unlinked), result
         yield ws, result
 
 
-async def linked_attacker(home: Home) -> Ed25519PrivateKey:
+async def linked_attacker(home: Home, email: str = ATTACKER) -> Ed25519PrivateKey:
+    """A new account with a hand-driven add-on key linked to it."""
     relay = home.relay
-    await relay.admin("admin", "user", "create", ATTACKER, stdin=home.password + "\n")
+    await relay.admin("admin", "user", "create", email, stdin=home.password + "\n")
     key = Ed25519PrivateKey.generate()
     async with dial(relay, key) as (ws, result):
         assert isinstance(result, Unlinked)
-        await relay.admin("admin", "link", result.link_code, ATTACKER)
+        await relay.admin("admin", "link", result.link_code, email)
         await ws.close()
     return key
 
 
 async def flood_once(
     relay: RelayProcess, key: Ed25519PrivateKey, batch: bytes, until: float
-) -> None:
-    """One attacker connection: flood without ever reading, until the relay hangs up."""
+) -> bool:
+    """One attacker connection: flood without ever reading, until the relay hangs up.
+
+    False if the relay refused the tunnel outright (the home is in its penalty box).
+    """
     with contextlib.suppress(aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
         async with dial(relay, key) as (ws, result):
+            if isinstance(result, RelayRefused):
+                assert result.code == "rate_limited", result
+                return False
             assert isinstance(result, Welcome)
             await ws.send_bytes(_settings())
             while time.monotonic() < until and not ws.closed:
                 async with asyncio.timeout(5):
                     await ws.send_bytes(batch)
+    return True
 
 
 class Sampler:
@@ -161,23 +170,31 @@ async def test_floods_from_a_linked_addon_leave_the_relay_and_other_homes_alone(
         async with start_home(tmp_path, url) as home:
             assert home.relay.proc is not None
             pid = home.relay.proc.pid
-            key = await linked_attacker(home)
             async with home.browser() as browser:  # type: ignore[attr-defined]
                 await browser.sign_in("/")
                 baseline = status_kib(pid, "VmRSS")
                 sampler = Sampler(home, pid)
                 for name, make in FLOODS.items():
                     batch = make()
+                    # A fresh home per flood: the penalty of one must not spare the next.
+                    key = await linked_attacker(
+                        home, f"attacker-{name.replace(' ', '-')}@x.example"
+                    )
                     stop = asyncio.Event()
                     watch = asyncio.create_task(sampler.run(browser, stop))
                     until = time.monotonic() + FLOOD_SECONDS
-                    connections = 0
+                    served = refused = 0
                     while time.monotonic() < until:
-                        await flood_once(home.relay, key, batch, until)
-                        connections += 1
+                        if await flood_once(home.relay, key, batch, until):
+                            served += 1
+                        else:
+                            refused += 1
                     stop.set()
                     await watch
-                    assert connections >= 1, name
+                    assert served >= 1, name
+                    if name in PENALISED:
+                        # Dropped for flooding, it may not dial straight back in (R-ADD-07).
+                        assert refused >= 1, f"{name}: {served} tunnels, none refused"
                     worst = max(sampler.latencies)
                     assert worst < LATENCY_BOUND, f"{name}: another home waited {worst:.2f} s"
                     grown = max(sampler.rss) - baseline

@@ -158,6 +158,11 @@ class RateBudget:
         self._tokens = float(burst)
         self._last = clock()
 
+    def empty(self) -> None:
+        """Spend every token now (a penalty: the next one comes at the rate)."""
+        self._tokens = 0.0
+        self._last = self._clock()
+
     def take(self) -> bool:
         """Spend one token; False when the bucket is empty."""
         now = self._clock()

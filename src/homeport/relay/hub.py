@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
-from homeport.protocol.connection import Role, Settings, TunnelConnection
+from homeport.protocol.connection import RateBudget, Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
 from homeport.relay.config import RelayConfig
 from homeport.tunnel.control import ControlHandler
@@ -45,6 +47,13 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
 CLOSE_HANDSHAKE_FAILED = 4400
+#: Tunnels a home may open at once, then one a minute; a tunnel ended for flooding
+#: empties its budget (see TunnelHub._tunnel_budget).
+TUNNEL_BURST = 10
+TUNNEL_RATE = 1 / 60
+TUNNEL_BUDGETS = 100_000
+#: The close reason a session gives when its peer went past a protocol budget.
+FLOODED = "protocol error: FLOOD"
 CLOSE_TRY_LATER = 1013  # the relay is restarting: dial again after the usual back-off
 CLOSE_RATE_LIMITED = 4429
 RATE_LIMITED = "rate_limited"  # handshake ``error`` code: too many link codes
@@ -65,6 +74,8 @@ class TunnelHub:
         self.cert_sha256 = cert_sha256
         self.tunnels: dict[str, TunnelSession] = {}
         self._sessions: set[TunnelSession] = set()
+        #: Tunnels each home may still open (see _tunnel_budget), least recent first.
+        self._tunnel_budgets: OrderedDict[str, RateBudget] = OrderedDict()
         #: Raw tunnel connections being served (handshake, link wait, tunnel).
         self._raw_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -74,6 +85,24 @@ class TunnelHub:
         #: Add-on key -> wake-ups of its connections waiting for a link code to be used.
         self._link_waiters: dict[str, set[asyncio.Event]] = {}
         accounts.on_linked(self._linked)
+
+    def _tunnel_budget(self, instance_id: str) -> RateBudget:
+        """How many tunnels a home may open: :data:`TUNNEL_BURST`, then one a minute.
+
+        Threat this stops: a linked add-on that dials, floods until the relay drops
+        it, and dials again at once, so that the relay spends its time on its
+        handshakes and floods instead of on other homes.  A real add-on reconnects
+        a few times a day.
+        """
+        budget = self._tunnel_budgets.get(instance_id)
+        if budget is None:
+            budget = RateBudget(TUNNEL_BURST, TUNNEL_RATE, time.monotonic)
+            self._tunnel_budgets[instance_id] = budget
+            if len(self._tunnel_budgets) > TUNNEL_BUDGETS:
+                self._tunnel_budgets.popitem(last=False)
+        else:
+            self._tunnel_budgets.move_to_end(instance_id)
+        return budget
 
     def open_streams(self) -> int:
         """Streams open in the protocol over every tunnel (draining ones included)."""
@@ -134,6 +163,14 @@ class TunnelHub:
         if instance is None:
             await self._wait_for_link(channel, handshake, key_text, peer)
             return
+        if not self._tunnel_budget(instance.id).take():
+            log.warning("hub.tunnel_rate_limited", extra={"instance": instance.id, "peer": peer})
+            with contextlib.suppress(Exception):
+                await channel.send_text(
+                    handshake.error(RATE_LIMITED, "too many tunnels; retry in a minute")
+                )
+            await channel.close_with(CLOSE_RATE_LIMITED, "rate limited")
+            return
         url = self.config.tenant_origin(instance.id)
         await channel.send_text(handshake.welcome(instance.id, url))
         await self._serve(channel.pipe(), instance.id, peer)
@@ -169,6 +206,10 @@ class TunnelHub:
                 "hub.tunnel_down",
                 extra={"instance": instance_id, "reason": session.close_reason},
             )
+            if session.close_reason.startswith(FLOODED):
+                # An add-on ended for flooding does not dial straight back in to flood
+                # again: its next tunnel waits a whole refill (R-ADD-07).
+                self._tunnel_budget(instance_id).empty()
             if self.tunnels.get(instance_id) is session:
                 del self.tunnels[instance_id]
                 # Shielded: the record is written even when aiohttp cancels this handler.
