@@ -166,3 +166,49 @@ async def test_panel_updates_its_state_without_reloading(
             assert person.page_errors == []
     finally:
         await panel.stop()
+
+
+async def test_panel_follows_home_assistants_theme_in_its_frame(
+    chromium: Chromium, tmp_path: Path
+) -> None:
+    """Inside Home Assistant's same-origin ingress frame, the panel takes the theme's
+    variables from Home Assistant's root element; opened on its own it keeps its own."""
+    status = AddonStatus(state=State.CONNECTED, public_url="https://abc.home.example")
+    panel = Panel(
+        PanelSources(
+            status=lambda: status,
+            gate=RemoteAccessGate(tmp_path / "state"),
+            trust=None,
+            ha_how="Home Assistant at http://127.0.0.1:8123 (configured)",
+            account_origin="https://homeport.example",
+        ),
+        allowed_peers=("127.0.0.1",),
+    )
+    await panel.start("127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{panel.port}"
+    try:
+        async with chromium.person() as person:
+            page = person.page
+            await page.goto(origin + "/")
+            alone = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+
+            # Home Assistant's page, as the ingress proxy would serve it from this origin.
+            themed = (
+                '<!doctype html><html lang="en" style="--primary-background-color: rgb(1, 2, 3);'
+                ' --primary-color: rgb(200, 10, 10)"><title>HA</title>'
+                '<iframe src="/" title="Homeport" width="800" height="600"></iframe></html>'
+            )
+            await page.route(
+                origin + "/ha-frame",
+                lambda route: route.fulfill(body=themed, content_type="text/html"),
+            )
+            await page.goto(origin + "/ha-frame")
+            frame = page.frame_locator("iframe")
+            await expect(frame.locator("#state")).to_have_text("Connected")
+            body = frame.locator("body")
+            await expect(body).to_have_css("background-color", "rgb(1, 2, 3)")
+            assert alone != "rgb(1, 2, 3)"
+            assert person.csp_errors() == []
+            assert person.page_errors == []
+    finally:
+        await panel.stop()

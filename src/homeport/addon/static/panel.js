@@ -3,6 +3,30 @@
 // updates the status line and the link code; only a change of state, which changes
 // what the page offers, reloads it. Without script the page is still complete.
 "use strict";
+// Home Assistant's theme: the panel is a same-origin ingress iframe, and Home Assistant
+// sets its theme's variables on its own root element; the panel's stylesheet reads the
+// same names (var(--primary-color, fallback)), so copy them over. Not framed, or framed
+// by another origin: the stylesheet's own light and dark colours stay.
+const THEME = [
+  "--primary-color", "--text-primary-color", "--primary-text-color", "--secondary-text-color",
+  "--primary-background-color", "--card-background-color", "--divider-color",
+  "--error-color", "--warning-color", "--success-color", "--ha-card-border-radius",
+  "--ha-card-box-shadow", "--paper-font-body1_-_font-family",
+];
+(() => {
+  let outer;
+  try {
+    if (window.parent === window) return;
+    outer = getComputedStyle(window.parent.document.documentElement);
+  } catch (_) {
+    return; // another origin: nothing to read
+  }
+  const root = document.documentElement.style;
+  for (const name of THEME) {
+    const value = outer.getPropertyValue(name).trim();
+    if (value) root.setProperty(name, value);
+  }
+})();
 (() => {
   const main = document.querySelector("main[data-state]");
   if (!main) return;
