@@ -62,6 +62,24 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
     not_pem.write_text("hello\n")
     return [
         (
+            "a relay URL where the pairing string belongs",
+            [*addon, "--pairing", RELAY],
+            {},
+            "--pairing: a pairing string starts with homeport+wss://",
+        ),
+        (
+            "--pairing with --relay",
+            [
+                *addon,
+                "--pairing",
+                "homeport+wss://homeport.localhost/v1/tunnel#" + KEY,
+                "--relay",
+                RELAY,
+            ],
+            {},
+            "give --pairing, or --relay and --server-pubkey, not both",
+        ),
+        (
             "malformed --server-pubkey",
             [*addon, "--relay", RELAY, "--server-pubkey", "ed25519:abc"],
             {},
@@ -101,7 +119,7 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
             "missing relay and key",
             addon,
             {},
-            "--relay and --server-pubkey (or --options) are required",
+            "--pairing (or --relay and --server-pubkey, or --options) is required",
         ),
         (
             "--tls-cert without --tls-key",

@@ -388,23 +388,35 @@ def addon_config(args: argparse.Namespace) -> AddonSetup:
     from homeport.addon.options import OptionsError, check_ha_url, check_relay_url, load_options
     from homeport.addon.runtime import parse_panel
     from homeport.keys import parse_pinned_keys
+    from homeport.pairing import PairingError, parse_pairing
 
     opts = options(args, "addon")
     relay = opts.get("relay")
     pins = opts.get("server_pubkey")
+    pairing = opts.get("pairing")
     ha_url = opts.get("ha_url")
     pinned_keys = None
     options_file = opts.path("options")
     try:
+        if pairing:
+            if relay or pins:
+                raise ConfigError("give --pairing, or --relay and --server-pubkey, not both")
+            try:
+                paired = parse_pairing(str(pairing))
+            except PairingError as exc:
+                raise ConfigError(f"--pairing: {exc}") from None
+            relay, pinned_keys = paired.relay_url, paired.pinned_keys
         if options_file is not None:
             # The add-on's /data/options.json; flags and environment still win.
             addon_options = load_options(options_file)
             relay = relay or addon_options.relay_url
             ha_url = ha_url or addon_options.ha_url
-            if not pins:
+            if not pins and pinned_keys is None:
                 pinned_keys = addon_options.pinned_keys
         if not relay or not (pins or pinned_keys):
-            raise ConfigError("--relay and --server-pubkey (or --options) are required")
+            raise ConfigError(
+                "--pairing (or --relay and --server-pubkey, or --options) is required"
+            )
         check_relay_url(str(relay), "--relay")
         if ha_url:
             check_ha_url(str(ha_url), "--ha-url")
@@ -939,6 +951,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     addon = sub.add_parser("addon", help="run the add-on beside Home Assistant")
     addon.add_argument("--config", help="TOML config file ([addon] section)")
+    addon.add_argument(
+        "--pairing",
+        help="the relay's pairing string (homeport+wss://…#ed25519:…, from its Add a home "
+        "page): the relay's address and key in one, in place of --relay and --server-pubkey",
+    )
     addon.add_argument("--relay", help="wss://relay-host/v1/tunnel")
     addon.add_argument(
         "--ha-url",

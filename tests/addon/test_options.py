@@ -131,3 +131,67 @@ def test_cli_rejects_bad_options_file(tmp_path: Path) -> None:
     missing = _cli("--options", str(tmp_path / "nope.json"), "--state-dir", str(tmp_path))
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
+
+
+# ---------------------------------------------------------------- the pairing string
+
+
+def _pairing(*keys: str) -> str:
+    return "homeport+wss://relay.example:8443/v1/tunnel#" + ",".join(keys)
+
+
+def test_one_pairing_string_instead_of_url_and_keys(tmp_path: Path) -> None:
+    options = load_options(
+        write(tmp_path, {"pairing": _pairing(KEY_A, KEY_B), "log_level": "info"})
+    )
+    assert options.relay_url == "wss://relay.example:8443/v1/tunnel"
+    assert [public_key_text(k) for k in options.pinned_keys] == [KEY_A, KEY_B]
+
+
+def test_an_empty_pairing_field_leaves_the_two_options(tmp_path: Path) -> None:
+    """The add-on's default is an empty pairing field: then the two halves are used."""
+    options = load_options(write(tmp_path, {**GOOD, "pairing": "  "}))
+    assert options.relay_url == GOOD["relay_url"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"relay_keys": None}, "set either option 'pairing' or 'relay_url', not both"),
+        ({}, "set either option 'pairing' or 'relay_url' and 'relay_keys', not both"),
+    ],
+)
+def test_pairing_and_the_two_options_are_not_mixed(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    data = {**GOOD, "pairing": _pairing(KEY_B), **change}
+    with pytest.raises(OptionsError) as caught:
+        load_options(write(tmp_path, {k: v for k, v in data.items() if v is not None}))
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("pairing", "message"),
+    [
+        ("wss://relay.example/v1/tunnel", "starts with homeport+wss://"),
+        ("homeport+wss://relay.example/v1/tunnel", "ends before the relay's key"),
+        ("homeport+wss://relay.example/v1/tunnel#ed25519:short", "relay key is not valid"),
+        (_pairing(KEY_A)[:-5] + " " + KEY_A[-4:], "spaces or line breaks"),
+        ("homeport+wss://relay.example:99999/v1/tunnel#" + KEY_A, "invalid port"),
+        ("homeport+wss://u:p@relay.example/v1/tunnel#" + KEY_A, "not a valid address"),
+        (42, "must be a string, not int"),
+    ],
+)
+def test_a_broken_pairing_string_is_one_clear_error(
+    tmp_path: Path, pairing: object, message: str
+) -> None:
+    with pytest.raises(OptionsError) as caught:
+        load_options(write(tmp_path, {"pairing": pairing}))
+    assert str(caught.value).startswith("option 'pairing'")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_without_any_relay_the_error_names_the_pairing_option(tmp_path: Path) -> None:
+    with pytest.raises(OptionsError, match="or instead option 'pairing'"):
+        load_options(write(tmp_path, {"log_level": "info"}))

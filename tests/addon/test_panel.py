@@ -107,7 +107,7 @@ async def test_only_the_ingress_proxy_is_served(
         await panel.stop()
 
 
-async def test_page_is_scriptless_with_strict_headers(running: Running) -> None:
+async def test_page_runs_only_its_own_script_with_strict_headers(running: Running) -> None:
     running.status.state = State.CONNECTED
     running.status.public_url = "https://abc123.home.example"
     r, html = await _page(running)
@@ -115,12 +115,15 @@ async def test_page_is_scriptless_with_strict_headers(running: Running) -> None:
     assert r.headers["Content-Type"] == "text/html; charset=utf-8"
     csp = r.headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp
-    assert "script-src" not in csp  # falls back to 'none'
+    # Only the panel's own script (the state poll), no inline script, nothing foreign.
+    assert "script-src 'self';" in csp
+    assert "connect-src 'self';" in csp
+    assert "unsafe-inline" not in csp
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="static/panel.js" defer>']
     assert "frame-ancestors 'self'" in csp
     assert r.headers["X-Frame-Options"] == "SAMEORIGIN"
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["Cache-Control"] == "no-store"
-    assert "<script" not in html
     assert 'href="static/panel.css"' in html  # relative: works under any ingress path
     assert "Connected" in html
     assert 'id="public-url">https://abc123.home.example<' in html
@@ -143,8 +146,9 @@ async def test_unlinked_shows_the_code_and_the_account_site(running: Running) ->
     running.status.link_expires_in = 600
     _r, html = await _page(running)
     assert 'id="link-code">ABCDE-FGHJK<' in html
-    assert f'href="{ACCOUNT}/link"' in html
-    assert "ABCDE-FGHJK" not in html.split('id="link-button"')[0].split("<a ")[-1]  # not in URL
+    # "Open the account site" lands on the link form with this code filled in (#13).
+    button = html.split('id="link-button"')[0].split("<a ")[-1]
+    assert f'href="{ACCOUNT}/link?code=ABCDE-FGHJK"' in button
 
 
 async def test_error_state_shows_the_reason_escaped(running: Running) -> None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import pyotp
 import pytest
@@ -30,6 +32,7 @@ from relay_process import Home, addon_config
 from smtp_sink import SmtpSink
 
 from homeport.addon.client import AddonClient
+from homeport.addon.options import parse_options
 from homeport.standin import start_standin
 from homeport.tls.devca import DevCA
 
@@ -105,11 +108,11 @@ async def test_owner_pages_two_step_audit_link_and_invite(
             # Two-step verification, turned on from the page.
             await page.goto(home.account_origin + "/security")
             await page.get_by_role("button", name="Set up an authenticator app").click()
-            secret = (await page.locator("code.secret").inner_text()).strip()
+            secret = (await page.locator("#totp-key").inner_text()).replace(" ", "")
             totp = pyotp.TOTP(secret)
             await page.get_by_label("Authentication code").fill(totp.now())
             await page.get_by_role("button", name="Turn on").click()
-            await expect(page.get_by_text("Keep these recovery codes")).to_be_visible()
+            await expect(page.get_by_role("heading", name="Your recovery codes")).to_be_visible()
 
             # Sign out, then in again: password, then the code from the app.
             await page.goto(home.account_origin + "/")
@@ -139,14 +142,17 @@ async def test_owner_pages_two_step_audit_link_and_invite(
             csv_path = await (await download_info.value).path()
             assert "signin.succeeded" in Path(csv_path).read_text()
 
-            # Link a second home by the code its add-on shows.
-            async with _unlinked_addon(home, tmp_path) as code:
-                await page.goto(home.account_origin + "/link")
-                await page.get_by_label("Link code").fill(code)
+            # Add a second home: its add-on gets only the pairing string from "Add a home",
+            # and the panel's link (/link?code=) brings its code to the form.
+            await page.get_by_role("link", name="Add a home").first.click()
+            pairing = (await page.locator("#pairing").inner_text()).strip()
+            async with _unlinked_addon(home, tmp_path, pairing) as code:
+                await page.goto(home.account_origin + "/link?" + urlencode({"code": code}))
+                await expect(page.get_by_label("Link code")).to_have_value(code)
                 await page.get_by_label("Name of this home").fill("Cabin")
                 await page.get_by_role("button", name="Link").click()
                 await page.goto(home.account_origin + "/")
-                await expect(page.get_by_text("Cabin")).to_be_visible()
+                await expect(page.get_by_role("heading", name="Cabin")).to_be_visible()
 
             # Invite someone by email, from the first home's page.
             await page.goto(f"{home.account_origin}/instances/{home.instance_id}")
@@ -162,22 +168,32 @@ async def test_owner_pages_two_step_audit_link_and_invite(
         async with chromium.person() as guest:
             page = guest.page
             await page.goto(accept.group(0))
+            # Signed out: the invitation's own page, then sign in, keeping the invitation.
+            await page.get_by_role("link", name="Sign in to accept").click()
+            await expect(page.get_by_text("invited guest@example.com")).to_be_visible()
             before = len(sink.to(GUEST))
             await _password_sign_in(page, GUEST, GUEST_PASSWORD)
             await _type_mailed_code(page, sink, GUEST, before)
             await expect(
                 page.get_by_role("heading", name=re.compile("Invitation to"))
             ).to_be_visible()
-            await page.get_by_role("button", name="Accept").click()
-            await expect(page.get_by_role("heading", name="Invitation accepted")).to_be_visible()
+            await page.get_by_role("button", name=re.compile("^Accept")).click()
+            await expect(page.get_by_role("status")).to_contain_text("You joined Home")
             assert guest.csp_errors() == []
 
 
 @contextlib.asynccontextmanager
-async def _unlinked_addon(home: Home, tmp_path: Path) -> AsyncIterator[str]:
-    """A second add-on dialling the same relay, not linked yet; yields its link code."""
+async def _unlinked_addon(home: Home, tmp_path: Path, pairing: str) -> AsyncIterator[str]:
+    """A second add-on dialling the same relay, set up from the pairing string alone (as
+    its options would give it), not linked yet; yields its link code."""
     standin, url = await start_standin()
-    config = addon_config(home.relay, url, tmp_path / "second-addon", await home.relay.pinned_key())
+    paired = parse_options({"pairing": pairing})
+    config = dataclasses.replace(
+        addon_config(home.relay, url, tmp_path / "second-addon", paired.pinned_keys[0]),
+        relay_url=paired.relay_url,
+        pinned_keys=paired.pinned_keys,
+    )
+    assert config.relay_url == home.relay.relay_url
     addon = AddonClient(config)
     await addon.__aenter__()
     task = asyncio.create_task(addon.run_forever())

@@ -48,6 +48,22 @@ async def _get(browser: Browser, path: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+async def _codes_after(browser: Browser, path: str, data: dict[str, str]) -> tuple[list[str], str]:
+    """POST ``path``; the recovery codes on the page its redirect leads to, and that address."""
+    async with browser.request(
+        "POST",
+        browser.stack.account_origin + path,
+        data=data,
+        headers={"Origin": browser.stack.account_origin},
+    ) as r:
+        assert r.status == 303, await r.text()
+        shown = r.headers["Location"]
+    assert shown.startswith("/security/recovery-codes?shown=")
+    status, page = await _get(browser, shown)
+    assert status == 200
+    return re.findall(r"<li><code>([^<]+)</code></li>", page), shown
+
+
 async def _user_id(stack: Stack) -> int:
     user = await stack.relay.accounts.get_user_by_email(stack.email)
     assert user is not None
@@ -159,31 +175,44 @@ async def test_totp_qr_code_then_new_codes_and_turn_off(stack: Stack) -> None:
     accounts = stack.relay.accounts
     async with stack.browser() as browser:
         await browser.sign_in_account_site()
-        status, page = await _post(browser, "/security/totp/start", {})
+        status, _ = await _post(browser, "/security/totp/start", {})
+        assert status == 303  # post/redirect/get: a reload starts nothing new
+        status, page = await _get(browser, "/security/totp")
         assert status == 200
         match = re.search(r'<img class="qr" src="data:image/png;base64,([\w+/=]+)"', page)
         assert match is not None
         assert base64.b64decode(match.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
-        secret = re.search(r'<code class="secret">([A-Z2-7]+)</code>', page)
+        secret = re.search(r'<span id="totp-key-plain" hidden>([A-Z2-7]+)</span>', page)
         assert secret is not None
+        # The key for typing by hand, in groups of four.
+        groups = re.search(r'<code id="totp-key" class="key-groups"[^>]*>([A-Z2-7 ]+)</code>', page)
+        assert groups is not None
+        assert groups.group(1).split() == re.findall(".{1,4}", secret.group(1))
         totp = pyotp.TOTP(secret.group(1))
         # The QR code is exactly the otpauth URI of this seed, drawn locally.
         uri = totp.provisioning_uri(name=stack.email, issuer_name=ISSUER)
         assert f'src="{qr_data_uri(uri)}"' in page
-        status, page = await _post(browser, "/security/totp/confirm", {"code": totp.now()})
-        assert status == 200
-        first_codes = re.findall(r"<li><code>([^<]+)</code></li>", page)
+        first_codes, shown = await _codes_after(
+            browser, "/security/totp/confirm", {"code": totp.now()}
+        )
         assert len(first_codes) == 10
+        # Shown once: the same address again shows no codes.
+        status, page = await _get(browser, shown)
+        assert status == 410
+        assert first_codes[0] not in page
 
-        # New recovery codes: only after proving it is the person again.
+        # New recovery codes: only after proving it is the person again, on their own page.
+        status, page = await _get(browser, "/security/recovery-codes/new")
+        assert status == 200
+        assert page.count('name="password"') == 1  # one form for one action
         assert (await _post(browser, "/security/recovery-codes", {}))[0] == 401
         wrong = {"password": "wrong wrong wrong wrong"}
-        assert (await _post(browser, "/security/recovery-codes", wrong))[0] == 401
-        status, page = await _post(
+        status, page = await _post(browser, "/security/recovery-codes", wrong)
+        assert status == 401
+        assert 'aria-invalid="true"' in page
+        new_codes, _ = await _codes_after(
             browser, "/security/recovery-codes", {"password": stack.password}
         )
-        assert status == 200
-        new_codes = re.findall(r"<li><code>([^<]+)</code></li>", page)
         assert len(new_codes) == 10
         assert not set(new_codes) & set(first_codes)
         user_id = await _user_id(stack)
@@ -193,6 +222,9 @@ async def test_totp_qr_code_then_new_codes_and_turn_off(stack: Stack) -> None:
         # Off: a wrong code is refused, a recovery code is not a "current code".
         assert (await _post(browser, "/security/totp/disable", {"code": "000000"}))[0] == 401
         assert await accounts.totp.is_enabled(user_id)
+        status, page = await _get(browser, "/security/totp/disable")
+        assert status == 200
+        assert 'class="danger"' in page
         status, _ = await _post(browser, "/security/totp/disable", {"password": stack.password})
         assert status == 303
         assert not await accounts.totp.is_enabled(user_id)

@@ -63,7 +63,9 @@ async def test_sessions_page_signs_the_other_browser_out(stack: Stack, chromium:
         await phone.page.wait_for_function("window.homeportClosed !== null", timeout=10_000)
         assert await phone.page.evaluate("window.homeportClosed") == "4001 session ended"
 
-        # Keyboard only: focus the "all other sessions" button and press Enter.
+        # Keyboard only: open the confirmation (a dangerous action), then confirm.
+        await page.locator("summary", has_text="Sign out all other sessions").focus()
+        await page.keyboard.press("Enter")
         others = page.get_by_role("button", name="Sign out all other sessions")
         await others.focus()
         await page.keyboard.press("Enter")
@@ -92,7 +94,12 @@ async def test_security_pages_in_chromium(stack: Stack, chromium: Chromium) -> N
         assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
         await expect(page.get_by_label("Authentication code")).to_be_visible()
 
-        await page.get_by_role("link", name="Account activity").click()
+        # The set-up is a page of its own; the site navigation leads on.
+        await (
+            page.get_by_role("navigation", name="Homeport")
+            .get_by_role("link", name="Activity")
+            .click()
+        )
         await expect(page.get_by_role("heading", name="Account activity")).to_be_visible()
         await expect(page.get_by_role("cell", name="Signed in").first).to_be_visible()
 

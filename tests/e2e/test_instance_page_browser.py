@@ -64,7 +64,7 @@ async def test_owner_renames_the_home_and_creates_an_app_link(
 
         # Listed afterwards by name, without the link itself.
         await page.goto(f"{stack.account_origin}/instances/{stack.instance_id}")
-        await expect(page.get_by_text("Anna's phone")).to_be_visible()
+        await expect(page.get_by_text("Anna's phone (created")).to_be_visible()
         assert url not in await page.content()
 
         # On a phone-sized screen nothing needs sideways scrolling.

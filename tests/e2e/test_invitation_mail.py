@@ -28,9 +28,11 @@ async def test_invitation_is_mailed_and_accepted(tmp_path: Path) -> None:
         home_id = home.instance_id
         async with browser_from(home, "127.0.0.1") as owner:
             await sign_in(owner, home, sink)
-            status, page, _ = await post(
+            status, page, location = await post(
                 owner, home, f"/instances/{home_id}/invitations", {"email": BOB, "days": "7"}
             )
+            assert status == 303, page  # post/redirect/get: the link is on the next page
+            status, page, _ = await get(owner, home.account_origin + location)
             assert status == 200, page
             assert "We have mailed this link to bob@example.com" in page
             shown = re.search(r'id="invite-url"[^>]*value="([^"]+)"', page)
@@ -49,11 +51,12 @@ async def test_invitation_is_mailed_and_accepted(tmp_path: Path) -> None:
             assert status == 200, page
             token = re.search(r'name="token" value="([^"]+)"', page)
             assert token is not None
-            status, page, _ = await post(
+            status, page, location = await post(
                 bob, home, "/invitations/accept", {"token": token.group(1)}
             )
-            assert status == 200, page
-            assert "Invitation accepted" in page
+            assert status == 303, page
+            status, page, _ = await get(bob, home.account_origin + location)
+            assert "You joined Home." in page
 
         async with browser_from(home, "127.0.0.1") as owner:
             await sign_in(owner, home, sink)

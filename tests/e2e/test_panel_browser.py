@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from panel_stack import panel_for, until_capability_known
+from playwright.async_api import expect
 from stack import Stack
 
 from homeport.addon.client import AddonStatus, State
@@ -115,3 +116,99 @@ async def test_panel_creates_an_app_link_in_chromium(
         async with chromium.person() as app:
             await app.page.goto(url + "/")
             assert "Home Assistant stand-in" in await app.page.content()
+
+
+async def test_panel_updates_its_state_without_reloading(
+    chromium: Chromium, tmp_path: Path
+) -> None:
+    """No more 10-second reloads: the script updates the code in place (what the person
+    typed and where they scrolled stay) and reloads only when the state changes; the
+    remote-access card tells the truth while the add-on is not linked; "Open the account
+    site" carries the code to the link form."""
+    status = AddonStatus(state=State.UNLINKED, link_code="ABCDE-FGHJK", link_expires_in=600)
+    panel = Panel(
+        PanelSources(
+            status=lambda: status,
+            gate=RemoteAccessGate(tmp_path / "state"),
+            trust=None,
+            ha_how="Home Assistant at http://127.0.0.1:8123 (configured)",
+            account_origin="https://homeport.example",
+        ),
+        allowed_peers=("127.0.0.1",),
+    )
+    await panel.start("127.0.0.1", 0)
+    try:
+        async with chromium.person() as person:
+            page = person.page
+            await page.clock.install()
+            await page.goto(f"http://127.0.0.1:{panel.port}/")
+            assert "not linked" in (await page.text_content("#remote-state") or "")
+            assert "Remote access is on." not in await page.content()
+            href = await page.get_attribute("#link-button", "href")
+            assert href == "https://homeport.example/link?code=ABCDE-FGHJK"
+            await page.evaluate("window.sameDocument = true")
+
+            status.link_code = "KLMNP-QRSTV"
+            await page.clock.run_for(10_500)
+            await expect(page.locator("#link-code")).to_have_text("KLMNP-QRSTV")
+            assert await page.get_attribute("#link-button", "href") == (
+                "https://homeport.example/link?code=KLMNP-QRSTV"
+            )
+            assert await page.evaluate("window.sameDocument === true")  # not reloaded
+
+            status.state = State.CONNECTED
+            status.public_url = "https://abc.home.example"
+            await page.clock.run_for(10_500)
+            await expect(page.locator("#state")).to_have_text("Connected")
+            assert await page.evaluate("window.sameDocument === undefined")  # reloaded
+            assert "Remote access is on" in (await page.text_content("#remote-state") or "")
+            assert person.csp_errors() == []
+            assert person.page_errors == []
+    finally:
+        await panel.stop()
+
+
+async def test_panel_follows_home_assistants_theme_in_its_frame(
+    chromium: Chromium, tmp_path: Path
+) -> None:
+    """Inside Home Assistant's same-origin ingress frame, the panel takes the theme's
+    variables from Home Assistant's root element; opened on its own it keeps its own."""
+    status = AddonStatus(state=State.CONNECTED, public_url="https://abc.home.example")
+    panel = Panel(
+        PanelSources(
+            status=lambda: status,
+            gate=RemoteAccessGate(tmp_path / "state"),
+            trust=None,
+            ha_how="Home Assistant at http://127.0.0.1:8123 (configured)",
+            account_origin="https://homeport.example",
+        ),
+        allowed_peers=("127.0.0.1",),
+    )
+    await panel.start("127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{panel.port}"
+    try:
+        async with chromium.person() as person:
+            page = person.page
+            await page.goto(origin + "/")
+            alone = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+
+            # Home Assistant's page, as the ingress proxy would serve it from this origin.
+            themed = (
+                '<!doctype html><html lang="en" style="--primary-background-color: rgb(1, 2, 3);'
+                ' --primary-color: rgb(200, 10, 10)"><title>HA</title>'
+                '<iframe src="/" title="Homeport" width="800" height="600"></iframe></html>'
+            )
+            await page.route(
+                origin + "/ha-frame",
+                lambda route: route.fulfill(body=themed, content_type="text/html"),
+            )
+            await page.goto(origin + "/ha-frame")
+            frame = page.frame_locator("iframe")
+            await expect(frame.locator("#state")).to_have_text("Connected")
+            body = frame.locator("body")
+            await expect(body).to_have_css("background-color", "rgb(1, 2, 3)")
+            assert alone != "rgb(1, 2, 3)"
+            assert person.csp_errors() == []
+            assert person.page_errors == []
+    finally:
+        await panel.stop()

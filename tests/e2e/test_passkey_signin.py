@@ -63,6 +63,8 @@ async def _turn_on_totp(browser: Browser, stack: Stack) -> None:
         stack.account_origin + "/security/totp/start",
         headers={"Origin": stack.account_origin},
     ) as r:
+        assert (r.status, r.headers["Location"]) == (303, "/security/totp")
+    async with browser.request("GET", stack.account_origin + "/security/totp") as r:
         match = re.search(r"secret=([A-Z2-7]+)", await r.text())
     assert match is not None
     async with browser.request(
@@ -71,7 +73,8 @@ async def _turn_on_totp(browser: Browser, stack: Stack) -> None:
         data={"code": pyotp.TOTP(match.group(1)).now()},
         headers={"Origin": stack.account_origin},
     ) as r:
-        assert r.status == 200
+        assert r.status == 303
+        assert r.headers["Location"].startswith("/security/recovery-codes?shown=")
 
 
 def _device(stack: Stack) -> SoftAuthenticator:

@@ -147,18 +147,20 @@ async def test_reset_end_to_end(mailed: tuple[Home, SmtpSink]) -> None:
 
 
 async def _enrol_totp(browser: Browser, home: Home) -> pyotp.TOTP:
-    status, body, _ = await post(browser, home, "/security/totp/start", {})
-    assert status == 200
+    status, body, location = await post(browser, home, "/security/totp/start", {})
+    assert (status, location) == (303, "/security/totp")
+    status, body, _ = await get(browser, home.account_origin + location)
     secret = re.search(r"secret=([A-Z2-7]+)", body)
     assert secret is not None
     totp = pyotp.TOTP(secret.group(1))
-    status, body, _ = await post(
+    status, body, location = await post(
         browser,
         home,
         "/security/totp/confirm",
         {"code": totp.now()},
     )
-    assert status == 200, body
+    assert status == 303, body
+    assert location.startswith("/security/recovery-codes?shown=")
     return totp
 
 

@@ -17,7 +17,7 @@ from homeport.addon.gate import SWITCHED_OFF_CLOSE, RemoteAccessGate
 
 pytestmark = pytest.mark.timeout(90)
 
-OFF_TEXT = "Remote access is switched off in the add-on"
+OFF_TEXT = "switched remote access off in the Homeport add-on"
 
 
 async def test_switch_cuts_everything_at_once_and_keeps_the_tunnel(tmp_path: Path) -> None:

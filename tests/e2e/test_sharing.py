@@ -28,7 +28,9 @@ from homeport.relay.tenant import SESSION_COOKIE
 
 BOB = "bob@example.com"
 NAVIGATE = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
-MISDIRECTED = (421, "Misdirected request.\n")
+#: The one answer for every tenant-domain host that opens no home (R-MT-04): a styled
+#: page, byte for byte the same whatever the name (a revoked link, a typo, junk).
+NO_HOME_TITLE = "<title>No home at this address · Homeport</title>"
 
 
 def as_person(stack: Stack, email: str) -> Browser:
@@ -81,11 +83,29 @@ async def app_get(
         return r.status, await r.text()
 
 
+async def post_then_get(
+    browser: Browser, path: str, data: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """A form that creates a secret answers 303 to the page showing it (post/redirect/get)."""
+    status, page, location = await post(browser, path, data)
+    assert status == 303, page
+    return await get(browser, browser.stack.account_origin + location)
+
+
 async def create_app_link(owner: Browser, instance_id: str, name: str) -> str:
-    status, page, _ = await post(owner, f"/instances/{instance_id}/app-links", {"name": name})
+    status, page = await post_then_get(owner, f"/instances/{instance_id}/app-links", {"name": name})
     assert status == 200, page
     assert "<svg" in page  # the QR code, inline
     return copied_value(page, "app-link-url")
+
+
+async def no_home(stack: Stack, phone: aiohttp.ClientSession) -> tuple[int, str]:
+    """What a host on the tenant domain that names nothing at all answers."""
+    suffix = f".{stack.config.tenant_domain}{stack.config.port_suffix}"
+    answer = await app_get(phone, f"https://nothing-here{suffix}/")
+    assert answer[0] == 421, answer
+    assert NO_HOME_TITLE in answer[1], answer
+    return answer
 
 
 async def link_ids(stack: Stack, instance_id: str) -> list[int]:
@@ -123,25 +143,29 @@ async def test_invite_accept_open_then_removed(stack: Stack) -> None:
             origin=stack.tenant_origin,
         )
         assert status == 403
-        status, page, _ = await post(
+        status, page = await post_then_get(
             owner, f"/instances/{home}/invitations", {"email": BOB, "days": "7"}
         )
         assert status == 200, page
         accept_url = copied_value(page, "invite-url")
         assert accept_url.startswith(stack.account_origin + "/invitations/accept?token=")
 
-        # Bob, not signed in, is sent to sign in first and comes back to the invitation.
-        async with guest.request("GET", accept_url) as r:
-            assert r.status == 303
-            assert r.headers["Location"].startswith("/signin?next=")
+        # Bob, not signed in, sees the invitation and is offered to sign in (and come
+        # back to it) or to create the account for the invited address.
+        status, page = await get(guest, accept_url)
+        assert status == 200
+        assert "Create your account to join Home" in page
+        assert "/signin?next=%2Finvitations%2Faccept%3Ftoken%3D" in page
+        assert 'name="token"' not in page  # nothing to accept before signing in
         await account_sign_in(guest)
         status, page = await get(guest, accept_url)
         assert status == 200
-        assert "owner@example.com invited bob@example.com" in page
+        assert "owner@example.com invited <strong>bob@example.com</strong>" in page
         token = copied_value(page.replace('type="hidden" name="token"', 'id="t"'), "t")
-        status, page, _ = await post(guest, "/invitations/accept", {"token": token})
-        assert status == 200, page
-        assert "Invitation accepted" in page
+        status, page, location = await post(guest, "/invitations/accept", {"token": token})
+        assert (status, location) == (303, "/?joined=" + home), page
+        status, page = await get(guest, stack.account_origin + location)
+        assert "You joined Home." in page
         # Used up: a second accept is refused.
         status, _, _ = await post(guest, "/invitations/accept", {"token": token})
         assert status == 404
@@ -208,7 +232,7 @@ async def test_member_leaves_a_shared_home(stack: Stack) -> None:
             origin=stack.tenant_origin,
         )
         status, page = await get(guest, stack.account_origin + "/")
-        assert "shared by owner@example.com" in page
+        assert "Shared with you by owner@example.com" in page
         assert f"/instances/{stack.instance_id}/leave" in page
         # A member cannot manage the home: 403, only the owner can (issue 16's roles).
         status, _ = await get(guest, f"{stack.account_origin}/instances/{stack.instance_id}")
@@ -226,7 +250,7 @@ async def test_member_leaves_a_shared_home(stack: Stack) -> None:
         async with guest.request("GET", stack.tenant_origin + "/") as r:
             assert r.status == 401
         status, page = await get(guest, stack.account_origin + "/")
-        assert "shared by" not in page
+        assert "Shared with you" not in page
         # Leaving twice, or a home one never had, is the same 404.
         status, _, _ = await post(guest, f"/instances/{stack.instance_id}/leave")
         assert status == 404
@@ -292,14 +316,14 @@ async def test_app_link_opens_the_home_without_a_cookie(stack: Stack) -> None:
         assert status == 303
         assert await closed_within(ws, 10) == 1008
         await ws.close()
-        assert await app_get(phone, url + "/") == MISDIRECTED
+        assert await app_get(phone, url + "/") == await no_home(stack, phone)
 
         # A valid tenant session cookie is no substitute for a (revoked) app link.
         async with stack.browser() as person:
             await person.sign_in("/")
             token = next(m.value for m in person.session.cookie_jar if m.key == SESSION_COOKIE)
         assert await app_get(phone, url + "/", {"Cookie": f"{SESSION_COOKIE}={token}"}) == (
-            MISDIRECTED
+            await no_home(stack, phone)
         )
 
 
@@ -318,7 +342,9 @@ async def test_wrong_labels_get_the_unknown_host_answer(stack: Stack) -> None:
             "nothere",
         ]
         for bad in wrong:
-            assert await app_get(phone, f"https://{bad}{suffix}/") == MISDIRECTED, bad
+            assert await app_get(phone, f"https://{bad}{suffix}/") == await no_home(stack, phone), (
+                bad
+            )
 
 
 async def test_app_link_of_one_home_never_reaches_another(stack: Stack, tmp_path: Path) -> None:
@@ -433,14 +459,14 @@ async def test_unlink_closes_the_tunnel_and_retires_the_name(stack: Stack) -> No
         assert status == 400  # not confirmed: nothing happens
         assert stack.relay.hub.tunnel_for(home) is not None
         status, page, _ = await post(owner, f"/instances/{home}/unlink", {"confirm": "yes"})
-        assert status == 200, page
+        assert status == 200, page  # no secret here: the page itself says it is done
         assert "Home unlinked" in page
         assert stack.relay.hub.tunnel_for(home) is None
         assert await closed_within(ws, 10) is not None
         await ws.close()
         async with owner.request("GET", stack.tenant_origin + "/") as r:
             assert r.status == 401
-        assert await app_get(phone, url + "/") == MISDIRECTED
+        assert await app_get(phone, url + "/") == await no_home(stack, phone)
         # The add-on is told nothing secret; it asks for a new link code.
         async with asyncio.timeout(20):
             while stack.addon.status.link_code in (None, old_code):

@@ -52,8 +52,10 @@ async def _enrol(stack: Stack) -> tuple[pyotp.TOTP, list[str]]:
             headers={"Origin": stack.tenant_origin},
         ) as r:
             assert r.status == 403  # a tenant page cannot drive account actions
-        status, body, _ = await _post(browser, stack, "/security/totp/start", {})
-        assert status == 200
+        status, body, location = await _post(browser, stack, "/security/totp/start", {})
+        assert (status, location) == (303, "/security/totp")
+        async with browser.request("GET", stack.account_origin + location) as r:
+            body = await r.text()
         assert "otpauth://totp/" in body
         match = re.search(r"secret=([A-Z2-7]+)", body)
         assert match is not None
@@ -61,10 +63,12 @@ async def _enrol(stack: Stack) -> tuple[pyotp.TOTP, list[str]]:
         status, body, _ = await _post(browser, stack, "/security/totp/confirm", {"code": "12345"})
         assert status == 400
         assert "not right" in body
-        status, body, _ = await _post(
+        status, body, location = await _post(
             browser, stack, "/security/totp/confirm", {"code": totp.now()}
         )
-        assert status == 200, body
+        assert status == 303, body
+        async with browser.request("GET", stack.account_origin + location) as r:
+            body = await r.text()
         codes = re.findall(r"<code>([a-z2-7-]{29})</code>", body)
         assert len(codes) == 10
         status, _, location = await _post(browser, stack, "/signout", {})

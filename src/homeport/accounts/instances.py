@@ -19,6 +19,7 @@ from sqlalchemy import and_, delete, false, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homeport.accounts.access import can_access_in, live_membership
+from homeport.accounts.alerts import OfflineAlerts
 from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
 from homeport.accounts.errors import (
@@ -71,6 +72,8 @@ class InstanceRow:
     connected: bool = False
     #: For a listing by member: when that account's access ends (``None``: no end).
     member_until: datetime | None = None
+    #: When the add-on's tunnel last dropped (the start of an outage while offline).
+    last_disconnected_at: datetime | None = None
 
 
 def _instance_name(name: str) -> str:
@@ -302,6 +305,7 @@ class Instances:
                     last_connected_at=inst.last_connected_at,
                     connected=inst.connected,
                     member_until=until,
+                    last_disconnected_at=inst.last_disconnected_at,
                 )
                 for inst, email, until in rows
             ]
@@ -375,6 +379,7 @@ class Instances:
             await s.execute(delete(InstanceMember).where(InstanceMember.instance_id == instance_id))
             await Sharing.delete_instance_rows(s, instance_id)
             await IntegrationSettings.delete_instance_rows(s, instance_id)
+            await s.execute(OfflineAlerts.delete_for(instance_id))
             s.add(RetiredInstance(id=instance_id, retired_at=self._now()))
             owner_id = instance.owner_id
             await s.delete(instance)

@@ -770,3 +770,19 @@ class InstanceIntegrations(Base):
     webhooks: Mapped[bool] = mapped_column(Boolean, default=False)
     voice: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OfflineAlert(Base):
+    """An owner's wish to be mailed when a home stays offline, and where the outage is.
+
+    ``alerted_at`` is set when the "offline" mail of the current outage went out
+    and cleared when the "back online" mail did: one pair of mails per outage.
+    """
+
+    __tablename__ = "offline_alerts"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    after_minutes: Mapped[int] = mapped_column(Integer)
+    alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Delete, delete, or_
 
+from homeport.accounts.alerts import OfflineAlerts
 from homeport.accounts.audit import Audit
 from homeport.accounts.breached import BreachedPasswords
 from homeport.accounts.db import Database
@@ -140,6 +141,7 @@ class Accounts:
         self.deletion = AccountDeletion(db, self.instances, self.audit, now=self._now)
         #: Per home: may webhooks and voice assistants pass the gate (owner switches).
         self.integrations = IntegrationSettings(db, self.audit, now=self._now)
+        self.offline_alerts = OfflineAlerts(db, now=self._now)
 
     def _now(self) -> datetime:
         value = self._clock()

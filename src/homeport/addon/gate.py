@@ -46,16 +46,35 @@ _KNOWN = ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow"
 _KNOWN_BELOW = tuple((known, known + "/") for known in _KNOWN)
 _KNOWN_ROOTS = ("/api/", "/auth/")
 
-_OFF_PAGE = (
-    b"<!doctype html>\n"
-    b'<html lang="en"><head><meta charset="utf-8">'
-    b'<meta name="viewport" content="width=device-width, initial-scale=1">'
-    b"<title>Remote access is switched off</title></head>"
-    b"<body><h1>Remote access is switched off in the add-on</h1>"
-    b"<p>The owner of this Home Assistant has switched remote access off in the "
-    b"Homeport add-on. It can be switched on again from the add-on's panel in "
-    b"Home Assistant.</p></body></html>\n"
-)
+#: The answer to every remote request while the switch is off: plain words, styled inline
+#: (the relay serves nothing of its own here), light and dark, readable on a phone.
+_OFF_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Remote access is switched off \xc2\xb7 Homeport</title>
+<style>
+:root{color-scheme:light dark;--fg:#1b1f24;--bg:#f4f6f8;--card:#fff;--line:#c9d0d8;
+--link:#075985;--bar:#0c3b5a}
+@media (prefers-color-scheme:dark){:root{--fg:#e7eaee;--bg:#101317;--card:#1b2027;
+--line:#3b444f;--link:#8fd1f7;--bar:#0d2535}}
+body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}
+header{background:var(--bar);color:#fff;padding:.7rem 1rem;font-weight:700}
+main{max-width:40rem;margin:1.5rem auto;padding:0 1rem}
+h1{font-size:1.6rem;line-height:1.25;margin:0 0 1rem}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:1.25rem}
+a{color:var(--link)}
+</style></head>
+<body><header>Homeport</header><main>
+<h1>Remote access is switched off</h1>
+<div class="card">
+<p>The owner of this home has switched remote access off in the Homeport add-on, so
+Home Assistant cannot be opened from outside the home right now.</p>
+<p>It can be switched on again in Home Assistant, on the Homeport add-on's page
+(in the sidebar), by someone at home.</p>
+<p><a href="/">Try again</a></p>
+</div></main></body></html>
+"""
 
 
 def route_family(target: str) -> str:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
 from homeport.keys import parse_pinned_keys
+from homeport.pairing import PairingError, parse_pairing
 
 #: The levels offered in ``config.yaml`` (``list(debug|info|warning|error)``).
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -28,8 +29,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_OPTIONS_PATH = Path("/data/options.json")
 
 #: Every key the add-on understands; anything else is a typo worth reporting.
-KNOWN_KEYS = frozenset({"relay_url", "relay_keys", "log_level", "ha_url"})
-REQUIRED_KEYS = ("relay_url", "relay_keys")
+KNOWN_KEYS = frozenset({"pairing", "relay_url", "relay_keys", "log_level", "ha_url"})
+#: Without a pairing string, both of these (the pairing string's two halves, for automation).
+SEPARATE_KEYS = ("relay_url", "relay_keys")
 
 
 class OptionsError(ValueError):
@@ -86,6 +88,41 @@ def check_ha_url(value: str, what: str = "option 'ha_url'") -> str:
     return value
 
 
+def _relay(data: dict[str, Any]) -> tuple[str, tuple[Ed25519PublicKey, ...]]:
+    """The relay to dial and its pinned keys: from ``pairing`` (one string from the relay's
+    "Add a home" page) or from ``relay_url`` and ``relay_keys``, never a mix of the two."""
+    pairing = data.get("pairing")
+    if isinstance(pairing, str) and not pairing.strip():
+        pairing = None  # the add-on's default: an empty field
+    separate = [key for key in SEPARATE_KEYS if data.get(key) is not None]
+    if pairing is not None:
+        if separate:
+            raise OptionsError(
+                f"set either option 'pairing' or {' and '.join(map(repr, separate))}, not both"
+            )
+        if not isinstance(pairing, str):
+            raise OptionsError(f"option 'pairing' must be a string, not {type(pairing).__name__}")
+        try:
+            parsed = parse_pairing(pairing)
+        except PairingError as exc:
+            raise OptionsError(f"option 'pairing': {exc}") from None
+        return check_relay_url(parsed.relay_url, "option 'pairing'"), parsed.pinned_keys
+    for key in SEPARATE_KEYS:
+        if data.get(key) is None:
+            raise OptionsError(
+                f"option {key!r} is required, or instead option 'pairing' (copy it from "
+                "the relay's Add a home page); set it in the add-on's configuration"
+            )
+    relay_url = check_relay_url(_string(data, "relay_url"))
+    try:
+        pinned = tuple(parse_pinned_keys(_string(data, "relay_keys")))
+    except ValueError as exc:
+        if isinstance(exc, OptionsError):
+            raise
+        raise OptionsError(f"option 'relay_keys': {exc}") from None
+    return relay_url, pinned
+
+
 def parse_options(data: object) -> AddonOptions:
     """Validate a decoded options object (the JSON top level)."""
     if not isinstance(data, dict):
@@ -95,16 +132,7 @@ def parse_options(data: object) -> AddonOptions:
         raise OptionsError(
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}"
         )
-    for key in REQUIRED_KEYS:
-        if data.get(key) is None:
-            raise OptionsError(f"option {key!r} is required; set it in the add-on's configuration")
-    relay_url = check_relay_url(_string(data, "relay_url"))
-    try:
-        pinned = tuple(parse_pinned_keys(_string(data, "relay_keys")))
-    except ValueError as exc:
-        if isinstance(exc, OptionsError):
-            raise
-        raise OptionsError(f"option 'relay_keys': {exc}") from None
+    relay_url, pinned = _relay(data)
     log_level = "info"
     if data.get("log_level") is not None:
         log_level = _string(data, "log_level").lower()

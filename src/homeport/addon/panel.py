@@ -21,7 +21,8 @@ Threats this stops:
 * ``configuration.yaml`` changed behind the owner's back: the "trust the
   add-on" button (``trust_setup.py``) is a POST behind the same checks, with
   an explicit ``confirm=yes``.
-* Script injection and framing by others: no script at all, a strict CSP,
+* Script injection and framing by others: only the panel's own small script
+  (``static/panel.js``, which polls ``state``), a strict CSP,
   ``frame-ancestors 'self'`` (Home Assistant shows the panel in a
   same-origin iframe).
 
@@ -42,6 +43,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -64,7 +66,8 @@ INGRESS_PROXY = "172.30.32.2"
 HEALTHZ = "/healthz"
 HERE = Path(__file__).parent
 CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; "
+    "connect-src 'self'; form-action 'self'; "
     "frame-ancestors 'self'; base-uri 'none'"
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,11 +101,14 @@ class Panel:
             lstrip_blocks=True,
         )
         self._css = (HERE / "static" / "panel.css").read_bytes()
+        self._js = (HERE / "static" / "panel.js").read_bytes()
         self.app = web.Application(middlewares=[self._only_ingress, self._headers])
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/remote-access", self.switch)
         self.app.router.add_post("/trust-setup", self.start_trust_setup)
         self.app.router.add_get("/static/panel.css", self.stylesheet)
+        self.app.router.add_get("/static/panel.js", self.script)
+        self.app.router.add_get("/state", self.state)
         self.app_link_pages: AppLinkPages | None = None
         if sources.app_links is not None:
             self.app_link_pages = AppLinkPages(self, sources.app_links)
@@ -153,6 +159,25 @@ class Panel:
 
     # ---------------------------------------------------------------- routes
 
+    def _link_url(self, status: AddonStatus) -> str:
+        """The account site's link form with this code filled in (it only fills the form:
+        linking stays the signed-in person's own POST there)."""
+        query = "?" + urlencode({"code": status.link_code}) if status.link_code else ""
+        return self.sources.account_origin + "/link" + query
+
+    async def state(self, request: web.Request) -> web.Response:
+        """What ``panel.js`` polls: the connection state and the link code, nothing else."""
+        status = self.sources.status()
+        view = _state_view(status)
+        return web.json_response(
+            {
+                "state": view["key"],
+                "label": view["label"],
+                "link_code": status.link_code,
+                "link_url": self._link_url(status),
+            }
+        )
+
     async def page(self, request: web.Request) -> web.Response:
         sources = self.sources
         status = sources.status()
@@ -160,7 +185,7 @@ class Panel:
         html = self._env.get_template("panel.html").render(
             state=_state_view(status),
             status=status,
-            link_url=sources.account_origin + "/link",
+            link_url=self._link_url(status),
             remote_on=sources.gate.enabled,
             accesses=[
                 {
@@ -229,6 +254,14 @@ class Panel:
         return web.Response(
             body=self._css,
             content_type="text/css",
+            charset="utf-8",
+            headers={"Cache-Control": "max-age=300"},
+        )
+
+    async def script(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._js,
+            content_type="text/javascript",
             charset="utf-8",
             headers={"Cache-Control": "max-age=300"},
         )

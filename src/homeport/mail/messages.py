@@ -283,3 +283,28 @@ class MailWriter:
             homes=homes,
             **self._where(moment, ip, user_agent),
         )
+
+    def home_offline(self, to: str, *, home: str, since: datetime, manage_url: str) -> Mail:
+        """The owner asked to hear when this home stays offline (one mail per outage)."""
+        return self._mail(
+            "home_offline",
+            to,
+            f"Your home {home} is offline",
+            home=home,
+            since=_when(since),
+            manage_url=manage_url,
+        )
+
+    def home_back(
+        self, to: str, *, home: str, since: datetime, back: datetime, manage_url: str
+    ) -> Mail:
+        """The outage the owner was told about is over."""
+        return self._mail(
+            "home_back",
+            to,
+            f"Your home {home} is back online",
+            home=home,
+            since=_when(since),
+            back=_when(back),
+            manage_url=manage_url,
+        )

@@ -26,6 +26,7 @@ from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
 from homeport.mail.messages import MailWriter
 from homeport.memory import MemoryTrimmer
+from homeport.pairing import make_pairing
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
@@ -38,7 +39,7 @@ from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
 from homeport.relay.site.app import account_site
-from homeport.relay.site.limits import AccountLimits
+from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.oidc import OidcProviders
 from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
@@ -132,8 +133,14 @@ class Relay:
             self.app_links,
             self.integrations,
         )
+        out = self.mail.out
         self.housekeeping = Housekeeping(
-            self.accounts, self.gate, app_links=self.app_links, hub=self.hub
+            self.accounts,
+            self.gate,
+            app_links=self.app_links,
+            hub=self.hub,
+            mail=(out.outbox, out.writer) if out is not None else None,
+            manage_url=lambda instance_id: f"{config.account_origin}/instances/{instance_id}",
         )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
@@ -159,6 +166,10 @@ class Relay:
             providers=self.oidc,
             tunnel=self.hub.handle,
             integration_gate=self.integrations,
+            pairing_string=make_pairing(
+                f"wss://{self.config.account_host}{self.config.port_suffix}{TUNNEL_PATH}",
+                [self.server_key.public_key()],
+            ),
         )
         # ``Application.add_domain`` with our own rule: the Host header as
         # request_host() reads it, and the TLS session's SNI naming the same host.

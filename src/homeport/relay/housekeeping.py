@@ -20,6 +20,9 @@
 * **Purge** (every :data:`PURGE_SECONDS`): expired codes, sessions, pending
   sign-ins and throttle rows (:meth:`Accounts.purge_expired`) and audit
   events older than 180 days (:meth:`Audit.purge`).
+* **Offline alerts** (every :data:`ALERT_SECONDS`, with mail only): the owners
+  who asked are mailed once when a home has been offline longer than they
+  chose, and once when it is back (:class:`homeport.accounts.alerts.OfflineAlerts`).
 
 A failing chore is logged and retried next round; it never stops the relay.
 """
@@ -33,6 +36,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from homeport.accounts.service import Accounts
+from homeport.mail.mailer import Outbox
+from homeport.mail.messages import MailWriter
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.gate import SessionGate
 from homeport.relay.live import Ending
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 5.0
 PURGE_SECONDS = 3600.0
+ALERT_SECONDS = 30.0
 
 
 class Tunnels(Protocol):
@@ -62,6 +68,9 @@ class Housekeeping:
         hub: Tunnels | None = None,
         sweep_seconds: float = SWEEP_SECONDS,
         purge_seconds: float = PURGE_SECONDS,
+        alert_seconds: float = ALERT_SECONDS,
+        mail: tuple[Outbox, MailWriter] | None = None,
+        manage_url: Callable[[str], str] = lambda instance_id: "",
     ) -> None:
         self.accounts = accounts
         self.gate = gate
@@ -69,6 +78,10 @@ class Housekeeping:
         self.hub = hub
         self.sweep_seconds = sweep_seconds
         self.purge_seconds = purge_seconds
+        self.alert_seconds = alert_seconds
+        #: Where offline alerts go; ``None``: the relay has no mail, nobody is alerted.
+        self.mail = mail
+        self.manage_url = manage_url
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -76,6 +89,10 @@ class Housekeeping:
             asyncio.create_task(self._every(self.sweep_seconds, self.tick, "sweep")),
             asyncio.create_task(self._every(self.purge_seconds, self.purge, "purge")),
         ]
+        if self.mail is not None:
+            self._tasks.append(
+                asyncio.create_task(self._every(self.alert_seconds, self.alert, "alerts"))
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -153,6 +170,44 @@ class Housekeeping:
         rows += await self.accounts.audit.purge()
         log.info("relay.purged", extra={"rows": rows})
         return rows
+
+    async def alert(self) -> int:
+        """Mail the owners whose homes crossed their offline time, or came back; how many.
+
+        The outage is marked only once its mail is queued, so a full outbox means
+        a retry next round, never a lost or a doubled mail.
+        """
+        if self.mail is None:
+            return 0
+        outbox, writer = self.mail
+        alerts = self.accounts.offline_alerts
+        gone, back = await alerts.due()
+        sent = 0
+        for outage in gone:
+            mail = writer.home_offline(
+                outage.owner_email,
+                home=outage.name,
+                since=outage.since,
+                manage_url=self.manage_url(outage.instance_id),
+            )
+            if outbox.post(mail):
+                await alerts.mailed(outage.instance_id, offline=True)
+                sent += 1
+        for outage in back:
+            assert outage.back_at is not None
+            mail = writer.home_back(
+                outage.owner_email,
+                home=outage.name,
+                since=outage.since,
+                back=outage.back_at,
+                manage_url=self.manage_url(outage.instance_id),
+            )
+            if outbox.post(mail):
+                await alerts.mailed(outage.instance_id, offline=False)
+                sent += 1
+        if sent:
+            log.info("relay.offline_alerts_mailed", extra={"mails": sent})
+        return sent
 
     async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], name: str) -> None:
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from importlib import resources
 from typing import Any
 
@@ -38,6 +40,19 @@ PAGE_HEADERS = {
 }
 
 
+#: What every template may look at, unless a page says otherwise.
+_DEFAULTS: dict[str, Any] = {
+    "user_email": None,  # signed in: the top bar shows the navigation and sign-out
+    "section": None,  # the navigation entry to mark as the current page
+    "wide": False,  # pages with tables use the full width
+    "error": None,
+    "error_field": None,  # the form field ``error`` belongs to (aria-describedby)
+    "back": None,
+    "back_text": "",
+    "inline_css": None,  # the stylesheet inline (pages on hosts that serve no stylesheet)
+}
+
+
 class Pages:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
@@ -49,7 +64,12 @@ class Pages:
         )
         static = resources.files("homeport.relay").joinpath("static")
         self.css = static.joinpath("homeport.css").read_bytes()
-        self._scripts = {"passkeys.js": static.joinpath("passkeys.js").read_bytes()}
+        digest = base64.b64encode(hashlib.sha256(self.css).digest()).decode("ascii")
+        #: The CSP of a page carrying the stylesheet inline: exactly that stylesheet.
+        self.inline_csp = self.csp.replace("style-src 'self'", f"style-src 'sha256-{digest}'")
+        self._scripts = {
+            name: static.joinpath(name).read_bytes() for name in ("passkeys.js", "site.js")
+        }
 
     @property
     def globals(self) -> dict[str, Any]:
@@ -68,10 +88,12 @@ class Pages:
         tenant: bool = False,
         **context: Any,
     ) -> web.Response:
-        context.setdefault("user_email", None)
+        for name, default in _DEFAULTS.items():
+            context.setdefault(name, default)
         html = self._env.get_template(template).render(
             account_origin=self.config.account_origin,
             static_origin="/.homeport" if tenant else "",
+            tenant_page=tenant,
             **context,
         )
         response = web.Response(text=html, status=status, content_type="text/html")
@@ -99,6 +121,23 @@ class Pages:
             link_text=link_text,
             **context,
         )
+
+    def standalone(self, title: str, text: str, *, status: int, **context: Any) -> web.Response:
+        """A page for a host that serves nothing of its own (an unknown home address):
+        the stylesheet travels inline, allowed by its hash alone (no script at all)."""
+        response = self.render(
+            "message.html",
+            status=status,
+            tenant=True,
+            title=title,
+            text=text,
+            link=context.pop("link", None),
+            link_text=context.pop("link_text", ""),
+            inline_css=self.css.decode("utf-8"),
+            **context,
+        )
+        response.headers["Content-Security-Policy"] = self.inline_csp
+        return response
 
     def stylesheet(self) -> web.Response:
         response = web.Response(body=self.css, content_type="text/css", charset="utf-8")

@@ -207,7 +207,7 @@ class TenantProxy:
             )
         access_link = await self.app_links.resolve(label)
         if access_link is None:
-            return Answer(misdirected())
+            return Answer(misdirected(self.pages, self.config))
         return self._app_link(request, access_link, remote)
 
     def _label(self, request: Request, sni: str) -> str | Answer:
@@ -219,10 +219,10 @@ class TenantProxy:
         """
         host = host_name(request.host)
         if host is None or host != sni or not host.endswith(self._suffix):
-            return Answer(misdirected())
+            return Answer(misdirected(self.pages, self.config))
         label = host[: -len(self._suffix)]
         if not (is_instance_id(label) or is_app_link_label(label)):
-            return Answer(misdirected())
+            return Answer(misdirected(self.pages, self.config))
         return label
 
     def _app_link(self, request: Request, access: AppLinkAccess, remote: str) -> Admission:
@@ -521,5 +521,16 @@ def integration_path(request: Request) -> IntegrationPath | None:
     return match(request.method, request.target, upgrade=upgrade)
 
 
-def misdirected() -> web.Response:
-    return web.Response(status=421, text="Misdirected request.\n")
+def misdirected(pages: Pages, config: RelayConfig) -> web.Response:
+    """An address on the tenant domain that opens no home: a mistyped or old address,
+    an unlinked home, a revoked app link.  One answer for all of them, whether or not
+    something exists under that name (R-MT-04); the page is styled inline, because
+    such a host serves nothing of its own, not even the stylesheet."""
+    return pages.standalone(
+        "No home at this address",
+        "This address does not open a home. It may be mistyped, or the home was unlinked, "
+        "or the app link was revoked. Open your home from the list of your homes instead.",
+        status=421,
+        link=config.account_origin + "/",
+        link_text="Go to your homes",
+    )

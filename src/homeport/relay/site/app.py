@@ -34,6 +34,7 @@ from homeport.relay.site import (
     instances,
     integrations,
     oidc,
+    pairing,
     passkeys,
     password,
     privacy,
@@ -58,11 +59,14 @@ from homeport.relay.site.keys import (
     MAIL,
     NOTICES,
     PAGES,
+    PAIRING,
+    SHOWN_ONCE,
     SIGNIN,
 )
 from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.notices import MailNotices
 from homeport.relay.site.oidc import OIDC, OidcProviders
+from homeport.relay.site.once import ShownOnce
 from homeport.relay.site.signin_flow import SignInFlow
 
 __all__ = ["account_site"]
@@ -84,6 +88,7 @@ PAGE_ROUTES = (
     access.routes,
     privacy.routes,
     integrations.routes,
+    pairing.routes,
 )
 
 
@@ -100,8 +105,10 @@ def account_site(
     providers: OidcProviders,
     tunnel: Handler,
     integration_gate: IntegrationGate,
+    pairing_string: str,
 ) -> web.Application:
-    """The account site; ``tunnel`` serves ``GET /v1/tunnel`` (the add-ons' WebSockets)."""
+    """The account site; ``tunnel`` serves ``GET /v1/tunnel`` (the add-ons' WebSockets);
+    ``pairing_string``: what an add-on needs to reach and trust this relay."""
     app = web.Application(middlewares=[limits.middleware, guard])
     trail = AuditTrail(accounts.audit)
     notices = MailNotices(accounts, mail.out) if mail.out is not None else None
@@ -122,6 +129,8 @@ def account_site(
     app[INVITATION_MAIL] = notices
     app[OIDC] = providers
     app[integrations.INTEGRATIONS] = integration_gate
+    app[SHOWN_ONCE] = ShownOnce()
+    app[PAIRING] = pairing_string
     pages.set_global("oidc_buttons", providers.buttons)  # the sign-in page shows them
 
     add = app.router.add_get
@@ -130,6 +139,7 @@ def account_site(
     add("/healthz", _healthz, allow_head=False)
     add("/static/homeport.css", _stylesheet, allow_head=False)
     add("/static/passkeys.js", _passkeys_script, allow_head=False)
+    add("/static/site.js", _site_script, allow_head=False)
     for routes in PAGE_ROUTES:
         _add_routes(app, routes)
     if mail.out is not None:
@@ -168,3 +178,7 @@ async def _stylesheet(request: web.Request) -> web.StreamResponse:
 
 async def _passkeys_script(request: web.Request) -> web.StreamResponse:
     return request.app[PAGES].script("passkeys.js")
+
+
+async def _site_script(request: web.Request) -> web.StreamResponse:
+    return request.app[PAGES].script("site.js")

@@ -61,6 +61,8 @@ async def show(request: web.Request) -> web.StreamResponse:
         "audit.html",
         title="Account activity",
         user_email=session.email,
+        section="activity",
+        wide=True,  # the table uses the width it has
         rows=rows,
         page=page,
         more=more,

@@ -32,24 +32,30 @@ async def home(request: web.Request) -> web.StreamResponse:
     if session is None:
         return redirect("/signin")
     config, homes = request.app[CONFIG], request.app[HOMES]
-    instances = [
-        {
-            "name": inst.name,
-            "url": config.tenant_origin(inst.id),
-            "connected": homes.tunnel_for(inst.id) is not None,
-            "id": inst.id,
-            "owned": inst.owner_id == session.user_id,
-            "owner_email": inst.owner_email,
-            "until": (
-                None
-                if inst.member_until is None
-                else inst.member_until.strftime("%Y-%m-%d %H:%M UTC")
-            ),
-        }
-        for inst in await request.app[ACCOUNTS].instances.find(user_id=session.user_id)
-    ]
+    instances = []
+    for inst in await request.app[ACCOUNTS].instances.find(user_id=session.user_id):
+        connected = homes.tunnel_for(inst.id) is not None
+        instances.append(
+            {
+                "name": inst.name,
+                "url": config.tenant_origin(inst.id),
+                "connected": connected,
+                "offline_since": None if connected else inst.last_disconnected_at,
+                "id": inst.id,
+                "owned": inst.owner_id == session.user_id,
+                "owner_email": inst.owner_email,
+                "until": inst.member_until,
+            }
+        )
+    joined = request.query.get("joined")
+    names = {inst["id"]: inst["name"] for inst in instances}
+    note = f"You joined {names[joined]}. Open it below." if joined in names else None
     return request.app[PAGES].render(
-        "home.html", title="Your homes", user_email=session.email, instances=instances
+        "home.html",
+        title="Your homes",
+        user_email=session.email,
+        instances=instances,
+        note=note,
     )
 
 

@@ -94,8 +94,22 @@ def _refuse(request: web.Request, name: str | None, status: int) -> web.Response
         return web.json_response({"error": error}, status=status)
     pages = request.app[PAGES]
     if status == 403:
-        return pages.message("Not allowed", "Cross-site request refused.", status=403)
-    return pages.message("Too large", "The form is too large.", status=413)
+        return pages.message(
+            "Request refused",
+            "This form was sent from another site, or your browser did not say where it "
+            "came from, so Homeport refused it. Open the page again and send the form "
+            "from there.",
+            status=403,
+            link="/",
+            link_text="Go to your homes",
+        )
+    return pages.message(
+        "Too large",
+        "The form is larger than Homeport accepts.",
+        status=413,
+        link="/",
+        link_text="Go to your homes",
+    )
 
 
 async def _body_size(request: web.Request) -> int:
@@ -106,13 +120,41 @@ async def _body_size(request: web.Request) -> int:
     return max(announced, len(await request.read()))
 
 
+def _no_route(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Plain words and a way back for an address the site does not have (or not for GET)."""
+    pages = request.app[PAGES]
+    if exc.status == 405 and request.method in ("GET", "HEAD"):
+        # Typically a form's address opened again (a bookmark, Back after a POST).
+        response = pages.message(
+            "This address is for a form",
+            "This address takes a form sent from one of Homeport's pages, so there is "
+            "nothing to show here. Go back to the page the form was on, or start again "
+            "from your homes.",
+            status=405,
+            link="/",
+            link_text="Go to your homes",
+        )
+        if "Allow" in exc.headers:  # only that: the exception's own Content-Type is text
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    if exc.status == 405:
+        return pages.message(
+            "Not allowed", "This address does not take that kind of request.", status=405
+        )
+    return pages.message(
+        "Page not found",
+        "There is no page at this address. It may have been mistyped, or the page has moved.",
+        status=exc.status,
+        link="/",
+        link_text="Go to your homes",
+    )
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     exc = request.match_info.http_exception
-    pages = request.app[PAGES]
     if exc is not None:
-        title = "Not found" if exc.status == 404 else "Not allowed"
-        return pages.message(title, "There is nothing here.", status=exc.status)
+        return _no_route(request, exc)
     name = request.match_info.route.name
     if request.method in STATE_CHANGING:
         if name not in CROSS_SITE and not origin_allowed(

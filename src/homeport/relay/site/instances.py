@@ -21,8 +21,9 @@ Threats this stops, beyond ownership and CSRF:
   and closes their open requests and WebSockets at once
   (:class:`~homeport.relay.live.LiveTraffic`); unlinking also closes
   the add-on's tunnel.
-* **Secrets shown once.** Accept links and app links are shown only on the
-  page that creates them (``Cache-Control: no-store``) and stored hashed.
+* **Secrets shown once.** Accept links and app links are stored hashed and
+  shown once, on the page the form's ``303`` leads to (post/redirect/get,
+  :mod:`.once`): a reload shows the page without them and creates nothing.
 """
 
 from __future__ import annotations
@@ -34,18 +35,26 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from homeport.accounts.alerts import AFTER_CHOICES
 from homeport.accounts.audit import EventType
 from homeport.accounts.errors import (
     AccessDenied,
+    AccountExists,
     AlreadyLinked,
     InvalidEmail,
     LinkCodeInvalid,
     NotOwner,
+    PasswordPolicyError,
     UnknownInstance,
     UnknownUser,
 )
 from homeport.accounts.sessions import SessionInfo
-from homeport.accounts.sharing import InvitationInvalid, WrongAccount, display_name
+from homeport.accounts.sharing import (
+    InvitationInvalid,
+    InvitationView,
+    WrongAccount,
+    display_name,
+)
 from homeport.accounts.throttle import Backoff, Window, network_key, retry_after
 from homeport.qr import qr_svg
 from homeport.relay.app_links import app_link_url
@@ -61,7 +70,10 @@ from homeport.relay.site.keys import (
     GATE,
     HOMES,
     INVITATION_MAIL,
+    NOTICES,
     PAGES,
+    SHOWN_ONCE,
+    SIGNIN,
     current,
     sign_in_first,
 )
@@ -105,9 +117,20 @@ def _int(request: web.Request, name: str) -> int:
     return int(text) if text.isdigit() and len(text) < 12 else -1
 
 
-def _back(instance_id: str, note: str = "") -> web.Response:
-    query = "?" + urlencode({"done": note}) if note else ""
-    return redirect(f"/instances/{instance_id}{query}")
+def _back(instance_id: str, note: str = "", *, shown: str = "") -> web.Response:
+    query = {"done": note} if note else {}
+    if shown:
+        query["shown"] = shown  # a ticket for the secret the page shows once (.once)
+    target = f"/instances/{instance_id}" + ("?" + urlencode(query) if query else "")
+    return redirect(target + ("#new-secret" if shown else ""))
+
+
+def _alert_label(minutes: int) -> str:
+    return (
+        f"{minutes} minutes"
+        if minutes < 60
+        else f"{minutes // 60} hour" + ("s" if minutes >= 120 else "")
+    )
 
 
 async def _page(
@@ -117,10 +140,12 @@ async def _page(
     *,
     status: int = 200,
     error: str | None = None,
+    error_field: str | None = None,
     note: str | None = None,
     **extra: Any,
 ) -> web.Response:
-    sharing = request.app[ACCOUNTS].sharing
+    accounts = request.app[ACCOUNTS]
+    sharing = accounts.sharing
     try:
         instance = await sharing.owned_instance(session.user_id, instance_id)
     except UnknownInstance:
@@ -131,8 +156,8 @@ async def _page(
         {
             "id": link.id,
             "name": link.name,
-            "created": when(link.created_at),
-            "last_used": "not yet" if link.last_used_at is None else when(link.last_used_at),
+            "created": link.created_at,
+            "last_used": link.last_used_at,
             "expires": when(link.expires_at),
         }
         for link in await sharing.app_links(instance_id)
@@ -142,18 +167,20 @@ async def _page(
             "id": inv.id,
             "email": inv.email,
             "status": inv.status,
-            "expires": when(inv.expires_at),
+            "expires": inv.expires_at,
             "accepted_by": inv.accepted_by_email,
         }
         for inv in await sharing.invitations(instance_id)
         if inv.status == "pending"
     ]
     members = [
-        {"id": m.user_id, "email": m.email, "since": when(m.since), "until": when(m.until)}
+        {"id": m.user_id, "email": m.email, "since": m.since, "until": when(m.until)}
         for m in await sharing.members(instance_id)
     ]
     extra.setdefault("invite_link", None)
     extra.setdefault("app_link", None)
+    connected = request.app[HOMES].tunnel_for(instance.id) is not None
+    alert_after = await accounts.offline_alerts.after(instance_id)
     return request.app[PAGES].render(
         "instance.html",
         status=status,
@@ -163,9 +190,14 @@ async def _page(
             "id": instance.id,
             "name": instance.name,
             "url": request.app[CONFIG].tenant_origin(instance.id),
-            "connected": request.app[HOMES].tunnel_for(instance.id) is not None,
-            "created": when(instance.created_at),
+            "connected": connected,
+            "offline_since": None if connected else instance.last_disconnected_at,
+            "created": instance.created_at,
         },
+        # Offline alerts are mail: offered only when the relay has mail.
+        alerts_available=request.app[NOTICES] is not None,
+        alert={"enabled": alert_after is not None, "after": alert_after or 15},
+        alert_choices=[(m, _alert_label(m)) for m in AFTER_CHOICES],
         members=members,
         invitations=invitations,
         links=links,
@@ -173,6 +205,7 @@ async def _page(
         require_second_factor=await sharing.requires_second_factor(instance_id),
         integrations=await integrations.card(request, instance_id),
         error=error,
+        error_field=error_field,
         note=note,
         **extra,
     )
@@ -186,8 +219,10 @@ def _link_page(
     session: SessionInfo,
     *,
     error: str | None,
+    error_field: str | None = "code",
     status: int = 200,
     name: str = "Home",
+    code: str = "",
 ) -> web.Response:
     return request.app[PAGES].render(
         "link.html",
@@ -195,16 +230,22 @@ def _link_page(
         title="Link a home",
         user_email=session.email,
         error=error,
+        error_field=error_field if error else None,
         name=name,
+        code=code,
     )
 
 
 @routes.get("/link")
 async def link_form(request: web.Request) -> web.StreamResponse:
+    """The link form; ``?code=`` (the add-on panel's button) fills the code in, nothing more:
+    linking stays this account's own same-origin POST."""
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    return _link_page(request, session, error=None)
+    code = request.query.get("code", "")
+    code = code if len(code) <= 32 and code.replace("-", "").isalnum() else ""
+    return _link_page(request, session, error=None, code=code.upper())
 
 
 @routes.post("/link")
@@ -220,7 +261,15 @@ async def link(request: web.Request) -> web.StreamResponse:
         # Before the throttle: a bad name is not a guess, and must not reset the counter.
         name = display_name(name)
     except ValueError as exc:
-        return _link_page(request, session, status=400, name=name, error=str(exc))
+        return _link_page(
+            request,
+            session,
+            status=400,
+            name=name,
+            error=str(exc),
+            error_field="name",
+            code=form.get("code", "")[:32],
+        )
     acct_key = f"linkweb:acct:{session.user_id}"
     net_key = f"linkweb:net:{network_key(request.remote)}"
     throttle = accounts.throttle
@@ -233,6 +282,7 @@ async def link(request: web.Request) -> web.StreamResponse:
             status=429,
             name=name,
             error="Too many attempts. Wait a moment, then try again.",
+            error_field=None,
         )
         response.headers["Retry-After"] = retry_after(wait)
         return response
@@ -245,7 +295,7 @@ async def link(request: web.Request) -> web.StreamResponse:
         await throttle.succeeded(clear=[acct_key], refund=[net_key])
         return _link_page(request, session, status=400, name=name, error=str(exc))
     except (UnknownUser, ValueError) as exc:
-        return _link_page(request, session, status=400, name=name, error=str(exc))
+        return _link_page(request, session, status=400, name=name, error=str(exc), error_field=None)
     await throttle.succeeded(clear=[acct_key], refund=[net_key])
     log.info("account.linked", extra={"user": session.user_id, "instance": instance.id})
     return _back(instance.id, "linked")
@@ -260,6 +310,7 @@ _NOTES: Final = {
     "member-removed": "Removed. Their open sessions have ended.",
     "link-revoked": "App link revoked. It stopped working at once.",
     "policy": "Saved.",
+    "alerts": "Saved: offline alerts for this home are updated.",
 }
 
 
@@ -269,7 +320,16 @@ async def instance(request: web.Request) -> web.StreamResponse:
     if not isinstance(session, SessionInfo):
         return session
     note = _NOTES.get(request.query.get("done", ""))
-    return await _page(request, session, _home(request), note=note)
+    extra: dict[str, Any] = {}
+    ticket = request.query.get("shown")
+    once = request.app[SHOWN_ONCE]
+    if (shown := once.take(session.session_id, "app_link", ticket)) is not None:
+        extra["app_link"] = {**shown, "qr": qr_svg(shown["url"])}
+    elif (shown := once.take(session.session_id, "invitation", ticket)) is not None:
+        extra["invite_link"] = shown
+    elif ticket:
+        note = "That link was shown once already; it is not shown again."
+    return await _page(request, session, _home(request), note=note, **extra)
 
 
 @routes.post("/instances/{id}/rename")
@@ -288,7 +348,9 @@ async def rename(request: web.Request) -> web.StreamResponse:
     except NotOwner:
         return owner_only(request, session)
     except ValueError as exc:
-        return await _page(request, session, instance_id, status=400, error=str(exc))
+        return await _page(
+            request, session, instance_id, status=400, error=str(exc), error_field="name"
+        )
     return _back(instance_id, "renamed")
 
 
@@ -306,6 +368,7 @@ async def unlink(request: web.Request) -> web.StreamResponse:
             instance_id,
             status=400,
             error="Tick the box to confirm that you want to unlink this home.",
+            error_field="confirm",
         )
     try:
         await request.app[ACCOUNTS].sharing.unlink(session.user_id, instance_id)
@@ -357,7 +420,9 @@ async def invite(request: web.Request) -> web.StreamResponse:
     except NotOwner:
         return owner_only(request, session)
     except (InvalidEmail, ValueError) as exc:
-        return await _page(request, session, instance_id, status=400, error=str(exc))
+        return await _page(
+            request, session, instance_id, status=400, error=str(exc), error_field="invite-email"
+        )
     link = config.account_origin + "/invitations/accept?" + urlencode({"token": token})
     log.info("account.invited", extra={"user": session.user_id, "instance": instance_id})
     await request.app[AUDIT].record(
@@ -378,12 +443,10 @@ async def invite(request: web.Request) -> web.StreamResponse:
             accept_url=link,
             expires=row.expires_at,
         )
-    return await _page(
-        request,
-        session,
-        instance_id,
-        invite_link={"url": link, "email": row.email, "mailed": mailed},
+    ticket = request.app[SHOWN_ONCE].put(
+        session.session_id, "invitation", {"url": link, "email": row.email, "mailed": mailed}
     )
+    return _back(instance_id, shown=ticket)
 
 
 @routes.post("/instances/{id}/invitations/{inv}/revoke")
@@ -445,34 +508,51 @@ async def leave(request: web.Request) -> web.StreamResponse:
     return redirect("/")
 
 
+def _invitation_gone(request: web.Request, session: SessionInfo | None) -> web.Response:
+    return request.app[PAGES].message(
+        "Invitation not valid",
+        str(InvitationInvalid()),
+        status=404,
+        user_email=session.email if session is not None else None,
+        link="/",
+        link_text="Your homes",
+    )
+
+
+def _invitation_view(view: InvitationView, token: str) -> dict[str, Any]:
+    query = urlencode({"token": token})
+    return {
+        "home": view.instance_name,
+        "inviter": view.inviter_email,
+        "email": view.email,
+        "expires": view.expires_at,
+        "signin_url": "/signin?" + urlencode({"next": "/invitations/accept?" + query}),
+        "signup_url": "/invitations/signup?" + query,
+    }
+
+
 @routes.get("/invitations/accept")
 async def accept_form(request: web.Request) -> web.StreamResponse:
-    session = _signed_in(request)
-    if not isinstance(session, SessionInfo):
-        return session
-    pages = request.app[PAGES]
+    """The invitation link's page: who invites whom to which home, and what to do next.
+
+    Signed in with the invited address: accept.  Signed in as someone else: sign
+    out first.  Not signed in: sign in, or create the account for the invited
+    address right here (:func:`invited_signup_form`); the token stays in every link.
+    """
+    session = current(request)
     token = request.query.get("token", "")
     view = await request.app[ACCOUNTS].sharing.invitation(token)
     if view is None:
-        return pages.message(
-            "Invitation not valid",
-            str(InvitationInvalid()),
-            status=404,
-            user_email=session.email,
-            link="/",
-            link_text="Your homes",
-        )
-    return pages.render(
+        return _invitation_gone(request, session)
+    return request.app[PAGES].render(
         "accept.html",
-        title="Invitation",
-        user_email=session.email,
+        title=f"Invitation to {view.instance_name}",
+        user_email=session.email if session is not None else None,
         token=token,
+        signed_in=session is not None,
         invitation={
-            "home": view.instance_name,
-            "inviter": view.inviter_email,
-            "email": view.email,
-            "expires": when(view.expires_at),
-            "matches": view.email == session.email,
+            **_invitation_view(view, token),
+            "matches": session is not None and view.email == session.email,
         },
     )
 
@@ -501,13 +581,96 @@ async def accept(request: web.Request) -> web.StreamResponse:
     await request.app[AUDIT].record(
         request, EventType.INVITATION_ACCEPTED, session, instance_id=instance_id
     )
-    return pages.message(
-        "Invitation accepted",
-        "You can now open this home from your list of homes.",
-        status=200,
-        user_email=session.email,
-        link=request.app[CONFIG].tenant_origin(instance_id) + "/",
-        link_text="Open Home Assistant",
+    return redirect("/?" + urlencode({"joined": instance_id}))
+
+
+def _invited_signup_page(
+    request: web.Request,
+    view: InvitationView,
+    token: str,
+    *,
+    error: str | None = None,
+    error_field: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    return request.app[PAGES].render(
+        "invited_signup.html",
+        status=status,
+        title=f"Join {view.instance_name}",
+        token=token,
+        invitation=_invitation_view(view, token),
+        error=error,
+        error_field=error_field,
+    )
+
+
+@routes.get("/invitations/signup")
+async def invited_signup_form(request: web.Request) -> web.StreamResponse:
+    """Create the account an invitation is for, even while public sign-up is closed.
+
+    The invitation link went to the invited mailbox, so it proves the address the
+    way a sign-up's mailed link would: the account is made for that address only,
+    with no second mail and no emailed sign-in code right after.  (The owner who
+    made the link saw it too; an account the owner made this way for someone
+    else's address is the mailbox owner's to take back by password reset.)
+    """
+    session = current(request)
+    token = request.query.get("token", "")
+    if session is not None:
+        return redirect("/invitations/accept?" + urlencode({"token": token}))
+    view = await request.app[ACCOUNTS].sharing.invitation(token)
+    if view is None:
+        return _invitation_gone(request, None)
+    return _invited_signup_page(request, view, token)
+
+
+@routes.post("/invitations/signup")
+async def invited_signup(request: web.Request) -> web.StreamResponse:
+    accounts = request.app[ACCOUNTS]
+    form = await text_fields(request)
+    token = form.get("token", "")[:128]
+    view = await accounts.sharing.invitation(token)
+    if view is None:
+        return _invitation_gone(request, current(request))
+    password, again = form.get("password", "")[:4096], form.get("password_again", "")[:4096]
+    if password != again:
+        return _invited_signup_page(
+            request,
+            view,
+            token,
+            status=400,
+            error="The two passwords differ.",
+            error_field="password_again",
+        )
+    try:
+        user = await accounts.users.create(view.email, password)
+    except AccountExists:
+        return request.app[PAGES].message(
+            "You already have an account",
+            f"There is already a Homeport account for {view.email}. Sign in to it to "
+            "accept the invitation.",
+            status=409,
+            link=_invitation_view(view, token)["signin_url"],
+            link_text="Sign in to accept",
+        )
+    except (PasswordPolicyError, InvalidEmail, ValueError) as exc:
+        return _invited_signup_page(
+            request, view, token, status=400, error=str(exc), error_field="password"
+        )
+    try:
+        instance_id = await accounts.sharing.accept(token, user.id)
+    except (InvitationInvalid, WrongAccount, AccessDenied):
+        # Withdrawn in the meantime: the account stays, without the home.
+        instance_id = None
+    log.info("account.invited_signup", extra={"user": user.id})
+    if instance_id is not None:
+        await request.app[AUDIT].record(
+            request, EventType.INVITATION_ACCEPTED, user_id=user.id, instance_id=instance_id
+        )
+    next_path = "/?" + urlencode({"joined": instance_id}) if instance_id else "/"
+    # The invitation link proved the mailbox moments ago: no emailed code on top.
+    return await request.app[SIGNIN].finish_signin(
+        request, user.id, next_path, second_factor=False, factor="password", step_up_passed=True
     )
 
 
@@ -531,7 +694,9 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
     except NotOwner:
         return owner_only(request, session)
     except ValueError as exc:
-        return await _page(request, session, instance_id, status=400, error=str(exc))
+        return await _page(
+            request, session, instance_id, status=400, error=str(exc), error_field="app-name"
+        )
     url = app_link_url(request.app[CONFIG], label)
     log.info("account.app_link_created", extra={"user": session.user_id, "link": row.id})
     await request.app[AUDIT].record(
@@ -541,12 +706,10 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
         instance_id=instance_id,
         detail=f"app link {row.id}" + ("" if until is None else f" until {when(until)}"),
     )
-    return await _page(
-        request,
-        session,
-        instance_id,
-        app_link={"name": row.name, "url": url, "qr": qr_svg(url), "until": when(until)},
+    ticket = request.app[SHOWN_ONCE].put(
+        session.session_id, "app_link", {"name": row.name, "url": url, "until": when(until)}
     )
+    return _back(instance_id, shown=ticket)
 
 
 @routes.post("/instances/{id}/app-links/{lid}/revoke")
@@ -603,3 +766,29 @@ async def second_factor(request: web.Request) -> web.StreamResponse:
         return await _page(request, session, instance_id, status=409, error=str(exc))
     request.app[GATE].end_sessions(ended)
     return _back(instance_id, "policy")
+
+
+# ------------------------------------------------------------------ offline alerts
+
+
+@routes.post("/instances/{id}/offline-alert")
+async def offline_alert(request: web.Request) -> web.StreamResponse:
+    """The owner's opt-in mail when this home stays offline (and when it is back)."""
+    session = _signed_in(request)
+    if not isinstance(session, SessionInfo):
+        return session
+    instance_id = _home(request)
+    if request.app[NOTICES] is None:
+        return no_access(request, session)  # no mail on this relay: no such setting
+    form = await text_fields(request)
+    after_text = form.get("after", "")
+    after = int(after_text) if after_text.isdigit() and len(after_text) < 6 else -1
+    try:
+        await request.app[ACCOUNTS].offline_alerts.choose(
+            session.user_id, instance_id, after if form.get("enabled") == "yes" else None
+        )
+    except UnknownInstance:
+        return no_access(request, session)
+    except ValueError as exc:
+        return await _page(request, session, instance_id, status=400, error=str(exc))
+    return _back(instance_id, "alerts")

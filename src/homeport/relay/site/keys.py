@@ -22,6 +22,7 @@ from homeport.relay.pages import Pages
 from homeport.relay.redirects import redirect
 from homeport.relay.site.events import AuditTrail
 from homeport.relay.site.hooks import Homes, InvitationMail, Notices
+from homeport.relay.site.once import ShownOnce
 from homeport.relay.site.signin_flow import SignInFlow
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "MAIL",
     "NOTICES",
     "PAGES",
+    "PAIRING",
+    "SHOWN_ONCE",
     "SIGNIN",
     "MailOut",
     "current",
@@ -55,6 +58,10 @@ SIGNIN = web.AppKey("signin", SignInFlow)
 #: Security notices and invitation mail: ``None`` without mail.
 NOTICES = web.AppKey[Notices | None]("notices")
 INVITATION_MAIL = web.AppKey[InvitationMail | None]("invitation_mail")
+#: This relay's pairing string (:mod:`homeport.pairing`), shown on "Add a home".
+PAIRING = web.AppKey("pairing", str)
+#: Secrets waiting for the page after a form's redirect (:mod:`.once`).
+SHOWN_ONCE = web.AppKey("shown_once", ShownOnce)
 
 
 class MailOut:

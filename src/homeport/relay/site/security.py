@@ -12,6 +12,7 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode
 
 import pyotp
 import segno
@@ -20,10 +21,20 @@ from aiohttp import web
 from homeport.accounts.audit import EventType
 from homeport.accounts.sessions import SessionInfo
 from homeport.accounts.totp import DIGITS, ISSUER, STEP_SECONDS, Enrolment, TotpError
+from homeport.relay.redirects import redirect
 from homeport.relay.site.forms import read_form
-from homeport.relay.site.keys import ACCOUNTS, AUDIT, GATE, PAGES, current, notify, sign_in_first
+from homeport.relay.site.keys import (
+    ACCOUNTS,
+    AUDIT,
+    GATE,
+    PAGES,
+    SHOWN_ONCE,
+    current,
+    notify,
+    sign_in_first,
+)
 
-__all__ = ["qr_data_uri", "routes", "security_page"]
+__all__ = ["key_groups", "qr_data_uri", "routes", "security_page", "show_recovery_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +65,28 @@ async def security_page(
     *,
     error: str | None,
     status: int = 200,
-    enrolment: Enrolment | None = None,
-    recovery_codes: list[str] | None = None,
+    note: str | None = None,
 ) -> web.Response:
     accounts = request.app[ACCOUNTS]
     totp = accounts.totp
     enabled = await totp.is_enabled(session.user_id)
-    if enrolment is None and not enabled:
-        secret = await totp.enrolment_secret(session.user_id)
-        if secret is not None:
-            enrolment = Enrolment(secret, _otpauth_uri(secret, session.email))
+    enrolling = not enabled and await totp.enrolment_secret(session.user_id) is not None
     return request.app[PAGES].render(
         "security.html",
         status=status,
         title="Security",
         user_email=session.email,
         error=error,
+        note=note,
         enabled=enabled,
-        enrolment=enrolment,
-        qr=qr_data_uri(enrolment.uri) if enrolment is not None else None,
-        recovery_codes=recovery_codes or [],
+        enrolling=enrolling,
         codes_left=await totp.recovery_codes_left(session.user_id) if enabled else 0,
         passkeys=await accounts.passkeys.list(session.user_id),
     )
+
+
+#: What ``?done=`` on the security page says after a form's redirect.
+_NOTES = {"totp-off": "Two-step verification is off. Your other sessions were ended."}
 
 
 @routes.get(PATH)
@@ -84,7 +94,54 @@ async def security(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first(PATH)
-    return await security_page(request, session, error=None)
+    note = _NOTES.get(request.query.get("done", ""))
+    return await security_page(request, session, error=None, note=note)
+
+
+def key_groups(secret_base32: str) -> str:
+    """The TOTP key in groups of four, as authenticator apps show and accept it."""
+    return " ".join(secret_base32[i : i + 4] for i in range(0, len(secret_base32), 4))
+
+
+async def _setup_page(
+    request: web.Request,
+    session: SessionInfo,
+    secret: str,
+    *,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    uri = _otpauth_uri(secret, session.email)
+    groups = key_groups(secret)
+    return request.app[PAGES].render(
+        "totp_setup.html",
+        status=status,
+        title="Set up an authenticator app",
+        user_email=session.email,
+        section="security",
+        enrolment=Enrolment(secret, uri),
+        qr=qr_data_uri(uri),
+        key_groups=groups,
+        # Screen readers spell the key character by character, group by group.
+        key_spoken=", ".join(" ".join(group) for group in groups.split()),
+        error=error,
+        error_field="code" if error else None,
+    )
+
+
+@routes.get("/security/totp")
+async def totp_setup(request: web.Request) -> web.StreamResponse:
+    """The set-up page of an enrolment started by the POST below (post/redirect/get:
+    a reload shows the same pending key, it does not start another one)."""
+    session = current(request)
+    if session is None:
+        return sign_in_first(PATH)
+    totp = request.app[ACCOUNTS].totp
+    enabled = await totp.is_enabled(session.user_id)
+    secret = None if enabled else await totp.enrolment_secret(session.user_id)
+    if secret is None:
+        return redirect(PATH)
+    return await _setup_page(request, session, secret)
 
 
 @routes.post("/security/totp/start")
@@ -93,10 +150,10 @@ async def totp_start(request: web.Request) -> web.StreamResponse:
     if session is None:
         return sign_in_first(PATH)
     try:
-        enrolment = await request.app[ACCOUNTS].totp.start_enrolment(session.user_id, session.email)
+        await request.app[ACCOUNTS].totp.start_enrolment(session.user_id, session.email)
     except TotpError as exc:
         return await security_page(request, session, error=str(exc), status=409)
-    return await security_page(request, session, error=None, enrolment=enrolment)
+    return redirect("/security/totp")
 
 
 @routes.post("/security/totp/confirm")
@@ -116,7 +173,10 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
             if outcome.wait > 0
             else "That code is not right. Check the app and try again."
         )
-        return await security_page(request, session, error=error, status=status)
+        secret = await accounts.totp.enrolment_secret(session.user_id)
+        if secret is None:
+            return await security_page(request, session, error=error, status=status)
+        return await _setup_page(request, session, secret, error=error, status=status)
     log.info("account.totp_enabled", extra={"user": session.user_id})
     # A factor change ends every other session (R-SES-04): one opened by whoever
     # knew the password before the factor was added must not stay.
@@ -124,4 +184,49 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
     request.app[GATE].end_user(session.user_id, except_session_id=session.session_id)
     await request.app[AUDIT].record(request, EventType.TOTP_ENABLED, session, factor="totp")
     await notify(request, session.user_id, "two-step verification was turned on")
-    return await security_page(request, session, error=None, recovery_codes=codes)
+    return show_recovery_codes(request, session, codes, first=True)
+
+
+def show_recovery_codes(
+    request: web.Request, session: SessionInfo, codes: list[str], *, first: bool
+) -> web.Response:
+    """Post/redirect/get for fresh recovery codes: they wait in memory (:mod:`.once`)
+    for the one page that shows them."""
+    ticket = request.app[SHOWN_ONCE].put(
+        session.session_id, "recovery_codes", {"codes": codes, "first": first}
+    )
+    return redirect("/security/recovery-codes?" + urlencode({"shown": ticket}))
+
+
+@routes.get("/security/recovery-codes")
+async def recovery_codes(request: web.Request) -> web.StreamResponse:
+    session = current(request)
+    if session is None:
+        return sign_in_first(PATH)
+    shown = request.app[SHOWN_ONCE].take(
+        session.session_id, "recovery_codes", request.query.get("shown")
+    )
+    pages = request.app[PAGES]
+    if shown is None:
+        return pages.message(
+            "Recovery codes are shown only once",
+            "These recovery codes were shown already, so they are not shown again. If you "
+            "did not save them, get new ones on the security page (the old ones stop working).",
+            status=410,
+            user_email=session.email,
+            link=PATH,
+            link_text="Go to Security",
+        )
+    codes: list[str] = shown["codes"]
+    return pages.render(
+        "recovery_codes.html",
+        title="Your recovery codes",
+        user_email=session.email,
+        codes=codes,
+        codes_text="Homeport recovery codes for "
+        + session.email
+        + "\n\n"
+        + "\n".join(codes)
+        + "\n",
+        first=shown["first"],
+    )

@@ -14,16 +14,19 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
 from homeport.accounts.errors import InvalidEmail
+from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.throttle import account_key, network_key, retry_after, signin_keys
 from homeport.accounts.totp import Pending
 from homeport.relay.redirects import redirect, safe_next
 from homeport.relay.site.forms import read_form
-from homeport.relay.site.keys import ACCOUNTS, AUDIT, GATE, PAGES, SIGNIN, current
+from homeport.relay.site.keys import ACCOUNTS, AUDIT, CONFIG, GATE, PAGES, SIGNIN, current
 from homeport.relay.site.signin_flow import PENDING_COOKIE
 
 __all__ = ["pending_signin", "routes"]
@@ -40,20 +43,65 @@ async def pending_signin(request: web.Request) -> tuple[str, Pending] | None:
     return None if pending is None else (token, pending)
 
 
-@routes.get("/signin")
-async def signin_form(request: web.Request) -> web.StreamResponse:
+async def signin_context(request: web.Request, next_path: str) -> dict[str, Any]:
+    """What the sign-in page says about where the person is going.
+
+    * an invitation (``next`` is its accept page): who invited whom to which home,
+      and the way to create an account for it; the token in ``next`` is the
+      invitee's own link, so it may learn what the invitation says;
+    * a home (``next`` is the hand-off from a home's address): the home's address,
+      never its name (anyone who has the address would learn the name otherwise).
+    """
+    target = urlsplit(next_path)
+    query = parse_qs(target.query, max_num_fields=8)
+    context: dict[str, Any] = {"invitation": None, "home_host": None}
+    if target.path == "/invitations/accept":
+        token = query.get("token", [""])[0]
+        view = await request.app[ACCOUNTS].sharing.invitation(token) if token else None
+        if view is not None:
+            context["invitation"] = {
+                "home": view.instance_name,
+                "inviter": view.inviter_email,
+                "email": view.email,
+                "signup_url": "/invitations/signup?" + urlencode({"token": token}),
+            }
+    elif target.path == "/connect":
+        instance_id = query.get("instance", [""])[0]
+        if is_instance_id(instance_id):
+            origin = request.app[CONFIG].tenant_origin(instance_id)
+            context["home_host"] = origin.removeprefix("https://")
+    return context
+
+
+async def signin_page(
+    request: web.Request,
+    next_path: str,
+    *,
+    email: str = "",
+    error: str | None = None,
+    error_field: str | None = None,
+    status: int = 200,
+) -> web.Response:
     return request.app[PAGES].render(
         "signin.html",
+        status=status,
         title="Sign in",
-        next=safe_next(request.query.get("next")),
-        email="",
-        error=None,
+        next=next_path,
+        email=email,
+        error=error,
+        error_field=error_field,
+        **await signin_context(request, next_path),
     )
+
+
+@routes.get("/signin")
+async def signin_form(request: web.Request) -> web.StreamResponse:
+    return await signin_page(request, safe_next(request.query.get("next")))
 
 
 @routes.post("/signin")
 async def signin(request: web.Request) -> web.StreamResponse:
-    accounts, pages = request.app[ACCOUNTS], request.app[PAGES]
+    accounts = request.app[ACCOUNTS]
     form = await read_form(request)
     email = str(form.get("email", ""))[:320]
     password = str(form.get("password", ""))
@@ -63,11 +111,10 @@ async def signin(request: web.Request) -> web.StreamResponse:
     if wait > 0:
         # Same answer whether or not the address has an account.
         log.warning("account.signin_throttled", extra={"ip": request.remote})
-        response = pages.render(
-            "signin.html",
+        response = await signin_page(
+            request,
+            next_path,
             status=429,
-            title="Sign in",
-            next=next_path,
             email=email,
             error="Too many sign-in attempts. Wait a moment, then try again.",
         )
@@ -90,13 +137,13 @@ async def signin(request: web.Request) -> web.StreamResponse:
             user_id=known.id if known is not None else None,
             factor="password",
         )
-        return pages.render(
-            "signin.html",
+        return await signin_page(
+            request,
+            next_path,
             status=401,
-            title="Sign in",
-            next=next_path,
             email=email,
             error="Wrong email or password.",
+            error_field="password",
         )
     net = network_key(request.remote)
     await accounts.throttle.succeeded(
@@ -167,6 +214,22 @@ async def totp_signin(request: web.Request) -> web.StreamResponse:
         second_factor=True,
         factor="password+recovery_code" if recovery_code else "password+totp",
     )
+
+
+@routes.get("/signout")
+async def signout_form(request: web.Request) -> web.StreamResponse:
+    """A link anyone can follow from inside a home (the add-on's panel, a bookmark in
+    Home Assistant's sidebar): it asks; only the same-origin POST signs out."""
+    info = current(request)
+    if info is None:
+        return request.app[PAGES].message(
+            "You are signed out",
+            "This browser is not signed in to Homeport.",
+            status=200,
+            link="/signin",
+            link_text="Sign in",
+        )
+    return request.app[PAGES].render("signout.html", title="Sign out", user_email=info.email)
 
 
 @routes.post("/signout")

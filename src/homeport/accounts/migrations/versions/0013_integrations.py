@@ -1,7 +1,7 @@
 """Integrations: per home, whether webhooks and voice assistants may pass the gate.
 
 Revision ID: 0013_integrations
-Revises: 0011_sharing_expiry
+Revises: 0012_offline_alerts
 Create Date: 2026-12-05
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013_integrations"
-down_revision: str | Sequence[str] | None = "0011_sharing_expiry"
+down_revision: str | Sequence[str] | None = "0012_offline_alerts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
