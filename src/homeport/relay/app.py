@@ -28,6 +28,7 @@ from homeport.mail.messages import MailWriter
 from homeport.memory import MemoryTrimmer
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
+from homeport.relay.cluster.node import ClusterNode, load_cluster_key
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
@@ -135,6 +136,20 @@ class Relay:
         self.housekeeping = Housekeeping(
             self.accounts, self.gate, app_links=self.app_links, hub=self.hub
         )
+        #: One node of several (``--redis-url``): revocations fanned out, caches fail closed.
+        self.cluster: ClusterNode | None = None
+        if config.redis_url is not None:
+            if config.cluster_key_file is None:
+                raise ValueError("--redis-url needs --cluster-key-file")
+            self.cluster = ClusterNode(
+                config.redis_url,
+                load_cluster_key(config.cluster_key_file),
+                gate=self.gate,
+                app_links=self.app_links,
+                integrations=self.integrations,
+                hub=self.hub,
+                sweeper=self.housekeeping,
+            )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -220,6 +235,8 @@ class Relay:
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
         self.housekeeping.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.mail.announce(self.config)
         if self.breached_passwords is not None:
             log.info(
@@ -228,6 +245,8 @@ class Relay:
             )
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.housekeeping.stop()
         await self.hub.shutdown()
 

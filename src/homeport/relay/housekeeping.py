@@ -21,6 +21,13 @@
   sign-ins and throttle rows (:meth:`Accounts.purge_expired`) and audit
   events older than 180 days (:meth:`Audit.purge`).
 
+* **Degraded** (a cluster node whose Redis channel is down, see
+  :mod:`homeport.relay.cluster.node`): the sweep runs every
+  :data:`DEGRADED_SWEEP_SECONDS` instead, so revocations made on other nodes,
+  which this one can no longer hear, still cut its open traffic within about
+  a second; :meth:`Housekeeping.sweep_soon` runs one at once (when the channel
+  comes back: news sent meanwhile was lost).
+
 A failing chore is logged and retried next round; it never stops the relay.
 """
 
@@ -40,6 +47,7 @@ from homeport.relay.live import Ending
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 5.0
+DEGRADED_SWEEP_SECONDS = 1.0
 PURGE_SECONDS = 3600.0
 
 
@@ -69,13 +77,27 @@ class Housekeeping:
         self.hub = hub
         self.sweep_seconds = sweep_seconds
         self.purge_seconds = purge_seconds
+        #: Sweep every DEGRADED_SWEEP_SECONDS instead (see the module docstring).
+        self.degraded = False
+        self._sweep_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._every(self.sweep_seconds, self.tick, "sweep")),
+            asyncio.create_task(
+                self._every(self._sweep_interval, self.tick, "sweep", wake=self._sweep_now)
+            ),
             asyncio.create_task(self._every(self.purge_seconds, self.purge, "purge")),
         ]
+
+    def _sweep_interval(self) -> float:
+        if self.degraded:
+            return min(self.sweep_seconds, DEGRADED_SWEEP_SECONDS)
+        return self.sweep_seconds
+
+    def sweep_soon(self) -> None:
+        """Run the sweep chores now rather than at the end of the interval."""
+        self._sweep_now.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -154,9 +176,22 @@ class Housekeeping:
         log.info("relay.purged", extra={"rows": rows})
         return rows
 
-    async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], name: str) -> None:
+    async def _every(
+        self,
+        seconds: float | Callable[[], float],
+        chore: Callable[[], Awaitable[int]],
+        name: str,
+        *,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        interval = seconds if callable(seconds) else lambda: seconds
         while True:
-            await asyncio.sleep(seconds)
+            if wake is None:
+                await asyncio.sleep(interval())
+            else:  # or earlier, when woken (sweep_soon)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval())
+                wake.clear()
             try:
                 await chore()
             except asyncio.CancelledError:
