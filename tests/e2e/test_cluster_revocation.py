@@ -307,3 +307,19 @@ async def test_redis_down_fails_closed_and_recovers(cluster: Cluster) -> None:
                 assert (await traffic.ended(FAN_OUT)).data == SESSION_ENDED_CODE
             finally:
                 await traffic.close()
+
+
+async def test_a_hung_redis_is_noticed_within_a_second_or_so(cluster: Cluster) -> None:
+    """No connection closes when Redis hangs: the missing pongs put the node in degraded mode."""
+    node_b = cluster.node(cluster.b.relay)
+    cluster.redis.pause()
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            while node_b.channel.up:
+                await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 2.0
+        assert cluster.b.relay.housekeeping.degraded
+    finally:
+        cluster.redis.resume()
+    await node_b.channel.wait_up(10)

@@ -11,6 +11,7 @@ the package; nothing else needs to be set up by hand.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -96,9 +97,19 @@ class RedisServer:
         """Kill the server (SIGKILL: what a crashed or cut-off Redis looks like)."""
         if self.process is None:
             return
+        self.process.send_signal(signal.SIGCONT)  # a paused one too
         self.process.kill()
         self.process.wait(timeout=20)
         self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs with every connection open (a stalled host or network)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()
