@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 from ports import listening_socket
 from postgres import TEMPLATE, PostgresServer
+from prometheus_client import generate_latest
 from redis_server import RedisServer
 from stack import Browser, Stack, seed_dev_ca, start_stack
 from traffic import OpenTraffic
@@ -35,6 +36,7 @@ from homeport.relay.cluster.messages import Sealer
 from homeport.relay.cluster.node import ClusterNode
 from homeport.relay.config import RelayConfig
 from homeport.relay.live import SESSION_ENDED_CODE, Withdrawal
+from homeport.relay.metrics import RelayCollector, cluster_gauges, metrics_registry
 from homeport.relay.tenant import SESSION_COOKIE
 from homeport.tls.devca import DevCA
 
@@ -256,6 +258,13 @@ async def test_forged_and_replayed_messages_are_refused_and_logged(
         2 * ["bad signature", "bad signature", "unknown format", "too old", "replayed"]
     )
     assert CLUSTER_KEY.decode() not in caplog.text
+    scrape = generate_latest(
+        metrics_registry(
+            RelayCollector(list, lambda: 0, lambda: 0, gauges=cluster_gauges(cluster.node(b.relay)))
+        )
+    ).decode()
+    assert "homeport_cluster_channel_up 1.0" in scrape
+    assert "homeport_cluster_messages_refused 5.0" in scrape
 
 
 async def test_redis_down_fails_closed_and_recovers(cluster: Cluster) -> None:

@@ -289,7 +289,12 @@ class Relay:
             await self.http_listener.start()
         if self.config.metrics_listen is not None:
             self.metrics = relay_metrics(
-                self.config, self.tls.served, self.hub, self.gate.live, self.tenants.connections
+                self.config,
+                self.tls.served,
+                self.hub,
+                self.gate.live,
+                self.tenants.connections,
+                cluster=self.cluster,
             )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
