@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from ha_core import HomeAssistant, PythonNotFoundError, ensure_ha_venv
 from postgres import PostgresNotFoundError, PostgresServer
+from redis_server import RedisNotFoundError, RedisServer
 
 from homeport.tls.devca import DevCA, ensure_dev_ca
 
@@ -101,6 +102,19 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis on 127.0.0.1 for one test (tests stop and restart it; see redis_server.py)."""
+    try:
+        server = RedisServer.create()
+    except RedisNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)  # a failure, never a skip
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")

@@ -183,6 +183,32 @@ def test_link_poll_option(tmp_path: Path) -> None:
             config("--link-poll", bad)
 
 
+def test_cluster_options_from_flags_and_toml(tmp_path: Path) -> None:
+    """``--redis-url`` / ``--cluster-key-file``, and the same as ``[relay]`` keys."""
+    from homeport.cli import build_parser, relay_config
+
+    key = tmp_path / "cluster.key"
+    key.write_text("k" * 64 + "\n")
+    toml = tmp_path / "relay.toml"
+    toml.write_text(f'[relay]\nredis-url = "redis://10.0.0.5:6379/1"\ncluster-key-file = "{key}"\n')
+
+    def config(*argv: str) -> object:
+        return relay_config(
+            build_parser().parse_args(["relay", "--data-dir", str(tmp_path), *argv])
+        )
+
+    single = config()
+    assert (single.redis_url, single.cluster_key_file) == (None, None)  # type: ignore[attr-defined]
+    flags = config("--redis-url", "redis://127.0.0.1:1/0", "--cluster-key-file", str(key))
+    assert flags.redis_url == "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]
+    assert flags.cluster_key_file == key  # type: ignore[attr-defined]
+    from_file = config("--config", str(toml))
+    assert from_file.redis_url == "redis://10.0.0.5:6379/1"  # type: ignore[attr-defined]
+    assert from_file.cluster_key_file == key  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit, match="--cluster-key-file needs --redis-url"):
+        config("--cluster-key-file", str(key))
+
+
 @pytest.mark.parametrize("missing", ["--relay", "--server-pubkey"])
 def test_addon_requires_relay_and_pin(tmp_path: Path, missing: str) -> None:
     args = {

@@ -60,6 +60,8 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
     broken.write_text("[relay\n")
     not_pem = tmp / "not-a-ca.pem"
     not_pem.write_text("hello\n")
+    short_key = tmp / "cluster.key"
+    short_key.write_text("secret\n")
     return [
         (
             "a relay URL where the pairing string belongs",
@@ -150,6 +152,27 @@ def mistakes(tmp: Path, busy: int) -> list[tuple[str, list[str], dict[str, str],
             ["relay", "--data-dir", data, "--breached-passwords-timeout", "0"],
             {},
             "--breached-passwords-timeout must be seconds between 0 and 60, not '0'",
+        ),
+        (
+            "--redis-url without its key",
+            ["relay", "--data-dir", data, "--redis-url", "redis://127.0.0.1:6379/0"],
+            {},
+            "--redis-url needs --cluster-key-file",
+        ),
+        (
+            "--redis-url that is not Redis (its password is not echoed)",
+            ["relay", "--data-dir", data, "--redis-url", "http://:hunter2@cache.example"],
+            {},
+            "--redis-url must be a redis://, rediss:// or unix:// URL",
+        ),
+        (
+            "a cluster key too short, given by the environment",
+            ["relay", "--data-dir", data],
+            {
+                "HOMEPORT_REDIS_URL": "redis://127.0.0.1:6379/0",
+                "HOMEPORT_CLUSTER_KEY_FILE": str(short_key),
+            },
+            "a cluster key needs at least 32 bytes",
         ),
         (
             "a port in use",

@@ -154,7 +154,27 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         metrics_listen=_metrics_listen(opts.get("metrics_listen")),
         link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
         **_breached_passwords(opts),
+        **_cluster(opts),
     )
+
+
+def _cluster(opts: Options) -> dict[str, Any]:
+    """``--redis-url`` and ``--cluster-key-file``: both or neither (one node of several)."""
+    url, key_file = opts.get("redis_url"), opts.path("cluster_key_file")
+    if not url:
+        if key_file is not None:
+            raise ConfigError("--cluster-key-file needs --redis-url")
+        return {}
+    url = str(url)
+    if url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        # Not echoed: a Redis URL may carry a password.
+        raise ConfigError("--redis-url must be a redis://, rediss:// or unix:// URL")
+    if key_file is None:
+        raise ConfigError(
+            "--redis-url needs --cluster-key-file (the same key file on every node; "
+            "make one with: openssl rand -base64 48)"
+        )
+    return {"redis_url": url, "cluster_key_file": key_file}
 
 
 def _breached_passwords(opts: Options) -> dict[str, Any]:
@@ -205,6 +225,13 @@ def _check_relay_files(config: Any) -> None:
     if config.acme is not None:
         check_readable_file(config.acme.ca_file, "--acme-ca-file")
         check_readable_file(config.acme.dns_tsig_key_file, "--dns-tsig-key-file")
+    if config.cluster_key_file is not None:
+        from homeport.relay.cluster.node import load_cluster_key
+
+        try:
+            load_cluster_key(config.cluster_key_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _link_poll(value: Any) -> float:
@@ -876,6 +903,18 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         help="check new passwords against a breached-password range API (k-anonymity: only "
         "5 hex characters of the SHA-1 leave the relay), e.g. https://api.pwnedpasswords.com; "
         "default off. If it does not answer, the password is let through (logged)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        dest="redis_url",
+        help="run as one node of several on one PostgreSQL database: the Redis that carries "
+        "revocations between nodes, e.g. redis://10.0.0.5:6379/0 (default: a single relay)",
+    )
+    parser.add_argument(
+        "--cluster-key-file",
+        dest="cluster_key_file",
+        help="with --redis-url: the key that seals messages between nodes (at least 32 "
+        "bytes; the same file on every node; e.g. openssl rand -base64 48 > cluster.key)",
     )
     parser.add_argument(
         "--breached-passwords-timeout",

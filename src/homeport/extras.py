@@ -32,6 +32,7 @@ RELAY_MODULES: Final = (
     "ua_parser",
     "dns",
     "prometheus_client",
+    "redis",
 )
 
 

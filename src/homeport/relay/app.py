@@ -29,6 +29,7 @@ from homeport.memory import MemoryTrimmer
 from homeport.pairing import make_pairing
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
+from homeport.relay.cluster.node import ClusterNode, load_cluster_key
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
@@ -142,6 +143,20 @@ class Relay:
             mail=(out.outbox, out.writer) if out is not None else None,
             manage_url=lambda instance_id: f"{config.account_origin}/instances/{instance_id}",
         )
+        #: One node of several (``--redis-url``): revocations fanned out, caches fail closed.
+        self.cluster: ClusterNode | None = None
+        if config.redis_url is not None:
+            if config.cluster_key_file is None:
+                raise ValueError("--redis-url needs --cluster-key-file")
+            self.cluster = ClusterNode(
+                config.redis_url,
+                load_cluster_key(config.cluster_key_file),
+                gate=self.gate,
+                app_links=self.app_links,
+                integrations=self.integrations,
+                hub=self.hub,
+                sweeper=self.housekeeping,
+            )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -231,6 +246,8 @@ class Relay:
         await self.database.migrate()
         await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
         self.housekeeping.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.mail.announce(self.config)
         if self.breached_passwords is not None:
             log.info(
@@ -239,6 +256,8 @@ class Relay:
             )
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.housekeeping.stop()
         await self.hub.shutdown()
 
@@ -281,7 +300,12 @@ class Relay:
             await self.http_listener.start()
         if self.config.metrics_listen is not None:
             self.metrics = relay_metrics(
-                self.config, self.tls.served, self.hub, self.gate.live, self.tenants.connections
+                self.config,
+                self.tls.served,
+                self.hub,
+                self.gate.live,
+                self.tenants.connections,
+                cluster=self.cluster,
             )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up

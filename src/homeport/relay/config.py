@@ -98,6 +98,11 @@ class RelayConfig:
     breached_passwords_url: str | None = None
     #: Seconds the whole check may take before the password is let through (fail open).
     breached_passwords_timeout: float = 3.0
+    #: One node of several (``--redis-url``, ``homeport.relay.cluster``): the Redis
+    #: that carries revocations between nodes, and the file of the key that seals
+    #: them (the same on every node).  None (the default): a single relay.
+    redis_url: str | None = None
+    cluster_key_file: Path | None = None
 
     @property
     def port_suffix(self) -> str:

@@ -12,8 +12,16 @@ revocation answers its callers but is not cached.
 
 :meth:`SessionGate.end_sessions` and :meth:`SessionGate.end_user` are the one
 entry point for every revocation: they drop the cache entries *and* cut the
-session's open requests and WebSockets (:mod:`homeport.relay.live`).  A later
-Redis fan-out between relay nodes calls the same methods on every node.
+session's open requests and WebSockets (:mod:`homeport.relay.live`).  On a
+relay that is one node of several, the other nodes hear of it over Redis and
+apply the same :class:`~homeport.relay.live.Withdrawal` (:meth:`forget`, then
+:meth:`~homeport.relay.live.LiveTraffic.cut`; :mod:`homeport.relay.cluster`).
+
+Fail closed: a cache is only as good as the news of revocations it hears.
+:attr:`SessionGate.trust_cache` says whether this node hears them (always, for
+a single relay; on a cluster node, while its Redis channel is up).  While it
+does not, no answer is taken from the cache or put in it: every request asks
+the database.
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from homeport.accounts.service import Accounts
-from homeport.relay.live import Ending, LiveTraffic
+from homeport.relay.live import Ending, Kind, LiveTraffic, Withdrawal
 
 CACHE_TTL = 5.0
 CACHE_SIZE = 20_000
@@ -44,6 +52,9 @@ class SessionGate:
         #: Bumped by every revocation (see _revoked): a lookup that started before
         #: one is not cached.
         self._generation = 0
+        #: Whether revocations made elsewhere reach this process (see the module
+        #: docstring); while False the cache is neither read nor filled.
+        self.trust_cache: Callable[[], bool] = _always
 
     def cached(self, token: str | None, instance_id: str) -> tuple[int, int] | None:
         """(user id, session id) from the cache alone; None: ask :meth:`tenant_user`.
@@ -51,7 +62,7 @@ class SessionGate:
         The proxy's fast path: most requests of a page load find their session
         here and are decided without waiting.
         """
-        if not token or len(token) > 256:
+        if not token or len(token) > 256 or not self.trust_cache():
             return None
         hit = self._cache.get((hashlib.sha256(token.encode()).digest(), instance_id))
         if hit is not None and hit[2] > time.monotonic():
@@ -63,7 +74,7 @@ class SessionGate:
         if not token or len(token) > 256:
             return None
         key = (hashlib.sha256(token.encode()).digest(), instance_id)
-        hit = self._cache.get(key)
+        hit = self._cache.get(key) if self.trust_cache() else None
         if hit is not None and hit[2] > time.monotonic():
             self._cache.move_to_end(key)
             return hit[0], hit[1]
@@ -83,7 +94,7 @@ class SessionGate:
         if info is None:
             self._cache.pop(key, None)
             return None
-        if generation == self._generation:
+        if generation == self._generation and self.trust_cache():
             self._cache[key] = (info.user_id, info.session_id, time.monotonic() + self._ttl)
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -108,25 +119,47 @@ class SessionGate:
         self._lookups.clear()
 
     def forget_session(self, session_id: int) -> None:
-        self._revoked()
-        for key in [k for k, v in self._cache.items() if v[1] == session_id]:
-            del self._cache[key]
+        self.forget(Withdrawal.sessions([session_id]))
 
     def forget_user(self, user_id: int) -> None:
-        self._revoked()
-        for key in [k for k, v in self._cache.items() if v[0] == user_id]:
-            del self._cache[key]
+        self.forget(Withdrawal.user(user_id))
 
     def forget_instance(self, instance_id: str) -> None:
+        self.forget(Withdrawal.instance(instance_id))
+
+    def forget(self, withdrawal: Withdrawal) -> None:
+        """Drop the cached answers ``withdrawal`` ends (this process only; nothing is cut)."""
+        w = withdrawal
+        match w.kind:
+            case Kind.SESSIONS:
+                ids = set(w.session_ids)
+                doomed = [k for k, v in self._cache.items() if v[1] in ids]
+            case Kind.USER:
+                doomed = [
+                    k
+                    for k, v in self._cache.items()
+                    if v[0] == w.user_id
+                    and (w.instance_id is None or k[1] == w.instance_id)
+                    and v[1] != w.except_session_id
+                ]
+            case Kind.INSTANCE:
+                doomed = [k for k in self._cache if k[1] == w.instance_id]
+            case Kind.APP_LINK | Kind.INTEGRATIONS:
+                return  # no tenant session ends with these
         self._revoked()
-        for key in [k for k in self._cache if k[1] == instance_id]:
+        for key in doomed:
             del self._cache[key]
+
+    def clear(self) -> None:
+        """Forget every cached answer (news of revocations may have been missed)."""
+        self._revoked()
+        self._cache.clear()
 
     def end_sessions(self, session_ids: Iterable[int]) -> None:
         """These sessions were revoked: forget them and cut what they have open."""
         ids = set(session_ids)
-        for session_id in ids:
-            self.forget_session(session_id)
+        if ids:
+            self.forget(Withdrawal.sessions(ids))
         self.live.end_sessions(ids)
 
     def end_user(
@@ -138,15 +171,11 @@ class SessionGate:
         why: Ending = Ending.SESSION_ENDED,
     ) -> None:
         """An account's sessions (on one instance, or all but one) were revoked."""
-        self._revoked()
-        for key in [
-            k
-            for k, v in self._cache.items()
-            if v[0] == user_id
-            and (instance_id is None or k[1] == instance_id)
-            and v[1] != except_session_id
-        ]:
-            del self._cache[key]
+        self.forget(
+            Withdrawal.user(
+                user_id, instance_id=instance_id, except_session_id=except_session_id, why=why
+            )
+        )
         self.live.end_user(
             user_id, instance_id=instance_id, except_session_id=except_session_id, why=why
         )
@@ -155,3 +184,7 @@ class SessionGate:
         """A home was unlinked: no cached answer for it, and all its open traffic cut."""
         self.forget_instance(instance_id)
         self.live.end_instance(instance_id)
+
+
+def _always() -> bool:
+    return True

@@ -23,6 +23,12 @@
 * **Offline alerts** (every :data:`ALERT_SECONDS`, with mail only): the owners
   who asked are mailed once when a home has been offline longer than they
   chose, and once when it is back (:class:`homeport.accounts.alerts.OfflineAlerts`).
+* **Degraded** (a cluster node whose Redis channel is down, see
+  :mod:`homeport.relay.cluster.node`): the sweep runs every
+  :data:`DEGRADED_SWEEP_SECONDS` instead, so revocations made on other nodes,
+  which this one can no longer hear, still cut its open traffic within about
+  a second; :meth:`Housekeeping.sweep_soon` runs one at once (when the channel
+  comes back: news sent meanwhile was lost).
 
 A failing chore is logged and retried next round; it never stops the relay.
 """
@@ -45,6 +51,7 @@ from homeport.relay.live import Ending
 log = logging.getLogger(__name__)
 
 SWEEP_SECONDS = 5.0
+DEGRADED_SWEEP_SECONDS = 1.0
 PURGE_SECONDS = 3600.0
 ALERT_SECONDS = 30.0
 
@@ -82,17 +89,31 @@ class Housekeeping:
         #: Where offline alerts go; ``None``: the relay has no mail, nobody is alerted.
         self.mail = mail
         self.manage_url = manage_url
+        #: Sweep every DEGRADED_SWEEP_SECONDS instead (see the module docstring).
+        self.degraded = False
+        self._sweep_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._every(self.sweep_seconds, self.tick, "sweep")),
+            asyncio.create_task(
+                self._every(self._sweep_interval, self.tick, "sweep", wake=self._sweep_now)
+            ),
             asyncio.create_task(self._every(self.purge_seconds, self.purge, "purge")),
         ]
         if self.mail is not None:
             self._tasks.append(
                 asyncio.create_task(self._every(self.alert_seconds, self.alert, "alerts"))
             )
+
+    def _sweep_interval(self) -> float:
+        if self.degraded:
+            return min(self.sweep_seconds, DEGRADED_SWEEP_SECONDS)
+        return self.sweep_seconds
+
+    def sweep_soon(self) -> None:
+        """Run the sweep chores now rather than at the end of the interval."""
+        self._sweep_now.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -209,9 +230,22 @@ class Housekeeping:
             log.info("relay.offline_alerts_mailed", extra={"mails": sent})
         return sent
 
-    async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], name: str) -> None:
+    async def _every(
+        self,
+        seconds: float | Callable[[], float],
+        chore: Callable[[], Awaitable[int]],
+        name: str,
+        *,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        interval = seconds if callable(seconds) else lambda: seconds
         while True:
-            await asyncio.sleep(seconds)
+            if wake is None:
+                await asyncio.sleep(interval())
+            else:  # or earlier, when woken (sweep_soon)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval())
+                wake.clear()
             try:
                 await chore()
             except asyncio.CancelledError:

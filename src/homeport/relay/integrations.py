@@ -24,7 +24,10 @@ Threats this stops:
   few seconds (:data:`CACHE_TTL`); turning one off here drops the cache and
   cuts the calls of that kind still open at once
   (:meth:`homeport.relay.live.LiveTraffic.end_integrations`); unlinking a home
-  cuts everything on it.
+  cuts everything on it.  On a relay that is one node of several, the other
+  nodes hear of it over Redis (:mod:`homeport.relay.cluster`); while a node
+  cannot hear (:attr:`IntegrationGate.trust_cache` is False) it neither reads
+  nor fills the cache.
 * **An audit log flooded, or leaking.** Calls are audited as metadata (the
   kind of path, the time, the caller's address), one event per kind and
   address per :data:`AUDIT_COALESCE` seconds, written in the
@@ -38,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 from homeport.accounts.integrations import IntegrationSettings, Switches
@@ -73,6 +77,9 @@ class IntegrationGate:
         #: (home, kind, address) -> when its last audit event was written.
         self._audited: dict[tuple[str, str, str], float] = {}
         self._audit_tasks: set[asyncio.Task[None]] = set()
+        #: Whether an owner's "off" made on another node reaches this one; while
+        #: False the switches are read from the database every time.
+        self.trust_cache: Callable[[], bool] = _always
 
     @property
     def max_body(self) -> int:
@@ -82,6 +89,8 @@ class IntegrationGate:
 
     def cached(self, instance_id: str) -> Switches | None:
         """The home's switches from the cache alone; None: ask :meth:`switches`."""
+        if not self.trust_cache():
+            return None
         hit = self._cache.get(instance_id)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
@@ -94,7 +103,7 @@ class IntegrationGate:
             return hit
         generation = self._generation
         found = await self._settings.get(instance_id)
-        if generation == self._generation:
+        if generation == self._generation and self.trust_cache():
             self._cache[instance_id] = (found, time.monotonic() + self._ttl)
             self._cache.move_to_end(instance_id)
             if len(self._cache) > CACHE_SIZE:
@@ -106,6 +115,11 @@ class IntegrationGate:
         self._generation += 1
         self._cache.pop(instance_id, None)
         self._buckets.pop(instance_id, None)
+
+    def clear(self) -> None:
+        """Forget every home's switches (news of changes may have been missed)."""
+        self._generation += 1
+        self._cache.clear()
 
     @staticmethod
     def allows(switches: Switches, path: IntegrationPath) -> bool:
@@ -157,3 +171,7 @@ class IntegrationGate:
         """Wait for the audit writes under way (the relay is stopping, or a test checks)."""
         while self._audit_tasks:
             await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
+
+
+def _always() -> bool:
+    return True

@@ -17,12 +17,16 @@ an app link — and every withdrawal cuts what that access has open at once:
 Each cut resets the tunnel stream (so the home stops sending too) and closes
 the browser's connection.
 
-One process keeps this registry in memory. Several relay nodes will fan a
-revocation out over Redis (publish the ids; every node calls the same methods
-through :class:`homeport.relay.gate.SessionGate`), and the periodic sweep in
+One process keeps this registry in memory. Every withdrawal passes through one
+of the ``end_*`` methods here, each described by a :class:`Withdrawal` (what
+ended, ids only): they cut this process's traffic (:meth:`LiveTraffic.cut`)
+and hand the withdrawal to :attr:`LiveTraffic.on_withdrawn`, which on a relay
+that is one node of several (``--redis-url``) publishes it to the others
+(:mod:`homeport.relay.cluster`); they apply it with :meth:`LiveTraffic.cut`,
+which does not publish again. The periodic sweep in
 :mod:`homeport.relay.housekeeping` re-checks every registered session against
 the database, which bounds how long a revocation made elsewhere (the admin CLI,
-another node) can lag.
+a node cut off from Redis) can lag.
 """
 
 from __future__ import annotations
@@ -57,6 +61,65 @@ class Ending(enum.Enum):
     def reason(self) -> str:
         reason: str = self.value[1]
         return reason
+
+
+class Kind(enum.StrEnum):
+    """What a :class:`Withdrawal` ended."""
+
+    SESSIONS = "sessions"  # these tenant sessions
+    USER = "user"  # an account's sessions (on one home, or all but one)
+    APP_LINK = "app_link"  # one app link
+    INSTANCE = "instance"  # a home was unlinked
+    INTEGRATIONS = "integrations"  # an owner switched integrations off
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One withdrawal of access, as every relay node applies it; ids only."""
+
+    kind: Kind
+    session_ids: tuple[int, ...] = ()
+    user_id: int | None = None
+    instance_id: str | None = None
+    except_session_id: int | None = None
+    app_link_id: int | None = None
+    integrations: tuple[str, ...] = ()
+    why: Ending = Ending.SESSION_ENDED
+
+    @classmethod
+    def sessions(cls, session_ids: Iterable[int]) -> Withdrawal:
+        return cls(Kind.SESSIONS, session_ids=tuple(sorted(set(session_ids))))
+
+    @classmethod
+    def user(
+        cls,
+        user_id: int,
+        *,
+        instance_id: str | None = None,
+        except_session_id: int | None = None,
+        why: Ending = Ending.SESSION_ENDED,
+    ) -> Withdrawal:
+        return cls(
+            Kind.USER,
+            user_id=user_id,
+            instance_id=instance_id,
+            except_session_id=except_session_id,
+            why=why,
+        )
+
+    @classmethod
+    def app_link(cls, app_link_id: int) -> Withdrawal:
+        return cls(Kind.APP_LINK, app_link_id=app_link_id)
+
+    @classmethod
+    def instance(cls, instance_id: str) -> Withdrawal:
+        return cls(Kind.INSTANCE, instance_id=instance_id)
+
+    @classmethod
+    def integrations_off(cls, instance_id: str, kinds: Iterable[str]) -> Withdrawal:
+        return cls(
+            Kind.INTEGRATIONS, instance_id=instance_id, integrations=tuple(sorted(set(kinds)))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +161,9 @@ class LiveTraffic:
     def __init__(self) -> None:
         self._entries: dict[int, Live] = {}
         self._ids = itertools.count()
+        #: Told of every withdrawal made through an ``end_*`` method (after the
+        #: local cut): the cluster's publisher on a relay with ``--redis-url``.
+        self.on_withdrawn: Callable[[Withdrawal], None] | None = None
 
     def register(
         self, instance_id: str, kind: str, end: Callable[[Ending], None], who: Principal
@@ -145,7 +211,7 @@ class LiveTraffic:
     def end_sessions(self, session_ids: Iterable[int]) -> int:
         """Cut everything these sessions have open; how many exchanges were cut."""
         ids = set(session_ids)
-        return self._end(lambda e: e.session_id in ids, Ending.SESSION_ENDED)
+        return self._withdraw(Withdrawal.sessions(ids)) if ids else 0
 
     def end_user(
         self,
@@ -159,31 +225,58 @@ class LiveTraffic:
 
         ``why``: ``ACCESS_WITHDRAWN`` when a member loses a home (removed, or left).
         """
-        return self._end(
-            lambda e: (
-                e.user_id == user_id
-                and e.session_id is not None
-                and (instance_id is None or e.instance_id == instance_id)
-                and e.session_id != except_session_id
-            ),
-            why,
+        return self._withdraw(
+            Withdrawal.user(
+                user_id, instance_id=instance_id, except_session_id=except_session_id, why=why
+            )
         )
 
     def end_app_link(self, app_link_id: int) -> int:
         """An app link was revoked: cut what it has open."""
-        return self._end(lambda e: e.app_link_id == app_link_id, Ending.ACCESS_WITHDRAWN)
+        return self._withdraw(Withdrawal.app_link(app_link_id))
 
     def end_integrations(self, instance_id: str, kinds: Iterable[str]) -> int:
         """The owner switched integrations off: cut the calls of these kinds still open."""
         wanted = set(kinds)
-        return self._end(
-            lambda e: e.instance_id == instance_id and e.who.integration in wanted,
-            Ending.ACCESS_WITHDRAWN,
-        )
+        return self._withdraw(Withdrawal.integrations_off(instance_id, wanted)) if wanted else 0
 
     def end_instance(self, instance_id: str) -> int:
         """A home was unlinked: cut everything open on it."""
-        return self._end(lambda e: e.instance_id == instance_id, Ending.ACCESS_WITHDRAWN)
+        return self._withdraw(Withdrawal.instance(instance_id))
+
+    def _withdraw(self, withdrawal: Withdrawal) -> int:
+        cut = self.cut(withdrawal)
+        if self.on_withdrawn is not None:
+            self.on_withdrawn(withdrawal)
+        return cut
+
+    def cut(self, withdrawal: Withdrawal) -> int:
+        """Cut what ``withdrawal`` ended in this process only; how many exchanges."""
+        w = withdrawal
+        match w.kind:
+            case Kind.SESSIONS:
+                ids = set(w.session_ids)
+                return self._end(lambda e: e.session_id in ids, Ending.SESSION_ENDED)
+            case Kind.USER:
+                return self._end(
+                    lambda e: (
+                        e.user_id == w.user_id
+                        and e.session_id is not None
+                        and (w.instance_id is None or e.instance_id == w.instance_id)
+                        and e.session_id != w.except_session_id
+                    ),
+                    w.why,
+                )
+            case Kind.APP_LINK:
+                return self._end(lambda e: e.app_link_id == w.app_link_id, Ending.ACCESS_WITHDRAWN)
+            case Kind.INSTANCE:
+                return self._end(lambda e: e.instance_id == w.instance_id, Ending.ACCESS_WITHDRAWN)
+            case Kind.INTEGRATIONS:
+                kinds = set(w.integrations)
+                return self._end(
+                    lambda e: e.instance_id == w.instance_id and e.who.integration in kinds,
+                    Ending.ACCESS_WITHDRAWN,
+                )
 
     def _end(self, doomed: Callable[[Live], bool], why: Ending) -> int:
         keys = [key for key, entry in self._entries.items() if doomed(entry)]

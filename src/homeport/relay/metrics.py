@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from homeport.relay.cluster.node import ClusterNode
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import harden_runner
 from homeport.relay.hub import TunnelHub
@@ -43,6 +44,7 @@ __all__ = [
     "MetricsListener",
     "RelayCollector",
     "ServedExpiry",
+    "cluster_gauges",
     "metrics_registry",
     "relay_metrics",
     "served_expiry",
@@ -132,6 +134,7 @@ def relay_metrics(
     hub: TunnelHub,
     live: LiveTraffic,
     connections: Collection[object] = (),
+    cluster: ClusterNode | None = None,
 ) -> MetricsListener:
     """The listener for ``config.metrics_listen`` (which must be set)."""
     assert config.metrics_listen is not None
@@ -156,10 +159,30 @@ def relay_metrics(
                 "asyncio tasks alive in the relay process (a number that only grows is a leak).",
                 lambda: len(asyncio.all_tasks()),
             ),
+            *(cluster_gauges(cluster) if cluster is not None else ()),
         ),
     )
     host, port = config.metrics_listen
     return MetricsListener(metrics_registry(collector), host, port)
+
+
+def cluster_gauges(node: ClusterNode) -> tuple[tuple[str, str, Callable[[], int]], ...]:
+    """A cluster node's health: alert when the channel is down or messages are refused."""
+    channel = node.channel
+    return (
+        (
+            "homeport_cluster_channel_up",
+            "1 while this node hears every revocation over Redis; 0: degraded (no caches, "
+            "1 s sweep).",
+            lambda: int(channel.up),
+        ),
+        (
+            "homeport_cluster_messages_refused",
+            "Messages on the revocation channel refused since start (forged, replayed, "
+            "stale, malformed, or sealed with another node's key).",
+            lambda: channel.refused,
+        ),
+    )
 
 
 def metrics_registry(collector: Collector) -> CollectorRegistry:

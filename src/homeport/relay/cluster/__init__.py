@@ -1,0 +1,9 @@
+"""Several relay nodes acting as one service: what they must share beyond the database.
+
+* :mod:`~homeport.relay.cluster.messages`: the revocation messages, sealed with
+  the cluster key (HMAC), ids only;
+* :mod:`~homeport.relay.cluster.channel`: the Redis pub/sub channel that carries
+  them, and whether this node can trust its caches (it hears every revocation);
+* :mod:`~homeport.relay.cluster.node`: what a node does with them (drop cache
+  entries, cut live traffic, close a tunnel) and when its channel goes down.
+"""
