@@ -139,6 +139,9 @@ async def test_every_page_passes_axe_in_both_themes_and_widths(
             ("/security/sessions", "sessions", None),
             ("/security/audit", "audit", None),
             ("/security/password", "password", None),
+            (f"/instances/{stack.instance_id}/access", "access", "Access to Home"),
+            ("/account/privacy", "privacy", "Your data"),
+            ("/account/email", "email-change", "Change your email address"),
             ("/no-such-page", "not-found", "Page not found"),
             (
                 f"/instances/{stack.instance_id}/rename",
