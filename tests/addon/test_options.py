@@ -16,12 +16,14 @@ from homeport.addon.options import OptionsError, load_options, parse_options
 from homeport.keys import public_key_raw, public_key_text
 
 
-def new_key() -> str:
-    return public_key_text(Ed25519PrivateKey.generate().public_key())
+def fixed_key(seed: int) -> str:
+    """A key made from a fixed seed: the parameters' ids must be the same in every
+    pytest-xdist worker, so nothing random may reach them."""
+    return public_key_text(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32).public_key())
 
 
-KEY_A = new_key()
-KEY_B = new_key()
+KEY_A = fixed_key(1)
+KEY_B = fixed_key(2)
 GOOD: dict[str, Any] = {
     "relay_url": "wss://relay.example/v1/tunnel",
     "relay_keys": KEY_A,
