@@ -346,3 +346,54 @@ async def test_the_accessibility_check_can_fail(chromium: Chromium) -> None:
         found = serious(await run_axe(person.page))
         assert any(line.startswith("color-contrast ") for line in found), found
         assert any(line.startswith("label ") for line in found), found
+
+
+async def _field_error(page: Page, label: str, words: str, *, exact: bool = False) -> None:
+    """The field is marked invalid and its accessible description carries the error."""
+    field = page.get_by_label(label, exact=exact)
+    await expect(field).to_have_attribute("aria-invalid", "true")
+    await expect(field).to_have_accessible_description(re.compile(words))
+
+
+@pytest.mark.stack(signup=True)
+async def test_errors_are_tied_to_their_fields_on_the_password_pages(
+    stack: Stack, chromium: Chromium, sink: SmtpSink
+) -> None:
+    origin = stack.account_origin
+    # Changing the password: each mistake on the field it is about.
+    async with owner_page(chromium, stack, sink) as (page, person):
+        await page.goto(origin + "/security/password")
+        await page.get_by_label("Current password").fill("not the password at all")
+        await page.get_by_label("New password", exact=True).fill(GUEST_PASSWORD)
+        await page.get_by_label("New password again").fill(GUEST_PASSWORD)
+        await page.get_by_role("button", name="Change password").click()
+        await _field_error(page, "Current password", "not right")
+        await check_page(page, person, "password-error")
+        await page.get_by_label("Current password").fill(stack.password)
+        await page.get_by_label("New password", exact=True).fill(GUEST_PASSWORD)
+        await page.get_by_label("New password again").fill(GUEST_PASSWORD + " but different")
+        await page.get_by_role("button", name="Change password").click()
+        await _field_error(page, "New password again", "differ")
+        assert person.csp_errors() == []
+    async with chromium.person() as visitor:
+        page = visitor.page
+        # Sign-up: the password rule on the password field.
+        await page.goto(origin + "/signup")
+        await page.get_by_label("Email").fill("new@example.com")
+        password = page.get_by_label("Password", exact=True)
+        await password.evaluate("e => e.removeAttribute('minlength')")  # the server's rule
+        await password.fill("password")
+        await page.get_by_role("button", name="Create the account").click()
+        await _field_error(page, "Password", "15", exact=True)
+        await check_page(page, visitor, "signup-error")
+        # Reset by mail: the link's page holds the same rule as the other forms.
+        issued = await stack.relay.accounts.password_resets.issue(stack.email, stack.email)
+        assert issued.token is not None
+        await page.goto(origin + "/signin/reset?" + urlencode({"t": issued.token}))
+        new = page.get_by_label("New password", exact=True)
+        assert await new.get_attribute("minlength") == "15"
+        await new.fill(GUEST_PASSWORD)
+        await page.get_by_label("New password again").fill(GUEST_PASSWORD + " but different")
+        await page.get_by_role("button", name="Set the password").click()
+        await _field_error(page, "New password again", "differ")
+        await check_page(page, visitor, "reset-error")

@@ -36,7 +36,12 @@ routes = web.RouteTableDef()
 
 
 def _form(
-    request: web.Request, session: SessionInfo, *, error: str | None, status: int = 200
+    request: web.Request,
+    session: SessionInfo,
+    *,
+    error: str | None,
+    error_field: str | None = None,
+    status: int = 200,
 ) -> web.Response:
     return request.app[PAGES].render(
         "password.html",
@@ -44,6 +49,7 @@ def _form(
         title="Change your password",
         user_email=session.email,
         error=error,
+        error_field=error_field,
         done=False,
     )
 
@@ -79,20 +85,33 @@ async def change(request: web.Request) -> web.StreamResponse:
             return response
         await request.app[AUDIT].record(request, EventType.PASSWORD_CHANGE_FAILED, session)
         log.warning("account.password_change_refused", extra={"user": session.user_id})
-        return _form(request, session, error="Your current password is not right.", status=401)
+        return _form(
+            request,
+            session,
+            error="Your current password is not right.",
+            error_field="current_password",
+            status=401,
+        )
     if new != again:
-        return _form(request, session, error="The two new passwords differ.", status=400)
+        return _form(
+            request,
+            session,
+            error="The two new passwords differ.",
+            error_field="new_password_again",
+            status=400,
+        )
     if new == old:
         return _form(
             request,
             session,
             error="The new password must differ from the current one.",
+            error_field="new_password",
             status=400,
         )
     try:
         await accounts.users.set_password(session.user_id, new, keep_session_id=session.session_id)
     except (PasswordPolicyError, ValueError) as exc:
-        return _form(request, session, error=str(exc), status=400)
+        return _form(request, session, error=str(exc), error_field="new_password", status=400)
     # Every other session was revoked with the change: cut what they have open.
     request.app[GATE].end_user(session.user_id, except_session_id=session.session_id)
     await request.app[AUDIT].record(request, EventType.PASSWORD_CHANGED, session)

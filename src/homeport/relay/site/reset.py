@@ -187,10 +187,20 @@ def _bad_link(pages: Pages, wait: float = 0.0) -> web.Response:
 
 
 def _reset_page(
-    pages: Pages, token: str, *, error: str | None = None, status: int = 200
+    pages: Pages,
+    token: str,
+    *,
+    error: str | None = None,
+    error_field: str | None = None,
+    status: int = 200,
 ) -> web.Response:
     return pages.render(
-        "reset.html", status=status, title="Choose a new password", token=token, error=error
+        "reset.html",
+        status=status,
+        title="Choose a new password",
+        token=token,
+        error=error,
+        error_field=error_field,
     )
 
 
@@ -218,12 +228,14 @@ async def reset(request: web.Request) -> web.StreamResponse:
     if user is None:
         return _bad_link(pages, wait)
     if password != confirm:
-        return _reset_page(pages, token, error="The two passwords differ.", status=400)
+        return _reset_page(
+            pages, token, error="The two passwords differ.", error_field="confirm", status=400
+        )
     try:
         # The whole policy, breached passwords included, before the link is used up.
         await accounts.users.screen(password, email=user.email)
     except PasswordPolicyError as exc:
-        return _reset_page(pages, token, error=str(exc), status=400)
+        return _reset_page(pages, token, error=str(exc), error_field="password", status=400)
     if await resets.consume(token) != user.id:
         return _bad_link(pages)
     try:

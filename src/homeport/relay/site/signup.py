@@ -35,7 +35,13 @@ routes = web.RouteTableDef()
 
 
 def _page(
-    pages: Pages, *, sent: bool, email: str = "", error: str | None = None, status: int = 200
+    pages: Pages,
+    *,
+    sent: bool,
+    email: str = "",
+    error: str | None = None,
+    error_field: str | None = None,
+    status: int = 200,
 ) -> web.Response:
     return pages.render(
         "signup.html",
@@ -44,6 +50,7 @@ def _page(
         sent=sent,
         email=email,
         error=error,
+        error_field=error_field,
         hours=_HOURS,
     )
 
@@ -63,9 +70,18 @@ async def signup(request: web.Request) -> web.StreamResponse:
             email, field(posted, "password", 4096), ip=request.remote
         )
     except InvalidEmail:
-        return _page(pages, sent=False, email=email, error="Enter an email address.", status=400)
+        return _page(
+            pages,
+            sent=False,
+            email=email,
+            error="Enter an email address.",
+            error_field="email",
+            status=400,
+        )
     except PasswordPolicyError as exc:
-        return _page(pages, sent=False, email=email, error=str(exc), status=400)
+        return _page(
+            pages, sent=False, email=email, error=str(exc), error_field="password", status=400
+        )
     if outcome.wait > 0:
         log.warning("account.signup_throttled", extra={"ip": request.remote})
         response = _page(
