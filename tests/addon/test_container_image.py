@@ -377,7 +377,7 @@ async def test_image_environment_links_and_serves_through_relay(
         )
         _out, err = await asyncio.wait_for(bare.communicate(), 30)
         assert bare.returncode == 2
-        assert b"--relay and --server-pubkey (or --options) are required" in err
+        assert b"--pairing (or --relay and --server-pubkey, or --options) is required" in err
 
         # The image has the base install only (`pip install homeport`): everything the
         # add-on needed above, none of the relay's dependencies, and a relay command

@@ -52,7 +52,7 @@ async def test_add_a_passkey_then_sign_in_with_it(stack: Stack, chromium: Chromi
         await page.get_by_label("Name for this passkey").fill("Test laptop")
         await page.get_by_label("Your password, to confirm").fill(stack.password)
         await page.get_by_role("button", name="Add a passkey").click()
-        await expect(page.get_by_text("Test laptop")).to_be_visible()
+        await expect(page.get_by_text("Test laptop added")).to_be_visible()
         credentials = await cdp.send(
             "WebAuthn.getCredentials", {"authenticatorId": added["authenticatorId"]}
         )

@@ -91,10 +91,13 @@ class Stack:
         )
 
     async def wait_connected(self, timeout: float = 20) -> None:
+        """Until the tunnel is up and its connect time is in the database (written in
+        batches, relay/presence.py), so a test sees the database as it will stay."""
         async with asyncio.timeout(timeout):
             while not (
                 self.addon.status.state is State.CONNECTED
                 and self.relay.hub.tunnel_for(self.instance_id) is not None
+                and not self.relay.hub.presence.pending
             ):
                 await asyncio.sleep(0.02)
 
