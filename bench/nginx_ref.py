@@ -19,8 +19,9 @@ and buffer responses in memory only (never to temp files: Homeport holds a
 bounded window in memory too).  ``worker_processes 1`` each, with a master,
 so each side is two processes whose CPU ``bench/run.py`` sums.  Where the
 shapes differ: the add-on dials out to the relay and carries every stream
-over one WSS tunnel, while the relay nginx opens a pool of TLS connections to
-the add-on nginx, one per concurrent exchange (HTTP/1.1 has no multiplexing).
+over one tunnel (on TLS, ALPN ``homeport-tunnel/1``), while the relay nginx
+opens a pool of TLS connections to the add-on nginx, one per concurrent
+exchange (HTTP/1.1 has no multiplexing).
 
 Debian: ``apt-get install nginx-light`` (any nginx >= 1.19.5 with the
 ssl module works; ``HOMEPORT_BENCH_NGINX`` names another binary).

@@ -875,7 +875,7 @@ async def run_benchmark(
                     "cpus": CPUS,
                     "loadavg": os.getloadavg(),
                     "direct": "client -TLS-> backend",
-                    "relay": "client -TLS-> relay -WSS tunnel-> add-on -plain HTTP-> backend",
+                    "relay": "client -TLS-> relay -TLS tunnel-> add-on -plain HTTP-> backend",
                     "nginx_path": "client -TLS-> nginx -TLS-> nginx -plain HTTP-> backend",
                     "paths": ["direct", *paths],
                     "backend_for_addon": stack.backend_plain_url,
@@ -1432,8 +1432,9 @@ def notes(results: Results, plan: Plan, skipped: str | None) -> str:
         ]
     paragraphs = [
         "",
-        "Direct: client -TLS 1.3-> backend.  Homeport: client -TLS 1.3-> relay -WSS tunnel->"
-        " add-on -plain HTTP on loopback-> the same backend.  nginx (C): the same three legs"
+        "Direct: client -TLS 1.3-> backend.  Homeport: client -TLS 1.3-> relay -tunnel on TLS"
+        " 1.3 (ALPN homeport-tunnel/1)-> add-on -plain HTTP on loopback-> the same backend."
+        "  nginx (C): the same three legs"
         " through two nginx processes (worker_processes 1 each, bench/nginx_ref.py): client"
         " -TLS 1.3-> 'relay' nginx -TLS 1.3, keep-alive pool-> 'add-on' nginx -plain HTTP,"
         f" keep-alive-> backend.  All processes on {CPUS} CPUs shared by client, relay,"
