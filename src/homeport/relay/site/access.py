@@ -30,7 +30,7 @@ from homeport.accounts.audit import EventType
 from homeport.accounts.errors import NotOwner, UnknownInstance
 from homeport.accounts.sessions import SessionInfo
 from homeport.relay.redirects import redirect
-from homeport.relay.site.forms import parse_until, text_fields
+from homeport.relay.site.forms import home_id, parse_until, path_int, small_int, text_fields, when
 from homeport.relay.site.keys import ACCOUNTS, AUDIT, PAGES, current, notify, sign_in_first
 from homeport.relay.site.refusals import no_access, owner_only
 
@@ -48,21 +48,8 @@ _NOTES: Final = {
 }
 
 
-def _when(value: datetime | None) -> str:
-    return "never" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _field_value(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%dT%H:%M")
-
-
-def _home(request: web.Request) -> str:
-    return request.match_info.get("id", "")
-
-
-def _int(request: web.Request, name: str) -> int:
-    text = request.match_info.get(name, "")
-    return int(text) if text.isdigit() and len(text) < 12 else -1
 
 
 async def _page(
@@ -84,8 +71,8 @@ async def _page(
         {
             "id": m.user_id,
             "email": m.email,
-            "since": _when(m.since),
-            "until": _when(m.until),
+            "since": when(m.since),
+            "until": when(m.until),
             "until_value": _field_value(m.until),
             "ends": m.until is not None,
         }
@@ -95,7 +82,7 @@ async def _page(
         {
             "id": link.id,
             "name": link.name,
-            "until": _when(link.expires_at),
+            "until": when(link.expires_at),
             "until_value": _field_value(link.expires_at),
             "ends": link.expires_at is not None,
         }
@@ -124,7 +111,7 @@ async def show(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first(request.path)
-    return await _page(request, session, _home(request))
+    return await _page(request, session, home_id(request))
 
 
 @routes.post("/instances/{id}/members/{uid}/end")
@@ -132,7 +119,7 @@ async def member_end(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first("/")
-    instance_id, user_id = _home(request), _int(request, "uid")
+    instance_id, user_id = home_id(request), path_int(request, "uid")
     form = await text_fields(request)
     try:
         until = parse_until(form.get("until", ""))
@@ -154,7 +141,7 @@ async def member_end(request: web.Request) -> web.StreamResponse:
         EventType.MEMBER_END_SET,
         session,
         instance_id=instance_id,
-        detail=f"account {user_id} until {_when(until)}",
+        detail=f"account {user_id} until {when(until)}",
     )
     log.info("account.member_end_set", extra={"user": session.user_id, "member": user_id})
     return _back(instance_id, "member-end" if until else "member-end-lifted")
@@ -165,7 +152,7 @@ async def link_expiry(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first("/")
-    instance_id, link_id = _home(request), _int(request, "lid")
+    instance_id, link_id = home_id(request), path_int(request, "lid")
     form = await text_fields(request)
     try:
         until = parse_until(form.get("until", ""))
@@ -187,7 +174,7 @@ async def link_expiry(request: web.Request) -> web.StreamResponse:
         EventType.APP_LINK_EXPIRY_SET,
         session,
         instance_id=instance_id,
-        detail=f"app link {link_id} until {_when(until)}",
+        detail=f"app link {link_id} until {when(until)}",
     )
     log.info("account.app_link_expiry_set", extra={"user": session.user_id, "link": link_id})
     return _back(instance_id, "link-expiry" if until else "link-expiry-lifted")
@@ -198,11 +185,11 @@ async def transfer(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first("/")
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     accounts = request.app[ACCOUNTS]
     text = form.get("user", "")
-    new_owner = int(text) if text.isdigit() and len(text) < 12 else -1
+    new_owner = small_int(text)
     if form.get("confirm") != "yes":
         return await _page(
             request,

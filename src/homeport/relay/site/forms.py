@@ -46,3 +46,23 @@ def parse_until(text: str) -> datetime | None:
     if value.tzinfo is not None:
         raise ValueError("Give the end in UTC, without a time zone.")
     return value.replace(tzinfo=UTC)
+
+
+def when(value: datetime | None) -> str:
+    """A time as the pages and the audit details write it (UTC), or "never"."""
+    return "never" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def home_id(request: web.Request) -> str:
+    """The home named in the path (``/instances/{id}/…``); the stores check it."""
+    return request.match_info.get("id", "")
+
+
+def path_int(request: web.Request, name: str) -> int:
+    """A numeric id from the path; -1 (no such row) for anything else."""
+    return small_int(request.match_info.get(name, ""))
+
+
+def small_int(text: str) -> int:
+    """A numeric id from text; -1 (no such row) for anything else, or anything too long."""
+    return int(text) if text.isdigit() and len(text) < 12 else -1

@@ -29,7 +29,7 @@ Threats this stops, beyond ownership and CSRF:
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -61,7 +61,7 @@ from homeport.relay.app_links import app_link_url
 from homeport.relay.live import Ending
 from homeport.relay.redirects import redirect
 from homeport.relay.site import integrations
-from homeport.relay.site.forms import parse_until, text_fields
+from homeport.relay.site.forms import home_id, parse_until, path_int, text_fields, when
 from homeport.relay.site.keys import (
     ACCOUNTS,
     APP_LINKS,
@@ -93,10 +93,6 @@ INVITE_DAYS: Final = (1, 7, 30, 0)
 routes = web.RouteTableDef()
 
 
-def when(value: datetime | None) -> str:
-    return "never" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -106,15 +102,6 @@ def _signed_in(request: web.Request) -> SessionInfo | web.Response:
     if session is None:
         return sign_in_first(request.path_qs if request.method == "GET" else "/")
     return session
-
-
-def _home(request: web.Request) -> str:
-    return request.match_info.get("id", "")
-
-
-def _int(request: web.Request, name: str) -> int:
-    text = request.match_info.get(name, "")
-    return int(text) if text.isdigit() and len(text) < 12 else -1
 
 
 def _back(instance_id: str, note: str = "", *, shown: str = "") -> web.Response:
@@ -329,7 +316,7 @@ async def instance(request: web.Request) -> web.StreamResponse:
         extra["invite_link"] = shown
     elif ticket:
         note = "That link was shown once already; it is not shown again."
-    return await _page(request, session, _home(request), note=note, **extra)
+    return await _page(request, session, home_id(request), note=note, **extra)
 
 
 @routes.post("/instances/{id}/rename")
@@ -337,7 +324,7 @@ async def rename(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     try:
         await request.app[ACCOUNTS].sharing.rename(
@@ -359,7 +346,7 @@ async def unlink(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     if form.get("confirm") != "yes":
         return await _page(
@@ -402,7 +389,7 @@ async def invite(request: web.Request) -> web.StreamResponse:
     if not isinstance(session, SessionInfo):
         return session
     accounts, config = request.app[ACCOUNTS], request.app[CONFIG]
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     days_text = form.get("days", "7")
     days = int(days_text) if days_text.isdigit() else -1
@@ -454,8 +441,8 @@ async def revoke_invitation(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
-    invitation_id = _int(request, "inv")
+    instance_id = home_id(request)
+    invitation_id = path_int(request, "inv")
     try:
         await request.app[ACCOUNTS].sharing.revoke_invitation(
             session.user_id, instance_id, invitation_id
@@ -479,8 +466,8 @@ async def remove_member(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
-    user_id = _int(request, "uid")
+    instance_id = home_id(request)
+    user_id = path_int(request, "uid")
     try:
         await request.app[ACCOUNTS].sharing.remove_member(session.user_id, instance_id, user_id)
     except UnknownInstance:
@@ -498,7 +485,7 @@ async def leave(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     if not await request.app[ACCOUNTS].sharing.leave(session.user_id, instance_id):
         return no_access(request, session)
     request.app[GATE].end_user(
@@ -682,7 +669,7 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     try:
         until = parse_until(form.get("until", ""))
@@ -717,8 +704,8 @@ async def revoke_app_link(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
-    link_id = _int(request, "lid")
+    instance_id = home_id(request)
+    link_id = path_int(request, "lid")
     try:
         revoked = await request.app[ACCOUNTS].sharing.revoke_app_link(
             session.user_id, instance_id, link_id
@@ -749,7 +736,7 @@ async def second_factor(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     form = await text_fields(request)
     try:
         ended = await request.app[ACCOUNTS].sharing.set_require_second_factor(
@@ -777,7 +764,7 @@ async def offline_alert(request: web.Request) -> web.StreamResponse:
     session = _signed_in(request)
     if not isinstance(session, SessionInfo):
         return session
-    instance_id = _home(request)
+    instance_id = home_id(request)
     if request.app[NOTICES] is None:
         return no_access(request, session)  # no mail on this relay: no such setting
     form = await text_fields(request)

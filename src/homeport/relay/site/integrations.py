@@ -21,7 +21,7 @@ from homeport.accounts.sessions import SessionInfo
 from homeport.relay.integration_paths import IntegrationPath, Switch
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.redirects import redirect
-from homeport.relay.site.forms import text_fields
+from homeport.relay.site.forms import home_id, text_fields
 from homeport.relay.site.keys import ACCOUNTS, CONFIG, GATE, PAGES, current, sign_in_first
 
 __all__ = ["INTEGRATIONS", "card", "routes"]
@@ -64,7 +64,7 @@ async def save(request: web.Request) -> web.StreamResponse:
     session: SessionInfo | None = current(request)
     if session is None:
         return sign_in_first("/")
-    instance_id = request.match_info.get("id", "")
+    instance_id = home_id(request)
     form = await text_fields(request)
     wanted = Switches(webhooks=form.get("webhooks") == "yes", voice=form.get("voice") == "yes")
     try:
