@@ -72,7 +72,6 @@ RAMP_CAP = 600.0  # seconds all tunnels may take to come up
 
 async def hold_tunnels(args: argparse.Namespace) -> int:
     """Worker: open a tunnel per key, keep them, report; stop when stdin closes."""
-    from homeport.addon.client import _RawChannel
     from homeport.keys import parse_pinned_keys
     from homeport.protocol import Role, TunnelConnection
     from homeport.protocol.handshake import AddonHandshake, Welcome
@@ -100,17 +99,14 @@ async def hold_tunnels(args: argparse.Namespace) -> int:
                     transport, raw = await loop.create_connection(
                         RawPipe, "127.0.0.1", args.port, ssl=context, server_hostname=ACCOUNT_HOST
                     )
-                    channel = _RawChannel(raw)
-                    ssl_object = channel.ssl_object()
+                    ssl_object = transport.get_extra_info("ssl_object")
                     assert ssl_object is not None
                     handshake = AddonHandshake(
                         ACCOUNT_HOST, pinned, key, peer_certificate_sha256(ssl_object)
                     )
-                    await channel.send_text(handshake.hello())
-                    await channel.send_text(
-                        handshake.receive_server_proof(await channel.receive_text())
-                    )
-                    result = handshake.receive_result(await channel.receive_text())
+                    raw.send_text(handshake.hello())
+                    raw.send_text(handshake.receive_server_proof(await raw.receive_text()))
+                    result = handshake.receive_result(await raw.receive_text())
             except Exception as exc:  # counted and reported, never hidden
                 failures.append(f"{type(exc).__name__}: {exc}")
                 return
