@@ -26,6 +26,7 @@ import struct
 from typing import cast
 
 from homeport.tls.context import TUNNEL_ALPN
+from homeport.tls.reads import ThreadBufferReads
 from homeport.tunnel.pipes import PipeOwner
 
 __all__ = ["MAX_RECORD", "TUNNEL_ALPN", "ChannelClosed", "RawPipe", "close_record", "record"]
@@ -54,7 +55,7 @@ def record(text: str) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-class RawPipe(asyncio.Protocol):
+class RawPipe(ThreadBufferReads):
     """One raw tunnel connection: handshake records, then a :class:`~.pipes.Pipe`."""
 
     def __init__(self) -> None:
@@ -67,7 +68,7 @@ class RawPipe(asyncio.Protocol):
         self._closed_by_peer: ChannelClosed | None = None
         self.connected = asyncio.get_running_loop().create_future()
 
-    # ------------------------------------------------------- asyncio.Protocol
+    # ------------------------------------------------------- the protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is a Transport in all but name (not a subclass).

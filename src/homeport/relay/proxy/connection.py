@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 from homeport.relay.proxy.http1 import Request, RequestError, RequestReader
 from homeport.relay.proxy.responses import error_answer
 from homeport.tls.context import requested_server_name
+from homeport.tls.reads import ThreadBufferReads
 
 if TYPE_CHECKING:
     from homeport.relay.proxy.exchange import HttpExchange
@@ -43,7 +44,7 @@ IDLE_TIMEOUT = 75.0
 MAX_PIPELINED = 16
 
 
-class TenantConnection(asyncio.Protocol):
+class TenantConnection(ThreadBufferReads):
     def __init__(self, proxy: TenantProxy, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.proxy = proxy
         self.loop = asyncio.get_running_loop()
@@ -65,7 +66,7 @@ class TenantConnection(asyncio.Protocol):
         self._pauses: set[str] = set()
         self._closing = False
 
-    # ------------------------------------------------------- asyncio.Protocol
+    # ------------------------------------------------------- the protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is a Transport in all but name (not a subclass).

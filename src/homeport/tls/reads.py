@@ -1,0 +1,63 @@
+"""Reading from a TLS transport without a fresh 256 KiB buffer per read.
+
+uvloop gives a plain ``asyncio.Protocol`` on a TLS transport what it decrypted
+by ``SSLObject.read(256 KiB)``: a new 256 KiB bytes object for every read,
+shrunk to what arrived.  glibc's mmap threshold is fixed at 128 KiB
+(:mod:`homeport.memory`, so that freed buffers go back to the system), so each
+of those reads cost an ``mmap``, an ``mremap``, a ``munmap`` and fresh zeroed
+pages.  On the WebSocket echo (``bench/run.py``) that was about one of each per
+message on each hop, measured with ``strace -c``.
+
+A :class:`asyncio.BufferedProtocol` is read into memory it provides instead.
+:class:`ThreadBufferReads` provides one buffer per thread, shared by every
+connection of that thread's event loop: uvloop fills it and calls
+:meth:`~ThreadBufferReads.buffer_updated` in one go, with no other callback in
+between, and ``buffer_updated`` hands a copy of exactly what arrived to
+``data_received``.  The protocols above stay bytes in, events out, and an idle
+connection holds no read buffer (10,000 idle tunnels stay within their budget,
+``bench/idle.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from homeport.memory import MMAP_THRESHOLD
+
+__all__ = ["READ_SIZE", "ThreadBufferReads"]
+
+#: Most bytes handed on per read: below glibc's fixed mmap threshold, so the
+#: copy handed to ``data_received`` comes from the heap, not from an mmap.
+READ_SIZE = MMAP_THRESHOLD - 8 * 1024
+
+_local = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    # One per thread: SSLObject.read releases the GIL between get_buffer and
+    # buffer_updated, so another thread's loop must not share this one.
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(READ_SIZE))
+    return view
+
+
+class ThreadBufferReads(asyncio.BufferedProtocol):
+    """A protocol that receives bytes like ``asyncio.Protocol``, read through a shared buffer.
+
+    Subclasses implement :meth:`data_received`.  Not an ``asyncio.Protocol``
+    subclass: uvloop reads into a buffer only for protocols that are not.
+    """
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _thread_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_thread_buffer()[:nbytes].tobytes())
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool | None:
+        return None

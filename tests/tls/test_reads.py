@@ -1,0 +1,134 @@
+"""Reads from a TLS transport through one buffer per thread (homeport.tls.reads).
+
+Real TLS 1.3 over 127.0.0.1, on uvloop (what the relay and the add-on run) and
+on asyncio's own loop.  The allocation is watched with tracemalloc: a plain
+``asyncio.Protocol`` is handed a fresh 256 KiB buffer per read (shrunk to what
+arrived), which with glibc's fixed mmap threshold meant an mmap, an mremap and
+a munmap per read; a :class:`ThreadBufferReads` protocol gets exactly the bytes
+that arrived, and the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from homeport.relay.proxy.connection import TenantConnection
+from homeport.tls.context import client_context, server_context
+from homeport.tls.devca import ensure_dev_ca
+from homeport.tls.reads import READ_SIZE, ThreadBufferReads
+from homeport.tunnel.raw import RawPipe
+
+HOST = "relay.home.localhost"
+MESSAGES = 200
+MESSAGE = bytes(range(256)) * 4  # 1 KiB, not all one byte value
+
+
+class Received:
+    """A digest of what arrived (keeping the bytes would dwarf what is measured)."""
+
+    def __init__(self, done: asyncio.Future[bytes]) -> None:
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.done = done
+
+    def add(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+        if self.count >= MESSAGES * len(MESSAGE) and not self.done.done():
+            self.done.set_result(self.digest.digest())
+
+
+class Collecting(ThreadBufferReads):
+    def __init__(self, done: asyncio.Future[bytes]) -> None:
+        self.received = Received(done)
+
+    def data_received(self, data: bytes) -> None:
+        assert isinstance(data, bytes)
+        self.received.add(data)
+
+
+class CollectingPlain(asyncio.Protocol):
+    """The control: what uvloop and asyncio do for a plain protocol."""
+
+    def __init__(self, done: asyncio.Future[bytes]) -> None:
+        self.received = Received(done)
+
+    def data_received(self, data: bytes) -> None:
+        self.received.add(data)
+
+
+async def _largest_allocation_while_reading(
+    factory: Callable[[asyncio.Future[bytes]], asyncio.BaseProtocol],
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> tuple[int, bytes]:
+    """Peak of traced memory while ``MESSAGES`` messages arrive one at a time, and their digest."""
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    server = await loop.create_server(lambda: factory(done), "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_ctx, server_hostname=HOST
+    )
+    writer.write(MESSAGE)  # the first read sets up what every later one reuses
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(MESSAGES - 1):
+            writer.write(MESSAGE)
+            await writer.drain()
+            await asyncio.sleep(0)  # one read per message, as on a WebSocket echo
+        received = await asyncio.wait_for(done, 10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        writer.close()
+        server.close()
+    return peak - baseline, received
+
+
+@pytest.fixture
+def contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    ca = ensure_dev_ca(tmp_path / "data")
+    cert, key = ca.issue_server_certificate([HOST], tmp_path / "tls")
+    return server_context(cert, key), client_context(ca.cert_path)
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop], ids=["uvloop", "asyncio"]
+)
+def test_tls_reads_allocate_what_arrived_not_a_256_kib_buffer(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        plain_peak, plain_bytes = runner.run(
+            _largest_allocation_while_reading(CollectingPlain, contexts)
+        )
+        buffered_peak, buffered_bytes = runner.run(
+            _largest_allocation_while_reading(Collecting, contexts)
+        )
+    expected = hashlib.sha256(MESSAGE * MESSAGES).digest()
+    assert plain_bytes == expected
+    assert buffered_bytes == expected  # same bytes, in order, none lost to the shared buffer
+    assert plain_peak >= 256 * 1024, plain_peak  # the control: a fresh 256 KiB per read
+    assert buffered_peak < 64 * 1024, buffered_peak
+
+
+def test_the_tls_facing_protocols_read_through_the_shared_buffer() -> None:
+    # uvloop reads into a buffer only for protocols that are not asyncio.Protocol subclasses.
+    for protocol in (RawPipe, TenantConnection):
+        assert issubclass(protocol, ThreadBufferReads)
+        assert not issubclass(protocol, asyncio.Protocol)
+    assert READ_SIZE < 128 * 1024  # its copies stay below glibc's fixed mmap threshold
