@@ -1,0 +1,268 @@
+"""The floor of the relay's shape in Python: two byte pumps on uvloop beside Homeport and nginx.
+
+Issue #10 asks whether the per-exchange targets (relay + add-on CPU per
+request and per WebSocket round trip within 2.5x of two nginx processes) are
+within reach of a Python relay.  This benchmark measures the cheapest Python
+program of the same shape, so the answer is a measurement, not an opinion:
+
+* ``--serve relay``: terminates the client's TLS 1.3 (the same
+  ``server_context`` as the relay) and pumps the bytes, unparsed, into one
+  verified TLS 1.3 connection per client connection to the next pump;
+* ``--serve addon``: terminates that TLS and pumps the bytes into a plain
+  connection to the backend.
+
+Each pump is one ``asyncio.Protocol`` per direction on uvloop, ``write`` on
+every ``data_received``, flow control by ``pause_reading``; no HTTP parsing,
+no multiplexing, no gate, no header hygiene, no task per exchange.  Any relay
+written in Python on uvloop's TLS does at least this much work per message:
+the same wake-ups, the same TLS records, the same system calls as nginx.
+
+Without ``--serve`` it runs the comparison: the backend, Homeport's relay and
+add-on, the two-nginx reference (``bench/run.py``'s stack) and the pump pair,
+and measures GET c=1, GET c=32 and the WebSocket echo on every path in the
+same run, with the relay-side + add-on-side CPU per exchange of each beside
+nginx's.  About two minutes; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+import nginx_ref
+import run as bench
+from homeport.tls.context import server_context
+
+
+class Pump(asyncio.Protocol):
+    """One side of a forwarded connection: what it reads, its peer writes."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: Pump | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's own transport classes
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close this side; connection_lost closes the peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+class Downstream(Pump):
+    """The accepted side: opens its upstream connection, then both pump."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        super().__init__()
+        self.target = (host, port, context)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        host, port, context = self.target
+        loop = asyncio.get_running_loop()
+        try:
+            _, upstream = await loop.create_connection(
+                Pump, host, port, ssl=context, server_hostname="localhost" if context else None
+            )
+        except OSError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.closed:
+            upstream.transport and upstream.transport.close()
+            return
+        upstream.peer, self.peer = self, upstream
+        assert upstream.transport is not None
+        if self.pending:
+            upstream.transport.writelines(self.pending)
+            self.pending.clear()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    tls_in = server_context(Path(args.cert), Path(args.key))
+    tls_out: ssl.SSLContext | None = None
+    if args.serve == "relay":
+        tls_out = ssl.create_default_context(cafile=args.ca)
+        tls_out.minimum_version = ssl.TLSVersion.TLSv1_3
+    server = await loop.create_server(
+        lambda: Downstream("127.0.0.1", args.upstream_port, tls_out),
+        "127.0.0.1",
+        args.port,
+        ssl=tls_in,
+    )
+    print("ready", flush=True)
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    server.close()
+
+
+# ------------------------------------------------------------- the comparison
+
+HERE = Path(__file__).resolve().parent
+bench.SIDES["floor"] = (("floor_relay",), ("floor_addon",))
+bench.TITLES["floor"] = "python floor"
+
+
+async def start_pumps(
+    workdir: Path, backend_plain_port: int, cert: Path, key: Path, ca: Path
+) -> tuple[list[bench.Proc], str]:
+    relay_port, addon_port = bench.free_port(), bench.free_port()
+    common = [sys.executable, str(HERE / "shape_floor.py"), f"--cert={cert}", f"--key={key}"]
+    addon = bench.Proc(
+        "floor_addon",
+        [*common, "--serve=addon", f"--port={addon_port}", f"--upstream-port={backend_plain_port}"],
+        workdir,
+    )
+    relay = bench.Proc(
+        "floor_relay",
+        [
+            *common,
+            "--serve=relay",
+            f"--port={relay_port}",
+            f"--upstream-port={addon_port}",
+            f"--ca={ca}",
+        ],
+        workdir,
+    )
+    for proc in (addon, relay):
+        await bench.wait_for_output(proc, r"ready", 30)
+    return [relay, addon], f"https://localhost:{relay_port}"
+
+
+async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
+    results = bench.Results()
+    with tempfile.TemporaryDirectory(prefix="homeport-floor-") as tmp:
+        workdir = Path(tmp)
+        stack = await bench.start_stack(workdir, "warning", nginx=nginx)
+        pumps: list[bench.Proc] = []
+        sessions: dict[str, tuple[Any, str]] = {}
+        try:
+            token = await bench.sign_in(stack)
+            tls_dir = workdir / "backend-tls"
+            cert, key = tls_dir / "server.pem", tls_dir / "server.key"
+            plain_port = int(stack.backend_plain_url.rsplit(":", 1)[1])
+            pumps, floor_origin = await start_pumps(workdir, plain_port, cert, key, stack.direct_ca)
+            assert stack.relay is not None
+            assert stack.addon is not None
+            pids = {
+                "backend": stack.backend.pid,
+                "client": os.getpid(),
+                "relay": stack.relay.pid,
+                "addon": stack.addon.pid,
+                **{p.name: p.pid for p in pumps},
+            }
+            sessions = {
+                "direct": (bench.client_session(stack.direct_ca), stack.direct_origin),
+                "relay": (bench.client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
+                "floor": (bench.client_session(stack.direct_ca), floor_origin),
+            }
+            if stack.nginx_relay is not None and stack.nginx_addon is not None:
+                pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
+                pids |= stack.nginx_workers
+                sessions["nginx"] = (bench.client_session(stack.direct_ca), stack.nginx_origin)
+            sampler = bench.Sampler({})
+            watch = bench.Watch(pids, {}, sampler)
+            await bench.run_workloads(plan, {"get", "ws"}, results, sessions, watch)
+        finally:
+            for session, _ in sessions.values():
+                await session.close()
+            for proc in [*pumps, *stack.procs]:
+                proc.stop()
+    return results
+
+
+def report(results: bench.Results) -> str:
+    paths = [p for p in ("direct", "relay", "floor", "nginx") if results.get("get_c32", p)]
+    r = bench.Report(results)
+    lines = [
+        "figure".ljust(44) + "".join(bench.TITLES.get(p, p).rjust(14) for p in paths),
+    ]
+
+    def line(label: str, values: dict[str, float | None], digits: int) -> None:
+        cells = "".join(bench.fmt(values.get(p), digits).rjust(14) for p in paths)
+        lines.append(label.ljust(44) + cells)
+
+    for figure, name in (("get_c1", "GET c=1"), ("get_c32", "GET c=32")):
+        line(f"{name} p50 ms added", {p: r.added(figure, p) for p in paths if p != "direct"}, 3)
+        line(f"{name} requests/s", {p: r.value(figure, p, "rps") for p in paths}, 0)
+    key_req = "relay_addon_cpu_us_per_request"
+    key_ws = "relay_addon_cpu_us_per_round_trip"
+    per_request = {p: r.value("get_c32", p, key_req) for p in paths}
+    line("GET c=32 relay+add-on CPU us/request", per_request, 0)
+    line("WS echo p50 ms added", {p: r.added("ws_echo", p) for p in paths if p != "direct"}, 3)
+    per_round_trip = {p: r.value("ws_echo", p, key_ws) for p in paths}
+    line("WS echo relay+add-on CPU us/round trip", per_round_trip, 0)
+    nginx_req, nginx_ws = r.value("get_c32", "nginx", key_req), r.value("ws_echo", "nginx", key_ws)
+    for path in ("relay", "floor"):
+        per_req = bench.ratio(r.value("get_c32", path, key_req), nginx_req)
+        per_ws = bench.ratio(r.value("ws_echo", path, key_ws), nginx_ws)
+        lines.append(
+            f"{bench.TITLES.get(path, path)} / nginx: CPU per request {bench.fmt(per_req)}x, "
+            f"per WebSocket round trip {bench.fmt(per_ws)}x (target of issue #10: <= 2.5x)"
+        )
+    noisy = max(rec.get("other_cpu_share", 0) for rec in results.records)
+    lines.append(f"other load on the machine, worst measurement: {noisy:.0%} of its CPUs")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", choices=("relay", "addon"), help="run one pump (internal)")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--upstream-port", type=int)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--ca")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (about 40 s)")
+    args = parser.parse_args()
+    if args.serve:
+        uvloop.run(serve(args))
+        return 0
+    nginx = nginx_ref.find_nginx()
+    if nginx is None:
+        print(f"bench/shape_floor.py: no nginx column: {nginx_ref.INSTALL_HINT}", file=sys.stderr)
+    results = uvloop.run(compare(bench.QUICK if args.quick else bench.FULL, nginx))
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
