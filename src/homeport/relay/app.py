@@ -156,6 +156,7 @@ class Relay:
                 integrations=self.integrations,
                 hub=self.hub,
                 sweeper=self.housekeeping,
+                links=self.accounts,
             )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.

@@ -1,0 +1,123 @@
+"""Gaps of a multi-node relay closed: link codes, ``homeport admin``, one-time secrets.
+
+Real parts only, as in ``test_cluster_revocation.py`` (whose two-node fixture this
+module reuses): node A and node B on one PostgreSQL and one Redis; the stack's
+add-on holds its tunnel on node B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from postgres import PostgresServer
+from redis_server import RedisServer
+from stack import make_addon
+from test_cluster_revocation import Cluster, two_nodes
+
+from homeport.addon.client import AddonClient, AddonStatus, State
+from homeport.tls.devca import DevCA
+
+pytestmark = pytest.mark.timeout(180)
+
+#: How long node B's hub waits between database polls for a link: far longer than
+#: the tests allow, so only the cluster's "linked" notice can be what wakes it.
+SLOW_POLL = 60.0
+
+
+@pytest.fixture
+async def cluster(
+    tmp_path: Path, dev_ca: DevCA, postgres_template: PostgresServer, redis_server: RedisServer
+) -> AsyncIterator[Cluster]:
+    async with two_nodes(tmp_path, dev_ca, postgres_template, redis_server) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def addon_waiting_on_b(cluster: Cluster, state_dir: Path) -> AsyncIterator[AddonClient]:
+    """A second add-on, not linked yet, holding its link code on node B."""
+    b = cluster.b
+    hub = b.relay.hub
+    hub.config = dataclasses.replace(hub.config, link_poll_seconds=SLOW_POLL)
+    statuses: list[AddonStatus] = []
+    addon = make_addon(b.config, b.relay, b.backend_url, state_dir, statuses)
+    async with addon:
+        task = asyncio.create_task(addon.run_forever())
+        try:
+            async with asyncio.timeout(20):
+                while addon.status.link_code is None or not hub._link_waiters:
+                    await asyncio.sleep(0.01)
+            yield addon
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _connected_on_b(cluster: Cluster, addon: AddonClient, within: float) -> float:
+    """Seconds until the add-on's tunnel is up on node B; AssertionError after ``within``."""
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(within):
+            while not (
+                addon.status.state is State.CONNECTED
+                and addon.status.instance_id is not None
+                and cluster.b.relay.hub.tunnel_for(addon.status.instance_id) is not None
+            ):
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"the add-on was not connected within {within} s") from None
+    return time.monotonic() - began
+
+
+async def test_a_code_redeemed_on_node_a_wakes_the_addon_waiting_on_node_b(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Without the notice node B would find the link only at its next poll (a minute here)."""
+    origin = cluster.a_origin
+    async with addon_waiting_on_b(cluster, tmp_path / "second-addon") as addon:
+        code = addon.status.link_code
+        assert code is not None
+        async with cluster.b.browser() as person:
+            async with person.request(
+                "POST",
+                origin + "/signin",
+                data={"email": cluster.b.email, "password": cluster.b.password, "next": "/"},
+                headers={"Origin": origin},
+            ) as r:
+                assert r.status == 303, await r.text()
+            started = time.monotonic()
+            async with person.request(
+                "POST",
+                origin + "/link",
+                data={"code": code, "name": "Cabin"},
+                headers={"Origin": origin},
+            ) as r:
+                assert r.status == 303, await r.text()
+            await _connected_on_b(cluster, addon, 5)
+            took = time.monotonic() - started
+        print(f"linked on A, tunnel up on B {took:.2f} s later")
+        assert addon.status.instance_id not in cluster.a.hub.tunnels
+
+
+async def test_a_forged_linked_notice_wakes_nobody_into_a_tunnel(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A genuine notice for a key that is not linked costs one lookup; the add-on keeps
+    waiting with its code (the database decides, never the message)."""
+    from homeport.relay.cluster.messages import LinkedNotice
+
+    async with addon_waiting_on_b(cluster, tmp_path / "second-addon") as addon:
+        code = addon.status.link_code
+        (key_text,) = cluster.b.relay.hub._link_waiters
+        node_a = cluster.node(cluster.a)
+        node_a.channel.publish(LinkedNotice.of_key(key_text))
+        await asyncio.sleep(1.0)
+        assert addon.status.state is not State.CONNECTED
+        assert addon.status.link_code == code
+        assert cluster.b.relay.hub._link_waiters
