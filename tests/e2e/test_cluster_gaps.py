@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,9 +20,11 @@ import pytest
 from postgres import PostgresServer
 from redis_server import RedisServer
 from stack import make_addon
-from test_cluster_revocation import Cluster, two_nodes
+from test_cluster_revocation import FAN_OUT, Cluster, _status, two_nodes
+from traffic import OpenTraffic
 
 from homeport.addon.client import AddonClient, AddonStatus, State
+from homeport.relay.live import SESSION_ENDED_CODE
 from homeport.tls.devca import DevCA
 
 pytestmark = pytest.mark.timeout(180)
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.timeout(180)
 #: How long node B's hub waits between database polls for a link: far longer than
 #: the tests allow, so only the cluster's "linked" notice can be what wakes it.
 SLOW_POLL = 60.0
+HOMEPORT = [sys.executable, "-m", "homeport.cli"]
 
 
 @pytest.fixture
@@ -121,3 +126,95 @@ async def test_a_forged_linked_notice_wakes_nobody_into_a_tunnel(
         assert addon.status.state is not State.CONNECTED
         assert addon.status.link_code == code
         assert cluster.b.relay.hub._link_waiters
+
+
+# --------------------------------------------------------------- homeport admin
+
+
+async def _admin(cluster: Cluster, *args: str, redis_url: str | None = None) -> tuple[int, str]:
+    """``homeport admin …`` as a real process with the cluster's settings; (status, output)."""
+    config = cluster.b.config
+    assert config.database_url is not None
+    assert config.cluster_key_file is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEPORT_")}
+    process = await asyncio.create_subprocess_exec(
+        *HOMEPORT,
+        "admin",
+        *args,
+        "--data-dir",
+        str(config.data_dir),
+        "--database-url",
+        config.database_url,
+        "--redis-url",
+        redis_url or cluster.redis.url,
+        "--cluster-key-file",
+        str(config.cluster_key_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_an_account_disabled_by_admin_loses_its_live_websocket_within_a_second(
+    cluster: Cluster,
+) -> None:
+    """The node's sweep is set to an hour: only the admin command's message can cut it."""
+    b = cluster.b
+    async with b.browser() as phone:
+        assert (await phone.sign_in("/")).status == 200
+        traffic = OpenTraffic(phone)
+        try:
+            await traffic.open()
+            status, output = await _admin(cluster, "user", "disable", b.email)
+            assert status == 0, output
+            assert "Told the relay nodes" in output
+            assert (await traffic.ended(FAN_OUT)).data == SESSION_ENDED_CODE
+        finally:
+            await traffic.close()
+        assert await _status(phone) == 401  # the node's cache forgot it too
+
+
+async def test_a_home_unlinked_by_admin_loses_its_tunnel_at_once(cluster: Cluster) -> None:
+    b = cluster.b
+    async with b.browser() as phone:
+        assert (await phone.sign_in("/")).status == 200
+        traffic = OpenTraffic(phone)
+        try:
+            await traffic.open()
+            status, output = await _admin(cluster, "instance", "unlink", b.instance_id)
+            assert status == 0, output
+            assert (await traffic.ended(FAN_OUT)).data == 1008
+        finally:
+            await traffic.close()
+    async with asyncio.timeout(FAN_OUT):
+        while b.instance_id in b.relay.hub.tunnels:
+            await asyncio.sleep(0.01)
+
+
+async def test_an_admin_link_wakes_the_addon_waiting_on_a_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    async with addon_waiting_on_b(cluster, tmp_path / "second-addon") as addon:
+        code = addon.status.link_code
+        assert code is not None
+        status, output = await _admin(cluster, "link", code, cluster.b.email)
+        assert status == 0, output
+        await _connected_on_b(cluster, addon, 2)
+
+
+async def test_admin_with_redis_down_still_acts_and_says_the_nodes_learn_it_later(
+    cluster: Cluster,
+) -> None:
+    cluster.redis.stop()
+    status, output = await _admin(cluster, "user", "disable", cluster.b.email)
+    assert status == 0, output
+    assert "Disabled" in output
+    assert "not told at once" in output
+    assert "within 5 s" in output
+    user = await cluster.b.relay.accounts.get_user_by_email(cluster.b.email)
+    assert user is not None
+    assert user.disabled
