@@ -16,12 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from postgres import PostgresServer
 from redis_server import RedisServer
-from stack import make_addon
+from stack import Browser, make_addon
 from test_cluster_revocation import FAN_OUT, Cluster, _status, two_nodes
 from traffic import OpenTraffic
+from yarl import URL
 
 from homeport.addon.client import AddonClient, AddonStatus, State
 from homeport.relay.live import SESSION_ENDED_CODE
@@ -218,3 +220,63 @@ async def test_admin_with_redis_down_still_acts_and_says_the_nodes_learn_it_late
     user = await cluster.b.relay.accounts.get_user_by_email(cluster.b.email)
     assert user is not None
     assert user.disabled
+
+
+# ------------------------------------------------------- one-time secrets (.once)
+
+
+async def _signed_in_on_a(cluster: Cluster, browser: Browser) -> None:
+    origin = cluster.a_origin
+    async with browser.request(
+        "POST",
+        origin + "/signin",
+        data={"email": cluster.b.email, "password": cluster.b.password, "next": "/"},
+        headers={"Origin": origin},
+    ) as r:
+        assert r.status == 303, await r.text()
+
+
+async def _new_app_link_on_a(cluster: Cluster, browser: Browser) -> aiohttp.ClientResponse:
+    origin = cluster.a_origin
+    async with browser.request(
+        "POST",
+        f"{origin}/instances/{cluster.b.instance_id}/app-links",
+        data={"name": "Kitchen tablet"},
+        headers={"Origin": origin},
+    ) as r:
+        await r.read()
+        return r
+
+
+async def test_a_link_made_on_node_a_is_shown_once_by_node_b(cluster: Cluster) -> None:
+    """The account host is balanced over every node: the GET after the POST may be B's."""
+    async with cluster.b.browser() as owner:
+        await _signed_in_on_a(cluster, owner)
+        made = await _new_app_link_on_a(cluster, owner)
+        assert made.status == 303
+        location = URL(made.headers["Location"])
+        assert "shown" in location.query
+        on_b = cluster.b.account_origin + str(location)
+        async with owner.request("GET", on_b) as r:
+            page = await r.text()
+            assert r.status == 200
+        assert 'id="new-link"' in page
+        assert "Kitchen tablet" in page
+        async with owner.request("GET", on_b) as r:  # once only, whichever node
+            again = await r.text()
+        assert 'id="new-link"' not in again
+        assert "shown once already" in again
+
+
+async def test_with_redis_down_the_new_link_is_shown_in_the_forms_answer(
+    cluster: Cluster,
+) -> None:
+    """Made, so never lost unseen: no redirect to a page that could not find it."""
+    async with cluster.b.browser() as owner:
+        await _signed_in_on_a(cluster, owner)
+        cluster.redis.stop()
+        made = await _new_app_link_on_a(cluster, owner)
+        assert made.status == 200
+        page = await made.text()
+        assert 'id="new-link"' in page
+        assert made.headers["Cache-Control"] == "no-store"

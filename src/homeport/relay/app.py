@@ -42,6 +42,7 @@ from homeport.relay.pages import Pages
 from homeport.relay.site.app import account_site
 from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.oidc import OidcProviders
+from homeport.relay.site.once import SealedShownOnce
 from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
 from homeport.tls.context import TUNNEL_ALPN, requested_server_name
@@ -158,6 +159,13 @@ class Relay:
                 sweeper=self.housekeeping,
                 links=self.accounts,
             )
+        #: One-time secrets after a redirect: in Redis, sealed, when the next page may be
+        #: another node's (relay/site/once.py); in memory on a single relay.
+        self.shown_once: SealedShownOnce | None = (
+            SealedShownOnce(config.redis_url, self.secret_box)
+            if config.redis_url is not None
+            else None
+        )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -186,6 +194,7 @@ class Relay:
                 f"wss://{self.config.account_host}{self.config.port_suffix}{TUNNEL_PATH}",
                 [self.server_key.public_key()],
             ),
+            shown_once=self.shown_once,
         )
         # ``Application.add_domain`` with our own rule: the Host header as
         # request_host() reads it, and the TLS session's SNI naming the same host.
@@ -265,6 +274,8 @@ class Relay:
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.integrations.drain()  # the last calls' audit events, before the database goes
         await self.database.close()
+        if self.shown_once is not None:
+            await self.shown_once.close()
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Listen on the configured address (TLS); returns once serving.
