@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
 from homeport.accounts.breached import BreachedPasswords
-from homeport.accounts.db import Database, default_sqlite_url
+from homeport.accounts.db import DATABASE_ERRORS, Database, default_sqlite_url
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
@@ -36,6 +36,7 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.integrations import IntegrationGate
+from homeport.relay.limits import RETRY_AFTER_SECONDS
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
@@ -245,6 +246,16 @@ class Relay:
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise
+        except DATABASE_ERRORS as exc:
+            # The database is down or restarting: a clean "try again", not a crash page.
+            log.warning("relay.accounts_unavailable", extra={"error": type(exc).__name__})
+            busy = self.pages.message(
+                "Briefly unavailable",
+                "Homeport cannot reach its accounts right now. Try again in a moment.",
+                status=503,
+            )
+            busy.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return busy
         except Exception:
             log.exception("relay.unhandled_error")
             return self.pages.message(
