@@ -280,3 +280,38 @@ async def test_with_redis_down_the_new_link_is_shown_in_the_forms_answer(
         page = await made.text()
         assert 'id="new-link"' in page
         assert made.headers["Cache-Control"] == "no-store"
+
+
+async def test_with_redis_gone_before_the_page_it_says_reload_and_shows_nothing(
+    cluster: Cluster,
+) -> None:
+    async with cluster.b.browser() as owner:
+        await _signed_in_on_a(cluster, owner)
+        made = await _new_app_link_on_a(cluster, owner)
+        assert made.status == 303
+        cluster.redis.stop()
+        async with owner.request("GET", cluster.b.account_origin + made.headers["Location"]) as r:
+            page = await r.text()
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "5"
+        assert 'id="new-link"' not in page
+        assert "Reload this page in a few seconds" in page
+
+
+async def test_an_account_deleted_by_admin_loses_its_home_on_every_node_at_once(
+    cluster: Cluster,
+) -> None:
+    b = cluster.b
+    async with b.browser() as phone:
+        assert (await phone.sign_in("/")).status == 200
+        traffic = OpenTraffic(phone)
+        try:
+            await traffic.open()
+            status, output = await _admin(cluster, "user", "delete", b.email, "--yes")
+            assert status == 0, output
+            assert (await traffic.ended(FAN_OUT)).data in (1008, SESSION_ENDED_CODE)
+        finally:
+            await traffic.close()
+    async with asyncio.timeout(FAN_OUT):
+        while b.instance_id in b.relay.hub.tunnels:
+            await asyncio.sleep(0.01)

@@ -326,7 +326,10 @@ async def instance(request: web.Request) -> web.StreamResponse:
             "The new link cannot be shown at this moment. Reload this page in a few seconds "
             "to see it; if it still does not appear, revoke it below and make a new one."
         )
-    return await _page(request, session, home_id(request), status=status, note=note, **extra)
+    response = await _page(request, session, home_id(request), status=status, note=note, **extra)
+    if status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
 
 
 def _shown(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
