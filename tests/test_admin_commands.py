@@ -193,3 +193,27 @@ def test_unknown_accounts_get_one_line(data: Path, args: tuple[str, ...]) -> Non
     assert result.returncode == 1
     assert result.stderr == "error: No account nobody@example.com.\n"
     assert result.stdout == ""
+
+
+async def test_a_bad_cluster_key_stops_the_command_before_it_changes_anything(
+    tmp_path: Path, data: Path
+) -> None:
+    """Checked first: a disable that could not be announced must not half-happen silently."""
+    short = tmp_path / "short.key"
+    short.write_text("too short")
+    done = admin(
+        data,
+        "user",
+        "disable",
+        EMAIL,
+        "--redis-url",
+        "redis://127.0.0.1:9/0",
+        "--cluster-key-file",
+        str(short),
+    )
+    assert done.returncode == 1
+    assert "at least 32 bytes" in done.stderr
+    async with accounts_on(data) as accounts:
+        user = await accounts.get_user_by_email(EMAIL)
+        assert user is not None
+        assert not user.disabled

@@ -571,20 +571,58 @@ def _admin(
     action: Callable[[Any], Coroutine[Any, Any, int]],
     *,
     breached: Any = None,
+    news: list[Any] | None = None,
 ) -> int:
-    """Run ``action`` on the relay's accounts; ``breached``: the breached-password check."""
+    """Run ``action`` on the relay's accounts; ``breached``: the breached-password check;
+    ``news``: withdrawals ``action`` adds, told to the relay nodes (with links it made)."""
     from homeport.accounts.service import Accounts
+    from homeport.relay.cluster.messages import LinkedNotice
+
+    told: list[Any] = news if news is not None else []
+    # Checked before anything changes: a wrong setting must not leave the nodes untold.
+    cluster = _cluster(options(args, "relay"))
+    tell = None
+    if cluster:
+        from homeport.relay.cluster.node import load_cluster_key
+
+        try:
+            tell = (cluster["redis_url"], load_cluster_key(cluster["cluster_key_file"]))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     async def main() -> int:
         database = _database(args)
         await database.connect()
         try:
             await database.migrate()
-            return await action(Accounts(database, breached_passwords=breached))
+            accounts = Accounts(database, breached_passwords=breached)
+            accounts.on_linked(lambda key: told.append(LinkedNotice.of_key(key)))
+            done = await action(accounts)
         finally:
             await database.close()
+        if done == 0 and told and tell is not None:
+            await _tell_nodes(*tell, told)
+        return done
 
     return asyncio.run(main())
+
+
+async def _tell_nodes(redis_url: str, key: bytes, news: list[Any]) -> None:
+    """Publish ``news`` so every relay node acts at once (``homeport.relay.cluster.announce``);
+    if Redis is away, the nodes' sweep (5 s) and link poll (2 s) still find the change in
+    the database, and the operator is told so."""
+    from homeport.relay.cluster.announce import AnnounceFailed, announce
+
+    try:
+        await announce(redis_url, key, news)
+    except AnnounceFailed as exc:
+        print(
+            f"warning: the relay nodes were not told at once (Redis: {exc}); they find the "
+            "change in the database within 5 s",
+            file=sys.stderr,
+        )
+        return
+    print("Told the relay nodes (Redis)")
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -630,26 +668,39 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 def cmd_user_disable(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.operator import Operator
+    from homeport.relay.live import Withdrawal
 
     disable = args.user_command == "disable"
+    news: list[Any] = []
 
     async def action(accounts: Any) -> int:
+        operator = Operator(accounts)
         try:
-            user = await Operator(accounts).user(args.email)
+            user = await operator.user(args.email)
             await accounts.set_user_disabled(user.id, disable)
         except AccountsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        if disable:
+            # Its sessions, and the app links of its homes (they stop with their owner).
+            news.append(Withdrawal.user(user.id))
+            for home in await operator.owned_homes(user):
+                for link in await accounts.sharing.app_links(home):
+                    news.append(Withdrawal.app_link(link.id))
         done = "Disabled (every session ended)" if disable else "Enabled"
         print(f"{done}: {user.email}")
         return 0
 
-    return _admin(args, action)
+    return _admin(args, action, news=news)
 
 
 def cmd_user_delete(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.operator import Operator
+    from homeport.relay.cluster.announce import session_withdrawals
+    from homeport.relay.live import Ending, Withdrawal
+
+    news: list[Any] = []
 
     async def action(accounts: Any) -> int:
         operator = Operator(accounts)
@@ -667,6 +718,11 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
         except AccountsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        # What the account site's own deletion cuts (relay/site/privacy.py cut_deleted).
+        news.extend(Withdrawal.instance(home) for home in deleted.homes)
+        news.extend(Withdrawal.app_link(link) for link in deleted.app_links)
+        news.extend(session_withdrawals(deleted.sessions))
+        news.append(Withdrawal.user(deleted.user_id, why=Ending.ACCESS_WITHDRAWN))
         unlinked = f"; unlinked {', '.join(deleted.homes)}" if deleted.homes else ""
         left = (
             f"; removed from {len(deleted.memberships)} shared home(s)"
@@ -676,14 +732,16 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
         print(f"Deleted {user.email}{unlinked}{left}")
         return 0
 
-    return _admin(args, action)
+    return _admin(args, action, news=news)
 
 
 def cmd_user_reset_factor(args: argparse.Namespace) -> int:
     from homeport.accounts.errors import AccountsError
     from homeport.accounts.operator import Operator
+    from homeport.relay.live import Withdrawal
 
     config = relay_config(args, serving=False)
+    news: list[Any] = []
 
     async def action(accounts: Any) -> int:
         try:
@@ -691,6 +749,7 @@ def cmd_user_reset_factor(args: argparse.Namespace) -> int:
         except AccountsError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        news.append(Withdrawal.user(result.user.id))
         print(
             f"Reset the second factor of {result.user.email}: authenticator app "
             f"{'removed' if result.totp else 'none'}, {result.passkeys} passkey(s) removed, "
@@ -699,7 +758,7 @@ def cmd_user_reset_factor(args: argparse.Namespace) -> int:
         print(await _mail_reset_notice(config, result.user.email))
         return 0
 
-    return _admin(args, action)
+    return _admin(args, action, news=news)
 
 
 async def _mail_reset_notice(config: Any, email: str) -> str:
@@ -728,17 +787,22 @@ async def _mail_reset_notice(config: Any, email: str) -> str:
 
 
 def cmd_instance_unlink(args: argparse.Namespace) -> int:
+    from homeport.relay.live import Withdrawal
+
+    news: list[Any] = []
+
     async def action(accounts: Any) -> int:
         if not await accounts.unlink_instance(args.instance):
             print(f"error: no home {args.instance}", file=sys.stderr)
             return 1
+        news.append(Withdrawal.instance(args.instance))
         print(
             f"Unlinked {args.instance}: its sessions and app links are gone; its add-on gets "
             "a new link code when it next connects"
         )
         return 0
 
-    return _admin(args, action)
+    return _admin(args, action, news=news)
 
 
 def cmd_link(args: argparse.Namespace) -> int:

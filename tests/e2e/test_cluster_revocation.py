@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from stack import Browser, Stack, seed_dev_ca, start_stack
 from traffic import OpenTraffic
 from yarl import URL
 
+from homeport.accounts.secretbox import KEY_FILE_NAME
 from homeport.relay.app import Relay
 from homeport.relay.cluster.channel import CHANNEL
 from homeport.relay.cluster.messages import Sealer
@@ -83,6 +85,13 @@ async def two_nodes(
     key.write_bytes(CLUSTER_KEY)
     sock_a, sock_b = listening_socket(), listening_socket()
     seed_dev_ca(tmp_path / "a", dev_ca)
+    # Every node of a cluster has the same secret-box key file (TOTP seeds in the shared
+    # database, one-time secrets in Redis are sealed with it; docs/operations.md).
+    box_key = secrets.token_bytes(32)
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir(mode=0o700, exist_ok=True)
+        (tmp_path / node / KEY_FILE_NAME).write_bytes(box_key)
+        (tmp_path / node / KEY_FILE_NAME).chmod(0o600)
     a = Relay(_config(tmp_path / "a", sock_a.getsockname()[1], url, redis.url, key))
     await a.start(sock=sock_a)
     try:

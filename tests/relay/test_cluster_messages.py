@@ -12,9 +12,11 @@ from homeport.relay.cluster.messages import (
     MAX_AGE,
     PREFIX,
     Envelope,
+    LinkedNotice,
     RefusedMessage,
     ReplayGuard,
     Sealer,
+    key_fingerprint,
 )
 from homeport.relay.live import Ending, Withdrawal
 
@@ -49,7 +51,7 @@ def test_every_kind_round_trips(withdrawal: Withdrawal) -> None:
     sealer = Sealer(KEY, CHANNEL)
     data = sealer.seal(withdrawal, node="node-a", now=NOW)
     envelope = sealer.open(data)
-    assert envelope.withdrawal == withdrawal
+    assert envelope.news == withdrawal
     assert (envelope.node, envelope.sent_at) == ("node-a", NOW)
     assert len(envelope.nonce) == 32
 
@@ -223,4 +225,34 @@ def test_arbitrary_signed_bodies_are_parsed_or_refused_cleanly(body: dict[str, o
         envelope = sealer.open(_reseal(sealer, body))
     except RefusedMessage:
         return
-    assert isinstance(envelope.withdrawal, Withdrawal)
+    assert isinstance(envelope.news, Withdrawal)
+
+
+ADDON_KEY = "ed25519:" + "A" * 43
+
+
+def test_a_linked_notice_round_trips_and_names_the_key_by_fingerprint_only() -> None:
+    sealer = Sealer(KEY, CHANNEL)
+    notice = LinkedNotice.of_key(ADDON_KEY)
+    data = sealer.seal(notice, node="node-a", now=NOW)
+    assert sealer.open(data).news == notice
+    assert set(_body(data)) == {"node", "at", "id", "kind", "key"}
+    assert ADDON_KEY.encode() not in data
+    assert notice.key_fingerprint == key_fingerprint(ADDON_KEY)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"key": "A" * 64}, "bad key"),
+        ({"key": "ab"}, "bad key"),
+        ({"key": 7}, "bad key"),
+        ({"code": "K7QX-2MPL"}, "unexpected fields"),
+    ],
+)
+def test_malformed_linked_notices_are_refused(change: dict[str, object], reason: str) -> None:
+    sealer = Sealer(KEY, CHANNEL)
+    body = _body(sealer.seal(LinkedNotice.of_key(ADDON_KEY), node="n", now=NOW)) | change
+    with pytest.raises(RefusedMessage) as refused:
+        sealer.open(_reseal(sealer, body))
+    assert refused.value.reason == reason

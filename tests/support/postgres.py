@@ -55,9 +55,13 @@ class PostgresServer:
     url: URL
     _directory: Path | None = None
     _pg_ctl: list[str] | None = None
+    #: ``pg_ctl … start`` as first run: :meth:`restart` runs it again (same port, same data).
+    _start: list[str] | None = None
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, *, durable: bool = False) -> PostgresServer:
+        """``durable``: keep PostgreSQL's crash safety (fsync, synchronous commit), for a
+        test that crashes the server with :meth:`halt` and expects committed rows back."""
         external = os.environ.get(ENV_URL)
         if external:
             return cls(url=make_url(external))
@@ -88,28 +92,39 @@ class PostgresServer:
             capture_output=True,
         )
         port = reserve_port()
+        fast = ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options = " ".join(
             [
                 "-c listen_addresses=127.0.0.1",
                 f"-c port={port}",
                 f"-c unix_socket_directories={directory}",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
+                *([] if durable else fast),
                 "-c max_connections=200",
             ]
         )
         pg_ctl = [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data)]
+        start = [*pg_ctl, "-o", options, "-l", str(directory / "server.log"), "-w", "start"]
+        subprocess.run(start, check=True, capture_output=True, timeout=60)
+        url = URL.create(
+            "postgresql+asyncpg", username="homeport", host="127.0.0.1", port=port
+        ).set(database="postgres")
+        return cls(url=url, _directory=directory, _pg_ctl=pg_ctl, _start=start)
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (``immediate``: connections dropped, no
+        checkpoint), keeping its data and port for :meth:`restart`."""
+        assert self._pg_ctl is not None, "not a server these tests started"
         subprocess.run(
-            [*pg_ctl, "-o", options, "-l", str(directory / "server.log"), "-w", "start"],
+            [*self._pg_ctl, "-m", "immediate", "-w", "stop"],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        url = URL.create(
-            "postgresql+asyncpg", username="homeport", host="127.0.0.1", port=port
-        ).set(database="postgres")
-        return cls(url=url, _directory=directory, _pg_ctl=pg_ctl)
+
+    def restart(self) -> None:
+        """Start a :meth:`halt`-ed server again (crash recovery, same port); returns once up."""
+        assert self._start is not None, "not a server these tests started"
+        subprocess.run(self._start, check=True, capture_output=True, timeout=60)
 
     def stop(self) -> None:
         if self._pg_ctl is not None:

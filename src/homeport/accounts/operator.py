@@ -19,7 +19,9 @@ Threats these handle:
   unlinked (names retired, R-MT-13), its memberships removed, everything
   stored about it deleted except the audit events, which outlive it until the
   180-day purge. A relay running beside the command cuts the deleted
-  account's live traffic and its homes' tunnels within its 5 s sweep.
+  account's live traffic and its homes' tunnels within its 5 s sweep; relay
+  nodes of a cluster do it at once when the command is given the cluster's
+  settings (``homeport.relay.cluster.announce``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRuleMatching, MatchedSubAppResource
 
 from homeport.accounts.breached import BreachedPasswords
-from homeport.accounts.db import Database, default_sqlite_url
+from homeport.accounts.db import DATABASE_ERRORS, Database, default_sqlite_url
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.accounts.service import Accounts
 from homeport.keys import load_or_create_private_key
@@ -36,12 +36,14 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.housekeeping import Housekeeping
 from homeport.relay.hub import TunnelHub
 from homeport.relay.integrations import IntegrationGate
+from homeport.relay.limits import RETRY_AFTER_SECONDS
 from homeport.relay.mail_features import MailFeatures
 from homeport.relay.metrics import MetricsListener, relay_metrics
 from homeport.relay.pages import Pages
 from homeport.relay.site.app import account_site
 from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.oidc import OidcProviders
+from homeport.relay.site.once import SealedShownOnce
 from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
 from homeport.tls.context import TUNNEL_ALPN, requested_server_name
@@ -156,7 +158,15 @@ class Relay:
                 integrations=self.integrations,
                 hub=self.hub,
                 sweeper=self.housekeeping,
+                links=self.accounts,
             )
+        #: One-time secrets after a redirect: in Redis, sealed, when the next page may be
+        #: another node's (relay/site/once.py); in memory on a single relay.
+        self.shown_once: SealedShownOnce | None = (
+            SealedShownOnce(config.redis_url, self.secret_box)
+            if config.redis_url is not None
+            else None
+        )
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -185,6 +195,7 @@ class Relay:
                 f"wss://{self.config.account_host}{self.config.port_suffix}{TUNNEL_PATH}",
                 [self.server_key.public_key()],
             ),
+            shown_once=self.shown_once,
         )
         # ``Application.add_domain`` with our own rule: the Host header as
         # request_host() reads it, and the TLS session's SNI naming the same host.
@@ -235,6 +246,16 @@ class Relay:
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise
+        except DATABASE_ERRORS as exc:
+            # The database is down or restarting: a clean "try again", not a crash page.
+            log.warning("relay.accounts_unavailable", extra={"error": type(exc).__name__})
+            busy = self.pages.message(
+                "Briefly unavailable",
+                "Homeport cannot reach its accounts right now. Try again in a moment.",
+                status=503,
+            )
+            busy.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return busy
         except Exception:
             log.exception("relay.unhandled_error")
             return self.pages.message(
@@ -264,6 +285,8 @@ class Relay:
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.integrations.drain()  # the last calls' audit events, before the database goes
         await self.database.close()
+        if self.shown_once is not None:
+            await self.shown_once.close()
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Listen on the configured address (TLS); returns once serving.

@@ -41,6 +41,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
+from homeport.accounts.db import DATABASE_ERRORS
 from homeport.accounts.service import Accounts
 from homeport.mail.mailer import Outbox
 from homeport.mail.messages import MailWriter
@@ -250,5 +251,11 @@ class Housekeeping:
                 await chore()
             except asyncio.CancelledError:
                 raise
+            except DATABASE_ERRORS as exc:
+                # Down or restarting: nothing is cut for it; the next round tries again.
+                log.warning(
+                    "relay.housekeeping_deferred",
+                    extra={"chore": name, "error": type(exc).__name__},
+                )
             except Exception:
                 log.exception("relay.housekeeping_failed", extra={"chore": name})

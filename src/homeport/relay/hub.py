@@ -35,6 +35,7 @@ from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
 from homeport.protocol.connection import RateBudget, Role, Settings, TunnelConnection
 from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
+from homeport.relay.cluster.messages import key_fingerprint
 from homeport.relay.config import RelayConfig
 from homeport.relay.presence import PresenceRecorder
 from homeport.tunnel.control import ControlHandler
@@ -255,8 +256,9 @@ class TunnelHub:
         log.info("hub.awaiting_link", extra={"peer": peer})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + expires_in
-        # Woken at once by a link made in this process (or by the add-on leaving);
-        # the poll finds links made elsewhere (``homeport admin link``).
+        # Woken at once by a link made in this process, by another node's or the admin
+        # command's "linked" notice (wake_linked), or by the add-on leaving; the poll
+        # finds links whose notice was lost (Redis down, no cluster settings).
         wake = asyncio.Event()
         waiters = self._link_waiters.setdefault(key_text, set())
         waiters.add(wake)
@@ -285,6 +287,17 @@ class TunnelHub:
     def _linked(self, key_text: str) -> None:
         for wake in self._link_waiters.get(key_text, ()):
             wake.set()
+
+    def wake_linked(self, fingerprint: str) -> None:
+        """A key was linked elsewhere (another node, ``homeport admin``): wake its waiters here.
+
+        Only a wake-up: each waiter still checks the database before telling its
+        add-on anything, so a forged or stale notice can at most cause one lookup.
+        """
+        for key_text, waiters in self._link_waiters.items():
+            if key_fingerprint(key_text) == fingerprint:
+                for wake in waiters:
+                    wake.set()
 
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool:
         """Close an instance's live tunnel at once (its home was unlinked); whether one was up.

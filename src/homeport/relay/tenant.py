@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlencode
 from aiohttp import web
 
 from homeport.accounts.audit import EventType
+from homeport.accounts.db import DATABASE_ERRORS
 from homeport.accounts.identifiers import is_instance_id
 from homeport.accounts.service import Accounts
 from homeport.accounts.sharing import AppLinkAccess, is_app_link_label
@@ -184,7 +185,19 @@ class TenantProxy:
         return self._app_link(request, access_link, remote)
 
     async def admit(self, request: Request, sni: str, remote: str) -> Admission:
-        """Decide, asking the database if need be (a cache miss, the hand-off)."""
+        """Decide, asking the database if need be (a cache miss, the hand-off).
+
+        With the database down or restarting, the answer is a clean ``503`` with
+        ``Retry-After`` (fail closed: nobody is let in unchecked); what is already
+        open, and sessions still in the gate's cache, carry on (docs/operations.md).
+        """
+        try:
+            return await self._admit(request, sni, remote)
+        except DATABASE_ERRORS as exc:
+            log.warning("tenant.accounts_unavailable", extra={"error": type(exc).__name__})
+            return self._busy(503, "Homeport cannot check your sign-in right now; try again.")
+
+    async def _admit(self, request: Request, sni: str, remote: str) -> Admission:
         label = self._label(request, sni)
         if isinstance(label, Answer):
             return label

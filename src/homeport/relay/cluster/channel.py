@@ -1,7 +1,9 @@
 """The Redis pub/sub channel that carries withdrawals between relay nodes.
 
-One subscriber connection hears every node's withdrawals; one publisher
-connection sends this node's. :attr:`RevocationChannel.up` says whether this
+One subscriber connection hears every node's withdrawals (and "linked"
+notices, :class:`~homeport.relay.cluster.messages.LinkedNotice`, which only
+wake an add-on waiting for its link code); one publisher connection sends
+this node's. :attr:`RevocationChannel.up` says whether this
 node is *sure* it hears them: it is True only while the subscription stands
 and Redis answers a ping every :data:`HEARTBEAT` seconds. The caches that a
 missed revocation would leave stale follow it (fail closed,
@@ -47,7 +49,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from homeport.relay.cluster.messages import MAX_AGE, RefusedMessage, ReplayGuard, Sealer
+from homeport.relay.cluster.messages import (
+    MAX_AGE,
+    LinkedNotice,
+    RefusedMessage,
+    ReplayGuard,
+    Sealer,
+)
 from homeport.relay.live import Withdrawal
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,7 @@ class RevocationChannel:
         node: str,
         on_withdrawal: Callable[[Withdrawal], None],
         on_change: Callable[[bool], None],
+        on_linked: Callable[[LinkedNotice], None] | None = None,
         channel: str = CHANNEL,
         heartbeat: float = HEARTBEAT,
         dead_after: float = DEAD_AFTER,
@@ -93,6 +102,7 @@ class RevocationChannel:
         self.node = node
         self._on_withdrawal = on_withdrawal
         self._on_change = on_change
+        self._on_linked = on_linked
         self.channel = channel
         self._heartbeat = heartbeat
         self._dead_after = dead_after
@@ -135,9 +145,9 @@ class RevocationChannel:
 
     # ------------------------------------------------------------- publishing
 
-    def publish(self, withdrawal: Withdrawal) -> None:
-        """Seal ``withdrawal`` now and queue it for every other node."""
-        data = self._sealer.seal(withdrawal, node=self.node, now=time.time())
+    def publish(self, news: Withdrawal | LinkedNotice) -> None:
+        """Seal ``news`` now and queue it for every other node."""
+        data = self._sealer.seal(news, node=self.node, now=time.time())
         if len(self._pending) >= QUEUE:
             self._pending.popleft()
             log.warning("cluster.publish_dropped", extra={"why": "queue full"})
@@ -265,7 +275,12 @@ class RevocationChannel:
             return
         if envelope.node == self.node:
             return  # our own: applied when it was made
+        news = envelope.news
         try:
-            self._on_withdrawal(envelope.withdrawal)
+            if isinstance(news, LinkedNotice):
+                if self._on_linked is not None:
+                    self._on_linked(news)
+            else:
+                self._on_withdrawal(news)
         except Exception:
-            log.exception("cluster.withdrawal_failed", extra={"kind": envelope.withdrawal.kind})
+            log.exception("cluster.news_failed", extra={"kind": type(news).__name__})

@@ -23,6 +23,9 @@ Threats this stops:
 * **Leaks through the channel.** Messages carry ids only (numeric row ids, an
   instance id, path kinds), never a token, cookie, code or address, so Redis
   and its logs learn nothing a database id does not already say.
+* **Secrets on the channel.** A "linked" notice (an add-on key was linked to a
+  home, so the node where that add-on waits can tell it at once) names the
+  key by its SHA-256 fingerprint only; no link code ever crosses the channel.
 * **Malformed input.** Everything is checked strictly (types, ranges, shapes,
   sizes) and refused whole with a :class:`RefusedMessage` naming why.
 """
@@ -45,9 +48,11 @@ __all__ = [
     "MAX_AGE",
     "MAX_MESSAGE",
     "Envelope",
+    "LinkedNotice",
     "RefusedMessage",
     "ReplayGuard",
     "Sealer",
+    "key_fingerprint",
 ]
 
 #: Wire prefix: the format's version.
@@ -67,6 +72,9 @@ _NODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NONCE: Final = re.compile(r"[0-9a-f]{32}")
 _INTEGRATION: Final = re.compile(r"[a-z_]{1,32}")
 _ROW_ID_MAX: Final = 2**63 - 1
+_FINGERPRINT: Final = re.compile(r"[0-9a-f]{64}")
+#: The ``kind`` of a linked notice on the wire (not a :class:`Kind`: nothing is withdrawn).
+LINKED: Final = "linked"
 
 
 class RefusedMessage(ValueError):
@@ -78,13 +86,30 @@ class RefusedMessage(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class LinkedNotice:
+    """An add-on key was just linked to a home: its connections waiting on any node
+    may be told to reconnect now (the hub's 2 s database poll stays the fail-safe)."""
+
+    key_fingerprint: str
+
+    @classmethod
+    def of_key(cls, addon_public_key: str) -> LinkedNotice:
+        return cls(key_fingerprint(addon_public_key))
+
+
+def key_fingerprint(addon_public_key: str) -> str:
+    """The SHA-256 (hex) of an add-on's public key text: how the channel names it."""
+    return hashlib.sha256(addon_public_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """A genuine message as opened: who sent it, when, its id, and what was withdrawn."""
+    """A genuine message as opened: who sent it, when, its id, and its news."""
 
     node: str
     sent_at: float
     nonce: str
-    withdrawal: Withdrawal
+    news: Withdrawal | LinkedNotice
 
 
 class Sealer:
@@ -101,16 +126,20 @@ class Sealer:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def seal(
-        self, withdrawal: Withdrawal, *, node: str, now: float, nonce: str | None = None
+        self,
+        news: Withdrawal | LinkedNotice,
+        *,
+        node: str,
+        now: float,
+        nonce: str | None = None,
     ) -> bytes:
         """The wire bytes: ``hp1:<hex HMAC>:<JSON payload>``."""
-        body = {
-            "node": node,
-            "at": round(now, 3),
-            "id": nonce or secrets.token_hex(16),
-            "kind": withdrawal.kind.value,
-            **_fields(withdrawal),
-        }
+        fields: dict[str, Any] = (
+            {"kind": LINKED, "key": news.key_fingerprint}
+            if isinstance(news, LinkedNotice)
+            else {"kind": news.kind.value, **_fields(news)}
+        )
+        body = {"node": node, "at": round(now, 3), "id": nonce or secrets.token_hex(16), **fields}
         payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         return PREFIX + self._mac(payload).encode() + b":" + payload
 
@@ -147,6 +176,13 @@ def _envelope(body: dict[str, Any]) -> Envelope:
         raise RefusedMessage("bad time")
     if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
         raise RefusedMessage("bad id")
+    if body.get("kind") == LINKED:
+        if set(body) != {"node", "at", "id", "kind", "key"}:
+            raise RefusedMessage("unexpected fields")
+        key = body["key"]
+        if not isinstance(key, str) or not _FINGERPRINT.fullmatch(key):
+            raise RefusedMessage("bad key")
+        return Envelope(node, float(sent_at), nonce, LinkedNotice(key))
     try:
         kind = Kind(str(body.get("kind")))
     except ValueError:

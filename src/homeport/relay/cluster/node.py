@@ -9,6 +9,9 @@ WebSocket through node B). So:
   an ``end_*`` method of :class:`~homeport.relay.live.LiveTraffic`) is
   published on the Redis channel (:mod:`homeport.relay.cluster.channel`),
   sealed with the cluster key (:mod:`homeport.relay.cluster.messages`);
+* a home linked here is announced (a :class:`LinkedNotice`, the add-on key's
+  fingerprint only), so an add-on waiting for its link on another node is
+  told at once rather than at that node's next database poll;
 * every withdrawal heard from another node is applied here by
   :meth:`ClusterNode.apply`: the session gate's, app-link and integration
   caches drop what it ends, the open traffic it ends is cut, and an unlinked
@@ -44,7 +47,7 @@ from typing import Any, Protocol
 
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.cluster.channel import RevocationChannel
-from homeport.relay.cluster.messages import KEY_MIN_BYTES, Sealer
+from homeport.relay.cluster.messages import KEY_MIN_BYTES, LinkedNotice, Sealer
 from homeport.relay.gate import SessionGate
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.live import Kind, Withdrawal
@@ -56,6 +59,12 @@ log = logging.getLogger(__name__)
 
 class Tunnels(Protocol):
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool: ...
+
+    def wake_linked(self, fingerprint: str) -> None: ...
+
+
+class Links(Protocol):
+    def on_linked(self, listener: Callable[[str], None]) -> None: ...
 
 
 class Sweeper(Protocol):
@@ -100,6 +109,7 @@ class ClusterNode:
         integrations: IntegrationGate,
         hub: Tunnels,
         sweeper: Sweeper,
+        links: Links | None = None,
         node_id: str | None = None,
     ) -> None:
         self.gate = gate
@@ -114,6 +124,7 @@ class ClusterNode:
             node=self.node_id,
             on_withdrawal=self.apply,
             on_change=self._changed,
+            on_linked=self._heard_linked,
         )
         self._closing: set[asyncio.Task[bool]] = set()
         trusted: Callable[[], bool] = lambda: self.channel.up  # noqa: E731
@@ -121,6 +132,9 @@ class ClusterNode:
         app_links.trust_cache = trusted
         integrations.trust_cache = trusted
         gate.live.on_withdrawn = self.channel.publish
+        if links is not None:
+            # A home linked here: an add-on waiting on another node hears it at once.
+            links.on_linked(lambda key: self.channel.publish(LinkedNotice.of_key(key)))
 
     def start(self) -> None:
         # Until the channel is up the caches are off, so sweep as if degraded.
@@ -148,6 +162,9 @@ class ClusterNode:
         if w.kind is Kind.INSTANCE and w.instance_id is not None:
             self._background(self.hub.close_instance(w.instance_id))
         log.info("cluster.withdrawal_applied", extra={"kind": w.kind.value, "exchanges": cut})
+
+    def _heard_linked(self, notice: LinkedNotice) -> None:
+        self.hub.wake_linked(notice.key_fingerprint)
 
     def _background(self, work: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.ensure_future(work)

@@ -66,7 +66,7 @@ from homeport.relay.site.keys import (
 from homeport.relay.site.limits import TUNNEL_PATH, AccountLimits
 from homeport.relay.site.notices import MailNotices
 from homeport.relay.site.oidc import OIDC, OidcProviders
-from homeport.relay.site.once import ShownOnce
+from homeport.relay.site.once import OnceStore, ShownOnce
 from homeport.relay.site.signin_flow import SignInFlow
 
 __all__ = ["account_site"]
@@ -106,9 +106,11 @@ def account_site(
     tunnel: Handler,
     integration_gate: IntegrationGate,
     pairing_string: str,
+    shown_once: OnceStore | None = None,
 ) -> web.Application:
     """The account site; ``tunnel`` serves ``GET /v1/tunnel`` (the add-ons' WebSockets);
-    ``pairing_string``: what an add-on needs to reach and trust this relay."""
+    ``pairing_string``: what an add-on needs to reach and trust this relay;
+    ``shown_once``: where secrets wait for the page after a redirect (default: memory)."""
     app = web.Application(middlewares=[limits.middleware, guard])
     trail = AuditTrail(accounts.audit)
     notices = MailNotices(accounts, mail.out) if mail.out is not None else None
@@ -129,7 +131,7 @@ def account_site(
     app[INVITATION_MAIL] = notices
     app[OIDC] = providers
     app[integrations.INTEGRATIONS] = integration_gate
-    app[SHOWN_ONCE] = ShownOnce()
+    app[SHOWN_ONCE] = shown_once if shown_once is not None else ShownOnce()
     app[PAIRING] = pairing_string
     pages.set_global("oidc_buttons", providers.buttons)  # the sign-in page shows them
 

@@ -188,4 +188,4 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
         return await security_page(request, session, error=str(exc), status=409)
     await request.app[AUDIT].record(request, EventType.RECOVERY_CODES_REGENERATED, session)
     await notify(request, session.user_id, "new recovery codes were made")
-    return show_recovery_codes(request, session, codes, first=False)
+    return await show_recovery_codes(request, session, codes, first=False)

@@ -77,6 +77,7 @@ from homeport.relay.site.keys import (
     current,
     sign_in_first,
 )
+from homeport.relay.site.once import OnceUnavailable
 from homeport.relay.site.refusals import no_access, owner_only
 
 __all__ = ["routes"]
@@ -310,13 +311,44 @@ async def instance(request: web.Request) -> web.StreamResponse:
     extra: dict[str, Any] = {}
     ticket = request.query.get("shown")
     once = request.app[SHOWN_ONCE]
-    if (shown := once.take(session.session_id, "app_link", ticket)) is not None:
-        extra["app_link"] = {**shown, "qr": qr_svg(shown["url"])}
-    elif (shown := once.take(session.session_id, "invitation", ticket)) is not None:
-        extra["invite_link"] = shown
-    elif ticket:
-        note = "That link was shown once already; it is not shown again."
-    return await _page(request, session, home_id(request), note=note, **extra)
+    status = 200
+    try:
+        if (shown := await once.take(session.session_id, "app_link", ticket)) is not None:
+            extra = _shown("app_link", shown)
+        elif (shown := await once.take(session.session_id, "invitation", ticket)) is not None:
+            extra = _shown("invitation", shown)
+        elif ticket:
+            note = "That link was shown once already; it is not shown again."
+    except OnceUnavailable:
+        # Not taken: the link still waits (.once), for a reload once the store answers.
+        status = 503
+        note = (
+            "The new link cannot be shown at this moment. Reload this page in a few seconds "
+            "to see it; if it still does not appear, revoke it below and make a new one."
+        )
+    response = await _page(request, session, home_id(request), status=status, note=note, **extra)
+    if status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def _shown(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """What the home's page shows for a secret waiting in :mod:`.once`."""
+    if kind == "app_link":
+        return {"app_link": {**payload, "qr": qr_svg(payload["url"])}}
+    return {"invite_link": payload}
+
+
+async def _show_once(
+    request: web.Request, session: SessionInfo, instance_id: str, kind: str, payload: dict[str, Any]
+) -> web.Response:
+    """Post/redirect/get for a new link (:mod:`.once`); when it cannot wait (Redis down on a
+    cluster), this answer shows it itself, so a link made is never lost unseen."""
+    try:
+        ticket = await request.app[SHOWN_ONCE].put(session.session_id, kind, payload)
+    except OnceUnavailable:
+        return await _page(request, session, instance_id, **_shown(kind, payload))
+    return _back(instance_id, shown=ticket)
 
 
 @routes.post("/instances/{id}/rename")
@@ -430,10 +462,13 @@ async def invite(request: web.Request) -> web.StreamResponse:
             accept_url=link,
             expires=row.expires_at,
         )
-    ticket = request.app[SHOWN_ONCE].put(
-        session.session_id, "invitation", {"url": link, "email": row.email, "mailed": mailed}
+    return await _show_once(
+        request,
+        session,
+        instance_id,
+        "invitation",
+        {"url": link, "email": row.email, "mailed": mailed},
     )
-    return _back(instance_id, shown=ticket)
 
 
 @routes.post("/instances/{id}/invitations/{inv}/revoke")
@@ -693,10 +728,13 @@ async def create_app_link(request: web.Request) -> web.StreamResponse:
         instance_id=instance_id,
         detail=f"app link {row.id}" + ("" if until is None else f" until {when(until)}"),
     )
-    ticket = request.app[SHOWN_ONCE].put(
-        session.session_id, "app_link", {"name": row.name, "url": url, "until": when(until)}
+    return await _show_once(
+        request,
+        session,
+        instance_id,
+        "app_link",
+        {"name": row.name, "url": url, "until": when(until)},
     )
-    return _back(instance_id, shown=ticket)
 
 
 @routes.post("/instances/{id}/app-links/{lid}/revoke")

@@ -22,7 +22,7 @@ from homeport.relay.pages import Pages
 from homeport.relay.redirects import redirect
 from homeport.relay.site.events import AuditTrail
 from homeport.relay.site.hooks import Homes, InvitationMail, Notices
-from homeport.relay.site.once import ShownOnce
+from homeport.relay.site.once import OnceStore
 from homeport.relay.site.signin_flow import SignInFlow
 
 __all__ = [
@@ -61,7 +61,7 @@ INVITATION_MAIL = web.AppKey[InvitationMail | None]("invitation_mail")
 #: This relay's pairing string (:mod:`homeport.pairing`), shown on "Add a home".
 PAIRING = web.AppKey("pairing", str)
 #: Secrets waiting for the page after a form's redirect (:mod:`.once`).
-SHOWN_ONCE = web.AppKey("shown_once", ShownOnce)
+SHOWN_ONCE = web.AppKey("shown_once", OnceStore)
 
 
 class MailOut:

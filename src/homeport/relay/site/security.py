@@ -12,6 +12,7 @@ Threats this stops:
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlencode
 
 import pyotp
@@ -33,6 +34,7 @@ from homeport.relay.site.keys import (
     notify,
     sign_in_first,
 )
+from homeport.relay.site.once import OnceUnavailable
 
 __all__ = ["key_groups", "qr_data_uri", "routes", "security_page", "show_recovery_codes"]
 
@@ -184,17 +186,20 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
     request.app[GATE].end_user(session.user_id, except_session_id=session.session_id)
     await request.app[AUDIT].record(request, EventType.TOTP_ENABLED, session, factor="totp")
     await notify(request, session.user_id, "two-step verification was turned on")
-    return show_recovery_codes(request, session, codes, first=True)
+    return await show_recovery_codes(request, session, codes, first=True)
 
 
-def show_recovery_codes(
+async def show_recovery_codes(
     request: web.Request, session: SessionInfo, codes: list[str], *, first: bool
 ) -> web.Response:
-    """Post/redirect/get for fresh recovery codes: they wait in memory (:mod:`.once`)
-    for the one page that shows them."""
-    ticket = request.app[SHOWN_ONCE].put(
-        session.session_id, "recovery_codes", {"codes": codes, "first": first}
-    )
+    """Post/redirect/get for fresh recovery codes: they wait (:mod:`.once`) for the one
+    page that shows them; if they cannot wait (Redis down on a cluster), this answer
+    shows them itself, so they are never lost unseen."""
+    payload = {"codes": codes, "first": first}
+    try:
+        ticket = await request.app[SHOWN_ONCE].put(session.session_id, "recovery_codes", payload)
+    except OnceUnavailable:
+        return _recovery_codes_page(request, session, payload)
     return redirect("/security/recovery-codes?" + urlencode({"shown": ticket}))
 
 
@@ -203,10 +208,25 @@ async def recovery_codes(request: web.Request) -> web.StreamResponse:
     session = current(request)
     if session is None:
         return sign_in_first(PATH)
-    shown = request.app[SHOWN_ONCE].take(
-        session.session_id, "recovery_codes", request.query.get("shown")
-    )
     pages = request.app[PAGES]
+    try:
+        shown = await request.app[SHOWN_ONCE].take(
+            session.session_id, "recovery_codes", request.query.get("shown")
+        )
+    except OnceUnavailable:
+        # Not taken: the codes still wait, for a reload once the store answers again.
+        response = pages.message(
+            "Recovery codes cannot be shown right now",
+            "Your new recovery codes are waiting, but cannot be shown at this moment. Reload "
+            "this page in a few seconds. If they still do not appear within five minutes, "
+            "get new ones on the security page (the old ones stop working).",
+            status=503,
+            user_email=session.email,
+            link=PATH,
+            link_text="Go to Security",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     if shown is None:
         return pages.message(
             "Recovery codes are shown only once",
@@ -217,8 +237,14 @@ async def recovery_codes(request: web.Request) -> web.StreamResponse:
             link=PATH,
             link_text="Go to Security",
         )
+    return _recovery_codes_page(request, session, shown)
+
+
+def _recovery_codes_page(
+    request: web.Request, session: SessionInfo, shown: dict[str, Any]
+) -> web.Response:
     codes: list[str] = shown["codes"]
-    return pages.render(
+    return request.app[PAGES].render(
         "recovery_codes.html",
         title="Your recovery codes",
         user_email=session.email,
