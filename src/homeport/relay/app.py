@@ -106,7 +106,12 @@ class Relay:
         )
         self.server_key = load_or_create_private_key(config.server_key_path)
         # Listener context, certificate bot and renewal (homeport.relay.tls).
-        self.tls = RelayTls(config, lambda: tls_files(config))
+        self.tls = RelayTls(
+            config,
+            lambda: tls_files(config),
+            database=self.database,
+            secret_box=self.secret_box,
+        )
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
