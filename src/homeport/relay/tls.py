@@ -31,6 +31,8 @@ from pathlib import Path
 
 from homeport.accounts.db import Database
 from homeport.accounts.secretbox import SecretBox
+from homeport.relay.cluster.certificates import CertificateNotices
+from homeport.relay.cluster.node import load_cluster_key
 from homeport.relay.config import RelayConfig
 from homeport.tls.acme_bot import AcmeBot, ChallengeSolver, Http01Responder, Issued
 from homeport.tls.acme_settings import AcmeSettings
@@ -70,6 +72,8 @@ class RelayTls:
         self.config = config
         self.node = node_name()
         self.store: CertificateStore | None = None
+        #: a cluster node's notices to the others when it stored a certificate
+        self.notices: CertificateNotices | None = None
         self.http01: Http01Responder | None = None
         self.keeper: CertificateKeeper | None = None
         self._task: asyncio.Task[None] | None = None
@@ -120,6 +124,14 @@ class RelayTls:
         self.keeper = CertificateKeeper(
             self.served, managed, on_renewed=self._suggest_caa, store=self.store, lease=lease
         )
+        if self.store is not None and config.redis_url and config.cluster_key_file:
+            self.notices = CertificateNotices(
+                config.redis_url,
+                load_cluster_key(config.cluster_key_file),
+                node=self.node,
+                on_notice=self.keeper.wake,
+            )
+            self.keeper.on_stored = self.notices.publish
         self._caa_account: str | None = None
 
     def _suggest_caa(self, item: Managed, issued: Issued) -> None:
@@ -195,6 +207,8 @@ class RelayTls:
         if self._task is not None:
             return
         if self.keeper is not None:
+            if self.notices is not None:
+                self.notices.start()
             self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")
         elif self._operator_files is not None:
             self._task = asyncio.create_task(self._watch_files(), name="tls-file-watch")
@@ -234,6 +248,8 @@ class RelayTls:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.notices is not None:
+            await self.notices.stop()
 
 
 def _dns_solver(acme: AcmeSettings) -> Rfc2136Solver:

@@ -100,7 +100,8 @@ class CertificateKeeper:
         self.store = store
         self.lease = lease
         self.poll_interval = poll_interval
-        self._on_stored = on_stored
+        #: told ``(kind, version)`` after this node stored a certificate (a cluster notice)
+        self.on_stored = on_stored
         #: one check at a time (the loop, a wake-up and a test may overlap)
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -243,8 +244,8 @@ class CertificateKeeper:
             return False
         item.version = version
         self._versions = {**self._versions, item.kind: version}
-        if self._on_stored is not None:
-            self._on_stored(item.kind, version)
+        if self.on_stored is not None:
+            self.on_stored(item.kind, version)
         return True
 
     # ------------------------------------------------------------ renewal
