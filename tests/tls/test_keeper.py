@@ -6,17 +6,22 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import secrets
 from pathlib import Path
 
 import pytest
 from ports import reserve_port
 
+from homeport.accounts import Database, default_sqlite_url
+from homeport.accounts.secretbox import SecretBox
 from homeport.cli import build_parser, relay_config
 from homeport.tls.acme_bot import AcmeBot, AcmeBotError, Http01Responder, RetryPolicy
 from homeport.tls.acme_settings import acme_settings, add_acme_arguments
 from homeport.tls.devca import create_independent_ca
 from homeport.tls.keeper import CertificateKeeper, Managed
+from homeport.tls.lease import RenewalLease
 from homeport.tls.served import ACCOUNT, CertPair, ServedCertificates
+from homeport.tls.store import CertificateStore
 
 NAME = "account.relay.test"
 
@@ -163,3 +168,40 @@ async def test_cancelled_bot_stops_without_waiting(tmp_path: Path) -> None:
     with pytest.raises(AcmeBotError, match="cancelled"):
         await asyncio.wait_for(run, 30)
     assert asyncio.get_running_loop().time() - started < 15
+
+
+# ------------------------------------------------------------ shared store
+
+
+async def test_a_relay_upgraded_with_its_own_certificate_stores_it_without_ordering(
+    tmp_path: Path,
+) -> None:
+    """A relay that had an ACME certificate before the store existed puts it there
+    under the lease (so other nodes can serve it) instead of ordering a new one."""
+    keeper, managed, clock = setup(tmp_path)
+    clock[0] = dt.datetime.now(dt.UTC)
+    ca = create_independent_ca(tmp_path / "ca-own")
+    cert, key = ca.issue_server_certificate([NAME], tmp_path / "own")
+    managed.bot.cert_dir.mkdir(parents=True)
+    managed.bot.cert_path.write_bytes(cert.read_bytes())
+    managed.bot.key_path.write_bytes(key.read_bytes())
+    database = Database(default_sqlite_url(tmp_path / "db"))
+    await database.migrate()
+    await database.connect()
+    try:
+        store = CertificateStore(database, SecretBox(secrets.token_bytes(32)), node="n1")
+        keeper.store, keeper.lease = store, RenewalLease(database, "n1")
+        stored: list[tuple[str, int]] = []
+        keeper.on_stored = lambda kind, version: stored.append((kind, version))
+        await asyncio.wait_for(keeper.check_once(), 60)
+        assert stored == [(ACCOUNT, 1)]
+        assert managed.failures == 0  # nothing was ordered (the CA is unreachable)
+        loaded = await store.load(ACCOUNT)
+        assert loaded is not None
+        assert loaded.chain_pem == cert.read_bytes()
+        # Another check finds nothing to do: no second write, no order.
+        await asyncio.wait_for(keeper.check_once(), 60)
+        assert stored == [(ACCOUNT, 1)]
+        assert keeper.renewals == 0
+    finally:
+        await database.close()
