@@ -205,3 +205,39 @@ async def test_a_relay_upgraded_with_its_own_certificate_stores_it_without_order
         assert keeper.renewals == 0
     finally:
         await database.close()
+
+
+async def test_a_node_that_cannot_open_the_stored_row_never_overwrites_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node with another secret-box key file (or facing a tampered row) must not
+    replace the cluster's certificate with one sealed under its own key."""
+    keeper, managed, clock = setup(tmp_path)
+    clock[0] = dt.datetime.now(dt.UTC)
+    ca = create_independent_ca(tmp_path / "ca-other")
+    cert, key = ca.issue_server_certificate([NAME], tmp_path / "other")
+    database = Database(default_sqlite_url(tmp_path / "db"))
+    await database.migrate()
+    await database.connect()
+    try:
+        right_box = SecretBox(secrets.token_bytes(32))
+        held = await RenewalLease(database, "n0").acquire()
+        assert held is not None
+        await CertificateStore(database, right_box, node="n0").put(
+            ACCOUNT, cert.read_bytes(), key.read_bytes(), fence=held.token
+        )
+        await RenewalLease(database, "n0").release(held)
+        wrong = CertificateStore(database, SecretBox(secrets.token_bytes(32)), node="n1")
+        keeper.store, keeper.lease = wrong, RenewalLease(database, "n1")
+        before = keeper.served.account_cert_sha256()
+        await asyncio.wait_for(keeper.check_once(), 60)
+        assert wrong.refused == 1
+        assert managed.refused == 1
+        assert managed.failures == 0  # no order was even tried (its certificate is due)
+        assert keeper.served.account_cert_sha256() == before
+        assert any(r.message == "acme.renewal_skipped" for r in caplog.records)
+        loaded = await CertificateStore(database, right_box, node="n0").load(ACCOUNT)
+        assert loaded is not None
+        assert loaded.version == 1  # untouched
+    finally:
+        await database.close()

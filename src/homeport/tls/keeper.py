@@ -65,6 +65,9 @@ class Managed:
     alert: bool = False
     #: version of the stored certificate served (shared mode); 0: none yet
     version: int = 0
+    #: a stored version this node refused to open (tampered, or this node has
+    #: another secret-box key): it then never overwrites it
+    refused: int = 0
 
 
 class CertificateKeeper:
@@ -153,7 +156,8 @@ class CertificateKeeper:
                 continue
             decision = item.bot.needs_renewal(now)
             # Shared mode: only the lease holder orders.
-            if decision.renew and renew and (self.lease is None or held is not None):
+            allowed = self.lease is None or (held is not None and not self._blocked(item))
+            if decision.renew and renew and allowed:
                 if await self._renew(item, held):
                     decision = item.bot.needs_renewal(self._now())
                 else:
@@ -180,10 +184,23 @@ class CertificateKeeper:
             return False
         return True
 
+    def _blocked(self, item: Managed) -> bool:
+        """Whether this node refused the stored row: it cannot tell a tampered row from
+        its own wrong secret-box key file, so it never overwrites the row (an operator
+        must look: ``tls.stored_certificate_refused``)."""
+        return item.refused != 0 and item.refused == self._stored_version(item)
+
     def _wants_lease(self, item: Managed) -> bool:
         """Something for the lease holder to do: a renewal due, or a first certificate to store."""
         now = self._now()
         if item.not_before is not None and now < item.not_before:
+            return False
+        if self._blocked(item):
+            if item.bot.needs_renewal(now).renew:
+                log.error(
+                    "acme.renewal_skipped",
+                    extra={"kind": item.kind, "why": "the stored certificate was refused here"},
+                )
             return False
         if self._stored_version(item) == 0 and self._fit(item):
             return True
@@ -207,6 +224,7 @@ class CertificateKeeper:
         try:
             stored = await self.store.load(item.kind)
         except CertificateRefused:
+            item.refused = self._stored_version(item)
             return  # logged by the store; the certificate served stays
         except DATABASE_ERRORS as exc:
             log.warning("tls.certificate_store_unavailable", extra={"error": type(exc).__name__})
