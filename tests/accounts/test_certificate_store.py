@@ -15,15 +15,19 @@ import secrets
 from pathlib import Path
 
 import pytest
+from acme import challenges
 from alembic import command
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwk import JWKEC
 from sqlalchemy import Connection, inspect, text, update
 
 from homeport.accounts import Database
 from homeport.accounts.db import alembic_config
-from homeport.accounts.models import CertificateRow
+from homeport.accounts.models import AcmeChallenge, CertificateRow
 from homeport.accounts.secretbox import SecretBox
 from homeport.tls.devca import create_independent_ca
 from homeport.tls.lease import RenewalLease
+from homeport.tls.shared_http01 import SharedHttp01Responder
 from homeport.tls.store import CertificateRefused, CertificateStore, FencingError
 
 NAME = "account.relay.test"
@@ -204,10 +208,11 @@ async def test_migration_0014_down_and_up(database_url: str) -> None:
             tables = await conn.run_sync(run("downgrade", "0013_integrations"))
             assert "certificates" not in tables
             assert "renewal_leases" not in tables
+            assert "acme_challenges" not in tables
             assert "instance_integrations" in tables
         async with database.engine.begin() as conn:
             tables = await conn.run_sync(run("upgrade", "head"))
-            assert {"certificates", "renewal_leases"} <= set(tables)
+            assert {"certificates", "renewal_leases", "acme_challenges"} <= set(tables)
             rows = (await conn.execute(text("SELECT name, token FROM renewal_leases"))).all()
             assert rows == [("acme", 0)]
     finally:
@@ -218,3 +223,30 @@ async def test_migration_0014_down_and_up(database_url: str) -> None:
         assert await RenewalLease(database, "node-a").acquire() is not None
     finally:
         await database.close()
+
+
+async def test_http01_answers_are_shared_only_while_validated(db: Database) -> None:
+    """Any node answers the CA for the node that ordered; only while it validates."""
+    ordering, other = SharedHttp01Responder(db), SharedHttp01Responder(db)
+    ordering.bind(asyncio.get_running_loop())
+    challenge = challenges.HTTP01(token=secrets.token_bytes(32))
+    account_key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    token = challenge.encode("token")
+    assert await other.lookup(token) is None
+    await asyncio.to_thread(ordering.prepare, NAME, challenge, account_key)  # the bot's thread
+    assert await other.lookup(token) == challenge.key_authorization(account_key)
+    assert await other.lookup(token + "x") is None
+    assert await other.lookup("../" + token) is None
+    await asyncio.to_thread(ordering.cleanup)
+    assert await other.lookup(token) is None
+    assert await ordering.lookup(token) is None
+    # A row left behind by a node that died mid-validation stops answering.
+    async with db.session(write=True) as s, s.begin():
+        s.add(
+            AcmeChallenge(
+                token=token,
+                key_authorization="left",
+                expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1),
+            )
+        )
+    assert await other.lookup(token) is None

@@ -4,8 +4,9 @@ Real parts only: pebble (Let's Encrypt's test CA), two relays (node A and node B
 in this process on one real PostgreSQL database and one real ``redis-server``,
 both with the certificate bot on (HTTP-01). Pebble's HTTP-01 validations go to
 a small TCP forwarder standing in for the load balancer on port 80: it sends
-each connection to node A while A listens, else to node B (health-checked
-failover). The served certificate is read from real TLS handshakes.
+each connection to node B while B listens, else to node A (health-checked
+failover), so the validations of A's orders are answered by B, from the
+database. The served certificate is read from real TLS handshakes.
 
 The story: both keepers run and exactly one node orders; the other serves the
 new certificate without a restart (told by a sealed Redis notice; with Redis
@@ -44,6 +45,7 @@ from homeport.relay.config import RelayConfig
 from homeport.tls.acme_settings import AcmeSettings
 from homeport.tls.devca import DevCA
 from homeport.tls.keeper import CertificateKeeper
+from homeport.tls.lease import RenewalLease
 from homeport.tls.store import CertificateStore, FencingError
 
 pytestmark = [
@@ -143,9 +145,10 @@ async def test_two_nodes_one_renewer_every_node_serves_it(
     box_key = secrets.token_bytes(32)  # the same secret-box key file on every node
     http = {"a": reserve_port(), "b": reserve_port()}
     socks = {"a": listening_socket(), "b": listening_socket()}
-    async with port80([http["a"], http["b"]]) as lb_http:
+    # Port 80 goes to B while B is up: never to A, the node ordering in steps 1 to 3.
+    async with port80([http["b"], http["a"]]) as lb_http:
         with start_pebble(
-            tmp_path / "pebble", http_port=lb_http, validity_seconds=45 * 86400
+            tmp_path / "pebble", http_port=lb_http, validity_seconds=45 * 86400, authz_reuse=0
         ) as pebble:
 
             def node(name: str) -> Relay:
@@ -185,23 +188,28 @@ async def test_two_nodes_one_renewer_every_node_serves_it(
             store = CertificateStore(db, SecretBox(box_key), node="test")
             a_stopped = False
             try:
-
-                async def lease_holder() -> str | None:
-                    async with db.session() as s:
-                        return await s.scalar(select(LeaseRow.holder))
-
-                # 1. Both keepers run; A takes the lease first and orders, B serves it.
-                await a.start(sock=socks["a"])
-                await until(lease_holder, "A holds the lease")
-                assert await lease_holder() == a.tls.node
+                # 1. Both keepers run and want a certificate. B starts while another
+                # node holds the lease, so A gets it when it starts, and orders; the
+                # CA's validations reach B's port 80, which answers from the database.
+                other = RenewalLease(db, "node-elsewhere")
+                elsewhere = await other.acquire()
+                assert elsewhere is not None
                 await b.start(sock=socks["b"])
+                assert kb.lease is not None
+                await until(lambda: kb.lease.refusals >= 1, "B tried the lease")  # type: ignore[union-attr]
                 placeholder = await served_serial(port_b)
+                await other.release(elsewhere)
+                await a.start(sock=socks["a"])
                 await until(lambda: ka.renewals == 1, "A ordered")
                 first = await served_serial(port_a)
                 assert first != placeholder
                 await until(lambda: kb.managed[0].version == 1, "B loaded version 1")
                 assert await served_serial(port_b) == first  # no restart of B
                 assert kb.renewals == 0  # B never ordered
+                async with db.session() as s:
+                    row = await s.get(CertificateRow, "account")
+                    assert row is not None
+                assert row.written_by == a.tls.node
                 assert any(r.message == "cluster.certificate_notice" for r in caplog.records)
 
                 # 2. A renews (due); B is told over Redis and serves the new one.

@@ -49,6 +49,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AcmeChallenge",
     "AppLink",
     "AuditEvent",
     "Base",
@@ -825,4 +826,18 @@ class RenewalLease(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     token: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AcmeChallenge(Base):
+    """An HTTP-01 key authorization being validated now, answerable by every node.
+
+    Not a secret (the CA fetches it over plain HTTP); kept here so that the node the
+    load balancer sends the CA to can answer for the node that placed the order.
+    """
+
+    __tablename__ = "acme_challenges"
+
+    token: Mapped[str] = mapped_column(String(256), primary_key=True)
+    key_authorization: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

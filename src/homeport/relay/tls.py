@@ -43,6 +43,7 @@ from homeport.tls.dns01 import Rfc2136Solver, load_tsig_key
 from homeport.tls.keeper import CertificateKeeper, Managed
 from homeport.tls.lease import RenewalLease
 from homeport.tls.served import ACCOUNT, TENANT, CertPair, ServedCertificates
+from homeport.tls.shared_http01 import SharedHttp01Responder
 from homeport.tls.store import CertificateStore
 
 __all__ = ["ACME_DIR", "RelayTls"]
@@ -95,6 +96,15 @@ class RelayTls:
         alpn: TlsAlpn01Responder | None = None
         if acme.challenge == "tls-alpn-01":
             solver = alpn = TlsAlpn01Responder()
+            if config.redis_url:
+                # Its challenge certificate is in the ordering node's memory only.
+                log.warning(
+                    "acme.tls_alpn_in_cluster",
+                    extra={"detail": "the CA must reach the node that orders; use http-01"},
+                )
+        elif database is not None:
+            # Any node's port 80 answers (the CA may reach any node of a cluster).
+            solver = self.http01 = SharedHttp01Responder(database)
         else:
             solver = self.http01 = Http01Responder()
         root = config.data_dir / ACME_DIR
@@ -207,6 +217,8 @@ class RelayTls:
         if self._task is not None:
             return
         if self.keeper is not None:
+            if isinstance(self.http01, SharedHttp01Responder):
+                self.http01.bind(asyncio.get_running_loop())
             if self.notices is not None:
                 self.notices.start()
             self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")

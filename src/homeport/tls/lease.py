@@ -72,6 +72,8 @@ class RenewalLease:
         self.node = node
         self.ttl = ttl
         self._now = now
+        #: times this node found the lease held by another (a metric, and for tests)
+        self.refusals = 0
 
     async def acquire(self) -> Held | None:
         """Take the lease with a new fencing token if it is free, expired or ours; else None."""
@@ -83,6 +85,7 @@ class RenewalLease:
                 raise RuntimeError("renewal lease row missing: database not migrated")
             now = self._now()
             if row.holder not in (None, self.node) and row.expires_at > now:
+                self.refusals += 1
                 return None
             row.token += 1
             row.holder = self.node

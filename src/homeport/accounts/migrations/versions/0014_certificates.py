@@ -1,4 +1,4 @@
-"""Certificates in a cluster: the shared, sealed certificate store and the renewal lease.
+"""Certificates in a cluster: the sealed certificate store, the renewal lease, HTTP-01 answers.
 
 Revision ID: 0014_certificates
 Revises: 0013_integrations
@@ -33,6 +33,13 @@ def upgrade() -> None:
         sa.CheckConstraint("kind IN ('account', 'tenant')", name=op.f("ck_certificates_kind")),
         sa.PrimaryKeyConstraint("kind", name=op.f("pk_certificates")),
     )
+    op.create_table(
+        "acme_challenges",
+        sa.Column("token", sa.String(length=256), nullable=False),
+        sa.Column("key_authorization", sa.Text(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("token", name=op.f("pk_acme_challenges")),
+    )
     lease = op.create_table(
         "renewal_leases",
         sa.Column("name", sa.String(length=32), nullable=False),
@@ -51,4 +58,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("renewal_leases")
+    op.drop_table("acme_challenges")
     op.drop_table("certificates")
