@@ -32,6 +32,7 @@ from cryptography import x509
 from pebble import pebble_available, start_pebble
 from ports import listening_socket, reserve_port
 from postgres import TEMPLATE, PostgresServer
+from prometheus_client import generate_latest
 from redis_server import RedisServer
 from sqlalchemy import select, update
 from stack import seed_dev_ca
@@ -42,6 +43,7 @@ from homeport.accounts.models import RenewalLease as LeaseRow
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
+from homeport.relay.metrics import RelayCollector, certificate_gauges, metrics_registry
 from homeport.tls.acme_settings import AcmeSettings
 from homeport.tls.devca import DevCA
 from homeport.tls.keeper import CertificateKeeper
@@ -276,8 +278,20 @@ async def test_two_nodes_one_renewer_every_node_serves_it(
                     )
                 assert b.tls.store is not None
                 await until(lambda: b.tls.store.refused >= 1, "B refused the row")  # type: ignore[union-attr]
+                await asyncio.sleep(2.5)  # two more polls: refused once, not at every poll
                 assert await served_serial(port_b) == fourth
-                assert any(r.message == "tls.stored_certificate_refused" for r in caplog.records)
+                refusals = [
+                    r for r in caplog.records if r.message == "tls.stored_certificate_refused"
+                ]
+                assert len(refusals) == 1
+                scrape = generate_latest(
+                    metrics_registry(
+                        RelayCollector(
+                            list, lambda: 0, lambda: 0, gauges=certificate_gauges(b.tls.store)
+                        )
+                    )
+                ).decode()
+                assert "homeport_certificate_store_refused 1.0" in scrape
                 assert "PRIVATE KEY" not in caplog.text
             finally:
                 await db.close()

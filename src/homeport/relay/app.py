@@ -311,6 +311,7 @@ class Relay:
                 self.gate.live,
                 self.tenants.connections,
                 cluster=self.cluster,
+                store=self.tls.store,
             )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up

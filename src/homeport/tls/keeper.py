@@ -216,7 +216,8 @@ class CertificateKeeper:
             return
         for item in self.managed:
             stored = self._versions.get(item.kind, 0)
-            if stored > item.version:
+            # A version refused here is not tried again (nor logged at every poll).
+            if stored > item.version and stored != item.refused:
                 await self._install(item)
 
     async def _install(self, item: Managed) -> None:
