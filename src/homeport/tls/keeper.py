@@ -114,7 +114,13 @@ class CertificateKeeper:
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            wait = await self.check_once()
+            try:
+                wait = await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a full disk must not end renewals for good
+                log.exception("acme.keeper_check_failed")
+                wait = self.first_backoff.total_seconds()
             if self.store is None:
                 await self._sleep(wait)
                 continue
