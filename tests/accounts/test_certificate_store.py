@@ -91,7 +91,7 @@ async def test_store_and_load_sealed(db: Database, tmp_path: Path) -> None:
     chain, key = _pair(tmp_path, "1")
     assert await store.load("account") is None
     assert await store.put("account", chain, key, fence=held.token) == 1
-    assert await store.versions() == {"account": 1}
+    assert await store.stamps() == {"account": (held.token, 1)}
     loaded = await CertificateStore(db, box, node="node-b").load("account")
     assert loaded is not None
     assert (loaded.chain_pem, loaded.key_pem, loaded.version) == (chain, key, 1)
@@ -124,7 +124,7 @@ async def test_a_write_with_an_older_fencing_token_is_refused(db: Database, tmp_
     old_chain, old_key = _pair(tmp_path, "a")
     with pytest.raises(FencingError):
         await store_a.put("account", old_chain, old_key, fence=held_a.token)
-    assert await store_a.versions() == {}
+    assert await store_a.stamps() == {}
     new_chain, new_key = _pair(tmp_path, "b")
     await store_b.put("account", new_chain, new_key, fence=held_b.token)
     await b.release(held_b)

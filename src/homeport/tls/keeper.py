@@ -63,11 +63,15 @@ class Managed:
     #: days left on the certificate in use (a gauge for monitoring); None before the first
     days_left: float | None = None
     alert: bool = False
-    #: version of the stored certificate served (shared mode); 0: none yet
-    version: int = 0
-    #: a stored version this node refused to open (tampered, or this node has
-    #: another secret-box key): it then never overwrites it
-    refused: int = 0
+    #: ``(fence, version)`` of the stored certificate served (shared mode); (0, 0): none
+    stamp: tuple[int, int] = (0, 0)
+    #: a stored row this node refused to open (tampered, or this node has another
+    #: secret-box key): it is not tried again, and never overwritten from here
+    refused: tuple[int, int] | None = None
+
+    @property
+    def version(self) -> int:
+        return self.stamp[1]
 
 
 class CertificateKeeper:
@@ -108,8 +112,8 @@ class CertificateKeeper:
         #: one check at a time (the loop, a wake-up and a test may overlap)
         self._busy = asyncio.Lock()
         self._wake = asyncio.Event()
-        #: the store's version of each kind, as last read
-        self._versions: dict[str, int] = {}
+        #: the store's ``(fence, version)`` of each kind, as last read
+        self._stamps: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> None:
         while True:
@@ -146,7 +150,7 @@ class CertificateKeeper:
                         return min(self.poll_interval.total_seconds(), await self._check())
                     await self.sync()  # it may have renewed just before we got the lease
                     for item in self.managed:
-                        if self._stored_version(item) == 0 and self._fit(item):
+                        if not self._stored(item) and self._fit(item):
                             await self._store(item, held, item.bot.cert_path, item.bot.key_path)
                     return await self._check(held)
             except DATABASE_ERRORS as exc:
@@ -180,8 +184,8 @@ class CertificateKeeper:
 
     # ------------------------------------------------------- shared store
 
-    def _stored_version(self, item: Managed) -> int:
-        return self._versions.get(item.kind, 0)
+    def _stored(self, item: Managed) -> tuple[int, int] | None:
+        return self._stamps.get(item.kind)
 
     def _fit(self, item: Managed) -> bool:
         try:
@@ -194,7 +198,7 @@ class CertificateKeeper:
         """Whether this node refused the stored row: it cannot tell a tampered row from
         its own wrong secret-box key file, so it never overwrites the row (an operator
         must look: ``tls.stored_certificate_refused``)."""
-        return item.refused != 0 and item.refused == self._stored_version(item)
+        return item.refused is not None and item.refused == self._stored(item)
 
     def _wants_lease(self, item: Managed) -> bool:
         """Something for the lease holder to do: a renewal due, or a first certificate to store."""
@@ -208,7 +212,7 @@ class CertificateKeeper:
                     extra={"kind": item.kind, "why": "the stored certificate was refused here"},
                 )
             return False
-        if self._stored_version(item) == 0 and self._fit(item):
+        if not self._stored(item) and self._fit(item):
             return True
         return item.bot.needs_renewal(now).renew
 
@@ -216,14 +220,14 @@ class CertificateKeeper:
         """Serve every stored certificate newer than the one served here."""
         assert self.store is not None
         try:
-            self._versions = await self.store.versions()
+            self._stamps = await self.store.stamps()
         except DATABASE_ERRORS as exc:  # keep serving what we have; next poll tries again
             log.warning("tls.certificate_store_unavailable", extra={"error": type(exc).__name__})
             return
         for item in self.managed:
-            stored = self._versions.get(item.kind, 0)
-            # A version refused here is not tried again (nor logged at every poll).
-            if stored > item.version and stored != item.refused:
+            stored = self._stamps.get(item.kind)
+            # A row refused here is not tried again (nor logged at every poll).
+            if stored is not None and stored > item.stamp and stored != item.refused:
                 await self._install(item)
 
     async def _install(self, item: Managed) -> None:
@@ -231,7 +235,7 @@ class CertificateKeeper:
         try:
             stored = await self.store.load(item.kind)
         except CertificateRefused:
-            item.refused = self._stored_version(item)
+            item.refused = self._stored(item)
             return  # logged by the store; the certificate served stays
         except DATABASE_ERRORS as exc:
             log.warning("tls.certificate_store_unavailable", extra={"error": type(exc).__name__})
@@ -250,9 +254,9 @@ class CertificateKeeper:
                 "tls.stored_certificate_unusable",
                 extra={"kind": item.kind, "version": stored.version, "error": str(exc)},
             )
-            item.version = stored.version  # not again at every poll; a newer one will come
+            item.stamp = (stored.fence, stored.version)  # not again at every poll
             return
-        item.version = stored.version
+        item.stamp = (stored.fence, stored.version)
         log.info(
             "tls.certificate_loaded",
             extra={"kind": item.kind, "version": stored.version, "not_after": stored.not_after},
@@ -267,8 +271,8 @@ class CertificateKeeper:
             # A newer holder has stored (or will store) one: serve that instead.
             await self.sync()
             return False
-        item.version = version
-        self._versions = {**self._versions, item.kind: version}
+        item.stamp = (held.token, version)
+        self._stamps = {**self._stamps, item.kind: item.stamp}
         if self.on_stored is not None:
             self.on_stored(item.kind, version)
         return True

@@ -95,11 +95,17 @@ class CertificateStore:
         #: rows refused since start (tampered, wrong key, inconsistent); a metric
         self.refused = 0
 
-    async def versions(self) -> dict[str, int]:
-        """The version of each stored kind: the cheap check every node polls."""
+    async def stamps(self) -> dict[str, tuple[int, int]]:
+        """``(fence, version)`` of each stored kind: the cheap check every node polls.
+
+        Ordered in time even across a deleted row: every write is made under a lease
+        whose token only grows, and within one lease the version grows.
+        """
         async with self.database.session() as s:
-            rows = await s.execute(select(CertificateRow.kind, CertificateRow.version))
-            return {kind: version for kind, version in rows.all()}
+            rows = await s.execute(
+                select(CertificateRow.kind, CertificateRow.fence, CertificateRow.version)
+            )
+            return {kind: (fence, version) for kind, fence, version in rows.all()}
 
     async def load(self, kind: str) -> StoredCertificate | None:
         """The stored certificate of ``kind``, opened and checked; None if there is none.
