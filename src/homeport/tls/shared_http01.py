@@ -67,11 +67,16 @@ class SharedHttp01Responder(Http01Responder):
         try:
             if tokens:
                 self._run(self._delete(tokens))
+        except Exception as exc:  # relay stopping, database away: the rows expire by themselves
+            log.warning("acme.challenge_cleanup_failed", extra={"error": type(exc).__name__})
         finally:
             super().cleanup()
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
-        assert self.loop is not None, "bind() the relay's loop first"
+        """Run ``work`` on the relay's loop from the bot's worker thread, and wait for it."""
+        if self.loop is None or self.loop.is_closed():
+            work.close()
+            raise RuntimeError("the relay's event loop is not running")
         asyncio.run_coroutine_threadsafe(work, self.loop).result(WRITE_TIMEOUT)
 
     async def _put(self, token: str, key_authorization: str) -> None:
