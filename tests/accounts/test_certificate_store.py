@@ -76,6 +76,23 @@ async def test_one_holder_at_a_time_and_the_token_grows(db: Database) -> None:
     assert again.token == held_b.token + 1
 
 
+async def test_the_lease_is_extended_while_held_and_released_after(db: Database) -> None:
+    """A renewal longer than the lease's lifetime keeps it (the holder extends it)."""
+    ttl = dt.timedelta(seconds=0.6)
+    a = RenewalLease(db, "node-a", ttl=ttl)
+    b = RenewalLease(db, "node-b", ttl=ttl)
+    async with a.hold() as held:
+        assert held is not None
+        async with b.hold() as other:
+            assert other is None
+        await asyncio.sleep(3 * ttl.total_seconds())  # the work outlasts the lifetime
+        assert await b.acquire() is None
+        assert not held.lost
+    again = await b.acquire()  # released on the way out
+    assert again is not None
+    assert again.token == held.token + 1
+
+
 async def test_two_nodes_racing_for_the_lease_get_one_holder(db: Database) -> None:
     leases = [RenewalLease(db, f"node-{i}") for i in range(4)]
     got = await asyncio.gather(*(lease.acquire() for lease in leases))
