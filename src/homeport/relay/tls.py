@@ -55,7 +55,9 @@ ACME_DIR = "acme"
 
 def node_name() -> str:
     """This process in the lease row and the logs: host name and a random tail (not secret)."""
-    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40]
+    host = "".join(c for c in socket.gethostname() if c.isascii() and (c.isalnum() or c in "-."))[
+        :40
+    ]
     return f"{host or 'relay'}-{secrets.token_hex(4)}"
 
 
