@@ -81,9 +81,12 @@ def start_pebble(
     nonce_reject: int | None = None,
     validity_seconds: int | None = None,
     dns_port: int | None = None,
+    authz_reuse: int | None = None,
 ) -> Iterator[Pebble]:
     """``dns_port``: a DNS server on 127.0.0.1 for pebble to resolve with (DNS-01
-    tests, e.g. ``tests/support/bind.py``) instead of ``pebble-challtestsrv``."""
+    tests, e.g. ``tests/support/bind.py``) instead of ``pebble-challtestsrv``;
+    ``authz_reuse``: percent of valid authorizations pebble reuses (its default 50;
+    0 validates every order)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ca = create_independent_ca(workdir / "ca", common_name="pebble listener test CA")
     cert_path, key_path = ca.issue_server_certificate(["localhost"], workdir / "listener")
@@ -110,6 +113,8 @@ def start_pebble(
     env["PEBBLE_VA_NOSLEEP"] = "1"
     if nonce_reject is not None:
         env["PEBBLE_WFE_NONCEREJECT"] = str(nonce_reject)
+    if authz_reuse is not None:
+        env["PEBBLE_AUTHZREUSE"] = str(authz_reuse)
     dns_log, pebble_log = workdir / "challtestsrv.log", workdir / "pebble.log"
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -156,6 +156,10 @@ async def test_relay_obtains_serves_and_renews_without_dropping(
             await asyncio.wait_for(keeper.check_once(), 150)
             assert keeper.renewals == 4
             assert all(m.failures == 0 for m in keeper.managed)
+            # A single relay keeps them in its own database too (sealed), as a cluster does.
+            store = stack.relay.tls.store
+            assert store is not None
+            assert {k: v for k, (_, v) in (await store.stamps()).items()} == {ACCOUNT: 2, TENANT: 2}
 
             account2, _, w2 = await peer_chain(port, ACCOUNT_HOST, root)
             tenant2, _, tw = await peer_chain(port, tenant_host, root)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     Update,
@@ -47,9 +49,11 @@ from sqlalchemy.sql.elements import ColumnElement
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AcmeChallenge",
     "AppLink",
     "AuditEvent",
     "Base",
+    "CertificateRow",
     "HandoffCode",
     "Instance",
     "InstanceIntegrations",
@@ -64,6 +68,7 @@ __all__ = [
     "PasskeyUser",
     "PendingLogin",
     "RecoveryCode",
+    "RenewalLease",
     "RetiredInstance",
     "SingleUse",
     "ThrottleEntry",
@@ -786,3 +791,53 @@ class OfflineAlert(Base):
     )
     after_minutes: Mapped[int] = mapped_column(Integer)
     alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CertificateRow(Base):
+    """A certificate every relay node serves (``homeport.tls.store``), one row per kind.
+
+    The private key is sealed with the secret-box key, its associated data
+    binding it to the kind, version, fencing token and chain; ``fence`` is the
+    renewal lease token it was written under (a write with an older one is
+    refused), ``version`` goes up by one on every write.
+    """
+
+    __tablename__ = "certificates"
+    __table_args__ = (CheckConstraint("kind IN ('account', 'tenant')", name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    fence: Mapped[int] = mapped_column(BigInteger)
+    chain_pem: Mapped[str] = mapped_column(Text)
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    written_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RenewalLease(Base):
+    """Who may renew certificates now (``homeport.tls.lease``): one row, ``acme``.
+
+    ``token`` goes up by one every time the lease changes hands (the fencing token).
+    """
+
+    __tablename__ = "renewal_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AcmeChallenge(Base):
+    """An HTTP-01 key authorization being validated now, answerable by every node.
+
+    Not a secret (the CA fetches it over plain HTTP); kept here so that the node the
+    load balancer sends the CA to can answer for the node that placed the order.
+    """
+
+    __tablename__ = "acme_challenges"
+
+    token: Mapped[str] = mapped_column(String(256), primary_key=True)
+    key_authorization: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

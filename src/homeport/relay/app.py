@@ -108,7 +108,12 @@ class Relay:
         )
         self.server_key = load_or_create_private_key(config.server_key_path)
         # Listener context, certificate bot and renewal (homeport.relay.tls).
-        self.tls = RelayTls(config, lambda: tls_files(config))
+        self.tls = RelayTls(
+            config,
+            lambda: tls_files(config),
+            database=self.database,
+            secret_box=self.secret_box,
+        )
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
@@ -329,6 +334,7 @@ class Relay:
                 self.gate.live,
                 self.tenants.connections,
                 cluster=self.cluster,
+                store=self.tls.store,
             )
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up

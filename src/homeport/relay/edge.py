@@ -162,7 +162,7 @@ def redirect_app(
             # HTTP-01 (RFC 8555 §8.3): only the exact path of a token the bot is
             # validating right now answers; every other token is 404 (R-ACME-07).
             token = target[len(ACME_CHALLENGE_PREFIX) :]
-            answer = acme_responder.get(token) if acme_responder is not None else None
+            answer = await acme_responder.lookup(token) if acme_responder is not None else None
             if answer is None or request.method not in ("GET", "HEAD"):
                 return web.Response(status=404)
             return web.Response(

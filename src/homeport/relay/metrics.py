@@ -39,6 +39,7 @@ from homeport.relay.hub import TunnelHub
 from homeport.relay.live import LiveTraffic
 from homeport.tls.acme_bot import ALERT_BELOW
 from homeport.tls.served import ACCOUNT, TENANT, ServedCertificates
+from homeport.tls.store import CertificateStore
 
 __all__ = [
     "MetricsListener",
@@ -135,6 +136,7 @@ def relay_metrics(
     live: LiveTraffic,
     connections: Collection[object] = (),
     cluster: ClusterNode | None = None,
+    store: CertificateStore | None = None,
 ) -> MetricsListener:
     """The listener for ``config.metrics_listen`` (which must be set)."""
     assert config.metrics_listen is not None
@@ -160,6 +162,7 @@ def relay_metrics(
                 lambda: len(asyncio.all_tasks()),
             ),
             *(cluster_gauges(cluster) if cluster is not None else ()),
+            *(certificate_gauges(store) if store is not None else ()),
         ),
     )
     host, port = config.metrics_listen
@@ -181,6 +184,18 @@ def cluster_gauges(node: ClusterNode) -> tuple[tuple[str, str, Callable[[], int]
             "Messages on the revocation channel refused since start (forged, replayed, "
             "stale, malformed, or sealed with another node's key).",
             lambda: channel.refused,
+        ),
+    )
+
+
+def certificate_gauges(store: CertificateStore) -> tuple[tuple[str, str, Callable[[], int]], ...]:
+    """The shared certificate store as this node sees it: alert when rows are refused."""
+    return (
+        (
+            "homeport_certificate_store_refused",
+            "Stored certificate rows this node refused to serve since start (altered in the "
+            "database, or this node's secret-box key differs from the renewer's).",
+            lambda: store.refused,
         ),
     )
 

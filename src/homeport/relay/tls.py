@@ -11,6 +11,11 @@ else in the relay knows about ACME.
   with its own key; both in ``<data-dir>/acme/`` (keys 0600), selected by SNI.
   Until the first issuance (and if issuance keeps failing) the relay serves a
   development-CA placeholder, so it can listen, which TLS-ALPN-01 needs.
+  The certificates are also kept in the database (``homeport.tls.store``, keys
+  sealed with the secret-box key) and renewed by one node at a time
+  (``homeport.tls.lease``): on a single relay that is its own database; on a
+  cluster every node serves what any of them renewed, without a restart
+  (``homeport.tls.keeper``).
 """
 
 from __future__ import annotations
@@ -18,10 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from homeport.accounts.db import Database
+from homeport.accounts.secretbox import SecretBox
+from homeport.relay.cluster.certificates import CertificateNotices
+from homeport.relay.cluster.node import load_cluster_key
 from homeport.relay.config import RelayConfig
 from homeport.tls.acme_bot import AcmeBot, ChallengeSolver, Http01Responder, Issued
 from homeport.tls.acme_settings import AcmeSettings
@@ -30,7 +41,10 @@ from homeport.tls.caa import caa_records
 from homeport.tls.check import CertificateProblem, check_certificate_files
 from homeport.tls.dns01 import Rfc2136Solver, load_tsig_key
 from homeport.tls.keeper import CertificateKeeper, Managed
+from homeport.tls.lease import RenewalLease
 from homeport.tls.served import ACCOUNT, TENANT, CertPair, ServedCertificates
+from homeport.tls.shared_http01 import SharedHttp01Responder
+from homeport.tls.store import CertificateStore
 
 __all__ = ["ACME_DIR", "RelayTls"]
 
@@ -39,10 +53,30 @@ log = logging.getLogger(__name__)
 ACME_DIR = "acme"
 
 
+def node_name() -> str:
+    """This process in the lease row and the logs: host name and a random tail (not secret)."""
+    host = "".join(c for c in socket.gethostname() if c.isascii() and (c.isalnum() or c in "-."))[
+        :40
+    ]
+    return f"{host or 'relay'}-{secrets.token_hex(4)}"
+
+
 class RelayTls:
-    def __init__(self, config: RelayConfig, placeholder: Callable[[], CertPair]) -> None:
-        """``placeholder``: a certificate for every served name (the development CA's)."""
+    def __init__(
+        self,
+        config: RelayConfig,
+        placeholder: Callable[[], CertPair],
+        *,
+        database: Database | None = None,
+        secret_box: SecretBox | None = None,
+    ) -> None:
+        """``placeholder``: a certificate for every served name (the development CA's);
+        ``database`` and ``secret_box``: where ACME certificates are shared (sealed)."""
         self.config = config
+        self.node = node_name()
+        self.store: CertificateStore | None = None
+        #: a cluster node's notices to the others when it stored a certificate
+        self.notices: CertificateNotices | None = None
         self.http01: Http01Responder | None = None
         self.keeper: CertificateKeeper | None = None
         self._task: asyncio.Task[None] | None = None
@@ -64,6 +98,15 @@ class RelayTls:
         alpn: TlsAlpn01Responder | None = None
         if acme.challenge == "tls-alpn-01":
             solver = alpn = TlsAlpn01Responder()
+            if config.redis_url:
+                # Its challenge certificate is in the ordering node's memory only.
+                log.warning(
+                    "acme.tls_alpn_in_cluster",
+                    extra={"detail": "the CA must reach the node that orders; use http-01"},
+                )
+        elif database is not None:
+            # Any node's port 80 answers (the CA may reach any node of a cluster).
+            solver = self.http01 = SharedHttp01Responder(database)
         else:
             solver = self.http01 = Http01Responder()
         root = config.data_dir / ACME_DIR
@@ -86,7 +129,21 @@ class RelayTls:
             profile=config.tls_profile,
             alpn=alpn,
         )
-        self.keeper = CertificateKeeper(self.served, managed, on_renewed=self._suggest_caa)
+        lease = None
+        if database is not None and secret_box is not None:
+            self.store = CertificateStore(database, secret_box, node=self.node)
+            lease = RenewalLease(database, self.node)
+        self.keeper = CertificateKeeper(
+            self.served, managed, on_renewed=self._suggest_caa, store=self.store, lease=lease
+        )
+        if self.store is not None and config.redis_url and config.cluster_key_file:
+            self.notices = CertificateNotices(
+                config.redis_url,
+                load_cluster_key(config.cluster_key_file),
+                node=self.node,
+                on_notice=self.keeper.wake,
+            )
+            self.keeper.on_stored = self.notices.publish
         self._caa_account: str | None = None
 
     def _suggest_caa(self, item: Managed, issued: Issued) -> None:
@@ -162,6 +219,10 @@ class RelayTls:
         if self._task is not None:
             return
         if self.keeper is not None:
+            if isinstance(self.http01, SharedHttp01Responder):
+                self.http01.bind(asyncio.get_running_loop())
+            if self.notices is not None:
+                self.notices.start()
             self._task = asyncio.create_task(self.keeper.run(), name="acme-keeper")
         elif self._operator_files is not None:
             self._task = asyncio.create_task(self._watch_files(), name="tls-file-watch")
@@ -201,6 +262,8 @@ class RelayTls:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.notices is not None:
+            await self.notices.stop()
 
 
 def _dns_solver(acme: AcmeSettings) -> Rfc2136Solver:

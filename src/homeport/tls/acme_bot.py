@@ -58,6 +58,7 @@ __all__ = [
     "Issued",
     "RenewalDecision",
     "RetryPolicy",
+    "is_acme_token",
     "renewal_decision",
 ]
 
@@ -74,6 +75,11 @@ _ORDER_RETRY_CODES = frozenset({"badNonce", "serverInternal", "orderNotReady"})
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
+def is_acme_token(token: str) -> bool:
+    """Whether ``token`` has the shape of an ACME token (anything else is never ours)."""
+    return _TOKEN.fullmatch(token) is not None
+
+
 class AcmeBotError(Exception):
     """Issuance failed after every bounded retry."""
 
@@ -84,7 +90,7 @@ class AcmeBotError(Exception):
 class ChallengeResponder(Protocol):
     """What the port-80 listener consults: key authorization for ``token`` or None."""
 
-    def get(self, token: str) -> str | None: ...
+    async def lookup(self, token: str) -> str | None: ...
 
 
 class ChallengeSolver(Protocol):
@@ -142,6 +148,10 @@ class Http01Responder:
             return None
         with self._lock:
             return self._tokens.get(token)
+
+    async def lookup(self, token: str) -> str | None:
+        """:meth:`get`, for the port-80 listener (a shared responder may ask the database)."""
+        return self.get(token)
 
     def add(self, token: str, key_authorization: str) -> None:
         if not _TOKEN.fullmatch(token):
