@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Largest binary message the writer produces (the receiver's limit is above it).
 SEND_BATCH = 256 * 1024
-#: Most body bytes of one stream handed to its owner as one piece (see coalesce_data).
-RECEIVE_BATCH = 256 * 1024
 #: GOAWAY reason the relay gives a tunnel that a newer connection of the same
 #: add-on replaced; the add-on must not dial straight back (it would take over again).
 GOAWAY_REPLACED = "replaced"
@@ -69,46 +67,6 @@ _STREAM_EVENTS = (
     WebSocketClosed,
     WebSocketMessageReceived,
 )
-
-
-def coalesce_data(events: list[Event]) -> list[Event]:
-    """Join the body frames of each stream that arrived in one read (up to RECEIVE_BATCH).
-
-    The peer frames bodies in chunks (``Settings.chunk_size``); handing each to
-    the stream's owner would cost a callback, a write to Home Assistant or to
-    the browser, and an acknowledgement per chunk.  Batched, a read becomes
-    one write per stream on the next hop, in both directions.  Only body
-    frames of the same stream with nothing else of that stream between them
-    are joined (order within a stream is kept; streams are independent);
-    credit is unchanged (the owner acknowledges the bytes it consumed).
-    """
-    out: list[Event] = []
-    #: stream id -> index in ``out`` of its latest event
-    latest: dict[int, int] = {}
-    #: index in ``out`` of a DataReceived -> the payloads joined there and their size
-    joined: dict[int, tuple[list[bytes], int]] = {}
-    for event in events:
-        if type(event) is DataReceived:
-            index = latest.get(event.stream_id)
-            if index is not None:
-                previous = out[index]
-                if type(previous) is DataReceived and not previous.end_stream:
-                    parts, size = joined.get(index) or ([previous.data], len(previous.data))
-                    size += len(event.data)
-                    if size <= RECEIVE_BATCH:
-                        parts.append(event.data)
-                        joined[index] = (parts, size)
-                        out[index] = DataReceived(event.stream_id, b"", event.end_stream)
-                        continue
-            latest[event.stream_id] = len(out)
-        elif isinstance(event, _STREAM_EVENTS):
-            latest[event.stream_id] = len(out)
-        out.append(event)
-    for index, (parts, _) in joined.items():
-        event = out[index]
-        assert type(event) is DataReceived
-        out[index] = DataReceived(event.stream_id, b"".join(parts), event.end_stream)
-    return out
 
 
 class TunnelSession:
@@ -265,7 +223,7 @@ class TunnelSession:
         if self.ended:
             return
         events = self.connection.receive_data(data)
-        self._dispatch(coalesce_data(events) if len(events) > 1 else events)
+        self._dispatch(events)
         if self._watch_timer is None and self.streams:
             self._watch_timer = self.loop.call_later(
                 STALL_CHECK, self._guarded, "watchdog", self._watch
