@@ -5,14 +5,19 @@ frees everything it allocates, yet its RSS grew on the soak
 (``bench/soak.py``): about 40 KB per short WebSocket, all of it memory
 already freed (one ``malloc_trim(0)`` gave it back).  Two glibc behaviours:
 
-* the *dynamic mmap threshold*: once a block above 128 KiB (a TLS
-  connection's 256 KiB read buffer) is freed, glibc raises the threshold and
-  puts later such blocks on the heap, where a single live block above them
-  keeps every freed page below from ever going back.
-  :func:`configure_allocator` fixes the threshold at 128 KiB, so large
-  buffers stay mmap'ed and are returned when freed;
-* freed pages in the middle of the heap are only returned by
-  ``malloc_trim``: :class:`MemoryTrimmer` calls it every
+* the *dynamic mmap threshold*: once a block above 128 KiB is freed, glibc
+  raises the threshold (up to 32 MiB) and puts later such blocks on the
+  heap, so how large a block has to be before it is mmap'ed (and returned
+  the moment it is freed) depends on what the process happened to free
+  first.  :func:`configure_allocator` fixes it at :data:`MMAP_THRESHOLD`
+  (1 MiB): above the data plane's own buffers (a TLS read, a 256 KiB body
+  batch, a tunnel write of ``SEND_BATCH``), which come and go thousands of
+  times a second during a transfer and are reused from the heap instead of
+  being mapped, faulted in page by page, zeroed and unmapped every time
+  (at 128 KiB that cost a third of an upload's CPU, docs/performance.md);
+  anything larger is mmap'ed and returned when freed;
+* freed pages in the middle of the heap (those buffers' included) are only
+  returned by ``malloc_trim``: :class:`MemoryTrimmer` calls it every
   :data:`TRIM_INTERVAL` seconds.
 
 So an operator reading RSS sees what the process really holds, and a leak
@@ -53,7 +58,7 @@ malloc_trim = _find_malloc_trim()
 
 #: mallopt's M_MMAP_THRESHOLD, and the value glibc starts with.
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+MMAP_THRESHOLD = 1024 * 1024
 
 
 def configure_allocator() -> bool:

@@ -375,6 +375,49 @@ async def test_idle_and_trickling_connections_have_a_deadline(edge: Edge) -> Non
             writer.close()
 
 
+async def test_a_kept_alive_connection_is_closed_once_idle_after_its_last_response(
+    edge: Edge,
+) -> None:
+    """The idle deadline counts from the end of the last response, however many came before.
+
+    The deadline moves with each request while its timer stays (one timer per
+    connection, not one per request): the connection must neither be closed
+    while requests keep coming within the deadline, nor outlive it once idle.
+    """
+    port, ca = edge.stack.config.listen_port, edge.stack.ca_path
+    before = set(edge.stack.relay.tenants.connections)
+    reader, writer = await connect(port, edge.sni, ca)
+    request = f"GET /echo?idle HTTP/1.1\r\n{edge.head}\r\n".encode()
+    try:
+        writer.write(request)
+        await writer.drain()
+        status, _, headers = await read_head(reader)
+        assert status == 200
+        await reader.readexactly(int(dict(headers)["content-length"]))
+        (connection,) = set(edge.stack.relay.tenants.connections) - before
+        connection._idle_timeout = 0.6  # the real one is 75 s
+        for _ in range(4):  # 1.6 s of requests 0.4 s apart: past the first deadline
+            await asyncio.sleep(0.4)
+            writer.write(request)
+            await writer.drain()
+            status, _, headers = await read_head(reader)
+            assert status == 200
+            await reader.readexactly(int(dict(headers)["content-length"]))
+            assert connection.idle_deadline_armed
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):
+            assert await reader.read(1) == b""  # closed by the relay
+        waited = asyncio.get_running_loop().time() - started
+        assert 0.4 <= waited <= 2.0, waited
+        for _ in range(50):
+            if connection.lost:
+                break
+            await asyncio.sleep(0.02)
+        assert connection.lost
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------- a misbehaving add-on
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from homeport.relay.headers import request_headers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from homeport.relay.headers import (
+    request_fields,
+    request_headers,
+    strip_relay_cookie_bytes,
+    strip_relay_cookies,
+)
 
 
 def _forwarded(*raw: tuple[str, str]) -> list[tuple[str, str]]:
@@ -30,3 +38,32 @@ def test_header_names_with_underscores_are_dropped() -> None:
     assert [v for n, v in out if n == "x-forwarded-for"] == ["198.51.100.7"]
     assert [v for n, v in out if n == "x-forwarded-host"] == ["home.example"]
     assert "203.0.113.66" not in str(out)
+
+
+_COOKIE_TEXT = st.lists(
+    st.sampled_from(
+        ["a", "b", "=", ";", " ", "\t", "\xa0", "\x85", "\x1f", "__Host-homeport", "_", "x"]
+    ),
+    max_size=20,
+).map("".join)
+
+
+@given(_COOKIE_TEXT)
+@settings(max_examples=500, deadline=None)
+def test_the_bytes_cookie_strip_cuts_exactly_what_the_text_one_cuts(header: str) -> None:
+    """The data plane's bytes version never lets a relay cookie through that the other cuts."""
+    raw = header.encode("latin-1")
+    assert strip_relay_cookie_bytes(raw) == strip_relay_cookies(header).encode("latin-1")
+
+
+def test_the_relay_session_cookie_never_enters_the_tunnel() -> None:
+    raw = [
+        (b"Host", b"h"),
+        (b"Cookie", b"a=1; __Host-homeport-session=SECRET;\xa0__Host-homeport-x=2 ;b=3"),
+    ]
+    names, values = request_fields(raw, client_ip="192.0.2.1", public_host="h", websocket=False)
+    cookies = [v for n, v in zip(names, values, strict=True) if n == b"cookie"]
+    assert cookies == [b"a=1; b=3"]
+    only_ours = [(b"Host", b"h"), (b"Cookie", b"__Host-homeport-session=SECRET")]
+    names, _ = request_fields(only_ours, client_ip="192.0.2.1", public_host="h", websocket=False)
+    assert b"cookie" not in names

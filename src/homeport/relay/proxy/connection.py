@@ -55,6 +55,8 @@ class TenantConnection(ThreadBufferReads):
         self.write_paused = False
         self._idle_timeout = idle_timeout
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
+        self._idle_at = 0.0  # when the timer fires
         self._reader = RequestReader(self)
         #: The exchange being answered, and those read while it was (pipelining).
         self._current: HttpExchange | None = None
@@ -100,7 +102,7 @@ class TenantConnection(ThreadBufferReads):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.proxy.connections.discard(self)
-        self._disarm_idle()
+        self._cancel_idle()
         doomed = [e for e in (self._current, *self._waiting) if e is not None]
         self._current = None
         self._waiting.clear()
@@ -210,14 +212,14 @@ class TenantConnection(ThreadBufferReads):
     def close(self) -> None:
         """Close after what was written (TLS close_notify follows the data)."""
         self._closing = True
-        self._disarm_idle()
+        self._cancel_idle()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     def abort(self) -> None:
         """Drop the connection at once: the browser must see a cut, not a complete answer."""
         self._closing = True
-        self._disarm_idle()
+        self._cancel_idle()
         if self.transport is not None:
             self.transport.abort()
 
@@ -230,20 +232,41 @@ class TenantConnection(ThreadBufferReads):
     @property
     def idle_deadline_armed(self) -> bool:
         """The connection waits for a request head, and will be closed if none comes."""
-        return self._idle is not None
+        return self._idle_deadline is not None
+
+    # The deadline moves with every request; its timer does not.  A keep-alive
+    # connection arms and disarms it once per request, so the timer is made once
+    # and, when it fires early (the deadline moved on), set again for the new one.
 
     def _arm_idle(self) -> None:
-        self._disarm_idle()
-        if self._idle_timeout > 0:
-            self._idle = self.loop.call_later(self._idle_timeout, self._idle_expired)
+        if self._idle_timeout <= 0 or self._closing:
+            return
+        deadline = self._idle_deadline = self.loop.time() + self._idle_timeout
+        if self._idle is None or self._idle_at > deadline:
+            if self._idle is not None:
+                self._idle.cancel()
+            self._idle_at = deadline
+            self._idle = self.loop.call_at(deadline, self._idle_expired)
 
     def _disarm_idle(self) -> None:
+        self._idle_deadline = None
+
+    def _cancel_idle(self) -> None:
+        self._idle_deadline = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
 
     def _idle_expired(self) -> None:
         self._idle = None
+        deadline = self._idle_deadline
+        if deadline is None or self.lost:
+            return  # a request came meanwhile: the next _arm_idle starts a timer again
+        if self.loop.time() < deadline:
+            self._idle_at = deadline
+            self._idle = self.loop.call_at(deadline, self._idle_expired)
+            return
+        self._idle_deadline = None
         with contextlib.suppress(Exception):
             self.close()
 

@@ -386,14 +386,14 @@ class HttpExchange:
         self._kind = kind
         close = kind == CLOSE or not self._reusable()
         self.response_started = True
-        self.conn.write(encode_head(status, headers, close=close))
         parts: list[bytes] = []
         size = 0
         for data in pending:
             size += len(data)
             if kind != NONE:
                 parts += self._framed(data)
-        self._to_browser(parts, size)
+        # Head and body in one write: one TLS record and one send, not two.
+        self._to_browser(parts, size, head=encode_head(status, headers, close=close))
         if self._ended:
             self._end_response()
 
@@ -405,8 +405,9 @@ class HttpExchange:
     def _write_body(self, data: bytes) -> None:
         self._to_browser(self._framed(data) if self._kind != NONE else [], len(data))
 
-    def _to_browser(self, parts: list[bytes], size: int) -> None:
-        """Write body bytes (``size`` of them, framed as ``parts``) to the browser.
+    def _to_browser(self, parts: list[bytes], size: int, head: bytes = b"") -> None:
+        """Write body bytes (``size`` of them, framed as ``parts``) to the browser,
+        after the response ``head`` if given (which is never held back).
 
         Under the home's bandwidth cap, bytes the bucket has not paid for yet
         wait here (each until its own time) and their credit with them, so the
@@ -415,10 +416,14 @@ class HttpExchange:
         if size:
             delay = self.proxy.limits.bandwidth(self._instance).down.charge(size)
             if delay > 0 or self._delayed:
+                if head:
+                    self.conn.write(head)
                 at = self.conn.loop.time() + max(delay, 0.0)
                 self._delayed.append((at, parts, size))
                 self._schedule_delayed()
                 return
+        if head:
+            parts.insert(0, head)
         if parts:
             self.conn.writelines(parts)
         self._acknowledge(size)
