@@ -110,6 +110,7 @@ class Relay:
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
+        self.hub.cert_sha256_for = self.tls.served.cert_sha256_for
         #: Whole-body deadline and per-network request cap on the account host (R-MT-14).
         self.account_limits = AccountLimits(config, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
@@ -216,9 +217,15 @@ class Relay:
         """
         alpn = getattr(ssl_object, "selected_alpn_protocol", lambda: None)()
         if alpn == TUNNEL_ALPN:
-            if requested_server_name(ssl_object) != self.config.account_host:
+            name = requested_server_name(ssl_object)
+            if name == self.config.account_host:
+                return self.hub.raw_protocol
+            instance_id = self.config.instance_for_host(name)
+            if name is None or instance_id is None:
                 return _Refused
-            return self.hub.raw_protocol
+            # An add-on on its own tenant name (the cluster's SNI routing); the hub
+            # serves it only if its proven key owns exactly that home.
+            return partial(self.hub.raw_protocol, name, instance_id)
         return self.tenants.route(ssl_object)
 
     @web.middleware

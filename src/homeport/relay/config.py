@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.accounts.identifiers import is_instance_id
 from homeport.mail.settings import SmtpSettings
 from homeport.relay.oidc_settings import OidcProvider
 from homeport.tls.acme_settings import AcmeSettings
@@ -118,6 +119,15 @@ class RelayConfig:
 
     def tenant_origin(self, instance_id: str) -> str:
         return f"https://{self.tenant_host(instance_id)}{self.port_suffix}"
+
+    def instance_for_host(self, name: str | None) -> str | None:
+        """The instance id a tenant name ``<instance-id>.<tenant-domain>`` names, else None."""
+        if name is None:
+            return None
+        label, dot, domain = name.lower().rstrip(".").partition(".")
+        if not dot or domain != self.tenant_domain or not is_instance_id(label):
+            return None
+        return label
 
     @property
     def server_key_path(self) -> Path:
