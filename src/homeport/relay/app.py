@@ -157,7 +157,12 @@ class Relay:
                 integrations=self.integrations,
                 hub=self.hub,
                 sweeper=self.housekeeping,
+                connected_before=self.accounts.instances.connected_before,
+                mark_disconnected=self.accounts.instances.mark_disconnected_many,
             )
+            presence = self.cluster.presence
+            self.hub.on_tunnel_up = lambda instance_id, _session: presence.claim(instance_id)
+            self.hub.on_tunnel_down = presence.release
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
@@ -251,7 +256,10 @@ class Relay:
     async def _on_startup(self, app: web.Application) -> None:
         await self.database.connect()
         await self.database.migrate()
-        await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        if self.cluster is None:
+            await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        # A cluster node must not: the other nodes' homes are connected. Its presence
+        # directory marks disconnected only the homes no node holds any more.
         self.housekeeping.start()
         if self.cluster is not None:
             self.cluster.start()

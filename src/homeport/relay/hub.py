@@ -360,6 +360,19 @@ class TunnelHub:
         log.info("hub.tunnel_closed", extra={"instance": instance_id, "reason": reason})
         return True
 
+    async def retire(self, instance_id: str, reason: str = GOAWAY_REPLACED) -> bool:
+        """Another node holds this home's newer tunnel: ours takes no new streams and drains.
+
+        The home is still connected (elsewhere), so no disconnect is recorded and
+        the presence record, now the other node's, is left alone.
+        """
+        session = self.tunnels.pop(instance_id, None)
+        if session is None:
+            return False
+        log.info("hub.tunnel_retired", extra={"instance": instance_id, "reason": reason})
+        await session.drain(self.config.drain_seconds, reason=reason)
+        return True
+
     async def shutdown(self) -> None:
         """Graceful restart: GOAWAY to every add-on, let streams finish, close."""
         self._closing = True

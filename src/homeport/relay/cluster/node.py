@@ -38,13 +38,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.cluster.channel import RevocationChannel
 from homeport.relay.cluster.messages import KEY_MIN_BYTES, Sealer
+from homeport.relay.cluster.presence import PresenceDirectory
 from homeport.relay.gate import SessionGate
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.live import Kind, Withdrawal
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 class Tunnels(Protocol):
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool: ...
+    async def retire(self, instance_id: str) -> bool: ...
 
 
 class Sweeper(Protocol):
@@ -101,6 +104,8 @@ class ClusterNode:
         hub: Tunnels,
         sweeper: Sweeper,
         node_id: str | None = None,
+        connected_before: Callable[[datetime], Awaitable[Sequence[str]]] | None = None,
+        mark_disconnected: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.gate = gate
         self.app_links = app_links
@@ -116,6 +121,15 @@ class ClusterNode:
             on_change=self._changed,
         )
         self._closing: set[asyncio.Task[bool]] = set()
+        #: Which node holds which home's tunnel (relay/cluster/presence.py).
+        self.presence = PresenceDirectory(
+            redis_url,
+            key,
+            node=self.node_id,
+            retire=self._retire,
+            connected_before=connected_before,
+            mark_disconnected=mark_disconnected,
+        )
         trusted: Callable[[], bool] = lambda: self.channel.up  # noqa: E731
         gate.trust_cache = trusted
         app_links.trust_cache = trusted
@@ -126,9 +140,11 @@ class ClusterNode:
         # Until the channel is up the caches are off, so sweep as if degraded.
         self.sweeper.degraded = True
         self.channel.start()
+        self.presence.start()
         log.info("cluster.node_started", extra={"node": self.node_id})
 
     async def stop(self) -> None:
+        await self.presence.stop()
         await self.channel.stop()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
@@ -148,6 +164,9 @@ class ClusterNode:
         if w.kind is Kind.INSTANCE and w.instance_id is not None:
             self._background(self.hub.close_instance(w.instance_id))
         log.info("cluster.withdrawal_applied", extra={"kind": w.kind.value, "exchanges": cut})
+
+    async def _retire(self, instance_id: str) -> None:
+        await self.hub.retire(instance_id)
 
     def _background(self, work: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.ensure_future(work)

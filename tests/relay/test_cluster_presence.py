@@ -1,0 +1,220 @@
+"""The presence directory (relay/cluster/presence.py): sealed records, expiry, newest claim wins.
+
+Records are checked on their own (forged, altered, moved, replayed); the
+directory runs against a real ``redis-server`` (tests/support/redis_server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import pytest
+import redis.asyncio as aioredis
+from redis_server import RedisServer
+
+from homeport.relay.cluster.presence import (
+    MAX_RECORD_AGE,
+    PresenceDirectory,
+    RecordSealer,
+    RefusedRecord,
+    key_for,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = b"test cluster key: 0123456789abcdefghijklmnopqrstuvwxyz"
+HOME = "a" * 26
+OTHER_HOME = "b" * 26
+
+
+def test_a_record_opens_with_the_key_that_sealed_it() -> None:
+    sealer = RecordSealer(KEY)
+    now = time.time()
+    record = sealer.open(HOME, sealer.seal(HOME, node="node-1", now=now), now=now)
+    assert (record.instance_id, record.node) == (HOME, "node-1")
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            lambda s, now: RecordSealer(b"another key, just as long: 0123456789abcdef").seal(
+                HOME, node="node-1", now=now
+            ),
+            "bad signature",
+        ),
+        (
+            lambda s, now: s.seal(HOME, node="node-1", now=now).replace(b"node-1", b"node-2"),
+            "bad signature",
+        ),
+        (lambda s, now: s.seal(OTHER_HOME, node="node-1", now=now), "bad signature"),
+        (lambda s, now: s.seal(HOME, node="node-1", now=now - MAX_RECORD_AGE - 1), "too old"),
+        (
+            lambda s, now: s.seal(HOME, node="node-1", now=now + MAX_RECORD_AGE + 1),
+            "from the future",
+        ),
+        (lambda s, now: b"node-1", "unknown format"),
+        (lambda s, now: b"hp1p:" + b"0" * 64 + b":{}", "bad signature"),
+    ],
+    ids=["forged", "altered", "another-homes-record", "replayed", "future", "plain", "no-mac"],
+)
+def test_a_record_that_is_not_genuine_and_fresh_is_refused(make: object, reason: str) -> None:
+    sealer = RecordSealer(KEY)
+    now = time.time()
+    data = make(sealer, now)  # type: ignore[operator]
+    with pytest.raises(RefusedRecord) as refused:
+        sealer.open(HOME, data, now=now)
+    assert refused.value.reason == reason
+
+
+class Marks:
+    def __init__(self, connected: Sequence[str]) -> None:
+        self.connected = list(connected)
+        self.marked: list[str] = []
+
+    async def connected_before(self, cutoff: datetime) -> list[str]:
+        return [i for i in self.connected if i not in self.marked]
+
+    async def mark(self, ids: Sequence[str]) -> None:
+        self.marked.extend(ids)
+
+
+def directory(
+    redis: RedisServer, node: str, retired: list[str] | None = None, marks: Marks | None = None
+) -> PresenceDirectory:
+    async def retire(instance_id: str) -> None:
+        if retired is not None:
+            retired.append(instance_id)
+
+    return PresenceDirectory(
+        redis.url,
+        KEY,
+        node=node,
+        retire=retire,
+        refresh=0.1,
+        ttl=0.6,
+        sweep=0.2,
+        connected_before=marks.connected_before if marks else None,
+        mark_disconnected=marks.mark if marks else None,
+    )
+
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+
+async def test_a_claim_is_seen_by_other_nodes_and_gone_after_a_clean_release(
+    redis_server: RedisServer,
+) -> None:
+    a, b = directory(redis_server, "node-a"), directory(redis_server, "node-b")
+    a.start()
+    b.start()
+    try:
+        a.claim(HOME)
+        holder: list[str | None] = [None]
+
+        async def seen() -> bool:
+            holder[0] = await b.holder(HOME)
+            return holder[0] == "node-a"
+
+        async with asyncio.timeout(5):
+            while not await seen():
+                await asyncio.sleep(0.02)
+        a.release(HOME)
+        async with asyncio.timeout(5):
+            while await b.holder(HOME) is not None:
+                await asyncio.sleep(0.02)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_dead_nodes_records_expire(redis_server: RedisServer) -> None:
+    a, b = directory(redis_server, "node-a"), directory(redis_server, "node-b")
+    a.start()
+    try:
+        a.claim(HOME)
+        async with asyncio.timeout(5):
+            while await b.holder(HOME) != "node-a":
+                await asyncio.sleep(0.02)
+        # As kill -9 would: the refresh stops and nothing is deleted.
+        assert a._task is not None
+        a._task.cancel()
+        died = time.monotonic()
+        async with asyncio.timeout(5):
+            while await b.holder(HOME) is not None:
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - died < 0.6 + 0.3
+    finally:
+        a._held.clear()
+        await a.stop()
+        await b.stop()
+
+
+async def test_the_newest_claim_wins_and_the_older_holder_retires(
+    redis_server: RedisServer,
+) -> None:
+    retired_a: list[str] = []
+    a = directory(redis_server, "node-a", retired_a)
+    b = directory(redis_server, "node-b")
+    a.start()
+    b.start()
+    try:
+        a.claim(HOME)
+        await asyncio.sleep(0.3)
+        b.claim(HOME)  # the add-on moved to node B
+        await until(lambda: retired_a == [HOME])
+        assert await a.holder(HOME) == "node-b"
+        assert a.held == 0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_forged_record_is_refused_and_never_retires_the_holder(
+    redis_server: RedisServer,
+) -> None:
+    """Someone who can write to Redis but has no cluster key claims a home: ignored."""
+    retired: list[str] = []
+    a = directory(redis_server, "node-a", retired)
+    reader = directory(redis_server, "node-b")
+    forger = RecordSealer(b"not the cluster key, but long enough 0123456789")
+    client = aioredis.Redis.from_url(redis_server.url)
+    a.start()
+    try:
+        a.claim(HOME)
+        await until(lambda: a._healthy_since is not None)
+        await client.set(key_for(HOME), forger.seal(HOME, node="node-evil", now=time.time()))
+        await asyncio.sleep(0.4)  # a few refreshes
+        assert retired == []
+        assert await reader.holder(HOME) == "node-a"  # written back by its holder
+        # A forged record for a home nobody holds reads as no record at all.
+        await client.set(key_for(OTHER_HOME), forger.seal(OTHER_HOME, node="node-evil", now=0))
+        assert await reader.holder(OTHER_HOME) is None
+        assert reader.refused >= 1
+    finally:
+        await client.aclose()
+        await a.stop()
+        await reader.stop()
+
+
+async def test_the_stale_sweep_marks_only_homes_no_node_holds(redis_server: RedisServer) -> None:
+    """A starting node no longer marks every home disconnected: only the stale ones."""
+    marks = Marks([HOME, OTHER_HOME])
+    holder = directory(redis_server, "node-a")
+    sweeper = directory(redis_server, "node-b", marks=marks)
+    holder.start()
+    holder.claim(HOME)
+    sweeper.start()
+    try:
+        await until(lambda: marks.marked == [OTHER_HOME])
+        await asyncio.sleep(0.5)
+        assert marks.marked == [OTHER_HOME]
+    finally:
+        await holder.stop()
+        await sweeper.stop()
