@@ -174,7 +174,14 @@ def _cluster(opts: Options) -> dict[str, Any]:
             "--redis-url needs --cluster-key-file (the same key file on every node; "
             "make one with: openssl rand -base64 48)"
         )
-    return {"redis_url": url, "cluster_key_file": key_file}
+    name = opts.get("node_name")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", str(name)):
+        raise ConfigError("--node-name: 1-40 letters, digits, '.', '_' or '-'")
+    return {
+        "redis_url": url,
+        "cluster_key_file": key_file,
+        **({"node_name": str(name)} if name is not None else {}),
+    }
 
 
 def _breached_passwords(opts: Options) -> dict[str, Any]:
@@ -915,6 +922,12 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="cluster_key_file",
         help="with --redis-url: the key that seals messages between nodes (at least 32 "
         "bytes; the same file on every node; e.g. openssl rand -base64 48 > cluster.key)",
+    )
+    parser.add_argument(
+        "--node-name",
+        dest="node_name",
+        help="with --redis-url: this node's name in logs, metrics and the presence "
+        "directory (a random suffix is added per process; default: node)",
     )
     parser.add_argument(
         "--breached-passwords-timeout",

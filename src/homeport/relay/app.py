@@ -29,7 +29,7 @@ from homeport.memory import MemoryTrimmer
 from homeport.pairing import make_pairing
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
-from homeport.relay.cluster.node import ClusterNode, load_cluster_key
+from homeport.relay.cluster.node import ClusterNode, load_cluster_key, new_node_id
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
@@ -157,18 +157,23 @@ class Relay:
                 integrations=self.integrations,
                 hub=self.hub,
                 sweeper=self.housekeeping,
+                node_id=new_node_id(config.node_name),
                 connected_before=self.accounts.instances.connected_before,
                 mark_disconnected=self.accounts.instances.mark_disconnected_many,
             )
             presence = self.cluster.presence
             self.hub.on_tunnel_up = lambda instance_id, _session: presence.claim(instance_id)
             self.hub.on_tunnel_down = presence.release
+            self.hub.on_tunnel_missing = presence.request_move
         self._runner: web.AppRunner | None = None
         #: The account site's sub-application, once :meth:`application` has built it.
         self.site: web.Application | None = None
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
         self.memory = MemoryTrimmer()
+        #: Being stopped: the health check says so, and the load balancer stops
+        #: sending new connections (``GET /healthz`` on the metrics listener).
+        self.draining = False
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
@@ -322,6 +327,7 @@ class Relay:
                 self.tenants.connections,
                 cluster=self.cluster,
             )
+            self.metrics.accepting = lambda: not self.draining
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
         self.memory.start()

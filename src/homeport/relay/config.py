@@ -104,6 +104,8 @@ class RelayConfig:
     #: them (the same on every node).  None (the default): a single relay.
     redis_url: str | None = None
     cluster_key_file: Path | None = None
+    #: A cluster node's name (``--node-name``); its id adds a random suffix per process.
+    node_name: str = "node"
 
     @property
     def port_suffix(self) -> str:

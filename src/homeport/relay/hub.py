@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -50,6 +50,8 @@ from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+#: How long a cluster node holds a browser's request for a tunnel on its way here.
+ARRIVAL_WAIT = 5.0
 #: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
@@ -104,6 +106,11 @@ class TunnelHub:
         #: presence directory, relay/cluster/presence.py).
         self.on_tunnel_up: Callable[[str, TunnelSession], None] | None = None
         self.on_tunnel_down: Callable[[str], None] | None = None
+        #: A cluster node: a browser came for a home whose tunnel is not here (ask the
+        #: node holding it to move it, relay/cluster/presence.py). None: one relay.
+        self.on_tunnel_missing: Callable[[str], Awaitable[object]] | None = None
+        #: Homes someone waits for (await_tunnel) -> their wake-ups when the tunnel registers.
+        self._arrivals: dict[str, set[asyncio.Event]] = {}
         accounts.on_linked(self._linked)
 
     def _tunnel_budget(self, instance_id: str) -> RateBudget:
@@ -133,6 +140,42 @@ class TunnelHub:
         if session is None or session.ended or not session.connection.accepting_streams:
             return None
         return session
+
+    @property
+    def may_wait(self) -> bool:
+        """Whether a missing tunnel may be waited for (a cluster node) rather than offline."""
+        return self.on_tunnel_missing is not None and not self._closing
+
+    async def await_tunnel(self, instance_id: str, timeout: float = ARRIVAL_WAIT) -> None:
+        """A cluster node without ``instance_id``'s tunnel: wait (bounded) for it to arrive.
+
+        While nodes join, leave or die, a browser can reach this node before the
+        home's add-on has (re)dialled here, or while its tunnel is still on the
+        node the ring used to pick; the node holding it is asked to move it
+        (``on_tunnel_missing``) and the request waits up to ``timeout`` seconds
+        instead of failing. On one relay, or if it does not come, nothing waits
+        longer than that and the caller answers "offline".
+        """
+        if self.tunnel_for(instance_id) is not None or self.on_tunnel_missing is None:
+            return
+        arrival = asyncio.Event()
+        waiting = self._arrivals.setdefault(instance_id, set())
+        waiting.add(arrival)
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await self.on_tunnel_missing(instance_id)
+                except Exception as exc:  # Redis away: just wait for the add-on
+                    log.warning("hub.move_request_failed", extra={"error": type(exc).__name__})
+                while self.tunnel_for(instance_id) is None:
+                    await arrival.wait()
+                    arrival.clear()
+        except TimeoutError:
+            pass
+        finally:
+            waiting.discard(arrival)
+            if not waiting and self._arrivals.get(instance_id) is waiting:
+                del self._arrivals[instance_id]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/tunnel``: the tunnel inside a WebSocket (the first transport)."""
@@ -272,6 +315,8 @@ class TunnelHub:
         self.presence.connected(instance_id)
         if self.on_tunnel_up is not None:
             self.on_tunnel_up(instance_id, session)
+        for arrival in self._arrivals.get(instance_id, ()):
+            arrival.set()
         log.info("hub.tunnel_up", extra={"instance": instance_id, "peer": peer})
         try:
             await session.run()

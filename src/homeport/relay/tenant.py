@@ -175,6 +175,8 @@ class TenantProxy:
                 if token is None:
                     return self._integration_now(request, label, remote)
                 return None
+            if self.hub.may_wait and self.hub.tunnel_for(label) is None:
+                return None  # a cluster node: the tunnel may be on its way (admit waits)
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
             )
@@ -202,6 +204,7 @@ class TenantProxy:
                     if self.integrations.allows(switches, path):
                         return self._integration(request, label, path, remote)
                 return self._challenge(request, label)
+            await self.hub.await_tunnel(label)
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
             )

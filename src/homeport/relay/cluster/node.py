@@ -51,6 +51,9 @@ from homeport.relay.gate import SessionGate
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.live import Kind, Withdrawal
 
+#: GOAWAY reason when another node asked for this home's tunnel: the add-on redials at once.
+GOAWAY_MOVE = "move"
+
 __all__ = ["ClusterNode", "load_cluster_key", "new_node_id"]
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 
 class Tunnels(Protocol):
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool: ...
-    async def retire(self, instance_id: str) -> bool: ...
+    async def retire(self, instance_id: str, reason: str = ...) -> bool: ...
 
 
 class Sweeper(Protocol):
@@ -85,9 +88,9 @@ def load_cluster_key(path: Path) -> bytes:
     return key
 
 
-def new_node_id() -> str:
+def new_node_id(name: str = "node") -> str:
     """A name for this process in the cluster's messages and logs (random, not secret)."""
-    return "node-" + secrets.token_hex(6)
+    return f"{name}-{secrets.token_hex(6)}"
 
 
 class ClusterNode:
@@ -127,6 +130,7 @@ class ClusterNode:
             key,
             node=self.node_id,
             retire=self._retire,
+            move=self._move,
             connected_before=connected_before,
             mark_disconnected=mark_disconnected,
         )
@@ -167,6 +171,9 @@ class ClusterNode:
 
     async def _retire(self, instance_id: str) -> None:
         await self.hub.retire(instance_id)
+
+    async def _move(self, instance_id: str) -> None:
+        await self.hub.retire(instance_id, reason=GOAWAY_MOVE)
 
     def _background(self, work: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.ensure_future(work)

@@ -14,6 +14,19 @@ redialled after a GOAWAY, or moved to its tenant name after linking). This
 node then retires its older tunnel (GOAWAY "replaced": open streams finish,
 no new ones start), within :data:`REFRESH` seconds of the claim.
 
+**Moves.** While membership changes (a node died, or came back and the
+consistent-hash ring shifted back), a browser can reach node B while the
+home's tunnel is on node A. B then asks A to move it
+(:meth:`PresenceDirectory.request_move`): a sealed message on the Redis
+channel ``homeport:moves`` naming A and the home. A retires its tunnel with
+GOAWAY "move"; the add-on redials its tenant name at once and lands where
+HAProxy now sends that name, B, while its old tunnel finishes its streams
+(make-before-break). B holds the browser's request meanwhile
+(:meth:`homeport.relay.hub.TunnelHub.await_tunnel`). Hysteresis: one move per
+home per :data:`MOVE_EVERY` seconds, cluster-wide (a ``SET NX`` with expiry),
+so two nodes with different views of the ring cannot bounce a home between
+them faster than that.
+
 What reads it: :meth:`PresenceDirectory.holder` (which node holds a home), and
 the stale sweep (:meth:`PresenceDirectory.sweep_stale`), which marks
 disconnected in the database the homes recorded as connected that no node
@@ -26,6 +39,9 @@ Threats this stops (anyone who can write to Redis, not only the nodes):
   keyed by the cluster key and covers a domain string, the *key name* and the
   payload, so a record made up, altered, or copied to another home's key is
   refused (:class:`RefusedRecord`) and treated as absent.
+* **Forged or replayed move requests.** Sealed the same way (their own domain
+  string and the channel name), with a random id remembered for
+  :data:`MAX_RECORD_AGE` seconds and the same freshness bound: refused.
 * **Replayed records.** Each carries the time it was written; one older than
   :data:`MAX_RECORD_AGE` (or from the future beyond the same bound) is refused,
   so a captured record cannot bring back a node's claim after it has gone.
@@ -43,6 +59,7 @@ import hmac
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -82,6 +99,12 @@ _DOMAIN: Final = b"homeport cluster presence v1\n"
 _INSTANCE_ID: Final = re.compile(r"[a-z2-7]{26}")
 _NODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAC_HEX: Final = 64
+#: The channel carrying move requests between nodes.
+MOVES: Final = "homeport:moves"
+_MOVE_DOMAIN: Final = b"homeport cluster move v1\n"
+_NONCE: Final = re.compile(r"[0-9a-f]{32}")
+#: At most one move request per home in this many seconds, cluster-wide.
+MOVE_EVERY: Final = 10.0
 
 #: Set KEYS[1] to ARGV[2] (expiry ARGV[3] ms) only if it still holds ARGV[1] or nothing.
 _CAS_SET: Final = """
@@ -165,6 +188,43 @@ class RecordSealer:
             raise RefusedRecord("from the future")
         return PresenceRecord(instance_id, node, float(at))
 
+    def seal_move(self, instance_id: str, *, node: str, now: float, nonce: str) -> bytes:
+        """A request that ``node`` move ``instance_id``'s tunnel (see the module docstring)."""
+        body = {"instance": instance_id, "node": node, "at": round(now, 3), "id": nonce}
+        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        mac = hmac.new(self._key, _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload, hashlib.sha256)
+        return PREFIX + mac.hexdigest().encode() + b":" + payload
+
+    def open_move(self, data: bytes, *, now: float) -> tuple[str, str, str]:
+        """``(instance id, node, id)`` of a genuine, fresh move request."""
+        if len(data) > 1024 or not data.startswith(PREFIX):
+            raise RefusedRecord("unknown format")
+        mac, sep, payload = data[len(PREFIX) :].partition(b":")
+        if not sep or len(mac) != _MAC_HEX:
+            raise RefusedRecord("unknown format")
+        message = _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload
+        expected = hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(mac, expected):
+            raise RefusedRecord("bad signature")
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RefusedRecord("not JSON") from None
+        if not isinstance(body, dict) or set(body) != {"instance", "node", "at", "id"}:
+            raise RefusedRecord("unexpected fields")
+        instance, node, at, nonce = body["instance"], body["node"], body["at"], body["id"]
+        if not isinstance(instance, str) or not _INSTANCE_ID.fullmatch(instance):
+            raise RefusedRecord("bad instance")
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
+            raise RefusedRecord("bad node")
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            raise RefusedRecord("bad id")
+        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
+            raise RefusedRecord("bad time")
+        if not now - MAX_RECORD_AGE <= at <= now + MAX_RECORD_AGE:
+            raise RefusedRecord("stale")
+        return instance, node, nonce
+
 
 Retire = Callable[[str], Awaitable[None]]
 
@@ -179,6 +239,7 @@ class PresenceDirectory:
         *,
         node: str,
         retire: Retire,
+        move: Retire | None = None,
         connected_before: Callable[[datetime], Awaitable[Sequence[str]]] | None = None,
         mark_disconnected: Callable[[Sequence[str]], Awaitable[None]] | None = None,
         refresh: float = REFRESH,
@@ -189,6 +250,10 @@ class PresenceDirectory:
         self._sealer = RecordSealer(key)
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
         self._retire = retire
+        self._move = move
+        #: Ids of move requests already heard (replays), with when.
+        self._seen_moves: dict[str, float] = {}
+        self._listener: asyncio.Task[None] | None = None
         self._connected_before = connected_before
         self._mark_disconnected = mark_disconnected
         self._refresh = refresh
@@ -211,14 +276,17 @@ class PresenceDirectory:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="cluster-presence")
+        if self._listener is None and self._move is not None:
+            self._listener = asyncio.create_task(self._listen(), name="cluster-moves")
 
     async def stop(self) -> None:
         """Stop refreshing; delete this node's records (a clean stop leaves none behind)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._listener = None
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._write([("release", i, v) for i, v in self._held.items()])
         self._held.clear()
@@ -268,6 +336,76 @@ class PresenceDirectory:
                 extra={"instance": instance_id, "reason": refused.reason},
             )
             return None
+
+    async def request_move(self, instance_id: str) -> bool:
+        """A browser reached this node for a home whose tunnel is on another: ask it to move.
+
+        Nothing is asked when no live node holds it (the add-on is redialling
+        anyway) or when a move of this home was asked in the last
+        :data:`MOVE_EVERY` seconds (hysteresis). Whether a request was sent.
+        """
+        if self._move is None:
+            return False
+        holder = await self.holder(instance_id)
+        if holder is None or holder == self.node:
+            return False
+        first = await self._redis.set(
+            f"homeport:move:{instance_id}", self.node, nx=True, px=int(MOVE_EVERY * 1000)
+        )
+        if not first:
+            return False
+        nonce = secrets.token_hex(16)
+        data = self._sealer.seal_move(instance_id, node=holder, now=time.time(), nonce=nonce)
+        await self._redis.publish(MOVES, data)
+        log.info("cluster.move_requested", extra={"instance": instance_id, "holder": holder})
+        return True
+
+    async def _listen(self) -> None:
+        """Hear move requests naming this node; reconnect with a backoff while Redis is away."""
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(MOVES)
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._heard_move(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("cluster.moves_down", extra={"error": type(exc).__name__})
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    def _heard_move(self, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        now = time.time()
+        try:
+            instance_id, node, nonce = self._sealer.open_move(data, now=now)
+            if nonce in self._seen_moves:
+                raise RefusedRecord("replayed")
+        except RefusedRecord as refused:
+            self.refused += 1
+            log.warning("cluster.move_refused", extra={"reason": refused.reason})
+            return
+        for old in [n for n, at in self._seen_moves.items() if at < now - 2 * MAX_RECORD_AGE]:
+            del self._seen_moves[old]
+        self._seen_moves[nonce] = now
+        if node != self.node or instance_id not in self._held or self._move is None:
+            return
+        value = self._held.pop(instance_id)
+        self._pending.append(("release", instance_id, value))
+        self._wake.set()
+        log.info("cluster.moving", extra={"instance": instance_id})
+        task = asyncio.ensure_future(self._move(instance_id))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def sweep_stale(self) -> int:
         """Mark disconnected the homes recorded connected that no node holds; how many.
