@@ -822,6 +822,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from homeport.cluster_local.run import run_cluster
+
+    _run(run_cluster(args))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -1134,6 +1141,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mail_arguments(dev)
     dev.set_defaults(func=cmd_dev)
+
+    cluster = sub.add_parser(
+        "cluster", help="3 relay nodes + HAProxy + PostgreSQL + Redis + an add-on, locally"
+    )
+    cluster.add_argument(
+        "--ha-url",
+        dest="ha_url",
+        default="http://127.0.0.1:8123",
+        help="Home Assistant to use if it answers (default: a stand-in)",
+    )
+    cluster.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        default=".homeport/cluster",
+        help="the cluster's state (default .homeport/cluster)",
+    )
+    cluster.add_argument(
+        "--port",
+        type=int,
+        default=8443,
+        help="loopback port of HAProxy, the public address (default 8443)",
+    )
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 
