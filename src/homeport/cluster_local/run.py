@@ -45,6 +45,7 @@ from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.cluster_local.haproxy import HaproxyNode, haproxy_config
 from homeport.dev import DEV_EMAIL, _passphrase, ha_answers
 from homeport.keys import load_or_create_private_key, read_secret_file, write_secret_file
+from homeport.relay.cluster.node import load_cluster_key
 from homeport.relay.config import RelayConfig
 from homeport.standin import start_standin
 from homeport.tls.devca import ensure_dev_ca
@@ -265,6 +266,9 @@ async def local_cluster(data_dir: Path, port: int) -> AsyncIterator[dict[str, ob
             "ca": shared / "tls" / "dev-ca.pem",
             "children": started,
             "haproxy_cfg": haproxy_cfg,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "cluster_key": load_cluster_key(key_file),
         }
     finally:
         for child in reversed(started):
