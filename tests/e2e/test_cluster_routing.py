@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, ClusterHome, start_cluster
 from postgres import PostgresServer
 from redis_server import RedisServer
 from reflect_backend import start_reflecting_backend
 from stack import Browser
 
+from cluster import Cluster, ClusterHome, start_cluster
 from homeport.tls.devca import DevCA
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -111,3 +111,43 @@ async def test_a_home_linked_while_a_node_is_down(cluster: Cluster) -> None:
     await cluster.haproxy.wait_state(down.name, True)
     async with browser(home) as b:
         assert (await b.sign_in()).status in (200, 503)
+
+
+async def test_a_rolling_restart_of_every_node_fails_no_request(cluster: Cluster) -> None:
+    """SIGTERM, restart, next node: steady traffic to two homes through HAProxy never fails."""
+    homes = [await cluster.add_home(), await cluster.add_home()]
+    for home in homes:
+        await cluster.wait_on_tenant_name(home)
+    failures: list[str] = []
+    served = [0]
+    stop = asyncio.Event()
+
+    async def traffic(home: ClusterHome) -> None:
+        async with browser(home) as b:
+            assert (await b.sign_in()).status == 200
+            while not stop.is_set():
+                try:
+                    code = await status(b, home)
+                except Exception as exc:  # every failure counts, whatever its kind
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                else:
+                    if code == 200:
+                        served[0] += 1
+                    else:
+                        failures.append(f"HTTP {code}")
+                await asyncio.sleep(0.02)
+
+    runners = [asyncio.create_task(traffic(h)) for h in homes]
+    try:
+        await asyncio.sleep(1)
+        for node in cluster.nodes:
+            assert await node.process.stop(timeout=60) == 0
+            await cluster.haproxy.wait_state(node.name, False)
+            await node.process.start(timeout=60)
+            await cluster.haproxy.wait_state(node.name, True)
+            await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await asyncio.gather(*runners)
+    assert served[0] > 50
+    assert failures == []

@@ -343,7 +343,25 @@ class Relay:
             return int(address[1])
         raise RuntimeError("relay is not listening")
 
+    async def leave_rotation(self) -> None:
+        """A cluster node being stopped: out of the load balancer's rotation first.
+
+        ``/healthz`` answers 503 from now on; browser connections close after their
+        current answer; after :attr:`RelayConfig.drain_notice_seconds` (the health
+        check's ``fall`` x ``inter`` and a margin) no new connection should come,
+        and :meth:`stop` goes on as on one relay: GOAWAY to every add-on (each
+        redials its tenant name, which the load balancer now sends to another
+        node), in-flight streams finish on the old tunnels, then exit.
+        """
+        self.draining = True
+        self.tenants.wind_down()
+        log.info("relay.leaving_rotation", extra={"seconds": self.config.drain_notice_seconds})
+        await asyncio.sleep(self.config.drain_notice_seconds)
+        self.tenants.wind_down()  # connections the load balancer sent meanwhile
+
     async def stop(self) -> None:
+        if self.cluster is not None and self._runner is not None and not self.draining:
+            await self.leave_rotation()
         await self.memory.stop()
         await self.tls.stop()
         if self.metrics is not None:

@@ -106,6 +106,9 @@ class RelayConfig:
     cluster_key_file: Path | None = None
     #: A cluster node's name (``--node-name``); its id adds a random suffix per process.
     node_name: str = "node"
+    #: A cluster node being stopped says "draining" on /healthz this long before it
+    #: moves its add-ons (the load balancer's fall x inter, 2 x 500 ms, and a margin).
+    drain_notice_seconds: float = 1.5
 
     @property
     def port_suffix(self) -> str:

@@ -154,6 +154,11 @@ class TenantProxy:
             return lambda: TenantConnection(self)
         return None
 
+    def wind_down(self) -> None:
+        """A cluster node is draining: every browser connection closes after its answer."""
+        for connection in list(self.connections):
+            connection.wind_down()
+
     def close_connections(self) -> None:
         """The relay is stopping: close every browser connection on tenant hosts."""
         for connection in list(self.connections):
