@@ -96,3 +96,16 @@ async def test_one_name_always_reaches_one_node_and_names_spread(tmp_path: Path)
                 chosen[name].update(node_of(seen, before))
         assert all(len(nodes) == 1 for nodes in chosen.values()), chosen
         assert len({next(iter(nodes)) for nodes in chosen.values()}) > 1, "no spread at all"
+
+
+def test_the_configuration_in_deploy_md_is_the_generated_one() -> None:
+    """docs/deploy.md shows the generator's output, so the two cannot drift."""
+    from homeport.cluster_local.haproxy import haproxy_config
+
+    text = haproxy_config(
+        bind="0.0.0.0:443",
+        account_host="homeport.example.com",
+        nodes=[HaproxyNode(f"node{i}", f"10.0.0.{10 + i}", 8443, 9100) for i in (1, 2, 3)],
+    )
+    deploy = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    assert "```haproxy\n" + text + "```" in deploy
