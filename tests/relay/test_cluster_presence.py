@@ -218,3 +218,73 @@ async def test_the_stale_sweep_marks_only_homes_no_node_holds(redis_server: Redi
     finally:
         await holder.stop()
         await sweeper.stop()
+
+
+def test_a_move_request_that_is_not_genuine_and_fresh_is_refused() -> None:
+    sealer = RecordSealer(KEY)
+    now = time.time()
+    nonce = "0" * 32
+    genuine = sealer.seal_move(HOME, node="node-a", now=now, nonce=nonce)
+    assert sealer.open_move(genuine, now=now) == (HOME, "node-a", nonce)
+    forged = RecordSealer(b"another key, just as long: 0123456789abcdef").seal_move(
+        HOME, node="node-a", now=now, nonce=nonce
+    )
+    for data, reason in [
+        (forged, "bad signature"),
+        (genuine.replace(b"node-a", b"node-b"), "bad signature"),
+        (sealer.seal(HOME, node="node-a", now=now), "bad signature"),  # a record is no move
+        (sealer.seal_move(HOME, node="node-a", now=now - 60, nonce=nonce), "stale"),
+    ]:
+        with pytest.raises(RefusedRecord) as refused:
+            sealer.open_move(data, now=now)
+        assert refused.value.reason == reason
+
+
+async def test_a_move_request_moves_the_holder_once_and_a_replay_is_refused(
+    redis_server: RedisServer,
+) -> None:
+    """Node B asks node A (which holds the home) to move it; the same bytes again: refused."""
+    moved: list[str] = []
+
+    async def move(instance_id: str) -> None:
+        moved.append(instance_id)
+
+    async def retire(instance_id: str) -> None:
+        pass
+
+    a = PresenceDirectory(
+        redis_server.url, KEY, node="node-a", retire=retire, move=move, refresh=0.1, ttl=0.6
+    )
+    b = PresenceDirectory(
+        redis_server.url, KEY, node="node-b", retire=retire, move=move, refresh=0.1, ttl=0.6
+    )
+    client = aioredis.Redis.from_url(redis_server.url)
+    captured: list[bytes] = []
+    pubsub = client.pubsub()
+    await pubsub.subscribe("homeport:moves")
+    a.start()
+    b.start()
+    try:
+        a.claim(HOME)
+        async with asyncio.timeout(5):
+            while await b.holder(HOME) != "node-a":
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # both listeners subscribed
+        assert await b.request_move(HOME)
+        assert not await b.request_move(HOME)  # hysteresis: once per home per 10 s
+        await until(lambda: moved == [HOME])
+        async with asyncio.timeout(5):
+            while not captured:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message is not None:
+                    captured.append(message["data"])
+        a.claim(HOME)  # the home is back on node A; a replayed request must not move it
+        refused = a.refused
+        await client.publish("homeport:moves", captured[0])
+        await until(lambda: a.refused > refused)
+        assert moved == [HOME]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+        await a.stop()
+        await b.stop()
