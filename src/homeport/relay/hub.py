@@ -421,6 +421,13 @@ class TunnelHub:
     async def shutdown(self) -> None:
         """Graceful restart: GOAWAY to every add-on, let streams finish, close."""
         self._closing = True
+        if self.on_tunnel_down is not None:
+            # A cluster node: its homes move to other nodes (GOAWAY below), which record
+            # them connected; a disconnect written here afterwards would be wrong. The
+            # ones that do not come back are found by the presence sweep.
+            for instance_id in list(self.tunnels):
+                del self.tunnels[instance_id]
+                self.on_tunnel_down(instance_id)
         sessions = list(self._sessions)
         await asyncio.gather(
             *(s.drain(self.config.drain_seconds) for s in sessions), return_exceptions=True

@@ -178,9 +178,10 @@ def cluster_gauges(node: ClusterNode) -> tuple[tuple[str, str, Callable[[], int]
         ),
         (
             "homeport_cluster_messages_refused",
-            "Messages on the revocation channel refused since start (forged, replayed, "
-            "stale, malformed, or sealed with another node's key).",
-            lambda: channel.refused,
+            "Messages on the revocation channel, presence records and move requests "
+            "refused since start (forged, replayed, stale, malformed, or sealed with "
+            "another node's key).",
+            lambda: channel.refused + node.presence.refused,
         ),
     )
 
