@@ -10,6 +10,7 @@ SHA-256 of the certificate served on that connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from stack import Stack
 
+from homeport.addon.client import TUNNEL_HOST_FILE, AddonClient, State
 from homeport.keys import load_or_create_private_key, public_key_text
 from homeport.protocol.handshake import AddonHandshake, RelayRefused, Unlinked, Welcome
 from homeport.relay.hub import CLOSE_WRONG_HOME, WRONG_HOME
@@ -118,3 +120,29 @@ async def test_an_unlinked_key_gets_no_link_code_on_a_tenant_name(stack: Stack) 
 async def test_a_name_that_is_no_home_of_ours_is_closed_at_once(stack: Stack) -> None:
     with pytest.raises((ConnectionError, ChannelClosed, ssl.SSLError)):
         await dial(stack, "not-an-instance.home.localhost", addon_key(stack))
+
+
+async def test_an_addon_refused_on_a_stored_name_goes_back_to_the_account_host(
+    stack: Stack,
+) -> None:
+    """A stored tunnel name the key does not own (the home was linked anew, say): the
+    add-on is refused there, forgets it and connects through the account host."""
+    other = await link_another_home(stack)
+    state_dir = stack.addon.config.state_dir
+    (state_dir / TUNNEL_HOST_FILE).write_text(stack.config.tenant_host(other) + "\n")
+    second = AddonClient(stack.addon.config)
+    async with second:
+        assert second._dial_host() == stack.config.tenant_host(other)
+        runner = asyncio.create_task(second.run_forever())
+        try:
+            async with asyncio.timeout(20):
+                while second.status.state is not State.CONNECTED:
+                    await asyncio.sleep(0.02)
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        assert second.status.instance_id == stack.instance_id
+        assert not (state_dir / TUNNEL_HOST_FILE).exists()
+        assert second._dial_host() == stack.config.account_host
+    assert other not in stack.relay.hub.tunnels
