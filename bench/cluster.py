@@ -141,9 +141,27 @@ async def holders(redis_url: str, key: bytes, instances: list[str]) -> dict[str,
     return found
 
 
-async def bench(args: argparse.Namespace) -> int:
+async def load(
+    session: aiohttp.ClientSession, origins: list[str], total: int, concurrency: int
+) -> int:
+    """``total`` GETs spread over the homes, ``concurrency`` at a time; failures."""
+    queue = [origins[i % len(origins)] for i in range(total)]
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        while queue:
+            origin = queue.pop()
+            if await answers(session, origin) != "ok":
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return failed
+
+
+async def bench(args: argparse.Namespace, nodes_wanted: int = 3) -> int:
     root = Path(tempfile.mkdtemp(prefix="homeport-bench-cluster-"))
-    async with local_cluster(root, args.port) as found:
+    async with local_cluster(root, args.port, nodes_wanted=nodes_wanted) as found:
         config: RelayConfig = found["config"]
         standin, ha_url = await start_standin()
         state_dirs = [root / f"addon-{i}" for i in range(args.homes)]
@@ -204,6 +222,27 @@ async def bench(args: argparse.Namespace) -> int:
                         "rss_mib": round(rss / KiB / KiB, 1),
                     }
                 )
+            if args.compare:
+                before = {n: proc_sample(c.proc.pid) for n, c in nodes.items()}
+                started = time.monotonic()
+                failed = await load(
+                    browser, [str(origins[i]) for i in instances], args.requests, 16
+                )
+                seconds = time.monotonic() - started
+                after = {n: proc_sample(c.proc.pid) for n, c in nodes.items()}
+                cpu = sum(after[n][0] - before[n][0] for n in nodes)
+                emit(
+                    {
+                        "nodes": len(nodes),
+                        "requests": args.requests,
+                        "failed": failed,
+                        "seconds": round(seconds, 1),
+                        "node_cpu_s": round(cpu, 2),
+                        "node_cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
+                        "node_rss_mib_total": round(sum(after[n][1] for n in nodes) / KiB / KiB, 1),
+                    }
+                )
+                return 0 if failed == 0 else 1
             held = await holders(found["redis_url"], found["cluster_key"], instances)
             counts = {n: sum(1 for h in held.values() if h == n) for n in nodes}
             victim = max(counts, key=lambda n: counts[n])
@@ -269,6 +308,12 @@ def main() -> int:
     parser.add_argument("--homes", type=int, default=100)
     parser.add_argument("--port", type=int, default=28443, help="HAProxy's loopback port")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle sampling")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="instead of the kill: the same request load on 1 node, then on 3 (CPU, memory)",
+    )
+    parser.add_argument("--requests", type=int, default=3000, help="requests per --compare run")
     args = parser.parse_args()
     import logging
 
@@ -276,6 +321,8 @@ def main() -> int:
 
     logging.basicConfig(level=logging.ERROR)  # the add-ons' reconnect lines are expected
 
+    if args.compare:
+        return max(uvloop.run(bench(args, nodes_wanted=n)) for n in (1, 3))
     return uvloop.run(bench(args))
 
 

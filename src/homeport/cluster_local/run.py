@@ -168,7 +168,9 @@ async def _homeport(*args: str, stdin: str | None = None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def local_cluster(data_dir: Path, port: int) -> AsyncIterator[dict[str, object]]:
+async def local_cluster(
+    data_dir: Path, port: int, *, nodes_wanted: int = NODES
+) -> AsyncIterator[dict[str, object]]:
     """Everything but the add-on; yields what the caller prints and links with."""
     shared = data_dir / "shared"
     shared.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -189,7 +191,7 @@ async def local_cluster(data_dir: Path, port: int) -> AsyncIterator[dict[str, ob
             [config.account_host, f"*.{config.tenant_domain}", "localhost"], shared / "tls"
         )
         nodes: list[HaproxyNode] = []
-        for index in range(NODES):
+        for index in range(nodes_wanted):
             name = f"node{index + 1}"
             node_dir = data_dir / name
             node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
