@@ -174,7 +174,14 @@ def _cluster(opts: Options) -> dict[str, Any]:
             "--redis-url needs --cluster-key-file (the same key file on every node; "
             "make one with: openssl rand -base64 48)"
         )
-    return {"redis_url": url, "cluster_key_file": key_file}
+    name = opts.get("node_name")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", str(name)):
+        raise ConfigError("--node-name: 1-40 letters, digits, '.', '_' or '-'")
+    return {
+        "redis_url": url,
+        "cluster_key_file": key_file,
+        **({"node_name": str(name)} if name is not None else {}),
+    }
 
 
 def _breached_passwords(opts: Options) -> dict[str, Any]:
@@ -879,6 +886,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from homeport.cluster_local.run import run_cluster
+
+    _run(run_cluster(args))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -979,6 +993,12 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="cluster_key_file",
         help="with --redis-url: the key that seals messages between nodes (at least 32 "
         "bytes; the same file on every node; e.g. openssl rand -base64 48 > cluster.key)",
+    )
+    parser.add_argument(
+        "--node-name",
+        dest="node_name",
+        help="with --redis-url: this node's name in logs, metrics and the presence "
+        "directory (a random suffix is added per process; default: node)",
     )
     parser.add_argument(
         "--breached-passwords-timeout",
@@ -1185,6 +1205,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mail_arguments(dev)
     dev.set_defaults(func=cmd_dev)
+
+    cluster = sub.add_parser(
+        "cluster", help="3 relay nodes + HAProxy + PostgreSQL + Redis + an add-on, locally"
+    )
+    cluster.add_argument(
+        "--ha-url",
+        dest="ha_url",
+        default="http://127.0.0.1:8123",
+        help="Home Assistant to use if it answers (default: a stand-in)",
+    )
+    cluster.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        default=".homeport/cluster",
+        help="the cluster's state (default .homeport/cluster)",
+    )
+    cluster.add_argument(
+        "--port",
+        type=int,
+        default=8443,
+        help="loopback port of HAProxy, the public address (default 8443)",
+    )
+    cluster.set_defaults(func=cmd_cluster)
     return parser
 
 

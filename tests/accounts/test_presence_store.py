@@ -29,3 +29,23 @@ async def test_many_homes_in_one_transaction(accounts: Accounts, alice: User, cl
 
 async def test_nothing_to_write_is_no_transaction(accounts: Accounts) -> None:
     await accounts.record_presence({}, {})
+
+
+async def test_the_cluster_sweep_finds_and_marks_only_the_homes_it_names(
+    accounts: Accounts, alice: User, clock: Clock
+) -> None:
+    """A cluster node marks disconnected the homes no node holds, never every home."""
+    ids = [await link(accounts, alice, n, f"Home {n}") for n in range(1, 5)]
+    early, late = clock.now, clock.now + timedelta(seconds=30)
+    await accounts.record_presence({ids[0]: early, ids[1]: early, ids[2]: late}, {})
+    cutoff = clock.now + timedelta(seconds=10)
+    # Connected before the cutoff: the first two (the third came up later; the fourth never).
+    assert sorted(await accounts.instances.connected_before(cutoff)) == sorted(ids[:2])
+    clock.now = late + timedelta(seconds=1)
+    await accounts.instances.mark_disconnected_many([ids[0]])
+    rows = {r.id: r for r in await accounts.list_instances()}
+    assert not rows[ids[0]].connected
+    assert rows[ids[1]].connected
+    assert rows[ids[2]].connected
+    assert await accounts.instances.connected_before(cutoff) == [ids[1]]
+    await accounts.instances.mark_disconnected_many([])  # nothing to do, no error

@@ -243,9 +243,10 @@ async def _raw_connection(
     )
 
 
-async def test_the_raw_tunnel_is_refused_on_any_other_host(setup: Setup) -> None:
-    """ALPN homeport-tunnel/1 is served on the account host only: elsewhere, closed unread."""
-    host = setup.config.tenant_host(setup.instance_id)
+@pytest.mark.parametrize("host", ["localhost", "www.home.localhost"])
+async def test_the_raw_tunnel_is_refused_on_any_other_host(setup: Setup, host: str) -> None:
+    """ALPN homeport-tunnel/1 is served on the account host and on a home's own tenant
+    name only (tests/e2e/test_tenant_tunnel.py): elsewhere, closed unread."""
     reader, writer = await _raw_connection(setup, host)
     writer.write(record(json.dumps({"type": "hello"})))
     async with asyncio.timeout(5):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -343,6 +343,37 @@ class Instances:
                     shapes.setdefault(tuple(sorted(row)), []).append(row)
             for batch in shapes.values():
                 await s.execute(update(Instance), batch)
+
+    async def connected_before(self, cutoff: datetime) -> list[str]:
+        """Homes recorded as connected whose tunnel came up before ``cutoff``.
+
+        The cluster's presence sweep (relay/cluster/presence.py) checks these
+        against the live directory: one that no node holds any more is stale.
+        """
+        stmt = select(Instance.id).where(
+            Instance.last_connected_at.is_not(None),
+            Instance.last_connected_at < cutoff,
+            or_(
+                Instance.last_disconnected_at.is_(None),
+                Instance.last_disconnected_at < Instance.last_connected_at,
+            ),
+        )
+        async with self._db.session() as s:
+            return list((await s.scalars(stmt)).all())
+
+    async def mark_disconnected_many(self, instance_ids: Sequence[str]) -> None:
+        """:meth:`mark_disconnected` for several homes at once (those no node holds)."""
+        if not instance_ids:
+            return
+        now = self._now()
+        ids = list(instance_ids)
+        async with self._db.session(write=True) as s, s.begin():
+            for start in range(0, len(ids), 1000):
+                await s.execute(
+                    update(Instance)
+                    .where(Instance.id.in_(ids[start : start + 1000]))
+                    .values(last_disconnected_at=now)
+                )
 
     async def mark_disconnected(self, instance_id: str | None = None) -> None:
         """Record that an add-on's tunnel dropped; ``None``: all of them.

@@ -45,6 +45,7 @@ from homeport.protocol.handshake import (
     RelayRefused,
     Unlinked,
     Welcome,
+    normalise_host,
 )
 from homeport.tls.context import client_context, peer_certificate_sha256
 from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
@@ -58,6 +59,12 @@ BACKOFF_CAP = 30.0
 HANDSHAKE_TIMEOUT = 15.0
 #: Close codes from the relay that mean "dial again right away" (see relay.hub).
 RECONNECT_NOW = frozenset({4001, 4002, 1012})
+#: Where a linked add-on's tunnel dials (its own tenant name, learnt from the relay).
+TUNNEL_HOST_FILE = "tunnel-host"
+#: The relay's refusal of a key on a tenant name it does not own (relay.hub.WRONG_HOME).
+WRONG_HOME = "wrong_home"
+#: Failed dials of the tenant name in a row before one dial of the account host.
+TENANT_DIAL_TRIES = 3
 
 
 class State(enum.Enum):
@@ -161,6 +168,10 @@ class AddonClient:
         #: The connection waiting for its link code to be used, if any.
         self._waiting: _Channel | None = None
         self._memory = MemoryTrimmer()
+        #: The tenant name ``<instance-id>.<tenant-domain>`` this add-on's tunnel dials
+        #: once linked (the relay says so in its welcome); None: the account host.
+        self._tunnel_host = _load_tunnel_host(config.state_dir / TUNNEL_HOST_FILE, self.host)
+        self._tenant_failures = 0
 
     def _set(self, **changes: Any) -> None:
         for name, value in changes.items():
@@ -245,15 +256,20 @@ class AddonClient:
         assert self._ha is not None
         # Bounded: a relay that accepts TCP and then stalls (hung, paused, a black
         # hole) must not hold the add-on for aiohttp's default five minutes.
-        async with asyncio.timeout(self.config.handshake_timeout):
-            channel = await self._dial()
+        host = self._dial_host()
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                channel = await self._dial(host)
+        except BaseException:
+            self._tenant_dial_failed(host)
+            raise
         try:
             ssl_object = channel.ssl_object()
             if ssl_object is None:
                 raise HandshakeError(HandshakeErrorCode.MALFORMED, "no TLS session")
             cert_sha256 = peer_certificate_sha256(ssl_object)
             handshake = AddonHandshake(
-                self.host,
+                host,
                 self.config.pinned_keys,
                 self._key,
                 cert_sha256,
@@ -266,8 +282,17 @@ class AddonClient:
                 )
                 result = handshake.receive_result(await channel.receive_text())
         except BaseException:
+            self._tenant_dial_failed(host)
             await channel.close()
             raise
+        self._tenant_failures = 0
+        if isinstance(result, RelayRefused) and host != self.host and result.code == WRONG_HOME:
+            # Our key no longer owns that name (unlinked, or linked anew): back to the
+            # account host, which tells us what we are now.
+            await channel.close()
+            log.warning("addon.tunnel_host_refused")
+            self._remember_tunnel_host(None)
+            return "reconnect"
         if isinstance(result, Unlinked):
             self._waiting = channel
             try:
@@ -280,13 +305,74 @@ class AddonClient:
             self._set(state=State.DISCONNECTED, last_error=f"relay refused: {result.message}")
             log.error("addon.refused", extra={"code": result.code, "reason": result.message})
             return "refused"
-        return await self._serve(channel.pipe(), result)
+        moving = self._learn_tunnel_host(host, result)
+        return await self._serve(channel.pipe(), result, moving=moving)
 
-    async def _dial(self) -> _Channel:
-        """The tunnel on TLS itself if the relay offers it, else inside a WebSocket."""
+    def _dial_host(self) -> str:
+        """The tenant name once known (the raw tunnel only), else the account host."""
+        if (
+            self._tunnel_host is None
+            or self.config.transport == "websocket"
+            or self._raw_unsupported
+            or self._tenant_failures >= TENANT_DIAL_TRIES
+        ):
+            self._tenant_failures = 0
+            return self.host
+        return self._tunnel_host
+
+    def _tenant_dial_failed(self, host: str) -> None:
+        if host != self.host:
+            self._tenant_failures += 1
+
+    def _learn_tunnel_host(self, dialled: str, welcome: Welcome) -> bool:
+        """Keep the tenant name the relay's welcome names; whether to move there now.
+
+        Only a name of the form ``<our instance id>.<domain>`` that is also the
+        host of our public URL is taken: the welcome comes from the relay we have
+        just verified, but a wrong name must not send the tunnel astray.
+        """
+        if self.config.transport == "websocket":
+            return False
+        wanted = welcome.settings.get("tunnel_host")
+        if not isinstance(wanted, str):
+            return False  # an older relay: the account host it is
+        try:
+            name = normalise_host(wanted)
+        except ValueError:
+            return False
+        if not name.startswith(welcome.instance_id.lower() + ".") or URL(welcome.url).host != name:
+            log.warning("addon.tunnel_host_ignored")
+            return False
+        if name != self._tunnel_host:
+            self._remember_tunnel_host(name)
+        return dialled != name
+
+    def _remember_tunnel_host(self, name: str | None) -> None:
+        self._tunnel_host = name
+        path = self.config.state_dir / TUNNEL_HOST_FILE
+        try:
+            if name is None:
+                path.unlink(missing_ok=True)
+            else:
+                temporary = path.with_suffix(".tmp")
+                temporary.write_text(name + "\n")
+                temporary.replace(path)
+        except OSError as exc:  # kept in memory; the next welcome says it again
+            log.warning("addon.tunnel_host_not_saved", extra={"error": type(exc).__name__})
+
+    async def _dial(self, host: str) -> _Channel:
+        """The tunnel on TLS itself if the relay offers it, else inside a WebSocket.
+
+        ``host`` other than the account host (our tenant name): the raw tunnel only.
+        """
         transport = self.config.transport
+        if host != self.host:
+            tenant = await self._dial_raw(host)
+            if tenant is None:
+                raise ConnectionError("the relay does not offer the tunnel on our tenant name")
+            return tenant
         if transport != "websocket" and not self._raw_unsupported:
-            raw = await self._dial_raw()
+            raw = await self._dial_raw(host)
             if raw is not None:
                 return raw
             if transport == "raw":
@@ -304,16 +390,15 @@ class AddonClient:
         )
         return _WebSocketChannel(ws)
 
-    async def _dial_raw(self) -> _RawChannel | None:
+    async def _dial_raw(self, host: str) -> _RawChannel | None:
         """A raw tunnel connection, or None if the relay did not choose our ALPN."""
         url = URL(self.config.relay_url)
-        assert url.host is not None
-        address = url.host
+        address = host
         if address == "localhost" or address.endswith(".localhost"):
             address = "127.0.0.1"  # RFC 6761 §6.3 (see LocalhostResolver)
         context = client_context(self.config.relay_ca, alpn=[TUNNEL_ALPN])
         transport, pipe = await asyncio.get_running_loop().create_connection(
-            RawPipe, address, url.port or 443, ssl=context, server_hostname=url.host
+            RawPipe, address, url.port or 443, ssl=context, server_hostname=host
         )
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != TUNNEL_ALPN:
@@ -330,7 +415,13 @@ class AddonClient:
         code = await channel.closed_code()  # the relay closes when linked or expired
         return "reconnect" if code in RECONNECT_NOW else "error"
 
-    async def _serve(self, pipe: Pipe, welcome: Welcome) -> str:
+    async def _serve(self, pipe: Pipe, welcome: Welcome, *, moving: bool = False) -> str:
+        """Serve one tunnel until it ends or we dial again (GOAWAY, or ``moving``).
+
+        ``moving``: we were welcomed on the account host but have a tenant name to
+        dial; this tunnel serves until the new one is up (make-before-break), and
+        the relay retires it when the new one registers.
+        """
         assert self._ha is not None
         assert self._upstream is not None
         send_forwarded: Callable[[], bool] = _always
@@ -381,6 +472,9 @@ class AddonClient:
         )
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _t: self._retire(session))
+        if moving:
+            log.info("addon.moving_to_tunnel_host")
+            self._reconnect_now.set()
         reconnect = asyncio.create_task(self._reconnect_now.wait())
         await asyncio.wait({runner, reconnect}, return_when=asyncio.FIRST_COMPLETED)
         reconnect.cancel()
@@ -410,6 +504,15 @@ class AddonClient:
 
 def _always() -> bool:
     return True
+
+
+def _load_tunnel_host(path: Path, account_host: str) -> str | None:
+    """The tenant name saved by an earlier run, if it is a sane host name."""
+    try:
+        name = normalise_host(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if name == account_host else name
 
 
 class _Channel(Protocol):

@@ -29,7 +29,7 @@ from homeport.memory import MemoryTrimmer
 from homeport.pairing import make_pairing
 from homeport.relay.addon_control import AddonControl
 from homeport.relay.app_links import AppLinkGate
-from homeport.relay.cluster.node import ClusterNode, load_cluster_key
+from homeport.relay.cluster.node import ClusterNode, load_cluster_key, new_node_id
 from homeport.relay.config import RelayConfig
 from homeport.relay.edge import PlainHttpListener, harden_runner
 from homeport.relay.gate import SessionGate
@@ -117,6 +117,7 @@ class Relay:
         self.pages = Pages(config)
         self.gate = SessionGate(self.accounts)
         self.hub = TunnelHub(config, self.accounts, self.server_key, self.tls.account_cert_sha256)
+        self.hub.cert_sha256_for = self.tls.served.cert_sha256_for
         #: Whole-body deadline and per-network request cap on the account host (R-MT-14).
         self.account_limits = AccountLimits(config, self.pages)
         self.app_links = AppLinkGate(self.accounts.sharing)
@@ -164,7 +165,14 @@ class Relay:
                 hub=self.hub,
                 sweeper=self.housekeeping,
                 links=self.accounts,
+                node_id=new_node_id(config.node_name),
+                connected_before=self.accounts.instances.connected_before,
+                mark_disconnected=self.accounts.instances.mark_disconnected_many,
             )
+            presence = self.cluster.presence
+            self.hub.on_tunnel_up = lambda instance_id, _session: presence.claim(instance_id)
+            self.hub.on_tunnel_down = presence.release
+            self.hub.on_tunnel_missing = presence.request_move
         #: One-time secrets after a redirect: in Redis, sealed, when the next page may be
         #: another node's (relay/site/once.py); in memory on a single relay.
         self.shown_once: SealedShownOnce | None = (
@@ -178,6 +186,9 @@ class Relay:
         self.http_listener: PlainHttpListener | None = None
         self.metrics: MetricsListener | None = None
         self.memory = MemoryTrimmer()
+        #: Being stopped: the health check says so, and the load balancer stops
+        #: sending new connections (``GET /healthz`` on the metrics listener).
+        self.draining = False
 
     def ssl_context(self) -> ssl.SSLContext:
         return self.tls.context
@@ -232,9 +243,15 @@ class Relay:
         """
         alpn = getattr(ssl_object, "selected_alpn_protocol", lambda: None)()
         if alpn == TUNNEL_ALPN:
-            if requested_server_name(ssl_object) != self.config.account_host:
+            name = requested_server_name(ssl_object)
+            if name == self.config.account_host:
+                return self.hub.raw_protocol
+            instance_id = self.config.instance_for_host(name)
+            if name is None or instance_id is None:
                 return _Refused
-            return self.hub.raw_protocol
+            # An add-on on its own tenant name (the cluster's SNI routing); the hub
+            # serves it only if its proven key owns exactly that home.
+            return partial(self.hub.raw_protocol, name, instance_id)
         return self.tenants.route(ssl_object)
 
     @web.middleware
@@ -270,7 +287,10 @@ class Relay:
     async def _on_startup(self, app: web.Application) -> None:
         await self.database.connect()
         await self.database.migrate()
-        await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        if self.cluster is None:
+            await self.accounts.mark_disconnected()  # nothing is connected to a fresh process
+        # A cluster node must not: the other nodes' homes are connected. Its presence
+        # directory marks disconnected only the homes no node holds any more.
         self.housekeeping.start()
         if self.cluster is not None:
             self.cluster.start()
@@ -336,6 +356,7 @@ class Relay:
                 cluster=self.cluster,
                 store=self.tls.store,
             )
+            self.metrics.accepting = lambda: not self.draining
             await self.metrics.start()
         await self.tls.start()  # the certificate bot, once the challenge listeners are up
         self.memory.start()
@@ -351,7 +372,25 @@ class Relay:
             return int(address[1])
         raise RuntimeError("relay is not listening")
 
+    async def leave_rotation(self) -> None:
+        """A cluster node being stopped: out of the load balancer's rotation first.
+
+        ``/healthz`` answers 503 from now on; browser connections close after their
+        current answer; after :attr:`RelayConfig.drain_notice_seconds` (the health
+        check's ``fall`` x ``inter`` and a margin) no new connection should come,
+        and :meth:`stop` goes on as on one relay: GOAWAY to every add-on (each
+        redials its tenant name, which the load balancer now sends to another
+        node), in-flight streams finish on the old tunnels, then exit.
+        """
+        self.draining = True
+        self.tenants.wind_down()
+        log.info("relay.leaving_rotation", extra={"seconds": self.config.drain_notice_seconds})
+        await asyncio.sleep(self.config.drain_notice_seconds)
+        self.tenants.wind_down()  # connections the load balancer sent meanwhile
+
     async def stop(self) -> None:
+        if self.cluster is not None and self._runner is not None and not self.draining:
+            await self.leave_rotation()
         await self.memory.stop()
         await self.tls.stop()
         if self.metrics is not None:

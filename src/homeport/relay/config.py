@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport.accounts.identifiers import is_instance_id
 from homeport.mail.settings import SmtpSettings
 from homeport.relay.oidc_settings import OidcProvider
 from homeport.tls.acme_settings import AcmeSettings
@@ -103,6 +104,11 @@ class RelayConfig:
     #: them (the same on every node).  None (the default): a single relay.
     redis_url: str | None = None
     cluster_key_file: Path | None = None
+    #: A cluster node's name (``--node-name``); its id adds a random suffix per process.
+    node_name: str = "node"
+    #: A cluster node being stopped says "draining" on /healthz this long before it
+    #: moves its add-ons (the load balancer's fall x inter, 2 x 500 ms, and a margin).
+    drain_notice_seconds: float = 1.5
 
     @property
     def port_suffix(self) -> str:
@@ -118,6 +124,15 @@ class RelayConfig:
 
     def tenant_origin(self, instance_id: str) -> str:
         return f"https://{self.tenant_host(instance_id)}{self.port_suffix}"
+
+    def instance_for_host(self, name: str | None) -> str | None:
+        """The instance id a tenant name ``<instance-id>.<tenant-domain>`` names, else None."""
+        if name is None:
+            return None
+        label, dot, domain = name.lower().rstrip(".").partition(".")
+        if not dot or domain != self.tenant_domain or not is_instance_id(label):
+            return None
+        return label
 
     @property
     def server_key_path(self) -> Path:

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -34,7 +34,12 @@ from homeport.accounts.service import Accounts
 from homeport.accounts.throttle import LINK_NETWORK, network_key
 from homeport.keys import public_key_text
 from homeport.protocol.connection import RateBudget, Role, Settings, TunnelConnection
-from homeport.protocol.handshake import HandshakeError, HandshakeErrorCode, RelayHandshake
+from homeport.protocol.handshake import (
+    HandshakeError,
+    HandshakeErrorCode,
+    JSONValue,
+    RelayHandshake,
+)
 from homeport.relay.cluster.messages import key_fingerprint
 from homeport.relay.config import RelayConfig
 from homeport.relay.presence import PresenceRecorder
@@ -46,6 +51,8 @@ from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+#: How long a cluster node holds a browser's request for a tunnel on its way here.
+ARRIVAL_WAIT = 5.0
 #: WebSocket close codes the add-on acts on (private range, RFC 6455 §7.4.2).
 CLOSE_LINKED = 4001  # reconnect now: you have been linked
 CLOSE_CODE_EXPIRED = 4002  # reconnect now: fetch a fresh link code
@@ -60,6 +67,10 @@ FLOODED = "protocol error: FLOOD"
 CLOSE_TRY_LATER = 1013  # the relay is restarting: dial again after the usual back-off
 CLOSE_RATE_LIMITED = 4429
 RATE_LIMITED = "rate_limited"  # handshake ``error`` code: too many link codes
+#: Handshake ``error`` code and close code: the key proven on a tenant name does not
+#: own that home (or is linked to none); nothing is served on the connection.
+WRONG_HOME = "wrong_home"
+CLOSE_WRONG_HOME = 4403
 _CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
@@ -89,6 +100,18 @@ class TunnelHub:
         self._link_waiters: dict[str, set[asyncio.Event]] = {}
         #: Connect and disconnect times, written in batches (relay/presence.py).
         self.presence = PresenceRecorder(accounts.record_presence)
+        #: SHA-256 of the leaf served for a TLS name (tenant names may have their own
+        #: certificate); None: the account host's for every name.
+        self.cert_sha256_for: Callable[[str], bytes] | None = None
+        #: Told of every tunnel registered here / dropped from here (the cluster's
+        #: presence directory, relay/cluster/presence.py).
+        self.on_tunnel_up: Callable[[str, TunnelSession], None] | None = None
+        self.on_tunnel_down: Callable[[str], None] | None = None
+        #: A cluster node: a browser came for a home whose tunnel is not here (ask the
+        #: node holding it to move it, relay/cluster/presence.py). None: one relay.
+        self.on_tunnel_missing: Callable[[str], Awaitable[object]] | None = None
+        #: Homes someone waits for (await_tunnel) -> their wake-ups when the tunnel registers.
+        self._arrivals: dict[str, set[asyncio.Event]] = {}
         accounts.on_linked(self._linked)
 
     def _tunnel_budget(self, instance_id: str) -> RateBudget:
@@ -119,6 +142,42 @@ class TunnelHub:
             return None
         return session
 
+    @property
+    def may_wait(self) -> bool:
+        """Whether a missing tunnel may be waited for (a cluster node) rather than offline."""
+        return self.on_tunnel_missing is not None and not self._closing
+
+    async def await_tunnel(self, instance_id: str, timeout: float = ARRIVAL_WAIT) -> None:
+        """A cluster node without ``instance_id``'s tunnel: wait (bounded) for it to arrive.
+
+        While nodes join, leave or die, a browser can reach this node before the
+        home's add-on has (re)dialled here, or while its tunnel is still on the
+        node the ring used to pick; the node holding it is asked to move it
+        (``on_tunnel_missing``) and the request waits up to ``timeout`` seconds
+        instead of failing. On one relay, or if it does not come, nothing waits
+        longer than that and the caller answers "offline".
+        """
+        if self.tunnel_for(instance_id) is not None or self.on_tunnel_missing is None:
+            return
+        arrival = asyncio.Event()
+        waiting = self._arrivals.setdefault(instance_id, set())
+        waiting.add(arrival)
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await self.on_tunnel_missing(instance_id)
+                except Exception as exc:  # Redis away: just wait for the add-on
+                    log.warning("hub.move_request_failed", extra={"error": type(exc).__name__})
+                while self.tunnel_for(instance_id) is None:
+                    await arrival.wait()
+                    arrival.clear()
+        except TimeoutError:
+            pass
+        finally:
+            waiting.discard(arrival)
+            if not waiting and self._arrivals.get(instance_id) is waiting:
+                del self._arrivals[instance_id]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/tunnel``: the tunnel inside a WebSocket (the first transport)."""
         if self._closing:
@@ -130,8 +189,14 @@ class TunnelHub:
         await self._run(_WebSocketChannel(ws), request.remote or "?")
         return ws
 
-    def raw_protocol(self) -> RawPipe:
-        """A connection that negotiated ALPN ``homeport-tunnel/1``: the tunnel on TLS itself."""
+    def raw_protocol(self, host: str | None = None, instance_id: str | None = None) -> RawPipe:
+        """A connection that negotiated ALPN ``homeport-tunnel/1``: the tunnel on TLS itself.
+
+        ``host``/``instance_id``: the add-on dialled its own tenant name
+        ``<instance_id>.<tenant-domain>`` (SNI) rather than the account host; the
+        handshake proves that name and its certificate, and only the key linked to
+        exactly that home is served (see :meth:`_run`).
+        """
         pipe = RawPipe()
 
         async def serve() -> None:
@@ -142,7 +207,7 @@ class TunnelHub:
                 pipe.close_with(CLOSE_TRY_LATER, "relay is restarting")
                 return
             try:
-                await self._run(_RawChannel(pipe), address)
+                await self._run(_RawChannel(pipe), address, host=host, instance_id=instance_id)
             except Exception:
                 # Nothing one connection meets may leave it open and unserved.
                 log.exception("hub.connection_failed", extra={"peer": address})
@@ -153,9 +218,27 @@ class TunnelHub:
         task.add_done_callback(self._raw_tasks.discard)
         return pipe
 
-    async def _run(self, channel: HandshakeChannel, peer: str) -> None:
-        """Handshake (the relay proves itself first), then serve or wait for a link."""
-        handshake = RelayHandshake(self.config.account_host, self.server_key, self.cert_sha256())
+    async def _run(
+        self,
+        channel: HandshakeChannel,
+        peer: str,
+        *,
+        host: str | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        """Handshake (the relay proves itself first), then serve or wait for a link.
+
+        On a tenant name (``instance_id`` given) there is no link wait: the proven
+        key must own exactly that home. Threat this stops: one home's add-on (or a
+        stolen key) dialling another home's name to take its place on the node the
+        load balancer sends that name to; it is refused (``wrong_home``) before any
+        tunnel frame, and nothing is registered.
+        """
+        if host is None or self.cert_sha256_for is None:
+            host, cert = self.config.account_host, self.cert_sha256()
+        else:
+            cert = self.cert_sha256_for(host)
+        handshake = RelayHandshake(host, self.server_key, cert)
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await channel.send_text(handshake.receive_hello(await channel.receive_text()))
@@ -171,6 +254,14 @@ class TunnelHub:
         key_text = public_key_text(addon_key)
         try:
             instance = await self.accounts.instance_for_key(key_text)
+            if instance_id is not None and (instance is None or instance.id != instance_id):
+                log.warning("hub.wrong_home", extra={"instance": instance_id, "peer": peer})
+                with contextlib.suppress(Exception):
+                    await channel.send_text(
+                        handshake.error(WRONG_HOME, "this key does not own this home")
+                    )
+                await channel.close_with(CLOSE_WRONG_HOME, "wrong home")
+                return
             if instance is None:
                 await self._wait_for_link(channel, handshake, key_text, peer)
                 return
@@ -192,7 +283,13 @@ class TunnelHub:
             await channel.close_with(CLOSE_RATE_LIMITED, "rate limited")
             return
         url = self.config.tenant_origin(instance.id)
-        await channel.send_text(handshake.welcome(instance.id, url))
+        # ``tunnel_host`` (a cluster node only): where this add-on should dial from now
+        # on, its own tenant name, so a load balancer hashing on SNI puts its tunnel
+        # where its browsers go. Older add-ons ignore it and keep the account host.
+        settings: dict[str, JSONValue] = {}
+        if self.config.redis_url is not None:
+            settings["tunnel_host"] = self.config.tenant_host(instance.id)
+        await channel.send_text(handshake.welcome(instance.id, url, settings))
         await self._serve(channel.pipe(), instance.id, peer)
 
     async def _serve(self, pipe: Pipe, instance_id: str, peer: str) -> None:
@@ -217,6 +314,10 @@ class TunnelHub:
                 previous.drain(self.config.drain_seconds, reason=GOAWAY_REPLACED)
             )
         self.presence.connected(instance_id)
+        if self.on_tunnel_up is not None:
+            self.on_tunnel_up(instance_id, session)
+        for arrival in self._arrivals.get(instance_id, ()):
+            arrival.set()
         log.info("hub.tunnel_up", extra={"instance": instance_id, "peer": peer})
         try:
             await session.run()
@@ -233,6 +334,8 @@ class TunnelHub:
             if self.tunnels.get(instance_id) is session:
                 del self.tunnels[instance_id]
                 self.presence.disconnected(instance_id)
+                if self.on_tunnel_down is not None:
+                    self.on_tunnel_down(instance_id)
 
     async def _wait_for_link(
         self, channel: HandshakeChannel, handshake: RelayHandshake, key_text: str, peer: str
@@ -309,13 +412,35 @@ class TunnelHub:
         session = self.tunnels.pop(instance_id, None)
         if session is None:
             return False
+        if self.on_tunnel_down is not None:
+            self.on_tunnel_down(instance_id)
         await session.close(reason)
         log.info("hub.tunnel_closed", extra={"instance": instance_id, "reason": reason})
+        return True
+
+    async def retire(self, instance_id: str, reason: str = GOAWAY_REPLACED) -> bool:
+        """Another node holds this home's newer tunnel: ours takes no new streams and drains.
+
+        The home is still connected (elsewhere), so no disconnect is recorded and
+        the presence record, now the other node's, is left alone.
+        """
+        session = self.tunnels.pop(instance_id, None)
+        if session is None:
+            return False
+        log.info("hub.tunnel_retired", extra={"instance": instance_id, "reason": reason})
+        await session.drain(self.config.drain_seconds, reason=reason)
         return True
 
     async def shutdown(self) -> None:
         """Graceful restart: GOAWAY to every add-on, let streams finish, close."""
         self._closing = True
+        if self.on_tunnel_down is not None:
+            # A cluster node: its homes move to other nodes (GOAWAY below), which record
+            # them connected; a disconnect written here afterwards would be wrong. The
+            # ones that do not come back are found by the presence sweep.
+            for instance_id in list(self.tunnels):
+                del self.tunnels[instance_id]
+                self.on_tunnel_down(instance_id)
         sessions = list(self._sessions)
         await asyncio.gather(
             *(s.drain(self.config.drain_seconds) for s in sessions), return_exceptions=True

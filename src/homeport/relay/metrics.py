@@ -181,9 +181,10 @@ def cluster_gauges(node: ClusterNode) -> tuple[tuple[str, str, Callable[[], int]
         ),
         (
             "homeport_cluster_messages_refused",
-            "Messages on the revocation channel refused since start (forged, replayed, "
-            "stale, malformed, or sealed with another node's key).",
-            lambda: channel.refused,
+            "Messages on the revocation channel, presence records and move requests "
+            "refused since start (forged, replayed, stale, malformed, or sealed with "
+            "another node's key).",
+            lambda: channel.refused + node.presence.refused,
         ),
     )
 
@@ -208,19 +209,27 @@ def metrics_registry(collector: Collector) -> CollectorRegistry:
     return registry
 
 
+HEALTH_PATH = "/healthz"
+
+
 class MetricsListener:
-    """Plain HTTP, ``GET /metrics`` only, on its own address."""
+    """Plain HTTP on its own address: ``GET /metrics``, and ``GET /healthz`` for a
+    load balancer's health check (200 ``up``; 503 ``draining`` once the node is
+    being stopped, so it leaves the rotation before its add-ons are moved)."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self.registry = registry
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        #: Whether this node takes new connections (the relay sets it while draining).
+        self.accepting: Callable[[], bool] = lambda: True
 
     async def start(self) -> None:
         app = web.Application()
         # HEAD is left out on purpose: GET only, anything else is 405.
         app.router.add_get(METRICS_PATH, self._metrics, allow_head=False)
+        app.router.add_get(HEALTH_PATH, self._health, allow_head=False)
         self._runner = web.AppRunner(
             app, access_log=None, keepalive_timeout=IDLE_TIMEOUT, shutdown_timeout=1.0
         )
@@ -246,6 +255,11 @@ class MetricsListener:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self.accepting():
+            return web.Response(text="up\n")
+        return web.Response(status=503, text="draining\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # Collected on the event loop thread, so the hub's and gate's dicts hold still.

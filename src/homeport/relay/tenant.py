@@ -155,6 +155,11 @@ class TenantProxy:
             return lambda: TenantConnection(self)
         return None
 
+    def wind_down(self) -> None:
+        """A cluster node is draining: every browser connection closes after its answer."""
+        for connection in list(self.connections):
+            connection.wind_down()
+
     def close_connections(self) -> None:
         """The relay is stopping: close every browser connection on tenant hosts."""
         for connection in list(self.connections):
@@ -176,6 +181,8 @@ class TenantProxy:
                 if token is None:
                     return self._integration_now(request, label, remote)
                 return None
+            if self.hub.may_wait and self.hub.tunnel_for(label) is None:
+                return None  # a cluster node: the tunnel may be on its way (admit waits)
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
             )
@@ -215,6 +222,7 @@ class TenantProxy:
                     if self.integrations.allows(switches, path):
                         return self._integration(request, label, path, remote)
                 return self._challenge(request, label)
+            await self.hub.await_tunnel(label)
             return self._admitted(
                 request, label, Principal(user_id=access[0], session_id=access[1]), remote
             )

@@ -75,6 +75,7 @@ class ServedCertificates:
         self._pairs: dict[str, CertPair] = {}
         self._not_after: dict[str, dt.datetime] = {}
         self._account_sha256 = b""
+        self._tenant_sha256: bytes | None = None
         self.context = self._build(ACCOUNT, account)
         # context.server_context's callback, which records the SNI for the Host check.
         self._remember = cast(_SniCallback | None, self.context.sni_callback)
@@ -90,6 +91,17 @@ class ServedCertificates:
     def account_cert_sha256(self) -> bytes:
         """SHA-256 of the account host's leaf now served (the tunnel's channel binding)."""
         with self._lock:
+            return self._account_sha256
+
+    def cert_sha256_for(self, server_name: str | None) -> bytes:
+        """SHA-256 of the leaf a handshake for ``server_name`` gets (as :meth:`_select` picks).
+
+        The tunnel's channel binding when an add-on dials its tenant name.
+        """
+        name = server_name.lower().rstrip(".") if server_name else None
+        with self._lock:
+            if self._tenant_sha256 is not None and name and name.endswith(self._suffix):
+                return self._tenant_sha256
             return self._account_sha256
 
     def pair(self, kind: str) -> CertPair | None:
@@ -121,15 +133,17 @@ class ServedCertificates:
         return server_context(pair.cert, pair.key, profile=self._profile)
 
     def _install(self, kind: str, pair: CertPair, context: ssl.SSLContext) -> None:
-        digest = local_certificate_sha256(pair.cert) if kind == ACCOUNT else None
+        digest = local_certificate_sha256(pair.cert)
         # Kept from the file as loaded: the file on disk may be replaced before a reload.
         not_after = x509.load_pem_x509_certificate(pair.cert.read_bytes()).not_valid_after_utc
         with self._lock:
             self._contexts[kind] = context
             self._pairs[kind] = pair
             self._not_after[kind] = not_after
-            if digest is not None:
+            if kind == ACCOUNT:
                 self._account_sha256 = digest
+            else:
+                self._tenant_sha256 = digest
 
     def _select(
         self,

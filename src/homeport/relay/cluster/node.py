@@ -41,16 +41,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.cluster.channel import RevocationChannel
 from homeport.relay.cluster.messages import KEY_MIN_BYTES, LinkedNotice, Sealer
+from homeport.relay.cluster.presence import PresenceDirectory
 from homeport.relay.gate import SessionGate
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.live import Kind, Withdrawal
+
+#: GOAWAY reason when another node asked for this home's tunnel: the add-on redials at once.
+GOAWAY_MOVE = "move"
 
 __all__ = ["ClusterNode", "load_cluster_key", "new_node_id"]
 
@@ -59,6 +64,7 @@ log = logging.getLogger(__name__)
 
 class Tunnels(Protocol):
     async def close_instance(self, instance_id: str, reason: str = "unlinked") -> bool: ...
+    async def retire(self, instance_id: str, reason: str = ...) -> bool: ...
 
     def wake_linked(self, fingerprint: str) -> None: ...
 
@@ -91,9 +97,9 @@ def load_cluster_key(path: Path) -> bytes:
     return key
 
 
-def new_node_id() -> str:
+def new_node_id(name: str = "node") -> str:
     """A name for this process in the cluster's messages and logs (random, not secret)."""
-    return "node-" + secrets.token_hex(6)
+    return f"{name}-{secrets.token_hex(6)}"
 
 
 class ClusterNode:
@@ -111,6 +117,8 @@ class ClusterNode:
         sweeper: Sweeper,
         links: Links | None = None,
         node_id: str | None = None,
+        connected_before: Callable[[datetime], Awaitable[Sequence[str]]] | None = None,
+        mark_disconnected: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.gate = gate
         self.app_links = app_links
@@ -127,6 +135,16 @@ class ClusterNode:
             on_linked=self._heard_linked,
         )
         self._closing: set[asyncio.Task[bool]] = set()
+        #: Which node holds which home's tunnel (relay/cluster/presence.py).
+        self.presence = PresenceDirectory(
+            redis_url,
+            key,
+            node=self.node_id,
+            retire=self._retire,
+            move=self._move,
+            connected_before=connected_before,
+            mark_disconnected=mark_disconnected,
+        )
         trusted: Callable[[], bool] = lambda: self.channel.up  # noqa: E731
         gate.trust_cache = trusted
         app_links.trust_cache = trusted
@@ -140,9 +158,11 @@ class ClusterNode:
         # Until the channel is up the caches are off, so sweep as if degraded.
         self.sweeper.degraded = True
         self.channel.start()
+        self.presence.start()
         log.info("cluster.node_started", extra={"node": self.node_id})
 
     async def stop(self) -> None:
+        await self.presence.stop()
         await self.channel.stop()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
@@ -165,6 +185,12 @@ class ClusterNode:
 
     def _heard_linked(self, notice: LinkedNotice) -> None:
         self.hub.wake_linked(notice.key_fingerprint)
+
+    async def _retire(self, instance_id: str) -> None:
+        await self.hub.retire(instance_id)
+
+    async def _move(self, instance_id: str) -> None:
+        await self.hub.retire(instance_id, reason=GOAWAY_MOVE)
 
     def _background(self, work: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.ensure_future(work)

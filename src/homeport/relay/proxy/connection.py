@@ -67,6 +67,8 @@ class TenantConnection(ThreadBufferReads):
         self._upgraded: HttpExchange | None = None
         self._pauses: set[str] = set()
         self._closing = False
+        #: The node is draining: close once what was asked on this connection is answered.
+        self._winding_down = False
 
     # ------------------------------------------------------- the protocol
 
@@ -189,7 +191,7 @@ class TenantConnection(ThreadBufferReads):
         if exchange is not self._current:
             return
         self._current = None
-        if not keep_alive or self._closing:
+        if not keep_alive or self._closing or (self._winding_down and not self._waiting):
             self.close()
             return
         if self._waiting:
@@ -199,6 +201,16 @@ class TenantConnection(ThreadBufferReads):
             self._current.start()
         else:
             self._arm_idle()
+
+    def wind_down(self) -> None:
+        """A cluster node is draining: answer what was asked here, then close (not drop).
+
+        The browser's next request opens a new connection, which the load balancer
+        sends to a node still in rotation.
+        """
+        self._winding_down = True
+        if self._current is None and self._upgraded is None and not self._waiting:
+            self.close()
 
     def refuse(self, status: int, reason: str) -> None:
         """A request that cannot be read: one clean answer, then the connection closes."""

@@ -1,0 +1,518 @@
+"""The presence directory: which node holds which home's tunnel, in Redis, with expiry.
+
+One key per home, ``homeport:presence:<instance-id>``, whose value names the
+node holding its tunnel. The holder writes it when the tunnel registers
+(:meth:`PresenceDirectory.claim`, unconditionally: the newest tunnel wins, as
+on one node), rewrites it every :data:`REFRESH` seconds with a fresh time and
+an expiry of :data:`TTL` seconds, and deletes it when the tunnel ends, but only
+if it is still its own (compare-and-delete). So a record outlives its node by
+at most :data:`TTL` seconds after a ``kill -9``.
+
+The refresh is a compare-and-set on the value this node last wrote: when it
+fails, another node has claimed the home since (the add-on moved: drained,
+redialled after a GOAWAY, or moved to its tenant name after linking). This
+node then retires its older tunnel (GOAWAY "replaced": open streams finish,
+no new ones start), within :data:`REFRESH` seconds of the claim.
+
+**Moves.** While membership changes (a node died, or came back and the
+consistent-hash ring shifted back), a browser can reach node B while the
+home's tunnel is on node A. B then asks A to move it
+(:meth:`PresenceDirectory.request_move`): a sealed message on the Redis
+channel ``homeport:moves`` naming A and the home. A retires its tunnel with
+GOAWAY "move"; the add-on redials its tenant name at once and lands where
+HAProxy now sends that name, B, while its old tunnel finishes its streams
+(make-before-break). B holds the browser's request meanwhile
+(:meth:`homeport.relay.hub.TunnelHub.await_tunnel`). Hysteresis: one move per
+home per :data:`MOVE_EVERY` seconds, cluster-wide (a ``SET NX`` with expiry),
+so two nodes with different views of the ring cannot bounce a home between
+them faster than that.
+
+What reads it: :meth:`PresenceDirectory.holder` (which node holds a home), and
+the stale sweep (:meth:`PresenceDirectory.sweep_stale`), which marks
+disconnected in the database the homes recorded as connected that no node
+holds any more (a node killed with its tunnels), instead of every home at
+start-up as a single relay does.
+
+Threats this stops (anyone who can write to Redis, not only the nodes):
+
+* **Forged records.** A record is ``hp1p:<HMAC>:<JSON>``; the HMAC-SHA256 is
+  keyed by the cluster key and covers a domain string, the *key name* and the
+  payload, so a record made up, altered, or copied to another home's key is
+  refused (:class:`RefusedRecord`) and treated as absent.
+* **Forged or replayed move requests.** Sealed the same way (their own domain
+  string and the channel name), with a random id remembered for
+  :data:`MAX_RECORD_AGE` seconds and the same freshness bound: refused.
+* **Replayed records.** Each carries the time it was written; one older than
+  :data:`MAX_RECORD_AGE` (or from the future beyond the same bound) is refused,
+  so a captured record cannot bring back a node's claim after it has gone.
+* What a record can still do if a key holder forges one: nothing beyond
+  advisory routing (it never grants access; tunnels are proven by the
+  handshake and requests by the session gate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from homeport.relay.cluster.messages import KEY_MIN_BYTES
+
+__all__ = [
+    "MAX_RECORD_AGE",
+    "REFRESH",
+    "TTL",
+    "PresenceDirectory",
+    "PresenceRecord",
+    "RecordSealer",
+    "RefusedRecord",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = b"hp1p:"
+KEY_PREFIX: Final = "homeport:presence:"
+#: Seconds between the holder's rewrites of its records.
+REFRESH: Final = 2.0
+#: A record expires this many seconds after its last rewrite (its node is gone).
+TTL: Final = 8.0
+#: A record written longer ago than this (or further ahead) is refused.
+MAX_RECORD_AGE: Final = TTL + 2.0
+#: Homes recorded connected are checked against the directory this often.
+SWEEP: Final = 30.0
+#: Records read or written per Redis round trip.
+BATCH: Final = 500
+_DOMAIN: Final = b"homeport cluster presence v1\n"
+_INSTANCE_ID: Final = re.compile(r"[a-z2-7]{26}")
+_NODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MAC_HEX: Final = 64
+#: The channel carrying move requests between nodes.
+MOVES: Final = "homeport:moves"
+_MOVE_DOMAIN: Final = b"homeport cluster move v1\n"
+_NONCE: Final = re.compile(r"[0-9a-f]{32}")
+#: At most one move request per home in this many seconds, cluster-wide.
+MOVE_EVERY: Final = 10.0
+
+#: Set KEYS[1] to ARGV[2] (expiry ARGV[3] ms) only if it still holds ARGV[1] or nothing.
+_CAS_SET: Final = """
+local now = redis.call('GET', KEYS[1])
+if now == false or now == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+#: Delete KEYS[1] only if it still holds ARGV[1].
+_CAS_DELETE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RefusedRecord(ValueError):
+    """Not a genuine, fresh record for this key; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    instance_id: str
+    node: str
+    written_at: float
+
+
+def key_for(instance_id: str) -> str:
+    return KEY_PREFIX + instance_id
+
+
+class RecordSealer:
+    """Seals and opens presence records with the cluster key (see the module docstring)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_MIN_BYTES:
+            raise ValueError(f"the cluster key must have at least {KEY_MIN_BYTES} bytes")
+        self._key = key
+
+    def _mac(self, key_name: str, payload: bytes) -> bytes:
+        message = _DOMAIN + key_name.encode() + b"\n" + payload
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
+
+    def seal(self, instance_id: str, *, node: str, now: float) -> bytes:
+        body = {"instance": instance_id, "node": node, "at": round(now, 3)}
+        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        return PREFIX + self._mac(key_for(instance_id), payload) + b":" + payload
+
+    def open(self, instance_id: str, data: bytes, *, now: float) -> PresenceRecord:
+        """The record stored under ``instance_id``'s key, if genuine and fresh."""
+        if len(data) > 1024 or not data.startswith(PREFIX):
+            raise RefusedRecord("unknown format")
+        mac, sep, payload = data[len(PREFIX) :].partition(b":")
+        if not sep or len(mac) != _MAC_HEX:
+            raise RefusedRecord("unknown format")
+        if not hmac.compare_digest(mac, self._mac(key_for(instance_id), payload)):
+            raise RefusedRecord("bad signature")
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RefusedRecord("not JSON") from None
+        if not isinstance(body, dict) or set(body) != {"instance", "node", "at"}:
+            raise RefusedRecord("unexpected fields")
+        node, at = body["node"], body["at"]
+        if body["instance"] != instance_id:
+            raise RefusedRecord("another home's record")
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
+            raise RefusedRecord("bad node")
+        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
+            raise RefusedRecord("bad time")
+        if at < now - MAX_RECORD_AGE:
+            raise RefusedRecord("too old")
+        if at > now + MAX_RECORD_AGE:
+            raise RefusedRecord("from the future")
+        return PresenceRecord(instance_id, node, float(at))
+
+    def seal_move(self, instance_id: str, *, node: str, now: float, nonce: str) -> bytes:
+        """A request that ``node`` move ``instance_id``'s tunnel (see the module docstring)."""
+        body = {"instance": instance_id, "node": node, "at": round(now, 3), "id": nonce}
+        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        mac = hmac.new(self._key, _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload, hashlib.sha256)
+        return PREFIX + mac.hexdigest().encode() + b":" + payload
+
+    def open_move(self, data: bytes, *, now: float) -> tuple[str, str, str]:
+        """``(instance id, node, id)`` of a genuine, fresh move request."""
+        if len(data) > 1024 or not data.startswith(PREFIX):
+            raise RefusedRecord("unknown format")
+        mac, sep, payload = data[len(PREFIX) :].partition(b":")
+        if not sep or len(mac) != _MAC_HEX:
+            raise RefusedRecord("unknown format")
+        message = _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload
+        expected = hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(mac, expected):
+            raise RefusedRecord("bad signature")
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RefusedRecord("not JSON") from None
+        if not isinstance(body, dict) or set(body) != {"instance", "node", "at", "id"}:
+            raise RefusedRecord("unexpected fields")
+        instance, node, at, nonce = body["instance"], body["node"], body["at"], body["id"]
+        if not isinstance(instance, str) or not _INSTANCE_ID.fullmatch(instance):
+            raise RefusedRecord("bad instance")
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
+            raise RefusedRecord("bad node")
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            raise RefusedRecord("bad id")
+        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
+            raise RefusedRecord("bad time")
+        if not now - MAX_RECORD_AGE <= at <= now + MAX_RECORD_AGE:
+            raise RefusedRecord("stale")
+        return instance, node, nonce
+
+
+Retire = Callable[[str], Awaitable[None]]
+
+
+class PresenceDirectory:
+    """This node's records in the directory, and its reads of the others' records."""
+
+    def __init__(
+        self,
+        url: str,
+        key: bytes,
+        *,
+        node: str,
+        retire: Retire,
+        move: Retire | None = None,
+        connected_before: Callable[[datetime], Awaitable[Sequence[str]]] | None = None,
+        mark_disconnected: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+        refresh: float = REFRESH,
+        ttl: float = TTL,
+        sweep: float = SWEEP,
+    ) -> None:
+        self.node = node
+        self._sealer = RecordSealer(key)
+        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        self._retire = retire
+        self._move = move
+        #: Ids of move requests already heard (replays), with when.
+        self._seen_moves: dict[str, float] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._connected_before = connected_before
+        self._mark_disconnected = mark_disconnected
+        self._refresh = refresh
+        self._ttl_ms = int(ttl * 1000)
+        self._sweep_every = sweep
+        #: Homes whose tunnel this node holds -> the record last written for it.
+        self._held: dict[str, bytes] = {}
+        #: Claims and releases not yet written, in order.
+        self._pending: list[tuple[str, str, bytes]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        #: Since when every write has succeeded (None: the last one failed).
+        self._healthy_since: float | None = None
+        #: Records refused on read since start (forged, altered, replayed, malformed).
+        self.refused = 0
+
+    # --------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cluster-presence")
+        if self._listener is None and self._move is not None:
+            self._listener = asyncio.create_task(self._listen(), name="cluster-moves")
+
+    async def stop(self) -> None:
+        """Stop refreshing; delete this node's records (a clean stop leaves none behind)."""
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._listener = None
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._write([("release", i, v) for i, v in self._held.items()])
+        self._held.clear()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    # ----------------------------------------------------------------- writes
+
+    def claim(self, instance_id: str) -> None:
+        """This node now holds ``instance_id``'s tunnel (written at once, in the background)."""
+        value = self._sealer.seal(instance_id, node=self.node, now=time.time())
+        self._held[instance_id] = value
+        self._pending.append(("claim", instance_id, value))
+        self._wake.set()
+
+    def release(self, instance_id: str) -> None:
+        """The tunnel ended here: delete the record if it is still ours."""
+        value = self._held.pop(instance_id, None)
+        if value is not None:
+            self._pending.append(("release", instance_id, value))
+            self._wake.set()
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    # ------------------------------------------------------------------ reads
+
+    async def holder(self, instance_id: str) -> str | None:
+        """The node holding ``instance_id``'s tunnel by the directory; None if none (or forged)."""
+        if instance_id in self._held:
+            return self.node
+        data = await self._redis.get(key_for(instance_id))
+        return self._open(instance_id, data)
+
+    def _open(self, instance_id: str, data: object) -> str | None:
+        if not isinstance(data, bytes):
+            return None
+        try:
+            return self._sealer.open(instance_id, data, now=time.time()).node
+        except RefusedRecord as refused:
+            self.refused += 1
+            log.warning(
+                "cluster.presence_refused",
+                extra={"instance": instance_id, "reason": refused.reason},
+            )
+            return None
+
+    async def request_move(self, instance_id: str) -> bool:
+        """A browser reached this node for a home whose tunnel is on another: ask it to move.
+
+        Nothing is asked when no live node holds it (the add-on is redialling
+        anyway) or when a move of this home was asked in the last
+        :data:`MOVE_EVERY` seconds (hysteresis). Whether a request was sent.
+        """
+        if self._move is None:
+            return False
+        holder = await self.holder(instance_id)
+        if holder is None or holder == self.node:
+            return False
+        first = await self._redis.set(
+            f"homeport:move:{instance_id}", self.node, nx=True, px=int(MOVE_EVERY * 1000)
+        )
+        if not first:
+            return False
+        nonce = secrets.token_hex(16)
+        data = self._sealer.seal_move(instance_id, node=holder, now=time.time(), nonce=nonce)
+        await self._redis.publish(MOVES, data)
+        log.info("cluster.move_requested", extra={"instance": instance_id, "holder": holder})
+        return True
+
+    async def _listen(self) -> None:
+        """Hear move requests naming this node; reconnect with a backoff while Redis is away."""
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(MOVES)
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._heard_move(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("cluster.moves_down", extra={"error": type(exc).__name__})
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    def _heard_move(self, data: object) -> None:
+        if not isinstance(data, bytes):
+            return
+        now = time.time()
+        try:
+            instance_id, node, nonce = self._sealer.open_move(data, now=now)
+            if nonce in self._seen_moves:
+                raise RefusedRecord("replayed")
+        except RefusedRecord as refused:
+            self.refused += 1
+            log.warning("cluster.move_refused", extra={"reason": refused.reason})
+            return
+        for old in [n for n, at in self._seen_moves.items() if at < now - 2 * MAX_RECORD_AGE]:
+            del self._seen_moves[old]
+        self._seen_moves[nonce] = now
+        if node != self.node or instance_id not in self._held or self._move is None:
+            return
+        value = self._held.pop(instance_id)
+        self._pending.append(("release", instance_id, value))
+        self._wake.set()
+        log.info("cluster.moving", extra={"instance": instance_id})
+        task = asyncio.ensure_future(self._move(instance_id))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def sweep_stale(self) -> int:
+        """Mark disconnected the homes recorded connected that no node holds; how many.
+
+        Only homes connected longer ago than the expiry are judged (a tunnel that
+        has just come up may not be written yet), and only while this node's own
+        writes have worked for a whole expiry (after Redis lost its data, the
+        holders write their records back within one refresh).
+        """
+        if self._connected_before is None or self._mark_disconnected is None:
+            return 0
+        healthy = self._healthy_since
+        if healthy is None or time.monotonic() - healthy < self._ttl_ms / 1000:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(milliseconds=self._ttl_ms)
+        candidates = [i for i in await self._connected_before(cutoff) if i not in self._held]
+        stale: list[str] = []
+        for start in range(0, len(candidates), BATCH):
+            chunk = candidates[start : start + BATCH]
+            values = await self._redis.mget([key_for(i) for i in chunk])
+            stale.extend(i for i, v in zip(chunk, values, strict=True) if self._open(i, v) is None)
+        if stale:
+            await self._mark_disconnected(stale)
+            log.info("cluster.presence_stale", extra={"homes": len(stale)})
+        return len(stale)
+
+    # --------------------------------------------------------------- the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_refresh = loop.time() + self._refresh
+        next_sweep = loop.time() + self._ttl_ms / 1000 + self._refresh
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_refresh - loop.time()))
+            self._wake.clear()
+            try:
+                pending, self._pending = self._pending, []
+                try:
+                    await self._write(pending)
+                except BaseException:
+                    self._pending[:0] = pending  # tried again next round
+                    raise
+                if loop.time() >= next_refresh:
+                    next_refresh = loop.time() + self._refresh
+                    await self._refresh_held()
+                if self._healthy_since is None:
+                    self._healthy_since = time.monotonic()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self._sweep_every
+                    await self.sweep_stale()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._healthy_since = None
+                log.warning("cluster.presence_write_failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(self._refresh / 2)
+            except Exception:
+                self._healthy_since = None
+                log.exception("cluster.presence_failed")
+                await asyncio.sleep(self._refresh / 2)
+
+    async def _write(self, ops: Sequence[tuple[str, str, bytes]]) -> None:
+        for start in range(0, len(ops), BATCH):
+            pipe = self._redis.pipeline(transaction=False)
+            for op, instance_id, value in ops[start : start + BATCH]:
+                if op == "claim":
+                    pipe.set(key_for(instance_id), value, px=self._ttl_ms)
+                else:
+                    pipe.eval(_CAS_DELETE, 1, key_for(instance_id), value)
+            await pipe.execute()
+
+    async def _refresh_held(self) -> None:
+        """Rewrite every record still ours; retire the tunnels another node has claimed."""
+        items = list(self._held.items())
+        now = time.time()
+        lost: list[str] = []
+        for start in range(0, len(items), BATCH):
+            chunk = items[start : start + BATCH]
+            fresh = [self._sealer.seal(i, node=self.node, now=now) for i, _ in chunk]
+            pipe = self._redis.pipeline(transaction=False)
+            for (instance_id, old), new in zip(chunk, fresh, strict=True):
+                pipe.eval(_CAS_SET, 1, key_for(instance_id), old, new, self._ttl_ms)
+            results: list[Any] = await pipe.execute()
+            for (instance_id, old), new, done in zip(chunk, fresh, results, strict=True):
+                if self._held.get(instance_id) is not old:
+                    continue  # claimed again or released meanwhile
+                if done:
+                    self._held[instance_id] = new
+                else:
+                    lost.append(instance_id)
+        for instance_id in lost:
+            await self._lost(instance_id)
+
+    async def _lost(self, instance_id: str) -> None:
+        """Our record was replaced: retire our tunnel if a genuine claim names another node."""
+        data = await self._redis.get(key_for(instance_id))
+        owner = self._open(instance_id, data)
+        if owner is None or owner == self.node:
+            # Forged or gone: ours stands; write it back unconditionally.
+            value = self._sealer.seal(instance_id, node=self.node, now=time.time())
+            if instance_id in self._held:
+                self._held[instance_id] = value
+                await self._redis.set(key_for(instance_id), value, px=self._ttl_ms)
+            return
+        self._held.pop(instance_id, None)
+        log.info("cluster.tunnel_claimed_elsewhere", extra={"instance": instance_id})
+        task = asyncio.ensure_future(self._retire(instance_id))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
