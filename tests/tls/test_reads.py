@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from homeport.memory import MMAP_THRESHOLD
 from homeport.relay.proxy.connection import TenantConnection
 from homeport.tls.context import client_context, server_context
 from homeport.tls.devca import ensure_dev_ca
@@ -131,4 +132,4 @@ def test_the_tls_facing_protocols_read_through_the_shared_buffer() -> None:
     for protocol in (RawPipe, TenantConnection):
         assert issubclass(protocol, ThreadBufferReads)
         assert not issubclass(protocol, asyncio.Protocol)
-    assert READ_SIZE < 128 * 1024  # its copies stay below glibc's fixed mmap threshold
+    assert READ_SIZE < MMAP_THRESHOLD  # its copies stay below glibc's fixed mmap threshold

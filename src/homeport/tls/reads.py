@@ -2,11 +2,11 @@
 
 uvloop gives a plain ``asyncio.Protocol`` on a TLS transport what it decrypted
 by ``SSLObject.read(256 KiB)``: a new 256 KiB bytes object for every read,
-shrunk to what arrived.  glibc's mmap threshold is fixed at 128 KiB
-(:mod:`homeport.memory`, so that freed buffers go back to the system), so each
-of those reads cost an ``mmap``, an ``mremap``, a ``munmap`` and fresh zeroed
-pages.  On the WebSocket echo (``bench/run.py``) that was about one of each per
-message on each hop, measured with ``strace -c``.
+shrunk to what arrived.  With glibc's mmap threshold fixed at 128 KiB (as
+:mod:`homeport.memory` had it) each of those reads cost an ``mmap``, an
+``mremap``, a ``munmap`` and fresh zeroed pages: on the WebSocket echo
+(``bench/run.py``) one of each per message on each hop, measured with
+``strace -c``; above the threshold it is still a 256 KiB allocation per read.
 
 A :class:`asyncio.BufferedProtocol` is read into memory it provides instead.
 :class:`ThreadBufferReads` provides one buffer per thread, shared by every
@@ -27,9 +27,10 @@ from homeport.memory import MMAP_THRESHOLD
 
 __all__ = ["READ_SIZE", "ThreadBufferReads"]
 
-#: Most bytes handed on per read: below glibc's fixed mmap threshold, so the
-#: copy handed to ``data_received`` comes from the heap, not from an mmap.
-READ_SIZE = MMAP_THRESHOLD - 8 * 1024
+#: Most bytes handed on per read: uvloop's own read size, below glibc's fixed
+#: mmap threshold, so the copy handed to ``data_received`` comes from the heap.
+READ_SIZE = 256 * 1024
+assert READ_SIZE < MMAP_THRESHOLD
 
 _local = threading.local()
 
