@@ -155,7 +155,21 @@ def relay_config(args: argparse.Namespace, *, serving: bool = True) -> Any:
         link_poll_seconds=_link_poll(opts.get("link_poll_seconds", 2.0)),
         **_breached_passwords(opts),
         **_cluster(opts),
+        **_proxy_protocol(opts),
     )
+
+
+def _proxy_protocol(opts: Options) -> dict[str, Any]:
+    """``--proxy-protocol-from``: the load balancer's networks (off without it)."""
+    from homeport.tls.proxy_listener import parse_networks
+
+    text = opts.get("proxy_protocol_from")
+    if not text:
+        return {}
+    try:
+        return {"proxy_protocol_from": parse_networks(str(text))}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _cluster(opts: Options) -> dict[str, Any]:
@@ -993,6 +1007,13 @@ def _relay_options(parser: argparse.ArgumentParser) -> None:
         dest="cluster_key_file",
         help="with --redis-url: the key that seals messages between nodes (at least 32 "
         "bytes; the same file on every node; e.g. openssl rand -base64 48 > cluster.key)",
+    )
+    parser.add_argument(
+        "--proxy-protocol-from",
+        dest="proxy_protocol_from",
+        help="behind HAProxy with send-proxy-v2: its networks, comma-separated (e.g. "
+        "10.0.0.5/32); connections from them must start with a PROXY v2 header naming "
+        "the client, and connections from anywhere else are refused (default: off)",
     )
     parser.add_argument(
         "--node-name",

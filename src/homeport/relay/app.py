@@ -48,6 +48,7 @@ from homeport.relay.tenant import TenantProxy
 from homeport.relay.tls import RelayTls
 from homeport.tls.context import TUNNEL_ALPN, requested_server_name
 from homeport.tls.devca import ensure_dev_ca
+from homeport.tls.proxy_listener import proxied_remote
 from homeport.tls.served import CertPair, GatedTLSSite
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,10 @@ class Relay:
         return self.tls.context
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=1024**2)
+        middlewares = [self._errors]
+        if self.config.proxy_protocol_from:
+            middlewares.insert(0, proxied_remote)  # request.remote: the PROXY header's client
+        app = web.Application(middlewares=middlewares, client_max_size=1024**2)
         self.site = site = account_site(
             self.config,
             accounts=self.accounts,
@@ -339,6 +343,7 @@ class Relay:
             ssl_context=self.ssl_context(),
             route=self._route,  # tunnels and tenant hosts: below aiohttp
             sock=sock,
+            proxy_from=self.config.proxy_protocol_from,  # the client's address behind HAProxy
         )
         await site.start()
         if self.config.http_listen_port is not None:

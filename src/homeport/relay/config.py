@@ -9,6 +9,7 @@ from homeport.accounts.identifiers import is_instance_id
 from homeport.mail.settings import SmtpSettings
 from homeport.relay.oidc_settings import OidcProvider
 from homeport.tls.acme_settings import AcmeSettings
+from homeport.tls.proxy_listener import IPNetwork
 
 #: Placeholders, as in SECURITY.md, until the project has a real contact and site.
 SECURITY_CONTACT = "mailto:security@homeport.example"
@@ -109,6 +110,10 @@ class RelayConfig:
     #: A cluster node being stopped says "draining" on /healthz this long before it
     #: moves its add-ons (the load balancer's fall x inter, 2 x 500 ms, and a margin).
     drain_notice_seconds: float = 1.5
+    #: Behind HAProxy (``--proxy-protocol-from``): connections from these networks
+    #: start with a PROXY v2 header naming the client, and no others are accepted
+    #: on the TLS port (``homeport.tls.proxy_listener``).  Empty (the default): off.
+    proxy_protocol_from: tuple[IPNetwork, ...] = ()
 
     @property
     def port_suffix(self) -> str:

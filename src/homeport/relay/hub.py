@@ -43,6 +43,7 @@ from homeport.protocol.handshake import (
 from homeport.relay.cluster.messages import key_fingerprint
 from homeport.relay.config import RelayConfig
 from homeport.relay.presence import PresenceRecorder
+from homeport.tls.proxy_listener import client_address
 from homeport.tunnel.control import ControlHandler
 from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
 from homeport.tunnel.raw import RawPipe
@@ -201,8 +202,7 @@ class TunnelHub:
 
         async def serve() -> None:
             await pipe.connected
-            peer = pipe.get_extra_info("peername")
-            address = str(peer[0]) if isinstance(peer, tuple) else "?"
+            address = client_address(pipe.transport) or "?"  # PROXY header, else the peer
             if self._closing:
                 pipe.close_with(CLOSE_TRY_LATER, "relay is restarting")
                 return

@@ -37,6 +37,7 @@ from homeport.tls.alpn import ACME_TLS_ALPN, AlpnGate, TlsAlpn01Responder
 from homeport.tls.check import check_certificate_files
 from homeport.tls.client_hello import HelloRecorder, recorded_alpn
 from homeport.tls.context import local_certificate_sha256, server_context
+from homeport.tls.proxy_listener import IPNetwork, ProxyHeaderReader
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,17 @@ class GatedTLSSite(web.TCPSite):
         *,
         sock: socket.socket | None = None,
         route: Callable[[object], Callable[[], asyncio.BaseProtocol] | None] | None = None,
+        proxy_from: Sequence[IPNetwork] = (),
         **kwargs: Any,
     ) -> None:
         """``sock``: serve on this already bound socket instead of binding ``host:port``;
-        ``route``: another protocol for some connections (see ``AlpnGate``)."""
+        ``route``: another protocol for some connections (see ``AlpnGate``);
+        ``proxy_from``: connections from these networks start with a PROXY v2
+        header and no others are accepted (``homeport.tls.proxy_listener``)."""
         super().__init__(runner, host, port, **kwargs)
         self._sock = sock
         self._route = route
+        self._proxy_from = tuple(proxy_from)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -198,19 +203,30 @@ class GatedTLSSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = server
+
+        def gate() -> asyncio.BaseProtocol:
+            return AlpnGate(factory, self._route)
+
+        accept: Callable[[], asyncio.BaseProtocol] = gate
+        ssl_context = self._ssl_context
+        if self._proxy_from:
+            assert ssl_context is not None
+            tls, networks = ssl_context, self._proxy_from
+
+            def reader() -> asyncio.BaseProtocol:
+                return ProxyHeaderReader(gate, tls, networks)
+
+            accept, ssl_context = reader, None  # TLS starts after the header
         if self._sock is not None:
             self._server = await loop.create_server(
-                lambda: AlpnGate(factory, self._route),
-                sock=self._sock,
-                ssl=self._ssl_context,
-                backlog=self._backlog,
+                accept, sock=self._sock, ssl=ssl_context, backlog=self._backlog
             )
         else:
             self._server = await loop.create_server(
-                lambda: AlpnGate(factory, self._route),
+                accept,
                 self._host,
                 self._port,
-                ssl=self._ssl_context,
+                ssl=ssl_context,
                 backlog=self._backlog,
                 reuse_address=self._reuse_address,
                 reuse_port=self._reuse_port,

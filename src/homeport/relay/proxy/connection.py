@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, cast
 from homeport.relay.proxy.http1 import Request, RequestError, RequestReader
 from homeport.relay.proxy.responses import error_answer
 from homeport.tls.context import requested_server_name
+from homeport.tls.proxy_listener import client_address
 from homeport.tls.reads import ThreadBufferReads
 
 if TYPE_CHECKING:
@@ -75,8 +76,7 @@ class TenantConnection(ThreadBufferReads):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is a Transport in all but name (not a subclass).
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.remote = str(peer[0]) if peer else ""
+        self.remote = client_address(transport)  # HAProxy's PROXY header, else the peer
         name = requested_server_name(transport.get_extra_info("ssl_object"))
         self.sni = name.lower().rstrip(".") if name else ""
         self.proxy.connections.add(self)
