@@ -243,6 +243,8 @@ async def start_cluster(
                 name,
                 "--metrics-listen",
                 f"127.0.0.1:{health_port}",
+                "--proxy-protocol-from",  # HAProxy's send-proxy-v2; browsers from 127.0.0.2+
+                "127.0.0.1/32",
                 "--tls-cert",
                 str(cert),
                 "--tls-key",

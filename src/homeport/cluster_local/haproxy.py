@@ -19,6 +19,11 @@ keys never leave the nodes and HAProxy reads nothing but the ClientHello.
   second), up after ``rise``. A node that is draining answers 503, so it
   leaves the rotation before it sends its add-ons GOAWAY; connections already
   open are kept (HAProxy does not cut them when a server goes down).
+* ``send-proxy-v2``: each connection to a node starts with a PROXY v2 header
+  naming the client, so the nodes' per-address limits and throttles see
+  people, not HAProxy (the nodes run with ``--proxy-protocol-from`` set to
+  HAProxy's address, ``homeport.tls.proxy_listener``). Health checks go to
+  the metrics port (``check port``), so they carry no header.
 * ``option redispatch`` with ``retries``: a connection whose node refuses
   (killed, not yet marked down) is retried on the next node of the ring.
 """
@@ -62,7 +67,7 @@ def haproxy_config(
 
     def servers() -> str:
         return "".join(
-            f"    server {n.name} {n.host}:{n.port} check port {n.health_port}"
+            f"    server {n.name} {n.host}:{n.port} send-proxy-v2 check port {n.health_port}"
             f" inter {inter_ms}ms fall {fall} rise {rise}\n"
             for n in nodes
         )

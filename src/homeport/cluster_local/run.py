@@ -220,6 +220,8 @@ async def local_cluster(
                     name,
                     "--metrics-listen",
                     f"127.0.0.1:{node.health_port}",
+                    "--proxy-protocol-from",  # HAProxy sends send-proxy-v2 from here
+                    "127.0.0.1/32",
                     "--tls-cert",
                     str(cert),
                     "--tls-key",

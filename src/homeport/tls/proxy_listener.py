@@ -196,7 +196,7 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
             self._deadline.cancel()
         if transport.is_closing():
             return
-        app = self._app_factory()
+        app = _Handover(self._app_factory())
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 transport,
@@ -214,7 +214,65 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         if client is not None:
             _proxied[tls.get_extra_info("ssl_object")] = client
         # start_tls does not tell the protocol; the listener without the option would have.
-        app.connection_made(tls)
+        app.hand_over(tls)
+
+
+class _Handover(asyncio.Protocol):
+    """The TLS protocol's first app protocol, from ``start_tls`` until :meth:`hand_over`.
+
+    ``start_tls`` finishes the handshake and goes on reading before the awaiting
+    task resumes, so what the client sent right behind its Finished (a TLS 1.3
+    client's first request, or an add-on's hello) reaches this protocol before
+    the real one is told ``connection_made``. It is kept here and replayed, so
+    not a byte is lost; after that the real protocol owns the transport (the
+    gate calls ``set_protocol``) and this object is out of the path.
+    """
+
+    def __init__(self, app: asyncio.BaseProtocol) -> None:
+        self._app = app
+        self._early: list[bytes] = []
+        self._eof = False
+        self._lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # the real protocol decides, once handed over
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+    def hand_over(self, transport: asyncio.BaseTransport) -> None:
+        self._app.connection_made(transport)
+        protocol = transport.get_protocol()
+        if protocol is self:  # the gate closed it (a TLS-ALPN-01 validation)
+            protocol = self._app
+        for data in self._early:
+            _deliver(protocol, data)
+        self._early.clear()
+        eof_kind = asyncio.Protocol | asyncio.BufferedProtocol
+        if self._eof and isinstance(protocol, eof_kind) and not protocol.eof_received():
+            transport.close()
+        if self._lost is not None:
+            protocol.connection_lost(self._lost[0])
+
+
+def _deliver(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """``data`` to ``protocol`` as the transport would: ``data_received`` or its buffers."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:  # bounded: each round hands over at least one byte
+            buffer = memoryview(protocol.get_buffer(len(view))).cast("B")
+            size = min(len(buffer), len(view))
+            if size == 0:
+                raise RuntimeError("protocol gave an empty buffer")
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+    elif isinstance(protocol, asyncio.Protocol):
+        protocol.data_received(data)
 
 
 def _peer_text(peer: object) -> str:
