@@ -209,6 +209,31 @@ def test_cluster_options_from_flags_and_toml(tmp_path: Path) -> None:
         config("--cluster-key-file", str(key))
 
 
+def test_proxy_protocol_option_from_flags_and_toml(tmp_path: Path) -> None:
+    """``--proxy-protocol-from`` (off by default), the ``[relay]`` key, and bad networks."""
+    import ipaddress
+
+    from homeport.cli import build_parser, relay_config
+
+    toml = tmp_path / "relay.toml"
+    toml.write_text('[relay]\nproxy-protocol-from = "10.0.0.5/32, fd00::/64"\n')
+
+    def config(*argv: str) -> object:
+        return relay_config(
+            build_parser().parse_args(["relay", "--data-dir", str(tmp_path), *argv])
+        )
+
+    assert config().proxy_protocol_from == ()  # type: ignore[attr-defined]
+    expected = (ipaddress.ip_network("10.0.0.5/32"), ipaddress.ip_network("fd00::/64"))
+    from_file = config("--config", str(toml))
+    assert from_file.proxy_protocol_from == expected  # type: ignore[attr-defined]
+    flags = config("--proxy-protocol-from", "127.0.0.1/32")
+    assert flags.proxy_protocol_from == (ipaddress.ip_network("127.0.0.1/32"),)  # type: ignore[attr-defined]
+    for bad in ("10.0.0.5/24", "haproxy", ","):  # host bits set, a name, nothing
+        with pytest.raises(SystemExit, match="--proxy-protocol-from"):
+            config("--proxy-protocol-from", bad)
+
+
 @pytest.mark.parametrize("missing", ["--relay", "--server-pubkey"])
 def test_addon_requires_relay_and_pin(tmp_path: Path, missing: str) -> None:
     args = {
