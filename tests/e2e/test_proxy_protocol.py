@@ -40,6 +40,7 @@ from homeport.tls.proxy_listener import HEADER_TIMEOUT
 
 pytestmark = pytest.mark.timeout(120)
 
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -71,8 +72,8 @@ async def recording_backend() -> AsyncIterator[tuple[str, list[list[tuple[str, s
         await runner.cleanup()
 
 
-@pytest_asyncio.fixture
-async def proxied(tmp_path: Path) -> AsyncIterator[Proxied]:
+@contextlib.asynccontextmanager
+async def proxied_relay(tmp_path: Path, **relay_options: object) -> AsyncIterator[Proxied]:
     """One relay node behind HAProxy; its add-on and browsers all come through HAProxy."""
     sock = listening_socket()
     node_port = sock.getsockname()[1]
@@ -99,11 +100,18 @@ async def proxied(tmp_path: Path) -> AsyncIterator[Proxied]:
                 public_port=public_port,
                 metrics_listen=("127.0.0.1", health_port),
                 proxy_protocol_from=(ipaddress.ip_network("127.0.0.1/32"),),
+                **relay_options,
             ) as stack,
         ):
             yield Proxied(stack, haproxy, node_port, seen)
     finally:
         await haproxy.close()
+
+
+@pytest_asyncio.fixture
+async def proxied(tmp_path: Path) -> AsyncIterator[Proxied]:
+    async with proxied_relay(tmp_path) as relay:
+        yield relay
 
 
 def forwarded_for(seen: list[list[tuple[str, str]]]) -> list[str]:
@@ -144,6 +152,38 @@ async def test_a_guesser_is_throttled_and_the_owner_elsewhere_is_not(proxied: Pr
     assert statuses[-1] == 429, statuses
     async with stack.browser(source_ip="127.0.0.3") as owner:
         await owner.sign_in_account_site()  # 303, not 429
+
+
+async def test_per_address_slots_on_tenant_hosts_count_each_browser(tmp_path: Path) -> None:
+    """``client-max-requests`` = 1: a browser holding a request is refused a second one,
+    another browser behind the same HAProxy is not (before, both were 127.0.0.1)."""
+    async with (
+        proxied_relay(tmp_path, client_max_requests=1) as proxied,
+        proxied.stack.browser(source_ip="127.0.0.2") as first,
+        proxied.stack.browser(source_ip="127.0.0.3") as second,
+    ):
+        origin = proxied.stack.tenant_origin
+        assert (await first.sign_in("/")).status == 200
+        assert (await second.sign_in("/")).status == 200
+
+        async def hold() -> int:
+            async with first.request("GET", origin + "/slow?seconds=3") as r:
+                await r.read()
+                return r.status
+
+        holding = asyncio.create_task(hold())
+        try:
+            async with asyncio.timeout(10):
+                while True:  # until the slot is taken: the same browser is refused
+                    async with first.request("GET", origin + "/echo") as r:
+                        await r.read()
+                    if r.status == 429:
+                        break
+                    await asyncio.sleep(0.05)
+            async with second.request("GET", origin + "/echo") as r:
+                assert r.status == 200  # its own slot
+        finally:
+            assert await holding == 200
 
 
 async def closed_without_a_session(port: int, send: bytes, source: str = "127.0.0.1") -> bytes:

@@ -1,0 +1,134 @@
+"""The PROXY v2 listener on both event loops, with real sockets and real TLS.
+
+The client sends the header and its ClientHello in one segment (as HAProxy
+does: it has the hello buffered when it connects), and its first request in
+the same segment as its TLS Finished, so the test fails if the reader takes
+one byte of the hello or if what arrives between the end of the handshake and
+``connection_made`` is lost (``_Handover``). Both the aiohttp path
+(``proxied_remote``: ``request.remote``) and a buffered protocol chosen by
+SNI (the data plane's kind: ``client_address``) see the header's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+from aiohttp import web
+from proxy_v2 import LOCAL, v2_header
+
+from homeport.tls.context import requested_server_name, server_context
+from homeport.tls.devca import ensure_dev_ca
+from homeport.tls.proxy_listener import client_address, proxied_remote
+from homeport.tls.reads import ThreadBufferReads
+from homeport.tls.served import GatedTLSSite
+
+HOST = "homeport.localhost"
+RAW_HOST = "raw.localhost"
+LOOPS = pytest.mark.parametrize(
+    "loop_factory", [uvloop.new_event_loop, asyncio.new_event_loop], ids=["uvloop", "asyncio"]
+)
+
+
+class SaysWhoCalls(ThreadBufferReads):
+    """A buffered protocol like the data plane's: answers its client's address, closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(f"{client_address(self.transport)}|{data.decode()}".encode())  # type: ignore[attr-defined]
+        self.transport.close()
+
+
+def route(ssl_object: object) -> Callable[[], asyncio.BaseProtocol] | None:
+    return SaysWhoCalls if requested_server_name(ssl_object) == RAW_HOST else None  # type: ignore[arg-type]
+
+
+def exchange(port: int, cafile: Path, header: bytes, name: str, payload: bytes) -> bytes:
+    """Header + ClientHello in one send; Finished + ``payload`` in one send; the answer."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        prefix = header
+        for _ in range(20):
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            sock.sendall(prefix + outgoing.read())
+            prefix = b""
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            incoming.write(data)
+        tls.write(payload)
+        sock.sendall(outgoing.read())
+        answer = b""
+        for _ in range(1000):
+            try:
+                chunk = tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+async def answers(cert: Path, key: Path, cafile: Path, header: bytes) -> tuple[bytes, bytes]:
+    async def remote(request: web.Request) -> web.Response:
+        return web.Response(text=f"remote={request.remote}")
+
+    app = web.Application(middlewares=[proxied_remote])
+    app.router.add_get("/", remote)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = GatedTLSSite(
+        runner,
+        "127.0.0.1",
+        0,
+        ssl_context=server_context(cert, key),
+        route=route,
+        proxy_from=(ipaddress.ip_network("127.0.0.1/32"),),
+    )
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+        web_answer = await asyncio.to_thread(exchange, port, cafile, header, HOST, request)
+        raw_answer = await asyncio.to_thread(exchange, port, cafile, header, RAW_HOST, b"hi")
+        return web_answer, raw_answer
+    finally:
+        await runner.cleanup()
+
+
+@LOOPS
+def test_the_header_and_early_data_are_read_exactly(
+    tmp_path: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    ca = ensure_dev_ca(tmp_path / "data")
+    cert, key = ca.issue_server_certificate([HOST, RAW_HOST], tmp_path / "tls")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        proxied = runner.run(answers(cert, key, ca.cert_path, v2_header(("198.51.100.9", 4000))))
+        local = runner.run(answers(cert, key, ca.cert_path, v2_header(command=LOCAL)))
+    assert proxied[0].endswith(b"remote=198.51.100.9"), proxied[0]
+    assert proxied[1] == b"198.51.100.9|hi"
+    # LOCAL (HAProxy's own connections): the socket peer stands.
+    assert local[0].endswith(b"remote=127.0.0.1"), local[0]
+    assert local[1] == b"127.0.0.1|hi"
+
