@@ -131,4 +131,3 @@ def test_the_header_and_early_data_are_read_exactly(
     # LOCAL (HAProxy's own connections): the socket peer stands.
     assert local[0].endswith(b"remote=127.0.0.1"), local[0]
     assert local[1] == b"127.0.0.1|hi"
-
