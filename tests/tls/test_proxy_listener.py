@@ -131,3 +131,21 @@ def test_the_header_and_early_data_are_read_exactly(
     # LOCAL (HAProxy's own connections): the socket peer stands.
     assert local[0].endswith(b"remote=127.0.0.1"), local[0]
     assert local[1] == b"127.0.0.1|hi"
+
+
+def test_client_address_without_tls_or_transport_is_the_peer_or_empty() -> None:
+    """Plain transports (no TLS session) and a closed request (no transport) never raise."""
+
+    class Plain(asyncio.BaseTransport):
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return ("192.0.2.4", 1234) if name == "peername" else default
+
+    import homeport.tls.proxy_listener as listener
+
+    marker = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    listener._proxied[marker] = "198.51.100.1"  # one proxied connection somewhere
+    try:
+        assert client_address(Plain()) == "192.0.2.4"
+        assert client_address(None) == ""
+    finally:
+        del listener._proxied[marker]

@@ -72,7 +72,8 @@ def client_address(transport: asyncio.BaseTransport | None) -> str:
     if transport is None:
         return ""
     if _proxied:
-        found = _proxied.get(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        found = _proxied.get(ssl_object) if ssl_object is not None else None
         if found is not None:
             return found
     peer = transport.get_extra_info("peername")
@@ -205,7 +206,7 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
                 server_side=True,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError):
+        except (OSError, TimeoutError, RuntimeError):  # ssl.SSLError is an OSError
             transport.abort()  # as a failed handshake without the option: that connection only
             return
         if tls is None:  # pragma: no cover - the transport closed during the handshake
@@ -213,8 +214,12 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
             return
         if client is not None:
             _proxied[tls.get_extra_info("ssl_object")] = client
-        # start_tls does not tell the protocol; the listener without the option would have.
-        app.hand_over(tls)
+        try:
+            # start_tls does not tell the protocol; the listener without the option would.
+            app.hand_over(tls)
+        except Exception:
+            log.exception("relay.proxy_handover_failed")  # that connection only
+            tls.abort()
 
 
 class _Handover(asyncio.Protocol):
@@ -237,9 +242,8 @@ class _Handover(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._early.append(data)
 
-    def eof_received(self) -> bool:
-        self._eof = True
-        return True  # the real protocol decides, once handed over
+    def eof_received(self) -> None:
+        self._eof = True  # replayed to the real protocol (TLS ignores "keep open" anyway)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = (exc,)
