@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import os
 import re
-import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -79,12 +77,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _until_signalled(stop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, done.set)
-    await done.wait()
+    from homeport.signals import until_stop_signal
+
+    await until_stop_signal()
     await stop()
 
 

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import secrets
-import signal
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +22,7 @@ from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.keys import read_secret_file, write_secret_file
 from homeport.relay.app import Relay
 from homeport.relay.config import RelayConfig
+from homeport.signals import until_stop_signal
 from homeport.standin import start_standin
 
 DEV_EMAIL = "dev@homeport.localhost"
@@ -55,7 +55,7 @@ WORDS = [
 ]
 
 
-def _passphrase() -> str:
+def passphrase() -> str:
     return "-".join(secrets.choice(WORDS) for _ in range(5))
 
 
@@ -76,7 +76,7 @@ async def _dev_credentials(relay: Relay, data_dir: Path) -> tuple[str, str]:
     if path.exists():
         email, password = read_secret_file(path).decode().split("\n")[:2]
         return email, password
-    password = _passphrase()
+    password = passphrase()
     with contextlib.suppress(AccountExists):
         await relay.accounts.create_user(DEV_EMAIL, password)
     write_secret_file(path, f"{DEV_EMAIL}\n{password}\n".encode(), replace=True)
@@ -145,12 +145,7 @@ async def run_dev(args: argparse.Namespace) -> None:
             "Press Ctrl+C to stop.",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stop_signal()
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner

@@ -43,10 +43,11 @@ from aiohttp import web
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.cluster_local.haproxy import HaproxyNode, haproxy_config
-from homeport.dev import DEV_EMAIL, _passphrase, ha_answers
+from homeport.dev import DEV_EMAIL, ha_answers, passphrase
 from homeport.keys import load_or_create_private_key, read_secret_file, write_secret_file
 from homeport.relay.cluster.node import load_cluster_key
 from homeport.relay.config import RelayConfig
+from homeport.signals import until_stop_signal
 from homeport.standin import start_standin
 from homeport.tls.devca import ensure_dev_ca
 
@@ -257,7 +258,7 @@ async def local_cluster(
         if credentials.exists():
             email, password = read_secret_file(credentials).decode().split("\n")[:2]
         else:
-            email, password = DEV_EMAIL, _passphrase()
+            email, password = DEV_EMAIL, passphrase()
             write_secret_file(credentials, f"{email}\n{password}\n".encode(), replace=True)
         with contextlib.suppress(RuntimeError):  # kept from an earlier run's database
             await _homeport("admin", "user", "create", email, *admin, stdin=password + "\n")
@@ -335,12 +336,7 @@ async def run_cluster(args: argparse.Namespace) -> None:
                 "Press Ctrl+C to stop.",
                 flush=True,
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await until_stop_signal()
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
