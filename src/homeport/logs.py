@@ -15,6 +15,7 @@ import queue
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -52,6 +53,39 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             self.queue.put_nowait(record)
         except queue.Full:
             DroppingQueueHandler.dropped += 1
+
+
+class LogThrottle:
+    """At most ``burst`` lines of one event per ``interval`` seconds; the rest counted.
+
+    For events anyone on the network can cause (a scanner at an untrusted
+    address, a flood of malformed headers): without it they could fill the
+    operator's disk and crowd every other line out of the log queue, which
+    drops what does not fit.  The next line that goes out carries the number
+    left out before it (``suppressed``), so nothing is hidden, only summed.
+    """
+
+    def __init__(
+        self, burst: int = 10, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._burst = burst
+        self._interval = interval
+        self._clock = clock
+        self._window = -interval
+        self._sent = 0
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None: leave this line out; else log it with this many ``suppressed`` before it."""
+        now = self._clock()
+        if now - self._window >= self._interval:
+            self._window, self._sent = now, 0
+        if self._sent >= self._burst:
+            self._suppressed += 1
+            return None
+        self._sent += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 _listener: logging.handlers.QueueListener | None = None

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from ports import listening_socket
+from sqlalchemy.exc import OperationalError
 from stack import PASSWORD, make_addon
 
 from homeport.accounts import Accounts, Database
@@ -98,3 +102,33 @@ async def test_an_addon_that_leaves_while_waiting_is_forgotten(tmp_path: Path) -
         async with asyncio.timeout(10):
             while relay.hub._link_waiters:
                 await asyncio.sleep(0.01)
+
+
+async def test_a_database_outage_while_waiting_keeps_the_code_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the first failed poll sent the add-on away with 1013 and it came back
+    # with a new code, while the person was typing the old one.
+    async with waiting_addon(tmp_path, link_poll_seconds=0.05) as (relay, addon):
+        code = addon.status.link_code
+        assert code is not None
+        monkeypatch.setattr(relay.accounts.instances, "for_key", _database_locked)
+        with caplog.at_level(logging.WARNING, logger="homeport.relay.hub"):
+            await asyncio.sleep(1.0)  # about 20 polls, every one failing
+        assert addon.status.link_code == code
+        assert "1013" not in (addon.status.last_error or "")
+        assert relay.hub._link_waiters, "the waiting add-on was sent away"
+        failures = [r for r in caplog.records if r.message == "hub.link_poll_failed"]
+        assert len(failures) == 1, "one warning per outage, not one per poll"
+        monkeypatch.undo()  # the database is back: the code still links
+        other = Database(relay.database.url)
+        await other.connect()
+        try:
+            await Accounts(other).link_instance(code, EMAIL)
+        finally:
+            await other.close()
+        await connected_within(relay, addon, 10)
+
+
+def _database_locked(*_args: Any, **_kwargs: Any) -> Any:
+    raise OperationalError("SELECT instances", {}, Exception("database is locked"))

@@ -12,7 +12,9 @@ SNI (the data plane's kind: ``client_address``) see the header's address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -149,3 +151,63 @@ def test_client_address_without_tls_or_transport_is_the_peer_or_empty() -> None:
         assert client_address(None) == ""
     finally:
         del listener._proxied[marker]
+
+
+async def _untrusted_connections(tmp_path: Path, count: int) -> None:
+    """``count`` TCP connections from 127.0.0.1 to a listener that trusts only 10/8."""
+    ca = ensure_dev_ca(tmp_path / "data")
+    cert, key = ca.issue_server_certificate([HOST], tmp_path / "tls")
+    runner = web.AppRunner(web.Application(), access_log=None)
+    await runner.setup()
+    site = GatedTLSSite(
+        runner,
+        "127.0.0.1",
+        0,
+        ssl_context=server_context(cert, key),
+        route=route,
+        proxy_from=(ipaddress.ip_network("10.0.0.0/8"),),
+    )
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            with contextlib.suppress(ConnectionResetError):  # aborted: a reset
+                assert await reader.read() == b""  # closed before a byte is read
+            writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_flood_of_refused_peers_is_logged_in_sums(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who reaches the port causes a refusal: 40 of them are not 40 log lines."""
+    import homeport.tls.proxy_listener as listener
+    from homeport.logs import LogThrottle
+
+    now = [0.0]
+    throttle = LogThrottle(burst=3, interval=60, clock=lambda: now[0])
+    monkeypatch.setattr(listener, "_refusals", throttle)
+    with caplog.at_level(logging.WARNING, logger="homeport.tls.proxy_listener"):
+        await _untrusted_connections(tmp_path, 40)
+        lines = [r for r in caplog.records if r.message == "relay.proxy_untrusted_peer"]
+        assert [r.suppressed for r in lines] == [0, 0, 0]  # type: ignore[attr-defined]
+        now[0] = 61.0  # a minute later: the next refusal says how many were left out
+        await _untrusted_connections(tmp_path / "again", 1)
+    lines = [r for r in caplog.records if r.message == "relay.proxy_untrusted_peer"]
+    assert [r.suppressed for r in lines] == [0, 0, 0, 37]  # type: ignore[attr-defined]
+
+
+def test_the_log_throttle_counts_what_it_leaves_out() -> None:
+    from homeport.logs import LogThrottle
+
+    now = [100.0]
+    throttle = LogThrottle(burst=2, interval=10, clock=lambda: now[0])
+    assert [throttle.allow() for _ in range(5)] == [0, 0, None, None, None]
+    now[0] = 109.9
+    assert throttle.allow() is None
+    now[0] = 110.0
+    assert throttle.allow() == 4
+    assert throttle.allow() == 0
+    assert throttle.allow() is None

@@ -366,6 +366,7 @@ class TunnelHub:
         waiters = self._link_waiters.setdefault(key_text, set())
         waiters.add(wake)
         watcher = asyncio.create_task(_until_closed(channel, wake))
+        database_down = False
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -373,7 +374,23 @@ class TunnelHub:
                 wake.clear()
                 if watcher.done() or channel.closed:
                     return
-                if await self.accounts.instance_for_key(key_text) is not None:
+                try:
+                    linked = await self.accounts.instance_for_key(key_text) is not None
+                except DATABASE_ERRORS as exc:
+                    # The code on the add-on's screen stays valid: keep it (the person
+                    # may be typing it) and look again at the next poll, rather than
+                    # sending the add-on away to fetch a new code once the database
+                    # is back.  Logged once per outage, not once per poll.
+                    if not database_down:
+                        log.warning(
+                            "hub.link_poll_failed",
+                            extra={"peer": peer, "error": type(exc).__name__},
+                        )
+                    database_down = True
+                    linked = False
+                else:
+                    database_down = False
+                if linked:
                     close_code, reason = CLOSE_LINKED, "linked"
                     break
                 if loop.time() >= deadline:

@@ -37,6 +37,7 @@ from typing import cast
 
 from aiohttp import web
 
+from homeport.logs import LogThrottle
 from homeport.tls.proxy_header import HEAD_SIZE, ProxyHeaderError, body_length, parse_header
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ HANDSHAKE_TIMEOUT = 60.0
 _proxied: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 #: TLS handshakes under way (kept referenced until done).
 _starting: set[asyncio.Future[None]] = set()
+#: Refusals are caused by whoever reaches the port: logged, but not one line each.
+_refusals = LogThrottle(burst=10, interval=60.0)
 
 
 def client_address(transport: asyncio.BaseTransport | None) -> str:
@@ -106,6 +109,16 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _log_refusal(event: str, peer: object, why: str | None) -> None:
+    suppressed = _refusals.allow()
+    if suppressed is None:
+        return
+    extra: dict[str, object] = {"peer": _peer_text(peer), "suppressed": suppressed}
+    if why is not None:
+        extra["why"] = why
+    log.warning(event, extra=extra)
+
+
 def _trusted(peer: object, networks: Sequence[IPNetwork]) -> bool:
     if not isinstance(peer, tuple) or not peer:
         return False
@@ -145,7 +158,7 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if not _trusted(peer, self._trusted):
-            log.warning("relay.proxy_untrusted_peer", extra={"peer": _peer_text(peer)})
+            _log_refusal("relay.proxy_untrusted_peer", peer, None)
             self._transport.abort()
             return
         loop = asyncio.get_running_loop()
@@ -187,7 +200,7 @@ class ProxyHeaderReader(asyncio.BufferedProtocol):
         if self._transport is None or self._transport.is_closing():
             return
         peer = self._transport.get_extra_info("peername")
-        log.warning("relay.proxy_header_refused", extra={"peer": _peer_text(peer), "why": reason})
+        _log_refusal("relay.proxy_header_refused", peer, reason)
         self._transport.abort()
 
     async def _start_tls(self, client: str | None) -> None:
