@@ -33,7 +33,8 @@ from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.cluster_local.haproxy import HaproxyNode
 from homeport.keys import load_or_create_private_key
-from homeport.relay.cluster.presence import RecordSealer, RefusedRecord, key_for
+from homeport.relay.cluster.presence import RecordSealer, key_for
+from homeport.relay.cluster.sealed import RefusedMessage
 from homeport.relay.config import RelayConfig
 from homeport.tls.devca import DevCA
 
@@ -128,7 +129,7 @@ class Cluster:
             return None
         try:
             record = RecordSealer(CLUSTER_KEY).open(instance_id, data, now=time.time())
-        except RefusedRecord:
+        except RefusedMessage:
             return None
         return record.node.rsplit("-", 1)[0]
 
