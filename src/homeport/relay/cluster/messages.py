@@ -106,7 +106,8 @@ def _payload_fields(body: Mapping[str, Any]) -> frozenset[str]:
     return frozenset({"kind", *_fields(Withdrawal(kind))})
 
 
-#: Withdrawals and linked notices; freshness and replays are :class:`ReplayGuard`'s job.
+#: Withdrawals and linked notices; freshness and replays are the reader's
+#: :class:`~homeport.relay.cluster.sealed.ReplayGuard`'s job.
 WITHDRAWAL: Final = SealedKind(
     prefix=b"hp1:",
     domain=b"homeport cluster revocation v1\n",
@@ -142,7 +143,8 @@ class Sealer:
     def open(self, data: bytes) -> Envelope:
         """The envelope of a genuine, well-formed message; else :class:`RefusedMessage`.
 
-        Freshness and replays are :class:`ReplayGuard`'s job.
+        Freshness and replays are the reader's
+        :class:`~homeport.relay.cluster.sealed.ReplayGuard`'s job.
         """
         opened = self._seal.open(WITHDRAWAL, self._channel, data)
         body = opened.body
