@@ -40,7 +40,8 @@ from homeport.accounts.service import Accounts
 from homeport.addon.client import AddonClient, AddonConfig, LocalhostResolver, State
 from homeport.cluster_local.run import local_cluster
 from homeport.keys import load_or_create_private_key, public_key_text
-from homeport.relay.cluster.presence import RecordSealer, RefusedRecord, key_for
+from homeport.relay.cluster.presence import RecordSealer, key_for
+from homeport.relay.cluster.sealed import RefusedMessage
 from homeport.relay.config import RelayConfig
 from homeport.standin import start_standin
 
@@ -136,7 +137,7 @@ async def holders(redis_url: str, key: bytes, instances: list[str]) -> dict[str,
     sealer, now, found = RecordSealer(key), time.time(), {}
     for instance, value in zip(instances, values, strict=True):
         if value is not None:
-            with contextlib.suppress(RefusedRecord):
+            with contextlib.suppress(RefusedMessage):
                 found[instance] = sealer.open(instance, value, now=now).node.rsplit("-", 1)[0]
     return found
 

@@ -12,7 +12,8 @@ from redis_server import RedisServer
 
 from homeport.relay.cluster.announce import AnnounceFailed, announce, session_withdrawals
 from homeport.relay.cluster.channel import CHANNEL
-from homeport.relay.cluster.messages import MAX_IDS, LinkedNotice, ReplayGuard, Sealer
+from homeport.relay.cluster.messages import MAX_AGE, MAX_IDS, LinkedNotice, Sealer
+from homeport.relay.cluster.sealed import ReplayGuard
 from homeport.relay.live import Withdrawal
 
 KEY = b"k" * 32
@@ -44,7 +45,7 @@ async def test_a_node_hears_the_announcement_as_genuine(redis_server: RedisServe
     finally:
         await pubsub.aclose()
         await listener.aclose()
-    sealer, guard = Sealer(KEY, CHANNEL), ReplayGuard()
+    sealer, guard = Sealer(KEY, CHANNEL), ReplayGuard(max_age=MAX_AGE)
     envelopes = [sealer.open(data) for data in heard]
     for envelope in envelopes:
         guard.check(envelope, time.time())

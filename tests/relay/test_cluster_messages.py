@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 
 from homeport.relay.cluster.messages import (
     MAX_AGE,
-    PREFIX,
+    WITHDRAWAL,
     Envelope,
     LinkedNotice,
     RefusedMessage,
-    ReplayGuard,
     Sealer,
     key_fingerprint,
 )
+from homeport.relay.cluster.sealed import ReplayGuard, Seal
 from homeport.relay.live import Ending, Withdrawal
 
 KEY = b"k" * 32
@@ -35,10 +35,13 @@ EVERY_KIND = [
 ]
 
 
+PREFIX = WITHDRAWAL.prefix
+
+
 def _reseal(sealer: Sealer, body: dict[str, object]) -> bytes:
     """A message with the right HMAC over an arbitrary body (what a key holder could send)."""
     payload = json.dumps(body, separators=(",", ":")).encode()
-    return PREFIX + sealer._mac(payload).encode() + b":" + payload
+    return Seal(KEY).wrap(WITHDRAWAL, CHANNEL, payload)
 
 
 def _body(data: bytes) -> dict[str, object]:
@@ -180,7 +183,7 @@ def _envelope(at: float, nonce: str = "a" * 32) -> Envelope:
 
 
 def test_replays_and_stale_or_future_messages_are_refused() -> None:
-    guard = ReplayGuard()
+    guard = ReplayGuard(max_age=MAX_AGE)
     guard.check(_envelope(NOW), NOW + 1)
     with pytest.raises(RefusedMessage, match="replayed"):
         guard.check(_envelope(NOW), NOW + 2)
@@ -192,12 +195,12 @@ def test_replays_and_stale_or_future_messages_are_refused() -> None:
 
 
 def test_the_replay_memory_is_bounded() -> None:
-    guard = ReplayGuard(capacity=3)
+    guard = ReplayGuard(max_age=MAX_AGE, capacity=3)
     for i in range(10):
         guard.check(_envelope(NOW, f"{i:032x}"), NOW)
     assert len(guard._seen) <= 3
     # Ids are forgotten only once their message would be refused as too old anyway.
-    guard = ReplayGuard()
+    guard = ReplayGuard(max_age=MAX_AGE)
     guard.check(_envelope(NOW), NOW)
     guard.check(_envelope(NOW + 3 * MAX_AGE, "e" * 32), NOW + 3 * MAX_AGE)
     assert "a" * 32 not in guard._seen

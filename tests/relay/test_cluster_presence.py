@@ -17,11 +17,12 @@ from redis_server import RedisServer
 
 from homeport.relay.cluster.presence import (
     MAX_RECORD_AGE,
+    MoveRequest,
     PresenceDirectory,
     RecordSealer,
-    RefusedRecord,
     key_for,
 )
+from homeport.relay.cluster.sealed import RefusedMessage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,7 +66,7 @@ def test_a_record_that_is_not_genuine_and_fresh_is_refused(make: object, reason:
     sealer = RecordSealer(KEY)
     now = time.time()
     data = make(sealer, now)  # type: ignore[operator]
-    with pytest.raises(RefusedRecord) as refused:
+    with pytest.raises(RefusedMessage) as refused:
         sealer.open(HOME, data, now=now)
     assert refused.value.reason == reason
 
@@ -225,7 +226,7 @@ def test_a_move_request_that_is_not_genuine_and_fresh_is_refused() -> None:
     now = time.time()
     nonce = "0" * 32
     genuine = sealer.seal_move(HOME, node="node-a", now=now, nonce=nonce)
-    assert sealer.open_move(genuine, now=now) == (HOME, "node-a", nonce)
+    assert sealer.open_move(genuine, now=now) == MoveRequest(HOME, "node-a", round(now, 3), nonce)
     forged = RecordSealer(b"another key, just as long: 0123456789abcdef").seal_move(
         HOME, node="node-a", now=now, nonce=nonce
     )
@@ -233,9 +234,9 @@ def test_a_move_request_that_is_not_genuine_and_fresh_is_refused() -> None:
         (forged, "bad signature"),
         (genuine.replace(b"node-a", b"node-b"), "bad signature"),
         (sealer.seal(HOME, node="node-a", now=now), "bad signature"),  # a record is no move
-        (sealer.seal_move(HOME, node="node-a", now=now - 60, nonce=nonce), "stale"),
+        (sealer.seal_move(HOME, node="node-a", now=now - 60, nonce=nonce), "too old"),
     ]:
-        with pytest.raises(RefusedRecord) as refused:
+        with pytest.raises(RefusedMessage) as refused:
             sealer.open_move(data, now=now)
         assert refused.value.reason == reason
 

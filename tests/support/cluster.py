@@ -5,9 +5,10 @@ is ``homeport relay`` with its own data dir and the same shared files (the relay
 signing key, the secret-box key, the cluster key, the TLS certificate and key),
 ``--database-url`` on one PostgreSQL database, ``--redis-url`` on one Redis,
 ``--public-port`` set to HAProxy's port, and ``--metrics-listen`` for HAProxy's
-health check (``GET /healthz``). HAProxy runs the configuration the project
-ships (:mod:`homeport.cluster_local.haproxy`). Add-ons (in this process, the real
-client) dial HAProxy like any other relay address.
+health check (``GET /healthz``): the options come from the builder ``homeport
+cluster`` uses (:func:`homeport.cluster_local.run.node_options`). HAProxy runs the
+configuration the project ships (:mod:`homeport.cluster_local.haproxy`). Add-ons
+(in this process, the real client) dial HAProxy like any other relay address.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from stack import PASSWORD
 from homeport.accounts.secretbox import KEY_FILE_NAME, SecretBox
 from homeport.addon.client import AddonClient, AddonConfig, AddonStatus, State
 from homeport.cluster_local.haproxy import HaproxyNode
+from homeport.cluster_local.run import node_options
 from homeport.keys import load_or_create_private_key
-from homeport.relay.cluster.presence import RecordSealer, RefusedRecord, key_for
+from homeport.relay.cluster.presence import RecordSealer, key_for
+from homeport.relay.cluster.sealed import RefusedMessage
 from homeport.relay.config import RelayConfig
 from homeport.tls.devca import DevCA
 
@@ -128,7 +131,7 @@ class Cluster:
             return None
         try:
             record = RecordSealer(CLUSTER_KEY).open(instance_id, data, now=time.time())
-        except RefusedRecord:
+        except RefusedMessage:
             return None
         return record.node.rsplit("-", 1)[0]
 
@@ -232,26 +235,18 @@ async def start_cluster(
             database_url=database_url,
             ca=dev_ca,
             log_level="info",
-            extra_args=[
-                "--public-port",
-                str(public_port),
-                "--redis-url",
-                redis.url,
-                "--cluster-key-file",
-                str(shared / "cluster.key"),
-                "--node-name",
+            # The shipped builder (`homeport cluster` uses it too), so the two cannot drift.
+            # PROXY protocol from 127.0.0.1 (HAProxy): test browsers come from 127.0.0.2+.
+            extra_args=node_options(
                 name,
-                "--metrics-listen",
-                f"127.0.0.1:{health_port}",
-                "--proxy-protocol-from",  # HAProxy's send-proxy-v2; browsers from 127.0.0.2+
-                "127.0.0.1/32",
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-                "--server-key",
-                str(shared / "server-key.pem"),
-            ],
+                public_port=public_port,
+                redis_url=redis.url,
+                health_port=health_port,
+                cluster_key=shared / "cluster.key",
+                server_key=shared / "server-key.pem",
+                tls_cert=cert,
+                tls_key=key,
+            ),
         )
         shutil.copy(shared / KEY_FILE_NAME, process.data_dir / KEY_FILE_NAME)
         nodes.append(Node(name, process, health_port))

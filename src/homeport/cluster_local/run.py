@@ -65,6 +65,48 @@ def homeport_command() -> list[str]:
     return [sys.executable, "-m", "homeport.cli"]
 
 
+def node_options(
+    name: str,
+    *,
+    public_port: int,
+    redis_url: str,
+    health_port: int,
+    cluster_key: Path,
+    server_key: Path,
+    tls_cert: Path,
+    tls_key: Path,
+) -> list[str]:
+    """The ``homeport relay`` options that make a process one node of the cluster.
+
+    What docs/deploy.md "Several relay nodes" asks of every node, besides its own
+    ``--data-dir``, ``--listen`` and the shared ``--database-url``: HAProxy's port
+    as the public port, the shared Redis, cluster key, signing key and
+    certificate, its name, the health listener HAProxy checks, and PROXY protocol
+    from HAProxy (loopback). The test suite's cluster (tests/support/cluster.py)
+    starts its nodes with these very options.
+    """
+    return [
+        "--public-port",
+        str(public_port),
+        "--redis-url",
+        redis_url,
+        "--cluster-key-file",
+        str(cluster_key),
+        "--node-name",
+        name,
+        "--metrics-listen",
+        f"127.0.0.1:{health_port}",
+        "--proxy-protocol-from",  # HAProxy sends send-proxy-v2 from here
+        "127.0.0.1/32",
+        "--tls-cert",
+        str(tls_cert),
+        "--tls-key",
+        str(tls_key),
+        "--server-key",
+        str(server_key),
+    ]
+
+
 @dataclass
 class Child:
     name: str
@@ -209,26 +251,18 @@ async def local_cluster(
                     str(node_dir),
                     "--listen",
                     f"127.0.0.1:{node.port}",
-                    "--public-port",
-                    str(port),
                     "--database-url",
                     database_url,
-                    "--redis-url",
-                    redis_url,
-                    "--cluster-key-file",
-                    str(key_file),
-                    "--node-name",
-                    name,
-                    "--metrics-listen",
-                    f"127.0.0.1:{node.health_port}",
-                    "--proxy-protocol-from",  # HAProxy sends send-proxy-v2 from here
-                    "127.0.0.1/32",
-                    "--tls-cert",
-                    str(cert),
-                    "--tls-key",
-                    str(key),
-                    "--server-key",
-                    str(shared / "server-key.pem"),
+                    *node_options(
+                        name,
+                        public_port=port,
+                        redis_url=redis_url,
+                        health_port=node.health_port,
+                        cluster_key=key_file,
+                        server_key=shared / "server-key.pem",
+                        tls_cert=cert,
+                        tls_key=key,
+                    ),
                     stdout=out,
                     stderr=out,
                 )

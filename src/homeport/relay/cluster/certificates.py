@@ -12,21 +12,19 @@ poll interval, because the keeper also polls the store; a node that
 (re)subscribes looks at the store at once, as it may have missed one.
 
 Threat this stops: anyone who can publish on Redis making every node hit the
-database over and over. Notices are sealed (HMAC-SHA256, the cluster key, over
-the channel name and the exact payload) and refused when forged, malformed or
-older than :data:`MAX_AGE` (``cluster.certificate_notice_refused``, with the
-reason only). A replayed fresh notice costs one indexed read per node, nothing more.
+database over and over. Notices are sealed envelopes
+(:mod:`~homeport.relay.cluster.sealed`, kind :data:`NOTICE`: HMAC-SHA256 with
+the cluster key over the kind, the channel name and the exact payload) and
+refused when forged, malformed or sealed more than :data:`MAX_AGE` seconds
+ago or ahead (``cluster.certificate_notice_refused``, with the reason only).
+A replayed fresh notice costs one indexed read per node, nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -36,61 +34,48 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from homeport.relay.cluster.messages import KEY_MIN_BYTES, MAX_AGE, RefusedMessage
+from homeport.relay.cluster.messages import MAX_AGE
+from homeport.relay.cluster.sealed import RefusedMessage, Seal, SealedKind
 
-__all__ = ["CHANNEL", "CertificateNotices", "NoticeSealer"]
+__all__ = ["CHANNEL", "NOTICE", "CertificateNotices", "NoticeSealer"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL: Final = "homeport:certificates"
-PREFIX: Final = b"hc1:"
-_DOMAIN: Final = b"homeport cluster certificate notice v1\n"
-_NODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _KINDS: Final = ("account", "tenant")
 CONNECT_TIMEOUT: Final = 1.0
 BACKOFF: Final = (0.1, 5.0)
 MAX_NOTICE: Final = 512
+#: A certificate notice: which certificate (``kind``) has a newer ``version`` in the store.
+NOTICE: Final = SealedKind(
+    prefix=b"hc1:",
+    domain=b"homeport cluster certificate notice v1\n",
+    fields=frozenset({"kind", "version"}),
+    max_size=MAX_NOTICE,
+    max_age=MAX_AGE,
+)
 
 
 class NoticeSealer:
     """Seals and opens certificate notices with the cluster key."""
 
     def __init__(self, key: bytes, channel: str = CHANNEL) -> None:
-        if len(key) < KEY_MIN_BYTES:
-            raise ValueError(f"the cluster key must have at least {KEY_MIN_BYTES} bytes")
-        self._key = key
-        self._channel = channel.encode()
-
-    def _mac(self, payload: bytes) -> bytes:
-        message = _DOMAIN + self._channel + b"\n" + payload
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
+        self._seal = Seal(key)
+        self._channel = channel
 
     def seal(self, kind: str, version: int, *, node: str, now: float) -> bytes:
-        body = {"node": node, "kind": kind, "version": version, "at": round(now, 3)}
-        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        return PREFIX + self._mac(payload) + b":" + payload
+        fields = {"kind": kind, "version": version}
+        return self._seal.seal(NOTICE, self._channel, fields, node=node, now=now)
 
     def open(self, data: bytes, now: float) -> tuple[str, str, int]:
         """``(node, kind, version)`` of a genuine, fresh notice; else :class:`RefusedMessage`."""
-        if len(data) > MAX_NOTICE or not data.startswith(PREFIX):
-            raise RefusedMessage("unknown format")
-        mac, sep, payload = data[len(PREFIX) :].partition(b":")
-        if not sep or not hmac.compare_digest(mac, self._mac(payload)):
-            raise RefusedMessage("bad signature")
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RefusedMessage("not JSON") from None
-        if not isinstance(body, dict) or set(body) != {"node", "kind", "version", "at"}:
-            raise RefusedMessage("unexpected fields")
-        node, kind, version, at = body["node"], body["kind"], body["version"], body["at"]
-        if not isinstance(node, str) or not _NODE.fullmatch(node) or kind not in _KINDS:
-            raise RefusedMessage("bad node or kind")
+        opened = self._seal.open(NOTICE, self._channel, data, now=now)
+        kind, version = opened.body["kind"], opened.body["version"]
+        if kind not in _KINDS:
+            raise RefusedMessage("bad kind")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise RefusedMessage("bad version")
-        if isinstance(at, bool) or not isinstance(at, int | float) or abs(now - at) > MAX_AGE:
-            raise RefusedMessage("too old")
-        return node, kind, version
+        return opened.node, kind, version
 
 
 class CertificateNotices:

@@ -24,7 +24,7 @@ notices each:
 
 Every transition is told to ``on_change``. Messages are opened and checked by
 :class:`~homeport.relay.cluster.messages.Sealer` and
-:class:`~homeport.relay.cluster.messages.ReplayGuard`; a refused one is logged
+:class:`~homeport.relay.cluster.sealed.ReplayGuard`; a refused one is logged
 (``cluster.message_refused`` with the reason, never its bytes) and counted.
 
 Publishing never blocks the caller: a withdrawal is sealed at once and queued
@@ -49,13 +49,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from homeport.relay.cluster.messages import (
-    MAX_AGE,
-    LinkedNotice,
-    RefusedMessage,
-    ReplayGuard,
-    Sealer,
-)
+from homeport.relay.cluster.messages import MAX_AGE, LinkedNotice, RefusedMessage, Sealer
+from homeport.relay.cluster.sealed import ReplayGuard
 from homeport.relay.live import Withdrawal
 
 log = logging.getLogger(__name__)
@@ -106,7 +101,7 @@ class RevocationChannel:
         self.channel = channel
         self._heartbeat = heartbeat
         self._dead_after = dead_after
-        self._guard = ReplayGuard()
+        self._guard = ReplayGuard(max_age=MAX_AGE)
         #: Whether this node hears every withdrawal right now.
         self.up = False
         #: Messages refused (forged, replayed, malformed) since start.

@@ -48,8 +48,9 @@ from typing import Any, Protocol
 
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.cluster.channel import RevocationChannel
-from homeport.relay.cluster.messages import KEY_MIN_BYTES, LinkedNotice, Sealer
+from homeport.relay.cluster.messages import LinkedNotice, Sealer
 from homeport.relay.cluster.presence import PresenceDirectory
+from homeport.relay.cluster.sealed import KEY_MIN_BYTES
 from homeport.relay.gate import SessionGate
 from homeport.relay.integrations import IntegrationGate
 from homeport.relay.live import Kind, Withdrawal

@@ -35,13 +35,17 @@ start-up as a single relay does.
 
 Threats this stops (anyone who can write to Redis, not only the nodes):
 
-* **Forged records.** A record is ``hp1p:<HMAC>:<JSON>``; the HMAC-SHA256 is
-  keyed by the cluster key and covers a domain string, the *key name* and the
-  payload, so a record made up, altered, or copied to another home's key is
-  refused (:class:`RefusedRecord`) and treated as absent.
-* **Forged or replayed move requests.** Sealed the same way (their own domain
-  string and the channel name), with a random id remembered for
-  :data:`MAX_RECORD_AGE` seconds and the same freshness bound: refused.
+* **Forged records.** A record is a sealed envelope
+  (:mod:`~homeport.relay.cluster.sealed`, kind :data:`RECORD`, ``hp1p:<HMAC>:<JSON>``);
+  the HMAC-SHA256 is keyed by the cluster key and covers the kind, the *key
+  name* and the payload, so a record made up, altered, or copied to another
+  home's key is refused (:class:`~homeport.relay.cluster.sealed.RefusedMessage`)
+  and treated as absent.
+* **Forged or replayed move requests.** Sealed the same way (kind
+  :data:`MOVE`, over the channel name), with a random id remembered for
+  :data:`MAX_RECORD_AGE` seconds (a
+  :class:`~homeport.relay.cluster.sealed.ReplayGuard`) and the same freshness
+  bound: refused.
 * **Replayed records.** Each carries the time it was written; one older than
   :data:`MAX_RECORD_AGE` (or from the future beyond the same bound) is refused,
   so a captured record cannot bring back a node's claim after it has gone.
@@ -54,36 +58,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from homeport.relay.cluster.messages import KEY_MIN_BYTES
+from homeport.relay.cluster.sealed import RefusedMessage, ReplayGuard, Seal, SealedKind
 
 __all__ = [
     "MAX_RECORD_AGE",
+    "MOVE",
+    "RECORD",
     "REFRESH",
     "TTL",
+    "MoveRequest",
     "PresenceDirectory",
     "PresenceRecord",
     "RecordSealer",
-    "RefusedRecord",
 ]
 
 log = logging.getLogger(__name__)
 
-PREFIX: Final = b"hp1p:"
 KEY_PREFIX: Final = "homeport:presence:"
 #: Seconds between the holder's rewrites of its records.
 REFRESH: Final = 2.0
@@ -95,16 +97,22 @@ MAX_RECORD_AGE: Final = TTL + 2.0
 SWEEP: Final = 30.0
 #: Records read or written per Redis round trip.
 BATCH: Final = 500
-_DOMAIN: Final = b"homeport cluster presence v1\n"
 _INSTANCE_ID: Final = re.compile(r"[a-z2-7]{26}")
-_NODE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_MAC_HEX: Final = 64
 #: The channel carrying move requests between nodes.
 MOVES: Final = "homeport:moves"
-_MOVE_DOMAIN: Final = b"homeport cluster move v1\n"
-_NONCE: Final = re.compile(r"[0-9a-f]{32}")
 #: At most one move request per home in this many seconds, cluster-wide.
 MOVE_EVERY: Final = 10.0
+#: A presence record, sealed over the Redis key it is stored under.
+RECORD: Final = SealedKind(
+    prefix=b"hp1p:",
+    domain=b"homeport cluster presence v1\n",
+    fields=frozenset({"instance"}),
+    max_size=1024,
+    max_age=MAX_RECORD_AGE,
+)
+#: A move request on :data:`MOVES`: ``node`` (the holder) is asked to move ``instance``.
+#: Framed like a record, but its own domain under the HMAC, and an id against replays.
+MOVE: Final = replace(RECORD, domain=b"homeport cluster move v1\n", nonce=True)
 
 #: Set KEYS[1] to ARGV[2] (expiry ARGV[3] ms) only if it still holds ARGV[1] or nothing.
 _CAS_SET: Final = """
@@ -124,14 +132,6 @@ return 0
 """
 
 
-class RefusedRecord(ValueError):
-    """Not a genuine, fresh record for this key; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class PresenceRecord:
     instance_id: str
@@ -143,87 +143,43 @@ def key_for(instance_id: str) -> str:
     return KEY_PREFIX + instance_id
 
 
+@dataclass(frozen=True, slots=True)
+class MoveRequest:
+    instance_id: str
+    node: str
+    sent_at: float
+    nonce: str
+
+
 class RecordSealer:
-    """Seals and opens presence records with the cluster key (see the module docstring)."""
+    """Seals and opens presence records and move requests (see the module docstring)."""
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < KEY_MIN_BYTES:
-            raise ValueError(f"the cluster key must have at least {KEY_MIN_BYTES} bytes")
-        self._key = key
-
-    def _mac(self, key_name: str, payload: bytes) -> bytes:
-        message = _DOMAIN + key_name.encode() + b"\n" + payload
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
+        self._seal = Seal(key)
 
     def seal(self, instance_id: str, *, node: str, now: float) -> bytes:
-        body = {"instance": instance_id, "node": node, "at": round(now, 3)}
-        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        return PREFIX + self._mac(key_for(instance_id), payload) + b":" + payload
+        fields = {"instance": instance_id}
+        return self._seal.seal(RECORD, key_for(instance_id), fields, node=node, now=now)
 
     def open(self, instance_id: str, data: bytes, *, now: float) -> PresenceRecord:
         """The record stored under ``instance_id``'s key, if genuine and fresh."""
-        if len(data) > 1024 or not data.startswith(PREFIX):
-            raise RefusedRecord("unknown format")
-        mac, sep, payload = data[len(PREFIX) :].partition(b":")
-        if not sep or len(mac) != _MAC_HEX:
-            raise RefusedRecord("unknown format")
-        if not hmac.compare_digest(mac, self._mac(key_for(instance_id), payload)):
-            raise RefusedRecord("bad signature")
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RefusedRecord("not JSON") from None
-        if not isinstance(body, dict) or set(body) != {"instance", "node", "at"}:
-            raise RefusedRecord("unexpected fields")
-        node, at = body["node"], body["at"]
-        if body["instance"] != instance_id:
-            raise RefusedRecord("another home's record")
-        if not isinstance(node, str) or not _NODE.fullmatch(node):
-            raise RefusedRecord("bad node")
-        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
-            raise RefusedRecord("bad time")
-        if at < now - MAX_RECORD_AGE:
-            raise RefusedRecord("too old")
-        if at > now + MAX_RECORD_AGE:
-            raise RefusedRecord("from the future")
-        return PresenceRecord(instance_id, node, float(at))
+        opened = self._seal.open(RECORD, key_for(instance_id), data, now=now)
+        if opened.body["instance"] != instance_id:
+            raise RefusedMessage("another home's record")
+        return PresenceRecord(instance_id, opened.node, opened.sent_at)
 
     def seal_move(self, instance_id: str, *, node: str, now: float, nonce: str) -> bytes:
         """A request that ``node`` move ``instance_id``'s tunnel (see the module docstring)."""
-        body = {"instance": instance_id, "node": node, "at": round(now, 3), "id": nonce}
-        payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        mac = hmac.new(self._key, _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload, hashlib.sha256)
-        return PREFIX + mac.hexdigest().encode() + b":" + payload
+        fields = {"instance": instance_id}
+        return self._seal.seal(MOVE, MOVES, fields, node=node, now=now, nonce=nonce)
 
-    def open_move(self, data: bytes, *, now: float) -> tuple[str, str, str]:
-        """``(instance id, node, id)`` of a genuine, fresh move request."""
-        if len(data) > 1024 or not data.startswith(PREFIX):
-            raise RefusedRecord("unknown format")
-        mac, sep, payload = data[len(PREFIX) :].partition(b":")
-        if not sep or len(mac) != _MAC_HEX:
-            raise RefusedRecord("unknown format")
-        message = _MOVE_DOMAIN + MOVES.encode() + b"\n" + payload
-        expected = hmac.new(self._key, message, hashlib.sha256).hexdigest().encode()
-        if not hmac.compare_digest(mac, expected):
-            raise RefusedRecord("bad signature")
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RefusedRecord("not JSON") from None
-        if not isinstance(body, dict) or set(body) != {"instance", "node", "at", "id"}:
-            raise RefusedRecord("unexpected fields")
-        instance, node, at, nonce = body["instance"], body["node"], body["at"], body["id"]
+    def open_move(self, data: bytes, *, now: float) -> MoveRequest:
+        """A genuine, fresh move request (replays are the reader's :class:`ReplayGuard`'s)."""
+        opened = self._seal.open(MOVE, MOVES, data, now=now)
+        instance = opened.body["instance"]
         if not isinstance(instance, str) or not _INSTANCE_ID.fullmatch(instance):
-            raise RefusedRecord("bad instance")
-        if not isinstance(node, str) or not _NODE.fullmatch(node):
-            raise RefusedRecord("bad node")
-        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
-            raise RefusedRecord("bad id")
-        if not isinstance(at, int | float) or isinstance(at, bool) or at != at:
-            raise RefusedRecord("bad time")
-        if not now - MAX_RECORD_AGE <= at <= now + MAX_RECORD_AGE:
-            raise RefusedRecord("stale")
-        return instance, node, nonce
+            raise RefusedMessage("bad instance")
+        return MoveRequest(instance, opened.node, opened.sent_at, opened.nonce)
 
 
 Retire = Callable[[str], Awaitable[None]]
@@ -251,8 +207,8 @@ class PresenceDirectory:
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
         self._retire = retire
         self._move = move
-        #: Ids of move requests already heard (replays), with when.
-        self._seen_moves: dict[str, float] = {}
+        #: Move requests already heard (replays).
+        self._moves_heard = ReplayGuard(max_age=MAX_RECORD_AGE)
         self._listener: asyncio.Task[None] | None = None
         self._connected_before = connected_before
         self._mark_disconnected = mark_disconnected
@@ -329,7 +285,7 @@ class PresenceDirectory:
             return None
         try:
             return self._sealer.open(instance_id, data, now=time.time()).node
-        except RefusedRecord as refused:
+        except RefusedMessage as refused:
             self.refused += 1
             log.warning(
                 "cluster.presence_refused",
@@ -387,17 +343,14 @@ class PresenceDirectory:
             return
         now = time.time()
         try:
-            instance_id, node, nonce = self._sealer.open_move(data, now=now)
-            if nonce in self._seen_moves:
-                raise RefusedRecord("replayed")
-        except RefusedRecord as refused:
+            request = self._sealer.open_move(data, now=now)
+            self._moves_heard.check(request, now)
+        except RefusedMessage as refused:
             self.refused += 1
             log.warning("cluster.move_refused", extra={"reason": refused.reason})
             return
-        for old in [n for n, at in self._seen_moves.items() if at < now - 2 * MAX_RECORD_AGE]:
-            del self._seen_moves[old]
-        self._seen_moves[nonce] = now
-        if node != self.node or instance_id not in self._held or self._move is None:
+        instance_id = request.instance_id
+        if request.node != self.node or instance_id not in self._held or self._move is None:
             return
         value = self._held.pop(instance_id)
         self._pending.append(("release", instance_id, value))
