@@ -657,24 +657,23 @@ class TunnelConnection:
         if self.terminated:
             return []
         events: list[Event] = []
-        feed = self._decoder.feed_raw
+        decoder = self._decoder
         handlers = _HANDLERS
         try:
-            frames = feed(data)
-            while frames:
-                # One flat loop over plain ints: this runs for every frame.
-                for frame_type, flags, stream_id, payload in frames:
-                    if not self._settings_received and frame_type != _SETTINGS:
-                        raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
-                    if frame_type in _SMALL_FRAMES and not self._small_frame_budget.take():
-                        name = FrameType(frame_type).name
-                        raise ProtocolViolation(ErrorCode.FLOOD, f"too many {name} frames")
-                    try:
-                        handlers[frame_type](self, stream_id, flags, payload, events)
-                    except StreamViolation as exc:
-                        self._stream_violation(exc, events)
-                # Raises a violation the decoder found behind the frames just handled.
-                frames = feed(b"")
+            # One flat loop over plain ints: this runs for every frame.
+            for frame_type, flags, stream_id, payload in decoder.feed_raw(data):
+                if not self._settings_received and frame_type != _SETTINGS:
+                    raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
+                if frame_type in _SMALL_FRAMES and not self._small_frame_budget.take():
+                    name = FrameType(frame_type).name
+                    raise ProtocolViolation(ErrorCode.FLOOD, f"too many {name} frames")
+                try:
+                    handlers[frame_type](self, stream_id, flags, payload, events)
+                except StreamViolation as exc:
+                    self._stream_violation(exc, events)
+            if decoder.error is not None:
+                # A violation the decoder found behind the frames just handled.
+                raise decoder.error
         except ProtocolViolation as exc:
             self._terminate(exc.code, exc.reason, events)
         return events

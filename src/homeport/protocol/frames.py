@@ -101,6 +101,11 @@ class FrameDecoder:
             for raw_type, raw_flags, stream_id, payload in self.feed_raw(data)
         ]
 
+    @property
+    def error(self) -> ProtocolViolation | None:
+        """The violation found behind frames already returned (raised by the next feed)."""
+        return self._error
+
     def feed_raw(self, data: bytes) -> list[RawFrame]:
         """Like :meth:`feed`, as ``(type, flags, stream_id, payload)`` tuples of plain ints.
 

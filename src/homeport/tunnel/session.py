@@ -355,11 +355,16 @@ class TunnelSession:
         if self._pipe_gone.is_set():
             return
         pipe = self.pipe
+        connection = self.connection
         while not self._write_paused:
-            data = self.connection.data_to_send(SEND_BATCH)
+            data = connection.data_to_send(SEND_BATCH)
             if not data:
                 break
             pipe.write(data)
+            if len(data) < SEND_BATCH and not connection.output_backlog:
+                # A short batch with no control output left: the streams' queues
+                # are empty or wait for credit, so another call would find nothing.
+                break
         if self._read_paused and self.connection.output_backlog <= OUTPUT_BACKLOG_LIMIT:
             self._read_paused = False
             if self._drain_timer is not None:
