@@ -277,6 +277,7 @@ class TunnelConnection:
         #: stream: prepaid and partial ones (see Settings.max_prepaid and _prepay).
         self._message_reserve = 0
         self._decoder = FrameDecoder(MAX_FRAME_SIZE)
+        self._chunk_size = self.settings.chunk_size
         self._streams: dict[int, _Stream] = {}
         self._highest_stream_id = 0
         self._next_stream_id = 1
@@ -618,14 +619,19 @@ class TunnelConnection:
             self._control = out[cut:]
             # Stream frames wait: one may belong to a stream whose OPEN is still queued.
             return bytes(out[:cut])
-        self._control = bytearray()
         # Parts are joined once at the end: a payload is copied once, into the
         # result, and a lone part that is already bytes is returned as it is.
-        parts: list[bytes | bytearray | memoryview] = [out] if out else []
-        size = len(out)
+        parts: list[bytes | bytearray | memoryview]
+        if out:
+            self._control = bytearray()
+            parts = [out]
+            size = len(out)
+        else:
+            parts = []
+            size = 0
         scheduler = self._scheduler
         queues = self._queues
-        chunk = self.settings.chunk_size
+        chunk = self._chunk_size
         while size < limit:
             priority = scheduler.next_class(chunk)
             if priority is None:
@@ -1097,17 +1103,27 @@ class TunnelConnection:
             item = stream.queue[0]
         data = item.data
         start = item.offset
-        remaining = len(data) - start
-        size = min(remaining, self.settings.chunk_size)
+        size = remaining = len(data) - start
         if remaining:
-            window = self._in_flight_budget(stream)
+            if (
+                stream.priority == heads.PRIORITY_INTERACTIVE
+                or self._since_interactive >= INTERACTIVE_HORIZON
+            ):
+                window = stream.send_window  # _in_flight_budget's common case, inline
+            else:
+                window = self._in_flight_budget(stream)
             if window <= 0:
                 self._blocked_on_stream.add(stream.id)
                 return False, written
             if self._send_window <= 0:
                 self._blocked_on_connection.append(stream)
                 return False, written
-            size = min(size, window, self._send_window)
+            if size > self._chunk_size:
+                size = self._chunk_size
+            if size > window:
+                size = window
+            if size > self._send_window:
+                size = self._send_window
         end = start + size
         item.offset = end
         last = end == len(data)

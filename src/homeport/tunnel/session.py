@@ -243,16 +243,19 @@ class TunnelSession:
             self._watch_timer = self.loop.call_later(
                 STALL_CHECK, self._guarded, "watchdog", self._watch
             )
-        if self.connection.terminated:
+        connection = self.connection
+        if connection.terminated:
             self._flush()
             self._end()
             return
-        if self.connection.has_output:
+        if self._flush_scheduled:
+            pass  # the flush this turn prunes and wakes too
+        elif connection.has_output:
             self.kick()
         else:
             # Streams the peer just finished are pruned now, not at the next write.
             self._prune_and_wake()
-        if self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
+        if connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
             # A peer that does not read cannot make us queue answers without bound
             # (R-ADD-07): stop reading it until they are out, and not for ever.
             self._read_paused = True
