@@ -371,7 +371,7 @@ class TunnelConnection:
         method, target and priority ``head`` repeats; the data plane passes it to
         skip a decode and an encode of every field.
         """
-        if self.role is not Role.RELAY:
+        if not self._relay:
             raise RuntimeError("only the relay opens streams")
         if not self.accepting_streams:
             raise StreamViolation(0, ErrorCode.REFUSED, "tunnel is closing")
@@ -404,7 +404,7 @@ class TunnelConnection:
 
     def send_response(self, stream_id: int, head: heads.ResponseHead, *, end_stream: bool) -> None:
         """Answer a request (add-on only); status 101 accepts a WebSocket upgrade."""
-        if self.role is not Role.ADDON:
+        if self._relay:
             raise RuntimeError("only the add-on sends responses")
         stream = self._writable(stream_id)
         if stream.response_seen:
@@ -716,7 +716,7 @@ class TunnelConnection:
             # Unknown settings are ignored so that later versions can add some.
 
     def _on_open(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
-        if self.role is not Role.ADDON:
+        if self._relay:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "only the relay opens streams")
         if stream_id <= self._highest_stream_id:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "stream id not increasing")
@@ -743,7 +743,7 @@ class TunnelConnection:
         events.append(StreamOpened(stream_id, head, websocket, end))
 
     def _on_response(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
-        if self.role is not Role.RELAY:
+        if not self._relay:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "only the add-on sends responses")
         stream = self._receiving(stream_id)
         if stream is None:

@@ -298,7 +298,7 @@ class TunnelSession:
         however the exchange ends.  With a ``consumer``, events go to its
         callbacks instead of the stream's inbox.
         """
-        if self.ended or self.closed.is_set():
+        if self.ended:  # set before ``closed`` ever is (see run)
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(
