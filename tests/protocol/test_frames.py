@@ -170,3 +170,30 @@ def test_decoder_buffer_holds_at_most_one_frame() -> None:
     wire = encode_frame(FrameType.DATA, 1, b"a" * 100) * 50
     decoder.feed(wire + wire[:55])
     assert len(decoder._buffer) == 55
+
+
+def _accepted(raw_type: int, flags: int, stream_id: int) -> bool:
+    """The frame rules, written out independently of the decoder's tables."""
+    allowed = {0x0: 0, 0x1: 0x3, 0x2: 0x1, 0x3: 0x1, 0x4: 0xC, 0x5: 0, 0x6: 0}
+    allowed |= {0x7: 0, 0x8: 0x10, 0x9: 0, 0xA: 0x10}
+    if raw_type not in allowed or flags & ~allowed[raw_type] or stream_id > MAX_STREAM_ID:
+        return False
+    if raw_type in (0x1, 0x2, 0x3, 0x4, 0x5, 0x6):
+        return stream_id != 0
+    if raw_type in (0x0, 0x8, 0x9, 0xA):
+        return stream_id == 0
+    return True  # WINDOW_UPDATE: the tunnel's own window or a stream's
+
+
+@pytest.mark.parametrize("stream_id", [0, 1, 7, MAX_STREAM_ID, MAX_STREAM_ID + 1, 2**32 - 1])
+def test_every_type_and_flags_combination_is_judged_by_the_rules(stream_id: int) -> None:
+    """The decoder's plain-int fast path accepts exactly what the rules allow."""
+    for raw_type in range(16):
+        for flags in range(256):
+            decoder = FrameDecoder(MAX)
+            data = raw_header(0, raw_type, flags, stream_id)
+            if _accepted(raw_type, flags, stream_id):
+                assert decoder.feed_raw(data) == [(raw_type, flags, stream_id, b"")]
+            else:
+                with pytest.raises(ProtocolViolation):
+                    decoder.feed_raw(data)

@@ -237,3 +237,26 @@ def test_whole_head_check_agrees_with_valid_field(fields: list[tuple[bytes, byte
     else:
         with pytest.raises(HeadError):
             decode_request_head(raw)
+
+
+# The encoder checks a whole block at once too, with the fields joined by LF (valid
+# in neither a name nor a value): a field holding an LF, or an empty one, next to
+# valid ones must still be refused, and everything valid must round-trip.
+_FIELD_TEXT = st.text(alphabet="aZ-\n\r \t\xe9:\x00", max_size=5) | st.sampled_from(
+    ["x-ok", "", "\n", "a\n", "\nb", "v" * 5000]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_FIELD_TEXT, _FIELD_TEXT), max_size=6))
+def test_block_encoder_agrees_with_valid_field(fields: list[tuple[str, str]]) -> None:
+    expected = all(valid_field(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields)
+    if not expected:
+        with pytest.raises(HeadError):
+            encode_response_head(ResponseHead(200, fields))
+        return
+    payload = encode_response_head(ResponseHead(200, fields))
+    assert payload == U16.pack(200) + raw_headers(
+        [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]
+    )
+    assert decode_response_head(payload).headers == [(n.lower(), v) for n, v in fields]

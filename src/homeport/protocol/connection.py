@@ -52,7 +52,6 @@ from homeport.protocol.frames import (
     HEADER_SIZE,
     MAX_STREAM_ID,
     Flags,
-    Frame,
     FrameDecoder,
     FrameType,
     encode_frame,
@@ -70,6 +69,15 @@ MAX_WINDOW = 2**31 - 1
 MAX_CLOSE_REASON = 123  # RFC 6455 §5.5: control payload ≤ 125 bytes incl. the code
 
 _SETTING = struct.Struct(">HI")
+# Flags and frame types as plain ints for the per-frame path (``&`` and ``|`` on
+# an IntFlag run Python code).
+_END_STREAM = int(Flags.END_STREAM)
+_WEBSOCKET = int(Flags.WEBSOCKET)
+_TEXT = int(Flags.TEXT)
+_FIN = int(Flags.FIN)
+_ACK = int(Flags.ACK)
+_DATA = int(FrameType.DATA)
+_WS_MESSAGE = int(FrameType.WS_MESSAGE)
 _U32 = struct.Struct(">I")
 _RESET = struct.Struct(">I")
 _GOAWAY = struct.Struct(">II")
@@ -174,16 +182,16 @@ class RateBudget:
         return True
 
 
-class _Kind(enum.Enum):
-    FRAME = 0  # a pre-encoded frame that needs no credit (head, close, end marker)
-    DATA = 1
-    WS = 2
+# What a queued item is (plain ints: compared once per chunk sent).
+_FRAME = 0  # a pre-encoded frame that needs no credit (head, close, end marker)
+_DATA_ITEM = 1
+_WS_ITEM = 2
 
 
 class _Item:
     __slots__ = ("data", "end", "kind", "offset", "text")
 
-    def __init__(self, kind: _Kind, data: bytes, *, end: bool = False, text: bool = False) -> None:
+    def __init__(self, kind: int, data: bytes, *, end: bool = False, text: bool = False) -> None:
         self.kind = kind
         self.data = data
         self.offset = 0
@@ -259,6 +267,7 @@ class TunnelConnection:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.role = role
+        self._relay = role is Role.RELAY  # read per frame: cheaper than the enum
         self.settings = settings or Settings()
         # Budgets for what the peer can make us answer (see PING_RATE, CONTROL_RATE).
         self._ping_budget = RateBudget(PING_BURST, PING_RATE, clock)
@@ -268,6 +277,7 @@ class TunnelConnection:
         #: stream: prepaid and partial ones (see Settings.max_prepaid and _prepay).
         self._message_reserve = 0
         self._decoder = FrameDecoder(MAX_FRAME_SIZE)
+        self._chunk_size = self.settings.chunk_size
         self._streams: dict[int, _Stream] = {}
         self._highest_stream_id = 0
         self._next_stream_id = 1
@@ -361,7 +371,7 @@ class TunnelConnection:
         method, target and priority ``head`` repeats; the data plane passes it to
         skip a decode and an encode of every field.
         """
-        if self.role is not Role.RELAY:
+        if not self._relay:
             raise RuntimeError("only the relay opens streams")
         if not self.accepting_streams:
             raise StreamViolation(0, ErrorCode.REFUSED, "tunnel is closing")
@@ -383,9 +393,7 @@ class TunnelConnection:
             self.settings.initial_stream_window,
         )
         self._streams[stream_id] = stream
-        flags = (Flags.WEBSOCKET if websocket else Flags.NONE) | (
-            Flags.END_STREAM if end_stream else Flags.NONE
-        )
+        flags = (_WEBSOCKET if websocket else 0) | (_END_STREAM if end_stream else 0)
         # OPEN frames bypass the scheduler: the add-on requires stream ids in
         # increasing order, and per-priority queues would reorder them.  Going
         # out with the control frames also keeps an OPEN ahead of its stream's
@@ -396,7 +404,7 @@ class TunnelConnection:
 
     def send_response(self, stream_id: int, head: heads.ResponseHead, *, end_stream: bool) -> None:
         """Answer a request (add-on only); status 101 accepts a WebSocket upgrade."""
-        if self.role is not Role.ADDON:
+        if self._relay:
             raise RuntimeError("only the add-on sends responses")
         stream = self._writable(stream_id)
         if stream.response_seen:
@@ -414,9 +422,9 @@ class TunnelConnection:
             stream.ws_open = True
         elif stream.websocket:
             stream.remote_closed = True  # a refused upgrade: the relay sends nothing more
-        flags = Flags.END_STREAM if end_stream else Flags.NONE
+        flags = _END_STREAM if end_stream else 0
         frame = encode_frame(FrameType.RESPONSE, stream_id, payload, flags)
-        self._enqueue(stream, _Item(_Kind.FRAME, frame, end=end_stream))
+        self._enqueue(stream, _Item(_FRAME, frame, end=end_stream))
         stream.local_ending = end_stream
 
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
@@ -424,7 +432,7 @@ class TunnelConnection:
         stream = self._writable(stream_id)
         if stream.ws_open:
             raise RuntimeError("stream carries WebSocket messages, not body data")
-        if self.role is Role.ADDON and not stream.response_seen:
+        if not self._relay and not stream.response_seen:
             raise RuntimeError("send the response head before its body")
         if data:
             stream.queued_bytes += len(data)
@@ -433,14 +441,14 @@ class TunnelConnection:
         if data or end_stream:
             # One item: END_STREAM rides on the last chunk instead of waiting a
             # whole round-robin turn (behind other streams' chunks) on its own.
-            self._enqueue(stream, _Item(_Kind.DATA, data, end=end_stream))
+            self._enqueue(stream, _Item(_DATA_ITEM, data, end=end_stream))
 
     def send_ws_message(self, stream_id: int, data: bytes, *, text: bool) -> None:
         stream = self._writable(stream_id)
         if not stream.ws_open:
             raise RuntimeError("WebSocket not established on this stream")
         stream.queued_bytes += len(data)
-        self._enqueue(stream, _Item(_Kind.WS, data, text=text))
+        self._enqueue(stream, _Item(_WS_ITEM, data, text=text))
 
     def send_ws_close(self, stream_id: int, code: int, reason: str = "") -> None:
         """Queue a WebSocket close after any queued messages (order is kept)."""
@@ -452,7 +460,7 @@ class TunnelConnection:
         raw_reason = raw_reason.decode("utf-8", "ignore").encode("utf-8")
         stream.local_ending = True
         payload = _CLOSE.pack(code & 0xFFFF) + raw_reason
-        item = _Item(_Kind.FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
+        item = _Item(_FRAME, encode_frame(FrameType.WS_CLOSE, stream_id, payload), end=True)
         self._enqueue(stream, item)
 
     def priority(self, stream_id: int) -> int | None:
@@ -611,14 +619,19 @@ class TunnelConnection:
             self._control = out[cut:]
             # Stream frames wait: one may belong to a stream whose OPEN is still queued.
             return bytes(out[:cut])
-        self._control = bytearray()
         # Parts are joined once at the end: a payload is copied once, into the
         # result, and a lone part that is already bytes is returned as it is.
-        parts: list[bytes | bytearray | memoryview] = [out] if out else []
-        size = len(out)
+        parts: list[bytes | bytearray | memoryview]
+        if out:
+            self._control = bytearray()
+            parts = [out]
+            size = len(out)
+        else:
+            parts = []
+            size = 0
         scheduler = self._scheduler
         queues = self._queues
-        chunk = self.settings.chunk_size
+        chunk = self._chunk_size
         while size < limit:
             priority = scheduler.next_class(chunk)
             if priority is None:
@@ -650,40 +663,42 @@ class TunnelConnection:
         if self.terminated:
             return []
         events: list[Event] = []
+        decoder = self._decoder
+        handlers = _HANDLERS
         try:
-            frames = self._decoder.feed(data)
-            while frames:
-                for frame in frames:
-                    self._handle(frame, events)
-                # Raises a violation the decoder found behind the frames just handled.
-                frames = self._decoder.feed(b"")
+            # One flat loop over plain ints: this runs for every frame.
+            for frame_type, flags, stream_id, payload in decoder.feed_raw(data):
+                if not self._settings_received and frame_type != _SETTINGS:
+                    raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
+                if frame_type in _SMALL_FRAMES and not self._small_frame_budget.take():
+                    name = FrameType(frame_type).name
+                    raise ProtocolViolation(ErrorCode.FLOOD, f"too many {name} frames")
+                try:
+                    handlers[frame_type](self, stream_id, flags, payload, events)
+                except StreamViolation as exc:
+                    self._stream_violation(exc, events)
+            if decoder.error is not None:
+                # A violation the decoder found behind the frames just handled.
+                raise decoder.error
         except ProtocolViolation as exc:
             self._terminate(exc.code, exc.reason, events)
         return events
 
-    def _handle(self, frame: Frame, events: list[Event]) -> None:
-        if not self._settings_received and frame.type is not FrameType.SETTINGS:
-            raise ProtocolViolation(ErrorCode.PROTOCOL, "first frame must be SETTINGS")
-        if frame.type in _SMALL_FRAMES and not self._small_frame_budget.take():
-            raise ProtocolViolation(ErrorCode.FLOOD, f"too many {frame.type.name} frames")
-        handler = _HANDLERS[frame.type]
-        try:
-            handler(self, frame, events)
-        except StreamViolation as exc:
-            stream = self._streams.get(exc.stream_id)
-            if stream is not None:
-                self._forget(stream)
-                events.append(StreamReset(exc.stream_id, exc.code, exc.reason, remote=False))
-            self._control += _reset_frame(exc.stream_id, exc.code, exc.reason)
+    def _stream_violation(self, exc: StreamViolation, events: list[Event]) -> None:
+        stream = self._streams.get(exc.stream_id)
+        if stream is not None:
+            self._forget(stream)
+            events.append(StreamReset(exc.stream_id, exc.code, exc.reason, remote=False))
+        self._control += _reset_frame(exc.stream_id, exc.code, exc.reason)
 
-    def _on_settings(self, frame: Frame, events: list[Event]) -> None:
+    def _on_settings(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         if self._settings_received:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "SETTINGS sent twice")
-        if len(frame.payload) % _SETTING.size:
+        if len(payload) % _SETTING.size:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed SETTINGS")
         self._settings_received = True
-        for offset in range(0, len(frame.payload), _SETTING.size):
-            key, value = _SETTING.unpack_from(frame.payload, offset)
+        for offset in range(0, len(payload), _SETTING.size):
+            key, value = _SETTING.unpack_from(payload, offset)
             if key == SETTING_INITIAL_STREAM_WINDOW:
                 if not DEFAULT_WINDOW <= value <= MAX_WINDOW:
                     raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "bad initial window")
@@ -700,46 +715,46 @@ class TunnelConnection:
                 self._peer_accepts_control = value == 1
             # Unknown settings are ignored so that later versions can add some.
 
-    def _on_open(self, frame: Frame, events: list[Event]) -> None:
-        if self.role is not Role.ADDON:
+    def _on_open(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        if self._relay:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "only the relay opens streams")
-        if frame.stream_id <= self._highest_stream_id:
+        if stream_id <= self._highest_stream_id:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "stream id not increasing")
-        self._highest_stream_id = frame.stream_id
+        self._highest_stream_id = stream_id
         if self._goaway_sent:
-            raise StreamViolation(frame.stream_id, ErrorCode.REFUSED, "going away")
+            raise StreamViolation(stream_id, ErrorCode.REFUSED, "going away")
         if len(self._streams) >= self.settings.max_concurrent_streams:
-            raise StreamViolation(frame.stream_id, ErrorCode.TOO_MANY_STREAMS, "stream limit")
+            raise StreamViolation(stream_id, ErrorCode.TOO_MANY_STREAMS, "stream limit")
         try:
-            head = heads.decode_request_head(frame.payload)
+            head = heads.decode_request_head(payload)
         except heads.HeadError as exc:
-            raise StreamViolation(frame.stream_id, ErrorCode.BAD_REQUEST, str(exc)) from None
-        websocket = bool(frame.flags & Flags.WEBSOCKET)
-        end = bool(frame.flags & Flags.END_STREAM)
+            raise StreamViolation(stream_id, ErrorCode.BAD_REQUEST, str(exc)) from None
+        websocket = bool(flags & _WEBSOCKET)
+        end = bool(flags & _END_STREAM)
         stream = _Stream(
-            frame.stream_id,
+            stream_id,
             head.priority,
             websocket,
             self._peer_initial_window,
             self.settings.initial_stream_window,
         )
         stream.remote_closed = end
-        self._streams[frame.stream_id] = stream
-        events.append(StreamOpened(frame.stream_id, head, websocket, end))
+        self._streams[stream_id] = stream
+        events.append(StreamOpened(stream_id, head, websocket, end))
 
-    def _on_response(self, frame: Frame, events: list[Event]) -> None:
-        if self.role is not Role.RELAY:
+    def _on_response(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        if not self._relay:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "only the add-on sends responses")
-        stream = self._receiving(frame)
+        stream = self._receiving(stream_id)
         if stream is None:
             return
         if stream.response_seen:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "second response head")
         try:
-            head = heads.decode_response_head(frame.payload)
+            head = heads.decode_response_head(payload)
         except heads.HeadError as exc:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, str(exc)) from None
-        end = bool(frame.flags & Flags.END_STREAM)
+        end = bool(flags & _END_STREAM)
         if head.status == 101:
             if not stream.websocket or end:
                 raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "unexpected 101")
@@ -755,39 +770,41 @@ class TunnelConnection:
         events.append(ResponseReceived(stream.id, head, end))
         self._maybe_forget(stream)
 
-    def _on_data(self, frame: Frame, events: list[Event]) -> None:
-        size = len(frame.payload)
-        stream = self._receiving_flow_controlled(frame)
+    def _on_data(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        size = len(payload)
+        stream = self._receiving_flow_controlled(stream_id, size)
         if stream is None:
             return
-        if stream.ws_open or (self.role is Role.RELAY and not stream.response_seen):
+        if stream.ws_open or (self._relay and not stream.response_seen):
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "DATA not expected here")
-        end = bool(frame.flags & Flags.END_STREAM)
+        end = bool(flags & _END_STREAM)
         if end:
             stream.remote_closed = True
         if size or end:
-            events.append(DataReceived(stream.id, frame.payload, end))
+            events.append(DataReceived(stream.id, payload, end))
         self._maybe_forget(stream)
 
-    def _on_ws_message(self, frame: Frame, events: list[Event]) -> None:
-        size = len(frame.payload)
-        stream = self._receiving_flow_controlled(frame)
+    def _on_ws_message(
+        self, stream_id: int, flags: int, payload: bytes, events: list[Event]
+    ) -> None:
+        size = len(payload)
+        stream = self._receiving_flow_controlled(stream_id, size)
         if stream is None:
             return
         if not stream.ws_open:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "WebSocket not established")
-        text = bool(frame.flags & Flags.TEXT)
+        text = bool(flags & _TEXT)
         if stream.ws_partial and text != stream.ws_text:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "fragment type changed")
         stream.ws_text = text
         stream.ws_size += size
         if stream.ws_size > self.settings.max_ws_message:
             raise StreamViolation(stream.id, ErrorCode.MESSAGE_TOO_LARGE, "message too large")
-        if not frame.flags & Flags.FIN:
+        if not flags & _FIN:
             # Hold fragments until the message is whole, paying their credit back
             # ahead of the application (see _prepay): waiting for it to
             # acknowledge would deadlock on a message > window.
-            stream.ws_buffer += frame.payload
+            stream.ws_buffer += payload
             stream.ws_partial = True
             stream.ws_unprepaid += size
             self._message_reserve += size
@@ -799,12 +816,12 @@ class TunnelConnection:
             self._prepay(stream)
             return
         if stream.ws_partial:
-            stream.ws_buffer += frame.payload
+            stream.ws_buffer += payload
             message = bytes(stream.ws_buffer)
             stream.ws_buffer = bytearray()
             stream.ws_partial = False
         else:
-            message = frame.payload  # the common single-frame message: no copy
+            message = payload  # the common single-frame message: no copy
         stream.ws_size = 0
         # Delivered now: what was paid ahead is settled by the acknowledgement
         # (in acknowledge); the rest is charged until then, like body bytes.
@@ -814,39 +831,41 @@ class TunnelConnection:
         stream.ws_prepaid = stream.ws_unprepaid = 0
         events.append(WebSocketMessageReceived(stream.id, message, text))
 
-    def _on_ws_close(self, frame: Frame, events: list[Event]) -> None:
-        stream = self._receiving(frame)
+    def _on_ws_close(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        stream = self._receiving(stream_id)
         if stream is None:
             return
         if not stream.ws_open:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "WebSocket not established")
-        if len(frame.payload) < _CLOSE.size or len(frame.payload) > 2 + MAX_CLOSE_REASON:
+        if len(payload) < _CLOSE.size or len(payload) > 2 + MAX_CLOSE_REASON:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "malformed close")
-        (code,) = _CLOSE.unpack_from(frame.payload)
-        reason = frame.payload[2:].decode("utf-8", "replace")
+        (code,) = _CLOSE.unpack_from(payload)
+        reason = payload[2:].decode("utf-8", "replace")
         stream.remote_closed = True
         events.append(WebSocketClosed(stream.id, code, reason))
         self._maybe_forget(stream)
 
-    def _on_reset(self, frame: Frame, events: list[Event]) -> None:
-        if len(frame.payload) < _RESET.size:
+    def _on_reset(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        if len(payload) < _RESET.size:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed RESET")
-        self._check_known_id(frame.stream_id)
-        stream = self._streams.get(frame.stream_id)
+        self._check_known_id(stream_id)
+        stream = self._streams.get(stream_id)
         if stream is None:
             return  # it crossed our own reset or end on the wire
-        (raw_code,) = _RESET.unpack_from(frame.payload)
-        reason = frame.payload[_RESET.size : _RESET.size + 256].decode("utf-8", "replace")
+        (raw_code,) = _RESET.unpack_from(payload)
+        reason = payload[_RESET.size : _RESET.size + 256].decode("utf-8", "replace")
         self._forget(stream)
         events.append(StreamReset(stream.id, _error_code(raw_code), reason, remote=True))
 
-    def _on_window_update(self, frame: Frame, events: list[Event]) -> None:
-        if len(frame.payload) != _U32.size:
+    def _on_window_update(
+        self, stream_id: int, flags: int, payload: bytes, events: list[Event]
+    ) -> None:
+        if len(payload) != _U32.size:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed WINDOW_UPDATE")
-        (increment,) = _U32.unpack(frame.payload)
+        (increment,) = _U32.unpack(payload)
         if increment == 0:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "zero window increment")
-        if frame.stream_id == 0:
+        if stream_id == 0:
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "connection window overflow")
@@ -855,8 +874,8 @@ class TunnelConnection:
                 if waiting.id in self._streams and waiting.queue:
                     self._queues[waiting.priority].append(waiting)
             return
-        self._check_known_id(frame.stream_id)
-        stream = self._streams.get(frame.stream_id)
+        self._check_known_id(stream_id)
+        stream = self._streams.get(stream_id)
         if stream is None:
             return
         stream.send_window += increment
@@ -864,7 +883,7 @@ class TunnelConnection:
             raise StreamViolation(stream.id, ErrorCode.FLOW_CONTROL, "stream window overflow")
         self._unblock_stream(stream)
 
-    def _on_ping(self, frame: Frame, events: list[Event]) -> None:
+    def _on_ping(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         """Answer a PING, within the peer's budget; hand a pong to the I/O layer.
 
         Threat this stops: a ping flood (CVE-2019-9512): every PING costs an
@@ -872,26 +891,26 @@ class TunnelConnection:
         the tunnel ends.  Whether a pong answers one of *our* pings is the I/O
         layer's check (it chose the payloads).
         """
-        if len(frame.payload) != 8:
+        if len(payload) != 8:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed PING")
-        if frame.flags & Flags.ACK:
+        if flags & _ACK:
             if not self._small_frame_budget.take():
                 raise ProtocolViolation(ErrorCode.FLOOD, "too many pongs")
-            events.append(PongReceived(frame.payload))
+            events.append(PongReceived(payload))
             return
         if not self._ping_budget.take():
             raise ProtocolViolation(ErrorCode.FLOOD, "too many PINGs")
-        self._control += encode_frame(FrameType.PING, 0, frame.payload, Flags.ACK)
+        self._control += encode_frame(FrameType.PING, 0, payload, Flags.ACK)
 
-    def _on_goaway(self, frame: Frame, events: list[Event]) -> None:
-        if len(frame.payload) < _GOAWAY.size:
+    def _on_goaway(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
+        if len(payload) < _GOAWAY.size:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed GOAWAY")
-        last, raw_code = _GOAWAY.unpack_from(frame.payload)
-        reason = frame.payload[_GOAWAY.size :].decode("utf-8", "replace")
+        last, raw_code = _GOAWAY.unpack_from(payload)
+        reason = payload[_GOAWAY.size :].decode("utf-8", "replace")
         self._goaway_received = True
         events.append(GoAwayReceived(last, _error_code(raw_code), reason))
 
-    def _on_control(self, frame: Frame, events: list[Event]) -> None:
+    def _on_control(self, stream_id: int, flags: int, payload: bytes, events: list[Event]) -> None:
         """An add-on's request (relay side) or the relay's reply (add-on side).
 
         Threat this stops: a peer driving the relay beyond what it offered, or
@@ -902,14 +921,13 @@ class TunnelConnection:
         :data:`CONTROL_RATE` a second) ends its tunnel.  Replies must answer a
         request we made, once.
         """
-        payload = frame.payload
         if len(payload) < _U32.size:
             raise ProtocolViolation(ErrorCode.PROTOCOL, "malformed CONTROL")
         if len(payload) - _U32.size > MAX_CONTROL_BODY:
             raise ProtocolViolation(ErrorCode.FRAME_SIZE, "CONTROL body too large")
         (request_id,) = _U32.unpack_from(payload)
         body = _control_body(payload)
-        if frame.flags & Flags.ACK:
+        if flags & _ACK:
             if request_id not in self._control_sent:
                 raise ProtocolViolation(ErrorCode.PROTOCOL, "reply to an unknown control request")
             if body is None:
@@ -966,34 +984,38 @@ class TunnelConnection:
         if stream_id > self._highest_stream_id:
             raise ProtocolViolation(ErrorCode.PROTOCOL, f"frame for idle stream {stream_id}")
 
-    def _receiving(self, frame: Frame) -> _Stream | None:
+    def _receiving(self, stream_id: int) -> _Stream | None:
         """The stream a frame belongs to, or None if it closed already."""
-        self._check_known_id(frame.stream_id)
-        stream = self._streams.get(frame.stream_id)
+        if stream_id > self._highest_stream_id:
+            raise ProtocolViolation(ErrorCode.PROTOCOL, f"frame for idle stream {stream_id}")
+        stream = self._streams.get(stream_id)
         if stream is None:
             return None
         if stream.remote_closed:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "frame after end of stream")
         return stream
 
-    def _receiving_flow_controlled(self, frame: Frame) -> _Stream | None:
+    def _receiving_flow_controlled(self, stream_id: int, size: int) -> _Stream | None:
         """Like :meth:`_receiving` for DATA and WS_MESSAGE, charging both windows.
 
         Credit is taken before any stream-level check, so that a frame which
         resets its stream is still paid back (by :meth:`_forget`, or here when
         the stream is gone): a rejected frame must not shrink the tunnel window.
         """
-        size = len(frame.payload)
-        self._consume_connection_credit(size)
+        self._recv_window -= size
+        if self._recv_window < 0:
+            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "connection window exceeded")
         try:
-            stream = self._receiving(frame)
+            stream = self._receiving(stream_id)
         except StreamViolation:
             self._grant_connection(size)
             raise
         if stream is None or stream.discarding:
             self._grant_connection(size)
             return None
-        self._consume_stream_credit(stream, size)
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "stream window exceeded")
         if stream.priority == heads.PRIORITY_INTERACTIVE:
             self._since_interactive = 0
         return stream
@@ -1005,16 +1027,6 @@ class TunnelConnection:
         if stream.local_ending:
             raise RuntimeError("stream already ended on this side")
         return stream
-
-    def _consume_connection_credit(self, size: int) -> None:
-        self._recv_window -= size
-        if self._recv_window < 0:
-            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "connection window exceeded")
-
-    def _consume_stream_credit(self, stream: _Stream, size: int) -> None:
-        stream.recv_window -= size
-        if stream.recv_window < 0:
-            raise ProtocolViolation(ErrorCode.FLOW_CONTROL, "stream window exceeded")
 
     def _prepay(self, stream: _Stream) -> None:
         """Return credit for fragments of a message the application cannot see yet.
@@ -1080,7 +1092,7 @@ class TunnelConnection:
         """
         written = 0
         item = stream.queue[0]
-        while item.kind is _Kind.FRAME:
+        while item.kind == _FRAME:
             parts.append(item.data)
             written += len(item.data)
             stream.queue.popleft()
@@ -1091,31 +1103,43 @@ class TunnelConnection:
             item = stream.queue[0]
         data = item.data
         start = item.offset
-        remaining = len(data) - start
-        size = min(remaining, self.settings.chunk_size)
+        size = remaining = len(data) - start
         if remaining:
-            window = self._in_flight_budget(stream)
+            if (
+                stream.priority == heads.PRIORITY_INTERACTIVE
+                or self._since_interactive >= INTERACTIVE_HORIZON
+            ):
+                window = stream.send_window  # _in_flight_budget's common case, inline
+            else:
+                window = self._in_flight_budget(stream)
             if window <= 0:
                 self._blocked_on_stream.add(stream.id)
                 return False, written
             if self._send_window <= 0:
                 self._blocked_on_connection.append(stream)
                 return False, written
-            size = min(size, window, self._send_window)
+            if size > self._chunk_size:
+                size = self._chunk_size
+            if size > window:
+                size = window
+            if size > self._send_window:
+                size = self._send_window
         end = start + size
         item.offset = end
         last = end == len(data)
         stream.send_window -= size
         self._send_window -= size
         stream.queued_bytes -= size
-        if item.kind is _Kind.DATA:
-            flags = Flags.END_STREAM if item.end and last else Flags.NONE
-            frame_type = FrameType.DATA
+        if item.kind == _DATA_ITEM:
+            frame_type = _DATA
             if item.end and last:
+                flags = _END_STREAM
                 stream.local_closed = True
+            else:
+                flags = 0
         else:
-            flags = (Flags.TEXT if item.text else Flags.NONE) | (Flags.FIN if last else Flags.NONE)
-            frame_type = FrameType.WS_MESSAGE
+            flags = (_TEXT if item.text else 0) | (_FIN if last else 0)
+            frame_type = _WS_MESSAGE
         parts.append(HEADER.pack(size, frame_type, flags, stream.id))
         if size:
             # No copy here: the payload is copied once, when the parts are joined.
@@ -1180,7 +1204,10 @@ class TunnelConnection:
 
 
 #: Frames counted against SMALL_FRAME_RATE (PINGs have their own, stricter budget).
-_SMALL_FRAMES = frozenset({FrameType.WINDOW_UPDATE, FrameType.RESET, FrameType.GOAWAY})
+_SMALL_FRAMES = frozenset(
+    {int(FrameType.WINDOW_UPDATE), int(FrameType.RESET), int(FrameType.GOAWAY)}
+)
+_SETTINGS = int(FrameType.SETTINGS)
 
 
 def _frame_boundary(buffer: bytearray, limit: int) -> int:
@@ -1227,16 +1254,18 @@ def _error_code(raw: int) -> ErrorCode:
         return ErrorCode.INTERNAL
 
 
-_HANDLERS = {
-    FrameType.SETTINGS: TunnelConnection._on_settings,
-    FrameType.OPEN: TunnelConnection._on_open,
-    FrameType.RESPONSE: TunnelConnection._on_response,
-    FrameType.DATA: TunnelConnection._on_data,
-    FrameType.WS_MESSAGE: TunnelConnection._on_ws_message,
-    FrameType.WS_CLOSE: TunnelConnection._on_ws_close,
-    FrameType.RESET: TunnelConnection._on_reset,
-    FrameType.WINDOW_UPDATE: TunnelConnection._on_window_update,
-    FrameType.PING: TunnelConnection._on_ping,
-    FrameType.GOAWAY: TunnelConnection._on_goaway,
-    FrameType.CONTROL: TunnelConnection._on_control,
-}
+#: Handlers indexed by frame type (the decoder only passes known types).
+_HANDLERS = [
+    TunnelConnection._on_settings,
+    TunnelConnection._on_open,
+    TunnelConnection._on_response,
+    TunnelConnection._on_data,
+    TunnelConnection._on_ws_message,
+    TunnelConnection._on_ws_close,
+    TunnelConnection._on_reset,
+    TunnelConnection._on_window_update,
+    TunnelConnection._on_ping,
+    TunnelConnection._on_goaway,
+    TunnelConnection._on_control,
+]
+assert [FrameType(t) for t in range(len(_HANDLERS))] == list(FrameType)

@@ -1,4 +1,9 @@
-"""Events produced by :class:`homeport.protocol.connection.TunnelConnection`."""
+"""Events produced by :class:`homeport.protocol.connection.TunnelConnection`.
+
+Plain slotted classes, not frozen: a frozen dataclass sets each field through
+``object.__setattr__``, which costs more than the rest of making a small
+event, and one is made per frame.  Nothing holds on to an event or changes it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ from homeport.protocol.errors import ErrorCode
 from homeport.protocol.heads import RequestHead, ResponseHead
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """Base class of everything :meth:`TunnelConnection.receive_data` returns."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamOpened(Event):
     """A new request (add-on side). ``websocket`` asks for an upgrade."""
 
@@ -24,7 +29,7 @@ class StreamOpened(Event):
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseReceived(Event):
     """The response head for a stream (relay side)."""
 
@@ -33,7 +38,7 @@ class ResponseReceived(Event):
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived(Event):
     """Body bytes. Call :meth:`TunnelConnection.acknowledge` once they are consumed."""
 
@@ -42,7 +47,7 @@ class DataReceived(Event):
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WebSocketMessageReceived(Event):
     """A whole WebSocket message; acknowledge ``len(data)`` once it is delivered."""
 
@@ -51,14 +56,14 @@ class WebSocketMessageReceived(Event):
     text: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WebSocketClosed(Event):
     stream_id: int
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamReset(Event):
     """The stream ended abnormally (by the peer, or by us after bad input)."""
 
@@ -68,12 +73,12 @@ class StreamReset(Event):
     remote: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PongReceived(Event):
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived(Event):
     """The peer will accept no stream above ``last_stream_id``; reconnect soon."""
 
@@ -82,7 +87,7 @@ class GoAwayReceived(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionTerminated(Event):
     """The tunnel is unusable: close the transport after flushing ``data_to_send``."""
 
@@ -91,7 +96,7 @@ class ConnectionTerminated(Event):
     remote: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ControlRequested(Event):
     """The add-on asks for an owner action (relay side); answer with ``send_control_reply``."""
 
@@ -99,7 +104,7 @@ class ControlRequested(Event):
     body: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ControlAnswered(Event):
     """The relay's reply to one of our control requests (add-on side)."""
 

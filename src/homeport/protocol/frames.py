@@ -59,6 +59,10 @@ CONNECTION_FRAMES = frozenset(
 )
 
 
+#: A decoded frame as plain ints: ``(type, flags, stream_id, payload)``.
+RawFrame = tuple[int, int, int, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: FrameType
@@ -67,9 +71,8 @@ class Frame:
     payload: bytes
 
 
-def encode_frame(
-    frame_type: FrameType, stream_id: int, payload: bytes = b"", flags: Flags = Flags.NONE
-) -> bytes:
+def encode_frame(frame_type: int, stream_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    """One frame; ``frame_type`` and ``flags`` are :class:`FrameType` and :class:`Flags` values."""
     return HEADER.pack(len(payload), frame_type, flags, stream_id) + payload
 
 
@@ -93,9 +96,26 @@ class FrameDecoder:
         call (``feed(b"")`` is enough), so how the transport happened to split
         the byte stream never changes what the peer is seen to have sent.
         """
+        return [
+            Frame(FrameType(raw_type), Flags(raw_flags), stream_id, payload)
+            for raw_type, raw_flags, stream_id, payload in self.feed_raw(data)
+        ]
+
+    @property
+    def error(self) -> ProtocolViolation | None:
+        """The violation found behind frames already returned (raised by the next feed)."""
+        return self._error
+
+    def feed_raw(self, data: bytes) -> list[RawFrame]:
+        """Like :meth:`feed`, as ``(type, flags, stream_id, payload)`` tuples of plain ints.
+
+        The same checks; the connection's per-frame path uses this form, since
+        building enum members (and ``&`` on an ``IntFlag``) costs more than the
+        rest of handling a small frame.
+        """
         if self._error is not None:
             raise self._error
-        frames: list[Frame] = []
+        frames: list[RawFrame] = []
         buffer = self._buffer
         # The common case, one WebSocket message of whole frames, is parsed in
         # place: only a frame split across calls goes through the buffer.
@@ -121,11 +141,14 @@ class FrameDecoder:
                         break
                     # One copy per payload, straight out of the message.
                     payload = bytes(view[start:end])
-                    frame = _VALID.get((raw_type, raw_flags, stream_id == 0))
-                    if frame is None or stream_id > MAX_STREAM_ID:
-                        frames.append(_validate(raw_type, raw_flags, stream_id, payload))
-                    else:
-                        frames.append(Frame(frame[0], frame[1], stream_id, payload))
+                    if (
+                        raw_flags & ~_ALLOWED_RAW[raw_type] if raw_type < _TYPES else 1
+                    ) or not 0 < stream_id <= MAX_STREAM_ID:
+                        # Rare: stream 0 (connection frames) or a frame to refuse.
+                        _validate(raw_type, raw_flags, stream_id)
+                    elif raw_type in _CONNECTION_RAW:
+                        _validate(raw_type, raw_flags, stream_id)
+                    frames.append((raw_type, raw_flags, stream_id, payload))
                     offset = end
         except ProtocolViolation as exc:
             self._error = exc
@@ -159,7 +182,7 @@ _ALLOWED_FLAGS: dict[FrameType, Flags] = {
 }
 
 
-def _validate(raw_type: int, raw_flags: int, stream_id: int, payload: bytes) -> Frame:
+def _validate(raw_type: int, raw_flags: int, stream_id: int) -> None:
     try:
         frame_type = FrameType(raw_type)
     except ValueError:
@@ -176,23 +199,9 @@ def _validate(raw_type: int, raw_flags: int, stream_id: int, payload: bytes) -> 
         raise ProtocolViolation(ErrorCode.PROTOCOL, f"{frame_type.name} needs a stream id")
     if frame_type in CONNECTION_FRAMES and stream_id != 0:
         raise ProtocolViolation(ErrorCode.PROTOCOL, f"{frame_type.name} must use stream 0")
-    return Frame(frame_type, Flags(raw_flags), stream_id, payload)
 
 
-def _valid_combinations() -> dict[tuple[int, int, bool], tuple[FrameType, Flags]]:
-    """Every (type, flags, stream id is 0) that :func:`_validate` accepts: a fast path."""
-    table: dict[tuple[int, int, bool], tuple[FrameType, Flags]] = {}
-    for frame_type, allowed in _ALLOWED_FLAGS.items():
-        for raw_flags in range(256):
-            if raw_flags & ~int(allowed):
-                continue
-            for zero in (False, True):
-                if frame_type in STREAM_FRAMES and zero:
-                    continue
-                if frame_type in CONNECTION_FRAMES and not zero:
-                    continue
-                table[int(frame_type), raw_flags, zero] = (frame_type, Flags(raw_flags))
-    return table
-
-
-_VALID = _valid_combinations()
+#: The same rules as plain ints, indexed by frame type, for :meth:`FrameDecoder.feed_raw`.
+_TYPES = len(FrameType)
+_ALLOWED_RAW = [int(_ALLOWED_FLAGS[FrameType(t)]) for t in range(_TYPES)]
+_CONNECTION_RAW = frozenset(int(t) for t in CONNECTION_FRAMES)

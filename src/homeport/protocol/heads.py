@@ -37,6 +37,12 @@ _U16 = struct.Struct(">H")
 _TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 
+#: Lengths below 4 KiB as their two big-endian bytes, and the LF separators
+#: between ``n`` fields joined with LF: lookups, not calls, per field.
+_LENGTHS = [_U16.pack(n) for n in range(4096)]
+_SEPARATORS = [b"\n" * max(n - 1, 0) for n in range(MAX_HEADERS + 1)]
+_NO_HEADERS = _U16.pack(0)
+
 PRIORITY_INTERACTIVE = 0
 PRIORITY_DEFAULT = 3
 PRIORITY_BULK = 7
@@ -107,21 +113,27 @@ def encode_request_fields(priority: int, method: bytes, target: bytes, fields: b
 
 
 def decode_request_head(payload: bytes) -> RequestHead:
-    if len(payload) < 2:
+    size = len(payload)
+    if size < 2:
         raise HeadError("truncated head")
     priority, method_len = payload[0], payload[1]
     if priority > PRIORITY_BULK:
         raise HeadError("priority out of range")
-    method, pos = _take(payload, 2, method_len)
-    target_len, pos = _u16(payload, pos)
-    target, pos = _take(payload, pos, target_len)
+    pos = 2 + method_len
+    if pos + 2 > size:  # the method, then the target's length
+        raise HeadError("truncated head")
+    method = payload[2:pos]
+    end = pos + 2 + (payload[pos] << 8 | payload[pos + 1])
+    if end > size:
+        raise HeadError("truncated head")
+    target = payload[pos + 2 : end]
     if not _TOKEN.fullmatch(method) or len(method) > MAX_METHOD:
         raise HeadError("invalid method")
     if len(target) > MAX_TARGET:
         raise HeadError("request target too long")
     if not _TARGET.fullmatch(target) or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
-    headers = _decode_headers(payload, pos)
+    headers = _decode_headers(payload, end)
     return RequestHead(method.decode("ascii"), target.decode("ascii"), headers, priority)
 
 
@@ -132,10 +144,12 @@ def encode_response_head(head: ResponseHead) -> bytes:
 
 
 def decode_response_head(payload: bytes) -> ResponseHead:
-    status, pos = _u16(payload, 0)
+    if len(payload) < 2:
+        raise HeadError("truncated head")
+    status = payload[0] << 8 | payload[1]
     if not 100 <= status <= 599:
         raise HeadError(f"invalid status {status}")
-    return ResponseHead(status, _decode_headers(payload, pos))
+    return ResponseHead(status, _decode_headers(payload, 2))
 
 
 def valid_field(name: bytes, value: bytes) -> bool:
@@ -150,6 +164,54 @@ def encode_fields(names: list[bytes], values: list[bytes]) -> bytes:
     if not _all_valid(names, values):
         bad = next(n for n, v in zip(names, values, strict=True) if not valid_field(n, v))
         raise HeadError(f"invalid header field {bad!r}")
+    lengths = _LENGTHS
+    parts = [lengths[len(names)]]
+    try:
+        for raw_name, raw_value in zip(names, values, strict=True):
+            parts += (lengths[len(raw_name)], raw_name, lengths[len(raw_value)], raw_value)
+    except IndexError:  # a field longer than the table: rare, packed one by one
+        return _pack_fields(names, values)
+    return b"".join(parts)
+
+
+def _encode_headers(headers: Headers) -> bytes:
+    count = len(headers)
+    if count > MAX_HEADERS:
+        raise HeadError(f"more than {MAX_HEADERS} headers")
+    if not count:
+        return _NO_HEADERS
+    # The whole block at once: one encode and one validity check for all names,
+    # and the same for all values, instead of a few calls per field.  LF can
+    # join them: it is valid in neither, so a field holding one is refused.
+    names = [name for name, _ in headers]
+    try:
+        raw_names = "\n".join(names).encode("latin-1")
+        raw_values = "\n".join([value for _, value in headers]).encode("latin-1")
+    except UnicodeEncodeError:
+        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
+        raise HeadError(f"header field {bad!r} is not latin-1") from None
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+        or not all(names)
+    ):
+        bad = next(
+            n for n, v in headers if not valid_field(n.encode("latin-1"), v.encode("latin-1"))
+        )
+        raise HeadError(f"invalid header field {bad!r}")
+    fields = zip(raw_names.split(b"\n"), raw_values.split(b"\n"), strict=True)
+    lengths = _LENGTHS
+    parts = [lengths[count]]
+    try:
+        for raw_name, raw_value in fields:
+            parts += (lengths[len(raw_name)], raw_name, lengths[len(raw_value)], raw_value)
+    except IndexError:  # a field longer than the table: rare, packed one by one
+        return _pack_fields(raw_names.split(b"\n"), raw_values.split(b"\n"))
+    return b"".join(parts)
+
+
+def _pack_fields(names: list[bytes], values: list[bytes]) -> bytes:
     pack = _U16.pack
     parts = [pack(len(names))]
     for raw_name, raw_value in zip(names, values, strict=True):
@@ -159,59 +221,49 @@ def encode_fields(names: list[bytes], values: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _encode_headers(headers: Headers) -> bytes:
-    if len(headers) > MAX_HEADERS:
-        raise HeadError(f"more than {MAX_HEADERS} headers")
-    try:
-        names = [name.encode("latin-1") for name, _ in headers]
-        values = [value.encode("latin-1") for _, value in headers]
-    except UnicodeEncodeError:
-        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
-        raise HeadError(f"header field {bad!r} is not latin-1") from None
-    if not _all_valid(names, values):
-        bad = next(
-            n
-            for (n, _), rn, rv in zip(headers, names, values, strict=True)
-            if not valid_field(rn, rv)
-        )
-        raise HeadError(f"invalid header field {bad!r}")
-    parts = [_U16.pack(len(headers))]
-    pack = _U16.pack
-    for raw_name, raw_value in zip(names, values, strict=True):
-        if len(raw_name) > 0xFFFF or len(raw_value) > 0xFFFF:
-            raise HeadError("header field too long")
-        parts += (pack(len(raw_name)), raw_name, pack(len(raw_value)), raw_value)
-    return b"".join(parts)
-
-
 def _decode_headers(data: bytes, pos: int) -> Headers:
     """The headers block at ``pos``, which must run to the end of ``data``."""
-    count, pos = _u16(data, pos)
+    size = len(data)
+    if pos + 2 > size:
+        raise HeadError("truncated head")
+    count = data[pos] << 8 | data[pos + 1]
     if count > MAX_HEADERS:
         raise HeadError(f"more than {MAX_HEADERS} headers")
-    size = len(data)
-    unpack = _U16.unpack_from
+    pos += 2
     names: list[bytes] = []
     values: list[bytes] = []
     for _ in range(count):
         if pos + 2 > size:
             raise HeadError("truncated head")
-        end = pos + 2 + unpack(data, pos)[0]
+        end = pos + 2 + (data[pos] << 8 | data[pos + 1])
         if end + 2 > size:
             raise HeadError("truncated head")
         names.append(data[pos + 2 : end])
-        pos = end + 2 + unpack(data, end)[0]
+        pos = end + 2 + (data[end] << 8 | data[end + 1])
         if pos > size:
             raise HeadError("truncated head")
         values.append(data[end + 2 : pos])
     if pos != size:
         raise HeadError("trailing bytes after head")
-    if not _all_valid(names, values):
+    if not count:
+        return []
+    # Validated and decoded as two blocks (see _encode_headers), then split.
+    raw_names = b"\n".join(names)
+    raw_values = b"\n".join(values)
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+        or not all(names)
+    ):
         raise HeadError("invalid header field")
-    return [
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, value in zip(names, values, strict=True)
-    ]
+    return list(
+        zip(
+            raw_names.decode("latin-1").lower().split("\n"),
+            raw_values.decode("latin-1").split("\n"),
+            strict=True,
+        )
+    )
 
 
 def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
@@ -230,17 +282,3 @@ def _is_latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _u16(data: bytes, pos: int) -> tuple[int, int]:
-    if pos + 2 > len(data):
-        raise HeadError("truncated head")
-    value: int = _U16.unpack_from(data, pos)[0]
-    return value, pos + 2
-
-
-def _take(data: bytes, pos: int, n: int) -> tuple[bytes, int]:
-    end = pos + n
-    if end > len(data):
-        raise HeadError("truncated head")
-    return data[pos:end], end

@@ -51,11 +51,19 @@ class ThreadBufferReads(asyncio.BufferedProtocol):
     subclass: uvloop reads into a buffer only for protocols that are not.
     """
 
+    #: The buffer handed out by the last get_buffer (this thread's one): kept so
+    #: that buffer_updated, which uvloop calls right after it, needs no lookup.
+    _view: memoryview | None = None
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _thread_buffer()
+        view = self._view = _thread_buffer()
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_thread_buffer()[:nbytes].tobytes())
+        view = self._view
+        if view is None:
+            view = _thread_buffer()
+        self.data_received(view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError

@@ -60,12 +60,14 @@ DRAIN_TIMEOUT = 30.0
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 #: Events about one stream, handed to that stream's :meth:`Stream.received`.
-_STREAM_EVENTS = (
-    DataReceived,
-    ResponseReceived,
-    StreamReset,
-    WebSocketClosed,
-    WebSocketMessageReceived,
+_STREAM_EVENTS = frozenset(
+    {
+        DataReceived,
+        ResponseReceived,
+        StreamReset,
+        WebSocketClosed,
+        WebSocketMessageReceived,
+    }
 )
 
 
@@ -161,13 +163,22 @@ class TunnelSession:
         try:
             call()
         except Exception as error:
-            self.close_reason = self.close_reason or f"internal error in {self.name}-{part}"
-            log.error(
-                "tunnel.task_failed",
-                exc_info=error,
-                extra={"tunnel": self.name, "task": f"{self.name}-{part}"},
-            )
-            self._end()
+            self._internal_error(part, error)
+
+    def _internal_error(self, part: str, error: Exception) -> None:
+        self.close_reason = self.close_reason or f"internal error in {self.name}-{part}"
+        log.error(
+            "tunnel.task_failed",
+            exc_info=error,
+            extra={"tunnel": self.name, "task": f"{self.name}-{part}"},
+        )
+        self._end()
+
+    def _flush_guarded(self) -> None:
+        try:
+            self._flush()
+        except Exception as error:
+            self._internal_error("writer", error)
 
     def _end(self) -> None:
         """Stop serving now and close the pipe after what is already written."""
@@ -217,7 +228,11 @@ class TunnelSession:
     # ------------------------------------------------------- pipe callbacks
 
     def data_received(self, data: bytes) -> None:
-        self._guarded("reader", lambda: self._receive(data))
+        # _guarded("reader", ...) inlined: this runs for every read.
+        try:
+            self._receive(data)
+        except Exception as error:
+            self._internal_error("reader", error)
 
     def _receive(self, data: bytes) -> None:
         if self.ended:
@@ -228,16 +243,19 @@ class TunnelSession:
             self._watch_timer = self.loop.call_later(
                 STALL_CHECK, self._guarded, "watchdog", self._watch
             )
-        if self.connection.terminated:
+        connection = self.connection
+        if connection.terminated:
             self._flush()
             self._end()
             return
-        if self.connection.has_output:
+        if self._flush_scheduled:
+            pass  # the flush this turn prunes and wakes too
+        elif connection.has_output:
             self.kick()
         else:
             # Streams the peer just finished are pruned now, not at the next write.
             self._prune_and_wake()
-        if self.connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
+        if connection.output_backlog > OUTPUT_BACKLOG_LIMIT and not self._read_paused:
             # A peer that does not read cannot make us queue answers without bound
             # (R-ADD-07): stop reading it until they are out, and not for ever.
             self._read_paused = True
@@ -280,7 +298,7 @@ class TunnelSession:
         however the exchange ends.  With a ``consumer``, events go to its
         callbacks instead of the stream's inbox.
         """
-        if self.ended or self.closed.is_set():
+        if self.ended:  # set before ``closed`` ever is (see run)
             raise StreamClosed(ErrorCode.REFUSED, "tunnel closed")
         try:
             stream_id = self.connection.open_stream(
@@ -294,8 +312,10 @@ class TunnelSession:
         return stream
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        self.connection.acknowledge(stream_id, size)
-        if self.connection.has_output:  # most acknowledgements only count, send nothing
+        connection = self.connection
+        connection.acknowledge(stream_id, size)
+        # Most acknowledgements only count and send nothing; a flush may be due anyway.
+        if not self._flush_scheduled and connection.has_output:
             self.kick()
 
     def reset(self, stream_id: int, code: ErrorCode, reason: str) -> None:
@@ -329,7 +349,7 @@ class TunnelSession:
         """There is output: send it at the end of this turn of the loop (one batch)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.loop.call_soon(self._guarded, "writer", self._flush)
+            self.loop.call_soon(self._flush_guarded)
 
     # ---------------------------------------------------------------- writing
 
@@ -338,11 +358,16 @@ class TunnelSession:
         if self._pipe_gone.is_set():
             return
         pipe = self.pipe
+        connection = self.connection
         while not self._write_paused:
-            data = self.connection.data_to_send(SEND_BATCH)
+            data = connection.data_to_send(SEND_BATCH)
             if not data:
                 break
             pipe.write(data)
+            if len(data) < SEND_BATCH and not connection.output_backlog:
+                # A short batch with no control output left: the streams' queues
+                # are empty or wait for credit, so another call would find nothing.
+                break
         if self._read_paused and self.connection.output_backlog <= OUTPUT_BACKLOG_LIMIT:
             self._read_paused = False
             if self._drain_timer is not None:
@@ -401,9 +426,21 @@ class TunnelSession:
     # ------------------------------------------------------------- dispatch
 
     def _dispatch(self, events: list[Event]) -> None:
+        streams = self.streams
         for event in events:
             try:
-                self._dispatch_one(event)
+                kind = type(event)
+                if kind in _STREAM_EVENTS:
+                    # Stream events first, by exact type: they are nearly all events.
+                    stream_id = event.stream_id  # type: ignore[attr-defined]
+                    if kind is StreamReset:
+                        stream = streams.pop(stream_id, None)
+                    else:
+                        stream = streams.get(stream_id)
+                    if stream is not None:  # else its owner released it: nothing waits for this
+                        stream.received(event)
+                else:
+                    self._dispatch_other(event)
             except Exception:
                 # Bulkhead (R-MT-15): one exchange's surprise must never end the
                 # tunnel every other person of this home is using.  The stream
@@ -416,38 +453,38 @@ class TunnelSession:
                 if stream_id:
                     self.reset(stream_id, ErrorCode.INTERNAL, "internal error")
 
-    def _dispatch_one(self, event: Event) -> None:
-        if isinstance(event, _STREAM_EVENTS):
-            if isinstance(event, StreamReset):
-                stream = self.streams.pop(event.stream_id, None)
-            else:
-                stream = self.streams.get(event.stream_id)
-            if stream is not None:  # else its owner released it: nothing waits for this
-                stream.received(event)
-            return
-        match event:
-            case StreamOpened(stream_id=sid, head=head, websocket=ws, end_stream=end):
-                self._start_handler(sid, head, websocket=ws, end=end)
-            case PongReceived(payload=payload):
-                # Only an answer to a ping we sent proves the peer reads what we
-                # send: unsolicited pongs must not keep a deaf peer alive (R-ADD-07).
-                sent = self._ping_sent.pop(payload, None)
-                if sent is not None:
-                    self._last_pong = time.monotonic()
-                    self.rtt = self._last_pong - sent
-            case GoAwayReceived() as goaway:
-                if self._on_goaway is not None:
-                    self._on_goaway(goaway)
-            case ControlRequested() as request:
-                self.control.requested(request)
-            case ControlAnswered() as answer:
-                self.control.answered(answer)
-            case ConnectionTerminated(code=code, reason=reason):
-                self.close_reason = f"protocol error: {code.name}: {reason}"
-                log.warning(
-                    "tunnel.terminated",
-                    extra={"tunnel": self.name, "code": code.name, "reason": reason},
-                )
+    def _dispatch_other(self, event: Event) -> None:
+        kind = type(event)
+        if kind is StreamOpened:
+            assert isinstance(event, StreamOpened)
+            self._start_handler(
+                event.stream_id, event.head, websocket=event.websocket, end=event.end_stream
+            )
+        elif kind is PongReceived:
+            assert isinstance(event, PongReceived)
+            # Only an answer to a ping we sent proves the peer reads what we
+            # send: unsolicited pongs must not keep a deaf peer alive (R-ADD-07).
+            sent = self._ping_sent.pop(event.payload, None)
+            if sent is not None:
+                self._last_pong = time.monotonic()
+                self.rtt = self._last_pong - sent
+        elif kind is GoAwayReceived:
+            assert isinstance(event, GoAwayReceived)
+            if self._on_goaway is not None:
+                self._on_goaway(event)
+        elif kind is ControlRequested:
+            assert isinstance(event, ControlRequested)
+            self.control.requested(event)
+        elif kind is ControlAnswered:
+            assert isinstance(event, ControlAnswered)
+            self.control.answered(event)
+        elif kind is ConnectionTerminated:
+            assert isinstance(event, ConnectionTerminated)
+            self.close_reason = f"protocol error: {event.code.name}: {event.reason}"
+            log.warning(
+                "tunnel.terminated",
+                extra={"tunnel": self.name, "code": event.code.name, "reason": event.reason},
+            )
 
     def _start_handler(
         self, stream_id: int, head: RequestHead, *, websocket: bool, end: bool

@@ -20,10 +20,9 @@ for the stream, so a slow far end pushes back all the way to the source.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -135,8 +134,9 @@ class Stream:
         self.request_has_body = False
         #: Received bytes the reader has not taken yet: they hold tunnel credit.
         self.held = 0
-        #: When the reader last took something, or the inbox last became non-empty.
-        self.waiting_since = time.monotonic()
+        #: When the reader last took something, or the inbox last became non-empty
+        #: (only read while ``held``, which sets it as it becomes non-zero).
+        self.waiting_since = 0.0
         #: Body bytes this side has written (see tunnel/priorities.py, sent_priority).
         self.body_sent = 0
         self._sent_as_bulk = False
@@ -174,61 +174,68 @@ class Stream:
         (it raises a stream violation and resets the stream otherwise), so
         this only files it for the owner, whether or not anyone still waits.
         """
-        if self.consumer is not None:
-            self._hand_over(self.consumer, event)
-            return
-        match event:
-            case DataReceived(data=data, end_stream=end):
+        consumer = self.consumer
+        kind = type(event)
+        # By exact type, not ``match``: class patterns cost more than the rest of
+        # handing a small event over, and this runs for every event.
+        if kind is DataReceived:
+            assert isinstance(event, DataReceived)
+            data = event.data
+            end = event.end_stream
+            if consumer is not None:
+                if end:
+                    self.closed = True
                 if data:
-                    self._deliver(data)
-                if end:
-                    self._deliver_end()
-            case WebSocketMessageReceived(data=data, text=text):
-                self._deliver(WsMessage(data, text))
-            case ResponseReceived(head=head, end_stream=end):
-                if self.head is None:
-                    self.head = head
-                    self._notify()
-                if end:
-                    self._deliver_end()
-            case WebSocketClosed(code=code, reason=reason):
-                self.closed = True
-                self._deliver(WsClose(code, reason))
-            case StreamReset(code=code, reason=reason):
-                self.ended(StreamClosed(code, reason))
-
-    def _hand_over(self, consumer: StreamConsumer, event: Event) -> None:
-        match event:
-            case DataReceived(data=data, end_stream=end):
-                if end:
-                    self.closed = True
-                self._holding(len(data))
+                    if not self.held:
+                        self.waiting_since = time.monotonic()
+                    self.held += len(data)
                 consumer.data_received(data, end)
-            case WebSocketMessageReceived(data=data, text=text):
-                self._holding(len(data))
-                consumer.ws_message_received(data, text)
-            case ResponseReceived(head=head, end_stream=end):
-                self.head = head
+                return
+            if data:
+                self._deliver(data)
+            if end:
+                self._deliver_end()
+        elif kind is WebSocketMessageReceived:
+            assert isinstance(event, WebSocketMessageReceived)
+            data = event.data
+            if consumer is not None:
+                if data:
+                    if not self.held:
+                        self.waiting_since = time.monotonic()
+                    self.held += len(data)
+                consumer.ws_message_received(data, event.text)
+                return
+            self._deliver(WsMessage(data, event.text))
+        elif kind is ResponseReceived:
+            assert isinstance(event, ResponseReceived)
+            end = event.end_stream
+            if consumer is not None:
+                self.head = event.head
                 if end:
                     self.closed = True
-                consumer.head_received(head, end)
-            case WebSocketClosed(code=code, reason=reason):
-                self.closed = True
-                consumer.ws_closed(code, reason)
-            case StreamReset(code=code, reason=reason):
-                self.ended(StreamClosed(code, reason))
-
-    def _holding(self, size: int) -> None:
-        """``size`` more bytes wait for the consumer to pass them on (the stall watchdog's view)."""
-        if size:
-            if not self.held:
-                self.waiting_since = time.monotonic()
-            self.held += size
+                consumer.head_received(event.head, end)
+                return
+            if self.head is None:
+                self.head = event.head
+                self._notify()
+            if end:
+                self._deliver_end()
+        elif kind is WebSocketClosed:
+            assert isinstance(event, WebSocketClosed)
+            self.closed = True
+            if consumer is not None:
+                consumer.ws_closed(event.code, event.reason)
+                return
+            self._deliver(WsClose(event.code, event.reason))
+        elif kind is StreamReset:
+            assert isinstance(event, StreamReset)
+            self.ended(StreamClosed(event.code, event.reason))
 
     def consumed(self, size: int) -> None:
         """A consumer passed ``size`` received bytes on: the peer may send that much more."""
         self.held -= size
-        self.waiting_since = time.monotonic()
+        if self.held:  # else the next bytes held start the clock again (see received)
+            self.waiting_since = time.monotonic()
         self._host.acknowledge(self.id, size)
 
     def opened_complete(self) -> None:
@@ -293,25 +300,44 @@ class Stream:
 
         Raises :class:`StreamClosed` if the stream is gone.
         """
-        with self._sending() as connection:
+        if self.error is not None:
+            raise self.error
+        host = self._host
+        connection = host.connection
+        try:
             connection.send_data(self.id, data, end_stream=end)
-            self.body_sent += len(data)
-            if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
-                self._sent_as_bulk = True
-                connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
-            room = connection.buffered(self.id) <= HIGH_WATER
-        if not room:
-            self._host.writer_blocked(self)
-        return room
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        self._count_sent(connection, len(data))
+        host.kick()
+        if connection.buffered(self.id) <= HIGH_WATER:
+            return True
+        host.writer_blocked(self)
+        return False
 
     def send_ws_now(self, data: bytes, *, text: bool) -> bool:
         """Queue a WebSocket message now; False: wait for ``writable`` before the next."""
-        with self._sending() as connection:
+        if self.error is not None:
+            raise self.error
+        host = self._host
+        connection = host.connection
+        try:
             connection.send_ws_message(self.id, data, text=text)
-            room = connection.buffered(self.id) <= HIGH_WATER
-        if not room:
-            self._host.writer_blocked(self)
-        return room
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        host.kick()
+        if connection.buffered(self.id) <= HIGH_WATER:
+            return True
+        host.writer_blocked(self)
+        return False
+
+    def _count_sent(self, connection: TunnelConnection, size: int) -> None:
+        self.body_sent += size
+        if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
+            # A body of unknown length turned out to be a transfer (an upload or a
+            # download without content-length): it must not crowd out the API.
+            self._sent_as_bulk = True
+            connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
 
     # ---------------------------------------------------------------- reading
 
@@ -405,45 +431,51 @@ class Stream:
             self._host.writer_blocked(self)
             await self._wait()
 
-    @contextlib.contextmanager
-    def _sending(self) -> Iterator[TunnelConnection]:
+    def _connection(self) -> TunnelConnection:
+        """The connection to send on; :class:`StreamClosed` if the stream is gone."""
         if self.error is not None:
             raise self.error
-        try:
-            yield self._host.connection
-        except StreamViolation as exc:
-            raise StreamClosed(exc.code, exc.reason) from None
-        self._host.kick()
+        return self._host.connection
 
     async def write(self, data: bytes, *, end: bool = False) -> None:
         """Send body bytes; returns once the tunnel has room for more."""
         await self._wait_writable()
-        with self._sending() as connection:
+        connection = self._connection()
+        try:
             connection.send_data(self.id, data, end_stream=end)
-            self.body_sent += len(data)
-            if self.body_sent > BULK_SIZE and not self._sent_as_bulk:
-                # A body of unknown length turned out to be a transfer (an upload or a
-                # download without content-length): it must not crowd out the API.
-                self._sent_as_bulk = True
-                connection.set_priority(self.id, sent_priority(self.priority, self.body_sent))
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        self._count_sent(connection, len(data))
+        self._host.kick()
         if data:
             await self._wait_writable()
 
     async def send_ws(self, data: bytes, *, text: bool) -> None:
         await self._wait_writable()
-        with self._sending() as connection:
+        connection = self._connection()
+        try:
             connection.send_ws_message(self.id, data, text=text)
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        self._host.kick()
 
     def close_ws(self, code: int, reason: str = "") -> None:
         """Send our close (once); the peer's close arrives as a :class:`WsClose`."""
         if self.error is None and not self.ws_close_sent:
             self.ws_close_sent = True
-            with self._sending() as connection:
-                connection.send_ws_close(self.id, code, reason)
+            try:
+                self._host.connection.send_ws_close(self.id, code, reason)
+            except StreamViolation as exc:
+                raise StreamClosed(exc.code, exc.reason) from None
+            self._host.kick()
 
     def respond(self, head: ResponseHead, *, end: bool = False) -> None:
-        with self._sending() as connection:
+        connection = self._connection()
+        try:
             connection.send_response(self.id, head, end_stream=end)
+        except StreamViolation as exc:
+            raise StreamClosed(exc.code, exc.reason) from None
+        self._host.kick()
         self.sent_status = head.status
 
     @property
