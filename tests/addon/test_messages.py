@@ -167,7 +167,14 @@ def test_lengths_that_do_not_add_up_are_refused(
 
 @pytest.mark.parametrize(
     "field",
-    [("x-a", "b\r\nx-injected: 1"), ("x-a", "b\nGET /smuggled HTTP/1.1"), ("x-a", "b\x00")],
+    [
+        ("x-a", "b\r\nx-injected: 1"),
+        ("x-a", "b\nGET /smuggled HTTP/1.1"),
+        ("x-a", "b\x00"),
+        ("x-a", "b\r"),
+        ("x-a", "\n\r"),
+        ("x-a\r\nx-b", "1"),
+    ],
 )
 def test_a_field_with_line_breaks_never_goes_out(field: tuple[str, str]) -> None:
     """The tunnel's head decoder refuses these; this layer refuses them again."""
