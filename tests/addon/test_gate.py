@@ -78,7 +78,12 @@ def _route_family_by_segments(target: str) -> str:
 @settings(max_examples=2000, deadline=None)
 @given(
     st.lists(
-        st.sampled_from(["", "api", "auth", "websocket", "webhook", "token", "x", "a?b", "#f"]),
+        st.sampled_from(
+            [
+                *("", "api", "auth", "websocket", "webhook", "token", "login_flow"),
+                *("authorize", "x", "a?b", "#f", "?", "#"),
+            ]
+        ),
         max_size=6,
     ).map(lambda parts: "/" + "/".join(parts))
     | st.text(alphabet="/?#ab", max_size=12)

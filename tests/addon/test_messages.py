@@ -9,9 +9,12 @@ internal address becomes a path on the public host.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from homeport.addon.messages import (
     RequestRefused,
+    _check_lines,
     request_head,
     response_headers,
     websocket_fields,
@@ -167,7 +170,14 @@ def test_lengths_that_do_not_add_up_are_refused(
 
 @pytest.mark.parametrize(
     "field",
-    [("x-a", "b\r\nx-injected: 1"), ("x-a", "b\nGET /smuggled HTTP/1.1"), ("x-a", "b\x00")],
+    [
+        ("x-a", "b\r\nx-injected: 1"),
+        ("x-a", "b\nGET /smuggled HTTP/1.1"),
+        ("x-a", "b\x00"),
+        ("x-a", "b\r"),
+        ("x-a", "\n\r"),
+        ("x-a\r\nx-b", "1"),
+    ],
 )
 def test_a_field_with_line_breaks_never_goes_out(field: tuple[str, str]) -> None:
     """The tunnel's head decoder refuses these; this layer refuses them again."""
@@ -229,3 +239,21 @@ def test_websocket_upgrade_head_has_only_our_handshake() -> None:
         "",
         "",
     ]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=12).map(lambda b: b.translate(_FOLD)), st.integers(0, 4))
+def test_the_line_check_accepts_only_the_line_endings_we_wrote(head: bytes, lines: int) -> None:
+    """The head check counts bytes as a whole; it must mean: exactly ``lines`` CRLFs and
+    no other CR, LF or NUL anywhere (a bare one would add a field or split the request)."""
+    clean = head.count(b"\r\n") == lines and not head.replace(b"\r\n", b"").translate(None, b"ab")
+    try:
+        _check_lines(head, lines)
+    except RequestRefused:
+        assert not clean
+    else:
+        assert clean
+
+
+#: Folds random bytes onto the four that matter: "a", "b" (any field byte), CR, LF, NUL.
+_FOLD = bytes(b"ab\r\n\0"[i % 5] for i in range(256))

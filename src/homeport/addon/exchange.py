@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
+_NO_ERROR = ErrorCode.NO_ERROR
 
 
 class HttpExchange:
@@ -120,7 +121,13 @@ class HttpExchange:
         self.connection = connection
         self._reused = connection.reused
         connection.user = self
-        pending, self._pending = self._pending, []
+        pending = self._pending
+        if not pending and self._body_done and not self._chunked:
+            # The common case (a GET): the head is the whole request, one write.
+            self._head_written = self.request_sent = True
+            connection.write(self._head)
+            return
+        self._pending = []
         if pending or self._body_done:
             self._write(connection, pending, self._body_done)
         # Else the head waits for the body's first bytes (as aiohttp's client did): a
@@ -309,7 +316,7 @@ class HttpExchange:
         self._end(self._status)
         # A request body Home Assistant did not read is refused now (RESET NO_ERROR
         # after the response, as HTTP/2 does); the connection was not reused for it.
-        self.stream.release(ErrorCode.NO_ERROR, "response complete")
+        self.stream.release(_NO_ERROR, "response complete")
 
     def _upstream_failed(self, error: BaseException | None) -> None:
         """The relay shows the person a page saying Home Assistant is not answering."""

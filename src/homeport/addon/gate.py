@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from homeport.protocol import ErrorCode, Headers, ResponseHead
+from homeport.protocol import ErrorCode, ResponseHead
 from homeport.tunnel.stream import Stream, StreamClosed
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ CLOSE_WAIT = 5.0
 
 #: Route families shown as they are; everything else is cut to its first segment.
 _KNOWN = ("/api/websocket", "/auth/token", "/auth/authorize", "/auth/login_flow", "/api/webhook")
-_KNOWN_BELOW = tuple((known, known + "/") for known in _KNOWN)
+_KNOWN_SET = frozenset(_KNOWN)
 _KNOWN_ROOTS = ("/api/", "/auth/")
 
 #: The answer to every remote request while the switch is off: plain words, styled inline
@@ -84,20 +84,24 @@ def route_family(target: str) -> str:
     ``/api/states/<entity>`` says what someone looked at; neither belongs in
     an access list.  So only a few well-known routes are named, and anything
     else is reduced to its first path segment.  (Once per request: string
-    methods only, no lists.)
+    methods and one set look-up, no lists.)
     """
-    path = target.partition("?")[0].partition("#")[0]
+    path = target.partition("?")[0]
+    if "#" in path:
+        path = path.partition("#")[0]
     if path.startswith(_KNOWN_ROOTS):
-        for known, below in _KNOWN_BELOW:
-            if path == known:
-                return known
-            if path.startswith(below):
-                return below + "…"
+        # A known route is "/api/<name>" or "/auth/<name>" (no "/" from index 6 on):
+        # one set look-up instead of a prefix test per known route.
+        cut = path.find("/", 6)
+        if cut < 0:
+            if path in _KNOWN_SET:
+                return path
+        elif path[:cut] in _KNOWN_SET:
+            return path[: cut + 1] + "…"
     first, _, rest = path.lstrip("/").partition("/")
     if not first:
         return "/"
-    first = first[:40]
-    return f"/{first}/…" if rest.strip("/") else f"/{first}"
+    return f"/{first[:40]}/…" if rest.strip("/") else f"/{first[:40]}"
 
 
 class Access(NamedTuple):
@@ -109,6 +113,12 @@ class Access(NamedTuple):
     status: int | None  # None: no answer head (cut, failed or refused)
     remote: str
     websocket: bool
+
+
+_GONE = object()
+#: A NamedTuple's own ``__new__`` is Python code with keyword handling; this is the C
+#: constructor it ends in (one entry per request).
+_new_access = tuple.__new__
 
 
 class AccessLog:
@@ -200,22 +210,30 @@ class RemoteAccessGate:
 
     def closed(self, exchange: GatedExchange, status: int | None) -> None:
         """``exchange`` is over; ``status``: the answer the person got (None: none, cut)."""
-        if exchange in self._open:
-            del self._open[exchange]
+        if self._open.pop(exchange, _GONE) is not _GONE:
             self.record(exchange.stream, status)
 
     def record(self, stream: Stream, status: int | None) -> None:
         """One entry in the access list (metadata only, see the module docstring)."""
         head = stream.request
         assert head is not None
+        remote = "unknown"
+        for name, value in head.headers:
+            # The address the relay saw (it strips any the browser sent and writes its own).
+            if name == "x-forwarded-for":
+                remote = value.rpartition(",")[2].strip()[:64]
+                break
         self.access_log.add(
-            Access(
-                time.time(),
-                head.method,
-                route_family(head.target),
-                status,
-                _client_address(head.headers),
-                stream.websocket,
+            _new_access(
+                Access,
+                (
+                    time.time(),
+                    head.method,
+                    route_family(head.target),
+                    status,
+                    remote,
+                    stream.websocket,
+                ),
             )
         )
 
@@ -240,11 +258,3 @@ def _answer_off(stream: Stream) -> None:
         )
     )
     stream.send_data(_OFF_PAGE, end=True)
-
-
-def _client_address(headers: Headers) -> str:
-    """The address the relay saw (it strips any the browser sent and writes its own)."""
-    for name, value in headers:
-        if name == "x-forwarded-for":
-            return value.split(",")[-1].strip()[:64]
-    return "unknown"

@@ -143,6 +143,32 @@ class HeadTooLarge(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to Home Assistant, serving one exchange at a time."""
 
+    # Every response touches most of these: slots make each access a fixed offset.
+    __slots__ = (
+        "_body",
+        "_broken",
+        "_complete",
+        "_delivering",
+        "_head_bytes",
+        "_head_ready",
+        "_head_sent",
+        "_headers",
+        "_interim",
+        "_keep_alive",
+        "_parser",
+        "_pool",
+        "_raw",
+        "_release",
+        "_status",
+        "closed",
+        "idle_since",
+        "reading_paused",
+        "reused",
+        "transport",
+        "user",
+        "write_paused",
+    )
+
     def __init__(self, pool: UpstreamPool | None) -> None:
         #: None for a connection outside the pool (a WebSocket's).
         self._pool = pool
@@ -212,6 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _finished(self, reusable: bool) -> None:
         self._release = None
         pool = self._pool
+        transport = self.transport
         if (
             reusable
             and pool is not None
@@ -219,11 +246,16 @@ class UpstreamConnection(asyncio.Protocol):
             and not self._broken
             and self._keep_alive
             and not self.closed
-            and self.transport is not None
-            and not self.transport.is_closing()
+            and transport is not None
+            and not transport.is_closing()
         ):
-            self._reset_response()
-            self.resume_reading()
+            # Ready for the next response (what _reset_response does, inline: every request).
+            self._status = 0
+            self._headers = []
+            self._head_sent = self._complete = self._keep_alive = False
+            if self.reading_paused:
+                self.reading_paused = False
+                transport.resume_reading()
             pool.release(self)
         else:
             self.close()
@@ -281,7 +313,19 @@ class UpstreamConnection(asyncio.Protocol):
                     return
                 self._fail(user, error)
                 return
-            self._deliver(user)
+            # What _deliver does, inline: this runs for every read of every response.
+            body = self._body
+            if body:
+                chunk = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+            else:
+                chunk = b""
+            if self._head_ready:
+                self._head_ready = False
+                self._head_sent = True
+                user.upstream_head(self._status, self._headers, chunk, self._complete)
+            elif chunk or self._complete:
+                user.upstream_body(chunk, self._complete)
         finally:
             self._delivering = False
             if self._release is not None:

@@ -56,6 +56,10 @@ MAX_WS_MESSAGE = 16 * 1024 * 1024
 #: How long a close is waited for (either side) before the connection or stream is cut.
 CLOSE_WAIT = 5.0
 _MAX_REASON = 123  # RFC 6455 §5.5: a close frame's payload is at most 125 bytes
+# An enum member costs an attribute look-up through its class on every use; these
+# are read for every message.
+_TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+_OPEN = State.OPEN
 
 
 def websocket_exchange(
@@ -86,6 +90,25 @@ def websocket_exchange(
 
 class WebSocketExchange:
     """One WebSocket between the tunnel and Home Assistant (see the module docstring)."""
+
+    __slots__ = (
+        "_acked_later",
+        "_closed_to_tunnel",
+        "_cutting",
+        "_forwarder",
+        "_ha_timer",
+        "_head",
+        "_key",
+        "_message",
+        "_message_text",
+        "_offered",
+        "_tunnel_closed",
+        "_tunnel_timer",
+        "connection",
+        "done",
+        "stream",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -225,18 +248,18 @@ class WebSocketExchange:
 
     def _frame(self, ws: Protocol, frame: Frame) -> None:
         opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            self._message_text = opcode is Opcode.TEXT
+        if opcode is _TEXT or opcode is _BINARY:
+            self._message_text = opcode is _TEXT
             if frame.fin:
                 self._deliver(bytes(frame.data))
             else:
                 self._message = [bytes(frame.data)]
-        elif opcode is Opcode.CONT:
+        elif opcode is _CONT:
             self._message.append(bytes(frame.data))
             if frame.fin:
                 data, self._message = b"".join(self._message), []
                 self._deliver(data)
-        elif opcode is Opcode.CLOSE:
+        elif opcode is _CLOSE:
             received = ws.close_rcvd
             self._close_tunnel(received.code if received is not None else 1005)
         # PING is answered by the protocol itself; PONG needs nothing.
@@ -297,16 +320,16 @@ class WebSocketExchange:
     # ------------------------------------------------------- the tunnel side
 
     def ws_message_received(self, data: bytes, text: bool) -> None:
-        ws = self.ws
-        if ws is None or ws.state is not State.OPEN or self.connection is None:
+        ws, connection = self.ws, self.connection
+        if ws is None or connection is None or ws.state is not _OPEN:
             self.stream.consumed(len(data))  # closing: dropped, credit back
             return
         if text:
             ws.send_text(data)
         else:
             ws.send_binary(data)
-        self.connection.writelines(ws.data_to_send())
-        if self.connection.write_paused:
+        connection.writelines(ws.data_to_send())
+        if connection.write_paused:
             self._acked_later += len(data)
         else:
             self.stream.consumed(len(data))
