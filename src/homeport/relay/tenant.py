@@ -22,6 +22,7 @@ database (:meth:`TenantProxy.admit`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -60,7 +61,6 @@ STATE_COOKIE = "__Host-homeport_state"
 RESERVED_PREFIX = "/.homeport/"
 STATE_MAX_AGE = 300
 MAX_WS_MESSAGE = 16 * 1024 * 1024
-RESPONSE_HEAD_TIMEOUT = 300.0
 STYLESHEET = "/.homeport/static/homeport.css"
 
 
@@ -77,6 +77,7 @@ def cookie(request: Request, name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # asked twice on every request; a few hosts per relay
 def host_name(raw: str) -> str | None:
     """The Host header's name part, lower-cased; None if malformed or an IP literal."""
     name = raw.lower()
@@ -167,11 +168,21 @@ class TenantProxy:
 
     # ------------------------------------------------------------- admission
 
-    def admit_now(self, request: Request, sni: str, remote: str) -> Admission | None:
-        """Decide without waiting, or None when the database must be asked (:meth:`admit`)."""
-        label = self._label(request, sni)
-        if isinstance(label, Answer):
-            return label
+    def admit_now(self, request: Request, connection: TenantConnection) -> Admission | None:
+        """Decide without waiting, or None when the database must be asked (:meth:`admit`).
+
+        The host is checked on a connection's first request, and again only when
+        its Host header changes (the SNI, hence the answer, is the connection's own).
+        """
+        remote = connection.remote
+        if request.host == connection.host_seen:
+            label = connection.host_label
+        else:
+            found = self._label(request, connection.sni)
+            if isinstance(found, Answer):
+                return found
+            connection.host_seen, connection.host_label = request.host, found
+            label = found
         if is_instance_id(label):
             if request.path.startswith(RESERVED_PREFIX):
                 return self._own_path_now(request)

@@ -37,7 +37,7 @@ from websockets.utils import accept_key
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
 from homeport.protocol.heads import encode_fields, encode_request_fields
 from homeport.relay import headers as hdr
-from homeport.relay.limits import UploadPace
+from homeport.relay.limits import Bandwidth, UploadPace
 from homeport.relay.live import Ending
 from homeport.relay.proxy.connection import TenantConnection
 from homeport.relay.proxy.http1 import Request, bodiless
@@ -46,13 +46,13 @@ from homeport.relay.proxy.responses import (
     CLOSE,
     LENGTH,
     NONE,
-    encode_head,
-    framing,
+    http_date,
     relay_answer,
+    response_lines,
     status_line,
 )
 from homeport.relay.security_headers import tenant_response_headers
-from homeport.relay.tenant import MAX_WS_MESSAGE, RESPONSE_HEAD_TIMEOUT, Answer, Forward
+from homeport.relay.tenant import MAX_WS_MESSAGE, Answer, Forward
 from homeport.tunnel.priorities import request_priority
 from homeport.tunnel.stream import Stream, StreamClosed
 
@@ -79,6 +79,42 @@ def exchange_for(connection: TenantConnection, request: Request) -> HttpExchange
 class HttpExchange:
     """A proxied HTTP request and its response (see the module docstring)."""
 
+    # One is made per request: slots make it smaller and its attributes faster.
+    __slots__ = (
+        "_admitting",
+        "_awaiting_head",
+        "_bandwidth",
+        "_body_read",
+        "_body_sent",
+        "_buffered",
+        "_buffered_size",
+        "_delayed",
+        "_delayed_timer",
+        "_ended",
+        "_kind",
+        "_length",
+        "_lengths",
+        "_lines",
+        "_live",
+        "_pace",
+        "_pending",
+        "_received",
+        "_refused",
+        "_started",
+        "_status",
+        "_unacked",
+        "_up_queue",
+        "_up_timer",
+        "_ws",
+        "conn",
+        "done",
+        "forward",
+        "proxy",
+        "request",
+        "response_started",
+        "stream",
+    )
+
     def __init__(self, connection: TenantConnection, request: Request) -> None:
         self.conn = connection
         self.request = request
@@ -87,7 +123,8 @@ class HttpExchange:
         self.stream: Stream | None = None
         self.response_started = False
         self.done = False
-        self._started = time.monotonic()
+        # Only the debug log reads the clock for this.
+        self._started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else 0.0
         self._buffered: list[bytes] = []
         self._buffered_size = 0
         self._body_read = not request.has_body  # the browser sent the whole body
@@ -96,13 +133,19 @@ class HttpExchange:
         self._refused: Answer | None = None
         self._pace: UploadPace | None = None
         self._live: int | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_head = False  # the connection's head deadline runs for this exchange
         self._admitting: asyncio.Task[None] | None = None
+        #: The home's buckets, or None without a bandwidth cap (then nothing is charged).
+        self._bandwidth: Bandwidth | None = None
         # Response side.
         self._kind = NONE
         self._pending: list[bytes] | None = None
         self._ended = False
         self._unacked = 0
+        self._status = 0
+        self._lines: list[bytes] = []  # the response head's header lines (response_lines)
+        self._lengths: list[int] = []
+        self._length: str | None = None
         # Bytes held back by the home's bandwidth cap (see _to_browser, _charge_up).
         self._delayed: deque[tuple[float, list[bytes], int]] = deque()
         self._delayed_timer: asyncio.TimerHandle | None = None
@@ -123,7 +166,7 @@ class HttpExchange:
             # behind another request, the relay held it up, not the browser).
             self._pace = limits.upload_pace(self._too_slow)
             self._pace.__enter__()
-        decision = self.proxy.admit_now(self.request, self.conn.sni, self.conn.remote)
+        decision = self.proxy.admit_now(self.request, self.conn)
         if decision is not None:
             self._decided(decision)
             return
@@ -165,6 +208,7 @@ class HttpExchange:
             self._answer(self._refused)
             return
         self.forward = decision
+        self._bandwidth = self.proxy.limits.bandwidth_for(decision.instance_id)
         self._open(decision)
 
     def _open(self, forward: Forward) -> None:
@@ -210,7 +254,8 @@ class HttpExchange:
             self._cut,
             forward.principal,
         )
-        self._head_timer = self.conn.loop.call_later(RESPONSE_HEAD_TIMEOUT, self._head_late)
+        self._awaiting_head = True
+        self.conn.await_head()
         if not self._body_read and (request.header(b"expect") or "").lower() == "100-continue":
             # The client waits for this before sending its body (RFC 9110 §10.1.1): the
             # relay answers it itself once the request is admitted (the expectation
@@ -272,8 +317,8 @@ class HttpExchange:
         body's end when ``data`` is None), within the home's bandwidth cap: what the
         bucket has not paid for waits here, and reading from the browser stops meanwhile.
         """
-        if data:
-            delay = self.proxy.limits.bandwidth(self._instance).up.charge(len(data))
+        if data and self._bandwidth is not None:
+            delay = self._bandwidth.up.charge(len(data))
             if delay > 0 or self._up_queue:
                 self._up_queue.append((self.conn.loop.time() + max(delay, 0.0), data, text))
                 if self._up_timer is None:
@@ -341,9 +386,8 @@ class HttpExchange:
 
     def head_received(self, head: ResponseHead, end: bool) -> None:
         self._cancel_head_timer()
-        headers = tenant_response_headers(hdr.response_headers(head.headers))
+        self._lines, self._lengths, self._length = response_lines(head.headers)
         self._status = head.status
-        self._headers = headers
         self._ended = end
         if end:
             self._commit()
@@ -372,17 +416,23 @@ class HttpExchange:
         if self.done or self.response_started:
             return
         pending, self._pending = self._pending or [], None
-        method = self.request.method
-        status, headers = self._status, self._headers
-        kind, _ = framing(method, status, headers, http11=self.request.version == "1.1")
+        status, lines = self._status, self._lines
+        # How to delimit the body: the home's content-length when it is a plain
+        # number; otherwise chunked for an HTTP/1.1 browser, closing for HTTP/1.0.
+        if bodiless(self.request.method, status):
+            kind = NONE
+        elif self._length is not None and self._length.isdigit():
+            kind = LENGTH
+        else:
+            kind = CHUNKED if self.request.version == "1.1" else CLOSE
         if self._ended and kind in (CHUNKED, CLOSE):
             # The whole body is here: announce its length instead.
             kind = LENGTH
-            headers = [(n, v) for n, v in headers if n != "content-length"]
-            headers.append(("content-length", str(sum(map(len, pending)))))
+            lines = _without(lines, self._lengths)
+            lines.append(b"content-length: %d\r\n" % sum(map(len, pending)))
         elif kind == CHUNKED:
-            headers = [(n, v) for n, v in headers if n != "content-length"]
-            headers.append(("transfer-encoding", "chunked"))
+            lines = _without(lines, self._lengths)
+            lines.append(b"transfer-encoding: chunked\r\n")
         self._kind = kind
         close = kind == CLOSE or not self._reusable()
         self.response_started = True
@@ -392,8 +442,18 @@ class HttpExchange:
             size += len(data)
             if kind != NONE:
                 parts += self._framed(data)
+        head = b"".join(
+            [
+                status_line(status),
+                b"date: ",
+                http_date(),
+                b"\r\n",
+                *lines,
+                b"connection: close\r\n\r\n" if close else b"\r\n",
+            ]
+        )
         # Head and body in one write: one TLS record and one send, not two.
-        self._to_browser(parts, size, head=encode_head(status, headers, close=close))
+        self._to_browser(parts, size, head=head)
         if self._ended:
             self._end_response()
 
@@ -413,8 +473,8 @@ class HttpExchange:
         wait here (each until its own time) and their credit with them, so the
         home sends no faster than the cap; at most a stream window waits.
         """
-        if size:
-            delay = self.proxy.limits.bandwidth(self._instance).down.charge(size)
+        if size and self._bandwidth is not None:
+            delay = self._bandwidth.down.charge(size)
             if delay > 0 or self._delayed:
                 if head:
                     self.conn.write(head)
@@ -514,16 +574,20 @@ class HttpExchange:
         self.conn.write(relay_answer(answer.response, method=self.request.method, close=close))
         self._finish(keep_alive=not close)
 
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self.stream is not None:
-            self.stream.reset(ErrorCode.CANCEL, "no response head in time")
+    def head_late(self) -> None:
+        """The home did not start its answer within the connection's ``head_timeout``."""
+        self._awaiting_head = False
+        stream = self.stream
+        # The 504 first: resetting the stream first ends it (stream_ended), which
+        # would answer 502 "connection lost" instead.  _answer releases the stream.
         self._answer(self.proxy.tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout")))
+        if stream is not None:
+            stream.reset(ErrorCode.CANCEL, "no response head in time")
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._awaiting_head:
+            self._awaiting_head = False
+            self.conn.head_arrived()
 
     def _cut(self, why: Ending) -> None:
         """Access ended mid-exchange: stop the home's side and drop the browser's."""
@@ -596,6 +660,8 @@ class HttpExchange:
 
 class WebSocketExchange(HttpExchange):
     """A WebSocket through the tunnel (see the module docstring)."""
+
+    __slots__ = ("_cut_by", "_message", "_message_text", "_rest")
 
     def __init__(self, connection: TenantConnection, request: Request) -> None:
         super().__init__(connection, request)
@@ -772,6 +838,13 @@ class WebSocketExchange(HttpExchange):
             self.stream.reset(ErrorCode.CANCEL, why.reason)  # -> stream_ended closes
         else:
             self.stream_ended(None)
+
+
+def _without(lines: list[bytes], drop: list[int]) -> list[bytes]:
+    """``lines`` without the ones at the indices ``drop`` (a new list)."""
+    if not drop:
+        return list(lines)
+    return [line for i, line in enumerate(lines) if i not in drop]
 
 
 def _lines(headers: list[tuple[str, str]]) -> list[bytes]:
