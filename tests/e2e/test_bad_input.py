@@ -464,6 +464,40 @@ async def test_the_response_head_deadline_counts_from_each_request(edge: Edge) -
     assert statuses == [200, 200, 200, 200]
 
 
+async def _two_requests(edge: Edge, first: str, second: str) -> tuple[int, int]:
+    """Two requests on one keep-alive connection: their statuses."""
+    port, ca = edge.stack.config.listen_port, edge.stack.ca_path
+    reader, writer = await connect(port, edge.sni, ca)
+    statuses = []
+    try:
+        for head in (first, second):
+            writer.write(f"GET /echo?twice HTTP/1.1\r\n{head}\r\n".encode())
+            async with asyncio.timeout(10):
+                status, _, headers = await read_head(reader)
+                await reader.readexactly(int(dict(headers)["content-length"]))
+            statuses.append(status)
+    finally:
+        writer.close()
+    return statuses[0], statuses[1]
+
+
+async def test_a_changed_cookie_on_the_same_connection_is_checked_again(edge: Edge) -> None:
+    """The connection keeps its last session token (no hash per request), never past a
+    Cookie header that changed: another token, or none, is judged on its own."""
+    host = f"Host: {edge.authority}\r\n"
+    forged = f"{host}Cookie: {SESSION_COOKIE}={'x' * 43}\r\n"
+    assert await _two_requests(edge, edge.head, forged) == (200, 401)
+    assert await _two_requests(edge, edge.head, host) == (200, 401)
+    assert await _two_requests(edge, forged, edge.head) == (401, 200)
+
+
+async def test_a_changed_host_on_the_same_connection_is_checked_again(edge: Edge) -> None:
+    """The connection keeps its last Host's label, never past a Host header that changed."""
+    other = edge.authority.replace(edge.sni.split(".", 1)[0], "a" * 26, 1)
+    cookie = f"Cookie: {SESSION_COOKIE}={edge.token}\r\n"
+    assert await _two_requests(edge, edge.head, f"Host: {other}\r\n{cookie}") == (200, 421)
+
+
 # ---------------------------------------------------- a misbehaving add-on
 
 

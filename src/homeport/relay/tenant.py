@@ -40,7 +40,7 @@ from homeport.accounts.throttle import network_key
 from homeport.protocol import ErrorCode
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
-from homeport.relay.gate import SessionGate
+from homeport.relay.gate import SessionGate, token_digest
 from homeport.relay.hub import TunnelHub
 from homeport.relay.integration_paths import IntegrationPath, match
 from homeport.relay.integrations import IntegrationGate
@@ -109,12 +109,14 @@ class Forward:
     tunnel: TunnelSession
     #: A tighter request-body cap than the relay's own (integrations), or None.
     max_body: int | None = None
-    _release: list[Callable[[], None]] = field(default_factory=list)
+    #: The slots held, as (slots, key): given back in the reverse order.
+    _held: list[tuple[Slots, str]] = field(default_factory=list)
 
     def release(self) -> None:
         """Give back the slots (idempotent)."""
-        while self._release:
-            self._release.pop()()
+        while self._held:
+            slots, key = self._held.pop()
+            slots.release(key)
 
 
 Admission = Answer | Forward
@@ -186,17 +188,24 @@ class TenantProxy:
         if is_instance_id(label):
             if request.path.startswith(RESERVED_PREFIX):
                 return self._own_path_now(request)
-            token = cookie(request, SESSION_COOKIE)
-            access = self.gate.cached(token, label)
+            raw = request.lookup.get(b"cookie")
+            if raw is None or raw != connection.cookie_seen:
+                # A new Cookie header on this connection: find the token, hash it once.
+                token = cookie(request, SESSION_COOKIE)
+                connection.cookie_seen, connection.token = raw, token
+                connection.token_digest = token_digest(token)
+            access = self.gate.cached_digest(connection.token_digest, label)
             if access is None:
-                if token is None:
+                if connection.token is None:
                     return self._integration_now(request, label, remote)
                 return None
             if self.hub.may_wait and self.hub.tunnel_for(label) is None:
                 return None  # a cluster node: the tunnel may be on its way (admit waits)
-            return self._admitted(
-                request, label, Principal(user_id=access[0], session_id=access[1]), remote
-            )
+            principal = connection.principal
+            if access != connection.access or principal is None:
+                principal = Principal(user_id=access[0], session_id=access[1])
+                connection.access, connection.principal = access, principal
+            return self._admitted(request, label, principal, remote)
         access_link = self.app_links.cached(label)
         if access_link is None:
             return None
@@ -362,10 +371,7 @@ class TenantProxy:
         forward = Forward(
             instance_id, principal, host + self.config.port_suffix, tunnel, max_body=max_body
         )
-        forward._release += [
-            lambda: self.limits.clients.release(client),
-            lambda: home.release(instance_id),
-        ]
+        forward._held += [(self.limits.clients, client), (home, instance_id)]
         return forward
 
     def _busy(self, status: int, text: str) -> Answer:

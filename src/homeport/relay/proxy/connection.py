@@ -34,6 +34,7 @@ from homeport.tls.proxy_listener import client_address
 from homeport.tls.reads import ThreadBufferReads
 
 if TYPE_CHECKING:
+    from homeport.relay.live import Principal
     from homeport.relay.proxy.exchange import HttpExchange
     from homeport.relay.tenant import TenantProxy
 
@@ -69,6 +70,13 @@ class TenantConnection(ThreadBufferReads):
         #: is checked once per connection, not once per request.
         self.host_seen = ""
         self.host_label = ""
+        #: The last Cookie header, its session token and the token's cache key; the
+        #: last (user id, session id) admitted and its Principal (see admit_now).
+        self.cookie_seen: bytes | None = None
+        self.token: str | None = None
+        self.token_digest: bytes | None = None
+        self.access: tuple[int, int] | None = None
+        self.principal: Principal | None = None
         self._reader = RequestReader(self)
         #: The exchange being answered, and those read while it was (pipelining).
         self._current: HttpExchange | None = None

@@ -291,7 +291,8 @@ class HttpExchange:
             return
         if self._pace is not None:
             self._pace.received(len(data))
-        if self.stream is None:
+        stream = self.stream
+        if stream is None:
             # Not forwarded yet (queued behind another request, or being admitted):
             # held here, and reading stops while the relay takes its time.
             self._buffered.append(data)
@@ -299,7 +300,16 @@ class HttpExchange:
             if self._buffered_size > ADMISSION_BUFFER:
                 self.conn.pause("buffered")
             return
-        self._send(data)
+        if self._bandwidth is not None or not data:
+            self._send(data)
+            return
+        # No bandwidth cap: straight into the tunnel (what _up_now does).
+        try:
+            room = stream.send_data(data)
+        except StreamClosed:
+            return  # the answer (or its failure) is on its way through stream_ended
+        if not room:
+            self._hold("tunnel")
 
     def body_end(self) -> None:
         self._body_read = True
