@@ -13,12 +13,15 @@ limit the relay promises:
 * backpressure both ways: a full tunnel stream pauses reading from the
   browser; a browser that does not read holds back the tunnel's credit;
 * the per-home bandwidth bucket, by pausing reads (up) and credit (down);
-* a response head within ``RESPONSE_HEAD_TIMEOUT`` (504 otherwise).
+* a response head within the connection's ``head_timeout`` (``RESPONSE_HEAD_TIMEOUT``,
+  300 s; 504 otherwise).
 
 :class:`WebSocketExchange` adds the upgrade: the ``Origin`` check (cross-site
 WebSocket hijacking, R-MT-08), the handshake with the browser once Home
 Assistant accepted, and RFC 6455 framing through the ``websockets``
-library's sans-I/O protocol.
+library's sans-I/O protocol (the common case, one whole unfragmented masked
+data frame at a frame boundary, is read here exactly as the library reads it;
+see ``WebSocketExchange._whole_message``).
 """
 
 from __future__ import annotations
