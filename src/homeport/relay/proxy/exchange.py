@@ -803,7 +803,16 @@ class WebSocketExchange(HttpExchange):
                 payload.decode("utf-8")
             except UnicodeDecodeError:
                 return False  # the library's path fails the connection (1007)
-        self._up(payload, text)
+        if self._bandwidth is not None:
+            self._up(payload, text)
+            return True
+        # No bandwidth cap: straight into the tunnel (what _up_now does).
+        try:
+            room = stream.send_ws_now(payload, text=text)
+        except StreamClosed:
+            return True  # the close is on its way through stream_ended
+        if not room:
+            self._hold("tunnel")
         return True
 
     def _track(self, data: bytes) -> None:
