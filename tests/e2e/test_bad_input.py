@@ -418,6 +418,86 @@ async def test_a_kept_alive_connection_is_closed_once_idle_after_its_last_respon
         writer.close()
 
 
+async def _slow_exchange(
+    edge: Edge, head_timeout: float, delays: list[float]
+) -> tuple[list[int], float]:
+    """One keep-alive connection: a first quick request, then ``/slow`` ones with
+    the connection's response-head deadline set to ``head_timeout``; the statuses
+    of the slow ones and how long the last one took."""
+    port, ca = edge.stack.config.listen_port, edge.stack.ca_path
+    before = set(edge.stack.relay.tenants.connections)
+    reader, writer = await connect(port, edge.sni, ca)
+    statuses: list[int] = []
+    took = 0.0
+    try:
+        writer.write(f"GET /echo?first HTTP/1.1\r\n{edge.head}\r\n".encode())
+        status, _, headers = await read_head(reader)
+        assert status == 200
+        await reader.readexactly(int(dict(headers)["content-length"]))
+        (connection,) = set(edge.stack.relay.tenants.connections) - before
+        connection.head_timeout = head_timeout  # the real one is 300 s
+        for delay in delays:
+            started = asyncio.get_running_loop().time()
+            writer.write(f"GET /slow?seconds={delay} HTTP/1.1\r\n{edge.head}\r\n".encode())
+            async with asyncio.timeout(10):
+                status, _, headers = await read_head(reader)
+                await reader.readexactly(int(dict(headers)["content-length"]))
+            took = asyncio.get_running_loop().time() - started
+            statuses.append(status)
+    finally:
+        writer.close()
+    return statuses, took
+
+
+async def test_a_home_that_does_not_start_its_answer_in_time_gets_a_504(edge: Edge) -> None:
+    """The response-head deadline is the connection's one timer, set per request."""
+    statuses, took = await _slow_exchange(edge, 0.5, [3.0])
+    assert statuses == [504]
+    assert 0.4 <= took <= 2.5, took
+    await edge.assert_still_serving()
+
+
+async def test_the_response_head_deadline_counts_from_each_request(edge: Edge) -> None:
+    """Answers within the deadline, one after another for longer than the deadline: a
+    deadline left over from an earlier request must never cut a later one."""
+    statuses, _ = await _slow_exchange(edge, 0.8, [0.3, 0.3, 0.3, 0.3])
+    assert statuses == [200, 200, 200, 200]
+
+
+async def _two_requests(edge: Edge, first: str, second: str) -> tuple[int, int]:
+    """Two requests on one keep-alive connection: their statuses."""
+    port, ca = edge.stack.config.listen_port, edge.stack.ca_path
+    reader, writer = await connect(port, edge.sni, ca)
+    statuses = []
+    try:
+        for head in (first, second):
+            writer.write(f"GET /echo?twice HTTP/1.1\r\n{head}\r\n".encode())
+            async with asyncio.timeout(10):
+                status, _, headers = await read_head(reader)
+                await reader.readexactly(int(dict(headers)["content-length"]))
+            statuses.append(status)
+    finally:
+        writer.close()
+    return statuses[0], statuses[1]
+
+
+async def test_a_changed_cookie_on_the_same_connection_is_checked_again(edge: Edge) -> None:
+    """The connection keeps its last session token (no hash per request), never past a
+    Cookie header that changed: another token, or none, is judged on its own."""
+    host = f"Host: {edge.authority}\r\n"
+    forged = f"{host}Cookie: {SESSION_COOKIE}={'x' * 43}\r\n"
+    assert await _two_requests(edge, edge.head, forged) == (200, 401)
+    assert await _two_requests(edge, edge.head, host) == (200, 401)
+    assert await _two_requests(edge, forged, edge.head) == (401, 200)
+
+
+async def test_a_changed_host_on_the_same_connection_is_checked_again(edge: Edge) -> None:
+    """The connection keeps its last Host's label, never past a Host header that changed."""
+    other = edge.authority.replace(edge.sni.split(".", 1)[0], "a" * 26, 1)
+    cookie = f"Cookie: {SESSION_COOKIE}={edge.token}\r\n"
+    assert await _two_requests(edge, edge.head, f"Host: {other}\r\n{cookie}") == (200, 421)
+
+
 # ---------------------------------------------------- a misbehaving add-on
 
 

@@ -67,3 +67,66 @@ def test_the_relay_session_cookie_never_enters_the_tunnel() -> None:
     only_ours = [(b"Host", b"h"), (b"Cookie", b"__Host-homeport-session=SECRET")]
     names, _ = request_fields(only_ours, client_ip="192.0.2.1", public_host="h", websocket=False)
     assert b"cookie" not in names
+
+
+_NAMES = st.sampled_from(
+    [
+        "Host",
+        "Connection",
+        "connection",
+        "Keep-Alive",
+        "Upgrade",
+        "X-Custom",
+        "x_custom",
+        "Cookie",
+        "Accept",
+        "TE",
+        "Forwarded",
+        "X-Forwarded-For",
+        "Expect",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Protocol",
+        "Proxy-Connection",
+    ]
+)
+_VALUES = st.sampled_from(
+    [
+        "keep-alive",
+        "close",
+        "Keep-Alive",
+        " close ",
+        "x-custom",
+        "X-Custom, accept",
+        "upgrade",
+        "te, keep-alive",
+        "a=1; __Host-homeport_session=s",
+        "text/html",
+        "",
+    ]
+)
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12), st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_the_bytes_request_fields_are_exactly_the_text_ones(
+    raw: list[tuple[str, str]], websocket: bool
+) -> None:
+    """The data plane's one-pass version (with its ``Connection: keep-alive`` shortcut)
+    forwards exactly what the text version does, including fields ``Connection`` lists."""
+    encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in raw]
+    names, values = request_fields(
+        encoded, client_ip="192.0.2.1", public_host="h.example", websocket=websocket
+    )
+    text = request_headers(
+        encoded, client_ip="192.0.2.1", public_host="h.example", websocket=websocket
+    )
+    assert list(zip(names, values, strict=True)) == [
+        (n.encode("latin-1"), v.encode("latin-1")) for n, v in text
+    ]
+
+
+def test_a_field_listed_in_connection_is_not_forwarded() -> None:
+    raw = [(b"Connection", b"keep-alive, X-Secret"), (b"X-Secret", b"1"), (b"Accept", b"*/*")]
+    names, _ = request_fields(raw, client_ip="192.0.2.1", public_host="h", websocket=False)
+    assert b"x-secret" not in names
+    assert b"accept" in names

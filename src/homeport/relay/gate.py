@@ -62,9 +62,14 @@ class SessionGate:
         The proxy's fast path: most requests of a page load find their session
         here and are decided without waiting.
         """
-        if not token or len(token) > 256 or not self.trust_cache():
+        return self.cached_digest(token_digest(token), instance_id)
+
+    def cached_digest(self, digest: bytes | None, instance_id: str) -> tuple[int, int] | None:
+        """:meth:`cached` with the token's :func:`token_digest` (a browser connection
+        keeps it while its Cookie header stays the same: no hash per request)."""
+        if digest is None or not self.trust_cache():
             return None
-        hit = self._cache.get((hashlib.sha256(token.encode()).digest(), instance_id))
+        hit = self._cache.get((digest, instance_id))
         if hit is not None and hit[2] > time.monotonic():
             return hit[0], hit[1]
         return None
@@ -184,6 +189,13 @@ class SessionGate:
         """A home was unlinked: no cached answer for it, and all its open traffic cut."""
         self.forget_instance(instance_id)
         self.live.end_instance(instance_id)
+
+
+def token_digest(token: str | None) -> bytes | None:
+    """The cache's key for a session token; None for no token or one too long to be ours."""
+    if not token or len(token) > 256:
+        return None
+    return hashlib.sha256(token.encode()).digest()
 
 
 def _always() -> bool:

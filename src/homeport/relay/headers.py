@@ -43,7 +43,7 @@ _DROPPED_BYTES = frozenset(name.encode() for name in _DROPPED)
 _DROPPED_WS_BYTES = frozenset(name.encode() for name in _DROPPED_WS)
 # Banners and headers the relay sets itself on the way out.
 RESPONSE_OWNED = frozenset({"server", "x-powered-by", "strict-transport-security", "date"})
-_RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_OWNED
+RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_OWNED
 
 
 def request_headers(
@@ -95,26 +95,33 @@ def request_fields(
     listed: list[str] = []
     for name, value in raw:
         lower = name.lower()
-        if lower == b"connection":
-            listed.append(value.decode("latin-1"))
+        if lower in dropped:
+            # "Connection: keep-alive" (or close) lists nothing that is not dropped anyway.
+            if lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                listed.append(value.decode("latin-1"))
             continue
-        if lower in dropped or b"_" in lower:
-            # A name with "_" could pass for a hyphenated one the relay sets or cleans.
-            continue
+        if b"_" in lower:
+            continue  # could pass for a hyphenated name the relay sets or cleans
         if lower == b"cookie":
             value = strip_relay_cookie_bytes(value)
             if not value:
                 continue
         names.append(lower)
         values.append(value)
-    if listed:  # rare: most browsers send no Connection header over HTTP/1.1 keep-alive
-        tokens = {t.encode("latin-1") for t in connection_tokens(listed)}
-        kept_pairs = [(n, v) for n, v in zip(names, values, strict=True) if n not in tokens]
-        names = [n for n, _ in kept_pairs]
-        values = [v for _, v in kept_pairs]
-    names += [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
+    if listed:  # rare: most browsers list no other field in Connection
+        tokens = {t.encode("latin-1") for t in connection_tokens(listed)} - dropped
+        if tokens:
+            kept_pairs = [(n, v) for n, v in zip(names, values, strict=True) if n not in tokens]
+            names = [n for n, _ in kept_pairs]
+            values = [v for _, v in kept_pairs]
+    names += _FORWARDED_NAMES
     values += [client_ip.encode("latin-1"), b"https", public_host.encode("latin-1")]
     return names, values
+
+
+#: Connection values that name no field besides the hop-by-hop ones always dropped.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_FORWARDED_NAMES = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 
 
 def strip_relay_cookies(header: str) -> str:
@@ -151,7 +158,7 @@ def strip_relay_cookie_bytes(header: bytes) -> bytes:
 
 def response_headers(headers: Headers) -> Headers:
     """Headers from the tunnel that may reach the browser."""
-    dropped = _RESPONSE_DROPPED
+    dropped = RESPONSE_DROPPED
     listed = [v for n, v in headers if n == "connection"]
     if listed:
         dropped = dropped | connection_tokens(listed)
@@ -161,13 +168,13 @@ def response_headers(headers: Headers) -> Headers:
             continue
         if not valid_field(name.encode("latin-1"), value.encode("latin-1")):
             continue  # the head decoder already refuses these; never trust one layer
-        if name == "set-cookie" and not _acceptable_cookie(value):
+        if name == "set-cookie" and not acceptable_cookie(value):
             continue
         out.append((name, value))
     return out
 
 
-def _acceptable_cookie(value: str) -> bool:
+def acceptable_cookie(value: str) -> bool:
     name = value.split("=", 1)[0].strip()
     if name.startswith(COOKIE_PREFIX) or name.lower().startswith("__host-homeport"):
         return False

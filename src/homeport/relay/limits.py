@@ -313,6 +313,12 @@ class TenantLimits:
             self._bandwidth[instance_id] = found
         return found
 
+    def bandwidth_for(self, instance_id: str) -> Bandwidth | None:
+        """The home's buckets, or None when no bandwidth cap is set (nothing to charge)."""
+        if self.config.tenant_bandwidth <= 0:
+            return None
+        return self.bandwidth(instance_id)
+
     def body_too_large(self, length: int | None) -> bool:
         limit = self.config.max_body_bytes
         return limit > 0 and length is not None and length > limit

@@ -133,9 +133,9 @@ class Principal:
     integration: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and frozen init is slow
 class Live:
-    """One open proxied request or WebSocket, and who opened it."""
+    """One open proxied request or WebSocket, and who opened it (never changed)."""
 
     instance_id: str
     kind: str  # "http" or "websocket"

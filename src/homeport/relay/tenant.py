@@ -22,6 +22,7 @@ database (:meth:`TenantProxy.admit`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from homeport.accounts.throttle import network_key
 from homeport.protocol import ErrorCode
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.config import RelayConfig
-from homeport.relay.gate import SessionGate
+from homeport.relay.gate import SessionGate, token_digest
 from homeport.relay.hub import TunnelHub
 from homeport.relay.integration_paths import IntegrationPath, match
 from homeport.relay.integrations import IntegrationGate
@@ -60,7 +61,6 @@ STATE_COOKIE = "__Host-homeport_state"
 RESERVED_PREFIX = "/.homeport/"
 STATE_MAX_AGE = 300
 MAX_WS_MESSAGE = 16 * 1024 * 1024
-RESPONSE_HEAD_TIMEOUT = 300.0
 STYLESHEET = "/.homeport/static/homeport.css"
 
 
@@ -77,6 +77,7 @@ def cookie(request: Request, name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # asked twice on every request; a few hosts per relay
 def host_name(raw: str) -> str | None:
     """The Host header's name part, lower-cased; None if malformed or an IP literal."""
     name = raw.lower()
@@ -108,12 +109,14 @@ class Forward:
     tunnel: TunnelSession
     #: A tighter request-body cap than the relay's own (integrations), or None.
     max_body: int | None = None
-    _release: list[Callable[[], None]] = field(default_factory=list)
+    #: The slots held, as (slots, key): given back in the reverse order.
+    _held: list[tuple[Slots, str]] = field(default_factory=list)
 
     def release(self) -> None:
         """Give back the slots (idempotent)."""
-        while self._release:
-            self._release.pop()()
+        while self._held:
+            slots, key = self._held.pop()
+            slots.release(key)
 
 
 Admission = Answer | Forward
@@ -167,25 +170,42 @@ class TenantProxy:
 
     # ------------------------------------------------------------- admission
 
-    def admit_now(self, request: Request, sni: str, remote: str) -> Admission | None:
-        """Decide without waiting, or None when the database must be asked (:meth:`admit`)."""
-        label = self._label(request, sni)
-        if isinstance(label, Answer):
-            return label
+    def admit_now(self, request: Request, connection: TenantConnection) -> Admission | None:
+        """Decide without waiting, or None when the database must be asked (:meth:`admit`).
+
+        The host is checked on a connection's first request, and again only when
+        its Host header changes (the SNI, hence the answer, is the connection's own).
+        """
+        remote = connection.remote
+        if request.host == connection.host_seen:
+            label = connection.host_label
+        else:
+            found = self._label(request, connection.sni)
+            if isinstance(found, Answer):
+                return found
+            connection.host_seen, connection.host_label = request.host, found
+            label = found
         if is_instance_id(label):
             if request.path.startswith(RESERVED_PREFIX):
                 return self._own_path_now(request)
-            token = cookie(request, SESSION_COOKIE)
-            access = self.gate.cached(token, label)
+            raw = request.lookup.get(b"cookie")
+            if raw is None or raw != connection.cookie_seen:
+                # A new Cookie header on this connection: find the token, hash it once.
+                token = cookie(request, SESSION_COOKIE)
+                connection.cookie_seen, connection.token = raw, token
+                connection.token_digest = token_digest(token)
+            access = self.gate.cached_digest(connection.token_digest, label)
             if access is None:
-                if token is None:
+                if connection.token is None:
                     return self._integration_now(request, label, remote)
                 return None
             if self.hub.may_wait and self.hub.tunnel_for(label) is None:
                 return None  # a cluster node: the tunnel may be on its way (admit waits)
-            return self._admitted(
-                request, label, Principal(user_id=access[0], session_id=access[1]), remote
-            )
+            principal = connection.principal
+            if access != connection.access or principal is None:
+                principal = Principal(user_id=access[0], session_id=access[1])
+                connection.access, connection.principal = access, principal
+            return self._admitted(request, label, principal, remote)
         access_link = self.app_links.cached(label)
         if access_link is None:
             return None
@@ -351,10 +371,7 @@ class TenantProxy:
         forward = Forward(
             instance_id, principal, host + self.config.port_suffix, tunnel, max_body=max_body
         )
-        forward._release += [
-            lambda: self.limits.clients.release(client),
-            lambda: home.release(instance_id),
-        ]
+        forward._held += [(self.limits.clients, client), (home, instance_id)]
         return forward
 
     def _busy(self, status: int, text: str) -> Answer:

@@ -34,6 +34,7 @@ from homeport.tls.proxy_listener import client_address
 from homeport.tls.reads import ThreadBufferReads
 
 if TYPE_CHECKING:
+    from homeport.relay.live import Principal
     from homeport.relay.proxy.exchange import HttpExchange
     from homeport.relay.tenant import TenantProxy
 
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 75.0
 #: Requests a browser may pipeline ahead of the one being answered.
 MAX_PIPELINED = 16
+#: How long the home may take to start its answer (504 after that).
+RESPONSE_HEAD_TIMEOUT = 300.0
 
 
 class TenantConnection(ThreadBufferReads):
@@ -55,9 +58,25 @@ class TenantConnection(ThreadBufferReads):
         self.lost = False
         self.write_paused = False
         self._idle_timeout = idle_timeout
-        self._idle: asyncio.TimerHandle | None = None
-        self._idle_deadline: float | None = None
-        self._idle_at = 0.0  # when the timer fires
+        #: How long the exchange being answered may wait for the home's response head.
+        self.head_timeout = RESPONSE_HEAD_TIMEOUT
+        # One timer per connection for both deadlines (see _arm): waiting for a
+        # request head (idle), or for the home's response head to the current request.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires
+        self._deadline: float | None = None
+        self._deadline_idle = True  # which deadline _deadline is
+        #: The last Host header and its label (see TenantProxy.admit_now): the host
+        #: is checked once per connection, not once per request.
+        self.host_seen = ""
+        self.host_label = ""
+        #: The last Cookie header, its session token and the token's cache key; the
+        #: last (user id, session id) admitted and its Principal (see admit_now).
+        self.cookie_seen: bytes | None = None
+        self.token: str | None = None
+        self.token_digest: bytes | None = None
+        self.access: tuple[int, int] | None = None
+        self.principal: Principal | None = None
         self._reader = RequestReader(self)
         #: The exchange being answered, and those read while it was (pipelining).
         self._current: HttpExchange | None = None
@@ -244,41 +263,59 @@ class TenantConnection(ThreadBufferReads):
     @property
     def idle_deadline_armed(self) -> bool:
         """The connection waits for a request head, and will be closed if none comes."""
-        return self._idle_deadline is not None
+        return self._deadline is not None and self._deadline_idle
 
     # The deadline moves with every request; its timer does not.  A keep-alive
-    # connection arms and disarms it once per request, so the timer is made once
-    # and, when it fires early (the deadline moved on), set again for the new one.
+    # connection sets a deadline twice per request (the home's answer, then the
+    # next request head), so the timer is made once and, when it fires early (the
+    # deadline moved on), set again for the new one: no timer per request.
+
+    def _arm(self, deadline: float, *, idle: bool) -> None:
+        self._deadline = deadline
+        self._deadline_idle = idle
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._expired)
 
     def _arm_idle(self) -> None:
         if self._idle_timeout <= 0 or self._closing:
             return
-        deadline = self._idle_deadline = self.loop.time() + self._idle_timeout
-        if self._idle is None or self._idle_at > deadline:
-            if self._idle is not None:
-                self._idle.cancel()
-            self._idle_at = deadline
-            self._idle = self.loop.call_at(deadline, self._idle_expired)
+        self._arm(self.loop.time() + self._idle_timeout, idle=True)
 
     def _disarm_idle(self) -> None:
-        self._idle_deadline = None
+        self._deadline = None
+
+    def await_head(self) -> None:
+        """The current exchange waits for the home's response head, within ``head_timeout``."""
+        if not self._closing:
+            self._arm(self.loop.time() + self.head_timeout, idle=False)
+
+    def head_arrived(self) -> None:
+        if not self._deadline_idle:
+            self._deadline = None
 
     def _cancel_idle(self) -> None:
-        self._idle_deadline = None
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _idle_expired(self) -> None:
-        self._idle = None
-        deadline = self._idle_deadline
+    def _expired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
         if deadline is None or self.lost:
-            return  # a request came meanwhile: the next _arm_idle starts a timer again
+            return  # nothing waits: the next deadline starts a timer again
         if self.loop.time() < deadline:
-            self._idle_at = deadline
-            self._idle = self.loop.call_at(deadline, self._idle_expired)
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._expired)
             return
-        self._idle_deadline = None
+        self._deadline = None
+        if not self._deadline_idle:
+            if self._current is not None:
+                self._current.head_late()
+            return
         with contextlib.suppress(Exception):
             self.close()
 

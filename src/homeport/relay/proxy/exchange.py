@@ -13,12 +13,15 @@ limit the relay promises:
 * backpressure both ways: a full tunnel stream pauses reading from the
   browser; a browser that does not read holds back the tunnel's credit;
 * the per-home bandwidth bucket, by pausing reads (up) and credit (down);
-* a response head within ``RESPONSE_HEAD_TIMEOUT`` (504 otherwise).
+* a response head within the connection's ``head_timeout`` (``RESPONSE_HEAD_TIMEOUT``,
+  300 s; 504 otherwise).
 
 :class:`WebSocketExchange` adds the upgrade: the ``Origin`` check (cross-site
 WebSocket hijacking, R-MT-08), the handshake with the browser once Home
 Assistant accepted, and RFC 6455 framing through the ``websockets``
-library's sans-I/O protocol.
+library's sans-I/O protocol (the common case, one whole unfragmented masked
+data frame at a frame boundary, is read here exactly as the library reads it;
+see ``WebSocketExchange._whole_message``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections import deque
 
@@ -34,10 +38,15 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
 
+try:  # the library's own unmasking, in C where built (as websockets.frames picks it)
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
 from homeport.protocol.heads import encode_fields, encode_request_fields
 from homeport.relay import headers as hdr
-from homeport.relay.limits import UploadPace
+from homeport.relay.limits import Bandwidth, UploadPace
 from homeport.relay.live import Ending
 from homeport.relay.proxy.connection import TenantConnection
 from homeport.relay.proxy.http1 import Request, bodiless
@@ -46,13 +55,13 @@ from homeport.relay.proxy.responses import (
     CLOSE,
     LENGTH,
     NONE,
-    encode_head,
-    framing,
+    http_date,
     relay_answer,
+    response_lines,
     status_line,
 )
 from homeport.relay.security_headers import tenant_response_headers
-from homeport.relay.tenant import MAX_WS_MESSAGE, RESPONSE_HEAD_TIMEOUT, Answer, Forward
+from homeport.relay.tenant import MAX_WS_MESSAGE, Answer, Forward
 from homeport.tunnel.priorities import request_priority
 from homeport.tunnel.stream import Stream, StreamClosed
 
@@ -79,6 +88,42 @@ def exchange_for(connection: TenantConnection, request: Request) -> HttpExchange
 class HttpExchange:
     """A proxied HTTP request and its response (see the module docstring)."""
 
+    # One is made per request: slots make it smaller and its attributes faster.
+    __slots__ = (
+        "_admitting",
+        "_awaiting_head",
+        "_bandwidth",
+        "_body_read",
+        "_body_sent",
+        "_buffered",
+        "_buffered_size",
+        "_delayed",
+        "_delayed_timer",
+        "_ended",
+        "_kind",
+        "_length",
+        "_lengths",
+        "_lines",
+        "_live",
+        "_pace",
+        "_pending",
+        "_received",
+        "_refused",
+        "_started",
+        "_status",
+        "_unacked",
+        "_up_queue",
+        "_up_timer",
+        "_ws",
+        "conn",
+        "done",
+        "forward",
+        "proxy",
+        "request",
+        "response_started",
+        "stream",
+    )
+
     def __init__(self, connection: TenantConnection, request: Request) -> None:
         self.conn = connection
         self.request = request
@@ -87,7 +132,8 @@ class HttpExchange:
         self.stream: Stream | None = None
         self.response_started = False
         self.done = False
-        self._started = time.monotonic()
+        # Only the debug log reads the clock for this.
+        self._started = time.monotonic() if log.isEnabledFor(logging.DEBUG) else 0.0
         self._buffered: list[bytes] = []
         self._buffered_size = 0
         self._body_read = not request.has_body  # the browser sent the whole body
@@ -96,13 +142,19 @@ class HttpExchange:
         self._refused: Answer | None = None
         self._pace: UploadPace | None = None
         self._live: int | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_head = False  # the connection's head deadline runs for this exchange
         self._admitting: asyncio.Task[None] | None = None
+        #: The home's buckets, or None without a bandwidth cap (then nothing is charged).
+        self._bandwidth: Bandwidth | None = None
         # Response side.
         self._kind = NONE
         self._pending: list[bytes] | None = None
         self._ended = False
         self._unacked = 0
+        self._status = 0
+        self._lines: list[bytes] = []  # the response head's header lines (response_lines)
+        self._lengths: list[int] = []
+        self._length: str | None = None
         # Bytes held back by the home's bandwidth cap (see _to_browser, _charge_up).
         self._delayed: deque[tuple[float, list[bytes], int]] = deque()
         self._delayed_timer: asyncio.TimerHandle | None = None
@@ -123,7 +175,7 @@ class HttpExchange:
             # behind another request, the relay held it up, not the browser).
             self._pace = limits.upload_pace(self._too_slow)
             self._pace.__enter__()
-        decision = self.proxy.admit_now(self.request, self.conn.sni, self.conn.remote)
+        decision = self.proxy.admit_now(self.request, self.conn)
         if decision is not None:
             self._decided(decision)
             return
@@ -165,6 +217,7 @@ class HttpExchange:
             self._answer(self._refused)
             return
         self.forward = decision
+        self._bandwidth = self.proxy.limits.bandwidth_for(decision.instance_id)
         self._open(decision)
 
     def _open(self, forward: Forward) -> None:
@@ -210,7 +263,8 @@ class HttpExchange:
             self._cut,
             forward.principal,
         )
-        self._head_timer = self.conn.loop.call_later(RESPONSE_HEAD_TIMEOUT, self._head_late)
+        self._awaiting_head = True
+        self.conn.await_head()
         if not self._body_read and (request.header(b"expect") or "").lower() == "100-continue":
             # The client waits for this before sending its body (RFC 9110 §10.1.1): the
             # relay answers it itself once the request is admitted (the expectation
@@ -240,7 +294,8 @@ class HttpExchange:
             return
         if self._pace is not None:
             self._pace.received(len(data))
-        if self.stream is None:
+        stream = self.stream
+        if stream is None:
             # Not forwarded yet (queued behind another request, or being admitted):
             # held here, and reading stops while the relay takes its time.
             self._buffered.append(data)
@@ -248,7 +303,16 @@ class HttpExchange:
             if self._buffered_size > ADMISSION_BUFFER:
                 self.conn.pause("buffered")
             return
-        self._send(data)
+        if self._bandwidth is not None or not data:
+            self._send(data)
+            return
+        # No bandwidth cap: straight into the tunnel (what _up_now does).
+        try:
+            room = stream.send_data(data)
+        except StreamClosed:
+            return  # the answer (or its failure) is on its way through stream_ended
+        if not room:
+            self._hold("tunnel")
 
     def body_end(self) -> None:
         self._body_read = True
@@ -272,8 +336,8 @@ class HttpExchange:
         body's end when ``data`` is None), within the home's bandwidth cap: what the
         bucket has not paid for waits here, and reading from the browser stops meanwhile.
         """
-        if data:
-            delay = self.proxy.limits.bandwidth(self._instance).up.charge(len(data))
+        if data and self._bandwidth is not None:
+            delay = self._bandwidth.up.charge(len(data))
             if delay > 0 or self._up_queue:
                 self._up_queue.append((self.conn.loop.time() + max(delay, 0.0), data, text))
                 if self._up_timer is None:
@@ -341,9 +405,8 @@ class HttpExchange:
 
     def head_received(self, head: ResponseHead, end: bool) -> None:
         self._cancel_head_timer()
-        headers = tenant_response_headers(hdr.response_headers(head.headers))
+        self._lines, self._lengths, self._length = response_lines(head.headers)
         self._status = head.status
-        self._headers = headers
         self._ended = end
         if end:
             self._commit()
@@ -372,17 +435,23 @@ class HttpExchange:
         if self.done or self.response_started:
             return
         pending, self._pending = self._pending or [], None
-        method = self.request.method
-        status, headers = self._status, self._headers
-        kind, _ = framing(method, status, headers, http11=self.request.version == "1.1")
+        status, lines = self._status, self._lines
+        # How to delimit the body: the home's content-length when it is a plain
+        # number; otherwise chunked for an HTTP/1.1 browser, closing for HTTP/1.0.
+        if bodiless(self.request.method, status):
+            kind = NONE
+        elif self._length is not None and self._length.isdigit():
+            kind = LENGTH
+        else:
+            kind = CHUNKED if self.request.version == "1.1" else CLOSE
         if self._ended and kind in (CHUNKED, CLOSE):
             # The whole body is here: announce its length instead.
             kind = LENGTH
-            headers = [(n, v) for n, v in headers if n != "content-length"]
-            headers.append(("content-length", str(sum(map(len, pending)))))
+            lines = _without(lines, self._lengths)
+            lines.append(b"content-length: %d\r\n" % sum(map(len, pending)))
         elif kind == CHUNKED:
-            headers = [(n, v) for n, v in headers if n != "content-length"]
-            headers.append(("transfer-encoding", "chunked"))
+            lines = _without(lines, self._lengths)
+            lines.append(b"transfer-encoding: chunked\r\n")
         self._kind = kind
         close = kind == CLOSE or not self._reusable()
         self.response_started = True
@@ -392,8 +461,18 @@ class HttpExchange:
             size += len(data)
             if kind != NONE:
                 parts += self._framed(data)
+        head = b"".join(
+            [
+                status_line(status),
+                b"date: ",
+                http_date(),
+                b"\r\n",
+                *lines,
+                b"connection: close\r\n\r\n" if close else b"\r\n",
+            ]
+        )
         # Head and body in one write: one TLS record and one send, not two.
-        self._to_browser(parts, size, head=encode_head(status, headers, close=close))
+        self._to_browser(parts, size, head=head)
         if self._ended:
             self._end_response()
 
@@ -413,8 +492,8 @@ class HttpExchange:
         wait here (each until its own time) and their credit with them, so the
         home sends no faster than the cap; at most a stream window waits.
         """
-        if size:
-            delay = self.proxy.limits.bandwidth(self._instance).down.charge(size)
+        if size and self._bandwidth is not None:
+            delay = self._bandwidth.down.charge(size)
             if delay > 0 or self._delayed:
                 if head:
                     self.conn.write(head)
@@ -514,16 +593,20 @@ class HttpExchange:
         self.conn.write(relay_answer(answer.response, method=self.request.method, close=close))
         self._finish(keep_alive=not close)
 
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self.stream is not None:
-            self.stream.reset(ErrorCode.CANCEL, "no response head in time")
+    def head_late(self) -> None:
+        """The home did not start its answer within the connection's ``head_timeout``."""
+        self._awaiting_head = False
+        stream = self.stream
+        # The 504 first: resetting the stream first ends it (stream_ended), which
+        # would answer 502 "connection lost" instead.  _answer releases the stream.
         self._answer(self.proxy.tunnel_error(StreamClosed(ErrorCode.UPSTREAM_TIMEOUT, "timeout")))
+        if stream is not None:
+            stream.reset(ErrorCode.CANCEL, "no response head in time")
 
     def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._awaiting_head:
+            self._awaiting_head = False
+            self.conn.head_arrived()
 
     def _cut(self, why: Ending) -> None:
         """Access ended mid-exchange: stop the home's side and drop the browser's."""
@@ -597,6 +680,8 @@ class HttpExchange:
 class WebSocketExchange(HttpExchange):
     """A WebSocket through the tunnel (see the module docstring)."""
 
+    __slots__ = ("_cut_by", "_head", "_message", "_message_text", "_rest", "_skip")
+
     def __init__(self, connection: TenantConnection, request: Request) -> None:
         super().__init__(connection, request)
         self._body_read = self._body_sent = True  # an upgrade request has no body
@@ -604,6 +689,11 @@ class WebSocketExchange(HttpExchange):
         self._message: list[bytes] = []
         self._message_text = False
         self._cut_by: Ending | None = None
+        # Where the library's parser is in the browser's byte stream (see _track):
+        # the start of a frame header it has not had whole yet, and the bytes left
+        # of the frame it is in.  Both empty: it waits for a new frame.
+        self._head = b""
+        self._skip = 0
 
     def upgrade_requested(self, rest: bytes) -> None:
         self._rest = rest
@@ -657,11 +747,97 @@ class WebSocketExchange(HttpExchange):
         ws = self._ws
         if ws is None:
             return
+        if (
+            not self._skip
+            and not self._head
+            and ws.state is State.OPEN
+            and ws.current_size is None
+            and self._whole_message(ws, data)
+        ):
+            return
         ws.receive_data(data)
+        self._track(data)
         for frame in ws.events_received():
             assert isinstance(frame, Frame)  # an open protocol only yields frames
             self._frame(frame)
         self._flush_ws()
+
+    def _whole_message(self, ws: Protocol, data: bytes) -> bool:
+        """The common case without the library's parser: ``data`` is exactly one whole,
+        unfragmented, masked text or binary frame, read at a frame boundary.
+
+        Checked exactly as ``Frame.parse`` and ``Protocol.recv_frame`` check such a
+        frame (FIN set, no RSV bit as no extension is negotiated, the mask bit a
+        client must set, the size limit); unmasked with the library's own
+        ``apply_mask``.  False (nothing consumed) for anything else, which then goes
+        through the library: fragments, control frames, several frames or part of
+        one in ``data``, 64-bit lengths, and every error.
+        """
+        stream = self.stream
+        if stream is None or self.done or len(data) < 6:
+            return False
+        first = data[0]
+        if first != 0x81 and first != 0x82:  # FIN + TEXT or BINARY, RSV bits clear
+            return False
+        length = data[1]
+        if length < 0x80:
+            return False  # unmasked: a protocol error (the library answers it)
+        length &= 0x7F
+        if length < 126:
+            start = 6
+        elif length == 126:
+            start = 8
+            length = (data[2] << 8) | data[3]
+        else:
+            return False
+        if start + length != len(data):
+            return False
+        limit = ws.max_message_size
+        if limit is not None and length > limit:
+            return False
+        view = memoryview(data)
+        payload = apply_mask(view[start:], data[start - 4 : start])
+        text = first == 0x81
+        if text:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return False  # the library's path fails the connection (1007)
+        if self._bandwidth is not None:
+            self._up(payload, text)
+            return True
+        # No bandwidth cap: straight into the tunnel (what _up_now does).
+        try:
+            room = stream.send_ws_now(payload, text=text)
+        except StreamClosed:
+            return True  # the close is on its way through stream_ended
+        if not room:
+            self._hold("tunnel")
+        return True
+
+    def _track(self, data: bytes) -> None:
+        """Follow, by frame headers alone, where the library's parser now is (see
+        ``_head``, ``_skip``), so the fast path knows when it is at a frame boundary."""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            return
+        head = self._head
+        while True:
+            chunk = head + data[pos : pos + 14] if head else data[pos : pos + 14]
+            size = _frame_size(chunk)
+            if size is None:  # the header is cut: keep its start
+                self._head = chunk
+                self._skip = 0
+                return
+            end = pos - len(head) + size
+            head = b""
+            if end >= n:
+                self._head = b""
+                self._skip = end - n
+                return
+            pos = end
 
     def browser_eof(self) -> None:
         if self._ws is not None:
@@ -727,11 +903,26 @@ class WebSocketExchange(HttpExchange):
             if self.stream is not None:
                 self.stream.consumed(len(data))
             return
-        if text:
-            ws.send_text(data)
+        if ws.expect_continuation_frame:  # never: the relay sends whole messages
+            if text:
+                ws.send_text(data)
+            else:
+                ws.send_binary(data)
+            self._to_browser(ws.data_to_send(), len(data))
+            return
+        # What Frame.serialize writes for a server's unfragmented data frame (no mask,
+        # no extension), without copying the payload into it.
+        size = len(data)
+        first = 0x81 if text else 0x82
+        if size < 126:
+            header = bytes((first, size))
+        elif size < 65536:
+            header = _HEADER_16.pack(first, 126, size)
         else:
-            ws.send_binary(data)
-        self._to_browser(ws.data_to_send(), len(data))
+            header = _HEADER_64.pack(first, 127, size)
+        parts = ws.data_to_send()  # nothing, unless the library queued a pong
+        parts += (header, data)
+        self._to_browser(parts, size)
 
     def ws_closed(self, code: int, reason: str) -> None:
         ws = self._ws
@@ -772,6 +963,36 @@ class WebSocketExchange(HttpExchange):
             self.stream.reset(ErrorCode.CANCEL, why.reason)  # -> stream_ended closes
         else:
             self.stream_ended(None)
+
+
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def _frame_size(header: bytes) -> int | None:
+    """A WebSocket frame's whole size from the start of its header; None if cut short."""
+    if len(header) < 2:
+        return None
+    length = header[1] & 0x7F
+    size = 6 if header[1] & 0x80 else 2
+    if length == 126:
+        if len(header) < 4:
+            return None
+        length = (header[2] << 8) | header[3]
+        size += 2
+    elif length == 127:
+        if len(header) < 10:
+            return None
+        length = int.from_bytes(header[2:10], "big")
+        size += 8
+    return size + length
+
+
+def _without(lines: list[bytes], drop: list[int]) -> list[bytes]:
+    """``lines`` without the ones at the indices ``drop`` (a new list)."""
+    if not drop:
+        return list(lines)
+    return [line for i, line in enumerate(lines) if i not in drop]
 
 
 def _lines(headers: list[tuple[str, str]]) -> list[bytes]:

@@ -40,10 +40,12 @@ class Request:
     chunked: bool
     #: Lower-cased header names -> values, for the few the relay looks at.
     lookup: dict[bytes, bytes] = field(default_factory=dict)
+    #: The target without its query (asked several times per request).
+    path: str = ""
 
-    @property
-    def path(self) -> str:
-        return self.target.split("?", 1)[0]
+    def __post_init__(self) -> None:
+        if not self.path:
+            self.path = self.target.partition("?")[0]
 
     @property
     def has_body(self) -> bool:
@@ -144,9 +146,11 @@ class RequestReader:
         raw_length = lookup.get(b"content-length")
         length = int(raw_length) if raw_length is not None else None
         version = parser.get_http_version()
+        target = self._target.decode("latin-1")
         request = Request(
             method=method,
-            target=self._target.decode("latin-1"),
+            target=target,
+            path=target.partition("?")[0],
             version=version,
             headers=self._headers,
             host=lookup[b"host"].decode("latin-1"),

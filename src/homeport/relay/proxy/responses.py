@@ -18,7 +18,10 @@ from email.utils import formatdate
 from aiohttp import web
 
 from homeport.protocol import Headers
+from homeport.protocol.heads import connection_tokens, valid_field
 from homeport.relay import security_headers
+from homeport.relay.headers import RESPONSE_DROPPED, acceptable_cookie
+from homeport.relay.pages import HSTS
 from homeport.relay.proxy.http1 import bodiless, reason
 
 #: How a response body is delimited on the browser's connection.
@@ -39,8 +42,76 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+_status_lines: dict[int, bytes] = {}
+
+
 def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode("ascii"))
+    line = _status_lines.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status).encode("ascii"))
+        if 100 <= status <= 999:  # bounded: one line per status code
+            _status_lines[status] = line
+    return line
+
+
+# What security_headers.tenant_response_headers adds, as the lines it becomes.
+_HSTS_LINE = b"strict-transport-security: " + HSTS.encode("latin-1") + b"\r\n"
+_NOSNIFF_LINE = b"x-content-type-options: nosniff\r\n"
+_REFERRER_LINE = b"referrer-policy: " + security_headers.TENANT_REFERRER.encode("latin-1") + b"\r\n"
+_FRAMING_LINE = (
+    b"content-security-policy: " + security_headers.TENANT_FRAMING.encode("latin-1") + b"\r\n"
+)
+
+
+def response_lines(headers: Headers) -> tuple[list[bytes], list[int], str | None]:
+    """A proxied response's header lines for the browser, in one pass over the home's.
+
+    Exactly ``tenant_response_headers(response_headers(headers))`` written as
+    ``name: value\\r\\n`` lines (the same hygiene, the same security headers,
+    the same order), without the intermediate lists: the data plane does this
+    for every response.  Also returns where the ``content-length`` lines are
+    (the relay may re-frame the body) and the first one's value.
+    """
+    dropped = RESPONSE_DROPPED
+    for name, _ in headers:
+        if name == "connection":  # rare: the fields it lists are hop-by-hop too
+            dropped = dropped | connection_tokens([v for n, v in headers if n == "connection"])
+            break
+    lines: list[bytes] = []
+    lengths: list[int] = []
+    length: str | None = None
+    nosniff = referrer = framed = False
+    for name, value in headers:
+        if name in dropped:
+            continue
+        raw_name = name.encode("latin-1")
+        raw_value = value.encode("latin-1")
+        if not valid_field(raw_name, raw_value):
+            continue  # the head decoder already refuses these; never trust one layer
+        if name == "content-length":
+            if length is None:
+                length = value
+            lengths.append(len(lines))
+        elif name == "set-cookie":
+            if not acceptable_cookie(value):
+                continue
+        elif name == "x-content-type-options":
+            nosniff = True
+        elif name == "referrer-policy":
+            referrer = True
+        elif name == "x-frame-options":
+            framed = True
+        elif name == "content-security-policy" and not framed:
+            framed = security_headers.has_framing_policy([(name, value)])
+        lines.append(raw_name + b": " + raw_value + b"\r\n")
+    lines.append(_HSTS_LINE)
+    if not nosniff:
+        lines.append(_NOSNIFF_LINE)
+    if not referrer:
+        lines.append(_REFERRER_LINE)
+    if not framed:
+        lines.append(_FRAMING_LINE)
+    return lines, lengths, length
 
 
 def encode_head(status: int, headers: Headers, *, close: bool) -> bytes:
