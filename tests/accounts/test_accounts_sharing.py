@@ -15,6 +15,7 @@ from sqlalchemy import select
 from homeport.accounts import Accounts, Database, User
 from homeport.accounts import instances as instances_module
 from homeport.accounts.errors import AccessDenied, InvalidEmail, NotOwner, UnknownInstance
+from homeport.accounts.identifiers import ROUTING_PREFIX, new_instance_id
 from homeport.accounts.models import AppLink, RetiredInstance
 from homeport.accounts.secretbox import SecretBox
 from homeport.accounts.sharing import (
@@ -217,12 +218,19 @@ async def test_removing_a_member_ends_their_sessions(
 # ------------------------------------------------------------------ app links
 
 
-def test_app_link_labels_are_one_dns_label_of_160_bits() -> None:
-    labels = {new_app_link_label() for _ in range(200)}
+def test_app_link_labels_are_one_dns_label_with_the_homes_prefix_and_120_secret_bits() -> None:
+    home = new_instance_id()
+    labels = {new_app_link_label(home) for _ in range(200)}
     assert len(labels) == 200
     for label in labels:
         assert is_app_link_label(label)
-        assert len(label) == 32  # 160 bits of base32, <= 63 characters
+        assert len(label) == 32  # <= 63 characters
+        # The home's first characters choose its node in a cluster (HAProxy hashes them).
+        assert label[:ROUTING_PREFIX] == home[:ROUTING_PREFIX]
+    # The rest is the secret: 24 base32 characters, 120 bits, different every time.
+    secrets_seen = {label[ROUTING_PREFIX:] for label in labels}
+    assert len(secrets_seen) == 200
+    assert all(len(secret) == 24 for secret in secrets_seen)
     for bad in ("", "a" * 31, "a" * 33, "A" * 32, "a" * 26, "a" * 31 + "1", "a" * 31 + "."):
         assert not is_app_link_label(bad)
 
@@ -240,7 +248,7 @@ async def test_app_links_resolve_to_their_own_instance_only(
     found_b = await accounts.sharing.resolve_app_link(label_b)
     assert found_b is not None
     assert found_b.instance_id == home_b
-    assert await accounts.sharing.resolve_app_link(new_app_link_label()) is None
+    assert await accounts.sharing.resolve_app_link(new_app_link_label(home_a)) is None
     assert await accounts.sharing.resolve_app_link(label_a[:-1]) is None
     assert await accounts.sharing.resolve_app_link(label_a.upper()) is None
     # Bob cannot revoke Alice's link through his own home or hers.

@@ -23,6 +23,8 @@ from reflect_backend import start_reflecting_backend
 from stack import Browser
 
 from cluster import Cluster, ClusterHome, start_cluster
+from homeport.accounts import Accounts, Database
+from homeport.relay.app_links import app_link_url
 from homeport.tls.devca import DevCA
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -71,6 +73,66 @@ async def test_a_home_linked_through_one_node_is_browsed_through_haproxy(cluster
         assert page.status == 200, await page.text()
         for _ in range(5):  # every request reaches the node holding the tunnel
             assert await status(b, home) == 200
+
+
+async def test_app_links_reach_their_home_on_whichever_node_holds_it(cluster: Cluster) -> None:
+    """An app link's host is its own name on the ring: it must land where the home is.
+
+    Before the fix each label hashed to a node of its own, so about two app links
+    in three answered "offline" on a three-node cluster (ten links: all reaching the
+    holder by chance has odds of 1 in 59,049).
+    """
+    home = await cluster.add_home()
+    holder = await cluster.wait_on_tenant_name(home)
+    labels = await _app_links(cluster, home, 10)
+    config = cluster.public_config
+    async with browser(home) as b:
+        for label in labels:
+            url = app_link_url(config, label) + "/manifest.json"
+            async with b.request("GET", url) as r:
+                await r.read()
+                assert r.status == 200, f"{label[:8]}...: {r.status}"
+    # Nothing moved the home to serve them: it stays where its tenant name is.
+    assert await cluster.holder(home.instance_id) == holder
+
+
+async def test_an_app_link_request_is_held_while_its_home_moves_back(cluster: Cluster) -> None:
+    """The node a home's names hash to comes back: the first request there (an app
+    link's, from the companion app) waits while the tunnel moves, it is not "offline"."""
+    home = await cluster.add_home()
+    holder = await cluster.wait_on_tenant_name(home)
+    (label,) = await _app_links(cluster, home, 1)
+    url = app_link_url(cluster.public_config, label) + "/manifest.json"
+    node = cluster.node(holder)
+    await node.process.kill()
+    await cluster.haproxy.wait_state(holder, False)
+    elsewhere = await cluster.wait_on_tenant_name(home)
+    assert elsewhere != holder
+    await node.process.start(timeout=60)
+    await cluster.haproxy.wait_state(holder, True)
+    # The ring gives the home's names back to the node that returned; its tunnel is
+    # still on the other one until this request asks for it.
+    assert await cluster.holder(home.instance_id) == elsewhere
+    async with browser(home) as b, b.request("GET", url) as r:
+        await r.read()
+        assert r.status == 200, r.status
+    assert await cluster.wait_on_tenant_name(home) == holder
+
+
+async def _app_links(cluster: Cluster, home: ClusterHome, count: int) -> list[str]:
+    """``count`` new app links to ``home``, made in the cluster's database (the labels)."""
+    database = Database(cluster.database_url)
+    await database.connect()
+    try:
+        accounts = Accounts(database)
+        owner = await accounts.get_user_by_email(home.email)
+        assert owner is not None
+        return [
+            (await accounts.sharing.create_app_link(owner.id, home.instance_id, f"Tablet {i}"))[0]
+            for i in range(count)
+        ]
+    finally:
+        await database.close()
 
 
 async def test_kill_9_of_the_node_holding_a_home_heals_through_the_others(

@@ -96,6 +96,15 @@ async def test_one_name_always_reaches_one_node_and_names_spread(tmp_path: Path)
                 chosen[name].update(node_of(seen, before))
         assert all(len(nodes) == 1 for nodes in chosen.values()), chosen
         assert len({next(iter(nodes)) for nodes in chosen.values()}) > 1, "no spread at all"
+        # An app link's label starts with its home's first 8 characters: same node.
+        for name in names:
+            link = name[:8] + "q7" * 12 + name[26:]
+            before = [len(h) for h in seen]
+            await hello(haproxy.port, link, "http/1.1")
+            async with asyncio.timeout(5):
+                while not node_of(seen, before):
+                    await asyncio.sleep(0.01)
+            assert set(node_of(seen, before)) == chosen[name], (link, chosen[name])
 
 
 def test_the_configuration_in_deploy_md_is_the_generated_one() -> None:

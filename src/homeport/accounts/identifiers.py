@@ -70,6 +70,12 @@ def new_instance_id() -> str:
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
+#: Characters of a host label that choose its node in a cluster (HAProxy hashes only
+#: these, ``cluster_local/haproxy.py``): an app link's label starts with its home's
+#: first characters, so both names land on the node holding the home's tunnel.
+ROUTING_PREFIX: Final = 8
+
+
 def is_instance_id(text: str) -> bool:
     """Whether ``text`` has the shape of an instance id (cheap pre-check)."""
     return _INSTANCE_ID.fullmatch(text) is not None

@@ -71,7 +71,13 @@ from homeport.accounts.access import PERMISSIONS, Action, Role, live_membership,
 from homeport.accounts.audit import Audit, EventType
 from homeport.accounts.db import Database
 from homeport.accounts.errors import AccessDenied, AccountsError, NotOwner, UnknownInstance
-from homeport.accounts.identifiers import is_instance_id, new_token, normalise_email, sha256_hex
+from homeport.accounts.identifiers import (
+    ROUTING_PREFIX,
+    is_instance_id,
+    new_token,
+    normalise_email,
+    sha256_hex,
+)
 from homeport.accounts.models import (
     APP_LINK_NAME_MAX,
     AppLink,
@@ -110,7 +116,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-APP_LINK_BYTES: Final = 20  # 160 bits
+APP_LINK_SECRET_BYTES: Final = 15  # 120 bits, after the home's routing prefix
 APP_LINK_LABEL_LENGTH: Final = 32
 _APP_LINK_LABEL = re.compile(r"[a-z2-7]{32}")
 MAX_APP_LINKS: Final = 20
@@ -141,10 +147,17 @@ class WrongAccount(AccountsError):
     """The signed-in account's address is not the invited one; the invitation stays."""
 
 
-def new_app_link_label() -> str:
-    """A fresh app-link host label: 160 random bits, lower-case base32, 32 characters."""
-    raw = secrets.token_bytes(APP_LINK_BYTES)
-    return base64.b32encode(raw).decode("ascii").lower()
+def new_app_link_label(instance_id: str) -> str:
+    """A fresh app-link host label: 32 characters of lower-case base32.
+
+    The first :data:`ROUTING_PREFIX` are the home's own (its tenant label's), so
+    that in a cluster HAProxy sends the app link to the node that holds the home's
+    tunnel (``cluster_local/haproxy.py`` hashes only those characters); the other
+    24 are 120 random bits, the secret.  The prefix tells nothing that the link's
+    holder does not already reach through it.
+    """
+    secret = base64.b32encode(secrets.token_bytes(APP_LINK_SECRET_BYTES)).decode("ascii").lower()
+    return instance_id[:ROUTING_PREFIX] + secret
 
 
 def is_app_link_label(text: str) -> bool:
@@ -505,7 +518,7 @@ class Sharing:
         clean = display_name(name, APP_LINK_NAME_MAX)
         now = self._now()
         _check_end(expires_at, now)
-        label = new_app_link_label()
+        label = new_app_link_label(instance_id)
         async with self._db.session(write=True) as s, s.begin():
             await self._allowed(s, owner_id, instance_id, "app_links")
             count = await s.scalar(

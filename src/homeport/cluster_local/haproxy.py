@@ -7,12 +7,14 @@ keys never leave the nodes and HAProxy reads nothing but the ClientHello.
   anything that is not one (``req.ssl_hello_type 1``) is rejected.
 * The account host (SNI) goes to any healthy node (``leastconn``).
 * Every other name, the tenant names ``<instance-id>.<tenant-domain>`` and
-  app-link labels, is balanced by a hash of the SNI on a consistent-hash ring
-  (``balance hash var(sess.sni)``: HAProxy 2.6's balance step does not see the
-  ClientHello, ``balance hash req.ssl_sni`` silently falls back to round robin,
-  so the name is copied into a variable by a ``tcp-request content`` rule): a
-  home's browsers and its add-on's tunnel (which dials its own tenant name,
-  ``relay/hub.py``) meet on one node, and when a node leaves or joins only the
+  app-link labels, is balanced on a consistent-hash ring by a hash of the
+  name's first ``ROUTING_PREFIX`` characters (``balance hash var(sess.route)``:
+  HAProxy 2.6's balance step does not see the ClientHello, ``balance hash
+  req.ssl_sni`` silently falls back to round robin, so the key is copied into a
+  variable by a ``tcp-request content`` rule).  An app link's label starts with
+  its home's first characters (``accounts/sharing.py``), so a home's browsers,
+  its app links and its add-on's tunnel (which dials its own tenant name,
+  ``relay/hub.py``) all meet on one node; when a node leaves or joins only the
   names it held move.
 * Health: ``GET /healthz`` on each node's metrics port (``--metrics-listen``)
   every ``inter`` ms; down after ``fall`` failures (a killed node: about a
@@ -33,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from homeport.accounts.identifiers import ROUTING_PREFIX
 
 __all__ = ["HaproxyNode", "haproxy_config"]
 
@@ -100,6 +104,9 @@ frontend homeport
     # "balance hash req.ssl_sni" every connection fell back to round robin), so the
     # name is kept in a variable once the hello is complete.
     tcp-request content set-var(sess.sni) req.ssl_sni,lower if {{ req.ssl_sni -m found }}
+    # A home's names share their first characters (an app link starts with its home's):
+    # hashing only those puts the home, its app links and its tunnel on one node.
+    tcp-request content set-var(sess.route) var(sess.sni),bytes(0,{ROUTING_PREFIX})
     use_backend account if {{ var(sess.sni) -m str {account_host} }}
     default_backend homes
 
@@ -107,8 +114,8 @@ frontend homeport
 backend account
     balance leastconn
 {servers()}
-# Tenant names and app-link labels: one node per name, on a consistent-hash ring.
+# Tenant names and app-link labels: one node per home, on a consistent-hash ring.
 backend homes
-    balance hash var(sess.sni)
+    balance hash var(sess.route)
     hash-type consistent
 {servers()}"""

@@ -199,17 +199,22 @@ class TenantProxy:
                 if connection.token is None:
                     return self._integration_now(request, label, remote)
                 return None
-            if self.hub.may_wait and self.hub.tunnel_for(label) is None:
-                return None  # a cluster node: the tunnel may be on its way (admit waits)
+            if self._tunnel_may_come(label):
+                return None
             principal = connection.principal
             if access != connection.access or principal is None:
                 principal = Principal(user_id=access[0], session_id=access[1])
                 connection.access, connection.principal = access, principal
             return self._admitted(request, label, principal, remote)
         access_link = self.app_links.cached(label)
-        if access_link is None:
+        if access_link is None or self._tunnel_may_come(access_link.instance_id):
             return None
         return self._app_link(request, access_link, remote)
+
+    def _tunnel_may_come(self, instance_id: str) -> bool:
+        """A cluster node without the home's tunnel: it may be on its way (a move, a
+        node that just joined), so the request goes to :meth:`admit`, which waits."""
+        return self.hub.may_wait and self.hub.tunnel_for(instance_id) is None
 
     async def admit(self, request: Request, sni: str, remote: str) -> Admission:
         """Decide, asking the database if need be (a cache miss, the hand-off).
@@ -240,6 +245,7 @@ class TenantProxy:
                 if path is not None:
                     switches = await self.integrations.switches(label)
                     if self.integrations.allows(switches, path):
+                        await self.hub.await_tunnel(label)
                         return self._integration(request, label, path, remote)
                 return self._challenge(request, label)
             await self.hub.await_tunnel(label)
@@ -249,6 +255,8 @@ class TenantProxy:
         access_link = await self.app_links.resolve(label)
         if access_link is None:
             return Answer(misdirected(self.pages, self.config))
+        if not request.path.startswith(RESERVED_PREFIX):
+            await self.hub.await_tunnel(access_link.instance_id)
         return self._app_link(request, access_link, remote)
 
     def _label(self, request: Request, sni: str) -> str | Answer:
@@ -293,6 +301,8 @@ class TenantProxy:
             return None
         if not self.integrations.allows(switches, path):
             return self._challenge(request, instance_id)
+        if self._tunnel_may_come(instance_id):
+            return None
         return self._integration(request, instance_id, path, remote)
 
     def _integration(
