@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -92,12 +92,11 @@ def exchange(port: int, cafile: Path, header: bytes, name: str, payload: bytes) 
         return answer
 
 
-async def answers(cert: Path, key: Path, cafile: Path, header: bytes) -> tuple[bytes, bytes]:
-    async def remote(request: web.Request) -> web.Response:
-        return web.Response(text=f"remote={request.remote}")
-
-    app = web.Application(middlewares=[proxied_remote])
-    app.router.add_get("/", remote)
+@contextlib.asynccontextmanager
+async def gated_site(
+    app: web.Application, cert: Path, key: Path, trusted: str
+) -> AsyncIterator[int]:
+    """``app`` behind a ``GatedTLSSite`` that trusts PROXY headers from ``trusted``; its port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = GatedTLSSite(
@@ -106,17 +105,26 @@ async def answers(cert: Path, key: Path, cafile: Path, header: bytes) -> tuple[b
         0,
         ssl_context=server_context(cert, key),
         route=route,
-        proxy_from=(ipaddress.ip_network("127.0.0.1/32"),),
+        proxy_from=(ipaddress.ip_network(trusted),),
     )
     await site.start()
-    port = runner.addresses[0][1]
     try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def answers(cert: Path, key: Path, cafile: Path, header: bytes) -> tuple[bytes, bytes]:
+    async def remote(request: web.Request) -> web.Response:
+        return web.Response(text=f"remote={request.remote}")
+
+    app = web.Application(middlewares=[proxied_remote])
+    app.router.add_get("/", remote)
+    async with gated_site(app, cert, key, "127.0.0.1/32") as port:
         request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
         web_answer = await asyncio.to_thread(exchange, port, cafile, header, HOST, request)
         raw_answer = await asyncio.to_thread(exchange, port, cafile, header, RAW_HOST, b"hi")
         return web_answer, raw_answer
-    finally:
-        await runner.cleanup()
 
 
 @LOOPS
@@ -157,26 +165,12 @@ async def _untrusted_connections(tmp_path: Path, count: int) -> None:
     """``count`` TCP connections from 127.0.0.1 to a listener that trusts only 10/8."""
     ca = ensure_dev_ca(tmp_path / "data")
     cert, key = ca.issue_server_certificate([HOST], tmp_path / "tls")
-    runner = web.AppRunner(web.Application(), access_log=None)
-    await runner.setup()
-    site = GatedTLSSite(
-        runner,
-        "127.0.0.1",
-        0,
-        ssl_context=server_context(cert, key),
-        route=route,
-        proxy_from=(ipaddress.ip_network("10.0.0.0/8"),),
-    )
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with gated_site(web.Application(), cert, key, "10.0.0.0/8") as port:
         for _ in range(count):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             with contextlib.suppress(ConnectionResetError):  # aborted: a reset
                 assert await reader.read() == b""  # closed before a byte is read
             writer.close()
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_flood_of_refused_peers_is_logged_in_sums(

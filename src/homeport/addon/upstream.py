@@ -313,19 +313,7 @@ class UpstreamConnection(asyncio.Protocol):
                     return
                 self._fail(user, error)
                 return
-            # What _deliver does, inline: this runs for every read of every response.
-            body = self._body
-            if body:
-                chunk = body[0] if len(body) == 1 else b"".join(body)
-                body.clear()
-            else:
-                chunk = b""
-            if self._head_ready:
-                self._head_ready = False
-                self._head_sent = True
-                user.upstream_head(self._status, self._headers, chunk, self._complete)
-            elif chunk or self._complete:
-                user.upstream_body(chunk, self._complete)
+            self._deliver(user)
         finally:
             self._delivering = False
             if self._release is not None:
