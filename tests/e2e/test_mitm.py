@@ -146,6 +146,15 @@ async def run_until(addon: AddonClient, done: Callable[[], bool], timeout: float
                 await task
 
 
+def failed_to_connect(addon: AddonClient) -> bool:
+    """The add-on has just failed to connect.
+
+    Both at once: between two attempts ``last_error`` stays set while the state
+    is already back to CONNECTING, so waiting for the error alone races the retry.
+    """
+    return addon.status.state is State.DISCONNECTED and addon.status.last_error is not None
+
+
 def other_valid_certificate(setup: Setup, name: str = "mitm") -> tuple[Path, Path, Path]:
     """A certificate for the relay's names from an independent CA; and a bundle
     that trusts both that CA and the relay's (as a mis-issuing public CA would be)."""
@@ -213,7 +222,7 @@ async def test_an_addon_told_to_use_the_raw_tunnel_does_not_fall_back(setup: Set
         setup.relay.tls.cert, setup.relay.tls.key, alpn=["http/1.1"]
     ) as mitm:
         addon = setup.addon(setup.url(mitm.port), transport="raw")
-        await run_until(addon, lambda: addon.status.last_error is not None)
+        await run_until(addon, lambda: failed_to_connect(addon))
         assert "does not offer the raw tunnel" in str(addon.status.last_error)
         assert all(not c.from_client for c in mitm.connections)  # not a byte sent
         setup.assert_no_tunnel()
@@ -282,7 +291,7 @@ async def test_mitm_with_another_valid_certificate_is_refused(setup: Setup) -> N
     cert, key, bundle = other_valid_certificate(setup)
     async with setup.interceptor(cert, key) as mitm:
         addon = setup.addon(setup.url(mitm.port), ca=bundle)
-        await run_until(addon, lambda: addon.status.last_error is not None)
+        await run_until(addon, lambda: failed_to_connect(addon))
         status = addon.status
         assert status.state is State.DISCONNECTED
         assert "bad_relay_signature" in (status.last_error or ""), status.last_error
@@ -313,7 +322,7 @@ async def test_certificate_from_an_unknown_ca_is_refused(setup: Setup) -> None:
     cert, key, _bundle = other_valid_certificate(setup)
     async with setup.interceptor(cert, key) as mitm:
         addon = setup.addon(setup.url(mitm.port))  # trusts the relay's CA only
-        await run_until(addon, lambda: addon.status.last_error is not None)
+        await run_until(addon, lambda: failed_to_connect(addon))
     error = addon.status.last_error or ""
     assert addon.status.state is State.DISCONNECTED
     assert "CERTIFICATE_VERIFY_FAILED" in error, error
@@ -328,7 +337,7 @@ async def test_certificate_for_another_host_name_is_refused(setup: Setup, where:
         # The real relay, reached under a name its certificate does not carry.
         url = setup.url(setup.config.listen_port, host="wrong.localhost")
         addon = setup.addon(url)
-        await run_until(addon, lambda: addon.status.last_error is not None)
+        await run_until(addon, lambda: failed_to_connect(addon))
     else:
         # An interceptor with a certificate from the *trusted* CA, for another name.
         dev_ca = ensure_dev_ca(setup.config.data_dir)
@@ -337,7 +346,7 @@ async def test_certificate_for_another_host_name_is_refused(setup: Setup, where:
         )
         async with setup.interceptor(cert, key) as mitm:
             addon = setup.addon(setup.url(mitm.port))
-            await run_until(addon, lambda: addon.status.last_error is not None)
+            await run_until(addon, lambda: failed_to_connect(addon))
         assert all(not seen.from_client for seen in mitm.connections)
     error = addon.status.last_error or ""
     assert addon.status.state is State.DISCONNECTED
@@ -351,7 +360,7 @@ async def test_addon_pinning_another_relay_key_refuses_the_genuine_relay(setup: 
     # Watched through the transparent interceptor to see what the add-on sends.
     async with setup.interceptor(setup.relay.tls.cert, setup.relay.tls.key) as mitm:
         addon = setup.addon(setup.url(mitm.port), pins=(other_key,))
-        await run_until(addon, lambda: addon.status.last_error is not None)
+        await run_until(addon, lambda: failed_to_connect(addon))
     assert addon.status.state is State.DISCONNECTED
     assert "relay_key_not_pinned" in (addon.status.last_error or ""), addon.status.last_error
     assert mitm.connections
