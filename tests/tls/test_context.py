@@ -202,6 +202,28 @@ def test_server_context_settings(tmp_path: Path, ca: DevCA) -> None:
         assert context.options & option
 
 
+async def test_the_server_offers_no_session_resumption(tmp_path: Path, ca: DevCA) -> None:
+    """No ticket of either kind: nothing to resume, nothing kept per connection.
+
+    Without ``num_tickets = 0``, TLS 1.3 with ``OP_NO_TICKET`` still sends two
+    stateful tickets per connection and keeps both sessions in the context's
+    cache, which any client can fill.
+    """
+    cert, key = ca.issue_server_certificate(NAMES, tmp_path / "srv")
+    context = server_context(cert, key)
+    async with echo_server(context, cert) as server:
+        for _ in range(5):
+            reader, writer = await _connect(server.port, client_context(extra_ca=ca.cert_path))
+            writer.write(b"ping\n")
+            assert await reader.readline() == b"ping\n"  # tickets come after the handshake
+            session = writer.get_extra_info("ssl_object").session
+            assert session is None or not session.has_ticket
+            await _close(writer)
+    stats = context.session_stats()
+    assert stats["accept"] == 5
+    assert stats["number"] == 0
+
+
 def test_client_context_always_verifies(ca: DevCA) -> None:
     for context in (client_context(), client_context(ca.cert_path)):
         assert context.verify_mode is ssl.CERT_REQUIRED

@@ -77,6 +77,16 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
       it so if the minimum is ever lowered.
     - ``OP_NO_TICKET``: no stateless session tickets, whose long-lived
       ticket key would undo forward secrecy (R-TLS-10).
+    - ``num_tickets = 0``: no session resumption at all. With stateless
+      tickets off, OpenSSL's TLS 1.3 server sends *stateful* ones instead: two
+      per connection, each a session kept in the context's cache (up to
+      20,480, two hours each), resumption secrets included. Any client can fill
+      that cache by connecting (the soak filled it in two minutes, with not one
+      resumption: clients that resume are rare on these hosts, and in a cluster
+      the next connection may reach another node); the churn of those entries
+      through the heap kept the relay's memory from flattening
+      (docs/performance.md). A browser keeps its connection alive, so the
+      price, a full handshake per new connection, is paid rarely.
     - ALPN ``homeport-tunnel/1`` (add-ons' tunnels, on the account host
       only) and ``http/1.1``: nothing else is served. No 0-RTT: Python's
       ``ssl`` never accepts early data (R-TLS-09).
@@ -92,6 +102,7 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(TLS12_CIPHERS)  # TLS 1.2 only; TLS 1.3 suites are all AEAD
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
+    context.num_tickets = 0
     context.set_alpn_protocols(SERVER_ALPN)
     context.load_cert_chain(certfile=cert, keyfile=key)
     context.sni_callback = _remember_server_name
