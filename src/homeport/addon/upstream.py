@@ -140,6 +140,13 @@ class HeadTooLarge(Exception):
     """Home Assistant's response head is larger than the tunnel carries."""
 
 
+class _NoCallbacks:
+    """A parser's protocol with no callbacks: what a closed connection's parser serves."""
+
+
+_CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to Home Assistant, serving one exchange at a time."""
 
@@ -325,8 +332,12 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool_forget()
-        if self._raw is not None:
-            self._raw.raw_lost(exc)
+        # llhttp's parser calls back into this object, which holds it: a closed
+        # connection drops it so reference counting frees both now.
+        self._parser = _CLOSED_PARSER
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.raw_lost(exc)
             return
         user = self.user
         if user is None:

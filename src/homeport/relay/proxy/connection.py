@@ -124,8 +124,16 @@ class TenantConnection(ThreadBufferReads):
         self.lost = True
         self.proxy.connections.discard(self)
         self._cancel_idle()
+        # The TLS transport's protocol keeps our bound methods (get_buffer and
+        # buffer_updated) after the connection ends, and the reader and its parser
+        # refer back to us: dropping our side of each cycle lets reference counting
+        # free the connection and its TLS state now, not at the next full collection.
+        self._reader.close()
+        self.transport = None
         doomed = [e for e in (self._current, *self._waiting) if e is not None]
         self._current = None
+        self._upgraded = None
+        self._reading = None
         self._waiting.clear()
         for exchange in doomed:
             exchange.connection_lost()

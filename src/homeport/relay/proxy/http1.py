@@ -85,6 +85,16 @@ class RequestReader:
         self._size = 0
         self._in_head = True
 
+    def close(self) -> None:
+        """The connection is gone: let go of the sink and the parser.
+
+        Both refer back to this reader, so dropping them breaks the cycles and
+        the connection, its TLS state and its buffers are freed at once by
+        reference counting instead of waiting for the cycle collector.
+        """
+        self._sink = _DETACHED
+        self._parser = _CLOSED_PARSER
+
     def feed(self, data: bytes) -> None:
         """Raises :class:`RequestError` for anything malformed."""
         try:
@@ -176,6 +186,27 @@ class RequestSink(Protocol):
     def body_received(self, data: bytes) -> None: ...
     def request_ended(self) -> None: ...
     def upgraded(self, rest: bytes) -> None: ...
+
+
+class _Detached:
+    """The sink of a closed reader: hears nothing (its parser is gone too)."""
+
+    def request_started(self, request: Request) -> None:
+        pass
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def request_ended(self) -> None:
+        pass
+
+    def upgraded(self, rest: bytes) -> None:
+        pass
+
+
+_DETACHED = _Detached()
+#: A closed reader's parser: one that refers to no reader, shared by all of them.
+_CLOSED_PARSER = httptools.HttpRequestParser(_DETACHED)
 
 
 _REASONS = {
