@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import gc
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -108,24 +109,58 @@ async def _traffic(stack: Stack, browser: Browser) -> None:
             await slow
 
 
-async def _leftovers(tmp_path: Path) -> list[str]:
+async def _quiet(stack: Stack) -> None:
+    """Until every stream is over on both sides, and closed sockets' last callbacks ran."""
+    relay = stack.relay.hub.tunnel_for(stack.instance_id)
+    addon = stack.addon.tunnel
+    assert relay is not None
+    assert addon is not None
+    async with asyncio.timeout(30):
+        while relay.streams or relay.connection.open_streams:
+            await asyncio.sleep(0.02)
+        while addon.streams or addon.connection.open_streams:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+
+
+async def _reconnect(stack: Stack) -> None:
+    """The add-on dials again: the old tunnel ends on both sides."""
+    old = stack.relay.hub.tunnel_for(stack.instance_id)
+    assert old is not None
+    connects = stack.addon.status.connects
+    stack.addon._reconnect_now.set()
+    async with asyncio.timeout(20):
+        while stack.addon.status.connects == connects or not old.closed.is_set():
+            await asyncio.sleep(0.05)
+
+
+def _watched(obj: object, *, tunnel_ends: bool) -> bool:
+    """What must not be left for the collector.
+
+    A TLS connection of ours above all (native memory the collector does not
+    count): the relay's, server side, and on a tunnel's end both of the tunnel's.
+    The test's own aiohttp clients leave theirs in cycles of their own (a
+    client-side WebSocket writer), which are not Homeport's to fix.  Homeport's
+    objects too, except on a tunnel's end: that is rare (a reconnect), and its
+    session's own objects may wait for the collector as long as its TLS does not.
+    """
+    if isinstance(obj, ssl.SSLObject):
+        return tunnel_ends or obj.server_side
+    return not tunnel_ends and type(obj).__module__.startswith("homeport.")
+
+
+async def _leftovers(tmp_path: Path, *, tunnel_ends: bool) -> list[str]:
     async with start_stack(tmp_path) as stack, stack.browser() as browser:
         await browser.sign_in("/")
         await _traffic(stack, browser)  # warms up too: first-use caches are not garbage
         gc.collect()
         gc.disable()
         try:
-            await _traffic(stack, browser)
-            relay = stack.relay.hub.tunnel_for(stack.instance_id)
-            addon = stack.addon.tunnel
-            assert relay is not None
-            assert addon is not None
-            async with asyncio.timeout(30):  # every stream over on both sides
-                while relay.streams or relay.connection.open_streams:
-                    await asyncio.sleep(0.02)
-                while addon.streams or addon.connection.open_streams:
-                    await asyncio.sleep(0.02)
-            await asyncio.sleep(0.5)  # closed sockets' last callbacks
+            if tunnel_ends:
+                await _reconnect(stack)
+            else:
+                await _traffic(stack, browser)
+            await _quiet(stack)
             gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
         finally:
@@ -133,15 +168,19 @@ async def _leftovers(tmp_path: Path) -> list[str]:
             gc.enable()
         garbage = {id(o): o for o in gc.garbage}
         gc.garbage.clear()
-        ours = [o for o in garbage.values() if type(o).__module__.startswith("homeport.")]
         named: dict[str, str] = {}
-        for obj in ours:
+        for obj in garbage.values():
             name = f"{type(obj).__module__}.{type(obj).__qualname__}"
-            if name not in named:
+            if name not in named and _watched(obj, tunnel_ends=tunnel_ends):
                 named[name] = cycle_through(obj, garbage)
         return [f"{name}: {path}" for name, path in sorted(named.items())]
 
 
 def test_finished_connections_and_exchanges_leave_no_cycles(tmp_path: Path) -> None:
-    leftovers = uvloop.run(_leftovers(tmp_path))
+    leftovers = uvloop.run(_leftovers(tmp_path, tunnel_ends=False))
+    assert leftovers == [], "\n".join(leftovers)
+
+
+def test_a_tunnel_that_ends_leaves_no_tls_state_to_the_collector(tmp_path: Path) -> None:
+    leftovers = uvloop.run(_leftovers(tmp_path, tunnel_ends=True))
     assert leftovers == [], "\n".join(leftovers)

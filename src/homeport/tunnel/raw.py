@@ -94,8 +94,15 @@ class RawPipe(ThreadBufferReads):
         if not self.connected.done():
             self.connected.set_exception(ConnectionError(self._lost))
         self._arrived.set()
-        if self._owner is not None:
-            self._owner.pipe_closed(self._lost)
+        # The session (our owner) holds this pipe, and the TLS protocol keeps our
+        # bound methods after the end: letting go of both frees the tunnel, its
+        # session and its TLS state by reference counting, not at the next full
+        # collection (see TenantConnection.connection_lost).
+        owner, self._owner = self._owner, None
+        vars(self).pop("data_received", None)  # the owner's, set by start()
+        self.transport = None
+        if owner is not None:
+            owner.pipe_closed(self._lost)
 
     def pause_writing(self) -> None:
         self._write_paused = True
