@@ -81,12 +81,11 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
       tickets off, OpenSSL's TLS 1.3 server sends *stateful* ones instead: two
       per connection, each a session kept in the context's cache (up to
       20,480, two hours each), resumption secrets included. Any client can fill
-      that cache by connecting (the soak filled it in two minutes, with not one
-      resumption: clients that resume are rare on these hosts, and in a cluster
-      the next connection may reach another node); the churn of those entries
-      through the heap kept the relay's memory from flattening
-      (docs/performance.md). A browser keeps its connection alive, so the
-      price, a full handshake per new connection, is paid rarely.
+      that cache by connecting and churn it: the soak filled it in two minutes,
+      about 30 MiB of the relay's heap, with not one resumption (in a cluster
+      the next connection may reach another node anyway; docs/performance.md).
+      A browser keeps its connection alive, so the price, a full handshake per
+      new connection, is paid rarely.
     - ALPN ``homeport-tunnel/1`` (add-ons' tunnels, on the account host
       only) and ``http/1.1``: nothing else is served. No 0-RTT: Python's
       ``ssl`` never accepts early data (R-TLS-09).
