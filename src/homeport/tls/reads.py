@@ -56,7 +56,10 @@ class ThreadBufferReads(asyncio.BufferedProtocol):
     _view: memoryview | None = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view = self._view = _thread_buffer()
+        # A protocol lives on one loop, hence one thread: its buffer is found once.
+        view = self._view
+        if view is None:
+            view = self._view = _thread_buffer()
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
