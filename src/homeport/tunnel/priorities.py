@@ -27,15 +27,15 @@ PRIORITY_MEDIA = 5
 #: A body this large (either way) is a transfer, not an interaction.
 BULK_SIZE = 1024 * 1024
 
-# Long or endless bodies: MJPEG and HLS camera streams, backups in and out.
-_BULK_PATH = re.compile(
-    r"^/api/(camera_proxy_stream/|hls/|backup/(download|upload)"
-    r"|hassio/backups/([^/]+/download|new/upload))"
+# One pattern, one match per request: the first group that matches is the class.
+# Long or endless bodies (group 1): MJPEG and HLS camera streams, backups in and
+# out.  Media (group 2).  Home Assistant's API and auth calls (group 3).
+_CLASSES = re.compile(
+    r"/(?:(api/(?:camera_proxy_stream/|hls/|backup/(?:download|upload)"
+    r"|hassio/backups/(?:[^/]+/download|new/upload)))"
+    r"|(api/(?:camera_proxy/|image_proxy/|image/serve/|media_player_proxy/|tts_proxy/))"
+    r"|((?:api|auth)/))"
 )
-_MEDIA_PATH = re.compile(
-    r"^/api/(camera_proxy/|image_proxy/|image/serve/|media_player_proxy/|tts_proxy/)"
-)
-_INTERACTIVE_PATH = re.compile(r"^/(api|auth)/")
 _BULK_TYPES = ("multipart/x-mixed-replace", "video/", "audio/")
 
 
@@ -48,13 +48,16 @@ def request_priority(path: str, *, websocket: bool, content_length: int | None =
     """
     if websocket:
         return PRIORITY_INTERACTIVE
-    if _BULK_PATH.match(path) or (content_length or 0) > BULK_SIZE:
+    if content_length is not None and content_length > BULK_SIZE:
         return PRIORITY_BULK
-    if _MEDIA_PATH.match(path):
-        return PRIORITY_MEDIA
-    if _INTERACTIVE_PATH.match(path):
-        return PRIORITY_INTERACTIVE
-    return PRIORITY_DEFAULT
+    found = _CLASSES.match(path)
+    if found is None:
+        return PRIORITY_DEFAULT
+    return _CLASS_OF_GROUP[found.lastindex or 0]
+
+
+#: What the group that matched in _CLASSES means.
+_CLASS_OF_GROUP = (PRIORITY_DEFAULT, PRIORITY_BULK, PRIORITY_MEDIA, PRIORITY_INTERACTIVE)
 
 
 def response_priority(current: int, headers: Headers) -> int:
