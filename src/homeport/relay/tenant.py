@@ -144,6 +144,7 @@ class TenantProxy:
         self.integrations = integrations
         self.limits = TenantLimits(config)
         self._suffix = "." + config.tenant_domain
+        self._port_suffix = config.port_suffix  # asked on every request: worked out once
         #: Open browser connections on tenant hosts (closed when the relay stops).
         self.connections: set[TenantConnection] = set()
 
@@ -184,8 +185,9 @@ class TenantProxy:
             if isinstance(found, Answer):
                 return found
             connection.host_seen, connection.host_label = request.host, found
+            connection.host_is_home = is_instance_id(found)
             label = found
-        if is_instance_id(label):
+        if connection.host_is_home:
             if request.path.startswith(RESERVED_PREFIX):
                 return self._own_path_now(request)
             raw = request.lookup.get(b"cookie")
@@ -378,11 +380,8 @@ class TenantProxy:
                 )
             )
         host = host_name(request.host) or ""
-        forward = Forward(
-            instance_id, principal, host + self.config.port_suffix, tunnel, max_body=max_body
-        )
-        forward._held += [(self.limits.clients, client), (home, instance_id)]
-        return forward
+        held = [(self.limits.clients, client), (home, instance_id)]
+        return Forward(instance_id, principal, host + self._port_suffix, tunnel, max_body, held)
 
     def _busy(self, status: int, text: str) -> Answer:
         response = self.pages.message("Busy", text, status=status, tenant=True)

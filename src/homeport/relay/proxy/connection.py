@@ -70,6 +70,8 @@ class TenantConnection(ThreadBufferReads):
         #: is checked once per connection, not once per request.
         self.host_seen = ""
         self.host_label = ""
+        #: Whether that label is a home's own (else an app link's, or nothing).
+        self.host_is_home = False
         #: The last Cookie header, its session token and the token's cache key; the
         #: last (user id, session id) admitted and its Principal (see admit_now).
         self.cookie_seen: bytes | None = None
