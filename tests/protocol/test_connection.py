@@ -49,6 +49,7 @@ from homeport.protocol.heads import (
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 SETTING = struct.Struct(">HI")
+BLOCK = struct.Struct(">HI")  # a version 2 header block: field count, names length
 MiB = 1024 * 1024
 
 
@@ -56,10 +57,15 @@ class Pair:
     """A relay and an add-on joined back to back in memory."""
 
     def __init__(
-        self, relay: Settings | None = None, addon: Settings | None = None, *, connect: bool = True
+        self,
+        relay: Settings | None = None,
+        addon: Settings | None = None,
+        *,
+        connect: bool = True,
+        version: int = 2,
     ) -> None:
-        self.relay = TunnelConnection(Role.RELAY, relay)
-        self.addon = TunnelConnection(Role.ADDON, addon)
+        self.relay = TunnelConnection(Role.RELAY, relay, version=version)
+        self.addon = TunnelConnection(Role.ADDON, addon, version=version)
         self.relay_events: list[Event] = []
         self.addon_events: list[Event] = []
         self.stalled: set[int] = set()
@@ -943,21 +949,28 @@ def test_good_frames_ahead_of_a_bad_one_in_one_chunk_are_processed() -> None:
 # ==================================================================== bad input: one stream
 
 
+def block(*fields: tuple[bytes, bytes]) -> bytes:
+    """A header block as version 2 writes it, built by hand (no checks)."""
+    names = b"\n".join(n for n, _ in fields)
+    return BLOCK.pack(len(fields), len(names)) + names + b"\n".join(v for _, v in fields)
+
+
+NO_FIELDS = block()
 BAD_OPEN_PAYLOADS = {
-    "CR LF in a value": (b"\x03\x03GET\x00\x01/\x00\x01\x00\x01a\x00\x04x\r\ny", "invalid header"),
-    "LF in a value": (b"\x03\x03GET\x00\x01/\x00\x01\x00\x01a\x00\x03x\ny", "invalid header"),
-    "NUL in a value": (b"\x03\x03GET\x00\x01/\x00\x01\x00\x01a\x00\x03x\x00y", "invalid header"),
-    "CR in a name": (b"\x03\x03GET\x00\x01/\x00\x01\x00\x02a\r\x00\x01y", "invalid header"),
-    "absolute-form": (b"\x03\x03GET\x00\x0ahttp://x/a\x00\x00", "origin-form"),
-    "//host": (b"\x03\x03GET\x00\x07//evil/\x00\x00", "origin-form"),
-    "asterisk": (b"\x03\x07OPTIONS\x00\x01*\x00\x00", "origin-form"),
-    "authority-form": (b"\x03\x07CONNECT\x00\x08evil:443\x00\x00", "origin-form"),
-    "bad method": (b"\x03\x04G(T)\x00\x01/\x00\x00", "invalid method"),
-    "empty method": (b"\x03\x00\x00\x01/\x00\x00", "invalid method"),
-    "priority 8": (b"\x08\x03GET\x00\x01/\x00\x00", "priority"),
+    "CR LF in a value": (b"\x03\x03GET\x00\x01/" + block((b"a", b"x\r\ny")), "invalid header"),
+    "LF in a value": (b"\x03\x03GET\x00\x01/" + block((b"a", b"x\ny")), "invalid header"),
+    "NUL in a value": (b"\x03\x03GET\x00\x01/" + block((b"a", b"x\x00y")), "invalid header"),
+    "CR in a name": (b"\x03\x03GET\x00\x01/" + block((b"a\r", b"y")), "invalid header"),
+    "absolute-form": (b"\x03\x03GET\x00\x0ahttp://x/a" + NO_FIELDS, "origin-form"),
+    "//host": (b"\x03\x03GET\x00\x07//evil/" + NO_FIELDS, "origin-form"),
+    "asterisk": (b"\x03\x07OPTIONS\x00\x01*" + NO_FIELDS, "origin-form"),
+    "authority-form": (b"\x03\x07CONNECT\x00\x08evil:443" + NO_FIELDS, "origin-form"),
+    "bad method": (b"\x03\x04G(T)\x00\x01/" + NO_FIELDS, "invalid method"),
+    "empty method": (b"\x03\x00\x00\x01/" + NO_FIELDS, "invalid method"),
+    "priority 8": (b"\x08\x03GET\x00\x01/" + NO_FIELDS, "priority"),
     "truncated": (b"\x03\x03GET\x00\x01/\x00", "truncated"),
     "empty": (b"", "truncated"),
-    "trailing bytes": (b"\x03\x03GET\x00\x01/\x00\x00!", "trailing"),
+    "trailing bytes": (b"\x03\x03GET\x00\x01/" + NO_FIELDS + b"!", "trailing"),
 }
 
 
@@ -985,11 +998,33 @@ def test_bad_request_head_resets_only_that_stream(payload: bytes, match: str) ->
     p.assert_settled()
 
 
+def test_version_1_carries_heads_in_its_own_block_and_refuses_bad_ones() -> None:
+    """A relay serves an older add-on in protocol version 1: length-prefixed fields."""
+    p = Pair(version=1)
+    head = RequestHead("POST", "/api/x", [("content-type", "text/plain"), ("x-empty", "")])
+    sid = p.relay.open_stream(head, websocket=False, end_stream=True)
+    _, addon_events = p.pump()
+    (open_frame,) = [f for f in p.wire[Role.RELAY] if f.type is FrameType.OPEN]
+    assert open_frame.payload.endswith(
+        b"\x00\x02\x00\x0ccontent-type\x00\x0atext/plain\x00\x07x-empty\x00\x00"
+    )
+    assert addon_events == [StreamOpened(sid, head, websocket=False, end_stream=True)]
+    p.addon.send_response(sid, ResponseHead(200, [("set-cookie", "a=b")]), end_stream=True)
+    relay_events, _ = p.pump()
+    assert relay_events == [ResponseReceived(sid, ResponseHead(200, [("set-cookie", "a=b")]), True)]
+    bad = p.relay.open_stream(get(), websocket=False, end_stream=True)
+    p.relay.data_to_send()  # the genuine OPEN is replaced by a forged one on the wire
+    forged = b"\x03\x03GET\x00\x01/\x00\x01\x00\x01a\x00\x04x\r\ny"  # CR LF in a value
+    p.deliver(Role.RELAY, encode_frame(FrameType.OPEN, bad, forged, Flags.END_STREAM))
+    relay_events, _ = p.pump()
+    (reset,) = relay_events
+    assert isinstance(reset, StreamReset)
+    assert reset.code is ErrorCode.BAD_REQUEST
+    assert not p.addon.terminated
+
+
 def response(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
-    out = U16.pack(status) + U16.pack(len(headers or []))
-    for name, value in headers or []:
-        out += U16.pack(len(name)) + name + U16.pack(len(value)) + value
-    return out
+    return U16.pack(status) + block(*(headers or []))
 
 
 RELAY_STREAM_ERRORS: dict[str, tuple[bool, list[bytes], ErrorCode, str]] = {

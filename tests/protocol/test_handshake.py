@@ -28,6 +28,7 @@ from homeport.keys import (
 from homeport.protocol.handshake import (
     DEFAULT_AGENT,
     MAX_MESSAGE_SIZE,
+    SUPPORTED_VERSIONS,
     AddonHandshake,
     HandshakeError,
     HandshakeErrorCode,
@@ -61,13 +62,18 @@ class Parties:
         self.cert_sha256 = os.urandom(32)
 
     def addon(
-        self, *, pinned: list[Ed25519PublicKey] | None = None, cert: bytes | None = None
+        self,
+        *,
+        pinned: list[Ed25519PublicKey] | None = None,
+        cert: bytes | None = None,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
     ) -> AddonHandshake:
         return AddonHandshake(
             HOST,
             pinned if pinned is not None else [self.relay_key.public_key()],
             self.addon_key,
             cert if cert is not None else self.cert_sha256,
+            versions=versions,
         )
 
     def relay(
@@ -124,11 +130,13 @@ def test_full_handshake_welcome(p: Parties) -> None:
     addon_public = relay.receive_client_proof(client_proof)
     assert public_key_raw(addon_public) == public_key_raw(p.addon_key.public_key())
     assert relay.agent == DEFAULT_AGENT == "homeport-addon/0.1.0"
-    assert relay.version == addon.version == 1
+    assert relay.version == addon.version == 2  # the newest both speak
     result = addon.receive_result(
         relay.welcome("abc123", "https://abc123.tenant.example/", {"keepalive": 20})
     )
-    assert result == Welcome("abc123", "https://abc123.tenant.example/", {"keepalive": 20})
+    assert result == Welcome(
+        "abc123", "https://abc123.tenant.example/", {"keepalive": 20}, version=2
+    )
     assert addon.done
     assert relay.done
 
@@ -137,7 +145,7 @@ def test_wire_format(p: Parties) -> None:
     addon, relay = p.addon(), p.relay()
     hello = _load(addon.hello())
     assert hello["protocol"] == "homeport-tunnel"
-    assert hello["versions"] == [1]
+    assert hello["versions"] == [1, 2]
     challenge = b64url_decode(str(hello["challenge"]), length=32)
     proof = _load(relay.receive_hello(_dump(hello)))
     assert proof["key_id"] == key_id(p.relay_key.public_key())
@@ -285,7 +293,7 @@ def test_proof_for_another_host_refused(p: Parties) -> None:
         ("signature", lambda v: _flip(v, 64), Code.BAD_RELAY_SIGNATURE),
         ("host", lambda v: "evil.example", Code.HOST_MISMATCH),
         ("key_id", lambda v: "0" * 16, Code.RELAY_KEY_NOT_PINNED),
-        ("version", lambda v: 2, Code.UNSUPPORTED_VERSION),
+        ("version", lambda v: 3, Code.UNSUPPORTED_VERSION),
         ("version", lambda v: 0, Code.UNSUPPORTED_VERSION),
     ],
 )
@@ -299,6 +307,33 @@ def test_tampered_server_proof_refused(
         addon.receive_server_proof(_dump(proof))
     assert _code(exc) is code
     assert addon.failed
+
+
+def test_an_older_peer_is_met_in_version_1(p: Parties) -> None:
+    """An add-on offering only version 1 gets it; so does one whose relay only
+    speaks version 1 (it chooses 1 from what a newer add-on offers); the tunnel
+    then carries version 1's header blocks (``Welcome.version``)."""
+    old_addon, relay = p.addon(versions=(1,)), p.relay()
+    hello = old_addon.hello()
+    assert _load(hello)["versions"] == [1]
+    proof = relay.receive_hello(hello)
+    assert _load(proof)["version"] == 1
+    assert relay.version == 1
+    relay.receive_client_proof(old_addon.receive_server_proof(proof))
+    welcome = old_addon.receive_result(relay.welcome("abc123", "https://abc123.tenant.example/"))
+    assert isinstance(welcome, Welcome)
+    assert welcome.version == 1
+
+    addon = p.addon()
+    proof_by_older_relay = {**_load(p.relay().receive_hello(addon.hello())), "version": 1}
+    addon.receive_server_proof(_dump(proof_by_older_relay))  # the version is not signed
+    assert addon.version == 1
+
+
+def test_an_addon_offers_only_versions_it_speaks(p: Parties) -> None:
+    for versions in ((), (3,), (1, 3)):
+        with pytest.raises(ValueError, match="versions must be some of"):
+            p.addon(versions=versions)
 
 
 def test_error_messages_carry_no_secrets(p: Parties) -> None:
@@ -484,7 +519,7 @@ def test_relay_rejects_duplicate_keys_and_nan(p: Parties) -> None:
     text = _dump(_hello(p))
     for bad in (
         text[:-1] + ',"type":"hello"}',
-        text.replace('"versions":[1]', '"versions":[NaN]'),
+        text.replace('"versions":[1,2]', '"versions":[NaN]'),
     ):
         with pytest.raises(HandshakeError) as exc:
             p.relay().receive_hello(bad)
@@ -494,8 +529,10 @@ def test_relay_rejects_duplicate_keys_and_nan(p: Parties) -> None:
 def test_version_negotiation(p: Parties) -> None:
     relay = p.relay()
     proof = _load(relay.receive_hello(_dump({**_hello(p), "versions": [7, 1, 3]})))
-    assert proof["version"] == 1
-    for versions in ([2], [0, 9]):
+    assert proof["version"] == 1  # an older add-on: served in the version it speaks
+    proof = _load(p.relay().receive_hello(_dump({**_hello(p), "versions": [2, 1, 9]})))
+    assert proof["version"] == 2  # the newest both speak
+    for versions in ([3], [0, 9]):
         with pytest.raises(HandshakeError) as exc:
             p.relay().receive_hello(_dump({**_hello(p), "versions": versions}))
         assert _code(exc) is Code.UNSUPPORTED_VERSION
@@ -807,7 +844,7 @@ async def test_real_tls_handshake_and_mitm(tmp_path: Path) -> None:
 
         # Genuine path: linked.
         result = await _addon_dial(relay_port, trust_both, relay_key.public_key(), addon_key)
-        assert result == Welcome("inst1", "https://inst1.tenant.example/", {})
+        assert result == Welcome("inst1", "https://inst1.tenant.example/", {}, version=2)
         assert isinstance(relay_saw[-1], Ed25519PublicKey)
 
         # Through the interceptor: TLS verifies (trusted CA, right name), but

@@ -1,8 +1,14 @@
-"""Request and response heads: strict on both the encoding and the decoding side."""
+"""Request and response heads: strict on both the encoding and the decoding side.
+
+Every test runs for both header formats (protocol versions 1 and 2): a relay
+serves older add-ons in version 1, so both decoders must refuse exactly the
+same heads.
+"""
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -10,9 +16,12 @@ from hypothesis import strategies as st
 
 from homeport.protocol import heads
 from homeport.protocol.heads import (
+    HEADERS_V1,
+    HEADERS_V2,
     MAX_HEADERS,
     MAX_TARGET,
     PRIORITY_BULK,
+    HeaderFormat,
     HeadError,
     RequestHead,
     ResponseHead,
@@ -24,6 +33,12 @@ from homeport.protocol.heads import (
 )
 
 U16 = struct.Struct(">H")
+BLOCK = struct.Struct(">HI")
+
+
+@pytest.fixture(params=[HEADERS_V1, HEADERS_V2], ids=["v1", "v2"])
+def fmt(request: pytest.FixtureRequest) -> HeaderFormat:
+    return request.param  # type: ignore[no-any-return]
 
 
 def raw_request(
@@ -31,37 +46,45 @@ def raw_request(
     target: bytes = b"/",
     headers: list[tuple[bytes, bytes]] | None = None,
     priority: int = 3,
+    fmt: HeaderFormat = HEADERS_V2,
 ) -> bytes:
     """A request head built by hand, bypassing the encoder's checks."""
     out = bytes([priority, len(method)]) + method + U16.pack(len(target)) + target
-    return out + raw_headers(headers or [])
+    return out + raw_headers(headers or [], fmt)
 
 
-def raw_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+def raw_headers(headers: list[tuple[bytes, bytes]], fmt: HeaderFormat = HEADERS_V2) -> bytes:
+    if fmt.version == 2:
+        names = b"\n".join(n for n, _ in headers)
+        return BLOCK.pack(len(headers), len(names)) + names + b"\n".join(v for _, v in headers)
     out = U16.pack(len(headers))
     for name, value in headers:
         out += U16.pack(len(name)) + name + U16.pack(len(value)) + value
     return out
 
 
-def test_request_round_trip() -> None:
+def test_request_round_trip(fmt: HeaderFormat) -> None:
     head = RequestHead(
         "POST",
         "/api/states/light.kitchen?x=1&y=%20",
         [("content-type", "application/json"), ("x-empty", ""), ("x-obs", "caf\xe9")],
         priority=0,
     )
-    assert decode_request_head(encode_request_head(head)) == head
+    assert decode_request_head(encode_request_head(head, fmt), fmt) == head
 
 
-def test_response_round_trip() -> None:
+def test_response_round_trip(fmt: HeaderFormat) -> None:
     head = ResponseHead(404, [("content-type", "text/plain"), ("set-cookie", "a=b; Path=/")])
-    assert decode_response_head(encode_response_head(head)) == head
+    assert decode_response_head(encode_response_head(head, fmt), fmt) == head
+    empty = ResponseHead(204, [])
+    assert decode_response_head(encode_response_head(empty, fmt), fmt) == empty
 
 
-def test_header_names_are_lowercased_on_decode_and_order_and_duplicates_kept() -> None:
+def test_header_names_are_lowercased_on_decode_and_order_and_duplicates_kept(
+    fmt: HeaderFormat,
+) -> None:
     head = RequestHead("GET", "/", [("X-A", "1"), ("x-a", "2"), ("Accept", "*/*")])
-    assert decode_request_head(encode_request_head(head)).headers == [
+    assert decode_request_head(encode_request_head(head, fmt), fmt).headers == [
         ("x-a", "1"),
         ("x-a", "2"),
         ("accept", "*/*"),
@@ -70,11 +93,23 @@ def test_header_names_are_lowercased_on_decode_and_order_and_duplicates_kept() -
 
 def test_wire_layout_of_a_request_head() -> None:
     head = RequestHead("GET", "/a", [("h", "v")], priority=7)
-    assert encode_request_head(head) == b"\x07\x03GET\x00\x02/a\x00\x01\x00\x01h\x00\x01v"
+    assert encode_request_head(head, HEADERS_V1) == (
+        b"\x07\x03GET\x00\x02/a\x00\x01\x00\x01h\x00\x01v"
+    )
+    head = RequestHead("GET", "/a", [("h", "v"), ("ab", "")], priority=7)
+    assert encode_request_head(head, HEADERS_V2) == (
+        b"\x07\x03GET\x00\x02/a\x00\x02\x00\x00\x00\x04h\nabv\n"
+    )
 
 
 def test_wire_layout_of_a_response_head() -> None:
-    assert encode_response_head(ResponseHead(200, [])) == b"\x00\xc8\x00\x00"
+    assert encode_response_head(ResponseHead(200, []), HEADERS_V1) == b"\x00\xc8\x00\x00"
+    assert encode_response_head(ResponseHead(200, []), HEADERS_V2) == b"\x00\xc8" + bytes(6)
+
+
+def test_the_latest_format_is_the_default() -> None:
+    head = ResponseHead(200, [("a", "b")])
+    assert encode_response_head(head) == encode_response_head(head, HEADERS_V2)
 
 
 # ----------------------------------------------------------------- refused on encode
@@ -122,14 +157,23 @@ def test_encoder_refuses_methods(method: str) -> None:
         ("", "v"),
         ("x-\u0100", "v"),  # not latin-1
         ("x-a", "\u20ac"),  # not latin-1
-        ("x-a", "v" * 0x10000),
     ],
 )
-def test_encoder_refuses_header_fields(name: str, value: str) -> None:
+def test_encoder_refuses_header_fields(fmt: HeaderFormat, name: str, value: str) -> None:
     with pytest.raises(HeadError):
-        encode_request_head(RequestHead("GET", "/", [(name, value)]))
+        encode_request_head(RequestHead("GET", "/", [(name, value)]), fmt)
     with pytest.raises(HeadError):
-        encode_response_head(ResponseHead(200, [(name, value)]))
+        encode_response_head(ResponseHead(200, [(name, value)]), fmt)
+    if name.isascii() and value.isascii():  # else the bytes are a caller's choice
+        with pytest.raises(HeadError):
+            fmt.encode_fields([b"x-ok", name.encode("ascii")], [b"ok", value.encode("ascii")])
+
+
+def test_version_1_refuses_a_field_over_its_length_prefix() -> None:
+    # Version 2 has no per-field prefix: a head of either version must fit in one
+    # frame (64 KiB), which the connection checks (test_connection.py).
+    with pytest.raises(HeadError):
+        encode_response_head(ResponseHead(200, [("x-a", "v" * 0x10000)]), HEADERS_V1)
 
 
 @pytest.mark.parametrize("priority", [-1, PRIORITY_BULK + 1, 255])
@@ -153,61 +197,91 @@ def test_encoder_refuses_too_many_headers() -> None:
 # ----------------------------------------------------------------- refused on decode
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        raw_request(target=b"http://evil.example/"),
-        raw_request(target=b"//evil.example/"),
-        raw_request(target=b"*"),
-        raw_request(target=b"evil.example:443"),
-        raw_request(target=b""),
-        raw_request(target=b"/a b"),
-        raw_request(target=b"/a\r\nHost: x"),
-        raw_request(target=b"/\xff"),
-        raw_request(target=b"/" + b"a" * MAX_TARGET),
-        raw_request(method=b""),
-        raw_request(method=b"G T"),
-        raw_request(method=b"GET\n"),
-        raw_request(method=b"\xc3\x89"),
-        raw_request(method=b"A" * 33),
-        raw_request(priority=8),
-        raw_request(headers=[(b"x-a", b"a\r\nset-cookie: x")]),
-        raw_request(headers=[(b"x-a", b"a\nb")]),
-        raw_request(headers=[(b"x-a", b"a\x00b")]),
-        raw_request(headers=[(b"x a", b"b")]),
-        raw_request(headers=[(b"", b"b")]),
-        raw_request(headers=[(b"x\r\n", b"b")]),
-        raw_request() + b"\x00",  # trailing bytes
-        raw_request()[:-1],  # truncated header count
-        raw_request(headers=[(b"x", b"y")])[:-1],  # truncated value
-        raw_request()[:3],  # truncated method
+def _bad_requests(fmt: HeaderFormat) -> list[bytes]:
+    def req(**kwargs: Any) -> bytes:
+        return raw_request(fmt=fmt, **kwargs)
+
+    bad = [
+        req(target=b"http://evil.example/"),
+        req(target=b"//evil.example/"),
+        req(target=b"*"),
+        req(target=b"evil.example:443"),
+        req(target=b""),
+        req(target=b"/a b"),
+        req(target=b"/a\r\nHost: x"),
+        req(target=b"/\xff"),
+        req(target=b"/" + b"a" * MAX_TARGET),
+        req(method=b""),
+        req(method=b"G T"),
+        req(method=b"GET\n"),
+        req(method=b"\xc3\x89"),
+        req(method=b"A" * 33),
+        req(priority=8),
+        req(headers=[(b"x-a", b"a\r\nset-cookie: x")]),
+        req(headers=[(b"x-a", b"a\nb")]),
+        req(headers=[(b"x-a", b"a\x00b")]),
+        req(headers=[(b"x a", b"b")]),
+        req(headers=[(b"", b"b")]),
+        req(headers=[(b"a", b"1"), (b"", b"b")]),
+        req(headers=[(b"x\r\n", b"b")]),
+        req(headers=[(b"x\n", b"b")]),
+        req() + b"\x00",  # trailing bytes
+        req()[:-1],  # truncated header count
+        req()[:3],  # truncated method
         b"",
         b"\x03",
-        raw_request()[:-2] + U16.pack(MAX_HEADERS + 1),
-    ],
-)
-def test_decoder_refuses_request_heads(payload: bytes) -> None:
-    with pytest.raises(HeadError):
-        decode_request_head(payload)
+    ]
+    prefix = req()[: -len(raw_headers([], fmt))]
+    if fmt.version == 1:
+        bad += [
+            req(headers=[(b"x", b"y")])[:-1],  # truncated value
+            prefix + U16.pack(MAX_HEADERS + 1),
+        ]
+    else:
+        bad += [
+            prefix + BLOCK.pack(MAX_HEADERS + 1, 0),
+            prefix + BLOCK.pack(1, 2) + b"x",  # the names run past the end
+            prefix + BLOCK.pack(2, 1) + b"xy",  # two fields, one name
+            prefix + BLOCK.pack(1, 3) + b"x\nyv",  # one field, two names
+            prefix + BLOCK.pack(2, 3) + b"x\nyv",  # two fields, one value
+            prefix + BLOCK.pack(0, 1) + b"x",  # no fields, a name
+            prefix + BLOCK.pack(0, 0) + b"v",  # no fields, a value
+        ]
+    return bad
 
 
 @pytest.mark.parametrize(
-    "payload",
-    [
-        U16.pack(99) + raw_headers([]),
-        U16.pack(600) + raw_headers([]),
-        U16.pack(200) + raw_headers([(b"x", b"a\r\nb")]),
-        U16.pack(200) + raw_headers([(b"x", b"\x00")]),
-        U16.pack(200) + raw_headers([]) + b"junk",
-        U16.pack(200) + raw_headers([(b"x", b"y")])[:-1],
+    ("fmt", "payload"),
+    [(f, p) for f in (HEADERS_V1, HEADERS_V2) for p in _bad_requests(f)],
+)
+def test_decoder_refuses_request_heads(fmt: HeaderFormat, payload: bytes) -> None:
+    with pytest.raises(HeadError):
+        decode_request_head(payload, fmt)
+
+
+def _bad_responses(fmt: HeaderFormat) -> list[bytes]:
+    bad = [
+        U16.pack(99) + raw_headers([], fmt),
+        U16.pack(600) + raw_headers([], fmt),
+        U16.pack(200) + raw_headers([(b"x", b"a\r\nb")], fmt),
+        U16.pack(200) + raw_headers([(b"x", b"\x00")], fmt),
+        U16.pack(200) + raw_headers([], fmt) + b"junk",
         U16.pack(200),
         b"\x00",
         b"",
-    ],
+    ]
+    if fmt.version == 1:
+        bad.append(U16.pack(200) + raw_headers([(b"x", b"y")], fmt)[:-1])
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("fmt", "payload"),
+    [(f, p) for f in (HEADERS_V1, HEADERS_V2) for p in _bad_responses(f)],
 )
-def test_decoder_refuses_response_heads(payload: bytes) -> None:
+def test_decoder_refuses_response_heads(fmt: HeaderFormat, payload: bytes) -> None:
     with pytest.raises(HeadError):
-        decode_response_head(payload)
+        decode_response_head(payload, fmt)
 
 
 def test_valid_field() -> None:
@@ -224,19 +298,26 @@ _FIELD_BYTES = st.binary(max_size=12) | st.sampled_from(
 )
 
 
+@pytest.mark.parametrize("fmt", [HEADERS_V1, HEADERS_V2], ids=["v1", "v2"])
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=6))
-def test_whole_head_check_agrees_with_valid_field(fields: list[tuple[bytes, bytes]]) -> None:
+@given(fields=st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=6))
+def test_whole_head_check_agrees_with_valid_field(
+    fmt: HeaderFormat, fields: list[tuple[bytes, bytes]]
+) -> None:
     names = [n for n, _ in fields]
     values = [v for _, v in fields]
     expected = all(valid_field(n, v) for n, v in fields)
     assert heads._all_valid(names, values) is expected
-    raw = raw_request(headers=fields)
+    raw = raw_request(headers=fields, fmt=fmt)
     if expected:
-        assert len(decode_request_head(raw).headers) == len(fields)
+        decoded = decode_request_head(raw, fmt).headers
+        assert decoded == [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in fields]
+        assert fmt.encode_fields(names, values) == raw_headers(fields, fmt)
     else:
         with pytest.raises(HeadError):
-            decode_request_head(raw)
+            decode_request_head(raw, fmt)
+        with pytest.raises(HeadError):
+            fmt.encode_fields(names, values)
 
 
 # The encoder checks a whole block at once too, with the fields joined by LF (valid
@@ -247,16 +328,19 @@ _FIELD_TEXT = st.text(alphabet="aZ-\n\r \t\xe9:\x00", max_size=5) | st.sampled_f
 )
 
 
+@pytest.mark.parametrize("fmt", [HEADERS_V1, HEADERS_V2], ids=["v1", "v2"])
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(_FIELD_TEXT, _FIELD_TEXT), max_size=6))
-def test_block_encoder_agrees_with_valid_field(fields: list[tuple[str, str]]) -> None:
+@given(fields=st.lists(st.tuples(_FIELD_TEXT, _FIELD_TEXT), max_size=6))
+def test_block_encoder_agrees_with_valid_field(
+    fmt: HeaderFormat, fields: list[tuple[str, str]]
+) -> None:
     expected = all(valid_field(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields)
     if not expected:
         with pytest.raises(HeadError):
-            encode_response_head(ResponseHead(200, fields))
+            encode_response_head(ResponseHead(200, fields), fmt)
         return
-    payload = encode_response_head(ResponseHead(200, fields))
+    payload = encode_response_head(ResponseHead(200, fields), fmt)
     assert payload == U16.pack(200) + raw_headers(
-        [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields]
+        [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields], fmt
     )
-    assert decode_response_head(payload).headers == [(n.lower(), v) for n, v in fields]
+    assert decode_response_head(payload, fmt).headers == [(n.lower(), v) for n, v in fields]

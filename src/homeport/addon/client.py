@@ -446,7 +446,7 @@ class AddonClient:
 
         session = TunnelSession(
             pipe,
-            TunnelConnection(Role.ADDON),
+            TunnelConnection(Role.ADDON, version=welcome.version),
             on_open=forwarder.open,
             on_goaway=on_goaway,
             ping_interval=self.config.ping_interval,

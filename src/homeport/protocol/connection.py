@@ -265,8 +265,11 @@ class TunnelConnection:
         settings: Settings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        version: int = heads.LATEST.version,
     ) -> None:
         self.role = role
+        #: The header blocks of the protocol version the handshake agreed (heads.py).
+        self.header_format = heads.HEADER_FORMATS[version]
         self._relay = role is Role.RELAY  # read per frame: cheaper than the enum
         self.settings = settings or Settings()
         # Budgets for what the peer can make us answer (see PING_RATE, CONTROL_RATE).
@@ -367,9 +370,10 @@ class TunnelConnection:
     ) -> int:
         """Start a request (relay only).  Raises :class:`StreamViolation` when refused.
 
-        ``encoded``: the head already encoded (``heads.encode_request_fields``), whose
-        method, target and priority ``head`` repeats; the data plane passes it to
-        skip a decode and an encode of every field.
+        ``encoded``: the head already encoded (``heads.encode_request_fields``, its
+        fields with this tunnel's :attr:`header_format`), whose method, target and
+        priority ``head`` repeats; the data plane passes it to skip a decode and an
+        encode of every field.
         """
         if not self._relay:
             raise RuntimeError("only the relay opens streams")
@@ -379,7 +383,9 @@ class TunnelConnection:
             raise StreamViolation(0, ErrorCode.TOO_MANY_STREAMS, "too many concurrent streams")
         if self._next_stream_id > MAX_STREAM_ID:
             raise StreamViolation(0, ErrorCode.REFUSED, "stream ids exhausted")
-        payload = encoded if encoded is not None else heads.encode_request_head(head)
+        if encoded is None:
+            encoded = heads.encode_request_head(head, self.header_format)
+        payload = encoded
         if len(payload) > MAX_FRAME_SIZE:
             raise StreamViolation(0, ErrorCode.HEAD_TOO_LARGE, "request head too large")
         stream_id = self._next_stream_id
@@ -412,7 +418,7 @@ class TunnelConnection:
         if 100 <= head.status < 200 and head.status != 101:
             # The relay resets a stream on any interim response: refuse it here.
             raise heads.HeadError(f"interim response {head.status} is not carried")
-        payload = heads.encode_response_head(head)
+        payload = heads.encode_response_head(head, self.header_format)
         if len(payload) > MAX_FRAME_SIZE:
             raise StreamViolation(stream_id, ErrorCode.HEAD_TOO_LARGE, "response head too large")
         if head.status == 101 and (not stream.websocket or end_stream):
@@ -726,7 +732,7 @@ class TunnelConnection:
         if len(self._streams) >= self.settings.max_concurrent_streams:
             raise StreamViolation(stream_id, ErrorCode.TOO_MANY_STREAMS, "stream limit")
         try:
-            head = heads.decode_request_head(payload)
+            head = heads.decode_request_head(payload, self.header_format)
         except heads.HeadError as exc:
             raise StreamViolation(stream_id, ErrorCode.BAD_REQUEST, str(exc)) from None
         websocket = bool(flags & _WEBSOCKET)
@@ -751,7 +757,7 @@ class TunnelConnection:
         if stream.response_seen:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, "second response head")
         try:
-            head = heads.decode_response_head(payload)
+            head = heads.decode_response_head(payload, self.header_format)
         except heads.HeadError as exc:
             raise StreamViolation(stream.id, ErrorCode.PROTOCOL, str(exc)) from None
         end = bool(flags & _END_STREAM)

@@ -7,9 +7,9 @@ text message to the next method, enforces timeouts, and only after a
 
 Messages (JSON objects, binary values as unpadded base64url "B64")::
 
-    add-on -> relay  {"type":"hello","protocol":"homeport-tunnel","versions":[1],
+    add-on -> relay  {"type":"hello","protocol":"homeport-tunnel","versions":[1,2],
                       "challenge":B64(32)}
-    relay -> add-on  {"type":"server_proof","version":1,"host":HOST,"key_id":KEYID,
+    relay -> add-on  {"type":"server_proof","version":2,"host":HOST,"key_id":KEYID,
                       "nonce":B64(32),"signature":B64(64)}
     add-on -> relay  {"type":"client_proof","public_key":"ed25519:...",
                       "signature":B64(64),"agent":"homeport-addon/0.1.0"}
@@ -52,7 +52,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
@@ -95,7 +95,9 @@ __all__ = [
 ]
 
 PROTOCOL_NAME = "homeport-tunnel"
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+#: Protocol versions this side speaks; they differ only in how heads carry their
+#: header fields (``heads.HEADER_FORMATS``), and the newest common one is used.
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 MAX_MESSAGE_SIZE = 8 * 1024
 CHALLENGE_SIZE = 32
 NONCE_SIZE = 32
@@ -156,6 +158,8 @@ class Welcome:
     instance_id: str
     url: str
     settings: dict[str, JSONValue] = field(default_factory=dict)
+    #: The protocol version the relay chose in its proof (what the frames speak).
+    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,8 +442,13 @@ class AddonHandshake(_Machine):
         cert_sha256: bytes,
         *,
         agent: str = DEFAULT_AGENT,
+        versions: tuple[int, ...] = SUPPORTED_VERSIONS,
     ) -> None:
         super().__init__()
+        if not versions or not set(versions) <= set(SUPPORTED_VERSIONS):
+            raise ValueError(f"versions must be some of {list(SUPPORTED_VERSIONS)}")
+        #: The protocol versions offered in hello (all this side speaks, by default).
+        self._versions = tuple(sorted(set(versions)))
         self._host = normalise_host(host)
         self._pinned: dict[str, Ed25519PublicKey] = {}
         for key in pinned_keys:
@@ -467,7 +476,7 @@ class AddonHandshake(_Machine):
             {
                 "type": "hello",
                 "protocol": PROTOCOL_NAME,
-                "versions": list(SUPPORTED_VERSIONS),
+                "versions": list(self._versions),
                 "challenge": b64url_encode(self._challenge),
             }
         )
@@ -500,10 +509,10 @@ class AddonHandshake(_Machine):
                 f"relay refused before proving itself (code {shown})",
             )
         version = _int(data, "version")
-        if version not in SUPPORTED_VERSIONS:  # we offered exactly these
+        if version not in self._versions:  # we offered exactly these
             raise HandshakeError(
                 HandshakeErrorCode.UNSUPPORTED_VERSION,
-                f"relay chose version {version}, we offered {list(SUPPORTED_VERSIONS)}",
+                f"relay chose version {version}, we offered {list(self._versions)}",
             )
         host = _str(data, "host")
         if host != self._host:
@@ -555,6 +564,8 @@ class AddonHandshake(_Machine):
             self._state = _State.FAILED
             raise
         self._state = _State.DONE
+        if isinstance(result, Welcome) and self.version is not None:
+            result = replace(result, version=self.version)
         return result
 
 

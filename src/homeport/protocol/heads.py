@@ -10,14 +10,27 @@ Wire form (big-endian)::
 
     OPEN:     priority:u8 | method_len:u8 | method | target_len:u16 | target | headers
     RESPONSE: status:u16 | headers
-    headers:  count:u16 | (name_len:u16 | name | value_len:u16 | value) * count
+
+The header block depends on the protocol version the handshake agreed
+(:class:`HeaderFormat`, one per tunnel)::
+
+    version 2: count:u16 | names_len:u32 | names | values
+               names: the count names joined by LF; values: the values joined
+               by LF, running to the end of the head
+    version 1: count:u16 | (name_len:u16 | name | value_len:u16 | value) * count
+
+LF is valid in neither a name nor a value, so it cannot be mistaken for a
+field's own byte: a block is valid exactly when deleting the allowed bytes
+from its names (and from its values) leaves ``count - 1`` LFs.  Version 2
+is checked, split and joined in a few C calls per head, where version 1
+needs a loop over the fields on both sides (docs/protocol.md §3).
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Headers = list[tuple[str, str]]
@@ -31,6 +44,8 @@ _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # origin-form only: absolute-form, authority-form and asterisk-form are refused.
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _U16 = struct.Struct(">H")
+#: Version 2's block header: the field count and the length of the joined names.
+_BLOCK = struct.Struct(">HI")
 # The same two alphabets for ``bytes.translate``: deleting the allowed bytes from a
 # whole head's names (or values) at once leaves nothing exactly when every field is
 # valid, one C call per head instead of two regex matches per field.
@@ -42,6 +57,7 @@ _VALUE_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _LENGTHS = [_U16.pack(n) for n in range(4096)]
 _SEPARATORS = [b"\n" * max(n - 1, 0) for n in range(MAX_HEADERS + 1)]
 _NO_HEADERS = _U16.pack(0)
+_NO_JOINED_HEADERS = _BLOCK.pack(0, 0)
 
 PRIORITY_INTERACTIVE = 0
 PRIORITY_DEFAULT = 3
@@ -90,17 +106,32 @@ class ResponseHead:
     headers: Headers = field(default_factory=list)
 
 
-def encode_request_head(head: RequestHead) -> bytes:
+@dataclass(frozen=True, slots=True)
+class HeaderFormat:
+    """How one tunnel writes header blocks: chosen by the protocol version the
+    handshake agreed (:data:`HEADER_FORMATS`), the same for every head on it."""
+
+    version: int
+    #: A block from names (lower-cased by the caller) and values as bytes.
+    encode_fields: Callable[[list[bytes], list[bytes]], bytes]
+    #: A block from text fields.
+    encode_headers: Callable[[Headers], bytes]
+    #: The block at ``pos``, which must run to the end of the data; names lower-cased.
+    decode_headers: Callable[[bytes, int], Headers]
+
+
+def encode_request_head(head: RequestHead, fmt: HeaderFormat | None = None) -> bytes:
     try:
         method = head.method.encode("ascii")
         target = head.target.encode("ascii")
     except UnicodeEncodeError:
         raise HeadError("method and target must be ASCII") from None
-    return encode_request_fields(head.priority, method, target, _encode_headers(head.headers))
+    fields = (fmt or LATEST).encode_headers(head.headers)
+    return encode_request_fields(head.priority, method, target, fields)
 
 
 def encode_request_fields(priority: int, method: bytes, target: bytes, fields: bytes) -> bytes:
-    """A request head from its parts as bytes; ``fields`` from :func:`encode_fields`.
+    """A request head from its parts as bytes; ``fields`` from ``HeaderFormat.encode_fields``.
 
     The relay's data plane builds heads this way straight from the bytes it
     parsed, with exactly the checks :func:`encode_request_head` makes.
@@ -114,7 +145,7 @@ def encode_request_fields(priority: int, method: bytes, target: bytes, fields: b
     return bytes([priority, len(method)]) + method + _U16.pack(len(target)) + target + fields
 
 
-def decode_request_head(payload: bytes) -> RequestHead:
+def decode_request_head(payload: bytes, fmt: HeaderFormat | None = None) -> RequestHead:
     size = len(payload)
     if size < 2:
         raise HeadError("truncated head")
@@ -135,23 +166,23 @@ def decode_request_head(payload: bytes) -> RequestHead:
         raise HeadError("request target too long")
     if not _TARGET.fullmatch(target) or target.startswith(b"//"):
         raise HeadError("request target must be origin-form")
-    headers = _decode_headers(payload, end)
+    headers = (fmt or LATEST).decode_headers(payload, end)
     return RequestHead(method.decode("ascii"), target.decode("ascii"), headers, priority)
 
 
-def encode_response_head(head: ResponseHead) -> bytes:
+def encode_response_head(head: ResponseHead, fmt: HeaderFormat | None = None) -> bytes:
     if not 100 <= head.status <= 599:
         raise HeadError(f"invalid status {head.status}")
-    return _U16.pack(head.status) + _encode_headers(head.headers)
+    return _U16.pack(head.status) + (fmt or LATEST).encode_headers(head.headers)
 
 
-def decode_response_head(payload: bytes) -> ResponseHead:
+def decode_response_head(payload: bytes, fmt: HeaderFormat | None = None) -> ResponseHead:
     if len(payload) < 2:
         raise HeadError("truncated head")
     status = payload[0] << 8 | payload[1]
     if not 100 <= status <= 599:
         raise HeadError(f"invalid status {status}")
-    return ResponseHead(status, _decode_headers(payload, 2))
+    return ResponseHead(status, (fmt or LATEST).decode_headers(payload, 2))
 
 
 def valid_field(name: bytes, value: bytes) -> bool:
@@ -159,8 +190,95 @@ def valid_field(name: bytes, value: bytes) -> bool:
     return bool(_TOKEN.fullmatch(name)) and bool(_FIELD_VALUE.fullmatch(value))
 
 
+# ------------------------------------------------------------- version 2
+
+
+def _encode_joined_fields(names: list[bytes], values: list[bytes]) -> bytes:
+    """Version 2's block from names and values as bytes: joined, checked as a whole."""
+    count = len(names)
+    if count > MAX_HEADERS:
+        raise HeadError(f"more than {MAX_HEADERS} headers")
+    if count != len(values):
+        raise ValueError("as many values as names")
+    if not count:
+        return _NO_JOINED_HEADERS
+    raw_names = b"\n".join(names)
+    raw_values = b"\n".join(values)
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+        or not all(names)
+    ):
+        bad = next(n for n, v in zip(names, values, strict=True) if not valid_field(n, v))
+        raise HeadError(f"invalid header field {bad!r}")
+    return b"".join((_BLOCK.pack(count, len(raw_names)), raw_names, raw_values))
+
+
+def _encode_joined_headers(headers: Headers) -> bytes:
+    """Version 2's block from text fields."""
+    count = len(headers)
+    if count > MAX_HEADERS:
+        raise HeadError(f"more than {MAX_HEADERS} headers")
+    if not count:
+        return _NO_JOINED_HEADERS
+    names = [name for name, _ in headers]
+    try:
+        raw_names = "\n".join(names).encode("latin-1")
+        raw_values = "\n".join([value for _, value in headers]).encode("latin-1")
+    except UnicodeEncodeError:
+        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
+        raise HeadError(f"header field {bad!r} is not latin-1") from None
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+        or not all(names)
+    ):
+        bad = next(
+            n for n, v in headers if not valid_field(n.encode("latin-1"), v.encode("latin-1"))
+        )
+        raise HeadError(f"invalid header field {bad!r}")
+    return b"".join((_BLOCK.pack(count, len(raw_names)), raw_names, raw_values))
+
+
+def _decode_joined_headers(data: bytes, pos: int) -> Headers:
+    """Version 2's block at ``pos``, which must run to the end of ``data``."""
+    size = len(data)
+    start = pos + _BLOCK.size
+    if start > size:
+        raise HeadError("truncated head")
+    count, names_size = _BLOCK.unpack_from(data, pos)
+    if count > MAX_HEADERS:
+        raise HeadError(f"more than {MAX_HEADERS} headers")
+    end = start + names_size
+    if end > size:
+        raise HeadError("truncated head")
+    if not count:
+        if end != size or names_size:
+            raise HeadError("trailing bytes after head")
+        return []
+    raw_names = data[start:end]
+    raw_values = data[end:]
+    # Exactly count - 1 LFs left in each once the allowed bytes are gone: every
+    # field is clean, and the block splits into exactly count names and values.
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+    ):
+        raise HeadError("invalid header field")
+    names = raw_names.decode("latin-1").lower().split("\n")
+    if not all(names):
+        raise HeadError("invalid header field")
+    return list(zip(names, raw_values.decode("latin-1").split("\n"), strict=True))
+
+
+# ------------------------------------------------------------- version 1
+
+
 def encode_fields(names: list[bytes], values: list[bytes]) -> bytes:
-    """A headers block from names and values as bytes, validated as a whole."""
+    """Version 1's headers block from names and values as bytes, validated as a whole."""
     if len(names) > MAX_HEADERS:
         raise HeadError(f"more than {MAX_HEADERS} headers")
     if not _all_valid(names, values):
@@ -284,3 +402,13 @@ def _is_latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+#: Version 1: every field length-prefixed.
+HEADERS_V1 = HeaderFormat(1, encode_fields, _encode_headers, _decode_headers)
+#: Version 2: names and values each joined by LF (see the module docstring).
+HEADERS_V2 = HeaderFormat(2, _encode_joined_fields, _encode_joined_headers, _decode_joined_headers)
+#: The header block of each protocol version.
+HEADER_FORMATS: dict[int, HeaderFormat] = {1: HEADERS_V1, 2: HEADERS_V2}
+#: What a tunnel uses unless told otherwise: the newest.
+LATEST = HEADERS_V2

@@ -290,14 +290,17 @@ class TunnelHub:
         if self.config.redis_url is not None:
             settings["tunnel_host"] = self.config.tenant_host(instance.id)
         await channel.send_text(handshake.welcome(instance.id, url, settings))
-        await self._serve(channel.pipe(), instance.id, peer)
+        assert handshake.version is not None  # chosen in receive_hello
+        await self._serve(channel.pipe(), instance.id, peer, handshake.version)
 
-    async def _serve(self, pipe: Pipe, instance_id: str, peer: str) -> None:
+    async def _serve(self, pipe: Pipe, instance_id: str, peer: str, version: int) -> None:
         control = self.control_handler
         on_control = control(instance_id, peer) if control is not None else None
         session = TunnelSession(
             pipe,
-            TunnelConnection(Role.RELAY, Settings(accept_control=on_control is not None)),
+            TunnelConnection(
+                Role.RELAY, Settings(accept_control=on_control is not None), version=version
+            ),
             on_control=on_control,
             name=f"relay:{instance_id[:8]}",
             ping_interval=self.config.tunnel_ping_interval,

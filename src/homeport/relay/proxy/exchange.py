@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
-from homeport.protocol.heads import encode_fields, encode_request_fields
+from homeport.protocol.heads import encode_request_fields
 from homeport.relay import headers as hdr
 from homeport.relay.limits import Bandwidth, UploadPace
 from homeport.relay.live import Ending
@@ -239,7 +239,7 @@ class HttpExchange:
                 priority,
                 request.method.encode("ascii"),
                 request.target.encode("latin-1"),
-                encode_fields(names, values),
+                forward.tunnel.connection.header_format.encode_fields(names, values),
             )
             self.stream = forward.tunnel.open_stream(
                 RequestHead(request.method, request.target, [], priority),
