@@ -55,6 +55,7 @@ from homeport.relay.proxy.responses import (
     CLOSE,
     LENGTH,
     NONE,
+    head_is_clean,
     http_date,
     relay_answer,
     response_lines,
@@ -452,15 +453,7 @@ class HttpExchange:
         elif kind == CHUNKED:
             lines = _without(lines, self._lengths)
             lines.append(b"transfer-encoding: chunked\r\n")
-        self._kind = kind
         close = kind == CLOSE or not self._reusable()
-        self.response_started = True
-        parts: list[bytes] = []
-        size = 0
-        for data in pending:
-            size += len(data)
-            if kind != NONE:
-                parts += self._framed(data)
         head = b"".join(
             [
                 status_line(status),
@@ -471,6 +464,20 @@ class HttpExchange:
                 b"connection: close\r\n\r\n" if close else b"\r\n",
             ]
         )
+        if not head_is_clean(head, len(lines) + (4 if close else 3)):
+            # Never: the tunnel's head decoder refuses every field that could do this.
+            log.error("tenant.unclean_response_head", extra={"instance": self._instance})
+            failed = StreamClosed(ErrorCode.PROTOCOL, "unclean response head")
+            self._answer(self.proxy.tunnel_error(failed))
+            return
+        self._kind = kind
+        self.response_started = True
+        parts: list[bytes] = []
+        size = 0
+        for data in pending:
+            size += len(data)
+            if kind != NONE:
+                parts += self._framed(data)
         # Head and body in one write: one TLS record and one send, not two.
         self._to_browser(parts, size, head=head)
         if self._ended:
