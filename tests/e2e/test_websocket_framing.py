@@ -181,6 +181,8 @@ def _reserved_bit(frame: bytes) -> bytes:
     ("frames", "code"),
     [
         pytest.param([_unmasked(Opcode.TEXT, b"hi")], 1002, id="unmasked"),
+        # The length leaves out 4 bytes, so the bytes add up as a masked frame's.
+        pytest.param([bytes([0x81, 2]) + b"hi" + b"\0\0\0\0"], 1002, id="unmasked-fits-masked"),
         pytest.param([_reserved_bit(client_frame(Opcode.TEXT, b"hi"))], 1002, id="rsv1"),
         pytest.param([client_frame(Opcode.TEXT, b"bad \xff\xfe utf-8")], 1007, id="utf-8"),
         pytest.param([client_frame(Opcode.CONT, b"stray")], 1002, id="stray-continuation"),

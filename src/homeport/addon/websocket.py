@@ -42,6 +42,7 @@ from homeport.addon.upstream import RawHeaders, UpstreamConnection
 from homeport.protocol import ErrorCode, HeadError, ResponseHead
 from homeport.protocol.heads import connection_tokens
 from homeport.tunnel.stream import Stream, StreamClosed
+from homeport.websocket_frames import FrameBoundary, data_frame, whole_data_frame
 
 if TYPE_CHECKING:
     from homeport.addon.forward import HomeAssistantForwarder
@@ -93,6 +94,7 @@ class WebSocketExchange:
 
     __slots__ = (
         "_acked_later",
+        "_boundary",
         "_closed_to_tunnel",
         "_cutting",
         "_forwarder",
@@ -128,6 +130,8 @@ class WebSocketExchange:
         self.done = False
         self._message: list[bytes] = []
         self._message_text = False
+        #: Where the library's parser is in Home Assistant's byte stream.
+        self._boundary = FrameBoundary()
         self._acked_later = 0
         #: Our close went to the relay / the relay's close arrived.
         self._closed_to_tunnel = False
@@ -236,7 +240,16 @@ class WebSocketExchange:
         ws = self.ws
         if ws is None:
             return
+        if self._boundary.at_start and ws.state is _OPEN and ws.current_size is None:
+            # The common case without the library's parser: exactly one whole,
+            # unmasked text or binary frame (websocket_frames.whole_data_frame).
+            found = whole_data_frame(data, masked=False, limit=ws.max_message_size)
+            if found is not None:
+                self._message_text, payload = found
+                self._deliver(payload)
+                return
         ws.receive_data(data)
+        self._boundary.track(data)
         for event in ws.events_received():
             assert isinstance(event, Frame)  # an open protocol only yields frames
             self._frame(ws, event)
@@ -324,11 +337,18 @@ class WebSocketExchange:
         if ws is None or connection is None or ws.state is not _OPEN:
             self.stream.consumed(len(data))  # closing: dropped, credit back
             return
-        if text:
-            ws.send_text(data)
+        if ws.expect_continuation_frame:  # never: we send whole messages
+            if text:
+                ws.send_text(data)
+            else:
+                ws.send_binary(data)
+            connection.writelines(ws.data_to_send())
         else:
-            ws.send_binary(data)
-        connection.writelines(ws.data_to_send())
+            # What send_text / send_binary write (a client's frame: masked), without
+            # a Frame object; after anything the library queued (a pong).
+            parts = ws.data_to_send()
+            parts += data_frame(data, text=text, mask=True)
+            connection.writelines(parts)
         if connection.write_paused:
             self._acked_later += len(data)
         else:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections import deque
 
@@ -37,11 +36,6 @@ from aiohttp import web
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
-
-try:  # the library's own unmasking, in C where built (as websockets.frames picks it)
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
 
 from homeport.protocol import ErrorCode, RequestHead, ResponseHead
 from homeport.protocol.heads import encode_request_fields
@@ -65,6 +59,7 @@ from homeport.relay.security_headers import tenant_response_headers
 from homeport.relay.tenant import MAX_WS_MESSAGE, Answer, Forward
 from homeport.tunnel.priorities import request_priority
 from homeport.tunnel.stream import Stream, StreamClosed
+from homeport.websocket_frames import FrameBoundary, data_frame, whole_data_frame
 
 log = logging.getLogger(__name__)
 #: The websockets library logs frame contents at DEBUG: relayed bytes must never reach a
@@ -687,7 +682,7 @@ class HttpExchange:
 class WebSocketExchange(HttpExchange):
     """A WebSocket through the tunnel (see the module docstring)."""
 
-    __slots__ = ("_cut_by", "_head", "_message", "_message_text", "_rest", "_skip")
+    __slots__ = ("_boundary", "_cut_by", "_message", "_message_text", "_rest")
 
     def __init__(self, connection: TenantConnection, request: Request) -> None:
         super().__init__(connection, request)
@@ -696,11 +691,8 @@ class WebSocketExchange(HttpExchange):
         self._message: list[bytes] = []
         self._message_text = False
         self._cut_by: Ending | None = None
-        # Where the library's parser is in the browser's byte stream (see _track):
-        # the start of a frame header it has not had whole yet, and the bytes left
-        # of the frame it is in.  Both empty: it waits for a new frame.
-        self._head = b""
-        self._skip = 0
+        # Where the library's parser is in the browser's byte stream.
+        self._boundary = FrameBoundary()
 
     def upgrade_requested(self, rest: bytes) -> None:
         self._rest = rest
@@ -755,15 +747,14 @@ class WebSocketExchange(HttpExchange):
         if ws is None:
             return
         if (
-            not self._skip
-            and not self._head
+            self._boundary.at_start
             and ws.state is State.OPEN
             and ws.current_size is None
             and self._whole_message(ws, data)
         ):
             return
         ws.receive_data(data)
-        self._track(data)
+        self._boundary.track(data)
         for frame in ws.events_received():
             assert isinstance(frame, Frame)  # an open protocol only yields frames
             self._frame(frame)
@@ -771,45 +762,17 @@ class WebSocketExchange(HttpExchange):
 
     def _whole_message(self, ws: Protocol, data: bytes) -> bool:
         """The common case without the library's parser: ``data`` is exactly one whole,
-        unfragmented, masked text or binary frame, read at a frame boundary.
-
-        Checked exactly as ``Frame.parse`` and ``Protocol.recv_frame`` check such a
-        frame (FIN set, no RSV bit as no extension is negotiated, the mask bit a
-        client must set, the size limit); unmasked with the library's own
-        ``apply_mask``.  False (nothing consumed) for anything else, which then goes
-        through the library: fragments, control frames, several frames or part of
-        one in ``data``, 64-bit lengths, and every error.
+        unfragmented, masked text or binary frame, read at a frame boundary
+        (:func:`~homeport.websocket_frames.whole_data_frame`, the library's checks).
+        False (nothing consumed) for anything else, which then goes through the library.
         """
         stream = self.stream
-        if stream is None or self.done or len(data) < 6:
+        if stream is None or self.done:
             return False
-        first = data[0]
-        if first != 0x81 and first != 0x82:  # FIN + TEXT or BINARY, RSV bits clear
+        found = whole_data_frame(data, masked=True, limit=ws.max_message_size)
+        if found is None:
             return False
-        length = data[1]
-        if length < 0x80:
-            return False  # unmasked: a protocol error (the library answers it)
-        length &= 0x7F
-        if length < 126:
-            start = 6
-        elif length == 126:
-            start = 8
-            length = (data[2] << 8) | data[3]
-        else:
-            return False
-        if start + length != len(data):
-            return False
-        limit = ws.max_message_size
-        if limit is not None and length > limit:
-            return False
-        view = memoryview(data)
-        payload = apply_mask(view[start:], data[start - 4 : start])
-        text = first == 0x81
-        if text:
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                return False  # the library's path fails the connection (1007)
+        text, payload = found
         if self._bandwidth is not None:
             self._up(payload, text)
             return True
@@ -821,30 +784,6 @@ class WebSocketExchange(HttpExchange):
         if not room:
             self._hold("tunnel")
         return True
-
-    def _track(self, data: bytes) -> None:
-        """Follow, by frame headers alone, where the library's parser now is (see
-        ``_head``, ``_skip``), so the fast path knows when it is at a frame boundary."""
-        n = len(data)
-        pos = self._skip
-        if pos >= n:
-            self._skip = pos - n
-            return
-        head = self._head
-        while True:
-            chunk = head + data[pos : pos + 14] if head else data[pos : pos + 14]
-            size = _frame_size(chunk)
-            if size is None:  # the header is cut: keep its start
-                self._head = chunk
-                self._skip = 0
-                return
-            end = pos - len(head) + size
-            head = b""
-            if end >= n:
-                self._head = b""
-                self._skip = end - n
-                return
-            pos = end
 
     def browser_eof(self) -> None:
         if self._ws is not None:
@@ -917,19 +856,10 @@ class WebSocketExchange(HttpExchange):
                 ws.send_binary(data)
             self._to_browser(ws.data_to_send(), len(data))
             return
-        # What Frame.serialize writes for a server's unfragmented data frame (no mask,
-        # no extension), without copying the payload into it.
-        size = len(data)
-        first = 0x81 if text else 0x82
-        if size < 126:
-            header = bytes((first, size))
-        elif size < 65536:
-            header = _HEADER_16.pack(first, 126, size)
-        else:
-            header = _HEADER_64.pack(first, 127, size)
+        # A server's frame: not masked, and the payload not copied into it.
         parts = ws.data_to_send()  # nothing, unless the library queued a pong
-        parts += (header, data)
-        self._to_browser(parts, size)
+        parts += data_frame(data, text=text, mask=False)
+        self._to_browser(parts, len(data))
 
     def ws_closed(self, code: int, reason: str) -> None:
         ws = self._ws
@@ -970,29 +900,6 @@ class WebSocketExchange(HttpExchange):
             self.stream.reset(ErrorCode.CANCEL, why.reason)  # -> stream_ended closes
         else:
             self.stream_ended(None)
-
-
-_HEADER_16 = struct.Struct("!BBH")
-_HEADER_64 = struct.Struct("!BBQ")
-
-
-def _frame_size(header: bytes) -> int | None:
-    """A WebSocket frame's whole size from the start of its header; None if cut short."""
-    if len(header) < 2:
-        return None
-    length = header[1] & 0x7F
-    size = 6 if header[1] & 0x80 else 2
-    if length == 126:
-        if len(header) < 4:
-            return None
-        length = (header[2] << 8) | header[3]
-        size += 2
-    elif length == 127:
-        if len(header) < 10:
-            return None
-        length = int.from_bytes(header[2:10], "big")
-        size += 8
-    return size + length
 
 
 def _without(lines: list[bytes], drop: list[int]) -> list[bytes]:
