@@ -222,23 +222,7 @@ def _encode_joined_headers(headers: Headers) -> bytes:
         raise HeadError(f"more than {MAX_HEADERS} headers")
     if not count:
         return _NO_JOINED_HEADERS
-    names = [name for name, _ in headers]
-    try:
-        raw_names = "\n".join(names).encode("latin-1")
-        raw_values = "\n".join([value for _, value in headers]).encode("latin-1")
-    except UnicodeEncodeError:
-        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
-        raise HeadError(f"header field {bad!r} is not latin-1") from None
-    separators = _SEPARATORS[count]
-    if (
-        raw_names.translate(None, _TOKEN_BYTES) != separators
-        or raw_values.translate(None, _VALUE_BYTES) != separators
-        or not all(names)
-    ):
-        bad = next(
-            n for n, v in headers if not valid_field(n.encode("latin-1"), v.encode("latin-1"))
-        )
-        raise HeadError(f"invalid header field {bad!r}")
+    raw_names, raw_values = _joined(headers)
     return b"".join((_BLOCK.pack(count, len(raw_names)), raw_names, raw_values))
 
 
@@ -258,10 +242,39 @@ def _decode_joined_headers(data: bytes, pos: int) -> Headers:
         if end != size or names_size:
             raise HeadError("trailing bytes after head")
         return []
-    raw_names = data[start:end]
-    raw_values = data[end:]
-    # Exactly count - 1 LFs left in each once the allowed bytes are gone: every
-    # field is clean, and the block splits into exactly count names and values.
+    return _split(data[start:end], data[end:], count)
+
+
+def _joined(headers: Headers) -> tuple[bytes, bytes]:
+    """All names, and all values, each joined by LF and encoded, checked as a whole
+    (LF is valid in neither: a field holding one is refused like any bad byte)."""
+    names = [name for name, _ in headers]
+    try:
+        raw_names = "\n".join(names).encode("latin-1")
+        raw_values = "\n".join([value for _, value in headers]).encode("latin-1")
+    except UnicodeEncodeError:
+        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
+        raise HeadError(f"header field {bad!r} is not latin-1") from None
+    separators = _SEPARATORS[len(headers)]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+        or not all(names)
+    ):
+        bad = next(
+            n for n, v in headers if not valid_field(n.encode("latin-1"), v.encode("latin-1"))
+        )
+        raise HeadError(f"invalid header field {bad!r}")
+    return raw_names, raw_values
+
+
+def _split(raw_names: bytes, raw_values: bytes, count: int) -> Headers:
+    """``count`` fields from their names and their values each joined by LF.
+
+    Exactly ``count - 1`` LFs left in each once the allowed bytes are gone:
+    every field is clean, and the two split into exactly ``count`` names and
+    values; no name may be empty.  Names are lower-cased.
+    """
     separators = _SEPARATORS[count]
     if (
         raw_names.translate(None, _TOKEN_BYTES) != separators
@@ -301,25 +314,8 @@ def _encode_headers(headers: Headers) -> bytes:
     if not count:
         return _NO_HEADERS
     # The whole block at once: one encode and one validity check for all names,
-    # and the same for all values, instead of a few calls per field.  LF can
-    # join them: it is valid in neither, so a field holding one is refused.
-    names = [name for name, _ in headers]
-    try:
-        raw_names = "\n".join(names).encode("latin-1")
-        raw_values = "\n".join([value for _, value in headers]).encode("latin-1")
-    except UnicodeEncodeError:
-        bad = next(n for n, v in headers if not _is_latin1(n) or not _is_latin1(v))
-        raise HeadError(f"header field {bad!r} is not latin-1") from None
-    separators = _SEPARATORS[count]
-    if (
-        raw_names.translate(None, _TOKEN_BYTES) != separators
-        or raw_values.translate(None, _VALUE_BYTES) != separators
-        or not all(names)
-    ):
-        bad = next(
-            n for n, v in headers if not valid_field(n.encode("latin-1"), v.encode("latin-1"))
-        )
-        raise HeadError(f"invalid header field {bad!r}")
+    # and the same for all values, instead of a few calls per field.
+    raw_names, raw_values = _joined(headers)
     fields = zip(raw_names.split(b"\n"), raw_values.split(b"\n"), strict=True)
     lengths = _LENGTHS
     parts = [lengths[count]]
@@ -367,23 +363,8 @@ def _decode_headers(data: bytes, pos: int) -> Headers:
         raise HeadError("trailing bytes after head")
     if not count:
         return []
-    # Validated and decoded as two blocks (see _encode_headers), then split.
-    raw_names = b"\n".join(names)
-    raw_values = b"\n".join(values)
-    separators = _SEPARATORS[count]
-    if (
-        raw_names.translate(None, _TOKEN_BYTES) != separators
-        or raw_values.translate(None, _VALUE_BYTES) != separators
-        or not all(names)
-    ):
-        raise HeadError("invalid header field")
-    return list(
-        zip(
-            raw_names.decode("latin-1").lower().split("\n"),
-            raw_values.decode("latin-1").split("\n"),
-            strict=True,
-        )
-    )
+    # Validated and decoded as two blocks, as version 2 carries them.
+    return _split(b"\n".join(names), b"\n".join(values), count)
 
 
 def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
