@@ -13,44 +13,25 @@ receives (the positive control that a header really crossed) and answers
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
-from aiohttp import web
-from header_backend import headers as answer_with_headers
+from header_backend import Seen, recording_backend
 from stack import Stack, start_stack
-
-from homeport.standin import build_app
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest_asyncio.fixture
-async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, list[list[tuple[str, str]]]]]:
-    seen: list[list[tuple[str, str]]] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        seen.append([(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers])
-        return await handler(request)
-
-    app = build_app()
-    app.middlewares.append(record)
-    app.router.add_get("/headers", answer_with_headers)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        async with start_stack(tmp_path, ha_url=backend) as stack:
-            yield stack, seen
-    finally:
-        await runner.cleanup()
+async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Seen]]:
+    async with (
+        recording_backend() as (backend, seen),
+        start_stack(tmp_path, ha_url=backend) as stack,
+    ):
+        yield stack, seen
 
 
 async def test_header_names_with_underscores_never_reach_home_assistant(
-    recorded: tuple[Stack, list[list[tuple[str, str]]]],
+    recorded: tuple[Stack, Seen],
 ) -> None:
     stack, seen = recorded
     async with stack.browser() as browser:
@@ -77,7 +58,7 @@ async def test_header_names_with_underscores_never_reach_home_assistant(
 
 
 async def test_a_redirect_to_the_internal_address_stays_on_the_public_host(
-    recorded: tuple[Stack, list[list[tuple[str, str]]]],
+    recorded: tuple[Stack, Seen],
 ) -> None:
     stack, _ = recorded
     internal = stack.backend_url

@@ -9,59 +9,28 @@ and add-on through real sockets; the add-on offers ``versions=(1,)`` in its
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
-from header_backend import headers as answer_with_headers
+from header_backend import Seen, recording_backend
 from stack import Stack, start_stack
 
 from homeport.addon import client as addon_client
 from homeport.protocol.handshake import AddonHandshake
-from homeport.standin import build_app
 
 pytestmark = pytest.mark.timeout(60)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Seen = list[list[tuple[str, str]]]
 
 
 @pytest_asyncio.fixture
 async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Seen]]:
-    seen: Seen = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        seen.append([(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers])
-        return await handler(request)
-
-    app = build_app()
-    app.middlewares.append(record)
-    app.router.add_get("/headers", answer_with_headers)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with start_stack(
-            tmp_path, ha_url=f"http://127.0.0.1:{runner.addresses[0][1]}"
-        ) as stack:
-            yield stack, seen
-    finally:
-        await runner.cleanup()
-
-
-async def _dial_again(stack: Stack) -> None:
-    old = stack.relay.hub.tunnel_for(stack.instance_id)
-    assert old is not None
-    connects = stack.addon.status.connects
-    stack.addon._reconnect_now.set()
-    async with asyncio.timeout(20):
-        while stack.addon.status.connects == connects or not old.closed.is_set():
-            await asyncio.sleep(0.05)
-    await stack.wait_connected()
+    async with (
+        recording_backend() as (backend, seen),
+        start_stack(tmp_path, ha_url=backend) as stack,
+    ):
+        yield stack, seen
 
 
 def _versions(stack: Stack) -> tuple[int, int]:
@@ -110,6 +79,6 @@ async def test_an_addon_that_speaks_only_version_1_is_served(
     monkeypatch.setattr(
         addon_client, "AddonHandshake", functools.partial(AddonHandshake, versions=(1,))
     )
-    await _dial_again(stack)
+    await stack.dial_again()
     assert _versions(stack) == (1, 1)
     await _round_trip(stack, seen)

@@ -21,27 +21,23 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from haproxy import Haproxy
+from header_backend import recording_backend
 from ports import listening_socket, reserve_port
 from proxy_v2 import v2_header
 from stack import Stack, start_stack
 
 from homeport.cluster_local.haproxy import HaproxyNode
-from homeport.standin import build_app
 from homeport.tls.proxy_header import SIGNATURE
 from homeport.tls.proxy_listener import HEADER_TIMEOUT
 
 pytestmark = pytest.mark.timeout(120)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -50,26 +46,6 @@ class Proxied:
     haproxy: Haproxy
     node_port: int
     seen: list[list[tuple[str, str]]]
-
-
-@contextlib.asynccontextmanager
-async def recording_backend() -> AsyncIterator[tuple[str, list[list[tuple[str, str]]]]]:
-    seen: list[list[tuple[str, str]]] = []
-
-    @web.middleware
-    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
-        seen.append([(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.raw_headers])
-        return await handler(request)
-
-    app = build_app()
-    app.middlewares.append(record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -123,17 +123,6 @@ async def _quiet(stack: Stack) -> None:
     await asyncio.sleep(0.5)
 
 
-async def _reconnect(stack: Stack) -> None:
-    """The add-on dials again: the old tunnel ends on both sides."""
-    old = stack.relay.hub.tunnel_for(stack.instance_id)
-    assert old is not None
-    connects = stack.addon.status.connects
-    stack.addon._reconnect_now.set()
-    async with asyncio.timeout(20):
-        while stack.addon.status.connects == connects or not old.closed.is_set():
-            await asyncio.sleep(0.05)
-
-
 def _watched(obj: object, *, tunnel_ends: bool) -> bool:
     """What must not be left for the collector.
 
@@ -157,7 +146,7 @@ async def _leftovers(tmp_path: Path, *, tunnel_ends: bool) -> list[str]:
         gc.disable()
         try:
             if tunnel_ends:
-                await _reconnect(stack)
+                await stack.dial_again()
             else:
                 await _traffic(stack, browser)
             await _quiet(stack)

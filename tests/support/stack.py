@@ -90,6 +90,18 @@ class Stack:
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
+    async def dial_again(self, timeout: float = 20) -> None:
+        """The add-on dials again (as on a network change): the old tunnel ends on both
+        sides, and this returns once the new one is up."""
+        old = self.relay.hub.tunnel_for(self.instance_id)
+        assert old is not None
+        connects = self.addon.status.connects
+        self.addon._reconnect_now.set()
+        async with asyncio.timeout(timeout):
+            while self.addon.status.connects == connects or not old.closed.is_set():
+                await asyncio.sleep(0.05)
+        await self.wait_connected(timeout)
+
     async def wait_connected(self, timeout: float = 20, *, recorded: bool = True) -> None:
         """Until the tunnel is up and (``recorded``) its connect time is in the database
         (written in batches, relay/presence.py), so a test sees the database as it stays."""
