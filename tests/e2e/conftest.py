@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from header_backend import Seen, recording_backend
 from stack import Stack, start_stack
 
 from homeport.tls.devca import DevCA
@@ -75,3 +76,14 @@ async def stack(
         if not housekeeping:
             await running.relay.housekeeping.stop()
         yield running
+
+
+@pytest_asyncio.fixture
+async def recorded(tmp_path: Path, dev_ca: DevCA) -> AsyncIterator[tuple[Stack, Seen]]:
+    """A stack whose backend records every request head it receives (and answers
+    ``/headers`` with the response fields it is asked for): ``header_backend.py``."""
+    async with (
+        recording_backend() as (backend, seen),
+        start_stack(tmp_path, ca=dev_ca, ha_url=backend) as stack,
+    ):
+        yield stack, seen

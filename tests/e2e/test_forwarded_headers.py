@@ -13,21 +13,8 @@ receives (the positive control that a header really crossed) and answers
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest_asyncio
-from header_backend import Seen, recording_backend
-from stack import Stack, start_stack
-
-
-@pytest_asyncio.fixture
-async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Seen]]:
-    async with (
-        recording_backend() as (backend, seen),
-        start_stack(tmp_path, ha_url=backend) as stack,
-    ):
-        yield stack, seen
+from header_backend import Seen
+from stack import Stack
 
 
 async def test_header_names_with_underscores_never_reach_home_assistant(

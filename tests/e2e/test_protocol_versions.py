@@ -10,27 +10,15 @@ and add-on through real sockets; the add-on offers ``versions=(1,)`` in its
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from header_backend import Seen, recording_backend
-from stack import Stack, start_stack
+from header_backend import Seen
+from stack import Stack
 
 from homeport.addon import client as addon_client
 from homeport.protocol.handshake import AddonHandshake
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest_asyncio.fixture
-async def recorded(tmp_path: Path) -> AsyncIterator[tuple[Stack, Seen]]:
-    async with (
-        recording_backend() as (backend, seen),
-        start_stack(tmp_path, ha_url=backend) as stack,
-    ):
-        yield stack, seen
 
 
 def _versions(stack: Stack) -> tuple[int, int]:
