@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from homeport.addon.messages import request_head, response_headers
+from homeport.addon.messages import request_head, response_fields
 from homeport.addon.upstream import Origin
 from homeport.protocol.heads import (
     HEADERS_V1,
@@ -35,7 +35,7 @@ from homeport.protocol.heads import (
 from homeport.relay import headers as relay_headers
 from homeport.relay.proxy.http1 import Request, RequestReader
 from homeport.relay.proxy.responses import response_lines
-from homeport.tunnel.priorities import request_priority
+from homeport.tunnel.priorities import request_priority, response_priority
 
 ROUNDS = 5
 CALLS = 20_000
@@ -95,9 +95,8 @@ def steps(fmt: HeaderFormat) -> dict[str, Callable[[], object]]:
     opened = encode_request_fields(3, b"GET", request.target.encode("latin-1"), fields)
     head = decode_request_head(opened, fmt)
     origin = Origin.parse("http://127.0.0.1:8123")
-    answered = encode_response_head(
-        ResponseHead(204, response_headers(BACKEND_FIELDS, origin)), fmt
-    )
+    relayed = response_fields(BACKEND_FIELDS, origin)
+    answered = encode_response_head(ResponseHead.from_fields(204, *relayed), fmt)
     answer = decode_response_head(answered, fmt)
     return {
         "relay: read the browser's request": lambda: reader.feed(BROWSER_REQUEST),
@@ -116,12 +115,13 @@ def steps(fmt: HeaderFormat) -> dict[str, Callable[[], object]]:
         "add-on: Home Assistant's request": lambda: request_head(
             head.method, head.target, head.headers, origin, send_forwarded=True, has_body=False
         ),
-        "add-on: clean Home Assistant's fields": lambda: response_headers(BACKEND_FIELDS, origin),
+        "add-on: clean Home Assistant's fields": lambda: response_fields(BACKEND_FIELDS, origin),
+        "add-on: the answer's traffic class": lambda: response_priority(3, *relayed),
         "add-on: encode the RESPONSE head *": lambda: encode_response_head(
-            ResponseHead(204, answer.headers), fmt
+            ResponseHead.from_fields(204, *relayed), fmt
         ),
         "relay: decode the RESPONSE head *": lambda: decode_response_head(answered, fmt),
-        "relay: the browser's header lines": lambda: response_lines(answer.headers),
+        "relay: the browser's header lines": lambda: response_lines(*answer.fields),
     }
 
 

@@ -22,8 +22,10 @@ pytestmark = pytest.mark.timeout(60)
 async def test_an_unclean_head_is_never_written(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def injected(headers: list[tuple[str, str]]) -> tuple[list[bytes], list[int], str | None]:
-        lines, lengths, length = response_lines(headers)
+    def injected(
+        names: list[bytes], values: list[bytes]
+    ) -> tuple[list[bytes], list[int], bytes | None]:
+        lines, lengths, length = response_lines(names, values)
         return [b"x-a: 1\r\nset-cookie: injected=1\r\n", *lines], lengths, length
 
     async with stack.browser() as browser:

@@ -80,6 +80,20 @@ def test_response_round_trip(fmt: HeaderFormat) -> None:
     assert decode_response_head(encode_response_head(empty, fmt), fmt) == empty
 
 
+def test_a_response_head_is_the_same_as_text_or_as_bytes(fmt: HeaderFormat) -> None:
+    text = ResponseHead(200, [("content-type", "text/plain"), ("x-obs", "caf\xe9")])
+    raw = ResponseHead.from_fields(200, [b"content-type", b"x-obs"], [b"text/plain", b"caf\xe9"])
+    assert raw == text
+    assert text.fields == raw.fields
+    assert encode_response_head(raw, fmt) == encode_response_head(text, fmt)
+    decoded = decode_response_head(encode_response_head(text, fmt), fmt)
+    assert decoded.fields == raw.fields  # decoded as bytes; text on first use
+    assert decoded.headers == text.headers
+    assert ResponseHead(200, [("X-A", "1")]).fields == ([b"x-a"], [b"1"])
+    with pytest.raises(HeadError):
+        _ = ResponseHead(200, [("x-a", "\u20ac")]).fields  # not latin-1
+
+
 def test_header_names_are_lowercased_on_decode_and_order_and_duplicates_kept(
     fmt: HeaderFormat,
 ) -> None:
@@ -272,6 +286,18 @@ def _bad_responses(fmt: HeaderFormat) -> list[bytes]:
     ]
     if fmt.version == 1:
         bad.append(U16.pack(200) + raw_headers([(b"x", b"y")], fmt)[:-1])
+    else:
+        status = U16.pack(200)
+        bad += [
+            status + BLOCK.pack(MAX_HEADERS + 1, 0),
+            status + BLOCK.pack(1, 2) + b"x",  # the names run past the end
+            status + BLOCK.pack(2, 1) + b"xy",  # two fields, one name
+            status + BLOCK.pack(1, 3) + b"x\nyv",  # one field, two names
+            status + BLOCK.pack(2, 3) + b"x\nyv",  # two fields, one value
+            status + BLOCK.pack(2, 2) + b"x\nv\nw",  # an empty name
+            status + BLOCK.pack(0, 1) + b"x",  # no fields, a name
+            status + BLOCK.pack(0, 0) + b"v",  # no fields, a value
+        ]
     return bad
 
 
@@ -309,15 +335,22 @@ def test_whole_head_check_agrees_with_valid_field(
     expected = all(valid_field(n, v) for n, v in fields)
     assert heads._all_valid(names, values) is expected
     raw = raw_request(headers=fields, fmt=fmt)
+    block = raw_headers(fields, fmt)
     if expected:
         decoded = decode_request_head(raw, fmt).headers
         assert decoded == [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in fields]
-        assert fmt.encode_fields(names, values) == raw_headers(fields, fmt)
+        # The bytes form (response heads) decodes to exactly the same fields.
+        assert fmt.decode_fields(block, 0) == ([n.lower() for n in names], values)
+        assert fmt.encode_fields(names, values) == block
     else:
         with pytest.raises(HeadError):
             decode_request_head(raw, fmt)
         with pytest.raises(HeadError):
+            fmt.decode_fields(block, 0)
+        with pytest.raises(HeadError):
             fmt.encode_fields(names, values)
+        with pytest.raises(HeadError):
+            encode_response_head(ResponseHead.from_fields(200, names, values), fmt)
 
 
 # The encoder checks a whole block at once too, with the fields joined by LF (valid

@@ -64,7 +64,7 @@ def test_a_large_upload_is_bulk() -> None:
     ],
 )
 def test_streams_media_and_large_bodies_answer_as_bulk(headers: list[tuple[str, str]]) -> None:
-    assert response_priority(PRIORITY_INTERACTIVE, headers) == PRIORITY_BULK
+    assert response_priority(PRIORITY_INTERACTIVE, *_fields(headers)) == PRIORITY_BULK
 
 
 @pytest.mark.parametrize(
@@ -76,17 +76,21 @@ def test_streams_media_and_large_bodies_answer_as_bulk(headers: list[tuple[str, 
     ],
 )
 def test_small_answers_keep_the_request_class(headers: list[tuple[str, str]]) -> None:
-    assert response_priority(PRIORITY_INTERACTIVE, headers) == PRIORITY_INTERACTIVE
-    assert response_priority(PRIORITY_MEDIA, headers) == PRIORITY_MEDIA
+    assert response_priority(PRIORITY_INTERACTIVE, *_fields(headers)) == PRIORITY_INTERACTIVE
+    assert response_priority(PRIORITY_MEDIA, *_fields(headers)) == PRIORITY_MEDIA
 
 
 def test_a_response_never_makes_its_stream_more_urgent() -> None:
     for current in range(PRIORITY_BULK + 1):
-        assert response_priority(current, [("content-length", "10")]) == current
-        assert response_priority(current, [("content-type", "video/mp4")]) >= current
+        assert response_priority(current, [b"content-length"], [b"10"]) == current
+        assert response_priority(current, [b"content-type"], [b"video/mp4"]) >= current
         assert sent_priority(current, 10) == current
 
 
 def test_a_long_body_of_unknown_length_turns_bulk() -> None:
     assert sent_priority(PRIORITY_INTERACTIVE, BULK_SIZE) == PRIORITY_INTERACTIVE
     assert sent_priority(PRIORITY_INTERACTIVE, BULK_SIZE + 1) == PRIORITY_BULK
+
+
+def _fields(headers: list[tuple[str, str]]) -> tuple[list[bytes], list[bytes]]:
+    return [n.encode() for n, _ in headers], [v.encode() for _, v in headers]

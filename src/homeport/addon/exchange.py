@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING
 
 from homeport.addon.gate import SWITCHED_OFF_TEXT, refuse
-from homeport.addon.messages import response_headers
+from homeport.addon.messages import response_fields
 from homeport.addon.upstream import RawHeaders, UpstreamConnection
 from homeport.protocol import ErrorCode, HeadError, ResponseHead
 from homeport.tunnel.priorities import response_priority
@@ -146,13 +146,15 @@ class HttpExchange:
             body, complete = b"", True
         stream = self.stream
         try:
-            relayed = response_headers(headers, self._forwarder.origin)
+            names, values = response_fields(headers, self._forwarder.origin)
             # A camera stream or a backup must not crowd out the home's API answers.
             current = stream.priority
-            priority = response_priority(current, relayed)
+            priority = response_priority(current, names, values)
             if priority != current:
                 stream.set_priority(priority)
-            stream.respond(ResponseHead(status, relayed), end=complete and not body)
+            stream.respond(
+                ResponseHead.from_fields(status, names, values), end=complete and not body
+            )
         except (HeadError, RuntimeError):
             # A head we must not relay (an interim or 101 status, a field with
             # control characters, too large): the person gets a clean 502.

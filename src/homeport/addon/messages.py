@@ -143,9 +143,14 @@ def _check_lines(head: bytes, lines: int) -> None:
         raise RequestRefused("control characters in the request head")
 
 
-def response_headers(raw: RawHeaders, origin: Origin) -> Headers:
-    """Home Assistant's response fields that may go back through the tunnel."""
-    out: Headers = []
+def response_fields(raw: RawHeaders, origin: Origin) -> tuple[list[bytes], list[bytes]]:
+    """Home Assistant's response fields that may go back through the tunnel.
+
+    As bytes, names lower-cased: the tunnel's block is made from them as they
+    are (``ResponseHead.from_fields``), and checked whole when it is encoded.
+    """
+    names: list[bytes] = []
+    values: list[bytes] = []
     listed: frozenset[str] | None = None
     drop = _RESPONSE_DROP
     for name, value in raw:
@@ -154,13 +159,16 @@ def response_headers(raw: RawHeaders, origin: Origin) -> Headers:
             if lname == b"connection":
                 listed = (listed or frozenset()) | connection_tokens([value.decode("latin-1")])
             continue
-        text = value.decode("latin-1")
         if lname == b"location":
-            text = origin.public_location(text)
-        out.append((lname.decode("latin-1"), text))
+            value = origin.public_location(value.decode("latin-1")).encode("latin-1")
+        names.append(lname)
+        values.append(value)
     if listed:
-        out = [(n, v) for n, v in out if n not in listed]
-    return out
+        hop = {token.encode("latin-1") for token in listed}
+        kept = [i for i, name in enumerate(names) if name not in hop]
+        names = [names[i] for i in kept]
+        values = [values[i] for i in kept]
+    return names, values
 
 
 def websocket_fields(key: str, protocols: list[str]) -> Headers:

@@ -100,10 +100,67 @@ class RequestHead:
     priority: int = PRIORITY_DEFAULT
 
 
-@dataclass(slots=True)
 class ResponseHead:
-    status: int
-    headers: Headers = field(default_factory=list)
+    """A response's status and its fields, as text or as bytes.
+
+    A head holds its fields in the form it was made from: text ``headers``
+    (``ResponseHead(status, headers)``), or bytes (:meth:`from_fields`:
+    lower-case ``names`` and their ``values``), and makes the other on first
+    use.  The data plane keeps them as bytes end to end: the add-on from
+    Home Assistant's parsed bytes into the tunnel, the relay from the tunnel's
+    block into the browser's head, with no decode and encode per field.  A
+    head is never changed once made.
+    """
+
+    __slots__ = ("_fields", "_headers", "status")
+
+    def __init__(self, status: int, headers: Headers | None = None) -> None:
+        self.status = status
+        self._headers: Headers | None = [] if headers is None else headers
+        self._fields: tuple[list[bytes], list[bytes]] | None = None
+
+    @classmethod
+    def from_fields(cls, status: int, names: list[bytes], values: list[bytes]) -> ResponseHead:
+        """A head from its fields as bytes (names lower-case, as many values as names)."""
+        head = cls.__new__(cls)
+        head.status = status
+        head._headers = None
+        head._fields = (names, values)
+        return head
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            names, values = self._fields or ([], [])
+            self._headers = [
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in zip(names, values, strict=True)
+            ]
+        return self._headers
+
+    @property
+    def fields(self) -> tuple[list[bytes], list[bytes]]:
+        """Names (lower-case) and values as bytes; :class:`HeadError` if not latin-1."""
+        if self._fields is None:
+            headers = self._headers or []
+            try:
+                self._fields = (
+                    [name.lower().encode("latin-1") for name, _ in headers],
+                    [value.encode("latin-1") for _, value in headers],
+                )
+            except UnicodeEncodeError:
+                raise HeadError("header field is not latin-1") from None
+        return self._fields
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResponseHead):
+            return NotImplemented
+        return self.status == other.status and self.headers == other.headers
+
+    __hash__ = None  # type: ignore[assignment]  # as for a dataclass with eq: not a key
+
+    def __repr__(self) -> str:
+        return f"ResponseHead(status={self.status!r}, headers={self.headers!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +175,8 @@ class HeaderFormat:
     encode_headers: Callable[[Headers], bytes]
     #: The block at ``pos``, which must run to the end of the data; names lower-cased.
     decode_headers: Callable[[bytes, int], Headers]
+    #: The same as names and values in bytes, with the same checks.
+    decode_fields: Callable[[bytes, int], tuple[list[bytes], list[bytes]]]
 
 
 def encode_request_head(head: RequestHead, fmt: HeaderFormat | None = None) -> bytes:
@@ -173,16 +232,21 @@ def decode_request_head(payload: bytes, fmt: HeaderFormat | None = None) -> Requ
 def encode_response_head(head: ResponseHead, fmt: HeaderFormat | None = None) -> bytes:
     if not 100 <= head.status <= 599:
         raise HeadError(f"invalid status {head.status}")
-    return _U16.pack(head.status) + (fmt or LATEST).encode_headers(head.headers)
+    fmt = fmt or LATEST
+    fields = head._fields  # bytes when the head was made from bytes: encoded as they are
+    block = fmt.encode_fields(*fields) if fields is not None else fmt.encode_headers(head.headers)
+    return _U16.pack(head.status) + block
 
 
 def decode_response_head(payload: bytes, fmt: HeaderFormat | None = None) -> ResponseHead:
+    """The head with its fields as bytes (see :class:`ResponseHead`), every one checked."""
     if len(payload) < 2:
         raise HeadError("truncated head")
     status = payload[0] << 8 | payload[1]
     if not 100 <= status <= 599:
         raise HeadError(f"invalid status {status}")
-    return ResponseHead(status, (fmt or LATEST).decode_headers(payload, 2))
+    names, values = (fmt or LATEST).decode_fields(payload, 2)
+    return ResponseHead.from_fields(status, names, values)
 
 
 def valid_field(name: bytes, value: bytes) -> bool:
@@ -228,6 +292,17 @@ def _encode_joined_headers(headers: Headers) -> bytes:
 
 def _decode_joined_headers(data: bytes, pos: int) -> Headers:
     """Version 2's block at ``pos``, which must run to the end of ``data``."""
+    raw_names, raw_values, count = _joined_block(data, pos)
+    return _split(raw_names, raw_values, count) if count else []
+
+
+def _decode_joined_fields(data: bytes, pos: int) -> tuple[list[bytes], list[bytes]]:
+    raw_names, raw_values, count = _joined_block(data, pos)
+    return _split_fields(raw_names, raw_values, count) if count else ([], [])
+
+
+def _joined_block(data: bytes, pos: int) -> tuple[bytes, bytes, int]:
+    """Version 2's joined names and values at ``pos``, and their count (not yet checked)."""
     size = len(data)
     start = pos + _BLOCK.size
     if start > size:
@@ -238,11 +313,9 @@ def _decode_joined_headers(data: bytes, pos: int) -> Headers:
     end = start + names_size
     if end > size:
         raise HeadError("truncated head")
-    if not count:
-        if end != size or names_size:
-            raise HeadError("trailing bytes after head")
-        return []
-    return _split(data[start:end], data[end:], count)
+    if not count and (end != size or names_size):
+        raise HeadError("trailing bytes after head")
+    return data[start:end], data[end:], count
 
 
 def _joined(headers: Headers) -> tuple[bytes, bytes]:
@@ -285,6 +358,23 @@ def _split(raw_names: bytes, raw_values: bytes, count: int) -> Headers:
     if not all(names):
         raise HeadError("invalid header field")
     return list(zip(names, raw_values.decode("latin-1").split("\n"), strict=True))
+
+
+def _split_fields(
+    raw_names: bytes, raw_values: bytes, count: int
+) -> tuple[list[bytes], list[bytes]]:
+    """:func:`_split`'s checks, its fields left as bytes (names lower-cased)."""
+    separators = _SEPARATORS[count]
+    if (
+        raw_names.translate(None, _TOKEN_BYTES) != separators
+        or raw_values.translate(None, _VALUE_BYTES) != separators
+    ):
+        raise HeadError("invalid header field")
+    # A valid name is ASCII, so bytes.lower() is the text's lower().
+    names = raw_names.lower().split(b"\n")
+    if not all(names):
+        raise HeadError("invalid header field")
+    return names, raw_values.split(b"\n")
 
 
 # ------------------------------------------------------------- version 1
@@ -339,6 +429,18 @@ def _pack_fields(names: list[bytes], values: list[bytes]) -> bytes:
 
 def _decode_headers(data: bytes, pos: int) -> Headers:
     """The headers block at ``pos``, which must run to the end of ``data``."""
+    raw_names, raw_values, count = _length_prefixed_block(data, pos)
+    return _split(raw_names, raw_values, count) if count else []
+
+
+def _decode_fields(data: bytes, pos: int) -> tuple[list[bytes], list[bytes]]:
+    raw_names, raw_values, count = _length_prefixed_block(data, pos)
+    return _split_fields(raw_names, raw_values, count) if count else ([], [])
+
+
+def _length_prefixed_block(data: bytes, pos: int) -> tuple[bytes, bytes, int]:
+    """Version 1's names and values at ``pos`` joined by LF, as version 2 carries
+    them, and their count: validated and split the same way (not yet checked)."""
     size = len(data)
     if pos + 2 > size:
         raise HeadError("truncated head")
@@ -361,10 +463,7 @@ def _decode_headers(data: bytes, pos: int) -> Headers:
         values.append(data[end + 2 : pos])
     if pos != size:
         raise HeadError("trailing bytes after head")
-    if not count:
-        return []
-    # Validated and decoded as two blocks, as version 2 carries them.
-    return _split(b"\n".join(names), b"\n".join(values), count)
+    return b"\n".join(names), b"\n".join(values), count
 
 
 def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
@@ -386,9 +485,11 @@ def _is_latin1(text: str) -> bool:
 
 
 #: Version 1: every field length-prefixed.
-HEADERS_V1 = HeaderFormat(1, encode_fields, _encode_headers, _decode_headers)
+HEADERS_V1 = HeaderFormat(1, encode_fields, _encode_headers, _decode_headers, _decode_fields)
 #: Version 2: names and values each joined by LF (see the module docstring).
-HEADERS_V2 = HeaderFormat(2, _encode_joined_fields, _encode_joined_headers, _decode_joined_headers)
+HEADERS_V2 = HeaderFormat(
+    2, _encode_joined_fields, _encode_joined_headers, _decode_joined_headers, _decode_joined_fields
+)
 #: The header block of each protocol version.
 HEADER_FORMATS: dict[int, HeaderFormat] = {1: HEADERS_V1, 2: HEADERS_V2}
 #: What a tunnel uses unless told otherwise: the newest.

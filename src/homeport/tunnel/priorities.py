@@ -19,7 +19,6 @@ from homeport.protocol.heads import (
     PRIORITY_BULK,
     PRIORITY_DEFAULT,
     PRIORITY_INTERACTIVE,
-    Headers,
 )
 
 #: Pictures: camera snapshots, entity pictures, media artwork, TTS audio.
@@ -36,7 +35,7 @@ _CLASSES = re.compile(
     r"|(api/(?:camera_proxy/|image_proxy/|image/serve/|media_player_proxy/|tts_proxy/))"
     r"|((?:api|auth)/))"
 )
-_BULK_TYPES = ("multipart/x-mixed-replace", "video/", "audio/")
+_BULK_TYPES = (b"multipart/x-mixed-replace", b"video/", b"audio/")
 
 
 def request_priority(path: str, *, websocket: bool, content_length: int | None = None) -> int:
@@ -60,16 +59,17 @@ def request_priority(path: str, *, websocket: bool, content_length: int | None =
 _CLASS_OF_GROUP = (PRIORITY_DEFAULT, PRIORITY_BULK, PRIORITY_MEDIA, PRIORITY_INTERACTIVE)
 
 
-def response_priority(current: int, headers: Headers) -> int:
+def response_priority(current: int, names: list[bytes], values: list[bytes]) -> int:
     """The add-on's class for sending a response: ``current`` or less urgent.
 
     Endless or media bodies (MJPEG's ``multipart/x-mixed-replace``, video,
-    audio) and bodies announced larger than ``BULK_SIZE`` are bulk.
+    audio) and bodies announced larger than ``BULK_SIZE`` are bulk.  The
+    fields are Home Assistant's, as bytes with names lower-cased.
     """
-    for name, value in headers:
-        if name == "content-type" and value.strip().lower().startswith(_BULK_TYPES):
+    for name, value in zip(names, values):  # noqa: B905 - as many, by construction
+        if name == b"content-type" and value.strip().lower().startswith(_BULK_TYPES):
             return PRIORITY_BULK
-        if name == "content-length":
+        if name == b"content-length":
             try:
                 if int(value) > BULK_SIZE:
                     return PRIORITY_BULK

@@ -150,7 +150,7 @@ class HttpExchange:
         self._status = 0
         self._lines: list[bytes] = []  # the response head's header lines (response_lines)
         self._lengths: list[int] = []
-        self._length: str | None = None
+        self._length: bytes | None = None
         # Bytes held back by the home's bandwidth cap (see _to_browser, _charge_up).
         self._delayed: deque[tuple[float, list[bytes], int]] = deque()
         self._delayed_timer: asyncio.TimerHandle | None = None
@@ -401,7 +401,7 @@ class HttpExchange:
 
     def head_received(self, head: ResponseHead, end: bool) -> None:
         self._cancel_head_timer()
-        self._lines, self._lengths, self._length = response_lines(head.headers)
+        self._lines, self._lengths, self._length = response_lines(*head.fields)
         self._status = head.status
         self._ended = end
         if end:

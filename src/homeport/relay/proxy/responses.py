@@ -78,48 +78,57 @@ def head_is_clean(head: bytes, lines: int) -> bool:
 _CR_LF_NUL = b"\r\n\x00"
 
 
-def response_lines(headers: Headers) -> tuple[list[bytes], list[int], str | None]:
+def response_lines(
+    names: list[bytes], values: list[bytes]
+) -> tuple[list[bytes], list[int], bytes | None]:
     """A proxied response's header lines for the browser, in one pass over the home's.
 
     Exactly ``tenant_response_headers(response_headers(headers))`` written as
     ``name: value\\r\\n`` lines (the same hygiene, the same security headers,
-    the same order), without the intermediate lists: the data plane does this
-    for every response.  Also returns where the ``content-length`` lines are
-    (the relay may re-frame the body) and the first one's value.
+    the same order), without the intermediate lists or text: the data plane
+    does this for every response, from the fields as the tunnel's block
+    carried them (:attr:`ResponseHead.fields`: names lower-case).  Also returns
+    where the ``content-length`` lines are (the relay may re-frame the body)
+    and the first one's value.
 
-    ``headers`` come from the tunnel's head decoder, which refused any field
+    The fields come from the tunnel's head decoder, which refused any field
     that is not a token and a clean value; unlike ``response_headers`` this
     does not check each field again: the exchange checks the whole head it
     writes (:func:`head_is_clean`).
     """
-    dropped = RESPONSE_DROPPED
-    for name, _ in headers:
-        if name == "connection":  # rare: the fields it lists are hop-by-hop too
-            dropped = dropped | connection_tokens([v for n, v in headers if n == "connection"])
-            break
+    dropped = _RESPONSE_DROPPED
+    if b"connection" in names:  # rare: the fields it lists are hop-by-hop too
+        listed = [
+            v.decode("latin-1") for n, v in zip(names, values, strict=True) if n == b"connection"
+        ]
+        dropped = dropped | {token.encode("latin-1") for token in connection_tokens(listed)}
     lines: list[bytes] = []
     lengths: list[int] = []
-    length: str | None = None
+    length: bytes | None = None
     nosniff = referrer = framed = False
-    for name, value in headers:
+    # As many values as names, by construction; strict=True would double the call.
+    for name, value in zip(names, values):  # noqa: B905
         if name in dropped:
             continue
-        if name == "content-length":
-            if length is None:
-                length = value
-            lengths.append(len(lines))
-        elif name == "set-cookie":
-            if not acceptable_cookie(value):
-                continue
-        elif name == "x-content-type-options":
-            nosniff = True
-        elif name == "referrer-policy":
-            referrer = True
-        elif name == "x-frame-options":
-            framed = True
-        elif name == "content-security-policy" and not framed:
-            framed = security_headers.has_framing_policy([(name, value)])
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if name in _NOTED:
+            if name == b"content-length":
+                if length is None:
+                    length = value
+                lengths.append(len(lines))
+            elif name == b"set-cookie":
+                if not acceptable_cookie(value.decode("latin-1")):
+                    continue
+            elif name == b"x-content-type-options":
+                nosniff = True
+            elif name == b"referrer-policy":
+                referrer = True
+            elif name == b"x-frame-options":
+                framed = True
+            elif not framed:  # content-security-policy
+                framed = security_headers.has_framing_policy(
+                    [("content-security-policy", value.decode("latin-1"))]
+                )
+        lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(_HSTS_LINE)
     if not nosniff:
         lines.append(_NOSNIFF_LINE)
@@ -128,6 +137,20 @@ def response_lines(headers: Headers) -> tuple[list[bytes], list[int], str | None
     if not framed:
         lines.append(_FRAMING_LINE)
     return lines, lengths, length
+
+
+_RESPONSE_DROPPED = frozenset(name.encode("latin-1") for name in RESPONSE_DROPPED)
+#: The fields response_lines looks at more closely than to drop them or not.
+_NOTED = frozenset(
+    {
+        b"content-length",
+        b"set-cookie",
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"x-frame-options",
+        b"content-security-policy",
+    }
+)
 
 
 def encode_head(status: int, headers: Headers, *, close: bool) -> bytes:
