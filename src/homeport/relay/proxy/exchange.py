@@ -647,7 +647,7 @@ class HttpExchange:
             self.proxy.gate.live.unregister(self._live)
         if self.forward is not None:
             self.forward.release()
-        if log.isEnabledFor(logging.DEBUG):
+        if self._started:  # the debug log was on when the exchange began
             log.debug(
                 "tenant.request",
                 extra={
