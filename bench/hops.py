@@ -1,5 +1,8 @@
 """Where one small request's time goes, hop by hop: Homeport beside two nginx (GET c=1).
 
+``--workload ws`` does the same for one WebSocket echo (a 1 KiB message there
+and back, one at a time), whose chain of reads and writes is the same.
+
 ``bench/run.py`` gives the added latency of a small GET at c=1 as one figure.
 This tells where it goes.  It runs ``bench/run.py --only get --path P`` for
 each path and, while that path's GET c=1 is being measured, records the
@@ -46,6 +49,9 @@ HERE = Path(__file__).resolve().parent
 WINDOW = 0.5
 #: How long to wait for the path's GET c=1 to start (the stack comes up first).
 START_TIMEOUT = 120.0
+#: bench/run.py's workload group, and the figure that is followed, per workload.
+#: and how long after direct's figure the path is past its warm-up (and still measured).
+WORKLOADS = {"get": ("get", "get_c1", 2.0), "ws": ("ws", "ws_echo", 1.0)}
 
 _READS = {0: "read", 19: "readv", 45: "recvfrom", 47: "recvmsg"}
 _WRITES = {1: "write", 20: "writev", 44: "sendto", 46: "sendmsg"}
@@ -114,26 +120,29 @@ def roles(run_pid: int) -> dict[int, str]:
     return found
 
 
-def record(path: str, workdir: Path) -> tuple[dict[int, str], Path, str]:
-    """Run the benchmark for ``path`` and record its GET c=1 for a short window."""
+def record(path: str, workload: str, workdir: Path) -> tuple[dict[int, str], Path, str]:
+    """Run the benchmark for ``path`` and record its ``workload`` for a short window."""
+    group, figure_name, settle = WORKLOADS[workload]
     out = workdir / f"{path}.log"
     data = workdir / f"{path}.perf"
     env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     with out.open("w") as log:
         bench = subprocess.Popen(
-            [sys.executable, str(HERE / "run.py"), "--only", "get", "--path", path],
+            [sys.executable, str(HERE / "run.py"), "--only", group, "--path", path],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
     try:
         started = time.monotonic()
-        direct_done = '"figure":"get_c1","path":"direct"'
+        direct_done = f'"figure":"{figure_name}","path":"direct"'
         while direct_done not in out.read_text():
             if bench.poll() is not None or time.monotonic() - started > START_TIMEOUT:
-                raise SystemExit(f"bench/run.py did not reach GET c=1:\n{out.read_text()[-2000:]}")
+                raise SystemExit(
+                    f"bench/run.py never ran {figure_name}:\n{out.read_text()[-2000:]}"
+                )
             time.sleep(0.2)
-        time.sleep(2.0)  # past the path's warm-up
+        time.sleep(settle)
         who = {pid: role for pid, role in roles(bench.pid).items() if role != "?"}
         subprocess.run(
             ["perf", "record", "-q", "-o", str(data), "-p", ",".join(map(str, who)),
@@ -148,7 +157,12 @@ def record(path: str, workdir: Path) -> tuple[dict[int, str], Path, str]:
             bench.terminate()
             bench.wait()
     figure = next(
-        (line for line in out.read_text().splitlines() if f'"get_c1","path":"{path}"' in line), ""
+        (
+            line
+            for line in out.read_text().splitlines()
+            if f'"{figure_name}","path":"{path}"' in line
+        ),
+        "",
     )
     return who, data, figure
 
@@ -223,6 +237,7 @@ def segments(timeline: dict[str, list[tuple[float, str]]]) -> dict[str, list[flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", action="append", choices=("relay", "nginx"), help="default: both")
+    parser.add_argument("--workload", choices=tuple(WORKLOADS), default="get")
     args = parser.parse_args()
     if shutil.which("perf") is None:
         print("needs perf (Debian: linux-perf)", file=sys.stderr)
@@ -231,7 +246,7 @@ def main() -> int:
     table: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="homeport-hops-") as tmp:
         for path in paths:
-            who, data, figure = record(path, Path(tmp))
+            who, data, figure = record(path, args.workload, Path(tmp))
             table[path] = segments(calls(data, who))
             print(f"{path}: {figure}", flush=True)
 
@@ -242,7 +257,8 @@ def main() -> int:
     def line(label: str, values: list[float]) -> None:
         print(f"{label:<40}" + "".join(f"{v:10.1f}" for v in values))
 
-    print(f"\n{'median µs per request (GET c=1, traced)':<40}" + "".join(f"{p:>10}" for p in paths))
+    title = {"get": "per request (GET c=1", "ws": "per echo (WebSocket"}[args.workload]
+    print(f"\n{'median µs ' + title + ', traced)':<40}" + "".join(f"{p:>10}" for p in paths))
     for name in SEGMENTS:
         line(name, [median(p, name) for p in paths])
         if name.startswith("hop:"):
