@@ -15,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from homeport.tls.context import (
-    DirectSSLObject,
     NoPeerCertificateError,
     client_context,
     local_certificate_sha256,
@@ -223,42 +222,6 @@ async def test_the_server_offers_no_session_resumption(tmp_path: Path, ca: DevCA
     stats = context.session_stats()
     assert stats["accept"] == 5
     assert stats["number"] == 0
-
-
-def test_tls_objects_read_and_write_through_openssl_directly(tmp_path: Path, ca: DevCA) -> None:
-    """Both sides' objects (as uvloop makes them, by ``wrap_bio``) carry the C
-    object's own methods, and a verified TLS 1.3 exchange works through them."""
-    cert, key = ca.issue_server_certificate(NAMES, tmp_path / "srv")
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    server = server_context(cert, key).wrap_bio(bios[0], bios[1], server_side=True)
-    client = client_context(ca.cert_path).wrap_bio(bios[2], bios[3], server_hostname=HOST)
-    for side in (server, client):
-        assert isinstance(side, DirectSSLObject)
-        native = side._sslobj  # type: ignore[attr-defined]
-        for name in ("read", "write", "pending"):
-            assert getattr(side, name) == getattr(native, name)
-
-    def shuttle() -> None:  # what each side wrote, to the other
-        bios[0].write(bios[3].read())
-        bios[2].write(bios[1].read())
-
-    for _ in range(4):
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        shuttle()
-    assert client.version() == "TLSv1.3"
-    assert client.write(b"ping") == 4
-    shuttle()
-    buffer = bytearray(16)
-    assert server.pending() == 0  # nothing decrypted yet: the record is still in the BIO
-    assert server.read(16, buffer) == 4
-    assert bytes(buffer[:4]) == b"ping"
-    server.write(b"pong")
-    shuttle()
-    assert client.read(16) == b"pong"
-    with pytest.raises(ssl.SSLWantReadError):
-        client.read(16)
 
 
 def test_client_context_always_verifies(ca: DevCA) -> None:

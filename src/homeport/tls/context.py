@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import ssl
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +22,6 @@ __all__ = [
     "TLS12_CIPHERS",
     "TLS_PROFILES",
     "TUNNEL_ALPN",
-    "DirectSSLObject",
     "NoPeerCertificateError",
     "client_context",
     "local_certificate_sha256",
@@ -60,28 +58,6 @@ TLS12_CIPHERS = ":".join(
         "ECDHE-RSA-CHACHA20-POLY1305",
     ]
 )
-
-
-class DirectSSLObject(ssl.SSLObject):
-    """An ``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are OpenSSL's own.
-
-    uvloop's TLS transport calls these for every record it reads or writes,
-    several times per request on each hop; ``ssl.SSLObject``'s methods only
-    pass each call on to the C object (``_sslobj``) with the same arguments,
-    one Python frame each.  This binds the C object's methods on the instance
-    instead (``SSLContext.sslobject_class``, which ``wrap_bio`` uses).  Nothing
-    else changes: the handshake, verification and everything else are the
-    standard object's.  ``tests/tls/test_context.py`` checks the binding.
-    """
-
-    @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
-        made: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
-        native = made._sslobj  # type: ignore[attr-defined]
-        made.read = native.read  # type: ignore[method-assign]
-        made.write = native.write  # type: ignore[method-assign]
-        made.pending = native.pending  # type: ignore[method-assign]
-        return made
 
 
 def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSLContext:
@@ -129,7 +105,6 @@ def server_context(cert: Path, key: Path, *, profile: str = "modern") -> ssl.SSL
     context.set_alpn_protocols(SERVER_ALPN)
     context.load_cert_chain(certfile=cert, keyfile=key)
     context.sni_callback = _remember_server_name
-    context.sslobject_class = DirectSSLObject
     return context
 
 
@@ -169,7 +144,6 @@ def client_context(
     # Belt and braces: create_default_context promises these; never ship without.
     if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
         raise RuntimeError("TLS client context would not verify the server")
-    context.sslobject_class = DirectSSLObject
     return context
 
 
