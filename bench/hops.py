@@ -57,7 +57,7 @@ _READS = {0: "read", 19: "readv", 45: "recvfrom", 47: "recvmsg"}
 _WRITES = {1: "write", 20: "writev", 44: "sendto", 46: "sendmsg"}
 _WAITS = {232: "epoll_wait", 281: "epoll_pwait", 441: "epoll_pwait2"}
 _EVENT = re.compile(
-    r"\s*\S+\s+(\d+)/(\d+)\s+\[\d+\]\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit): NR (\d+)"
+    r"\s*\S+\s+(\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit): NR (\d+)"
     r"(?: \(([0-9a-f]+)| = (-?\d+))?"
 )
 
@@ -167,9 +167,9 @@ def record(path: str, workload: str, workdir: Path) -> tuple[dict[int, str], Pat
     return who, data, figure
 
 
-def calls(data: Path, who: dict[int, str]) -> dict[str, list[tuple[float, str]]]:
+def calls(data: Path, who: dict[int, str]) -> dict[str, list[tuple[float, str, int]]]:
     """Each role's reads and writes that moved bytes, and its waits for the next
-    event: (entry time, 'read', 'write' or 'wait')."""
+    event: (entry time, 'read', 'write' or 'wait', the core it ran on)."""
     script = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "comm,pid,tid,cpu,time,event,trace"],
         check=True,
@@ -177,51 +177,67 @@ def calls(data: Path, who: dict[int, str]) -> dict[str, list[tuple[float, str]]]
         text=True,
     ).stdout
     pending: dict[int, tuple[float, int]] = {}
-    out: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    out: dict[str, list[tuple[float, str, int]]] = defaultdict(list)
     for line in script.splitlines():
         match = _EVENT.match(line)
         if match is None:
             continue
-        pid, tid, at, kind, number, _, result = match.groups()
+        pid, tid, cpu, at, kind, number, _, result = match.groups()
+        core = int(cpu)
         if int(pid) not in who or pid != tid:
             continue  # the event loops run on the main thread
         nr = int(number)
         if kind == "enter":
             pending[int(tid)] = (float(at), nr)
             if nr in _WAITS:
-                out[who[int(pid)]].append((float(at), "wait"))
+                out[who[int(pid)]].append((float(at), "wait", core))
             continue
         entered = pending.pop(int(tid), None)
         if entered is None or entered[1] != nr or result is None:
             continue
         if nr in _READS and int(result) > 0:
-            out[who[int(pid)]].append((entered[0], "read"))
+            out[who[int(pid)]].append((entered[0], "read", core))
         elif nr in _WRITES and int(result) > 0:
-            out[who[int(pid)]].append((entered[0], "write"))
+            out[who[int(pid)]].append((entered[0], "write", core))
     return out
 
 
-def segments(timeline: dict[str, list[tuple[float, str]]]) -> dict[str, list[float]]:
-    """Follow each request along CHAIN; the microseconds of every segment."""
+def segments(timeline: dict[str, list[tuple[float, str, int]]]) -> dict[str, list[float]]:
+    """Follow each request along CHAIN; the microseconds of every segment.
+
+    Wakes are also filed by whether the process woken read on the core the
+    writer wrote on, or on the other one."""
     index = {
-        (role, kind): [at for at, k in events if k == kind]
+        (role, kind): [at for at, k, _ in events if k == kind]
         for role, events in timeline.items()
         for kind in ("read", "write", "wait")
+    }
+    cores = {
+        (role, kind): [core for _, k, core in events if k == kind]
+        for role, events in timeline.items()
+        for kind in ("read", "write")
     }
     found: dict[str, list[float]] = defaultdict(list)
     for start in index.get(("client", "write"), []):
         times = [start]
+        on = [cores[("client", "write")][index[("client", "write")].index(start)]]
         for role, kind in CHAIN[1:]:
             series = index.get((role, kind), [])
             i = bisect.bisect_right(series, times[-1])
             if i == len(series):
                 break
             times.append(series[i])
+            on.append(cores[(role, kind)][i])
         else:
             if times[-1] - start > 0.01:
                 continue  # lost track (a timer, a retransmission): skip this one
-            for name, (a, b) in zip(SEGMENTS, itertools.pairwise(times), strict=True):
+            for k, (name, (a, b)) in enumerate(
+                zip(SEGMENTS, itertools.pairwise(times), strict=True)
+            ):
                 found[name].append((b - a) * 1e6)
+                if name.startswith("wake:"):
+                    where = "same core" if on[k] == on[k + 1] else "other core"
+                    found[f"wakes to the {where}"].append((b - a) * 1e6)
             # What each hop's process still does after passing the bytes on, until it
             # waits again: on a shared core the next process may wait for it.
             for k, name in enumerate(SEGMENTS):
@@ -267,6 +283,14 @@ def main() -> int:
             )
     for label, prefix in (("all four hops", "hop:"), ("all six wakes", "wake:")):
         line(label, [sum(median(p, n) for n in SEGMENTS if n.startswith(prefix)) for p in paths])
+    for where in ("same core", "other core"):
+        key = f"wakes to the {where}"
+        shares = [
+            100 * len(table[p].get(key, [])) / max(1, 6 * len(table[p].get(SEGMENTS[0], [])))
+            for p in paths
+        ]
+        line(f"wakes to the {where}: % of them", shares)
+        line("  median µs", [median(p, key) for p in paths])
     counts = [len(table[p].get(SEGMENTS[0], [])) for p in paths]
     print(f"{'requests followed':<40}" + "".join(f"{v:10d}" for v in counts))
     return 0
