@@ -221,6 +221,57 @@ async def test_the_stale_sweep_marks_only_homes_no_node_holds(redis_server: Redi
         await sweeper.stop()
 
 
+@pytest.mark.parametrize("turns", range(4))
+async def test_a_stop_right_after_a_claim_stops(redis_server: RedisServer, turns: int) -> None:
+    """A claim wakes the writer; a stop in the same turn must still end it.
+
+    On Python 3.11 ``asyncio.wait_for`` swallowed that cancellation (CPython
+    gh-86296): the writer went on refreshing and ``stop()`` never returned (a
+    node's shutdown hung; this file's sweep test timed out in CI once).
+    """
+    node = directory(redis_server, "node-a")
+    node.start()
+    await asyncio.sleep(0.05)  # the writer waits for its next round
+    async with asyncio.timeout(4):  # about 0.2 s; the swallowed cancel took 7 s or more
+        node.claim(HOME)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await node.stop()
+    assert node.held == 0
+
+
+async def test_a_stop_ends_a_writer_whose_cancellation_was_lost(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Redis client's own timeouts can turn a cancellation into a TimeoutError,
+    which the writer retries on: one cancel() left it going round and ``stop()``
+    waiting for ever (this file's sweep test timed out in CI that way)."""
+    node = directory(redis_server, "node-a")
+    write = node._write
+    lost = []
+
+    async def losing(ops: Sequence[tuple[str, str, bytes]]) -> None:
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            if not lost:
+                lost.append(True)
+                raise TimeoutError from None  # what a library's timeout may do
+            raise
+        await write(ops)
+
+    monkeypatch.setattr(node, "_write", losing)
+    node.start()
+    node.claim(HOME)
+    await asyncio.sleep(0.05)  # the writer is inside its write now
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        await node.stop()
+    assert lost == [True]
+    # Asked again at once (cancel_and_wait), not whenever the writer happens to end.
+    assert time.monotonic() - started < 3
+
+
 def test_a_move_request_that_is_not_genuine_and_fresh_is_refused() -> None:
     sealer = RecordSealer(KEY)
     now = time.time()

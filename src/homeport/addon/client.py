@@ -11,7 +11,6 @@ makes us reconnect at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -51,6 +50,7 @@ from homeport.tls.context import client_context, peer_certificate_sha256
 from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
 from homeport.tunnel.raw import TUNNEL_ALPN, ChannelClosed, RawPipe
 from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
+from homeport.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ class AddonClient:
             attempt += 1
             log.info("addon.retry", extra={"seconds": round(delay, 2)})
             self._reconnect_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconnect_now.wait(), delay)
+            await wait_for_event(self._reconnect_now, delay)
 
     async def connect_once(self) -> str:
         """One connection: "served", "replaced", "reconnect" (dial again now) or "refused"."""

@@ -48,6 +48,7 @@ from homeport.mail.messages import MailWriter
 from homeport.relay.app_links import AppLinkGate
 from homeport.relay.gate import SessionGate
 from homeport.relay.live import Ending
+from homeport.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,7 @@ class Housekeeping:
             if wake is None:
                 await asyncio.sleep(interval())
             else:  # or earlier, when woken (sweep_soon)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval())
+                await wait_for_event(wake, interval())
                 wake.clear()
             try:
                 await chore()

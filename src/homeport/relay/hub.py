@@ -48,6 +48,7 @@ from homeport.tunnel.control import ControlHandler
 from homeport.tunnel.pipes import MAX_MESSAGE, Pipe, WebSocketPipe
 from homeport.tunnel.raw import RawPipe
 from homeport.tunnel.session import GOAWAY_REPLACED, TunnelSession
+from homeport.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -372,8 +373,7 @@ class TunnelHub:
         database_down = False
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.config.link_poll_seconds)
+                await wait_for_event(wake, self.config.link_poll_seconds)
                 wake.clear()
                 if watcher.done() or channel.closed:
                     return

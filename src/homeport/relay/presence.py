@@ -24,6 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
+from homeport.waits import wait_for_event
+
 log = logging.getLogger(__name__)
 
 #: How long connects and disconnects gather before one transaction writes them.
@@ -81,8 +83,7 @@ class PresenceRecorder:
         while self.pending:
             if not self._closing:
                 wait = self._delay if not self._failures else min(RETRY_CAP, 2**self._failures / 2)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await wait_for_event(self._wake, wait)
             written = await self._flush_once()
             if self._closing and not written:
                 return  # one try when closing: a database that is down stays down
@@ -125,4 +126,5 @@ class PresenceRecorder:
         assert self._flusher is not None
         with contextlib.suppress(TimeoutError):
             # Shielded: a write in progress is never cut half-way (its times would be lost).
-            await asyncio.wait_for(asyncio.shield(self._flusher), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._flusher)

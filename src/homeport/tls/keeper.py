@@ -29,7 +29,6 @@ ACME certificates): the certificates live in the database
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import ssl
@@ -44,6 +43,7 @@ from homeport.tls.check import CertificateProblem, check_certificate_files
 from homeport.tls.lease import Held, RenewalLease
 from homeport.tls.served import CertPair, ServedCertificates
 from homeport.tls.store import CertificateRefused, CertificateStore, FencingError
+from homeport.waits import wait_for_event
 
 __all__ = ["POLL_INTERVAL", "CertificateKeeper", "Managed"]
 
@@ -128,8 +128,7 @@ class CertificateKeeper:
             if self.store is None:
                 await self._sleep(wait)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_for_event(self._wake, wait)
 
     def wake(self) -> None:
         """Look at the store now (another node told us it stored a certificate)."""

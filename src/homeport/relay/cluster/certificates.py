@@ -147,7 +147,8 @@ class CertificateNotices:
             client = self._client()
             pubsub = client.pubsub()
             try:
-                await asyncio.wait_for(pubsub.subscribe(self.channel), CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await pubsub.subscribe(self.channel)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:

@@ -215,7 +215,8 @@ class RevocationChannel:
     async def _subscription(self, pubsub: Any) -> None:
         """Serve one subscription until it fails (raises); marks the channel up while sure."""
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(pubsub.subscribe(self.channel), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await pubsub.subscribe(self.channel)
         confirmations = 0
         last_pong = last_ping = loop.time()
         while True:

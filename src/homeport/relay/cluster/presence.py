@@ -71,6 +71,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from homeport.relay.cluster.sealed import RefusedMessage, ReplayGuard, Seal, SealedKind
+from homeport.waits import cancel_and_wait, wait_for_event
 
 __all__ = [
     "MAX_RECORD_AGE",
@@ -239,9 +240,9 @@ class PresenceDirectory:
         """Stop refreshing; delete this node's records (a clean stop leaves none behind)."""
         for task in (self._task, self._listener):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Not one cancel(): a cancellation lost in the Redis client's own
+                # timeouts left the writer going round and this stop waiting for ever.
+                await cancel_and_wait(task)
         self._task = self._listener = None
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._write([("release", i, v) for i, v in self._held.items()])
@@ -392,8 +393,7 @@ class PresenceDirectory:
         next_refresh = loop.time() + self._refresh
         next_sweep = loop.time() + self._ttl_ms / 1000 + self._refresh
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_refresh - loop.time()))
+            await wait_for_event(self._wake, max(0.0, next_refresh - loop.time()))
             self._wake.clear()
             try:
                 pending, self._pending = self._pending, []
