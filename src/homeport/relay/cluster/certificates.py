@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from homeport.relay.cluster.messages import MAX_AGE
 from homeport.relay.cluster.sealed import RefusedMessage, Seal, SealedKind
+from homeport.waits import cancel_and_wait
 
 __all__ = ["CHANNEL", "NOTICE", "CertificateNotices", "NoticeSealer"]
 
@@ -116,11 +117,8 @@ class CertificateNotices:
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._listener] if self._listener else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in tasks:  # until each has ended (see homeport/waits.py)
+            await cancel_and_wait(task)
         self._listener = None
         self._tasks.clear()
 

@@ -52,6 +52,7 @@ from redis.exceptions import RedisError
 from homeport.relay.cluster.messages import MAX_AGE, LinkedNotice, RefusedMessage, Sealer
 from homeport.relay.cluster.sealed import ReplayGuard
 from homeport.relay.live import Withdrawal
+from homeport.waits import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,10 @@ class RevocationChannel:
 
     async def stop(self) -> None:
         self._stopping = True
+        # Not one cancel() each: the Redis client's timeouts can turn a cancellation
+        # into a TimeoutError these loops retry on (homeport/waits.py).
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         self.up = False
         self._up_event.clear()
