@@ -252,16 +252,21 @@ def _bad_requests(fmt: HeaderFormat) -> list[bytes]:
             prefix + U16.pack(MAX_HEADERS + 1),
         ]
     else:
-        bad += [
-            prefix + BLOCK.pack(MAX_HEADERS + 1, 0),
-            prefix + BLOCK.pack(1, 2) + b"x",  # the names run past the end
-            prefix + BLOCK.pack(2, 1) + b"xy",  # two fields, one name
-            prefix + BLOCK.pack(1, 3) + b"x\nyv",  # one field, two names
-            prefix + BLOCK.pack(2, 3) + b"x\nyv",  # two fields, one value
-            prefix + BLOCK.pack(0, 1) + b"x",  # no fields, a name
-            prefix + BLOCK.pack(0, 0) + b"v",  # no fields, a value
-        ]
+        bad += [prefix + block for block in _BAD_JOINED_BLOCKS]
     return bad
+
+
+#: Version 2 blocks whose framing is wrong, whatever head they end.
+_BAD_JOINED_BLOCKS = [
+    BLOCK.pack(MAX_HEADERS + 1, 0),
+    BLOCK.pack(1, 2) + b"x",  # the names run past the end
+    BLOCK.pack(2, 1) + b"xy",  # two fields, one name
+    BLOCK.pack(1, 3) + b"x\nyv",  # one field, two names
+    BLOCK.pack(2, 3) + b"x\nyv",  # two fields, one value
+    BLOCK.pack(2, 2) + b"x\nv\nw",  # an empty name
+    BLOCK.pack(0, 1) + b"x",  # no fields, a name
+    BLOCK.pack(0, 0) + b"v",  # no fields, a value
+]
 
 
 @pytest.mark.parametrize(
@@ -287,17 +292,7 @@ def _bad_responses(fmt: HeaderFormat) -> list[bytes]:
     if fmt.version == 1:
         bad.append(U16.pack(200) + raw_headers([(b"x", b"y")], fmt)[:-1])
     else:
-        status = U16.pack(200)
-        bad += [
-            status + BLOCK.pack(MAX_HEADERS + 1, 0),
-            status + BLOCK.pack(1, 2) + b"x",  # the names run past the end
-            status + BLOCK.pack(2, 1) + b"xy",  # two fields, one name
-            status + BLOCK.pack(1, 3) + b"x\nyv",  # one field, two names
-            status + BLOCK.pack(2, 3) + b"x\nyv",  # two fields, one value
-            status + BLOCK.pack(2, 2) + b"x\nv\nw",  # an empty name
-            status + BLOCK.pack(0, 1) + b"x",  # no fields, a name
-            status + BLOCK.pack(0, 0) + b"v",  # no fields, a value
-        ]
+        bad += [U16.pack(200) + block for block in _BAD_JOINED_BLOCKS]
     return bad
 
 
