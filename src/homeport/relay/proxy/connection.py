@@ -46,6 +46,12 @@ IDLE_TIMEOUT = 75.0
 MAX_PIPELINED = 16
 #: How long the home may take to start its answer (504 after that).
 RESPONSE_HEAD_TIMEOUT = 300.0
+#: Parts of one write up to this many bytes in all go to the browser joined, as one
+#: TLS record: uvloop's TLS transport encrypts every part of ``writelines`` as a
+#: record of its own (a WebSocket frame's header and payload, a response head and
+#: a small body).  16 KiB is the most a record carries; above it the copy a join
+#: makes costs more than the record it saves.
+COALESCE_LIMIT = 16 * 1024
 
 
 class TenantConnection(ThreadBufferReads):
@@ -195,7 +201,10 @@ class TenantConnection(ThreadBufferReads):
 
     def writelines(self, parts: list[bytes]) -> None:
         if self.transport is not None and not self.lost:
-            self.transport.writelines(parts)
+            if len(parts) > 1 and sum(map(len, parts)) <= COALESCE_LIMIT:
+                self.transport.write(b"".join(parts))
+            else:
+                self.transport.writelines(parts)
 
     def pause(self, why: str) -> None:
         """Stop reading from the browser until :meth:`resume` with the same reason."""
