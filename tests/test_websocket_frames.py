@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from homeport.websocket_frames import FrameBoundary, data_frame, whole_data_frame
+from homeport.websocket_frames import (
+    MASK_POOL_SIZE,
+    FrameBoundary,
+    data_frame,
+    mask_key,
+    whole_data_frame,
+)
 
 
 def library_frame(opcode: Opcode, payload: bytes, *, mask: bool, fin: bool = True) -> bytes:
@@ -100,3 +108,39 @@ def test_the_boundary_follows_the_library_wherever_reads_cut(
         boundary.track(stream[position:point])
         position = point
         assert boundary.at_start is (position in starts)
+
+
+def test_mask_keys_are_never_reused_across_pool_refills() -> None:
+    """Every frame gets its own key, also across the refills of the pool (RFC 6455 §5.3)."""
+    keys = [mask_key() for _ in range(3 * MASK_POOL_SIZE // 4 + 5)]
+    assert all(len(key) == 4 for key in keys)
+    # 4-byte keys from the CSPRNG: a repeat among ~3,000 would be a bug, not chance
+    # (about 1 in 10^3 for any repeat at all; the pool's slicing repeating is certain).
+    assert len(set(keys)) >= len(keys) - 2
+    assert len({keys[i] for i in range(0, len(keys), MASK_POOL_SIZE // 4)}) > 1
+
+
+def test_masked_frames_carry_a_fresh_key_each() -> None:
+    wires = [b"".join(data_frame(b"same payload", text=True, mask=True)) for _ in range(64)]
+    assert len({wire[2:6] for wire in wires}) >= 63
+    for wire in wires:
+        assert library_parse(wire, mask=True).data == b"same payload"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_reuse_its_parents_keys() -> None:
+    """A child that kept its parent's pool would mask with the same keys as the parent."""
+    mask_key()  # the parent has a pool in use
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, b"".join(mask_key() for _ in range(8)))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(mask_key() for _ in range(8))
+    assert len(child) == 32
+    assert child != parent

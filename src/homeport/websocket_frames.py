@@ -19,8 +19,9 @@ them), so no RSV bit may be set.
 
 from __future__ import annotations
 
-import secrets
+import os
 import struct
+import threading
 
 try:  # the library's own masking, in C where built (as websockets.frames picks it)
     from websockets.speedups import apply_mask
@@ -87,7 +88,7 @@ def data_frame(payload: bytes, *, text: bool, mask: bool) -> list[bytes]:
     """What ``Frame.serialize`` writes for an unfragmented data frame without
     extensions, as parts for ``writelines``: the header, then the payload (an
     unmasked one is not copied; a masked one gets a fresh mask of
-    ``secrets.token_bytes(4)``, as the library's)."""
+    :func:`mask_key`)."""
     size = len(payload)
     first = _TEXT_FIN if text else _BINARY_FIN
     bit = _MASK_BIT if mask else 0
@@ -99,8 +100,47 @@ def data_frame(payload: bytes, *, text: bool, mask: bool) -> list[bytes]:
         header = _HEADER_64.pack(first, bit | 127, size)
     if not mask:
         return [header, payload]
-    key = secrets.token_bytes(4)
+    key = mask_key()
     return [header + key, apply_mask(payload, key)]
+
+
+#: Masking keys are cut from this many bytes of ``os.urandom`` at a time.
+MASK_POOL_SIZE = 4096
+
+
+class _MaskPool(threading.local):
+    pool = b""
+    used = 0
+
+
+_masks = _MaskPool()
+
+
+def mask_key() -> bytes:
+    """A fresh four-byte masking key for a client's frame (RFC 6455 §5.3).
+
+    The keys come from the operating system's CSPRNG like the library's
+    ``secrets.token_bytes(4)``, but one ``getrandom`` call serves a thousand
+    frames instead of one: the add-on masks every message it passes to Home
+    Assistant.  Each key is used once: the pool is per thread, and a forked
+    child starts with none of its parent's (``os.register_at_fork``), so no two
+    frames anywhere share a key drawn from the same bytes.
+    """
+    masks = _masks
+    used = masks.used
+    if used >= len(masks.pool):
+        masks.pool = os.urandom(MASK_POOL_SIZE)
+        used = 0
+    masks.used = used + 4
+    return masks.pool[used : used + 4]
+
+
+def _forget_masks() -> None:
+    _masks.pool = b""
+    _masks.used = 0
+
+
+os.register_at_fork(after_in_child=_forget_masks)
 
 
 def frame_size(header: bytes) -> int | None:
