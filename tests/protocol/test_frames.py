@@ -197,3 +197,45 @@ def test_every_type_and_flags_combination_is_judged_by_the_rules(stream_id: int)
             else:
                 with pytest.raises(ProtocolViolation):
                     decoder.feed_raw(data)
+
+
+@pytest.mark.parametrize("step", [1, 5, 9, 10, 11, 64, 250, 1000, 5000])
+def test_a_reused_read_buffer_never_changes_what_was_decoded(step: int) -> None:
+    """The tunnel hands the decoder a view of one read buffer that every connection
+    of the thread reuses (tunnel/raw.py).  A payload or a kept frame start that
+    still pointed into it would change when the next read lands: another
+    tenant's bytes.  Each read is overwritten as soon as the decoder returns."""
+    wire = b"".join(
+        encode_frame(FrameType.DATA, i + 1, bytes([i]) * (i * 97 % 700)) for i in range(40)
+    )
+    whole = FrameDecoder(MAX).feed(wire)
+    shared = bytearray(step)
+    decoder = FrameDecoder(MAX)
+    frames: list[Frame] = []
+    for offset in range(0, len(wire), step):
+        piece = wire[offset : offset + step]
+        shared[: len(piece)] = piece
+        with memoryview(shared)[: len(piece)] as read:
+            frames += decoder.feed(read)
+        shared[:] = b"\xee" * step  # the next connection's read
+    assert frames == whole
+    assert not decoder._buffer
+
+
+def test_a_split_frame_takes_only_the_bytes_it_needs_from_the_next_read() -> None:
+    first = encode_frame(FrameType.DATA, 1, b"a" * 300)
+    rest = encode_frame(FrameType.DATA, 3, b"b" * 200) * 20
+    decoder = FrameDecoder(MAX)
+    assert decoder.feed(first[:100]) == []
+    assert len(decoder._buffer) == 100
+    frames = decoder.feed(first[100:] + rest + rest[:7])
+    assert [f.payload for f in frames] == [b"a" * 300] + [b"b" * 200] * 20
+    assert bytes(decoder._buffer) == rest[:7]  # the cut header of the next frame, and no more
+
+
+def test_an_oversized_frame_split_across_reads_is_refused_from_its_header() -> None:
+    decoder = FrameDecoder(MAX)
+    header = raw_header(MAX + 1, int(FrameType.DATA), 0, 1)
+    assert decoder.feed(header[:4]) == []
+    with pytest.raises(ProtocolViolation, match="exceeds"):
+        decoder.feed(header[4:] + b"x" * 100)

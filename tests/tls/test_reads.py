@@ -133,3 +133,67 @@ def test_the_tls_facing_protocols_read_through_the_shared_buffer() -> None:
         assert issubclass(protocol, ThreadBufferReads)
         assert not issubclass(protocol, asyncio.Protocol)
     assert READ_SIZE < MMAP_THRESHOLD  # its copies stay below glibc's fixed mmap threshold
+
+
+class KeepingOwner:
+    """A tunnel session that (wrongly) keeps what its pipe hands it."""
+
+    def __init__(self, done: asyncio.Future[bytes]) -> None:
+        self.received = Received(done)
+        self.kept: list[bytes | memoryview] = []
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        self.kept.append(data)
+        self.received.add(bytes(data))  # what the frame decoder does: copy while called
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def pipe_closed(self, reason: str) -> None:
+        pass
+
+
+def test_a_tunnel_pipe_hands_a_view_that_dies_with_the_call(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """The raw tunnel pipe passes its session a view of the shared read buffer
+    instead of a copy.  What the session copies during the call is exactly what
+    was sent; a view it kept is released, so using it later fails loudly
+    instead of reading whatever the next read of any connection put there."""
+
+    async def run() -> tuple[bytes, list[bytes | memoryview]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+        owner = KeepingOwner(done)
+
+        def pipe() -> RawPipe:
+            raw = RawPipe()
+            raw.start(owner)
+            return raw
+
+        server = await loop.create_server(pipe, "127.0.0.1", 0, ssl=contexts[0])
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=contexts[1], server_hostname=HOST
+        )
+        try:
+            for _ in range(MESSAGES):
+                writer.write(MESSAGE)
+                await writer.drain()
+                await asyncio.sleep(0)
+            return await asyncio.wait_for(done, 10), owner.kept
+        finally:
+            writer.close()
+            server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        digest, kept = runner.run(run())
+    assert digest == hashlib.sha256(MESSAGE * MESSAGES).digest()
+    assert kept
+    assert all(isinstance(view, memoryview) for view in kept)
+    for view in kept:
+        with pytest.raises(ValueError, match="released"):
+            bytes(view)

@@ -664,7 +664,7 @@ class TunnelConnection:
 
     # -------------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | memoryview) -> list[Event]:
         """Feed bytes from the peer; returns what happened.  Never raises on bad input."""
         if self.terminated:
             return []

@@ -88,7 +88,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._error: ProtocolViolation | None = None
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
         """Frames completed by ``data``.
 
         A bad frame behind good ones in the same chunk does not swallow them:
@@ -106,31 +106,35 @@ class FrameDecoder:
         """The violation found behind frames already returned (raised by the next feed)."""
         return self._error
 
-    def feed_raw(self, data: bytes) -> list[RawFrame]:
+    def feed_raw(self, data: bytes | memoryview) -> list[RawFrame]:
         """Like :meth:`feed`, as ``(type, flags, stream_id, payload)`` tuples of plain ints.
 
         The same checks; the connection's per-frame path uses this form, since
         building enum members (and ``&`` on an ``IntFlag``) costs more than the
         rest of handling a small frame.
+
+        ``data`` may be a view of a buffer the caller reuses as soon as this
+        returns (the tunnel's reads, ``tunnel/raw.py``): nothing here keeps a
+        reference to it.  Every payload is a copy, and so are the bytes of a
+        frame cut short at the end, kept for the next call.
         """
         if self._error is not None:
             raise self._error
         frames: list[RawFrame] = []
-        buffer = self._buffer
-        # The common case, one WebSocket message of whole frames, is parsed in
-        # place: only a frame split across calls goes through the buffer.
-        if buffer:
-            buffer += data
-            source: bytes | bytearray = buffer
-        else:
-            source = data
-        size = len(source)
+        size = len(data)
         offset = 0
         max_payload = self.max_payload
         try:
-            with memoryview(source) as view:
+            if self._buffer:
+                # A frame split across calls is finished from just the bytes it
+                # still needs; the rest of ``data`` is parsed in place below, not
+                # copied into the buffer first (a bulk transfer splits a frame at
+                # nearly every read).
+                offset = self._finish_split_frame(data, frames)
+            # The common case, whole frames, is parsed in place.
+            with memoryview(data) as view:
                 while size - offset >= HEADER_SIZE:
-                    length, raw_type, raw_flags, stream_id = _unpack_header(source, offset)
+                    length, raw_type, raw_flags, stream_id = _unpack_header(data, offset)
                     if length > max_payload:
                         raise ProtocolViolation(
                             ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {max_payload}"
@@ -139,7 +143,7 @@ class FrameDecoder:
                     end = start + length
                     if size < end:
                         break
-                    # One copy per payload, straight out of the message.
+                    # One copy per payload, straight out of the read.
                     payload = bytes(view[start:end])
                     if (
                         raw_flags & ~_ALLOWED_RAW[raw_type] if raw_type < _TYPES else 1
@@ -150,18 +154,47 @@ class FrameDecoder:
                         _validate(raw_type, raw_flags, stream_id)
                     frames.append((raw_type, raw_flags, stream_id, payload))
                     offset = end
+                if offset < size:
+                    # The start of a frame cut short: kept (copied) for the next call.
+                    self._buffer += view[offset:]
         except ProtocolViolation as exc:
             self._error = exc
             if not frames:
                 raise
-        finally:
-            # The view is released by now, so the buffer may be resized.
-            if source is buffer:
-                if offset:
-                    del buffer[:offset]
-            elif offset < size:
-                buffer += memoryview(source)[offset:]
         return frames
+
+    def _finish_split_frame(self, data: bytes | memoryview, frames: list[RawFrame]) -> int:
+        """Complete the buffered start of a frame from ``data``; how many bytes it took.
+
+        Appends the frame to ``frames`` once it is whole (the buffer is then
+        empty again); takes all of ``data`` while it is not.
+        """
+        buffer = self._buffer
+        size = len(data)
+        taken = 0
+        with memoryview(data) as view:
+            if len(buffer) < HEADER_SIZE:
+                taken = min(HEADER_SIZE - len(buffer), size)
+                buffer += view[:taken]
+                if len(buffer) < HEADER_SIZE:
+                    return taken
+            length, raw_type, raw_flags, stream_id = _unpack_header(buffer)
+            if length > self.max_payload:
+                raise ProtocolViolation(
+                    ErrorCode.FRAME_SIZE, f"frame of {length} bytes exceeds {self.max_payload}"
+                )
+            end: int = HEADER_SIZE + length
+            more = min(end - len(buffer), size - taken)
+            buffer += view[taken : taken + more]
+            taken += more
+        if len(buffer) < end:
+            return taken
+        with memoryview(buffer) as whole:
+            payload = bytes(whole[HEADER_SIZE:end])
+        buffer.clear()
+        _validate(raw_type, raw_flags, stream_id)
+        frames.append((raw_type, raw_flags, stream_id, payload))
+        return taken
 
 
 _unpack_header = HEADER.unpack_from

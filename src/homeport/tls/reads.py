@@ -25,7 +25,7 @@ import threading
 
 from homeport.memory import MMAP_THRESHOLD
 
-__all__ = ["READ_SIZE", "ThreadBufferReads"]
+__all__ = ["READ_SIZE", "ThreadBufferReads", "thread_buffer"]
 
 #: Most bytes handed on per read: uvloop's own read size, below glibc's fixed
 #: mmap threshold, so the copy handed to ``data_received`` comes from the heap.
@@ -35,7 +35,8 @@ assert READ_SIZE < MMAP_THRESHOLD
 _local = threading.local()
 
 
-def _thread_buffer() -> memoryview:
+def thread_buffer() -> memoryview:
+    """This thread's read buffer (see the module docstring)."""
     # One per thread: SSLObject.read releases the GIL between get_buffer and
     # buffer_updated, so another thread's loop must not share this one.
     view: memoryview | None = getattr(_local, "view", None)
@@ -59,13 +60,13 @@ class ThreadBufferReads(asyncio.BufferedProtocol):
         # A protocol lives on one loop, hence one thread: its buffer is found once.
         view = self._view
         if view is None:
-            view = self._view = _thread_buffer()
+            view = self._view = thread_buffer()
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
         view = self._view
         if view is None:
-            view = _thread_buffer()
+            view = thread_buffer()
         self.data_received(view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:

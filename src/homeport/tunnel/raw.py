@@ -26,7 +26,7 @@ import struct
 from typing import cast
 
 from homeport.tls.context import TUNNEL_ALPN
-from homeport.tls.reads import ThreadBufferReads
+from homeport.tls.reads import ThreadBufferReads, thread_buffer
 from homeport.tunnel.pipes import PipeOwner
 
 __all__ = ["MAX_RECORD", "TUNNEL_ALPN", "ChannelClosed", "RawPipe", "close_record", "record"]
@@ -75,6 +75,24 @@ class RawPipe(ThreadBufferReads):
         self.transport = cast(asyncio.Transport, transport)
         if not self.connected.done():
             self.connected.set_result(None)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Hand the session a view of what arrived, not a copy (the tunnel's hot path).
+
+        The view is of this thread's read buffer, which the next read of any
+        connection overwrites: the session's frame decoder copies every payload
+        and the start of a frame cut short (``FrameDecoder.feed_raw``), and
+        nothing else keeps it.  The view is released when the call returns, so
+        anything that did keep it would fail loudly, never read another
+        connection's bytes.  Saves a copy of every byte a tunnel receives.
+        """
+        owner = self._owner
+        view = self._view if self._view is not None else thread_buffer()
+        if owner is None:  # the handshake's records: kept, so copied
+            self.data_received(view[:nbytes].tobytes())
+            return
+        with view[:nbytes] as read:
+            owner.data_received(read)
 
     def data_received(self, data: bytes) -> None:
         if self._owner is not None:

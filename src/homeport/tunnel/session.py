@@ -227,14 +227,14 @@ class TunnelSession:
 
     # ------------------------------------------------------- pipe callbacks
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         # _guarded("reader", ...) inlined: this runs for every read.
         try:
             self._receive(data)
         except Exception as error:
             self._internal_error("reader", error)
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | memoryview) -> None:
         if self.ended:
             return
         events = self.connection.receive_data(data)
