@@ -13,7 +13,9 @@ A :class:`asyncio.BufferedProtocol` is read into memory it provides instead.
 connection of that thread's event loop: uvloop fills it and calls
 :meth:`~ThreadBufferReads.buffer_updated` in one go, with no other callback in
 between, and ``buffer_updated`` hands a copy of exactly what arrived to
-``data_received``.  The protocols above stay bytes in, events out, and an idle
+``data_received`` (the tunnel's :class:`~homeport.tunnel.raw.RawPipe` passes a
+view instead, released when the call returns, to a decoder that copies what it
+keeps).  The protocols above stay bytes in, events out, and an idle
 connection holds no read buffer (10,000 idle tunnels stay within their budget,
 ``bench/idle.py``).
 """
