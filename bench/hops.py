@@ -218,9 +218,10 @@ def segments(timeline: dict[str, list[tuple[float, str, int]]]) -> dict[str, lis
         for kind in ("read", "write")
     }
     found: dict[str, list[float]] = defaultdict(list)
-    for start in index.get(("client", "write"), []):
+    client_cores = cores.get(("client", "write"), [])
+    for start, start_core in zip(index.get(("client", "write"), []), client_cores, strict=True):
         times = [start]
-        on = [cores[("client", "write")][index[("client", "write")].index(start)]]
+        on = [start_core]
         for role, kind in CHAIN[1:]:
             series = index.get((role, kind), [])
             i = bisect.bisect_right(series, times[-1])
