@@ -95,9 +95,7 @@ class RawPipe(ThreadBufferReads):
             owner.data_received(read)
 
     def data_received(self, data: bytes) -> None:
-        if self._owner is not None:
-            self._owner.data_received(data)
-            return
+        # Only before start(): after it, buffer_updated hands reads to the owner.
         self._buffer += data
         if len(self._buffer) > 4 * MAX_RECORD:  # a peer racing ahead of the handshake
             self.abort()
@@ -117,7 +115,6 @@ class RawPipe(ThreadBufferReads):
         # session and its TLS state by reference counting, not at the next full
         # collection (see TenantConnection.connection_lost).
         owner, self._owner = self._owner, None
-        vars(self).pop("data_received", None)  # the owner's, set by start()
         self.transport = None
         if owner is not None:
             owner.pipe_closed(self._lost)
@@ -202,8 +199,6 @@ class RawPipe(ThreadBufferReads):
     def start(self, owner: PipeOwner) -> None:
         """Tunnel frames from now on; bytes that came with the last record go first."""
         self._owner = owner
-        # Reads go straight to the owner from now on: one call less per read.
-        self.data_received = owner.data_received  # type: ignore[method-assign]
         if self._write_paused:
             owner.pause_writing()
         if self._buffer:
