@@ -114,6 +114,16 @@ async def home(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[
         yield stack, _cookie_header(browser, stack)
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(home: tuple[Stack, str]) -> AsyncIterator[RecordCountingClient]:
+    """A fresh raw TLS connection to the home's host, closed after the test."""
+    connected = await RecordCountingClient.connect(home[0])
+    try:
+        yield connected
+    finally:
+        connected.close()
+
+
 def _cookie_header(browser: Browser, stack: Stack) -> str:
     cookies = browser.session.cookie_jar.filter_cookies(URL(stack.tenant_origin))
     return "; ".join(f"{name}={morsel.value}" for name, morsel in cookies.items())
@@ -132,54 +142,46 @@ def _request(stack: Stack, cookie: str, path: str, *extra: str) -> bytes:
 
 
 async def test_an_echoed_websocket_message_comes_back_in_one_record(
-    home: tuple[Stack, str],
+    home: tuple[Stack, str], client: RecordCountingClient
 ) -> None:
     stack, cookie = home
-    client = await RecordCountingClient.connect(stack)
-    try:
-        key = base64.b64encode(os.urandom(16)).decode()
-        await client.send(
-            _request(
-                stack,
-                cookie,
-                "/ws/echo",
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                f"Sec-WebSocket-Key: {key}",
-                "Sec-WebSocket-Version: 13",
-                f"Origin: {stack.tenant_origin}",
-            )
+    key = base64.b64encode(os.urandom(16)).decode()
+    await client.send(
+        _request(
+            stack,
+            cookie,
+            "/ws/echo",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            f"Origin: {stack.tenant_origin}",
         )
-        head = await client.read_head()
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        for size in (5, 1024, 8000):
-            await _settled(client)
-            message = os.urandom(size // 2).hex().encode()[:size]
-            await client.send(b"".join(data_frame(message, text=True, mask=True)))
-            expected = b"".join(data_frame(message, text=True, mask=False))
-            await client.read_until(len(expected))
-            assert client.plain == expected
-            client.plain = b""
-            assert client.records == 1, f"{size}-byte message in {client.records} records"
-    finally:
-        client.close()
+    )
+    head = await client.read_head()
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    for size in (5, 1024, 8000):
+        await _settled(client)
+        message = os.urandom(size // 2).hex().encode()[:size]
+        await client.send(b"".join(data_frame(message, text=True, mask=True)))
+        expected = b"".join(data_frame(message, text=True, mask=False))
+        await client.read_until(len(expected))
+        assert client.plain == expected
+        client.plain = b""
+        assert client.records == 1, f"{size}-byte message in {client.records} records"
 
 
 async def test_a_small_response_comes_in_one_record_and_a_large_one_whole(
-    home: tuple[Stack, str],
+    home: tuple[Stack, str], client: RecordCountingClient
 ) -> None:
     stack, cookie = home
-    client = await RecordCountingClient.connect(stack)
-    try:
-        for size, most_records in ((300, 1), (200_000, 200_000 // 16384 + 3)):
-            await _settled(client)
-            await client.send(_request(stack, cookie, f"/bytes/{size}"))
-            head = await client.read_head()
-            assert head.startswith(b"HTTP/1.1 200 "), head
-            assert f"content-length: {size}".encode() in head.lower()
-            await client.read_until(size)
-            assert len(client.plain) == size
-            client.plain = b""
-            assert 1 <= client.records <= most_records, (size, client.records)
-    finally:
-        client.close()
+    for size, most_records in ((300, 1), (200_000, 200_000 // 16384 + 3)):
+        await _settled(client)
+        await client.send(_request(stack, cookie, f"/bytes/{size}"))
+        head = await client.read_head()
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert f"content-length: {size}".encode() in head.lower()
+        await client.read_until(size)
+        assert len(client.plain) == size
+        client.plain = b""
+        assert 1 <= client.records <= most_records, (size, client.records)
