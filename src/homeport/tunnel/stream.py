@@ -64,9 +64,14 @@ class StreamClosed(Exception):
     """The stream was reset or the tunnel went away."""
 
     def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(f"{code.name}: {reason}")
+        # The text is made only when asked for: one of these ends every stream
+        # an owner releases (nearly every request), and hardly any is printed.
+        super().__init__(code, reason)
         self.code = code
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

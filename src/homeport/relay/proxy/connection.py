@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from homeport.relay.proxy.http1 import Request, RequestError, RequestReader
@@ -52,6 +53,20 @@ RESPONSE_HEAD_TIMEOUT = 300.0
 #: a small body).  16 KiB is the most a record carries; above it the copy a join
 #: makes costs more than the record it saves.
 COALESCE_LIMIT = 16 * 1024
+
+
+#: ``exchange.exchange_for``, found on the first request: the module imports this
+#: one, so it cannot be imported at the top; an import statement in the method
+#: cost about a microsecond on every request (the import machinery runs each time).
+_exchange_for: Callable[[TenantConnection, Request], HttpExchange] | None = None
+
+
+def _load_exchange_for() -> Callable[[TenantConnection, Request], HttpExchange]:
+    global _exchange_for
+    from homeport.relay.proxy.exchange import exchange_for
+
+    _exchange_for = exchange_for
+    return exchange_for
 
 
 class TenantConnection(ThreadBufferReads):
@@ -157,10 +172,8 @@ class TenantConnection(ThreadBufferReads):
     # --------------------------------------------------------- RequestSink
 
     def request_started(self, request: Request) -> None:
-        from homeport.relay.proxy.exchange import exchange_for
-
         self._disarm_idle()
-        exchange = exchange_for(self, request)
+        exchange = (_exchange_for or _load_exchange_for())(self, request)
         self._reading = exchange
         if self._current is None:
             self._current = exchange
