@@ -142,6 +142,9 @@ SIDES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "relay": (("relay",), ("addon",)),
     "nginx": (("nginx_relay", "nginx_relay_worker"), ("nginx_addon", "nginx_addon_worker")),
 }
+#: CPU seconds the processes of the paths not being measured may use meanwhile (clock
+#: ticks, housekeeping) before the run reports them as work left over.
+LEFTOVER_CPU_S = 0.05
 #: Body of the saturating download under the WebSocket (it is cut off when the echoes end).
 ENDLESS = 1000 * 1000 * MiB
 
@@ -663,10 +666,21 @@ async def ws_echo_under_download(
     async def saturate() -> None:
         nonlocal received
         async with session.get(f"{origin}/bytes/{ENDLESS}") as r:
-            async for chunk in r.content.iter_any():
-                received += len(chunk)
-                if received >= 16 * MiB:
-                    flowing.set()
+            try:
+                async for chunk in r.content.iter_any():
+                    received += len(chunk)
+                    if received >= 16 * MiB:
+                        flowing.set()
+            finally:
+                # Drop the connection, not just close it: a TLS close waits (up to
+                # uvloop's 30 s shutdown timeout) for the peer's close_notify while
+                # decrypting whatever still comes, and nginx, busy sending the endless
+                # body, kept sending it: its workers, the backend and this client ran
+                # flat out through the next workload (the transfers, every path's).
+                connection = r.connection
+                if connection is not None and connection.transport is not None:
+                    connection.transport.abort()
+                r.close()
 
     task = asyncio.create_task(saturate())
     try:
@@ -811,6 +825,12 @@ async def measure(
     # Other load on the machine skews every figure: record it beside them.
     record["other_cpu_share"] = round(usage.other_cpu / (usage.ended - usage.started) / CPUS, 3)
     sides = SIDES.get(path)
+    # The processes of the other paths should idle meanwhile: work left over from an
+    # earlier workload (a body still flowing) would skew this path's figures.
+    own_names = {"client", "backend", *(name for side in sides or () for name in side)}
+    record["other_paths_cpu_s"] = round(
+        sum(seconds for name, seconds in usage.cpu.items() if name not in own_names), 3
+    )
     relay_addon = 0.0
     if sides is not None:
         relay_cpu, addon_cpu = (sum(usage.cpu[name] for name in side) for side in sides)
@@ -1417,6 +1437,12 @@ def notes(results: Results, plan: Plan, skipped: str | None) -> str:
         if r.get("errors")
     ]
     capped = [f"{r['figure']}/{r['path']}" for r in results.records if r.get("capped")]
+    leftover = [
+        f"{r['figure']}/{r['path']}{'#' + str(r['round']) if 'round' in r else ''}"
+        f" {r['other_paths_cpu_s']:.2f}"
+        for r in results.records
+        if r.get("other_paths_cpu_s", 0) > LEFTOVER_CPU_S
+    ]
     measured = [r for r in results.records if "other_cpu_share" in r]
     noisy = [r for r in measured if r["other_cpu_share"] > NOISY_SHARE]
     busy = [
@@ -1466,6 +1492,11 @@ def notes(results: Results, plan: Plan, skipped: str | None) -> str:
         )
     if capped:
         text.append("hit the time cap (fewer than planned): " + ", ".join(capped))
+    if leftover:
+        text.append(
+            "LEFTOVER WORK: processes of another path were busy (CPU seconds) during: "
+            + ", ".join(leftover)
+        )
     paragraphs += text
     return "\n".join(textwrap.fill(p, width=100) if p else p for p in paragraphs)
 
