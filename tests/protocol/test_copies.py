@@ -68,6 +68,28 @@ def test_the_fast_validation_path_still_refuses_bad_headers(
         decoder.feed(b"")
 
 
+@pytest.mark.parametrize(
+    ("raw_type", "raw_flags", "stream_id", "match"),
+    [
+        (FrameType.DATA, 0x20, 1, "flags 0x20 not allowed on DATA"),
+        (FrameType.DATA, 0, 0, "DATA needs a stream id"),
+        (FrameType.PING, 0, 3, "PING must use stream 0"),
+        (FrameType.DATA, 0, 2**31, "out of range"),
+        (0x42, 0, 1, "unknown frame type 66"),
+    ],
+)
+def test_a_bad_header_split_across_reads_is_refused_too(
+    raw_type: int, raw_flags: int, stream_id: int, match: str
+) -> None:
+    # A frame cut short is finished by another path (_finish_split_frame): the
+    # same checks, the same refusals, on plain ints.
+    bad = HEADER.pack(4, raw_type, raw_flags, stream_id) + b"data"
+    decoder = FrameDecoder(MAX)
+    assert decoder.feed_raw(bad[:5]) == []
+    with pytest.raises(ProtocolViolation, match=match):
+        decoder.feed_raw(bad[5:])
+
+
 def _pair() -> tuple[TunnelConnection, TunnelConnection]:
     settings = Settings(chunk_size=16 * 1024)
     relay = TunnelConnection(Role.RELAY, settings)
