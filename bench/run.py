@@ -825,11 +825,11 @@ async def measure(
     # Other load on the machine skews every figure: record it beside them.
     record["other_cpu_share"] = round(usage.other_cpu / (usage.ended - usage.started) / CPUS, 3)
     sides = SIDES.get(path)
-    # The processes of the other paths should idle meanwhile: work left over from an
-    # earlier workload (a body still flowing) would skew this path's figures.
-    own_names = {"client", "backend", *(name for side in sides or () for name in side)}
+    # The path's own processes; those of the other paths should idle meanwhile: work
+    # left over from an earlier workload (a body still flowing) would skew the figures.
+    own = {"client", "backend", *(name for side in sides or () for name in side)}
     record["other_paths_cpu_s"] = round(
-        sum(seconds for name, seconds in usage.cpu.items() if name not in own_names), 3
+        sum(seconds for name, seconds in usage.cpu.items() if name not in own), 3
     )
     relay_addon = 0.0
     if sides is not None:
@@ -840,8 +840,6 @@ async def measure(
         record["relay_addon_cpu_s"] = round(relay_addon, 4)
     if "bytes" in record:
         megabytes = max(record["bytes"], 1) / MB
-        # The processes of the *other* paths idle meanwhile: count the path's own.
-        own = ["client", "backend", *(name for side in sides or () for name in side)]
         record["path_cpu_s"] = round(sum(usage.cpu[n] for n in own), 4)
         record["cpu_s_per_mb_all"] = round(record["path_cpu_s"] / megabytes, 6)
         if sides is not None:
