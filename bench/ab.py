@@ -126,10 +126,8 @@ def row(label: str, values: dict[str, float]) -> str:
         value = values.get(column)
         if value is None:
             cells.append(f"{'-':>8}")
-        elif column.endswith("ms") or column.endswith("x"):
-            cells.append(f"{value:8.3f}")
-        else:
-            cells.append(f"{value:8.1f}")
+        else:  # milliseconds, ratios and ms per MB are small: three decimals for them
+            cells.append(f"{value:8.3f}" if abs(value) < 10 else f"{value:8.1f}")
     return f"{label:<12}" + "".join(cells)
 
 
