@@ -37,8 +37,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httptools
 import uvloop
 
+import lean_path
 import nginx_ref
 import run as bench
 from homeport.memory import configure_allocator
@@ -113,6 +115,45 @@ class Downstream(Pump):
             self.pending.clear()
 
 
+class ParsedDownstream(Downstream):
+    """The relay's pump, parsing every request with llhttp as a gate must (GETs only).
+
+    What the request's parse alone adds to the floor: the URL and every header
+    collected as bytes, as Homeport's relay collects them, then the bytes
+    pumped on unchanged.
+    """
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        super().__init__(host, port, context)
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.names: list[bytes] = []
+        self.values: list[bytes] = []
+        self.requests = 0
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.names.append(name.lower())
+        self.values.append(value)
+
+    def on_message_complete(self) -> None:
+        self.requests += 1
+        self.url = b""
+        self.names = []
+        self.values = []
+
+
 async def serve(args: argparse.Namespace) -> None:
     # glibc's mmap threshold fixed as Homeport's processes fix it: left dynamic,
     # whether uvloop's 256 KiB read buffers are mapped and unmapped on every read
@@ -122,11 +163,13 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     tls_in = server_context(Path(args.cert), Path(args.key))
     tls_out: ssl.SSLContext | None = None
-    if args.serve == "relay":
+    if args.serve in ("relay", "parsed-relay"):
         tls_out = ssl.create_default_context(cafile=args.ca)
         tls_out.minimum_version = ssl.TLSVersion.TLSv1_3
     server = await loop.create_server(
-        lambda: Downstream("127.0.0.1", args.upstream_port, tls_out),
+        lambda: (ParsedDownstream if args.serve == "parsed-relay" else Downstream)(
+            "127.0.0.1", args.upstream_port, tls_out
+        ),
         "127.0.0.1",
         args.port,
         ssl=tls_in,
@@ -145,31 +188,52 @@ async def serve(args: argparse.Namespace) -> None:
 HERE = Path(__file__).resolve().parent
 bench.SIDES["floor"] = (("floor_relay",), ("floor_addon",))
 bench.TITLES["floor"] = "python floor"
+bench.SIDES["lean"] = (("lean_relay",), ("lean_addon",))
+bench.TITLES["lean"] = "lean protocol"
+bench.SIDES["parsed"] = (("parsed_relay",), ("parsed_addon",))
+bench.TITLES["parsed"] = "floor+parse"
 
 
 async def start_pumps(
-    workdir: Path, backend_plain_port: int, cert: Path, key: Path, ca: Path
+    workdir: Path,
+    backend_plain_port: int,
+    cert: Path,
+    key: Path,
+    ca: Path,
+    kind: str = "floor",
 ) -> tuple[list[bench.Proc], str]:
+    """The pair of processes of ``kind``: ``floor`` (byte pumps) or ``lean`` (lean_path.py)."""
     relay_port, addon_port = bench.free_port(), bench.free_port()
     common = [sys.executable, str(HERE / "shape_floor.py"), f"--cert={cert}", f"--key={key}"]
+    serve = {
+        "floor": ("relay", "addon"),
+        "parsed": ("parsed-relay", "addon"),
+        "lean": ("lean-relay", "lean-addon"),
+    }[kind]
     addon = bench.Proc(
-        "floor_addon",
-        [*common, "--serve=addon", f"--port={addon_port}", f"--upstream-port={backend_plain_port}"],
-        workdir,
-    )
-    relay = bench.Proc(
-        "floor_relay",
+        f"{kind}_addon",
         [
             *common,
-            "--serve=relay",
+            f"--serve={serve[1]}",
+            f"--port={addon_port}",
+            f"--upstream-port={backend_plain_port}",
+        ],
+        workdir,
+    )
+    # The lean relay dials its tunnel when it starts: the add-on must listen first.
+    await bench.wait_for_output(addon, r"ready", 30)
+    relay = bench.Proc(
+        f"{kind}_relay",
+        [
+            *common,
+            f"--serve={serve[0]}",
             f"--port={relay_port}",
             f"--upstream-port={addon_port}",
             f"--ca={ca}",
         ],
         workdir,
     )
-    for proc in (addon, relay):
-        await bench.wait_for_output(proc, r"ready", 30)
+    await bench.wait_for_output(relay, r"ready", 30)
     return [relay, addon], f"https://localhost:{relay_port}"
 
 
@@ -186,6 +250,13 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
             cert, key = tls_dir / "server.pem", tls_dir / "server.key"
             plain_port = int(stack.backend_plain_url.rsplit(":", 1)[1])
             pumps, floor_origin = await start_pumps(workdir, plain_port, cert, key, stack.direct_ca)
+            lean, lean_origin = await start_pumps(
+                workdir, plain_port, cert, key, stack.direct_ca, "lean"
+            )
+            parsed, parsed_origin = await start_pumps(
+                workdir, plain_port, cert, key, stack.direct_ca, "parsed"
+            )
+            pumps += lean + parsed
             assert stack.relay is not None
             assert stack.addon is not None
             pids = {
@@ -199,6 +270,8 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
                 "direct": (bench.client_session(stack.direct_ca), stack.direct_origin),
                 "relay": (bench.client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
                 "floor": (bench.client_session(stack.direct_ca), floor_origin),
+                "parsed": (bench.client_session(stack.direct_ca), parsed_origin),
+                "lean": (bench.client_session(stack.direct_ca), lean_origin),
             }
             if stack.nginx_relay is not None and stack.nginx_addon is not None:
                 pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
@@ -206,7 +279,10 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
                 sessions["nginx"] = (bench.client_session(stack.direct_ca), stack.nginx_origin)
             sampler = bench.Sampler({})
             watch = bench.Watch(pids, {}, sampler)
-            await bench.run_workloads(plan, {"get", "ws"}, results, sessions, watch)
+            await bench.run_workloads(plan, {"get"}, results, sessions, watch)
+            # The lean pair and the parsing pump carry GETs only.
+            no_lean = {p: value for p, value in sessions.items() if p not in ("lean", "parsed")}
+            await bench.run_workloads(plan, {"ws"}, results, no_lean, watch)
         finally:
             for session, _ in sessions.values():
                 await session.close()
@@ -216,7 +292,8 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
 
 
 def report(results: bench.Results) -> str:
-    paths = [p for p in ("direct", "relay", "floor", "nginx") if results.get("get_c32", p)]
+    order = ("direct", "relay", "floor", "parsed", "lean", "nginx")
+    paths = [p for p in order if results.get("get_c32", p)]
     r = bench.Report(results)
     lines = [
         "figure".ljust(44) + "".join(bench.TITLES.get(p, p).rjust(14) for p in paths),
@@ -232,12 +309,14 @@ def report(results: bench.Results) -> str:
     key_req = "relay_addon_cpu_us_per_request"
     key_ws = "relay_addon_cpu_us_per_round_trip"
     per_request = {p: r.value("get_c32", p, key_req) for p in paths}
+    per_request_c1 = {p: r.value("get_c1", p, key_req) for p in paths}
+    line("GET c=1 relay+add-on CPU us/request", per_request_c1, 0)
     line("GET c=32 relay+add-on CPU us/request", per_request, 0)
     line("WS echo p50 ms added", {p: r.added("ws_echo", p) for p in paths if p != "direct"}, 3)
     per_round_trip = {p: r.value("ws_echo", p, key_ws) for p in paths}
     line("WS echo relay+add-on CPU us/round trip", per_round_trip, 0)
     nginx_req, nginx_ws = r.value("get_c32", "nginx", key_req), r.value("ws_echo", "nginx", key_ws)
-    for path in ("relay", "floor"):
+    for path in ("relay", "floor", "parsed", "lean"):
         per_req = bench.ratio(r.value("get_c32", path, key_req), nginx_req)
         per_ws = bench.ratio(r.value("ws_echo", path, key_ws), nginx_ws)
         lines.append(
@@ -251,7 +330,11 @@ def report(results: bench.Results) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", choices=("relay", "addon"), help="run one pump (internal)")
+    parser.add_argument(
+        "--serve",
+        choices=("relay", "addon", "parsed-relay", "lean-relay", "lean-addon"),
+        help="run one pump or one lean server (internal)",
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream-port", type=int)
     parser.add_argument("--cert")
@@ -260,7 +343,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run (about 40 s)")
     args = parser.parse_args()
     if args.serve:
-        uvloop.run(serve(args))
+        uvloop.run(lean_path.serve(args) if args.serve.startswith("lean") else serve(args))
         return 0
     nginx = nginx_ref.find_nginx()
     if nginx is None:

@@ -1,0 +1,320 @@
+"""A lean relay and add-on on Homeport's own tunnel protocol: what one layer of I/O would cost.
+
+``bench/shape_floor.py`` runs these beside Homeport and the byte pumps.  The
+question they answer (issue #10, GET c=1): how much of the gap between the
+Python floor of the shape (two byte pumps, no parsing) and Homeport is the
+work any relay of this *design* must do per request, and how much is
+Homeport's layering over it (the session, the two objects per stream, the
+events, the exchanges, the policy).  So these keep every per-request step of
+the design and drop the layers:
+
+* the same three TLS legs, with the tunnel one TLS connection carrying
+  Homeport's frames (the raw tunnel, ALPN aside; no handshake: it is per
+  tunnel, not per request);
+* the relay parses each browser request with llhttp (``httptools``), as
+  Homeport's relay does, and opens a stream on Homeport's sans-I/O
+  :class:`TunnelConnection` with the head encoded from the parsed bytes
+  (``heads.encode_request_fields``); the add-on decodes it on its own
+  :class:`TunnelConnection`, writes the request to the backend on a pooled
+  keep-alive connection, parses the answer with llhttp and sends it back
+  as RESPONSE and DATA frames, which the relay turns into the browser's
+  response; flow control is the protocol's own (credit returned as
+  consumed), output is scheduled by its scheduler;
+* but one object per browser connection and per backend connection, the
+  protocol's events handled in one loop that writes straight to the
+  browser, the protocol's output written at the end of each read, no task,
+  no timers, and none of the policy: no gate, no header hygiene, no
+  forwarded headers, no limits, no access log, no error pages.
+
+GETs only (no request bodies, no WebSockets): this measures the small
+request.  Not a product: a bad request just closes its connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import ssl
+from pathlib import Path
+
+import httptools
+
+from homeport.memory import configure_allocator
+from homeport.protocol import (
+    DataReceived,
+    ErrorCode,
+    ResponseHead,
+    ResponseReceived,
+    Role,
+    StreamOpened,
+    StreamReset,
+    TunnelConnection,
+    heads,
+)
+from homeport.tls.context import server_context
+
+_REASONS = {200: b"OK", 204: b"No Content", 404: b"Not Found"}
+#: Fields of the backend's connection that the add-on does not pass on.
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+
+
+class Tunnel(asyncio.Protocol):
+    """One TLS connection carrying frames; ``owner`` handles the protocol's events."""
+
+    def __init__(self, connection: TunnelConnection, owner: LeanRelay | LeanAddon) -> None:
+        self.connection = connection
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.handle(self.connection.receive_data(data))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.transport is None:
+            return
+        while data := self.connection.data_to_send():
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+# ------------------------------------------------------------------- relay
+
+
+class Browser(asyncio.Protocol):
+    """One browser connection on the lean relay: requests in, responses out."""
+
+    def __init__(self, relay: LeanRelay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.names: list[bytes] = []
+        self.values: list[bytes] = []
+        self.chunked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+        self.relay.tunnel.flush()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.names.append(name.lower())
+        self.values.append(value)
+
+    def on_message_complete(self) -> None:
+        relay = self.relay
+        fields = relay.connection.header_format.encode_fields(self.names, self.values)
+        method = self.parser.get_method()
+        encoded = heads.encode_request_fields(heads.PRIORITY_DEFAULT, method, self.url, fields)
+        head = heads.RequestHead(method.decode(), "", [], heads.PRIORITY_DEFAULT)
+        stream_id = relay.connection.open_stream(
+            head, websocket=False, end_stream=True, encoded=encoded
+        )
+        relay.browsers[stream_id] = self
+        self.url = b""
+        self.names = []
+        self.values = []
+
+    def respond(self, head: ResponseHead, end: bool) -> None:
+        names, values = head.fields
+        status = head.status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        lines.extend(b"%s: %s\r\n" % pair for pair in zip(names, values, strict=True))
+        # The add-on passes the body without its framing: re-frame it unless its size is known.
+        self.chunked = not end and status not in (204, 304) and b"content-length" not in names
+        if self.chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        if self.transport is not None:
+            self.transport.write(b"".join(lines))
+
+    def body(self, data: bytes, end: bool) -> None:
+        if self.transport is None:
+            return
+        if self.chunked:
+            if data:
+                self.transport.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+            if end:
+                self.transport.write(b"0\r\n\r\n")
+        elif data:
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class LeanRelay:
+    def __init__(self) -> None:
+        self.connection = TunnelConnection(Role.RELAY)
+        self.tunnel = Tunnel(self.connection, self)
+        self.browsers: dict[int, Browser] = {}
+
+    def handle(self, events: list[object]) -> None:
+        connection = self.connection
+        for event in events:
+            kind = type(event)
+            if kind is ResponseReceived:
+                assert isinstance(event, ResponseReceived)
+                browser = self.browsers[event.stream_id]
+                browser.respond(event.head, event.end_stream)
+                if event.end_stream:
+                    del self.browsers[event.stream_id]
+            elif kind is DataReceived:
+                assert isinstance(event, DataReceived)
+                browser = self.browsers[event.stream_id]
+                browser.body(event.data, event.end_stream)
+                connection.acknowledge(event.stream_id, len(event.data))
+                if event.end_stream:
+                    del self.browsers[event.stream_id]
+            elif kind is StreamReset:
+                assert isinstance(event, StreamReset)
+                gone = self.browsers.pop(event.stream_id, None)
+                if gone is not None and gone.transport is not None:
+                    gone.transport.close()
+
+
+# ------------------------------------------------------------------- add-on
+
+
+class Backend(asyncio.Protocol):
+    """One pooled keep-alive connection from the lean add-on to the backend."""
+
+    def __init__(self, addon: LeanAddon) -> None:
+        self.addon = addon
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.stream_id = 0
+        self.names: list[bytes] = []
+        self.values: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+        self.addon.tunnel.flush()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name not in _HOP_BY_HOP:
+            self.names.append(name)
+            self.values.append(value)
+
+    def on_headers_complete(self) -> None:
+        head = ResponseHead.from_fields(self.parser.get_status_code(), self.names, self.values)
+        self.names = []
+        self.values = []
+        self.addon.connection.send_response(self.stream_id, head, end_stream=False)
+
+    def on_body(self, data: bytes) -> None:
+        self.addon.connection.send_data(self.stream_id, data)
+
+    def on_message_complete(self) -> None:
+        connection = self.addon.connection
+        connection.send_data(self.stream_id, b"", end_stream=True)
+        connection.release_stream(self.stream_id)
+        self.stream_id = 0
+        self.addon.idle.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.stream_id:  # gone mid-answer: the browser's request ends too
+            self.addon.connection.reset_stream(self.stream_id, ErrorCode.CANCEL, "backend gone")
+            self.addon.tunnel.flush()
+        with contextlib.suppress(ValueError):
+            self.addon.idle.remove(self)
+
+
+class LeanAddon:
+    def __init__(self, backend_port: int) -> None:
+        self.connection = TunnelConnection(Role.ADDON)
+        self.tunnel = Tunnel(self.connection, self)
+        self.backend_port = backend_port
+        self.idle: list[Backend] = []
+        self.host = b"127.0.0.1:%d" % backend_port
+
+    def handle(self, events: list[object]) -> None:
+        for event in events:
+            if type(event) is StreamOpened:
+                assert isinstance(event, StreamOpened)
+                head = event.head
+                lines = [
+                    b"%s %s HTTP/1.1\r\nhost: %s\r\n"
+                    % (head.method.encode(), head.target.encode(), self.host)
+                ]
+                lines.extend(
+                    b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in head.headers
+                    if name != "host"
+                )
+                lines.append(b"\r\n")
+                request = b"".join(lines)
+                if self.idle:
+                    self.use(self.idle.pop(), event.stream_id, request)
+                else:
+                    asyncio.get_running_loop().create_task(self.connect(event.stream_id, request))
+
+    def use(self, backend: Backend, stream_id: int, request: bytes) -> None:
+        backend.stream_id = stream_id
+        if backend.transport is None:
+            self.connection.reset_stream(stream_id, ErrorCode.CANCEL, "backend gone")
+            return
+        backend.transport.write(request)
+
+    async def connect(self, stream_id: int, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        _, backend = await loop.create_connection(
+            lambda: Backend(self), "127.0.0.1", self.backend_port
+        )
+        self.use(backend, stream_id, request)
+
+
+# ------------------------------------------------------------------ serving
+
+
+async def serve(args: argparse.Namespace) -> None:
+    configure_allocator()  # as Homeport's processes and the floor's pumps do
+    loop = asyncio.get_running_loop()
+    tls_in = server_context(Path(args.cert), Path(args.key))
+    if args.serve == "lean-addon":
+        addon = LeanAddon(args.upstream_port)
+        server = await loop.create_server(lambda: addon.tunnel, "127.0.0.1", args.port, ssl=tls_in)
+    else:
+        relay = LeanRelay()
+        tls_out = ssl.create_default_context(cafile=args.ca)
+        tls_out.minimum_version = ssl.TLSVersion.TLSv1_3
+        await loop.create_connection(
+            lambda: relay.tunnel,
+            "127.0.0.1",
+            args.upstream_port,
+            ssl=tls_out,
+            server_hostname="localhost",
+        )
+        server = await loop.create_server(
+            lambda: Browser(relay), "127.0.0.1", args.port, ssl=tls_in
+        )
+    print("ready", flush=True)
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    server.close()
