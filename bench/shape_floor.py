@@ -34,6 +34,7 @@ import signal
 import ssl
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,22 @@ class Pump(asyncio.Protocol):
 
 
 class Downstream(Pump):
-    """The accepted side: opens its upstream connection, then both pump."""
+    """The accepted side: opens its upstream connection, then both pump.
+
+    ``work``: called once for every read from the client (one per request,
+    with one request at a time on each connection): ``bench/footprint.py``.
+    """
+
+    work: Callable[[], None] | None = None
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
         super().__init__()
         self.target = (host, port, context)
+
+    def data_received(self, data: bytes) -> None:
+        if self.work is not None:
+            self.work()
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -160,6 +172,11 @@ async def serve(args: argparse.Namespace) -> None:
     # depends on what the process happened to free first, and the floor's CPU
     # per request moved between 49 and 89 µs from one start to the next.
     configure_allocator()
+    if args.work:
+        import footprint  # only here: footprint.py imports this module
+
+        kind, _, size = args.work.partition(":")
+        Downstream.work = staticmethod(footprint.make_work(kind, int(size)))
     loop = asyncio.get_running_loop()
     tls_in = server_context(Path(args.cert), Path(args.key))
     tls_out: ssl.SSLContext | None = None
@@ -201,15 +218,18 @@ async def start_pumps(
     key: Path,
     ca: Path,
     kind: str = "floor",
+    *,
+    work: str = "",
 ) -> tuple[list[bench.Proc], str]:
-    """The pair of processes of ``kind``: ``floor`` (byte pumps) or ``lean`` (lean_path.py)."""
+    """The pair of processes of ``kind``: ``lean`` (lean_path.py), ``parsed`` (the relay
+    pump parses), else byte pumps; ``work``: extra work per request in the relay pump
+    (``bench/footprint.py``)."""
     relay_port, addon_port = bench.free_port(), bench.free_port()
     common = [sys.executable, str(HERE / "shape_floor.py"), f"--cert={cert}", f"--key={key}"]
     serve = {
-        "floor": ("relay", "addon"),
         "parsed": ("parsed-relay", "addon"),
         "lean": ("lean-relay", "lean-addon"),
-    }[kind]
+    }.get(kind, ("relay", "addon"))
     addon = bench.Proc(
         f"{kind}_addon",
         [
@@ -230,6 +250,7 @@ async def start_pumps(
             f"--port={relay_port}",
             f"--upstream-port={addon_port}",
             f"--ca={ca}",
+            *([f"--work={work}"] if work else []),
         ],
         workdir,
     )
@@ -340,6 +361,7 @@ def main() -> int:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--ca")
+    parser.add_argument("--work", default="", help="KIND:SIZE per request (footprint.py)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (about 40 s)")
     args = parser.parse_args()
     if args.serve:
