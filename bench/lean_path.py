@@ -26,8 +26,19 @@ the design and drop the layers:
   no timers, and none of the policy: no gate, no header hygiene, no
   forwarded headers, no limits, no access log, no error pages.
 
+A second pair, *raw heads* (``--serve raw-relay`` and ``raw-addon``), takes
+the heads' codec and the add-on's parse and rewrite away too: the relay
+still parses each request, but opens its stream with a head of no fields
+and sends the request's own bytes as DATA; the add-on writes them to the
+backend as they are and sends the backend's bytes back as DATA, llhttp only
+finding where the answer ends.  What is left is the multiplexed framing.
+
 GETs only (no request bodies, no WebSockets): this measures the small
 request.  Not a product: a bad request just closes its connection.
+
+``bench/lean_path.py --warm`` times both sides' Python for one GET of each
+pair in memory (no sockets, no TLS), warm, to set beside what the same work
+costs in the bench.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
+import time
 from pathlib import Path
 
 import httptools
@@ -287,6 +300,210 @@ class LeanAddon:
         self.use(backend, stream_id, request)
 
 
+# ------------------------------------------- raw heads: HTTP/1.1 bytes in frames
+
+
+class RawBrowser(Browser):
+    """The browser side of the raw variant: the request's own bytes go through as DATA.
+
+    It still parses every request (as a gate must), but sends a head with no
+    fields and the request exactly as read; the add-on's answer arrives as
+    Home Assistant's own bytes.  Bench only: a read must hold whole requests,
+    one at a time (the load generator does not pipeline).
+    """
+
+    def __init__(self, relay: LeanRelay) -> None:
+        super().__init__(relay)
+        self.raw: list[bytes] = []
+        self.complete = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.raw.append(data)
+        self.complete = 0
+        super().data_received(data)
+        if self.complete > 1 and self.transport is not None:
+            self.transport.close()  # pipelined: not what this variant measures
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+        relay = self.relay
+        connection = relay.connection
+        method = self.parser.get_method()
+        fields = connection.header_format.encode_fields([], [])
+        encoded = heads.encode_request_fields(heads.PRIORITY_DEFAULT, method, self.url, fields)
+        head = heads.RequestHead(method.decode(), "", [], heads.PRIORITY_DEFAULT)
+        stream_id = connection.open_stream(head, websocket=False, end_stream=False, encoded=encoded)
+        connection.send_data(stream_id, b"".join(self.raw), end_stream=True)
+        relay.browsers[stream_id] = self
+        self.raw = []
+        self.url = b""
+        self.names = []
+        self.values = []
+
+    def respond(self, head: ResponseHead, end: bool) -> None:
+        pass  # the head comes as bytes, in the body
+
+    def body(self, data: bytes, end: bool) -> None:
+        if self.transport is not None and data:
+            self.transport.write(data)
+
+
+class RawBackend(Backend):
+    """The add-on's backend connection in the raw variant: llhttp finds the end, no more."""
+
+    def __init__(self, addon: LeanAddon) -> None:
+        super().__init__(addon)
+        self.pending: list[bytes] = []
+        self.head_done = False
+        self.head_sent = False
+        self.done = False
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+        connection = self.addon.connection
+        if self.head_done and not self.head_sent:
+            self.head_sent = True
+            status = self.parser.get_status_code()
+            connection.send_response(self.stream_id, ResponseHead(status), end_stream=False)
+        connection.send_data(self.stream_id, data, end_stream=self.done)
+        if self.done:
+            connection.release_stream(self.stream_id)
+            self.stream_id = 0
+            self.head_done = self.head_sent = self.done = False
+            self.addon.idle.append(self)
+        self.addon.tunnel.flush()
+
+    on_header = None  # type: ignore[assignment]  # llhttp calls only what is defined
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    on_body = None  # type: ignore[assignment]
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class RawAddon(LeanAddon):
+    def __init__(self, backend_port: int) -> None:
+        super().__init__(backend_port)
+        self.bound: dict[int, RawBackend] = {}
+
+    def handle(self, events: list[object]) -> None:
+        connection = self.connection
+        for event in events:
+            kind = type(event)
+            if kind is StreamOpened:
+                assert isinstance(event, StreamOpened)
+                if self.idle:
+                    backend = self.idle.pop()
+                    assert isinstance(backend, RawBackend)
+                    backend.stream_id = event.stream_id
+                    self.bound[event.stream_id] = backend
+                else:
+                    backend = RawBackend(self)
+                    backend.stream_id = event.stream_id
+                    self.bound[event.stream_id] = backend
+                    asyncio.get_running_loop().create_task(self.dial(backend))
+            elif kind is DataReceived:
+                assert isinstance(event, DataReceived)
+                backend = self.bound[event.stream_id]
+                if event.end_stream:
+                    del self.bound[event.stream_id]
+                connection.acknowledge(event.stream_id, len(event.data))
+                if backend.transport is not None:
+                    backend.transport.write(event.data)
+                else:
+                    backend.pending.append(event.data)
+
+    async def dial(self, backend: RawBackend) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: backend, "127.0.0.1", self.backend_port)
+        assert backend.transport is not None
+        backend.transport.writelines(backend.pending)
+        backend.pending.clear()
+
+
+# ------------------------------------------------------------- warm, in memory
+
+
+class _Sink:
+    """A transport that keeps what is written (``--warm``: no sockets, no TLS)."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.out.extend(parts)
+
+    def close(self) -> None:
+        raise RuntimeError("the warm loop's request was refused")
+
+
+_WARM_REQUEST = (
+    b"GET /status/204 HTTP/1.1\r\nHost: localhost:4443\r\nAccept: */*\r\n"
+    b"Accept-Encoding: gzip, deflate\r\nUser-Agent: Python/3.11 aiohttp/3.13\r\n\r\n"
+)
+_WARM_RESPONSE = (
+    b"HTTP/1.1 204 No Content\r\nDate: Sun, 06 Dec 2026 22:00:00 GMT\r\n"
+    b"Server: Python/3.11 aiohttp/3.13\r\n\r\n"
+)
+
+
+def warm_micros(raw: bool, rounds: int = 20_000) -> float:
+    """Both sides' Python for one GET, in memory, warm: µs per request (best of five).
+
+    The same objects as in the served pair, their transports replaced by
+    sinks and the tunnel's bytes handed across by hand: what the work costs
+    when nothing else runs between two requests, to set beside what it costs
+    in the bench (``docs/performance.md``, ninth pass).
+    """
+    relay = LeanRelay()
+    addon: LeanAddon = RawAddon(1) if raw else LeanAddon(1)
+    sides = (relay.tunnel, addon.tunnel)
+    for tunnel in sides:
+        tunnel.transport = _Sink()  # type: ignore[assignment]
+
+    def move(source: Tunnel, target: Tunnel) -> None:
+        sink = source.transport
+        assert isinstance(sink, _Sink)
+        out, sink.out = sink.out, []
+        for data in out:
+            target.data_received(data)
+
+    for tunnel in sides:
+        tunnel.flush()
+    move(relay.tunnel, addon.tunnel)
+    move(addon.tunnel, relay.tunnel)
+    browser = (RawBrowser if raw else Browser)(relay)
+    backend = (RawBackend if raw else Backend)(addon)
+    browser.transport = _Sink()  # type: ignore[assignment]
+    backend.transport = _Sink()  # type: ignore[assignment]
+    addon.idle.append(backend)
+
+    def one() -> None:
+        browser.data_received(_WARM_REQUEST)
+        move(relay.tunnel, addon.tunnel)
+        backend.data_received(_WARM_RESPONSE)
+        move(addon.tunnel, relay.tunnel)
+        for sink in (browser.transport, backend.transport):
+            assert isinstance(sink, _Sink)
+            sink.out.clear()
+
+    for _ in range(2_000):
+        one()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(rounds):
+            one()
+        best = min(best, (time.perf_counter() - start) / rounds * 1e6)
+    return best
+
+
 # ------------------------------------------------------------------ serving
 
 
@@ -294,8 +511,9 @@ async def serve(args: argparse.Namespace) -> None:
     configure_allocator()  # as Homeport's processes and the floor's pumps do
     loop = asyncio.get_running_loop()
     tls_in = server_context(Path(args.cert), Path(args.key))
-    if args.serve == "lean-addon":
-        addon = LeanAddon(args.upstream_port)
+    raw = args.serve.startswith("raw")
+    if args.serve.endswith("-addon"):
+        addon = (RawAddon if raw else LeanAddon)(args.upstream_port)
         server = await loop.create_server(lambda: addon.tunnel, "127.0.0.1", args.port, ssl=tls_in)
     else:
         relay = LeanRelay()
@@ -309,7 +527,7 @@ async def serve(args: argparse.Namespace) -> None:
             server_hostname="localhost",
         )
         server = await loop.create_server(
-            lambda: Browser(relay), "127.0.0.1", args.port, ssl=tls_in
+            lambda: (RawBrowser if raw else Browser)(relay), "127.0.0.1", args.port, ssl=tls_in
         )
     print("ready", flush=True)
     done = asyncio.Event()
@@ -318,3 +536,10 @@ async def serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, done.set)
     await done.wait()
     server.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--warm"]:
+        sys.exit("usage: bench/lean_path.py --warm  (bench/shape_floor.py serves the pairs)")
+    for name, raw in (("lean protocol", False), ("raw heads", True)):
+        print(f"{name}: both sides' Python per GET, warm, in memory: {warm_micros(raw):.1f} µs")

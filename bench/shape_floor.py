@@ -209,6 +209,8 @@ bench.SIDES["lean"] = (("lean_relay",), ("lean_addon",))
 bench.TITLES["lean"] = "lean protocol"
 bench.SIDES["parsed"] = (("parsed_relay",), ("parsed_addon",))
 bench.TITLES["parsed"] = "floor+parse"
+bench.SIDES["raw"] = (("raw_relay",), ("raw_addon",))
+bench.TITLES["raw"] = "raw heads"
 
 
 async def start_pumps(
@@ -229,6 +231,7 @@ async def start_pumps(
     serve = {
         "parsed": ("parsed-relay", "addon"),
         "lean": ("lean-relay", "lean-addon"),
+        "raw": ("raw-relay", "raw-addon"),
     }.get(kind, ("relay", "addon"))
     addon = bench.Proc(
         f"{kind}_addon",
@@ -277,7 +280,10 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
             parsed, parsed_origin = await start_pumps(
                 workdir, plain_port, cert, key, stack.direct_ca, "parsed"
             )
-            pumps += lean + parsed
+            raw, raw_origin = await start_pumps(
+                workdir, plain_port, cert, key, stack.direct_ca, "raw"
+            )
+            pumps += lean + parsed + raw
             assert stack.relay is not None
             assert stack.addon is not None
             pids = {
@@ -293,6 +299,7 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
                 "floor": (bench.client_session(stack.direct_ca), floor_origin),
                 "parsed": (bench.client_session(stack.direct_ca), parsed_origin),
                 "lean": (bench.client_session(stack.direct_ca), lean_origin),
+                "raw": (bench.client_session(stack.direct_ca), raw_origin),
             }
             if stack.nginx_relay is not None and stack.nginx_addon is not None:
                 pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
@@ -301,9 +308,10 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
             sampler = bench.Sampler({})
             watch = bench.Watch(pids, {}, sampler)
             await bench.run_workloads(plan, {"get"}, results, sessions, watch)
-            # The lean pair and the parsing pump carry GETs only.
-            no_lean = {p: value for p, value in sessions.items() if p not in ("lean", "parsed")}
-            await bench.run_workloads(plan, {"ws"}, results, no_lean, watch)
+            # The lean pairs and the parsing pump carry GETs only.
+            gets_only = ("lean", "parsed", "raw")
+            with_ws = {p: value for p, value in sessions.items() if p not in gets_only}
+            await bench.run_workloads(plan, {"ws"}, results, with_ws, watch)
         finally:
             for session, _ in sessions.values():
                 await session.close()
@@ -313,7 +321,7 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
 
 
 def report(results: bench.Results) -> str:
-    order = ("direct", "relay", "floor", "parsed", "lean", "nginx")
+    order = ("direct", "relay", "floor", "parsed", "lean", "raw", "nginx")
     paths = [p for p in order if results.get("get_c32", p)]
     r = bench.Report(results)
     lines = [
@@ -337,7 +345,7 @@ def report(results: bench.Results) -> str:
     per_round_trip = {p: r.value("ws_echo", p, key_ws) for p in paths}
     line("WS echo relay+add-on CPU us/round trip", per_round_trip, 0)
     nginx_req, nginx_ws = r.value("get_c32", "nginx", key_req), r.value("ws_echo", "nginx", key_ws)
-    for path in ("relay", "floor", "parsed", "lean"):
+    for path in ("relay", "floor", "parsed", "lean", "raw"):
         per_req = bench.ratio(r.value("get_c32", path, key_req), nginx_req)
         per_ws = bench.ratio(r.value("ws_echo", path, key_ws), nginx_ws)
         lines.append(
@@ -353,7 +361,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--serve",
-        choices=("relay", "addon", "parsed-relay", "lean-relay", "lean-addon"),
+        choices=(
+            "relay",
+            "addon",
+            "parsed-relay",
+            "lean-relay",
+            "lean-addon",
+            "raw-relay",
+            "raw-addon",
+        ),
         help="run one pump or one lean server (internal)",
     )
     parser.add_argument("--port", type=int)
@@ -365,7 +381,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run (about 40 s)")
     args = parser.parse_args()
     if args.serve:
-        uvloop.run(lean_path.serve(args) if args.serve.startswith("lean") else serve(args))
+        uvloop.run(lean_path.serve(args) if args.serve.startswith(("lean", "raw")) else serve(args))
         return 0
     nginx = nginx_ref.find_nginx()
     if nginx is None:
