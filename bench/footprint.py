@@ -26,13 +26,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+import lean_path
 import run as bench
 import shape_floor
 
@@ -69,13 +69,8 @@ def make_work(kind: str, size: int) -> Callable[[], None]:
 
 def warm_micros(work: Callable[[], None], rounds: int = 2000) -> float:
     """Best of five: µs per call of ``work``, warm."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(rounds):
-            work()
-        best = min(best, (time.perf_counter() - start) / rounds * 1e6)
-    return best
+    work()
+    return lean_path.best_micros(work, rounds)
 
 
 def calibrate(kind: str, micros: float) -> tuple[int, float]:
@@ -98,9 +93,7 @@ async def compare(plan: bench.Plan, works: dict[str, str]) -> bench.Results:
         pumps: list[bench.Proc] = []
         sessions: dict[str, tuple[Any, str]] = {}
         try:
-            tls_dir = workdir / "backend-tls"
-            cert, key = tls_dir / "server.pem", tls_dir / "server.key"
-            plain_port = int(stack.backend_plain_url.rsplit(":", 1)[1])
+            cert, key, plain_port = shape_floor.backend_tls(stack)
             sessions["direct"] = (bench.client_session(stack.direct_ca), stack.direct_origin)
             for name, work in {"floor": "", **works}.items():
                 procs, origin = await shape_floor.start_pumps(

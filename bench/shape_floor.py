@@ -127,7 +127,7 @@ class Downstream(Pump):
             self.pending.clear()
 
 
-class ParsedDownstream(Downstream):
+class ParsedDownstream(lean_path.RequestCollector, Downstream):
     """The relay's pump, parsing every request with llhttp as a gate must (GETs only).
 
     What the request's parse alone adds to the floor: the URL and every header
@@ -138,9 +138,7 @@ class ParsedDownstream(Downstream):
     def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
         super().__init__(host, port, context)
         self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.names: list[bytes] = []
-        self.values: list[bytes] = []
+        self.reset_request()
         self.requests = 0
 
     def data_received(self, data: bytes) -> None:
@@ -152,18 +150,9 @@ class ParsedDownstream(Downstream):
             return
         super().data_received(data)
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.names.append(name.lower())
-        self.values.append(value)
-
     def on_message_complete(self) -> None:
         self.requests += 1
-        self.url = b""
-        self.names = []
-        self.values = []
+        self.reset_request()
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -261,6 +250,13 @@ async def start_pumps(
     return [relay, addon], f"https://localhost:{relay_port}"
 
 
+def backend_tls(stack: bench.Stack) -> tuple[Path, Path, int]:
+    """The backend's certificate and key (the pumps serve the same) and its plain port."""
+    tls_dir = stack.workdir / "backend-tls"
+    plain_port = int(stack.backend_plain_url.rsplit(":", 1)[1])
+    return tls_dir / "server.pem", tls_dir / "server.key", plain_port
+
+
 async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
     results = bench.Results()
     with tempfile.TemporaryDirectory(prefix="homeport-floor-") as tmp:
@@ -270,9 +266,7 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
         sessions: dict[str, tuple[Any, str]] = {}
         try:
             token = await bench.sign_in(stack)
-            tls_dir = workdir / "backend-tls"
-            cert, key = tls_dir / "server.pem", tls_dir / "server.key"
-            plain_port = int(stack.backend_plain_url.rsplit(":", 1)[1])
+            cert, key, plain_port = backend_tls(stack)
             pumps, floor_origin = await start_pumps(workdir, plain_port, cert, key, stack.direct_ca)
             lean, lean_origin = await start_pumps(
                 workdir, plain_port, cert, key, stack.direct_ca, "lean"
