@@ -214,8 +214,14 @@ async def test_secrets_are_shown_once_after_a_redirect(
         # Recovery codes: copy, download, print offered; a reload does not show them again.
         await page.goto(stack.account_origin + "/security")
         await page.get_by_role("button", name="Set up an authenticator app").click()
+        # The set-up page must have loaded before the reload: reloading while the
+        # click's navigation is still under way races it in Chromium.
+        key_plain = page.locator("#totp-key-plain")
+        await expect(key_plain).to_have_count(1)
+        pending = (await key_plain.text_content() or "").strip()
         await page.reload()  # the set-up page again, the same pending key
-        key = (await page.locator("#totp-key-plain").text_content() or "").strip()
+        key = (await key_plain.text_content() or "").strip()
+        assert key == pending
         groups = (await page.locator("#totp-key").text_content() or "").split()
         assert "".join(groups) == key
         assert all(len(g) == 4 for g in groups[:-1])
