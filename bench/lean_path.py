@@ -50,8 +50,9 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httptools
 
@@ -284,6 +285,13 @@ class LeanAddon:
         self.backend_port = backend_port
         self.idle: list[Backend] = []
         self.host = b"127.0.0.1:%d" % backend_port
+        # The loop keeps only weak references to tasks: a dial must not be collected.
+        self.dials: set[asyncio.Task[None]] = set()
+
+    def dial_later(self, dial: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(dial)
+        self.dials.add(task)
+        task.add_done_callback(self.dials.discard)
 
     def handle(self, events: list[object]) -> None:
         for event in events:
@@ -304,7 +312,7 @@ class LeanAddon:
                 if self.idle:
                     self.use(self.idle.pop(), event.stream_id, request)
                 else:
-                    asyncio.get_running_loop().create_task(self.connect(event.stream_id, request))
+                    self.dial_later(self.connect(event.stream_id, request))
 
     def use(self, backend: Backend, stream_id: int, request: bytes) -> None:
         backend.stream_id = stream_id
@@ -423,7 +431,7 @@ class RawAddon(LeanAddon):
                     backend = RawBackend(self)
                     backend.stream_id = event.stream_id
                     self.bound[event.stream_id] = backend
-                    asyncio.get_running_loop().create_task(self.dial(backend))
+                    self.dial_later(self.dial(backend))
             elif kind is DataReceived:
                 assert isinstance(event, DataReceived)
                 backend = self.bound[event.stream_id]

@@ -139,7 +139,6 @@ class ParsedDownstream(lean_path.RequestCollector, Downstream):
         super().__init__(host, port, context)
         self.parser = httptools.HttpRequestParser(self)
         self.reset_request()
-        self.requests = 0
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -151,7 +150,6 @@ class ParsedDownstream(lean_path.RequestCollector, Downstream):
         super().data_received(data)
 
     def on_message_complete(self) -> None:
-        self.requests += 1
         self.reset_request()
 
 
@@ -200,6 +198,8 @@ bench.SIDES["parsed"] = (("parsed_relay",), ("parsed_addon",))
 bench.TITLES["parsed"] = "floor+parse"
 bench.SIDES["raw"] = (("raw_relay",), ("raw_addon",))
 bench.TITLES["raw"] = "raw heads"
+#: The Python pairs beside Homeport and nginx, in their columns' order.
+PAIRS = ("floor", "parsed", "lean", "raw")
 
 
 async def start_pumps(
@@ -212,9 +212,9 @@ async def start_pumps(
     *,
     work: str = "",
 ) -> tuple[list[bench.Proc], str]:
-    """The pair of processes of ``kind``: ``lean`` (lean_path.py), ``parsed`` (the relay
-    pump parses), else byte pumps; ``work``: extra work per request in the relay pump
-    (``bench/footprint.py``)."""
+    """The pair of processes of ``kind``: ``lean`` and ``raw`` (lean_path.py), ``parsed``
+    (the relay pump parses), else byte pumps; ``work``: extra work per request in the
+    relay pump (``bench/footprint.py``)."""
     relay_port, addon_port = bench.free_port(), bench.free_port()
     common = [sys.executable, str(HERE / "shape_floor.py"), f"--cert={cert}", f"--key={key}"]
     serve = {
@@ -267,17 +267,12 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
         try:
             token = await bench.sign_in(stack)
             cert, key, plain_port = backend_tls(stack)
-            pumps, floor_origin = await start_pumps(workdir, plain_port, cert, key, stack.direct_ca)
-            lean, lean_origin = await start_pumps(
-                workdir, plain_port, cert, key, stack.direct_ca, "lean"
-            )
-            parsed, parsed_origin = await start_pumps(
-                workdir, plain_port, cert, key, stack.direct_ca, "parsed"
-            )
-            raw, raw_origin = await start_pumps(
-                workdir, plain_port, cert, key, stack.direct_ca, "raw"
-            )
-            pumps += lean + parsed + raw
+            origins: dict[str, str] = {}
+            for kind in PAIRS:
+                procs, origins[kind] = await start_pumps(
+                    workdir, plain_port, cert, key, stack.direct_ca, kind
+                )
+                pumps += procs
             assert stack.relay is not None
             assert stack.addon is not None
             pids = {
@@ -290,10 +285,7 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
             sessions = {
                 "direct": (bench.client_session(stack.direct_ca), stack.direct_origin),
                 "relay": (bench.client_session(stack.relay_ca, cookie=token), stack.tenant_origin),
-                "floor": (bench.client_session(stack.direct_ca), floor_origin),
-                "parsed": (bench.client_session(stack.direct_ca), parsed_origin),
-                "lean": (bench.client_session(stack.direct_ca), lean_origin),
-                "raw": (bench.client_session(stack.direct_ca), raw_origin),
+                **{k: (bench.client_session(stack.direct_ca), o) for k, o in origins.items()},
             }
             if stack.nginx_relay is not None and stack.nginx_addon is not None:
                 pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
@@ -315,7 +307,7 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
 
 
 def report(results: bench.Results) -> str:
-    order = ("direct", "relay", "floor", "parsed", "lean", "raw", "nginx")
+    order = ("direct", "relay", *PAIRS, "nginx")
     paths = [p for p in order if results.get("get_c32", p)]
     r = bench.Report(results)
     lines = [
@@ -339,7 +331,7 @@ def report(results: bench.Results) -> str:
     per_round_trip = {p: r.value("ws_echo", p, key_ws) for p in paths}
     line("WS echo relay+add-on CPU us/round trip", per_round_trip, 0)
     nginx_req, nginx_ws = r.value("get_c32", "nginx", key_req), r.value("ws_echo", "nginx", key_ws)
-    for path in ("relay", "floor", "parsed", "lean", "raw"):
+    for path in ("relay", *PAIRS):
         per_req = bench.ratio(r.value("get_c32", path, key_req), nginx_req)
         per_ws = bench.ratio(r.value("ws_echo", path, key_ws), nginx_ws)
         lines.append(
