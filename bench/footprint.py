@@ -120,7 +120,7 @@ def report(results: bench.Results, costs: dict[str, float]) -> str:
         record = results.get(figure, path)
         if record is None or not record.get("requests"):
             return None
-        return float(record["relay_cpu_s"]) / record["requests"] * 1e6
+        return float(record["relay_cpu_s"]) / float(record["requests"]) * 1e6
 
     lines = [
         "path".ljust(16)

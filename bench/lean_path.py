@@ -33,8 +33,12 @@ and sends the request's own bytes as DATA; the add-on writes them to the
 backend as they are and sends the backend's bytes back as DATA, llhttp only
 finding where the answer ends.  What is left is the multiplexed framing.
 
-GETs only (no request bodies, no WebSockets): this measures the small
-request.  Not a product: a bad request just closes its connection.
+The lean pair carries GETs only (no request bodies, no WebSockets): it
+measures the small request.  The raw pair also carries a WebSocket, as any
+multiplexed relay could at the least: after the upgrade request both sides
+send the connection's bytes as DATA on its stream, parsing no WebSocket frame
+(the protocol's WebSocket messages, with a frame parser at each end, cost more
+than that).  Not a product: a bad request just closes its connection.
 
 ``bench/lean_path.py --warm`` times both sides' Python for one GET of each
 pair in memory (no sockets, no TLS), warm, to set beside what the same work
@@ -50,9 +54,9 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -151,10 +155,17 @@ class Browser(RequestCollector, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded()
         except httptools.HttpParserError:
             if self.transport is not None:
                 self.transport.close()
         self.relay.tunnel.flush()
+
+    def upgraded(self) -> None:
+        """A WebSocket upgrade request was read (GETs only here: refused by closing)."""
+        if self.transport is not None:
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         relay = self.relay
@@ -202,7 +213,7 @@ class LeanRelay:
         self.tunnel = Tunnel(self.connection, self)
         self.browsers: dict[int, Browser] = {}
 
-    def handle(self, events: list[object]) -> None:
+    def handle(self, events: Sequence[object]) -> None:
         connection = self.connection
         for event in events:
             kind = type(event)
@@ -293,7 +304,7 @@ class LeanAddon:
         self.dials.add(task)
         task.add_done_callback(self.dials.discard)
 
-    def handle(self, events: list[object]) -> None:
+    def handle(self, events: Sequence[object]) -> None:
         for event in events:
             if type(event) is StreamOpened:
                 assert isinstance(event, StreamOpened)
@@ -345,8 +356,13 @@ class RawBrowser(Browser):
         super().__init__(relay)
         self.raw: list[bytes] = []
         self.complete = 0
+        self.websocket = 0  # the stream this connection's WebSocket rides, once upgraded
 
     def data_received(self, data: bytes) -> None:
+        if self.websocket:  # the WebSocket's frames, as they are
+            self.relay.connection.send_data(self.websocket, data)
+            self.relay.tunnel.flush()
+            return
         self.raw.append(data)
         self.complete = 0
         super().data_received(data)
@@ -362,10 +378,25 @@ class RawBrowser(Browser):
         encoded = heads.encode_request_fields(heads.PRIORITY_DEFAULT, method, self.url, fields)
         head = heads.RequestHead(method.decode(), "", [], heads.PRIORITY_DEFAULT)
         stream_id = connection.open_stream(head, websocket=False, end_stream=False, encoded=encoded)
-        connection.send_data(stream_id, b"".join(self.raw), end_stream=True)
+        # An upgrade keeps the stream open: the WebSocket's bytes follow as DATA.
+        upgrade = self.parser.should_upgrade()
+        connection.send_data(stream_id, b"".join(self.raw), end_stream=not upgrade)
+        if upgrade:
+            self.websocket = stream_id
         relay.browsers[stream_id] = self
         self.raw = []
         self.reset_request()
+
+    def upgraded(self) -> None:
+        pass  # on_message_complete opened the WebSocket's stream
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.websocket:  # the add-on closes the backend's side
+            self.relay.connection.reset_stream(self.websocket, ErrorCode.CANCEL, "browser gone")
+            self.relay.browsers.pop(self.websocket, None)
+            self.websocket = 0
+            self.relay.tunnel.flush()
 
     def respond(self, head: ResponseHead, end: bool) -> None:
         pass  # the head comes as bytes, in the body
@@ -376,24 +407,42 @@ class RawBrowser(Browser):
 
 
 class RawBackend(Backend):
-    """The add-on's backend connection in the raw variant: llhttp finds the end, no more."""
+    """The add-on's backend connection in the raw variant: llhttp finds the end, no more.
 
-    def __init__(self, addon: LeanAddon) -> None:
+    After a 101 the connection is the WebSocket's: its bytes go on as DATA,
+    unparsed, until one side closes.
+    """
+
+    def __init__(self, addon: RawAddon) -> None:
         super().__init__(addon)
+        self.raw_addon = addon
         self.pending: list[bytes] = []
         self.head_done = False
         self.head_sent = False
         self.done = False
+        self.websocket = False
 
     def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
         connection = self.addon.connection
+        if self.websocket:
+            connection.send_data(self.stream_id, data)
+            self.addon.tunnel.flush()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.websocket = True  # a 101: on_message_complete came first
         if self.head_done and not self.head_sent:
             self.head_sent = True
-            status = self.parser.get_status_code()
+            # The status is the relay's to ignore (the head travels in the bytes);
+            # the protocol accepts a 101 only on a WebSocket stream, which this is not.
+            status = 200 if self.websocket else self.parser.get_status_code()
             connection.send_response(self.stream_id, ResponseHead(status), end_stream=False)
-        connection.send_data(self.stream_id, data, end_stream=self.done)
-        if self.done:
+        if self.websocket:
+            connection.send_data(self.stream_id, data)
+        else:
+            connection.send_data(self.stream_id, data, end_stream=self.done)
+        if self.done and not self.websocket:
             connection.release_stream(self.stream_id)
             self.stream_id = 0
             self.head_done = self.head_sent = self.done = False
@@ -410,13 +459,17 @@ class RawBackend(Backend):
     def on_message_complete(self) -> None:
         self.done = True
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.raw_addon.bound.pop(self.stream_id, None)
+        super().connection_lost(exc)
+
 
 class RawAddon(LeanAddon):
     def __init__(self, backend_port: int) -> None:
         super().__init__(backend_port)
         self.bound: dict[int, RawBackend] = {}
 
-    def handle(self, events: list[object]) -> None:
+    def handle(self, events: Sequence[object]) -> None:
         connection = self.connection
         for event in events:
             kind = type(event)
@@ -442,6 +495,12 @@ class RawAddon(LeanAddon):
                     backend.transport.write(event.data)
                 else:
                     backend.pending.append(event.data)
+            elif kind is StreamReset:  # the browser left (its WebSocket): so does the backend
+                assert isinstance(event, StreamReset)
+                gone = self.bound.pop(event.stream_id, None)
+                if gone is not None and gone.transport is not None:
+                    gone.stream_id = 0
+                    gone.transport.close()
 
     async def dial(self, backend: RawBackend) -> None:
         loop = asyncio.get_running_loop()
@@ -495,8 +554,7 @@ def warm_micros(raw: bool, rounds: int = 20_000) -> float:
         tunnel.transport = _Sink()  # type: ignore[assignment]
 
     def move(source: Tunnel, target: Tunnel) -> None:
-        sink = source.transport
-        assert isinstance(sink, _Sink)
+        sink = cast(_Sink, source.transport)
         out, sink.out = sink.out, []
         for data in out:
             target.data_received(data)
@@ -506,7 +564,7 @@ def warm_micros(raw: bool, rounds: int = 20_000) -> float:
     move(relay.tunnel, addon.tunnel)
     move(addon.tunnel, relay.tunnel)
     browser = (RawBrowser if raw else Browser)(relay)
-    backend = (RawBackend if raw else Backend)(addon)
+    backend = RawBackend(addon) if isinstance(addon, RawAddon) else Backend(addon)
     browser.transport = _Sink()  # type: ignore[assignment]
     backend.transport = _Sink()  # type: ignore[assignment]
     addon.idle.append(backend)
@@ -517,8 +575,7 @@ def warm_micros(raw: bool, rounds: int = 20_000) -> float:
         backend.data_received(_WARM_RESPONSE)
         move(addon.tunnel, relay.tunnel)
         for sink in (browser.transport, backend.transport):
-            assert isinstance(sink, _Sink)
-            sink.out.clear()
+            cast(_Sink, sink).out.clear()
 
     for _ in range(2_000):
         one()

@@ -18,10 +18,12 @@ written in Python on uvloop's TLS does at least this much work per message:
 the same wake-ups, the same TLS records, the same system calls as nginx.
 
 Without ``--serve`` it runs the comparison: the backend, Homeport's relay and
-add-on, the two-nginx reference (``bench/run.py``'s stack) and the pump pair,
-and measures GET c=1, GET c=32 and the WebSocket echo on every path in the
-same run, with the relay-side + add-on-side CPU per exchange of each beside
-nginx's.  About two minutes; every loop is bounded in count and time.
+add-on, the two-nginx reference (``bench/run.py``'s stack), the pump pair and
+the other Python pairs (``PAIRS``: the pumps with the relay's parse, and the
+two of ``bench/lean_path.py``), and measures GET c=1, GET c=32 and the
+WebSocket echo (on every path but the lean pair, which carries GETs only) in
+the same run, with the relay-side + add-on-side CPU per exchange of each
+beside nginx's.  About four minutes; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import contextlib
 import os
 import signal
 import ssl
+import statistics
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +121,8 @@ class Downstream(Pump):
                 self.transport.close()
             return
         if self.closed:
-            upstream.transport and upstream.transport.close()
+            if upstream.transport is not None:
+                upstream.transport.close()
             return
         upstream.peer, self.peer = self, upstream
         assert upstream.transport is not None
@@ -128,25 +132,30 @@ class Downstream(Pump):
 
 
 class ParsedDownstream(lean_path.RequestCollector, Downstream):
-    """The relay's pump, parsing every request with llhttp as a gate must (GETs only).
+    """The relay's pump, parsing every request with llhttp as a gate must.
 
     What the request's parse alone adds to the floor: the URL and every header
     collected as bytes, as Homeport's relay collects them, then the bytes
-    pumped on unchanged.
+    pumped on unchanged.  After a WebSocket upgrade request the connection is
+    the WebSocket's, and its bytes are pumped unparsed, as a relay with a
+    tunnel connection of its own per browser connection could pump them.
     """
 
     def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
         super().__init__(host, port, context)
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.reset_request()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.transport is not None:
-                self.transport.close()
-            return
+        if self.parser is not None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self.parser = None  # bytes after the upgrade request: the WebSocket's
+            except httptools.HttpParserError:
+                if self.transport is not None:
+                    self.transport.close()
+                return
         super().data_received(data)
 
     def on_message_complete(self) -> None:
@@ -257,8 +266,12 @@ def backend_tls(stack: bench.Stack) -> tuple[Path, Path, int]:
     return tls_dir / "server.pem", tls_dir / "server.key", plain_port
 
 
-async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
-    results = bench.Results()
+@contextlib.asynccontextmanager
+async def started_paths(
+    nginx: str | None,
+) -> AsyncIterator[tuple[dict[str, tuple[Any, str]], dict[str, int]]]:
+    """Every path of the comparison, started: a client session and origin per path, and
+    the pid of every process (Homeport's, the Python pairs', nginx's, the backend's)."""
     with tempfile.TemporaryDirectory(prefix="homeport-floor-") as tmp:
         workdir = Path(tmp)
         stack = await bench.start_stack(workdir, "warning", nginx=nginx)
@@ -291,19 +304,61 @@ async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
                 pids |= {"nginx_relay": stack.nginx_relay.pid, "nginx_addon": stack.nginx_addon.pid}
                 pids |= stack.nginx_workers
                 sessions["nginx"] = (bench.client_session(stack.direct_ca), stack.nginx_origin)
-            sampler = bench.Sampler({})
-            watch = bench.Watch(pids, {}, sampler)
-            await bench.run_workloads(plan, {"get"}, results, sessions, watch)
-            # The lean pairs and the parsing pump carry GETs only.
-            gets_only = ("lean", "parsed", "raw")
-            with_ws = {p: value for p, value in sessions.items() if p not in gets_only}
-            await bench.run_workloads(plan, {"ws"}, results, with_ws, watch)
+            yield sessions, pids
         finally:
             for session, _ in sessions.values():
                 await session.close()
             for proc in [*pumps, *stack.procs]:
                 proc.stop()
+
+
+async def compare(plan: bench.Plan, nginx: str | None) -> bench.Results:
+    results = bench.Results()
+    async with started_paths(nginx) as (sessions, pids):
+        watch = bench.Watch(pids, {}, bench.Sampler({}))
+        await bench.run_workloads(plan, {"get"}, results, sessions, watch)
+        # The lean pair carries GETs only (the raw pair and the parsing pump
+        # pass a WebSocket's bytes through unparsed).
+        with_ws = {p: value for p, value in sessions.items() if p != "lean"}
+        await bench.run_workloads(plan, {"ws"}, results, with_ws, watch)
     return results
+
+
+async def echo_rounds(rounds: int, nginx: str | None) -> str:
+    """``--ws-rounds``: the WebSocket echo's p50 on every path that carries it, in rounds.
+
+    Each round measures every path once (3,000 round trips after 200 of
+    warm-up), starting one path further along the list each round, so that a
+    drift of the machine falls on all of them alike; each path's added p50 is
+    read against direct's in the same round.  Latency only: no CPU figures.
+    """
+    added: dict[str, list[float]] = {}
+    async with started_paths(nginx) as (sessions, _):
+        paths = [p for p in sessions if p != "lean"]
+        others = [p for p in paths if p != "direct"]
+        for number in range(rounds):
+            turn = number % len(paths)
+            p50 = {}
+            for path in paths[turn:] + paths[:turn]:
+                session, origin = sessions[path]
+                url = origin.replace("https://", "wss://") + "/ws/echo"
+                record = await bench.ws_echo(session, url, 3_000, 30.0, 200)
+                if record["errors"]:
+                    raise RuntimeError(f"{path}: {record['errors']} echoes came back wrong")
+                p50[path] = record["p50_ms"]
+            for path in others:
+                added.setdefault(path, []).append(p50[path] - p50["direct"])
+            cells = "  ".join(
+                f"{bench.TITLES.get(p, p)} {p50[p] - p50['direct']:+.3f}" for p in others
+            )
+            print(f"round {number + 1}: direct {p50['direct']:.3f} ms; added: {cells}", flush=True)
+    lines = ["WS echo p50 added, ms: median (min … max) over the rounds"]
+    for path, values in added.items():
+        lines.append(
+            f"  {bench.TITLES.get(path, path):<14} {statistics.median(values):+.3f} "
+            f"({min(values):+.3f} … {max(values):+.3f})"
+        )
+    return "\n".join(lines)
 
 
 def report(results: bench.Results) -> str:
@@ -365,6 +420,13 @@ def main() -> int:
     parser.add_argument("--ca")
     parser.add_argument("--work", default="", help="KIND:SIZE per request (footprint.py)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (about 40 s)")
+    parser.add_argument(
+        "--ws-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the WebSocket echo's latency, N interleaved rounds on every path carrying it",
+    )
     args = parser.parse_args()
     if args.serve:
         uvloop.run(lean_path.serve(args) if args.serve.startswith(("lean", "raw")) else serve(args))
@@ -372,6 +434,9 @@ def main() -> int:
     nginx = nginx_ref.find_nginx()
     if nginx is None:
         print(f"bench/shape_floor.py: no nginx column: {nginx_ref.INSTALL_HINT}", file=sys.stderr)
+    if args.ws_rounds > 0:
+        print(uvloop.run(echo_rounds(args.ws_rounds, nginx)))
+        return 0
     results = uvloop.run(compare(bench.QUICK if args.quick else bench.FULL, nginx))
     print(report(results))
     return 0
