@@ -585,6 +585,19 @@ def warm_micros(raw: bool, rounds: int = 20_000) -> float:
 # ------------------------------------------------------------------ serving
 
 
+async def serve_until_signalled(server: asyncio.Server) -> None:
+    """Say ``ready`` (what ``bench/run.py``'s ``wait_for_output`` waits for), serve until
+    SIGINT or SIGTERM, then close: the tail of every served pair and pump."""
+    print("ready", flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    server.close()
+
+
 async def serve(args: argparse.Namespace) -> None:
     configure_allocator()  # as Homeport's processes and the floor's pumps do
     loop = asyncio.get_running_loop()
@@ -607,13 +620,7 @@ async def serve(args: argparse.Namespace) -> None:
         server = await loop.create_server(
             lambda: (RawBrowser if raw else Browser)(relay), "127.0.0.1", args.port, ssl=tls_in
         )
-    print("ready", flush=True)
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    server.close()
+    await serve_until_signalled(server)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import ssl
 import statistics
 import sys
@@ -187,13 +186,7 @@ async def serve(args: argparse.Namespace) -> None:
         args.port,
         ssl=tls_in,
     )
-    print("ready", flush=True)
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    server.close()
+    await lean_path.serve_until_signalled(server)
 
 
 # ------------------------------------------------------------- the comparison
